@@ -1,0 +1,129 @@
+"""Key layout shared with etcd's Go ``concurrency`` package, and the holder document stored in values.
+
+A contender for NAME owns the key ``NAME + "/" + format(lease_id, "x")``; owners are the keys with the
+smallest create revisions under ``NAME/``. etcdctl writes empty values; this project writes a small JSON
+document naming the holder. Readers must accept both.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+
+def prefix(name: str) -> bytes:
+    """The range every contender key of NAME lives under (NAME plus a slash, as etcd does)."""
+    if not name:
+        raise ValueError("a lock name must not be empty")
+    return name.encode() + b"/"
+
+
+def contender_key(name: str, lease_id: int) -> bytes:
+    """The key a session with ``lease_id`` uses for NAME: lowercase hex, no padding, as Go's ``%x``."""
+    return prefix(name) + format(lease_id, "x").encode()
+
+
+def range_end(key_prefix: bytes) -> bytes:
+    """The exclusive end of the range of all keys that start with ``key_prefix``."""
+    end = bytearray(key_prefix)
+    for i in reversed(range(len(end))):
+        if end[i] < 0xFF:
+            end[i] += 1
+            return bytes(end[: i + 1])
+    return b"\0"
+
+
+def now_iso() -> str:
+    """The current UTC time as an RFC 3339 string with second precision."""
+    return datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class HolderInfo:
+    """Who wrote a contender key. All fields are None for keys written by etcdctl (empty value)."""
+
+    holder: str | None = None
+    host: str | None = None
+    pid: int | None = None
+    acquired: str | None = None
+    permits: int | None = None
+
+    @classmethod
+    def for_this_process(cls, holder: str | None = None, permits: int | None = None) -> HolderInfo:
+        host = socket.gethostname()
+        pid = os.getpid()
+        return cls(
+            holder=holder or f"{host}/{pid}",
+            host=host,
+            pid=pid,
+            acquired=now_iso(),
+            permits=permits if permits and permits > 1 else None,
+        )
+
+    def encode(self) -> bytes:
+        doc: dict[str, Any] = {"holder": self.holder, "host": self.host, "pid": self.pid}
+        doc["acquired"] = self.acquired
+        if self.permits is not None:
+            doc["permits"] = self.permits
+        return json.dumps(doc, separators=(",", ":")).encode()
+
+    @classmethod
+    def decode(cls, value: bytes) -> HolderInfo:
+        """Parse a contender value; anything that is not our JSON document yields an empty HolderInfo."""
+        if not value:
+            return cls()
+        try:
+            doc = json.loads(value)
+        except (ValueError, UnicodeDecodeError):
+            return cls()
+        if not isinstance(doc, dict):
+            return cls()
+        pid = doc.get("pid")
+        permits = doc.get("permits")
+        return cls(
+            holder=_str_or_none(doc.get("holder")),
+            host=_str_or_none(doc.get("host")),
+            pid=pid if isinstance(pid, int) else None,
+            acquired=_str_or_none(doc.get("acquired")),
+            permits=permits if isinstance(permits, int) and permits > 0 else None,
+        )
+
+
+def _str_or_none(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+@dataclass(frozen=True)
+class Contender:
+    """One key in a lock's queue, as read from etcd."""
+
+    key: str
+    create_revision: int
+    lease: int
+    value: bytes
+
+    @property
+    def info(self) -> HolderInfo:
+        return HolderInfo.decode(self.value)
+
+    @property
+    def fencing_token(self) -> int:
+        return self.create_revision
+
+    def describe(self) -> str:
+        """A short human description: the holder name if known, else the key (etcdctl writes no value)."""
+        holder = self.info.holder
+        return f"{holder} ({self.key})" if holder else self.key
+
+    @classmethod
+    def from_kv(cls, kv: Any) -> Contender:
+        return cls(
+            key=kv.key.decode(errors="replace"),
+            create_revision=kv.create_revision,
+            lease=kv.lease,
+            value=bytes(kv.value),
+        )

@@ -1,0 +1,306 @@
+"""The contender queue under ``NAME/`` that mutexes, semaphores and elections share.
+
+Each contender owns one key bound to its session's lease; the queue order is the keys' create revision.
+A contender holds one of N permits when fewer than N keys under the prefix have a lower create revision.
+
+Waiting never polls and never wakes everyone: with one permit a waiter watches only its immediate
+predecessor for deletion (etcd's ``waitDeletes``); with N permits it watches deletions under the prefix and
+counts the keys ahead of it locally, so only the waiter that is actually granted reads etcd again.
+After every wake-up the waiter re-reads its own key: if it is gone, the lease was lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import Any
+
+from etcdlock.etcd import keys
+from etcdlock.etcd.client import (
+    EtcdClient,
+    create_revision_is,
+    delete_op,
+    put_op,
+    range_is_empty,
+    range_op,
+)
+from etcdlock.etcd.errors import Compacted, EtcdUnavailable, LockLost
+from etcdlock.etcd.session import Session
+
+log = logging.getLogger(__name__)
+
+_RETRY_DELAY = 0.2
+
+
+@dataclass(frozen=True)
+class Entry:
+    """Where a contender stands after the enqueue transaction."""
+
+    my_rev: int
+    granted: bool
+    existing_value: bytes | None
+    front: tuple[keys.Contender, ...]
+
+
+class Queue:
+    """The keys under one name, seen from one session's contender key."""
+
+    def __init__(self, session: Session, name: str) -> None:
+        self.session = session
+        self.client: EtcdClient = session.client
+        self.name = name
+        self.prefix = keys.prefix(name)
+        self.end = keys.range_end(self.prefix)
+        self.key = keys.contender_key(name, session.lease_id)
+
+    async def enqueue(self, value: bytes, permits: int) -> Entry:
+        """One transaction: create the own key unless it exists, and read the first ``permits`` keys.
+
+        An existing own key (same lease) keeps its place in the queue, as in etcd's Go client.
+        """
+        front = range_op(self.prefix, self.end, by_create=True, limit=permits)
+        response = await self.client.txn(
+            [create_revision_is(self.key, 0)],
+            [put_op(self.key, value, self.session.lease_id), front],
+            [range_op(self.key), front],
+        )
+        existing_value = None
+        if response.succeeded:
+            my_rev = response.header.revision
+        else:
+            mine = response.responses[0].response_range.kvs
+            if not mine:
+                raise LockLost(f"own key {self.key.decode()} vanished during acquire")
+            my_rev = mine[0].create_revision
+            existing_value = bytes(mine[0].value)
+        ahead = tuple(keys.Contender.from_kv(kv) for kv in response.responses[1].response_range.kvs)
+        granted = any(c.create_revision == my_rev for c in ahead)
+        return Entry(my_rev, granted, existing_value, ahead)
+
+    async def try_take_alone(self, value: bytes) -> tuple[int | None, tuple[keys.Contender, ...]]:
+        """Take a one-permit lock only if nobody is queued, without ever creating a waiter key.
+
+        Returns (create revision of the own key, ()) when taken, or (None, current owner) when not.
+        If the only key is our own (the same lease re-entering), that counts as taken.
+        """
+        owner = range_op(self.prefix, self.end, by_create=True, limit=1)
+        response = await self.client.txn(
+            [range_is_empty(self.prefix, self.end)],
+            [put_op(self.key, value, self.session.lease_id), owner],
+            [owner],
+        )
+        if response.succeeded:
+            return response.header.revision, ()
+        holders = tuple(keys.Contender.from_kv(kv) for kv in response.responses[0].response_range.kvs)
+        if holders and holders[0].key.encode() == self.key:
+            return holders[0].create_revision, ()
+        return None, holders
+
+    async def wait_for_turn(self, my_rev: int, permits: int) -> int:
+        """Wait until fewer than ``permits`` keys are ahead; returns the revision the grant was seen at.
+
+        Raises :class:`LockLost` if the own key disappears.
+        """
+        if permits == 1:
+            return await self._wait_predecessors_gone(my_rev)
+        return await self._wait_rank_below(my_rev, permits)
+
+    async def _read_ahead(self, my_rev: int, limit: int) -> tuple[int, list[Any]]:
+        """Read the keys ahead (newest first, up to ``limit``; 0 = all) and re-check the own key."""
+        response = await self.client.txn(
+            [],
+            [
+                range_op(
+                    self.prefix,
+                    self.end,
+                    by_create=True,
+                    descending=True,
+                    limit=limit,
+                    max_create_revision=my_rev - 1,
+                    keys_only=True,
+                ),
+                range_op(self.key, keys_only=True),
+            ],
+        )
+        mine = response.responses[1].response_range.kvs
+        if not mine or mine[0].create_revision != my_rev:
+            self.session.check()
+            raise LockLost(f"own key {self.key.decode()} was deleted while waiting")
+        return response.header.revision, list(response.responses[0].response_range.kvs)
+
+    async def _wait_predecessors_gone(self, my_rev: int) -> int:
+        while True:
+            try:
+                revision, ahead = await self._read_ahead(my_rev, limit=1)
+                if not ahead:
+                    return revision
+                async with self.client.watch_events(
+                    ahead[0].key, start_revision=revision + 1, deletes_only=True
+                ) as events:
+                    async for _ in events:
+                        break
+            except Compacted:
+                continue
+            except EtcdUnavailable as exc:
+                log.debug("waiting for %s: %s; retrying", self.name, exc)
+                self.session.check()
+                await asyncio.sleep(_RETRY_DELAY)
+
+    async def _wait_rank_below(self, my_rev: int, permits: int) -> int:
+        while True:
+            try:
+                revision, ahead_kvs = await self._read_ahead(my_rev, limit=0)
+                ahead = {kv.key for kv in ahead_kvs}
+                if len(ahead) < permits:
+                    return revision
+                async with self.client.watch_events(
+                    self.prefix, self.end, start_revision=revision + 1, deletes_only=True
+                ) as events:
+                    async for event in events:
+                        if event.kv.key == self.key:
+                            break
+                        ahead.discard(event.kv.key)
+                        if len(ahead) < permits:
+                            break
+            except Compacted:
+                continue
+            except EtcdUnavailable as exc:
+                log.debug("waiting for %s: %s; retrying", self.name, exc)
+                self.session.check()
+                await asyncio.sleep(_RETRY_DELAY)
+
+    async def remove(self, my_rev: int | None) -> bool:
+        """Delete the own key, fenced on its create revision when known; True if it was deleted."""
+        compare = [] if my_rev is None else [create_revision_is(self.key, my_rev)]
+        response = await self.client.txn(compare, [delete_op(self.key)])
+        return bool(response.succeeded and response.responses[0].response_delete_range.deleted)
+
+    async def remove_until_done(self, my_rev: int | None) -> None:
+        """Remove the own key, retrying through etcd outages until it is gone or the session is lost.
+
+        Used after an ambiguous error or a cancelled wait, so no orphan waiter stays at the head of the
+        queue: either the delete lands, or the lease dies and takes the key with it.
+        """
+        while not self.session.is_lost:
+            try:
+                await self.remove(my_rev)
+                return
+            except EtcdUnavailable as exc:
+                log.debug("removing %s failed: %s; retrying", self.key.decode(), exc)
+                await asyncio.sleep(_RETRY_DELAY)
+
+    async def mark_granted(self, my_rev: int, value: bytes) -> None:
+        """Rewrite the own value (fenced) once granted after waiting, so ``acquired`` tells the truth."""
+        with contextlib.suppress(EtcdUnavailable):
+            await self.client.txn(
+                [create_revision_is(self.key, my_rev)], [put_op(self.key, value, self.session.lease_id)]
+            )
+
+
+async def read_contenders(client: EtcdClient, name: str) -> tuple[int, list[keys.Contender]]:
+    """Every key under NAME/ in queue order (lowest create revision first), with the read's revision.
+
+    Needs no session: this is what status displays read.
+    """
+    start = keys.prefix(name)
+    response = await client.range(start, keys.range_end(start), by_create=True)
+    return response.header.revision, [keys.Contender.from_kv(kv) for kv in response.kvs]
+
+
+class KeyGuard:
+    """Watches one contender key and reports when it is deleted (lease expiry, revoke, or by hand).
+
+    The watch starts from the key's create revision + 1, so starting it late loses nothing; ``delay``
+    lets very short holds finish without setting up a watch at all.
+    """
+
+    def __init__(self, queue: Queue, my_rev: int, delay: float = 0.0) -> None:
+        self._queue = queue
+        self._my_rev = my_rev
+        self._delay = delay
+        self._gone = asyncio.Event()
+        self.reason: str | None = None
+        self._task = queue.session.spawn(self._run(), name=f"guard-{queue.key.decode()}")
+
+    @property
+    def is_gone(self) -> bool:
+        return self._gone.is_set()
+
+    async def wait_gone(self) -> str:
+        await self._gone.wait()
+        return self.reason or "key deleted"
+
+    @property
+    def is_lost(self) -> bool:
+        """The hold is lost: the key is gone or the session that protects it is lost."""
+        return self._queue.session.is_lost or self.is_gone
+
+    @property
+    def lost_reason(self) -> str | None:
+        session = self._queue.session
+        return session.lost_reason if session.is_lost else self.reason
+
+    async def wait_lost(self) -> str:
+        """Wait until the key is gone or the session is lost; returns why."""
+        waits = [
+            asyncio.ensure_future(self._queue.session.wait_lost()),
+            asyncio.ensure_future(self.wait_gone()),
+        ]
+        try:
+            done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            return done.pop().result()
+        finally:
+            for task in waits:
+                task.cancel()
+
+    async def stop(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+    def _report(self, reason: str) -> None:
+        self.reason = reason
+        self._gone.set()
+
+    async def _run(self) -> None:
+        queue = self._queue
+        if self._delay:
+            await asyncio.sleep(self._delay)
+        while not queue.session.is_lost:
+            try:
+                async with queue.client.watch_events(
+                    queue.key, start_revision=self._my_rev + 1, deletes_only=True
+                ) as events:
+                    async for _ in events:
+                        self._report(f"key {queue.key.decode()} was deleted (lease revoked or key removed)")
+                        return
+            except Compacted:
+                response = await queue.client.range(queue.key)
+                if not response.kvs or response.kvs[0].create_revision != self._my_rev:
+                    self._report(f"key {queue.key.decode()} is gone")
+                    return
+            except EtcdUnavailable as exc:
+                log.debug("guard on %s: %s; retrying", queue.key.decode(), exc)
+                await asyncio.sleep(_RETRY_DELAY)
+
+
+async def first_of(main: Awaitable[Any], *losses: Awaitable[str], lost: type[Exception] = LockLost) -> Any:
+    """Await ``main`` unless one of ``losses`` (awaitables returning a reason) completes first.
+
+    A loss cancels ``main`` and raises ``lost(reason)``.
+    """
+    main_task = asyncio.ensure_future(main)
+    loss_tasks = [asyncio.ensure_future(loss) for loss in losses]
+    try:
+        done, _ = await asyncio.wait([main_task, *loss_tasks], return_when=asyncio.FIRST_COMPLETED)
+        if main_task in done:
+            return main_task.result()
+        reason = next(t for t in loss_tasks if t in done).result()
+        raise lost(reason)
+    finally:
+        for task in (main_task, *loss_tasks):
+            task.cancel()
+        await asyncio.gather(main_task, *loss_tasks, return_exceptions=True)

@@ -1,0 +1,225 @@
+"""Semaphore (N permits) and Mutex (one permit) on etcd, compatible with ``etcdctl lock``.
+
+Differences from etcd's Go ``concurrency.Mutex``, all on the side of safety:
+
+- release is fenced (deletes the key only if its create revision is still the fencing token);
+- a waiter also stops when its own key or its session disappears, not only after its predecessor goes;
+- a timed-out, cancelled or failed acquire removes its key (retrying through outages), so no orphan waiter
+  blocks the queue;
+- try-lock (``timeout=0``) on a mutex never creates a key when someone else is there;
+- loss of a held lock is observable (``wait_lost()``), from the session's deadline or the key's deletion;
+- one session cannot hold the same name twice (both would share one key and both "hold" it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from types import TracebackType
+
+from etcdlock.etcd.errors import EtcdUnavailable, LockTimeout, NotHeld
+from etcdlock.etcd.keys import Contender, HolderInfo
+from etcdlock.etcd.queue import KeyGuard, Queue, first_of, read_contenders
+from etcdlock.etcd.session import Session
+
+log = logging.getLogger(__name__)
+
+# A fresh holder watches its own key only after this delay (from its create revision, so nothing is missed):
+# short critical sections then cost no watch at all.
+_GUARD_DELAY = 0.1
+
+
+class Semaphore:
+    """Up to ``permits`` holders of NAME at once, served in arrival order.
+
+    ``async with Semaphore(session, "jobs", permits=3, timeout=30) as sem:`` raises :class:`LockTimeout`
+    instead of entering the block when no permit came in time. Every participant must use the same
+    ``permits``; with 1 this is exactly etcd's mutex.
+    """
+
+    def __init__(
+        self,
+        session: Session,
+        name: str,
+        permits: int = 1,
+        *,
+        holder: str | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        if permits < 1:
+            raise ValueError("permits must be at least 1")
+        self.session = session
+        self.name = name
+        self.permits = permits
+        self.holder = holder
+        self.timeout = timeout
+        self._queue = Queue(session, name)
+        self._rev: int | None = None
+        self._guard: KeyGuard | None = None
+
+    @property
+    def key(self) -> str:
+        """This session's contender key for NAME."""
+        return self._queue.key.decode()
+
+    @property
+    def token(self) -> int:
+        """The fencing token: the create revision of the own key, strictly increasing across holders."""
+        if self._rev is None:
+            raise NotHeld(f"{self.name} is not held")
+        return self._rev
+
+    @property
+    def is_held(self) -> bool:
+        return self._rev is not None and not self.is_lost
+
+    @property
+    def is_lost(self) -> bool:
+        return self._guard is not None and self._guard.is_lost
+
+    @property
+    def lost_reason(self) -> str | None:
+        return self._guard.lost_reason if self._guard is not None else None
+
+    async def wait_lost(self) -> str:
+        """Wait until the held lock is lost (its key deleted or its session lost); returns why."""
+        if self._guard is None:
+            raise NotHeld(f"{self.name} is not held")
+        return await self._guard.wait_lost()
+
+    async def acquire(self, timeout: float | None = None) -> Semaphore:
+        """Wait for a permit. ``timeout=0`` tries once; ``None`` waits for ever.
+
+        Raises :class:`LockTimeout` (with the current holders), :class:`LockLost` or :class:`SessionLost`
+        if the own key or session vanished while waiting, :class:`EtcdUnavailable` if etcd failed.
+        In every failure case the own key is removed before this returns (or, if etcd cannot be reached,
+        by a background retry that ends when the key is gone or the lease has died).
+        """
+        if self._rev is not None:
+            raise RuntimeError(f"{self.name} is already held by this object")
+        self.session.check()
+        self.session.claim(self.name)
+        value = HolderInfo.for_this_process(self.holder, self.permits).encode()
+        my_rev: int | None = None
+        may_exist = False
+        try:
+            async with asyncio.timeout(timeout or None):
+                may_exist = True
+                if timeout == 0 and self.permits == 1:
+                    my_rev, holders = await self._queue.try_take_alone(value)
+                    if my_rev is None:
+                        may_exist = False
+                        raise LockTimeout(f"{self.name} is held by {_names(holders)}", holders)
+                    self._granted(my_rev, KeyGuard(self._queue, my_rev, _GUARD_DELAY))
+                    return self
+                entry = await self._queue.enqueue(value, self.permits)
+                my_rev = entry.my_rev
+                if entry.granted:
+                    self._granted(my_rev, KeyGuard(self._queue, my_rev, _GUARD_DELAY))
+                    return self
+                if timeout == 0:
+                    raise LockTimeout(f"{self.name} is held by {_names(entry.front)}", entry.front)
+                guard = KeyGuard(self._queue, my_rev)
+                try:
+                    await first_of(
+                        self._queue.wait_for_turn(my_rev, self.permits),
+                        self.session.wait_lost(),
+                        guard.wait_gone(),
+                    )
+                except BaseException:
+                    await guard.stop()
+                    raise
+            self._granted(my_rev, guard)
+            self.session.spawn(self._queue.mark_granted(my_rev, value), name=f"mark-{self.key}")
+            return self
+        except TimeoutError:
+            await self._abandon(my_rev)
+            holders = await self._holders_quietly()
+            where = "" if my_rev is not None else " (etcd did not answer)"
+            raise LockTimeout(
+                f"{self.name} not acquired within {timeout}s{where}; held by {_names(holders)}", holders
+            ) from None
+        except BaseException:
+            if self._rev is None:
+                if may_exist:
+                    await self._abandon(my_rev)
+                else:
+                    self.session.unclaim(self.name)
+            raise
+
+    def _granted(self, my_rev: int, guard: KeyGuard) -> None:
+        self._rev = my_rev
+        self._guard = guard
+
+    async def _abandon(self, my_rev: int | None) -> None:
+        """Remove the own key after a failed acquire and give the name back to the session.
+
+        Waits a bounded time for the removal; if etcd does not answer it goes on in the background.
+        """
+        task = self.session.spawn(self._remove_then_unclaim(my_rev), name=f"abandon-{self.key}")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(task), self.session.client.config.request_timeout)
+
+    async def _remove_then_unclaim(self, my_rev: int | None) -> None:
+        try:
+            await self._queue.remove_until_done(my_rev)
+        finally:
+            self.session.unclaim(self.name)
+
+    async def _holders_quietly(self) -> tuple[Contender, ...]:
+        try:
+            async with asyncio.timeout(self.session.client.config.request_timeout):
+                _, contenders = await read_contenders(self.session.client, self.name)
+        except (EtcdUnavailable, TimeoutError):
+            return ()
+        return tuple(contenders[: self.permits])
+
+    async def release(self) -> bool:
+        """Give the permit back. Fenced: deletes the key only if it is still this holder's.
+
+        Returns False if the key was already gone (the lock had been lost). If etcd cannot be reached the
+        removal goes on in the background and :class:`EtcdUnavailable` is raised.
+        """
+        if self._rev is None or self._guard is None:
+            raise NotHeld(f"{self.name} is not held")
+        my_rev, guard = self._rev, self._guard
+        self._rev = self._guard = None
+        await guard.stop()
+        try:
+            deleted = await self._queue.remove(my_rev)
+        except EtcdUnavailable:
+            self.session.spawn(self._remove_then_unclaim(my_rev), name=f"release-{self.key}")
+            raise
+        self.session.unclaim(self.name)
+        if not deleted:
+            log.warning("released %s, but its key was already gone: the lock had been lost", self.name)
+        return deleted
+
+    async def __aenter__(self) -> Semaphore:
+        return await self.acquire(self.timeout)
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._rev is None:
+            return
+        try:
+            await self.release()
+        except EtcdUnavailable:
+            if exc is None:
+                raise
+            log.warning("could not release %s after an error: etcd unavailable", self.name)
+
+
+class Mutex(Semaphore):
+    """One holder of NAME at a time; excludes ``etcdctl lock NAME`` and etcd's Go ``concurrency.Mutex``."""
+
+    def __init__(
+        self, session: Session, name: str, *, holder: str | None = None, timeout: float | None = None
+    ) -> None:
+        super().__init__(session, name, 1, holder=holder, timeout=timeout)
+
+
+def _names(holders: tuple[Contender, ...]) -> str:
+    return ", ".join(h.describe() for h in holders) or "nobody"

