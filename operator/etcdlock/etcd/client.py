@@ -233,6 +233,8 @@ class EtcdClient(aetcd.Client):
             raise self._unavailable(detail or type(exc).__name__) from None
 
     def _unavailable(self, detail: str) -> EtcdUnavailable:
+        if "connection refused" in detail.lower():
+            detail = "connection refused"
         lowered = detail.lower()
         if "connect" in lowered or "unavailable" in lowered or "dns" in lowered:
             return EtcdUnavailable(f"cannot reach etcd at {self.config.describe()}: {detail}")

@@ -51,8 +51,8 @@ class Election:
     def is_lost(self) -> bool:
         return self._guard is not None and self._guard.is_lost
 
-    async def campaign(self, proposal: bytes | str, timeout: float | None = None) -> None:
-        """Become leader with ``proposal`` as value; returns once leader.
+    async def campaign(self, proposal: bytes | str, timeout: float | None = None) -> Election:
+        """Become leader with ``proposal`` as value; returns (itself) once leader.
 
         On timeout (:class:`LockTimeout` is not used here: ``TimeoutError``), cancellation or error the
         candidate key is removed, as for a lock.
@@ -86,6 +86,7 @@ class Election:
                 await asyncio.wait_for(asyncio.shield(task), self.session.client.config.request_timeout)
             raise
         self._rev, self._guard = my_rev, guard
+        return self
 
     async def _remove_then_unclaim(self, my_rev: int | None) -> None:
         try:

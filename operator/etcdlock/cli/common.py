@@ -1,0 +1,64 @@
+"""Pieces every command shares: argument types, signals as events, racing work against an interrupt."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+from collections.abc import Awaitable
+from typing import Any
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative: {text!r}")
+    return value
+
+
+class Signals:
+    """SIGINT/SIGTERM as an asyncio event, remembering which signal came last (to pass it on to CMD)."""
+
+    def __init__(self) -> None:
+        self.received = asyncio.Event()
+        self.last: signal.Signals | None = None
+        self._loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._loop.add_signal_handler(sig, self._on_signal, sig)
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        self.last = sig
+        self.received.set()
+
+    def rearm(self) -> None:
+        self.received.clear()
+
+    def close(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._loop.remove_signal_handler(sig)
+
+
+async def first_or_interrupted(main: Awaitable[Any], interrupt: Awaitable[Any]) -> Any:
+    """Result of ``main``, or None if ``interrupt`` finished first (``main`` is then cancelled)."""
+    main_task = asyncio.ensure_future(main)
+    interrupt_task = asyncio.ensure_future(interrupt)
+    try:
+        done, _ = await asyncio.wait([main_task, interrupt_task], return_when=asyncio.FIRST_COMPLETED)
+        return main_task.result() if main_task in done else None
+    finally:
+        for task in (main_task, interrupt_task):
+            task.cancel()
+        await asyncio.gather(main_task, interrupt_task, return_exceptions=True)

@@ -1,0 +1,129 @@
+"""``etcdlock`` command line: parse once, run one command, turn every error into one stderr line.
+
+Exit codes (contract): 0 ok, 1 error, 2 not acquired within the timeout, 3 lock lost while running CMD.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+from etcdlock.cli import elect, lock, status
+from etcdlock.etcd import EtcdConfig, EtcdLockError, LockLost, LockTimeout, SessionLost
+from etcdlock.etcd.client import DEFAULT_ENDPOINT
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_TIMEOUT = 2
+EXIT_LOST = 3
+
+ENV_PREFIX = "ETCDLOCK_"
+
+
+class UsageError(Exception):
+    """Bad command-line arguments."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports errors as an exception (one line, exit 1), never exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+def _env(name: str) -> str | None:
+    return os.environ.get(ENV_PREFIX + name) or None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="etcdlock",
+        description="Distributed locks on etcd, compatible with `etcdctl lock` and `etcdctl elect`.",
+    )
+    parser.add_argument(
+        "--endpoints",
+        default=_env("ENDPOINTS") or DEFAULT_ENDPOINT,
+        help="comma-separated etcd URLs, tried in order (env ETCDLOCK_ENDPOINTS; default %(default)s)",
+    )
+    parser.add_argument("--user", default=_env("USER"), help="NAME:PASSWORD (env ETCDLOCK_USER)")
+    parser.add_argument(
+        "--cacert", default=_env("CACERT_FILE"), help="TLS CA bundle (env ETCDLOCK_CACERT_FILE)"
+    )
+    parser.add_argument(
+        "--cert", default=_env("CERT_FILE"), help="TLS client certificate (env ETCDLOCK_CERT_FILE)"
+    )
+    parser.add_argument(
+        "--key", default=_env("KEY_FILE"), help="TLS client private key (env ETCDLOCK_KEY_FILE)"
+    )
+    parser.add_argument(
+        "--request-timeout", type=_positive_float, default=5.0, help="seconds per etcd request (default 5)"
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what the engine does")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
+    lock.add_parser(commands)
+    status.add_parser(commands)
+    elect.add_parser(commands)
+    return parser
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+    return value
+
+
+def run(argv: Sequence[str]) -> int:
+    """Run the command line and return the exit code (no SystemExit, no traceback)."""
+    parser = build_parser()
+    argv = list(argv)
+    tail = argv[argv.index("--") + 1 :] if "--" in argv else None
+    try:
+        args = parser.parse_args(argv[: len(argv) - len(tail) - 1] if tail is not None else argv)
+        if tail is not None:
+            if args.command != "lock" or args.cmd:
+                raise UsageError("a command after -- goes with `lock NAME [options] -- CMD ARGS...`")
+            args.cmd = tail
+        config = EtcdConfig.parse(
+            args.endpoints,
+            user=args.user,
+            ca_file=args.cacert,
+            cert_file=args.cert,
+            key_file=args.key,
+            request_timeout=args.request_timeout,
+        )
+    except UsageError as exc:
+        return _fail(f"{exc} (see etcdlock --help)", EXIT_ERROR)
+    except EtcdLockError as exc:
+        return _fail(str(exc), EXIT_ERROR)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="etcdlock: %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return asyncio.run(args.handler(args, config))
+    except LockTimeout as exc:
+        return _fail(str(exc), EXIT_TIMEOUT)
+    except (LockLost, SessionLost) as exc:
+        return _fail(f"lock lost: {exc}", EXIT_LOST)
+    except EtcdLockError as exc:
+        return _fail(str(exc), EXIT_ERROR)
+    except KeyboardInterrupt:
+        return _fail("interrupted", EXIT_ERROR)
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"etcdlock: {message}", file=sys.stderr, flush=True)
+    return code
+
+
+def main() -> NoReturn:
+    sys.exit(run(sys.argv[1:]))

@@ -1,0 +1,80 @@
+"""``etcdlock status NAME``: who holds NAME and who waits, in queue order, whoever wrote the keys."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from etcdlock.etcd import Contender, EtcdClient, EtcdConfig, read_contenders
+
+
+def add_parser(commands: Any) -> None:
+    parser = commands.add_parser(
+        "status",
+        help="show holders and waiters of a lock",
+        description="Holders (key, holder, fencing token, lease, TTL left) and waiters in queue order.",
+    )
+    parser.add_argument("name", metavar="NAME")
+    parser.add_argument("-o", "--output", choices=("table", "json"), default="table", help="output format")
+    parser.add_argument(
+        "--permits",
+        type=int,
+        default=None,
+        help="permits of the semaphore (default: as written by its holders, else 1)",
+    )
+    parser.set_defaults(handler=run_status)
+
+
+@dataclass(frozen=True)
+class Row:
+    contender: Contender
+    ttl: int
+
+    def as_dict(self) -> dict[str, Any]:
+        info = self.contender.info
+        return {
+            "key": self.contender.key,
+            "holder": info.holder,
+            "host": info.host,
+            "pid": info.pid,
+            "acquired": info.acquired,
+            "fencingToken": self.contender.fencing_token,
+            "lease": format(self.contender.lease, "x"),
+            "ttl": self.ttl,
+        }
+
+
+async def run_status(args: argparse.Namespace, config: EtcdConfig) -> int:
+    async with EtcdClient(config) as client:
+        revision, contenders = await read_contenders(client, args.name)
+        ttls = await asyncio.gather(*(client.time_to_live(c.lease) for c in contenders))
+    declared = [c.info.permits for c in contenders if c.info.permits]
+    permits = args.permits or (max(declared) if declared else 1)
+    rows = [Row(c, ttl) for c, ttl in zip(contenders, ttls, strict=True)]
+    holders, waiters = rows[:permits], rows[permits:]
+    if args.output == "json":
+        doc = {
+            "name": args.name,
+            "permits": permits,
+            "revision": revision,
+            "holders": [r.as_dict() for r in holders],
+            "waiters": [r.as_dict() for r in waiters],
+        }
+        print(json.dumps(doc, indent=2))
+        return 0
+    print(f"{args.name}: {len(holders)}/{permits} held, {len(waiters)} waiting (revision {revision})")
+    if rows:
+        table = [("ROLE", "KEY", "HOLDER", "TOKEN", "LEASE", "TTL")]
+        for role, group in (("holder", holders), ("waiter", waiters)):
+            for row in group:
+                d = row.as_dict()
+                table.append(
+                    (role, d["key"], d["holder"] or "-", str(d["fencingToken"]), d["lease"], f"{row.ttl}s")
+                )
+        widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
+        for line in table:
+            print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip())
+    return 0
