@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/python -m etcdlock.demo
+	$(BIN)/python -m etcdlock.sandbox.demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -1,0 +1,5 @@
+"""``python -m etcdlock`` is the ``etcdlock`` command."""
+
+from etcdlock.cli import main
+
+main()
