@@ -109,7 +109,8 @@ def run(argv: Sequence[str]) -> int:
         format="etcdlock: %(levelname)s %(name)s: %(message)s",
     )
     try:
-        return asyncio.run(args.handler(args, config))
+        code: int = asyncio.run(args.handler(args, config))
+        return code
     except LockTimeout as exc:
         return _fail(str(exc), EXIT_TIMEOUT)
     except (LockLost, SessionLost) as exc:

@@ -145,6 +145,9 @@ class EtcdClient(aetcd.Client):
     Every method raises :class:`EtcdUnavailable` (or :class:`Compacted`) instead of gRPC errors.
     """
 
+    _connected: asyncio.Event
+    _is_connecting: bool
+
     def __init__(self, config: EtcdConfig | None = None) -> None:
         self.config = config or EtcdConfig()
         first = self.config.endpoints[0]
