@@ -14,7 +14,16 @@ import sys
 from typing import Any
 
 from etcdlock.cli.common import Signals, first_or_interrupted, non_negative_float, positive_int
-from etcdlock.etcd import EtcdClient, EtcdConfig, EtcdLockError, EtcdUnavailable, LockLost, Semaphore, Session
+from etcdlock.etcd import (
+    EtcdClient,
+    EtcdConfig,
+    EtcdLockError,
+    EtcdUnavailable,
+    LockLost,
+    Semaphore,
+    Session,
+    SessionLost,
+)
 from etcdlock.etcd.session import DEFAULT_TTL
 
 EXIT_LOST = 3
@@ -57,7 +66,10 @@ async def run_lock(args: argparse.Namespace, config: EtcdConfig) -> int:
     try:
         async with EtcdClient(config) as client, Session(client, ttl=args.ttl) as session:
             lock = Semaphore(session, args.name, args.permits, holder=args.holder)
-            acquired = await first_or_interrupted(lock.acquire(args.timeout), signals.received.wait())
+            try:
+                acquired = await first_or_interrupted(lock.acquire(args.timeout), signals.received.wait())
+            except (LockLost, SessionLost) as exc:
+                raise EtcdLockError(f"gave up waiting for {args.name}: {exc}") from None
             if acquired is None:
                 raise EtcdLockError(f"interrupted while waiting for {args.name}")
             if not command:

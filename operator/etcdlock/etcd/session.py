@@ -163,22 +163,28 @@ class Session:
                 await self.client.revoke(self.lease_id)
 
     async def _keep_alive(self) -> None:
+        """Renew until the lease is gone or the deadline passes; whatever ends this loop loses the session."""
         loop = asyncio.get_running_loop()
         interval = self.ttl / 3
-        while True:
-            try:
-                async with asyncio.timeout_at(self._deadline) as watchdog:
-                    await self._renew_on_stream(loop, interval, watchdog)
-                return
-            except TimeoutError:
-                self._lose(f"no keepalive acknowledged for {self.ttl}s (etcd unreachable or without quorum)")
-                return
-            except (EtcdUnavailable, grpc.aio.AioRpcError, grpc.aio.UsageError) as exc:
-                log.debug("keepalive stream for %x broke: %s", self.lease_id, exc)
-                if loop.time() + _RETRY_DELAY >= self._deadline:
-                    self._lose(f"keepalive failed until the deadline: {exc}")
+        reason = "keepalive stopped"
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout_at(self._deadline) as watchdog:
+                        await self._renew_on_stream(loop, interval, watchdog)
                     return
-                await asyncio.sleep(_RETRY_DELAY)
+                except TimeoutError:
+                    reason = f"no keepalive acknowledged for {self.ttl}s (etcd unreachable or without quorum)"
+                    return
+                except Exception as exc:
+                    log.debug("keepalive stream for %x broke: %s", self.lease_id, exc)
+                    if loop.time() + _RETRY_DELAY >= self._deadline:
+                        reason = f"keepalive failed until the deadline: {exc}"
+                        return
+                    await asyncio.sleep(_RETRY_DELAY)
+        finally:
+            if not self._closed:
+                self._lose(reason)
 
     async def _renew_on_stream(
         self, loop: asyncio.AbstractEventLoop, interval: float, watchdog: asyncio.Timeout
