@@ -150,6 +150,7 @@ class EtcdClient(aetcd.Client):
 
     def __init__(self, config: EtcdConfig | None = None) -> None:
         self.config = config or EtcdConfig()
+        self._abandoned_watches: set[asyncio.Future[Any]] = set()
         first = self.config.endpoints[0]
         super().__init__(
             host=first.host,
@@ -334,25 +335,50 @@ class EtcdClient(aetcd.Client):
         raises :class:`EtcdUnavailable`.
         """
         await self.connect()
-        with self.translate_errors():
-            watch = await aetcd.Client.watch(
+        # aetcd pairs each "watch created" answer with the oldest pending request, so a creation abandoned
+        # half-way would hand its watch (another key's events) to the next one; and on Python 3.11 its
+        # asyncio.wait_for drops a cancellation that arrives just as the watch is created. So the creation
+        # runs shielded: the caller's cancellation takes effect at once, and the watch, once created, is
+        # cancelled in the background.
+        creating = asyncio.ensure_future(
+            aetcd.Client.watch(
                 self,
                 key,
                 range_end=end,
                 start_revision=start_revision,
                 kind=aetcd.EventKind.DELETE if deletes_only else None,
             )
+        )
+        try:
+            with self.translate_errors():
+                watch = await asyncio.shield(creating)
+        except asyncio.CancelledError:
+            self._keep_until_done(creating)
+            creating.add_done_callback(self._cancel_abandoned_watch)
+            raise
         try:
             yield self._translated(watch)
         finally:
-            with contextlib.suppress(Exception):
-                await watch.cancel()
+            await _cancel_watch(watch)
+
+    def _keep_until_done(self, task: asyncio.Future[Any]) -> None:
+        self._abandoned_watches.add(task)
+        task.add_done_callback(self._abandoned_watches.discard)
+
+    def _cancel_abandoned_watch(self, creating: asyncio.Future[Any]) -> None:
+        if not creating.cancelled() and creating.exception() is None:
+            self._keep_until_done(asyncio.ensure_future(_cancel_watch(creating.result())))
 
     async def _translated(self, watch: Any) -> AsyncIterator[Any]:
         with self.translate_errors():
             async for event in watch:
                 yield event
         raise EtcdUnavailable(f"watch on etcd at {self.config.describe()} ended")
+
+
+async def _cancel_watch(watch: Any) -> None:
+    with contextlib.suppress(Exception):
+        await watch.cancel()
 
 
 def _read(path: str | None) -> bytes | None:

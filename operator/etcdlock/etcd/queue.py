@@ -137,11 +137,7 @@ class Queue:
                 revision, ahead = await self._read_ahead(my_rev, limit=1)
                 if not ahead:
                     return revision
-                async with self.client.watch_events(
-                    ahead[0].key, start_revision=revision + 1, deletes_only=True
-                ) as events:
-                    async for _ in events:
-                        break
+                await self._wait_deleted(ahead[0])
             except Compacted:
                 continue
             except EtcdUnavailable as exc:
@@ -149,16 +145,38 @@ class Queue:
                 self.session.check()
                 await asyncio.sleep(_RETRY_DELAY)
 
+    async def _wait_deleted(self, kv: Any) -> None:
+        """Wait until this incarnation of the key ``kv`` (as read from etcd) has been deleted.
+
+        The watch starts at etcd's current revision (``start_revision=0``): etcd then serves it from its
+        synced watchers and delivers the deletion at once. A watch from a past revision (the read's + 1,
+        once anything at all has been written since) sits among etcd's unsynced watchers, which get their
+        events only at the next background sync, up to 100 ms later: a hand-off that raced the setup of
+        the watch took that long. A deletion before the watch existed is caught by one more look at the
+        key once the watch is in place.
+        """
+        async with self.client.watch_events(kv.key, start_revision=0, deletes_only=True) as events:
+            current = (await self.client.range(kv.key, keys_only=True)).kvs
+            if not current or current[0].create_revision != kv.create_revision:
+                return
+            async for _ in events:
+                return
+
     async def _wait_rank_below(self, my_rev: int, permits: int) -> int:
         while True:
             try:
                 revision, ahead_kvs = await self._read_ahead(my_rev, limit=0)
-                ahead = {kv.key for kv in ahead_kvs}
-                if len(ahead) < permits:
+                if len(ahead_kvs) < permits:
                     return revision
+                # Watch from the current revision (delivered at once, see _wait_deleted), then read again:
+                # keys deleted before the watch existed are missing from that read.
                 async with self.client.watch_events(
-                    self.prefix, self.end, start_revision=revision + 1, deletes_only=True
+                    self.prefix, self.end, start_revision=0, deletes_only=True
                 ) as events:
+                    revision, ahead_kvs = await self._read_ahead(my_rev, limit=0)
+                    ahead = {kv.key for kv in ahead_kvs}
+                    if len(ahead) < permits:
+                        return revision
                     async for event in events:
                         if event.kv.key == self.key:
                             break
@@ -256,10 +274,18 @@ class KeyGuard:
             for task in waits:
                 task.cancel()
 
+    def cancel(self) -> None:
+        """Stop watching now: from here on the guard never reports, even a deletion that follows at once.
+
+        The watch itself is torn down in the background; :meth:`stop` waits for that.
+        """
+        self._task.cancel()
+
     async def stop(self) -> None:
         self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        # asyncio.wait, not ``await task`` under suppress(CancelledError): that would also swallow a
+        # cancellation of the caller itself (a release or resign being cancelled) while it waits here.
+        await asyncio.wait([self._task])
 
     def _report(self, reason: str) -> None:
         self.reason = reason
@@ -269,19 +295,25 @@ class KeyGuard:
         queue = self._queue
         if self._delay:
             await asyncio.sleep(self._delay)
+        start: int | None = self._my_rev + 1
         while not queue.session.is_lost:
             try:
+                if start is None:
+                    # The history since the key's creation was compacted: look at the key itself, then watch
+                    # from that read on (retrying the compacted revision would fail for ever).
+                    response = await queue.client.range(queue.key)
+                    if not response.kvs or response.kvs[0].create_revision != self._my_rev:
+                        self._report(f"key {queue.key.decode()} is gone")
+                        return
+                    start = response.header.revision + 1
                 async with queue.client.watch_events(
-                    queue.key, start_revision=self._my_rev + 1, deletes_only=True
+                    queue.key, start_revision=start, deletes_only=True
                 ) as events:
                     async for _ in events:
                         self._report(f"key {queue.key.decode()} was deleted (lease revoked or key removed)")
                         return
             except Compacted:
-                response = await queue.client.range(queue.key)
-                if not response.kvs or response.kvs[0].create_revision != self._my_rev:
-                    self._report(f"key {queue.key.decode()} is gone")
-                    return
+                start = None
             except EtcdUnavailable as exc:
                 log.debug("guard on %s: %s; retrying", queue.key.decode(), exc)
                 await asyncio.sleep(_RETRY_DELAY)

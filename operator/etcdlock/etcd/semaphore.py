@@ -29,6 +29,12 @@ log = logging.getLogger(__name__)
 # short critical sections then cost no watch at all.
 _GUARD_DELAY = 0.1
 
+# How long a failed acquire waits for its key's removal, and (on timeout) for a look at the holders, before
+# it returns: plenty for a healthy etcd, and short enough that ``timeout=S`` gives up after about S seconds
+# even without quorum, when every request would take the full request timeout (the removal then goes on
+# in the background).
+_GIVE_UP_GRACE = 1.0
+
 
 class Semaphore:
     """Up to ``permits`` holders of NAME at once, served in arrival order.
@@ -131,14 +137,16 @@ class Semaphore:
                     await guard.stop()
                     raise
             self._granted(my_rev, guard)
-            self.session.spawn(self._queue.mark_granted(my_rev, value), name=f"mark-{self.key}")
+            granted_value = HolderInfo.for_this_process(self.holder, self.permits).encode()
+            self.session.spawn(self._queue.mark_granted(my_rev, granted_value), name=f"mark-{self.key}")
             return self
         except TimeoutError:
             await self._abandon(my_rev)
-            holders = await self._holders_quietly()
+            seen = await self._holders_quietly()
             where = "" if my_rev is not None else " (etcd did not answer)"
+            who = "holders unknown" if seen is None else f"held by {_names(seen)}"
             raise LockTimeout(
-                f"{self.name} not acquired within {timeout}s{where}; held by {_names(holders)}", holders
+                f"{self.name} not acquired within {timeout}s{where}; {who}", seen or ()
             ) from None
         except BaseException:
             if self._rev is None:
@@ -159,7 +167,7 @@ class Semaphore:
         """
         task = self.session.spawn(self._remove_then_unclaim(my_rev), name=f"abandon-{self.key}")
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(task), self.session.client.config.request_timeout)
+            await asyncio.wait_for(asyncio.shield(task), _GIVE_UP_GRACE)
 
     async def _remove_then_unclaim(self, my_rev: int | None) -> None:
         try:
@@ -167,12 +175,13 @@ class Semaphore:
         finally:
             self.session.unclaim(self.name)
 
-    async def _holders_quietly(self) -> tuple[Contender, ...]:
+    async def _holders_quietly(self) -> tuple[Contender, ...] | None:
+        """The current holders, or None if etcd did not answer (not "nobody": someone may hold it)."""
         try:
-            async with asyncio.timeout(self.session.client.config.request_timeout):
+            async with asyncio.timeout(_GIVE_UP_GRACE):
                 _, contenders = await read_contenders(self.session.client, self.name)
         except (EtcdUnavailable, TimeoutError):
-            return ()
+            return None
         return tuple(contenders[: self.permits])
 
     async def release(self) -> bool:
@@ -185,12 +194,16 @@ class Semaphore:
             raise NotHeld(f"{self.name} is not held")
         my_rev, guard = self._rev, self._guard
         self._rev = self._guard = None
-        await guard.stop()
+        # Cancel the guard without waiting for its watch to be torn down (several event-loop turns): the
+        # delete goes out at once, so the next holder is not kept waiting. A cancelled guard never reports.
+        guard.cancel()
         try:
             deleted = await self._queue.remove(my_rev)
         except EtcdUnavailable:
             self.session.spawn(self._remove_then_unclaim(my_rev), name=f"release-{self.key}")
             raise
+        finally:
+            await guard.stop()
         self.session.unclaim(self.name)
         if not deleted:
             log.warning("released %s, but its key was already gone: the lock had been lost", self.name)
