@@ -19,12 +19,19 @@ def positive_int(text: str) -> int:
     return value
 
 
+def lock_name(text: str) -> str:
+    """A lock or election NAME: any non-empty string (the keys live under ``NAME/``)."""
+    if not text:
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
+
+
 def non_negative_float(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if value < 0:
+    if not value >= 0:  # also rejects nan
         raise argparse.ArgumentTypeError(f"must not be negative: {text!r}")
     return value
 

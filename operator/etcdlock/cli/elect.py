@@ -5,8 +5,17 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from etcdlock.cli.common import Signals, first_or_interrupted, positive_int
-from etcdlock.etcd import Election, EtcdClient, EtcdConfig, EtcdLockError, LockLost, Session, observe
+from etcdlock.cli.common import Signals, first_or_interrupted, lock_name, positive_int
+from etcdlock.etcd import (
+    Election,
+    EtcdClient,
+    EtcdConfig,
+    EtcdLockError,
+    LockLost,
+    Session,
+    observe,
+    read_contenders,
+)
 
 ELECTION_TTL = 60
 
@@ -18,7 +27,7 @@ def add_parser(commands: Any) -> None:
         description="Campaign with PROPOSAL and print the leader key and value once elected; hold until "
         "SIGINT/SIGTERM, then resign. With --listen, print the leader key and value at every change.",
     )
-    parser.add_argument("name", metavar="NAME")
+    parser.add_argument("name", metavar="NAME", type=lock_name)
     parser.add_argument("proposal", metavar="PROPOSAL", nargs="?")
     parser.add_argument("-l", "--listen", action="store_true", help="observe leadership changes")
     parser.add_argument(
@@ -34,6 +43,8 @@ async def run_elect(args: argparse.Namespace, config: EtcdConfig) -> int:
     try:
         async with EtcdClient(config) as client:
             if args.listen:
+                # The observer rides out later outages, but an etcd that cannot be reached at all is an error.
+                await read_contenders(client, args.name)
                 await first_or_interrupted(_print_leaders(client, args.name), signals.received.wait())
                 return 0
             async with Session(client, ttl=args.ttl) as session:

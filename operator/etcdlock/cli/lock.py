@@ -13,7 +13,13 @@ import os
 import sys
 from typing import Any
 
-from etcdlock.cli.common import Signals, first_or_interrupted, non_negative_float, positive_int
+from etcdlock.cli.common import (
+    Signals,
+    first_or_interrupted,
+    lock_name,
+    non_negative_float,
+    positive_int,
+)
 from etcdlock.etcd import (
     EtcdClient,
     EtcdConfig,
@@ -38,7 +44,9 @@ def add_parser(commands: Any) -> None:
         "the fencing token, hold until SIGINT/SIGTERM. With CMD: run it with ETCDLOCK_KEY and "
         "ETCDLOCK_FENCING_TOKEN set, release when it exits, exit with its status.",
     )
-    parser.add_argument("name", metavar="NAME", help="lock name (the same NAME as `etcdctl lock NAME`)")
+    parser.add_argument(
+        "name", metavar="NAME", type=lock_name, help="lock name (the same NAME as `etcdctl lock NAME`)"
+    )
     parser.add_argument("--ttl", type=positive_int, default=DEFAULT_TTL, help="session TTL in seconds (10)")
     parser.add_argument(
         "--timeout",
@@ -55,7 +63,7 @@ def add_parser(commands: Any) -> None:
         help="seconds between SIGTERM and SIGKILL when the lock is lost (5)",
     )
     parser.add_argument(
-        "cmd", nargs="*", default=[], metavar="CMD", help="command to run: -- CMD ARGS... (or CMD alone)"
+        "cmd", nargs="*", default=[], metavar="CMD", help="command to run, after --: lock NAME -- CMD ARGS..."
     )
     parser.set_defaults(handler=run_lock)
 

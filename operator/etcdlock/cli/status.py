@@ -8,6 +8,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from etcdlock.cli.common import lock_name, positive_int
 from etcdlock.etcd import Contender, EtcdClient, EtcdConfig, read_contenders
 
 
@@ -17,11 +18,11 @@ def add_parser(commands: Any) -> None:
         help="show holders and waiters of a lock",
         description="Holders (key, holder, fencing token, lease, TTL left) and waiters in queue order.",
     )
-    parser.add_argument("name", metavar="NAME")
+    parser.add_argument("name", metavar="NAME", type=lock_name)
     parser.add_argument("-o", "--output", choices=("table", "json"), default="table", help="output format")
     parser.add_argument(
         "--permits",
-        type=int,
+        type=positive_int,
         default=None,
         help="permits of the semaphore (default: as written by its holders, else 1)",
     )
