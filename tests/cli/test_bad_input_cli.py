@@ -1,0 +1,100 @@
+"""Bad input: one line on stderr starting with "etcdlock:", exit status 1, never a traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from cli_support import Cli, Proc, clean_env, queue_keys
+
+EP = "{endpoints}"
+NAME = "{name}"
+UNREACHABLE = "http://127.0.0.1:1"
+
+CASES: dict[str, list[str]] = {
+    "unknown-flag": ["--endpoints", EP, "lock", NAME, "--bogus"],
+    "unknown-global-flag": ["--bogus", "--endpoints", EP, "lock", NAME],
+    "unknown-command": ["--endpoints", EP, "frobnicate", NAME],
+    "no-command": ["--endpoints", EP],
+    "lock-missing-name": ["--endpoints", EP, "lock"],
+    "status-missing-name": ["--endpoints", EP, "status"],
+    "elect-missing-name": ["--endpoints", EP, "elect"],
+    "lock-empty-name": ["--endpoints", EP, "lock", ""],
+    "status-empty-name": ["--endpoints", EP, "status", ""],
+    "elect-empty-name": ["--endpoints", EP, "elect", "", "proposal"],
+    "ttl-zero": ["--endpoints", EP, "lock", NAME, "--ttl", "0"],
+    "ttl-not-a-number": ["--endpoints", EP, "lock", NAME, "--ttl", "ten"],
+    "timeout-negative": ["--endpoints", EP, "lock", NAME, "--timeout", "-1"],
+    "timeout-not-a-number": ["--endpoints", EP, "lock", NAME, "--timeout", "soon"],
+    "timeout-nan": ["--endpoints", EP, "lock", NAME, "--timeout", "nan"],
+    "permits-zero": ["--endpoints", EP, "lock", NAME, "--permits", "0"],
+    "status-permits-negative": ["--endpoints", EP, "status", NAME, "--permits", "-1"],
+    "kill-grace-negative": ["--endpoints", EP, "lock", NAME, "--kill-grace", "-1", "--", "true"],
+    "request-timeout-zero": ["--endpoints", EP, "--request-timeout", "0", "status", NAME],
+    "status-bad-output": ["--endpoints", EP, "status", NAME, "-o", "yaml"],
+    "command-after-dashes-on-status": ["--endpoints", EP, "status", NAME, "--", "true"],
+    "lock-unreachable": ["--endpoints", UNREACHABLE, "lock", NAME],
+    "lock-cmd-unreachable": ["--endpoints", UNREACHABLE, "lock", NAME, "--", "true"],
+    "status-unreachable": ["--endpoints", UNREACHABLE, "status", NAME],
+    "elect-unreachable": ["--endpoints", UNREACHABLE, "elect", NAME, "proposal"],
+    "listen-unreachable": ["--endpoints", UNREACHABLE, "elect", NAME, "--listen"],
+    "endpoint-bad-scheme": ["--endpoints", "ftp://x", "lock", NAME],
+    "endpoint-bad-port": ["--endpoints", "http://host:notaport", "lock", NAME],
+    "endpoint-port-out-of-range": ["--endpoints", "http://127.0.0.1:99999", "lock", NAME],
+    "endpoint-with-path": ["--endpoints", "http://127.0.0.1:2379/v3", "lock", NAME],
+    "endpoint-empty": ["--endpoints", "", "lock", NAME],
+    "endpoints-mixed-schemes": ["--endpoints", f"{EP},https://127.0.0.1:2", "lock", NAME],
+    "cert-without-key": ["--endpoints", EP, "--cert", "{cert}", "lock", NAME],
+    "key-without-cert": ["--endpoints", EP, "--key", "{cert}", "lock", NAME],
+    "cacert-missing-file": ["--endpoints", EP, "--cacert", "{missing}", "lock", NAME],
+    "user-without-password": ["--endpoints", EP, "--user", "alice", "lock", NAME],
+    "nonexistent-cmd": ["--endpoints", EP, "lock", NAME, "--", "{missing}"],
+    "elect-proposal-and-listen": ["--endpoints", EP, "elect", NAME, "proposal", "--listen"],
+    "elect-neither-proposal-nor-listen": ["--endpoints", EP, "elect", NAME],
+}
+
+
+def assert_one_line_error(proc: Proc) -> str:
+    code = proc.wait()
+    assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.describe()
+    assert lines[0].startswith("etcdlock: "), proc.describe()
+    assert code == 1, proc.describe()
+    assert proc.stdout == ""
+    return lines[0]
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_is_one_line_and_exit_1(cli: Cli, name: str, tmp_path: Path, case: str) -> None:
+    cert = tmp_path / "client.pem"
+    cert.write_text("not really a certificate\n")
+    values = {"endpoints": cli.endpoints, "name": name, "cert": str(cert), "missing": str(tmp_path / "nope")}
+    argv = [arg.format(**values) for arg in CASES[case]]
+
+    assert_one_line_error(cli.etcdlock_raw(*argv))
+
+
+def test_unreachable_endpoint_message_names_the_endpoint(cli: Cli, name: str) -> None:
+    proc = cli.etcdlock_raw("--endpoints", UNREACHABLE, "lock", name)
+    line = assert_one_line_error(proc)
+    assert line.startswith(f"etcdlock: cannot reach etcd at {UNREACHABLE}")
+
+
+def test_bad_endpoint_from_the_environment(cli: Cli, name: str) -> None:
+    proc = cli.etcdlock_raw("lock", name, env=clean_env(ETCDLOCK_ENDPOINTS="ftp://x"))
+    line = assert_one_line_error(proc)
+    assert "ftp://x" in line
+
+
+def test_usage_errors_point_to_help(cli: Cli, name: str) -> None:
+    proc = cli.etcdlock_raw("--endpoints", cli.endpoints, "lock", name, "--bogus")
+    line = assert_one_line_error(proc)
+    assert "--bogus" in line and "etcdlock --help" in line
+
+
+def test_nonexistent_cmd_leaves_no_key(cli: Cli, name: str, tmp_path: Path) -> None:
+    missing = str(tmp_path / "no-such-command")
+    line = assert_one_line_error(cli.etcdlock("lock", name, "--", missing, "arg"))
+    assert line.startswith(f"etcdlock: cannot run {missing}")
+    assert queue_keys(cli.status(name)) == []
