@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from etcdlock.cli import elect, lock, status
+from etcdlock.cli.common import positive_float
 from etcdlock.etcd import EtcdConfig, EtcdLockError, LockLost, LockTimeout, SessionLost
 from etcdlock.etcd.client import DEFAULT_ENDPOINT
 
@@ -61,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--key", default=_env("KEY_FILE"), help="TLS client private key (env ETCDLOCK_KEY_FILE)"
     )
     parser.add_argument(
-        "--request-timeout", type=_positive_float, default=5.0, help="seconds per etcd request (default 5)"
+        "--request-timeout", type=positive_float, default=5.0, help="seconds per etcd request (default 5)"
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log what the engine does")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
@@ -69,16 +70,6 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_parser(commands)
     elect.add_parser(commands)
     return parser
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
-    return value
 
 
 def run(argv: Sequence[str]) -> int:

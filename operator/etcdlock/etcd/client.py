@@ -259,34 +259,9 @@ class EtcdClient(aetcd.Client):
                     raise
         raise AssertionError("unreachable")
 
-    async def range(
-        self,
-        key: bytes,
-        end: bytes = b"",
-        *,
-        limit: int = 0,
-        descending: bool = False,
-        by_create: bool = False,
-        max_create_revision: int = 0,
-        keys_only: bool = False,
-        count_only: bool = False,
-        revision: int = 0,
-    ) -> Any:
-        """A raw Range (rpc.RangeResponse): every option etcd offers that the engine needs."""
-        return await self._unary(
-            self.kvstub.Range,
-            range_request(
-                key,
-                end,
-                limit=limit,
-                descending=descending,
-                by_create=by_create,
-                max_create_revision=max_create_revision,
-                keys_only=keys_only,
-                count_only=count_only,
-                revision=revision,
-            ),
-        )
+    async def range(self, key: bytes, end: bytes = b"", **options: Any) -> Any:
+        """A raw Range (rpc.RangeResponse); ``options`` as for :func:`range_request`."""
+        return await self._unary(self.kvstub.Range, range_request(key, end, **options))
 
     async def txn(self, compare: Sequence[Any], success: Sequence[Any], failure: Sequence[Any] = ()) -> Any:
         """A raw transaction (rpc.TxnResponse) built from :func:`compare_*` and ``*_op`` helpers."""

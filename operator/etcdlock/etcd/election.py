@@ -9,47 +9,24 @@ the leader key's create revision, and loss of leadership is observable (``wait_l
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 
 from etcdlock.etcd import keys
 from etcdlock.etcd.client import EtcdClient, create_revision_is, put_op
 from etcdlock.etcd.errors import Compacted, EtcdUnavailable, NotHeld
+from etcdlock.etcd.hold import Hold
 from etcdlock.etcd.keys import Contender
-from etcdlock.etcd.queue import KeyGuard, Queue, first_of, read_contenders
-from etcdlock.etcd.session import Session
+from etcdlock.etcd.queue import KeyGuard, first_of, read_contenders
 
 _RETRY_DELAY = 0.2
 
 
-class Election:
-    """Campaign for leadership of NAME under a session; observe who leads."""
-
-    def __init__(self, session: Session, name: str) -> None:
-        self.session = session
-        self.name = name
-        self._queue = Queue(session, name)
-        self._rev: int | None = None
-        self._guard: KeyGuard | None = None
-
-    @property
-    def key(self) -> str:
-        return self._queue.key.decode()
-
-    @property
-    def token(self) -> int:
-        """Create revision of the leader key: a fencing token that increases with every new leader."""
-        if self._rev is None:
-            raise NotHeld(f"not leader of {self.name}")
-        return self._rev
+class Election(Hold):
+    """Campaign for leadership of NAME under a session; ``token`` is the leader key's create revision."""
 
     @property
     def is_leader(self) -> bool:
         return self._rev is not None and not self.is_lost
-
-    @property
-    def is_lost(self) -> bool:
-        return self._guard is not None and self._guard.is_lost
 
     async def campaign(self, proposal: bytes | str, timeout: float | None = None) -> Election:
         """Become leader with ``proposal`` as value; returns (itself) once leader.
@@ -81,18 +58,10 @@ class Election:
                     await guard.stop()
                     raise
         except BaseException:
-            task = self.session.spawn(self._remove_then_unclaim(my_rev), name=f"withdraw-{self.key}")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(task), self.session.client.config.request_timeout)
+            await self._abandon(my_rev)
             raise
-        self._rev, self._guard = my_rev, guard
+        self._granted(my_rev, guard)
         return self
-
-    async def _remove_then_unclaim(self, my_rev: int | None) -> None:
-        try:
-            await self._queue.remove_until_done(my_rev)
-        finally:
-            self.session.unclaim(self.name)
 
     async def _put_fenced(self, my_rev: int, value: bytes) -> bool:
         response = await self.session.client.txn(
@@ -111,21 +80,9 @@ class Election:
 
     async def resign(self) -> bool:
         """Give up leadership (fenced delete). Returns False if leadership had already been lost."""
-        if self._rev is None or self._guard is None:
+        if self._rev is None:
             return False
-        my_rev, guard = self._rev, self._guard
-        self._rev = self._guard = None
-        await guard.stop()
-        try:
-            return await self._queue.remove(my_rev)
-        finally:
-            self.session.unclaim(self.name)
-
-    async def wait_lost(self) -> str:
-        """Wait until leadership is lost (leader key gone or session lost); returns why."""
-        if self._guard is None:
-            raise NotHeld(f"not leader of {self.name}")
-        return await self._guard.wait_lost()
+        return await self._give_back()
 
     async def leader(self) -> Contender | None:
         """The current leader's key and proposal, or None."""

@@ -14,13 +14,13 @@ Differences from etcd's Go ``concurrency.Mutex``, all on the side of safety:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from types import TracebackType
 
-from etcdlock.etcd.errors import EtcdUnavailable, LockTimeout, NotHeld
+from etcdlock.etcd.errors import EtcdUnavailable, LockTimeout
+from etcdlock.etcd.hold import GIVE_UP_GRACE, Hold
 from etcdlock.etcd.keys import Contender, HolderInfo
-from etcdlock.etcd.queue import KeyGuard, Queue, first_of, read_contenders
+from etcdlock.etcd.queue import KeyGuard, first_of, read_contenders
 from etcdlock.etcd.session import Session
 
 log = logging.getLogger(__name__)
@@ -29,14 +29,8 @@ log = logging.getLogger(__name__)
 # short critical sections then cost no watch at all.
 _GUARD_DELAY = 0.1
 
-# How long a failed acquire waits for its key's removal, and (on timeout) for a look at the holders, before
-# it returns: plenty for a healthy etcd, and short enough that ``timeout=S`` gives up after about S seconds
-# even without quorum, when every request would take the full request timeout (the removal then goes on
-# in the background).
-_GIVE_UP_GRACE = 1.0
 
-
-class Semaphore:
+class Semaphore(Hold):
     """Up to ``permits`` holders of NAME at once, served in arrival order.
 
     ``async with Semaphore(session, "jobs", permits=3, timeout=30) as sem:`` raises :class:`LockTimeout`
@@ -55,44 +49,14 @@ class Semaphore:
     ) -> None:
         if permits < 1:
             raise ValueError("permits must be at least 1")
-        self.session = session
-        self.name = name
+        super().__init__(session, name)
         self.permits = permits
         self.holder = holder
         self.timeout = timeout
-        self._queue = Queue(session, name)
-        self._rev: int | None = None
-        self._guard: KeyGuard | None = None
-
-    @property
-    def key(self) -> str:
-        """This session's contender key for NAME."""
-        return self._queue.key.decode()
-
-    @property
-    def token(self) -> int:
-        """The fencing token: the create revision of the own key, strictly increasing across holders."""
-        if self._rev is None:
-            raise NotHeld(f"{self.name} is not held")
-        return self._rev
 
     @property
     def is_held(self) -> bool:
         return self._rev is not None and not self.is_lost
-
-    @property
-    def is_lost(self) -> bool:
-        return self._guard is not None and self._guard.is_lost
-
-    @property
-    def lost_reason(self) -> str | None:
-        return self._guard.lost_reason if self._guard is not None else None
-
-    async def wait_lost(self) -> str:
-        """Wait until the held lock is lost (its key deleted or its session lost); returns why."""
-        if self._guard is None:
-            raise NotHeld(f"{self.name} is not held")
-        return await self._guard.wait_lost()
 
     async def acquire(self, timeout: float | None = None) -> Semaphore:
         """Wait for a permit. ``timeout=0`` tries once; ``None`` waits for ever.
@@ -156,29 +120,10 @@ class Semaphore:
                     self.session.unclaim(self.name)
             raise
 
-    def _granted(self, my_rev: int, guard: KeyGuard) -> None:
-        self._rev = my_rev
-        self._guard = guard
-
-    async def _abandon(self, my_rev: int | None) -> None:
-        """Remove the own key after a failed acquire and give the name back to the session.
-
-        Waits a bounded time for the removal; if etcd does not answer it goes on in the background.
-        """
-        task = self.session.spawn(self._remove_then_unclaim(my_rev), name=f"abandon-{self.key}")
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(task), _GIVE_UP_GRACE)
-
-    async def _remove_then_unclaim(self, my_rev: int | None) -> None:
-        try:
-            await self._queue.remove_until_done(my_rev)
-        finally:
-            self.session.unclaim(self.name)
-
     async def _holders_quietly(self) -> tuple[Contender, ...] | None:
         """The current holders, or None if etcd did not answer (not "nobody": someone may hold it)."""
         try:
-            async with asyncio.timeout(_GIVE_UP_GRACE):
+            async with asyncio.timeout(GIVE_UP_GRACE):
                 _, contenders = await read_contenders(self.session.client, self.name)
         except (EtcdUnavailable, TimeoutError):
             return None
@@ -190,24 +135,7 @@ class Semaphore:
         Returns False if the key was already gone (the lock had been lost). If etcd cannot be reached the
         removal goes on in the background and :class:`EtcdUnavailable` is raised.
         """
-        if self._rev is None or self._guard is None:
-            raise NotHeld(f"{self.name} is not held")
-        my_rev, guard = self._rev, self._guard
-        self._rev = self._guard = None
-        # Cancel the guard without waiting for its watch to be torn down (several event-loop turns): the
-        # delete goes out at once, so the next holder is not kept waiting. A cancelled guard never reports.
-        guard.cancel()
-        try:
-            deleted = await self._queue.remove(my_rev)
-        except EtcdUnavailable:
-            self.session.spawn(self._remove_then_unclaim(my_rev), name=f"release-{self.key}")
-            raise
-        finally:
-            await guard.stop()
-        self.session.unclaim(self.name)
-        if not deleted:
-            log.warning("released %s, but its key was already gone: the lock had been lost", self.name)
-        return deleted
+        return await self._give_back()
 
     async def __aenter__(self) -> Semaphore:
         return await self.acquire(self.timeout)
