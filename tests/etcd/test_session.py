@@ -8,6 +8,7 @@ import pytest
 from engine_support import bounded, eventually, private_etcd, queue_keys
 
 from etcdlock.etcd import EtcdClient, EtcdConfig, Mutex, Session, SessionLost
+from etcdlock.sandbox.etcd import LocalEtcd
 
 
 async def test_session_is_lost_at_its_local_deadline_when_etcd_stops_answering(name: str) -> None:
@@ -117,3 +118,13 @@ async def test_revoked_lease_makes_the_session_lost(client: EtcdClient, name: st
 def test_session_ttl_below_one_second_is_refused() -> None:
     with pytest.raises(ValueError, match="TTL"):
         Session(None, ttl=0)  # type: ignore[arg-type]
+
+
+async def test_a_session_on_a_client_that_was_never_entered_connects_by_itself(etcd: LocalEtcd) -> None:
+    client = EtcdClient(EtcdConfig.parse(etcd.endpoints))
+    try:
+        session = await Session(client, ttl=5).start()
+        assert await client.time_to_live(session.lease_id) > 0
+        await session.close()
+    finally:
+        await client.close()

@@ -244,12 +244,16 @@ class EtcdClient(aetcd.Client):
             return EtcdUnavailable(f"cannot reach etcd at {self.config.describe()}: {detail}")
         return EtcdUnavailable(f"etcd at {self.config.describe()}: {detail}")
 
-    async def _unary(self, method: Any, request: Any) -> Any:
-        """One unary call with the request timeout; re-authenticates once if the token expired."""
+    async def _unary(self, stub: str, method: str, request: Any) -> Any:
+        """One unary call (``stub.method``, looked up once connected) with the request timeout.
+
+        Re-authenticates once if the auth token expired.
+        """
         await self.connect()
         for attempt in range(2):
+            call = getattr(getattr(self, stub), method)
             try:
-                return await method(request, timeout=self.config.request_timeout, metadata=self.metadata)
+                return await call(request, timeout=self.config.request_timeout, metadata=self.metadata)
             except grpc.aio.AioRpcError as exc:
                 expired = exc.code() == grpc.StatusCode.UNAUTHENTICATED and "token" in (exc.details() or "")
                 if attempt == 0 and expired and self.config.username is not None:
@@ -261,16 +265,16 @@ class EtcdClient(aetcd.Client):
 
     async def range(self, key: bytes, end: bytes = b"", **options: Any) -> Any:
         """A raw Range (rpc.RangeResponse); ``options`` as for :func:`range_request`."""
-        return await self._unary(self.kvstub.Range, range_request(key, end, **options))
+        return await self._unary("kvstub", "Range", range_request(key, end, **options))
 
     async def txn(self, compare: Sequence[Any], success: Sequence[Any], failure: Sequence[Any] = ()) -> Any:
         """A raw transaction (rpc.TxnResponse) built from :func:`compare_*` and ``*_op`` helpers."""
         request = rpc.TxnRequest(compare=list(compare), success=list(success), failure=list(failure))
-        return await self._unary(self.kvstub.Txn, request)
+        return await self._unary("kvstub", "Txn", request)
 
     async def grant(self, ttl: int) -> tuple[int, int]:
         """Grant a lease; returns (lease id, granted TTL)."""
-        response = await self._unary(self.leasestub.LeaseGrant, rpc.LeaseGrantRequest(TTL=ttl))
+        response = await self._unary("leasestub", "LeaseGrant", rpc.LeaseGrantRequest(TTL=ttl))
         if response.error:
             raise EtcdUnavailable(f"etcd refused a lease of {ttl}s: {response.error}")
         return response.ID, response.TTL
@@ -278,7 +282,7 @@ class EtcdClient(aetcd.Client):
     async def revoke(self, lease_id: int) -> bool:
         """Revoke a lease and delete its keys; False if it was already gone."""
         try:
-            await self._unary(self.leasestub.LeaseRevoke, rpc.LeaseRevokeRequest(ID=lease_id))
+            await self._unary("leasestub", "LeaseRevoke", rpc.LeaseRevokeRequest(ID=lease_id))
         except EtcdUnavailable as exc:
             if "lease not found" in str(exc):
                 return False
@@ -287,7 +291,7 @@ class EtcdClient(aetcd.Client):
 
     async def time_to_live(self, lease_id: int) -> int:
         """Seconds the lease has left (-1 when it does not exist)."""
-        response = await self._unary(self.leasestub.LeaseTimeToLive, rpc.LeaseTimeToLiveRequest(ID=lease_id))
+        response = await self._unary("leasestub", "LeaseTimeToLive", rpc.LeaseTimeToLiveRequest(ID=lease_id))
         return int(response.TTL)
 
     async def keepalive_stream(self) -> Any:
