@@ -98,3 +98,19 @@ def test_nonexistent_cmd_leaves_no_key(cli: Cli, name: str, tmp_path: Path) -> N
     line = assert_one_line_error(cli.etcdlock("lock", name, "--", missing, "arg"))
     assert line.startswith(f"etcdlock: cannot run {missing}")
     assert queue_keys(cli.status(name)) == []
+
+
+@pytest.mark.parametrize("command", [[], ["lock"], ["status"], ["elect"]])
+def test_help_prints_usage_and_exits_0(cli: Cli, command: list[str]) -> None:
+    proc = cli.etcdlock_raw(*command, "--help")
+    assert proc.wait() == 0
+    assert "usage: etcdlock" in proc.stdout and "--endpoints" in proc.stdout
+    assert "Traceback" not in proc.stderr
+
+
+def test_connection_options_are_accepted_after_the_command(cli: Cli, name: str) -> None:
+    proc = cli.etcdlock_raw("lock", name, "--endpoints", cli.endpoints, "--timeout", "0", "--", "true")
+    assert proc.wait() == 0, proc.stderr
+    proc = cli.etcdlock_raw("--endpoints", cli.endpoints, "status", name, "--endpoints", UNREACHABLE)
+    line = assert_one_line_error(proc)
+    assert UNREACHABLE in line

@@ -41,34 +41,52 @@ def _env(name: str) -> str | None:
     return os.environ.get(ENV_PREFIX + name) or None
 
 
+def _add_connection_options(parser: argparse.ArgumentParser, *, after_command: bool) -> None:
+    """How to reach etcd. Accepted before COMMAND and after it; given after, they win."""
+
+    def default(value: object) -> object:
+        return argparse.SUPPRESS if after_command else value
+
+    parser.add_argument(
+        "--endpoints",
+        default=default(_env("ENDPOINTS") or DEFAULT_ENDPOINT),
+        help="comma-separated etcd URLs, tried in order (env ETCDLOCK_ENDPOINTS; default "
+        + DEFAULT_ENDPOINT
+        + ")",
+    )
+    parser.add_argument("--user", default=default(_env("USER")), help="NAME:PASSWORD (env ETCDLOCK_USER)")
+    parser.add_argument(
+        "--cacert", default=default(_env("CACERT_FILE")), help="TLS CA bundle (env ETCDLOCK_CACERT_FILE)"
+    )
+    parser.add_argument(
+        "--cert", default=default(_env("CERT_FILE")), help="TLS client certificate (env ETCDLOCK_CERT_FILE)"
+    )
+    parser.add_argument(
+        "--key", default=default(_env("KEY_FILE")), help="TLS client private key (env ETCDLOCK_KEY_FILE)"
+    )
+    parser.add_argument(
+        "--request-timeout",
+        type=positive_float,
+        default=default(5.0),
+        help="seconds per etcd request (default 5)",
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", default=default(False), help="log what the engine does"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="etcdlock",
         description="Distributed locks on etcd, compatible with `etcdctl lock` and `etcdctl elect`.",
     )
-    parser.add_argument(
-        "--endpoints",
-        default=_env("ENDPOINTS") or DEFAULT_ENDPOINT,
-        help="comma-separated etcd URLs, tried in order (env ETCDLOCK_ENDPOINTS; default %(default)s)",
-    )
-    parser.add_argument("--user", default=_env("USER"), help="NAME:PASSWORD (env ETCDLOCK_USER)")
-    parser.add_argument(
-        "--cacert", default=_env("CACERT_FILE"), help="TLS CA bundle (env ETCDLOCK_CACERT_FILE)"
-    )
-    parser.add_argument(
-        "--cert", default=_env("CERT_FILE"), help="TLS client certificate (env ETCDLOCK_CERT_FILE)"
-    )
-    parser.add_argument(
-        "--key", default=_env("KEY_FILE"), help="TLS client private key (env ETCDLOCK_KEY_FILE)"
-    )
-    parser.add_argument(
-        "--request-timeout", type=positive_float, default=5.0, help="seconds per etcd request (default 5)"
-    )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log what the engine does")
+    _add_connection_options(parser, after_command=False)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
     lock.add_parser(commands)
     status.add_parser(commands)
     elect.add_parser(commands)
+    for command in commands.choices.values():
+        _add_connection_options(command, after_command=True)
     return parser
 
 
