@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
+import trustme
 
 from etcdlock.etcd import EtcdClient, EtcdConfig, Session
-from etcdlock.sandbox.etcd import LocalEtcd
+from etcdlock.sandbox.etcd import LocalEtcd, LocalTls
+
+AUTH_TOKEN_TTL = 2
 
 
 @pytest.fixture(scope="session")
@@ -40,3 +44,63 @@ async def client(etcd: LocalEtcd) -> AsyncIterator[EtcdClient]:
 async def session(client: EtcdClient) -> AsyncIterator[Session]:
     async with Session(client, ttl=10) as etcd_session:
         yield etcd_session
+
+
+
+
+@pytest.fixture(scope="session")
+def tls(tmp_path_factory: pytest.TempPathFactory) -> LocalTls:
+    """A CA, a server certificate for 127.0.0.1/localhost and a client certificate, as PEM files."""
+    directory = tmp_path_factory.mktemp("tls")
+    ca = trustme.CA()
+    server = ca.issue_cert("127.0.0.1", "localhost")
+    client = ca.issue_cert("etcdlock-test-client")
+    files = LocalTls(
+        ca_file=directory / "ca.pem",
+        server_cert_file=directory / "server.pem",
+        server_key_file=directory / "server-key.pem",
+        client_cert_file=directory / "client.pem",
+        client_key_file=directory / "client-key.pem",
+    )
+    ca.cert_pem.write_to_path(files.ca_file)
+    server.cert_chain_pems[0].write_to_path(files.server_cert_file)
+    server.private_key_pem.write_to_path(files.server_key_file)
+    client.cert_chain_pems[0].write_to_path(files.client_cert_file)
+    client.private_key_pem.write_to_path(files.client_key_file)
+    return files
+
+
+@pytest.fixture(scope="session")
+def untrusted_ca(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The certificate of a CA that signed nothing etcd uses."""
+    path = tmp_path_factory.mktemp("other-ca") / "ca.pem"
+    trustme.CA().cert_pem.write_to_path(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tls_etcd(tls: LocalTls) -> Iterator[LocalEtcd]:
+    """One single-member etcd per test module that serves https and demands a client certificate."""
+    with LocalEtcd(size=1, tls=tls) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def auth_etcd() -> Iterator[LocalEtcd]:
+    """One single-member etcd per test module, with authentication on; tokens expire after 2 idle seconds.
+
+    Users: ``root:rootpw`` (may do anything) and ``alice:alicepw`` (read and write under ``locks/`` only).
+    """
+    with LocalEtcd(size=1, extra_args=[f"--auth-token-ttl={AUTH_TOKEN_TTL}"]) as cluster:
+        for args in (
+            ["user", "add", "root:rootpw", "--interactive=false"],
+            ["user", "grant-role", "root", "root"],
+            ["user", "add", "alice:alicepw", "--interactive=false"],
+            ["role", "add", "locker"],
+            ["role", "grant-permission", "locker", "readwrite", "locks/", "--prefix=true"],
+            ["user", "grant-role", "alice", "locker"],
+            ["auth", "enable"],
+        ):
+            done = cluster.etcdctl(*args)
+            assert done.returncode == 0, f"etcdctl {' '.join(args)}: {done.stderr}"
+        yield cluster

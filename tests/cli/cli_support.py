@@ -209,6 +209,18 @@ class Cli:
             proc.stop()
 
 
+def assert_one_line_error(proc: Proc) -> str:
+    """The command failed as the CLI promises: exit 1, one stderr line "etcdlock: ...", no traceback."""
+    code = proc.wait()
+    assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.describe()
+    assert lines[0].startswith("etcdlock: "), proc.describe()
+    assert code == 1, proc.describe()
+    assert proc.stdout == ""
+    return lines[0]
+
+
 def queue_keys(doc: dict[str, Any]) -> list[str]:
     """Every key of a status document in queue order (holders first)."""
     return [row["key"] for row in doc["holders"] + doc["waiters"]]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from cli_support import Cli, Proc, clean_env, queue_keys
+from cli_support import Cli, assert_one_line_error, clean_env, queue_keys
 
 EP = "{endpoints}"
 NAME = "{name}"
@@ -52,17 +52,6 @@ CASES: dict[str, list[str]] = {
     "elect-proposal-and-listen": ["--endpoints", EP, "elect", NAME, "proposal", "--listen"],
     "elect-neither-proposal-nor-listen": ["--endpoints", EP, "elect", NAME],
 }
-
-
-def assert_one_line_error(proc: Proc) -> str:
-    code = proc.wait()
-    assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr
-    lines = proc.stderr.splitlines()
-    assert len(lines) == 1, proc.describe()
-    assert lines[0].startswith("etcdlock: "), proc.describe()
-    assert code == 1, proc.describe()
-    assert proc.stdout == ""
-    return lines[0]
 
 
 @pytest.mark.parametrize("case", list(CASES))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import socket
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -139,6 +140,59 @@ def _ip_target(endpoints: Sequence[Endpoint]) -> str:
     return "ipv6:" + ",".join(f"[{ip}]:{port}" for ip, (_, _, port) in zip(mapped, addresses, strict=True))
 
 
+class _WatchRefused(Exception):
+    """etcd answered a watch creation with "created and cancelled" (the text is etcd's reason)."""
+
+
+class _Watcher(aetcd.watcher.Watcher):
+    """aetcd's multiplexed watch stream, except that a watch etcd refuses to create fails instead of hanging.
+
+    etcd refuses a watch (permission denied, or a stream whose auth token has expired) by answering
+    ``created`` and ``canceled`` at once; aetcd would register that as a live watch that never delivers.
+    """
+
+    async def _handle_response(self, response: Any) -> None:
+        if response.created and response.canceled:
+            async with self._lock:
+                if self._new_callback is not None:
+                    self._new_callback.error = _WatchRefused(response.cancel_reason or "watch refused")
+                    self._new_callback_ready.notify_all()
+            return
+        await super()._handle_response(response)
+
+    async def close(self, reason: Exception) -> None:
+        """End the stream: pending creations and every watch on it fail with ``reason``."""
+        await self._terminate_stream(reason)
+
+
+class _Watch:
+    """One watch and the stream it lives on: its events, or the error that ended it, come through a queue.
+
+    aetcd's own watch objects cancel on whatever stream the client has at that moment, which after a
+    restart may carry another watch with the same id.
+    """
+
+    def __init__(self, watcher: _Watcher, watch_id: int, events: asyncio.Queue[Any]) -> None:
+        self._watcher = watcher
+        self._watch_id = watch_id
+        self._events = events
+
+    @classmethod
+    async def create(cls, watcher: _Watcher, key: bytes, **options: Any) -> _Watch:
+        events: asyncio.Queue[Any] = asyncio.Queue()
+        callback = await watcher.add_callback(key, events.put, **options)
+        return cls(watcher, callback.watch_id, events)
+
+    async def __aiter__(self) -> AsyncIterator[Any]:
+        while (item := await self._events.get()) is not None:
+            if isinstance(item, Exception):
+                raise item
+            yield item
+
+    async def cancel(self) -> None:
+        await self._watcher.cancel(self._watch_id)
+
+
 class EtcdClient(aetcd.Client):
     """aetcd's client with endpoint failover, TLS, and the raw KV/lease/watch calls the engine uses.
 
@@ -151,6 +205,7 @@ class EtcdClient(aetcd.Client):
     def __init__(self, config: EtcdConfig | None = None) -> None:
         self.config = config or EtcdConfig()
         self._abandoned_watches: set[asyncio.Future[Any]] = set()
+        self._auth_lock = asyncio.Lock()
         first = self.config.endpoints[0]
         super().__init__(
             host=first.host,
@@ -197,11 +252,7 @@ class EtcdClient(aetcd.Client):
             self.auth_stub = rpc.AuthStub(self.channel)
             if self.config.username is not None:
                 await self._authenticate()
-            self._watcher = aetcd.watcher.Watcher(
-                rpc.WatchStub(self.channel),
-                timeout=self.config.request_timeout,
-                metadata=self._streams_metadata(),
-            )
+            self._watcher = self._new_watcher()
             self._connected.set()
         except BaseException:
             if self.channel is not None:
@@ -216,8 +267,25 @@ class EtcdClient(aetcd.Client):
         with self.translate_errors():
             response = await self.auth_stub.Authenticate(request, timeout=self.config.request_timeout)
         self.metadata = (("token", response.token),)
-        if self._watcher is not None:
-            self._watcher._metadata = self._streams_metadata()
+
+    async def _reauthenticate(self, stale: Any) -> None:
+        """Replace the auth token ``stale`` (unless another task already has) and restart the watch stream.
+
+        etcd checks the token a watch stream was opened with each time a watch is created on it, so a
+        stream opened with the old token would refuse every new watch. The watches on the old stream end
+        (:class:`EtcdUnavailable`) and their owners watch again, as after a broken connection.
+        """
+        async with self._auth_lock:
+            if self.metadata != stale:
+                return
+            await self._authenticate()
+            old, self._watcher = self._watcher, self._new_watcher()
+            if old is not None:
+                await old.close(EtcdUnavailable("watch stream restarted after re-authentication"))
+
+    def _new_watcher(self) -> _Watcher:
+        stub = rpc.WatchStub(self.channel)
+        return _Watcher(stub, timeout=self.config.request_timeout, metadata=self._streams_metadata())
 
     def _streams_metadata(self) -> tuple[tuple[str, str], ...]:
         return (*(self.metadata or ()), _REQUIRE_LEADER)
@@ -240,6 +308,10 @@ class EtcdClient(aetcd.Client):
         if "connection refused" in detail.lower():
             detail = "connection refused"
         lowered = detail.lower()
+        if "handshake failed" in lowered:
+            return EtcdUnavailable(f"cannot reach etcd at {self.config.describe()}: {_tls_failure(detail)}")
+        if "user name is empty" in lowered:
+            detail += " (etcd has authentication enabled: give --user NAME:PASSWORD)"
         if "connect" in lowered or "unavailable" in lowered or "dns" in lowered:
             return EtcdUnavailable(f"cannot reach etcd at {self.config.describe()}: {detail}")
         return EtcdUnavailable(f"etcd at {self.config.describe()}: {detail}")
@@ -252,12 +324,13 @@ class EtcdClient(aetcd.Client):
         await self.connect()
         for attempt in range(2):
             call = getattr(getattr(self, stub), method)
+            token = self.metadata
             try:
-                return await call(request, timeout=self.config.request_timeout, metadata=self.metadata)
+                return await call(request, timeout=self.config.request_timeout, metadata=token)
             except grpc.aio.AioRpcError as exc:
                 expired = exc.code() == grpc.StatusCode.UNAUTHENTICATED and "token" in (exc.details() or "")
                 if attempt == 0 and expired and self.config.username is not None:
-                    await self._authenticate()
+                    await self._reauthenticate(token)
                     continue
                 with self.translate_errors():
                     raise
@@ -307,6 +380,7 @@ class EtcdClient(aetcd.Client):
         *,
         start_revision: int,
         deletes_only: bool = False,
+        prev_kv: bool = False,
     ) -> AsyncIterator[AsyncIterator[Any]]:
         """Watch a key (or ``[key, end)``) from ``start_revision``; yields an iterator of aetcd events.
 
@@ -320,12 +394,12 @@ class EtcdClient(aetcd.Client):
         # runs shielded: the caller's cancellation takes effect at once, and the watch, once created, is
         # cancelled in the background.
         creating = asyncio.ensure_future(
-            aetcd.Client.watch(
-                self,
+            self._create_watch(
                 key,
                 range_end=end,
                 start_revision=start_revision,
                 kind=aetcd.EventKind.DELETE if deletes_only else None,
+                prev_kv=prev_kv,
             )
         )
         try:
@@ -339,6 +413,23 @@ class EtcdClient(aetcd.Client):
             yield self._translated(watch)
         finally:
             await _cancel_watch(watch)
+
+    async def _create_watch(self, key: bytes, **options: Any) -> _Watch:
+        """Create a watch on the current stream.
+
+        A refused creation, when this client authenticates, gets a new token and stream and one more try:
+        the refusal may come from the stream's token having expired (etcd 3.5 says "permission denied").
+        """
+        for attempt in range(2):
+            token = self.metadata
+            try:
+                return await _Watch.create(self._watcher, key, **options)
+            except _WatchRefused as exc:
+                if attempt == 0 and self.config.username is not None:
+                    await self._reauthenticate(token)
+                    continue
+                raise self._unavailable(f"watch refused: {exc}") from None
+        raise AssertionError("unreachable")
 
     def _keep_until_done(self, task: asyncio.Future[Any]) -> None:
         self._abandoned_watches.add(task)
@@ -358,6 +449,24 @@ class EtcdClient(aetcd.Client):
 async def _cancel_watch(watch: Any) -> None:
     with contextlib.suppress(Exception):
         await watch.cancel()
+
+
+# What the TLS library's reason for a failed handshake means for the user.
+_TLS_REASONS = {
+    "CERTIFICATE_VERIFY_FAILED": "etcd's certificate is not signed by a trusted CA (see --cacert)",
+    "SSLV3_ALERT_BAD_CERTIFICATE": "etcd rejected the client certificate (give --cert and --key signed by a "
+    "CA that etcd trusts)",
+    "TLSV13_ALERT_CERTIFICATE_REQUIRED": "etcd requires a client certificate (--cert and --key)",
+}
+
+
+def _tls_failure(detail: str) -> str:
+    match = re.search(r"OPENSSL_internal:([A-Z0-9_]+)", detail)
+    if match is None:
+        return f"TLS handshake failed: {detail}"
+    reason = match.group(1)
+    meaning = _TLS_REASONS.get(reason)
+    return f"TLS handshake failed ({reason})" + (f": {meaning}" if meaning else "")
 
 
 def _read(path: str | None) -> bytes | None:
@@ -415,6 +524,11 @@ def delete_op(key: bytes) -> Any:
 def create_revision_is(key: bytes, revision: int) -> Any:
     """Compare: the key's create revision equals ``revision`` (0 = the key does not exist)."""
     return rpc.Compare(key=key, target=rpc.Compare.CREATE, result=rpc.Compare.EQUAL, create_revision=revision)
+
+
+def mod_revision_is(key: bytes, revision: int) -> Any:
+    """Compare: the key's mod revision equals ``revision`` (optimistic concurrency on a whole object)."""
+    return rpc.Compare(key=key, target=rpc.Compare.MOD, result=rpc.Compare.EQUAL, mod_revision=revision)
 
 
 def range_is_empty(key: bytes, end: bytes) -> Any:

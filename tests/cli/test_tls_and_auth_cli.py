@@ -1,0 +1,98 @@
+"""`etcdlock` over TLS with a client certificate, and with a user and password, against a real etcd.
+
+A refused connection or login is one stderr line that says what is wrong, and exit status 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cli_support import Cli, assert_one_line_error, clean_env
+
+from etcdlock.sandbox.etcd import LocalEtcd, LocalTls
+
+
+@pytest.fixture
+def tls_cli(tls_etcd: LocalEtcd, tmp_path: Path) -> Iterator[Cli]:
+    starter = Cli(tls_etcd.endpoint_list, tmp_path)
+    try:
+        yield starter
+    finally:
+        starter.close()
+
+
+@pytest.fixture
+def auth_cli(auth_etcd: LocalEtcd, tmp_path: Path) -> Iterator[Cli]:
+    starter = Cli(auth_etcd.endpoint_list, tmp_path)
+    try:
+        yield starter
+    finally:
+        starter.close()
+
+
+def client_cert(tls: LocalTls, ca: Path | None = None) -> list[str]:
+    """The connection flags for a client with a certificate; ``ca`` replaces the CA that signed etcd's."""
+    cert, key = str(tls.client_cert_file), str(tls.client_key_file)
+    return ["--cacert", str(ca or tls.ca_file), "--cert", cert, "--key", key]
+
+
+def fencing_token(cli: Cli, *args: str) -> int:
+    """Run ``etcdlock ARGS... lock`` with a CMD that prints its fencing token; the token it printed."""
+    proc = cli.run(*args, "--timeout", "0", "--", "sh", "-c", 'echo "$ETCDLOCK_FENCING_TOKEN"')
+    assert proc.popen.returncode == 0, proc.describe()
+    return int(proc.stdout.strip())
+
+
+def test_lock_over_tls_with_a_client_certificate(tls_cli: Cli, tls: LocalTls, name: str) -> None:
+    first = fencing_token(tls_cli, *client_cert(tls), "lock", name)
+    assert fencing_token(tls_cli, *client_cert(tls), "lock", name) > first > 0
+    status = tls_cli.run(*client_cert(tls), "status", name)
+    assert status.popen.returncode == 0, status.describe()
+    assert status.stdout.startswith(f"{name}: 0/1 held, 0 waiting")
+
+
+def test_tls_without_a_client_certificate_is_one_line_and_exit_1(
+    tls_cli: Cli, tls: LocalTls, name: str
+) -> None:
+    proc = tls_cli.etcdlock("--cacert", str(tls.ca_file), "lock", name, "--timeout", "0", "--", "true")
+    line = assert_one_line_error(proc)
+    assert "TLS handshake failed" in line and "client certificate" in line
+
+
+def test_tls_with_the_wrong_ca_is_one_line_and_exit_1(
+    tls_cli: Cli, tls: LocalTls, untrusted_ca: Path, name: str
+) -> None:
+    proc = tls_cli.etcdlock(*client_cert(tls, untrusted_ca), "lock", name, "--timeout", "0", "--", "true")
+    line = assert_one_line_error(proc)
+    assert "TLS handshake failed" in line and "not signed by a trusted CA" in line
+
+
+def test_lock_with_user_and_password(auth_cli: Cli, name: str) -> None:
+    assert fencing_token(auth_cli, "--user", "root:rootpw", "lock", name) > 0
+
+
+def test_user_and_password_from_the_environment(auth_cli: Cli, name: str) -> None:
+    proc = auth_cli.etcdlock(
+        "lock", name, "--timeout", "0", "--", "true", env=clean_env(ETCDLOCK_USER="root:rootpw")
+    )
+    assert proc.wait() == 0, proc.describe()
+
+
+def test_a_wrong_password_is_one_line_saying_authentication_failed(auth_cli: Cli, name: str) -> None:
+    line = assert_one_line_error(auth_cli.etcdlock("--user", "root:wrong", "lock", name, "--", "true"))
+    assert "authentication failed" in line
+
+
+def test_no_user_is_one_line_asking_for_one(auth_cli: Cli, name: str) -> None:
+    line = assert_one_line_error(auth_cli.etcdlock("lock", name, "--", "true"))
+    assert "--user NAME:PASSWORD" in line
+
+
+def test_a_user_outside_its_permitted_prefix_is_one_line_saying_permission_denied(auth_cli: Cli) -> None:
+    assert auth_cli.run("--user", "alice:alicepw", "lock", "locks/ok", "--", "true").popen.returncode == 0
+    line = assert_one_line_error(
+        auth_cli.etcdlock("--user", "alice:alicepw", "lock", "elsewhere/x", "--", "true")
+    )
+    assert "permission denied" in line
