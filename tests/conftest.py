@@ -9,6 +9,7 @@ import pytest
 import trustme
 
 from etcdlock.etcd import EtcdClient, EtcdConfig, Session
+from etcdlock.sandbox.cluster import SandboxThread
 from etcdlock.sandbox.etcd import LocalEtcd, LocalTls
 
 AUTH_TOKEN_TTL = 2
@@ -46,6 +47,17 @@ async def session(client: EtcdClient) -> AsyncIterator[Session]:
         yield etcd_session
 
 
+@pytest.fixture(scope="session")
+def sandbox() -> Iterator[SandboxThread]:
+    """One Kubernetes API emulator on its own etcd for the whole run; tests use their own namespaces."""
+    with SandboxThread() as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def kubeconfig(sandbox: SandboxThread, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A kubeconfig file pointing at the sandbox (for kubectl and the kubernetes client)."""
+    return sandbox.write_kubeconfig(tmp_path_factory.mktemp("sandbox") / "kubeconfig")
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,53 @@
+"""``etcdlock sandbox up|down``: a local etcd and Kubernetes API emulator for trying etcdlock with kubectl."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from etcdlock.cli.common import positive_int
+from etcdlock.etcd import EtcdConfig, EtcdLockError
+
+
+def add_parser(commands: Any) -> None:
+    parser = commands.add_parser(
+        "sandbox",
+        help="start or stop a local etcd plus Kubernetes API emulator (not a real cluster)",
+        description="up: start etcd and the API emulator in the background and write DIR/kubeconfig. "
+        "down: stop them (the sandbox starts empty every time).",
+    )
+    parser.add_argument("action", choices=("up", "down"))
+    parser.add_argument("--dir", default=".sandbox", help="state folder (default .sandbox)")
+    parser.add_argument("--port", type=positive_int, default=None, help="API port (default: a free one)")
+    parser.set_defaults(handler=run_sandbox)
+
+
+async def run_sandbox(args: argparse.Namespace, config: EtcdConfig) -> int:
+    return await asyncio.to_thread(_run, args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Start or stop the background sandbox process (blocking: it waits for the process)."""
+    try:
+        from etcdlock.sandbox import daemon  # optional: etcdlock[sandbox]
+    except ImportError as exc:
+        raise EtcdLockError(
+            f"the sandbox needs extra packages ({exc.name}): pip install 'etcdlock[sandbox]'"
+        ) from None
+    directory = Path(args.dir).resolve()
+    try:
+        if args.action == "up":
+            kubeconfig = daemon.up(directory, args.port or 0)
+            print(f"sandbox running; its kubeconfig is {kubeconfig}")
+            print(f"  export KUBECONFIG={kubeconfig}")
+            print("  kubectl get namespaces")
+            print(f"  etcdlock sandbox down --dir {args.dir}   # stop it (all data goes)")
+        elif daemon.down(directory):
+            print("sandbox stopped")
+        else:
+            print("no sandbox was running")
+    except daemon.SandboxError as exc:
+        raise EtcdLockError(str(exc)) from None
+    return 0

@@ -1,0 +1,1 @@
+"""A local Kubernetes API server backed by etcd: a sandbox and test double, never production."""

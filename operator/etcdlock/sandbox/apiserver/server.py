@@ -1,0 +1,291 @@
+"""The HTTP face of the emulator: kube-apiserver's URLs, discovery, JSON bodies, watch streams, tables.
+
+Plain HTTP on loopback, no authentication: a sandbox and a test double, never a production server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from etcdlock.sandbox.apiserver import errors, tables
+from etcdlock.sandbox.apiserver.api import Api
+from etcdlock.sandbox.apiserver.errors import ApiError
+from etcdlock.sandbox.apiserver.resources import ResourceType
+
+log = logging.getLogger(__name__)
+
+Obj = dict[str, Any]
+
+VERSION = {
+    "major": "1",
+    "minor": "32",
+    "gitVersion": "v1.32.0-etcdlock-sandbox",
+    "gitCommit": "",
+    "gitTreeState": "clean",
+    "buildDate": "2026-01-01T00:00:00Z",
+    "goVersion": "",
+    "compiler": "",
+    "platform": "linux/amd64",
+}
+# No schemas are published: kubectl then skips client-side validation of every kind (custom resources
+# are still validated here, against their CRD's schema). There is no /openapi/v3: kubectl falls back to v2.
+OPENAPI_V2: dict[str, Any] = {
+    "swagger": "2.0",
+    "info": {"title": "etcdlock sandbox", "version": VERSION["gitVersion"]},
+    "paths": {},
+    "definitions": {},
+}
+DEFAULT_WATCH_SECONDS = 1800
+_SUBRESOURCES = ("status", "finalize")
+
+
+def _json(body: Any, status: int = 200) -> web.Response:
+    return web.Response(
+        text=json.dumps(body, separators=(",", ":")), status=status, content_type="application/json"
+    )
+
+
+@web.middleware
+async def _status_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    try:
+        response: web.StreamResponse = await handler(request)
+        return response
+    except ApiError as exc:
+        return _json(exc.status(), exc.code)
+
+
+class ApiServer:
+    """An aiohttp application serving :class:`Api` the way kube-apiserver does."""
+
+    def __init__(self, api: Api) -> None:
+        self.api = api
+        self.app = web.Application(middlewares=[_status_errors], client_max_size=16 * 1024 * 1024)
+        get = self.app.router.add_get
+        for path in ("/healthz", "/livez", "/readyz"):
+            get(path, self._ok)
+        get("/version", lambda _: self._static(VERSION))
+        get("/openapi/v2", self._openapi_v2)
+        get("/api", self._core_versions)
+        get("/apis", self._groups)
+        get("/api/v1", self._core_resources)
+        get("/apis/{group}", self._group)
+        get("/apis/{group}/{version}", self._group_resources)
+        self.app.router.add_route("*", "/api/v1/{path:.+}", self._core_object)
+        self.app.router.add_route("*", "/apis/{group}/{version}/{path:.+}", self._group_object)
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        """Serve on host:port (0 = a free port); returns the server's URL."""
+        self._runner = web.AppRunner(self.app, handle_signals=False, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        self.url = f"http://{host}:{self._runner.addresses[0][1]}"
+        return self.url
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    # -- discovery ----------------------------------------------------------------------------------
+
+    async def _ok(self, _: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    async def _static(self, body: Obj) -> web.Response:
+        return _json(body)
+
+    async def _openapi_v2(self, request: web.Request) -> web.Response:
+        """An OpenAPI v2 document without schemas, as JSON or (kubectl asks for it) protobuf.
+
+        Protobuf goes out as ``application/octet-stream``, as kube-openapi sends it: kubectl's media-type
+        parser rejects the ``@`` of the protobuf media type it asks for.
+        """
+        if "protobuf" in request.headers.get("Accept", ""):
+            return web.Response(body=_openapi_v2_protobuf(), content_type="application/octet-stream")
+        return _json(OPENAPI_V2)
+
+    async def _core_versions(self, _: web.Request) -> web.Response:
+        return _json({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []})
+
+    def _group_doc(self, group: str, versions: list[str]) -> Obj:
+        listed = [{"groupVersion": f"{group}/{v}", "version": v} for v in versions]
+        return {"name": group, "versions": listed, "preferredVersion": listed[0]}
+
+    async def _groups(self, _: web.Request) -> web.Response:
+        groups = [self._group_doc(g, vs) for g, vs in self.api.catalog.groups().items()]
+        return _json({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
+
+    async def _group(self, request: web.Request) -> web.Response:
+        group = request.match_info["group"]
+        versions = self.api.catalog.groups().get(group)
+        if not versions:
+            raise ApiError(404, "NotFound", f"the server could not find the requested resource ({group})")
+        return _json({"kind": "APIGroup", "apiVersion": "v1", **self._group_doc(group, versions)})
+
+    def _resource_list(self, group: str, version: str) -> Obj:
+        types = self.api.catalog.in_group_version(group, version)
+        if not types:
+            raise ApiError(404, "NotFound", "the server could not find the requested resource")
+        resources = [entry for rtype in types for entry in rtype.discovery()]
+        group_version = f"{group}/{version}" if group else version
+        return {
+            "kind": "APIResourceList",
+            "apiVersion": "v1",
+            "groupVersion": group_version,
+            "resources": resources,
+        }
+
+    async def _core_resources(self, _: web.Request) -> web.Response:
+        return _json(self._resource_list("", "v1"))
+
+    async def _group_resources(self, request: web.Request) -> web.Response:
+        return _json(self._resource_list(request.match_info["group"], request.match_info["version"]))
+
+    # -- objects ------------------------------------------------------------------------------------
+
+    async def _core_object(self, request: web.Request) -> web.StreamResponse:
+        return await self._object(request, "", "v1", request.match_info["path"])
+
+    async def _group_object(self, request: web.Request) -> web.StreamResponse:
+        info = request.match_info
+        return await self._object(request, info["group"], info["version"], info["path"])
+
+    async def _object(self, request: web.Request, group: str, version: str, path: str) -> web.StreamResponse:
+        parts = [p for p in path.split("/") if p]
+        namespace: str | None = None
+        if len(parts) >= 3 and parts[0] == "namespaces" and parts[2] not in _SUBRESOURCES:
+            namespace, parts = parts[1], parts[2:]
+        if not parts or len(parts) > 3:
+            raise ApiError(404, "NotFound", "the server could not find the requested resource")
+        plural = parts[0]
+        name = parts[1] if len(parts) > 1 else None
+        subresource = parts[2] if len(parts) > 2 else None
+        rtype = self.api.resolve(group, version, plural)
+        if rtype.namespaced and name is not None and namespace is None:
+            raise ApiError(404, "NotFound", "the server could not find the requested resource")
+        if not rtype.namespaced and namespace is not None:
+            raise ApiError(404, "NotFound", "the server could not find the requested resource")
+        if name is None:
+            return await self._collection(request, rtype, namespace)
+        return await self._single(request, rtype, namespace, name, subresource)
+
+    async def _collection(
+        self, request: web.Request, rtype: ResourceType, namespace: str | None
+    ) -> web.StreamResponse:
+        query = request.query
+        match = self.api.matcher(rtype, query.get("labelSelector"), query.get("fieldSelector"))
+        if request.method == "GET":
+            if query.get("watch") in ("1", "true", "True"):
+                return await self._watch(request, rtype, namespace, match)
+            items, revision = await self.api.list_matching(rtype, namespace, match)
+            if _wants_table(request):
+                return _json(tables.table(rtype, items, str(revision)))
+            return _json(
+                {
+                    "kind": f"{rtype.kind}List",
+                    "apiVersion": rtype.group_version,
+                    "metadata": {"resourceVersion": str(revision)},
+                    "items": items,
+                }
+            )
+        if request.method == "POST":
+            body = await _body(request)
+            created = await self.api.create(rtype, namespace, body, dry_run="dryRun" in query)
+            return _json(created, 201)
+        if request.method == "DELETE":
+            deleted = await self.api.delete_collection(rtype, namespace, match)
+            return _json(
+                {
+                    "kind": f"{rtype.kind}List",
+                    "apiVersion": rtype.group_version,
+                    "metadata": {},
+                    "items": deleted,
+                }
+            )
+        raise ApiError(405, "MethodNotAllowed", f"{request.method} is not allowed on a collection")
+
+    async def _single(
+        self,
+        request: web.Request,
+        rtype: ResourceType,
+        namespace: str | None,
+        name: str,
+        subresource: str | None,
+    ) -> web.StreamResponse:
+        if subresource is not None and (subresource != "status" or not rtype.status_subresource):
+            raise ApiError(404, "NotFound", "the server could not find the requested resource")
+        if request.method == "GET":
+            obj = await self.api.get(rtype, namespace, name)
+            if _wants_table(request):
+                return _json(tables.table(rtype, [obj], obj["metadata"]["resourceVersion"]))
+            return _json(obj)
+        if request.method == "PUT":
+            return _json(await self.api.update(rtype, namespace, name, await _body(request), subresource))
+        if request.method == "PATCH":
+            document = await request.read()
+            return _json(
+                await self.api.patch(rtype, namespace, name, request.content_type, document, subresource)
+            )
+        if request.method == "DELETE":
+            raw = await request.read()
+            options = json.loads(raw) if raw.strip() else {}
+            return _json(await self.api.delete(rtype, namespace, name, options))
+        raise ApiError(405, "MethodNotAllowed", f"{request.method} is not allowed on an object")
+
+    async def _watch(
+        self, request: web.Request, rtype: ResourceType, namespace: str | None, match: Any
+    ) -> web.StreamResponse:
+        """A chunked stream of ``{"type": ..., "object": ...}`` lines until timeoutSeconds or disconnect."""
+        seconds = float(request.query.get("timeoutSeconds") or DEFAULT_WATCH_SECONDS)
+        events = self.api.watch(rtype, namespace, request.query.get("resourceVersion"), match)
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        try:
+            async with asyncio.timeout(seconds):
+                async for kind, obj in events:
+                    await response.write(json.dumps({"type": kind, "object": obj}).encode() + b"\n")
+        except TimeoutError:
+            pass
+        except ApiError as exc:
+            await response.write(json.dumps({"type": "ERROR", "object": exc.status()}).encode() + b"\n")
+        except (ConnectionResetError, asyncio.CancelledError):
+            with contextlib.suppress(Exception):
+                await events.aclose()  # type: ignore[attr-defined]
+            raise
+        await response.write_eof()
+        return response
+
+
+def _protobuf_string(field: int, value: bytes) -> bytes:
+    """One length-delimited protobuf field (wire type 2); the values here are all shorter than 128 bytes."""
+    return bytes([field << 3 | 2, len(value)]) + value
+
+
+def _openapi_v2_protobuf() -> bytes:
+    """OPENAPI_V2 as gnostic's ``openapi_v2.Document``: swagger (1) and info (2: title 1, version 2)."""
+    info = OPENAPI_V2["info"]
+    encoded_info = _protobuf_string(1, info["title"].encode()) + _protobuf_string(2, info["version"].encode())
+    return _protobuf_string(1, OPENAPI_V2["swagger"].encode()) + _protobuf_string(2, encoded_info)
+
+
+def _wants_table(request: web.Request) -> bool:
+    accept = request.headers.get("Accept", "")
+    return "as=Table" in accept
+
+
+async def _body(request: web.Request) -> Any:
+    raw = await request.read()
+    try:
+        return json.loads(raw)
+    except ValueError as exc:
+        raise errors.bad_request(f"the body of the request could not be decoded as JSON: {exc}") from None

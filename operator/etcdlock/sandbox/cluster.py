@@ -1,0 +1,135 @@
+"""A local Kubernetes API (the emulator) on a local etcd, in this process: for tests and ``sandbox up``.
+
+``async with Sandbox() as sandbox:`` gives ``sandbox.url`` (the API), ``sandbox.etcd`` (the etcd behind it)
+and ``sandbox.write_kubeconfig(path)`` for kubectl and the kubernetes client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from pathlib import Path
+from types import TracebackType
+
+from etcdlock.etcd.client import EtcdClient, EtcdConfig
+from etcdlock.sandbox.apiserver.api import Api
+from etcdlock.sandbox.apiserver.server import ApiServer
+from etcdlock.sandbox.apiserver.storage import Storage
+from etcdlock.sandbox.etcd import LocalEtcd
+
+CONTEXT = "etcdlock-sandbox"
+
+
+def kubeconfig(url: str, namespace: str = "default") -> dict[str, object]:
+    """A kubeconfig for the emulator: plain HTTP on loopback, no credentials (JSON, which is YAML too)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": CONTEXT, "cluster": {"server": url}}],
+        "users": [{"name": CONTEXT, "user": {}}],
+        "contexts": [
+            {"name": CONTEXT, "context": {"cluster": CONTEXT, "user": CONTEXT, "namespace": namespace}}
+        ],
+        "current-context": CONTEXT,
+        "preferences": {},
+    }
+
+
+class Sandbox:
+    """etcd plus the API emulator; everything started is stopped by :meth:`stop`."""
+
+    def __init__(self, workdir: Path | None = None, port: int = 0) -> None:
+        self._workdir = workdir
+        self._port = port
+        self.etcd: LocalEtcd | None = None
+        self._client: EtcdClient | None = None
+        self.api: Api | None = None
+        self._server: ApiServer | None = None
+        self.url = ""
+
+    async def start(self) -> Sandbox:
+        try:
+            self.etcd = LocalEtcd(workdir=self._workdir)
+            await asyncio.to_thread(self.etcd.start)
+            self._client = EtcdClient(EtcdConfig.parse(self.etcd.endpoints))
+            await self._client.connect()
+            self.api = Api(Storage(self._client))
+            await self.api.start()
+            self._server = ApiServer(self.api)
+            self.url = await self._server.start(port=self._port)
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            await self._server.stop()
+        if self.api is not None:
+            await self.api.close()
+        if self._client is not None:
+            await self._client.close()
+        if self.etcd is not None:
+            await asyncio.to_thread(self.etcd.close)
+        self._server = self.api = self._client = self.etcd = None
+
+    def write_kubeconfig(self, path: Path, namespace: str = "default") -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(kubeconfig(self.url, namespace), indent=2))
+        return path
+
+    async def __aenter__(self) -> Sandbox:
+        return await self.start()
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+
+class SandboxThread:
+    """A :class:`Sandbox` on its own event loop in a background thread, for synchronous callers.
+
+    ``with SandboxThread() as sandbox:`` (e.g. a session-scoped pytest fixture) gives ``url`` and
+    ``write_kubeconfig``; leaving the block stops the API and etcd and joins the thread.
+    """
+
+    def __init__(self, workdir: Path | None = None) -> None:
+        self.sandbox = Sandbox(workdir)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="sandbox", daemon=True)
+
+    @property
+    def url(self) -> str:
+        return self.sandbox.url
+
+    @property
+    def etcd(self) -> LocalEtcd:
+        assert self.sandbox.etcd is not None
+        return self.sandbox.etcd
+
+    def write_kubeconfig(self, path: Path, namespace: str = "default") -> Path:
+        return self.sandbox.write_kubeconfig(path, namespace)
+
+    def __enter__(self) -> SandboxThread:
+        self._thread.start()
+        try:
+            asyncio.run_coroutine_threadsafe(self.sandbox.start(), self._loop).result(timeout=60)
+        except BaseException:
+            self._shutdown()
+            raise
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._shutdown()
+
+    def _shutdown(self) -> None:
+        try:
+            asyncio.run_coroutine_threadsafe(self.sandbox.stop(), self._loop).result(timeout=60)
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=10)
+            self._loop.close()

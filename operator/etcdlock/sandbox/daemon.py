@@ -1,0 +1,126 @@
+"""``etcdlock sandbox up`` / ``down``: the sandbox as a background process with its state under a folder.
+
+``up`` starts ``python -m etcdlock.sandbox.daemon DIR PORT`` in a new session, waits until it answers and
+has written ``DIR/kubeconfig``, and returns. ``down`` stops it (SIGTERM, SIGKILL after a grace period);
+the process then stops the API and etcd and deletes etcd's data: the sandbox starts empty every time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from etcdlock.sandbox.cluster import Sandbox
+
+START_TIMEOUT = 60.0
+STOP_TIMEOUT = 30.0
+
+
+class SandboxError(Exception):
+    """The sandbox could not be started or stopped; the message says why."""
+
+
+def _pid_file(directory: Path) -> Path:
+    return directory / "sandbox.pid"
+
+
+def running_pid(directory: Path) -> int | None:
+    """The pid of the sandbox serving ``directory``, if it is alive."""
+    try:
+        pid = int(_pid_file(directory).read_text())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return None
+    return pid
+
+
+def _answers(kubeconfig: Path) -> bool:
+    """The kubeconfig exists and the API server it names answers /readyz."""
+    try:
+        server = json.loads(kubeconfig.read_text())["clusters"][0]["cluster"]["server"]
+        with urllib.request.urlopen(f"{server}/readyz", timeout=1) as response:
+            return bool(response.status == 200)
+    except (OSError, ValueError, LookupError, urllib.error.URLError):
+        return False
+
+
+def up(directory: Path, port: int = 0) -> Path:
+    """Start the sandbox in the background (unless it runs already); returns the kubeconfig path."""
+    directory.mkdir(parents=True, exist_ok=True)
+    kubeconfig = directory / "kubeconfig"
+    if running_pid(directory) is not None and _answers(kubeconfig):
+        return kubeconfig
+    kubeconfig.unlink(missing_ok=True)
+    log = (directory / "sandbox.log").open("ab")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "etcdlock.sandbox.daemon", str(directory), str(port)],
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=log,
+        start_new_session=True,
+    )
+    log.close()
+    deadline = time.monotonic() + START_TIMEOUT
+    while not _answers(kubeconfig):
+        if process.poll() is not None:
+            raise SandboxError(f"the sandbox exited during start-up: see {directory / 'sandbox.log'}")
+        if time.monotonic() > deadline:
+            process.kill()
+            raise SandboxError(
+                f"the sandbox did not start within {START_TIMEOUT:.0f}s: see {directory / 'sandbox.log'}"
+            )
+        time.sleep(0.1)
+    return kubeconfig
+
+
+def down(directory: Path) -> bool:
+    """Stop the sandbox serving ``directory``; False if none was running."""
+    pid = running_pid(directory)
+    if pid is None:
+        _pid_file(directory).unlink(missing_ok=True)
+        return False
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT
+    while running_pid(directory) is not None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if running_pid(directory) is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+    _pid_file(directory).unlink(missing_ok=True)
+    return True
+
+
+async def serve(directory: Path, port: int) -> None:
+    """Run the sandbox until SIGTERM/SIGINT, then stop everything and delete etcd's data."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    data = directory / "etcd"
+    shutil.rmtree(data, ignore_errors=True)
+    data.mkdir(parents=True)
+    try:
+        async with Sandbox(workdir=data, port=port) as sandbox:
+            _pid_file(directory).write_text(str(os.getpid()))
+            sandbox.write_kubeconfig(directory / "kubeconfig")
+            etcd = sandbox.etcd.endpoint_list if sandbox.etcd else "?"
+            print(f"sandbox API at {sandbox.url}, etcd at {etcd}", flush=True)
+            await stop.wait()
+    finally:
+        (directory / "kubeconfig").unlink(missing_ok=True)
+        _pid_file(directory).unlink(missing_ok=True)
+        shutil.rmtree(data, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    asyncio.run(serve(Path(sys.argv[1]), int(sys.argv[2])))
