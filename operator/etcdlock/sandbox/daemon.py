@@ -44,6 +44,21 @@ def running_pid(directory: Path) -> int | None:
     return pid
 
 
+def _exited(pid: int) -> bool:
+    """The process is gone, or a zombie: it has exited, but whoever adopted it has not reaped it yet."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state in ("Z", "X")
+
+
 def _answers(kubeconfig: Path) -> bool:
     """The kubeconfig exists and the API server it names answers /readyz."""
     try:
@@ -91,9 +106,10 @@ def down(directory: Path) -> bool:
         return False
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + STOP_TIMEOUT
-    while running_pid(directory) is not None and time.monotonic() < deadline:
+    # Wait for the process itself, not its pid file: it removes the file a moment before it exits.
+    while not _exited(pid) and time.monotonic() < deadline:
         time.sleep(0.1)
-    if running_pid(directory) is not None:
+    if not _exited(pid):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)
     _pid_file(directory).unlink(missing_ok=True)

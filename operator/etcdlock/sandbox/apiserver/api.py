@@ -208,6 +208,8 @@ class Api:
             obj["status"] = {"phase": "Pending", "conditions": _gate_conditions(obj)}
         elif rtype.group == "" and rtype.plural == "namespaces":
             obj["status"] = {"phase": "Active"}
+        elif rtype.group == "" and rtype.plural == "secrets" and not obj.get("type"):
+            obj["type"] = "Opaque"
         elif rtype is CRD_TYPE:
             obj["status"] = _crd_status(obj)
         return obj

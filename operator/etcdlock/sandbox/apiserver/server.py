@@ -13,7 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from etcdlock.sandbox.apiserver import errors, tables
+from etcdlock.sandbox.apiserver import errors, protobuf, tables
 from etcdlock.sandbox.apiserver.api import Api
 from etcdlock.sandbox.apiserver.errors import ApiError
 from etcdlock.sandbox.apiserver.resources import ResourceType
@@ -69,13 +69,18 @@ class ApiServer:
         get = self.app.router.add_get
         for path in ("/healthz", "/livez", "/readyz"):
             get(path, self._ok)
-        get("/version", lambda _: self._static(VERSION))
         get("/openapi/v2", self._openapi_v2)
-        get("/api", self._core_versions)
-        get("/apis", self._groups)
-        get("/api/v1", self._core_resources)
-        get("/apis/{group}", self._group)
-        get("/apis/{group}/{version}", self._group_resources)
+        # The kubernetes Python client asks for discovery with a trailing slash ("/version/", "/api/v1/").
+        for path, handler in (
+            ("/version", self._version),
+            ("/api", self._core_versions),
+            ("/apis", self._groups),
+            ("/api/v1", self._core_resources),
+            ("/apis/{group}", self._group),
+            ("/apis/{group}/{version}", self._group_resources),
+        ):
+            get(path, handler)
+            get(path + "/", handler)
         self.app.router.add_route("*", "/api/v1/{path:.+}", self._core_object)
         self.app.router.add_route("*", "/apis/{group}/{version}/{path:.+}", self._group_object)
         self._runner: web.AppRunner | None = None
@@ -83,7 +88,11 @@ class ApiServer:
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         """Serve on host:port (0 = a free port); returns the server's URL."""
-        self._runner = web.AppRunner(self.app, handle_signals=False, access_log=None)
+        # handler_cancellation: a watch whose client went away ends at once (and its etcd watch with it)
+        # instead of lingering until the next event fails to be written.
+        self._runner = web.AppRunner(
+            self.app, handle_signals=False, access_log=None, handler_cancellation=True
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
         await site.start()
@@ -100,8 +109,8 @@ class ApiServer:
     async def _ok(self, _: web.Request) -> web.Response:
         return web.Response(text="ok")
 
-    async def _static(self, body: Obj) -> web.Response:
-        return _json(body)
+    async def _version(self, _: web.Request) -> web.Response:
+        return _json(VERSION)
 
     async def _openapi_v2(self, request: web.Request) -> web.Response:
         """An OpenAPI v2 document without schemas, as JSON or (kubectl asks for it) protobuf.
@@ -285,6 +294,8 @@ def _wants_table(request: web.Request) -> bool:
 
 async def _body(request: web.Request) -> Any:
     raw = await request.read()
+    if request.content_type == protobuf.MEDIA_TYPE:
+        return protobuf.decode(raw)
     try:
         return json.loads(raw)
     except ValueError as exc:

@@ -120,8 +120,11 @@ class Storage:
                 start, range_end(start), start_revision=after + 1, prev_kv=True
             ) as events:
                 async for event in events:
+                    # aetcd always gives a prev_kv (an empty protobuf message when the key was just
+                    # created); only a real previous version has a create revision.
+                    prior = event.prev_kv
                     previous = (
-                        _decode(event.prev_kv.value, event.prev_kv.mod_revision) if event.prev_kv else None
+                        _decode(prior.value, prior.mod_revision) if prior and prior.create_revision else None
                     )
                     if event.kind == "DELETE":
                         if previous is None:

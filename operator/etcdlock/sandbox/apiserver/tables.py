@@ -1,5 +1,6 @@
 """Table output (``Accept: application/json;as=Table;g=meta.k8s.io;v=v1``), so ``kubectl get`` prints
-the columns the server chooses: a CRD's ``additionalPrinterColumns``, and a few built-in ones for pods.
+the columns the server chooses: a CRD's ``additionalPrinterColumns``, and kube-apiserver's own ones for
+pods, namespaces, configmaps, secrets and events (other built-in kinds get Name and Age).
 
 ``jsonPath`` supports what printer columns use: ``.a.b``, ``[N]``, ``[*]`` and ``[?(@.k=="v")]``.
 """
@@ -30,7 +31,33 @@ _POD_COLUMNS = (
     {"name": "Status", "type": "string", "jsonPath": ""},
     {"name": "Restarts", "type": "integer", "jsonPath": ""},
     _AGE,
+    {"name": "IP", "type": "string", "jsonPath": "", "priority": 1},
+    {"name": "Node", "type": "string", "jsonPath": "", "priority": 1},
+    {"name": "Nominated Node", "type": "string", "jsonPath": "", "priority": 1},
+    {"name": "Readiness Gates", "type": "string", "jsonPath": "", "priority": 1},
 )
+_EVENT_COLUMNS = (
+    {"name": "Last Seen", "type": "string"},
+    {"name": "Type", "type": "string"},
+    {"name": "Reason", "type": "string"},
+    {"name": "Object", "type": "string"},
+    {"name": "Subobject", "type": "string", "priority": 1},
+    {"name": "Source", "type": "string", "priority": 1},
+    {"name": "Message", "type": "string"},
+    {"name": "First Seen", "type": "string", "priority": 1},
+    {"name": "Count", "type": "integer", "priority": 1},
+    {"name": "Name", "type": "string", "format": "name", "priority": 1},
+)
+# Built-in kinds whose columns kube-apiserver's printers define (it always sends the wide columns, with
+# priority 1; kubectl shows those only for ``-o wide``). The cells come from the functions in _CELLS.
+_BUILTIN_COLUMNS: dict[tuple[str, str], tuple[dict[str, Any], ...]] = {
+    ("", "pods"): (_NAME, *_POD_COLUMNS),
+    ("", "namespaces"): (_NAME, {"name": "Status", "type": "string"}, _AGE),
+    ("", "configmaps"): (_NAME, {"name": "Data", "type": "integer"}, _AGE),
+    ("", "secrets"): (_NAME, {"name": "Type", "type": "string"}, {"name": "Data", "type": "integer"}, _AGE),
+    ("", "events"): _EVENT_COLUMNS,
+    ("events.k8s.io", "events"): _EVENT_COLUMNS,
+}
 
 
 def evaluate(path: str, obj: Any) -> list[Any]:
@@ -100,23 +127,88 @@ def _pod_cells(pod: Obj) -> list[Any]:
     if pod.get("metadata", {}).get("deletionTimestamp"):
         phase = "Terminating"
     restarts = sum(int(s.get("restartCount", 0)) for s in statuses)
-    return [f"{ready}/{len(containers)}", phase, restarts, age(pod["metadata"].get("creationTimestamp"))]
+    gates = spec.get("readinessGates") or []
+    gates_ready = sum(
+        1
+        for gate in gates
+        for condition in status.get("conditions") or ()
+        if condition.get("type") == gate.get("conditionType") and condition.get("status") == "True"
+    )
+    return [
+        f"{ready}/{len(containers)}",
+        phase,
+        restarts,
+        age(pod["metadata"].get("creationTimestamp")),
+        status.get("podIP") or "<none>",
+        spec.get("nodeName") or "<none>",
+        status.get("nominatedNodeName") or "<none>",
+        f"{gates_ready}/{len(gates)}" if gates else "<none>",
+    ]
+
+
+def _event_cells(event: Obj) -> list[Any]:
+    """As kube-apiserver's event printer; events.k8s.io/v1 names its fields differently."""
+    involved = event.get("involvedObject") or event.get("regarding") or {}
+    kind, name = str(involved.get("kind", "")).lower(), involved.get("name")
+    source = event.get("source") or {}
+    component = source.get("component") or event.get("reportingController") or ""
+    host = source.get("host") or event.get("reportingInstance") or ""
+    first = event.get("firstTimestamp") or event.get("deprecatedFirstTimestamp") or event.get("eventTime")
+    last = event.get("lastTimestamp") or event.get("deprecatedLastTimestamp") or first
+    series = event.get("series") or {}
+    count = series.get("count") or event.get("count") or event.get("deprecatedCount") or 1
+    if series.get("lastObservedTime"):
+        last = series["lastObservedTime"]
+    return [
+        age(last),
+        event.get("type", ""),
+        event.get("reason", ""),
+        f"{kind}/{name}" if name else kind,
+        involved.get("fieldPath", ""),
+        f"{component}, {host}" if host else component,
+        str(event.get("message") or event.get("note") or "").strip(),
+        age(first),
+        int(count),
+        event["metadata"]["name"],
+    ]
+
+
+def _data_count(obj: Obj) -> int:
+    return len(obj.get("data") or {}) + len(obj.get("binaryData") or {})
+
+
+# The whole row of each kind in _BUILTIN_COLUMNS, in its columns' order.
+_CELLS: dict[tuple[str, str], Any] = {
+    ("", "pods"): lambda pod: [_name(pod), *_pod_cells(pod)],
+    ("", "namespaces"): lambda ns: [_name(ns), (ns.get("status") or {}).get("phase", ""), _age_of(ns)],
+    ("", "configmaps"): lambda cm: [_name(cm), _data_count(cm), _age_of(cm)],
+    ("", "secrets"): lambda s: [_name(s), s.get("type", ""), _data_count(s), _age_of(s)],
+    ("", "events"): _event_cells,
+    ("events.k8s.io", "events"): _event_cells,
+}
+
+
+def _name(obj: Obj) -> str:
+    return str(obj["metadata"]["name"])
+
+
+def _age_of(obj: Obj) -> str:
+    return age(obj.get("metadata", {}).get("creationTimestamp"))
 
 
 def columns_of(rtype: ResourceType) -> list[dict[str, Any]]:
     if rtype.printer_columns:
         return [_NAME, *rtype.printer_columns]
-    if rtype.group == "" and rtype.plural == "pods":
-        return [_NAME, *_POD_COLUMNS]
-    return [_NAME, _AGE]
+    return list(_BUILTIN_COLUMNS.get((rtype.group, rtype.plural), (_NAME, _AGE)))
 
 
 def table(rtype: ResourceType, objects: list[Obj], resource_version: str) -> Obj:
     columns = columns_of(rtype)
     rows = []
     for obj in objects:
-        if rtype.group == "" and rtype.plural == "pods" and not rtype.printer_columns:
-            cells = [obj["metadata"]["name"], *_pod_cells(obj)]
+        cells_of = None if rtype.printer_columns else _CELLS.get((rtype.group, rtype.plural))
+        if cells_of is not None:
+            cells = cells_of(obj)
         else:
             cells = [obj["metadata"]["name"], *(_cell(c, obj) for c in columns[1:])]
         metadata = {k: v for k, v in obj["metadata"].items() if k != "managedFields"}

@@ -1,0 +1,1062 @@
+"""The API emulator as the official ``kubernetes`` Python client sees it.
+
+Every test drives the session's sandbox through the real client (typed APIs, ``Watch``) and asserts on
+what a caller observes: status codes and reasons, returned objects, watch events. Each test works in a
+namespace of its own, so tests sharing the session's sandbox do not see each other's objects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import socket
+import ssl
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import kubernetes
+import pytest
+import trustme
+from aiohttp import web
+from kubernetes import client
+from kubernetes.client import ApiClient, ApiException
+from kubernetes.watch import Watch
+
+from etcdlock.sandbox.cluster import SandboxThread
+
+GROUP = "conformance.etcdlock.io"
+VERSION = "v1"
+PLURAL = "widgets"
+TABLE = "application/json;as=Table;v=v1;g=meta.k8s.io"
+NAMESPACE_LABEL = "conformance.etcdlock.io/namespace"
+MUTATED_LABEL = "conformance.etcdlock.io/mutated"
+DENY_LABEL = "conformance.etcdlock.io/deny"
+WAIT_SECONDS = 10.0
+REQUEST_TIMEOUT = 15
+
+Obj = dict[str, Any]
+
+
+def widget_crd(group: str = GROUP, plural: str = PLURAL, kind: str = "Widget") -> Obj:
+    """A namespaced CRD with a status subresource, defaults, an enum, bounds and printer columns."""
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{plural}.{group}"},
+        "spec": {
+            "group": group,
+            "scope": "Namespaced",
+            "names": {"plural": plural, "singular": kind.lower(), "kind": kind, "listKind": f"{kind}List"},
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": [
+                        {"name": "Size", "type": "integer", "jsonPath": ".spec.size"},
+                        {"name": "Color", "type": "string", "jsonPath": ".spec.color"},
+                        {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+                    ],
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "properties": {
+                                "spec": {
+                                    "type": "object",
+                                    "required": ["size"],
+                                    "properties": {
+                                        "size": {"type": "integer", "minimum": 1, "maximum": 10},
+                                        "color": {
+                                            "type": "string",
+                                            "default": "blue",
+                                            "enum": ["blue", "red", "green"],
+                                        },
+                                        "tags": {"type": "array", "items": {"type": "string"}},
+                                    },
+                                },
+                                "status": {
+                                    "type": "object",
+                                    "properties": {"phase": {"type": "string"}},
+                                },
+                            },
+                        }
+                    },
+                }
+            ],
+        },
+    }
+
+
+def widget(name: str, size: Any = 3, **extra: Any) -> Obj:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "Widget",
+        "metadata": {"name": name},
+        "spec": {"size": size, **extra},
+    }
+
+
+def configmap(name: str, labels: dict[str, str] | None = None, **metadata: Any) -> Obj:
+    return {"metadata": {"name": name, "labels": labels or {}, **metadata}, "data": {"k": "v"}}
+
+
+def pod(name: str, **spec: Any) -> Obj:
+    containers = spec.pop("containers", [{"name": "main", "image": "busybox:1"}])
+    return {"metadata": {"name": name}, "spec": {"containers": containers, **spec}}
+
+
+def status_of(exc: pytest.ExceptionInfo[ApiException]) -> Obj:
+    """The ``Status`` object the server sent with an error."""
+    body: Obj = json.loads(exc.value.body)
+    assert body["kind"] == "Status"
+    assert body["code"] == exc.value.status
+    return body
+
+
+def wait_until(condition: Callable[[], bool], what: str, seconds: float = WAIT_SECONDS) -> None:
+    """Poll ``condition`` until it holds; fail after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {seconds}s waiting for {what}")
+        time.sleep(0.05)
+
+
+def is_gone(read: Callable[[], Any]) -> bool:
+    try:
+        read()
+    except ApiException as exc:
+        if exc.status == 404:
+            return True
+        raise
+    return False
+
+
+def names(items: list[Any]) -> set[str]:
+    return {item.metadata.name for item in items}
+
+
+# --- fixtures -----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def api(kubeconfig: Path) -> Iterator[ApiClient]:
+    api_client = kubernetes.config.new_client_from_config(config_file=str(kubeconfig))
+    yield api_client
+    api_client.close()
+
+
+@pytest.fixture
+def core(api: ApiClient) -> client.CoreV1Api:
+    return client.CoreV1Api(api)
+
+
+@pytest.fixture
+def custom(api: ApiClient) -> client.CustomObjectsApi:
+    return client.CustomObjectsApi(api)
+
+
+@pytest.fixture
+def namespace(api: ApiClient) -> Iterator[str]:
+    """A fresh namespace, labelled with its own name (webhooks select it by that label)."""
+    name = f"conformance-{uuid.uuid4().hex[:10]}"
+    core = client.CoreV1Api(api)
+    core.create_namespace({"metadata": {"name": name, "labels": {NAMESPACE_LABEL: name}}})
+    yield name
+    try:
+        core.delete_namespace(name)
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+
+
+@pytest.fixture(scope="module")
+def widgets(api: ApiClient) -> Iterator[str]:
+    """The Widget CRD, served for the whole module; yields its plural."""
+    extensions = client.ApiextensionsV1Api(api)
+    crd = widget_crd()
+    extensions.create_custom_resource_definition(crd)
+    yield PLURAL
+    extensions.delete_custom_resource_definition(crd["metadata"]["name"])
+
+
+@dataclass
+class WebhookServer:
+    """An HTTPS admission webhook: ``/mutate`` adds a label, ``/validate`` denies the deny label."""
+
+    url: str
+    ca_bundle: str
+    reviews: list[Obj] = field(default_factory=list)
+
+
+def _webhook_app(reviews: list[Obj]) -> web.Application:
+    async def mutate(request: web.Request) -> web.Response:
+        review = await request.json()
+        reviews.append(review)
+        labels = review["request"]["object"]["metadata"].get("labels")
+        if labels:
+            ops = [
+                {"op": "add", "path": "/metadata/labels/" + MUTATED_LABEL.replace("/", "~1"), "value": "yes"}
+            ]
+        else:
+            ops = [{"op": "add", "path": "/metadata/labels", "value": {MUTATED_LABEL: "yes"}}]
+        response = {
+            "uid": review["request"]["uid"],
+            "allowed": True,
+            "patchType": "JSONPatch",
+            "patch": base64.b64encode(json.dumps(ops).encode()).decode(),
+        }
+        return web.json_response(
+            {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response}
+        )
+
+    async def validate(request: web.Request) -> web.Response:
+        review = await request.json()
+        reviews.append(review)
+        labels = review["request"]["object"]["metadata"].get("labels") or {}
+        response: Obj = {"uid": review["request"]["uid"], "allowed": DENY_LABEL not in labels}
+        if not response["allowed"]:
+            response["status"] = {
+                "code": 403,
+                "reason": "Forbidden",
+                "message": "objects labelled deny are refused",
+            }
+        return web.json_response(
+            {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response}
+        )
+
+    app = web.Application()
+    app.router.add_post("/mutate", mutate)
+    app.router.add_post("/validate", validate)
+    return app
+
+
+@pytest.fixture(scope="module")
+def webhook_server() -> Iterator[WebhookServer]:
+    """The webhook app on 127.0.0.1 with a certificate from a fresh trustme CA, in its own thread."""
+    ca = trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    reviews: list[Obj] = []
+    runner = web.AppRunner(_webhook_app(reviews), access_log=None)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="webhook", daemon=True)
+    thread.start()
+
+    async def start() -> int:
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context).start()
+        return int(runner.addresses[0][1])
+
+    try:
+        port = asyncio.run_coroutine_threadsafe(start(), loop).result(timeout=10)
+        yield WebhookServer(
+            f"https://127.0.0.1:{port}", base64.b64encode(ca.cert_pem.bytes()).decode(), reviews
+        )
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(timeout=10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+        loop.close()
+
+
+# --- discovery ----------------------------------------------------------------------------------------
+
+
+def test_version_and_health_endpoints_answer(api: ApiClient) -> None:
+    info = client.VersionApi(api).get_code()
+    assert info.major == "1"
+    assert info.git_version.startswith("v1.")
+    health = api.call_api("GET", api.configuration.host + "/healthz")
+    health.read()
+    assert (health.status, health.data) == (200, b"ok")
+
+
+def test_discovery_lists_the_builtin_kinds_the_project_touches(api: ApiClient) -> None:
+    core = {r.name: r for r in client.CoreV1Api(api).get_api_resources().resources}
+    for plural in (
+        "namespaces",
+        "pods",
+        "services",
+        "endpoints",
+        "events",
+        "configmaps",
+        "secrets",
+        "serviceaccounts",
+    ):
+        assert plural in core, plural
+    assert not core["namespaces"].namespaced
+    assert core["pods"].namespaced
+    assert core["configmaps"].kind == "ConfigMap"
+    assert "pods/status" in core
+
+    groups = {g.name: g for g in client.ApisApi(api).get_api_versions().groups}
+    expected = {
+        "apps": (client.AppsV1Api, {"statefulsets"}),
+        "policy": (client.PolicyV1Api, {"poddisruptionbudgets"}),
+        "coordination.k8s.io": (client.CoordinationV1Api, {"leases"}),
+        "events.k8s.io": (client.EventsV1Api, {"events"}),
+        "rbac.authorization.k8s.io": (
+            client.RbacAuthorizationV1Api,
+            {"roles", "rolebindings", "clusterroles", "clusterrolebindings"},
+        ),
+        "admissionregistration.k8s.io": (
+            client.AdmissionregistrationV1Api,
+            {"mutatingwebhookconfigurations", "validatingwebhookconfigurations"},
+        ),
+        "apiextensions.k8s.io": (client.ApiextensionsV1Api, {"customresourcedefinitions"}),
+    }
+    for group, (group_api, plurals) in expected.items():
+        assert groups[group].preferred_version.group_version == f"{group}/v1"
+        listed = group_api(api).get_api_resources()
+        assert listed.group_version == f"{group}/v1"
+        assert plurals <= {r.name for r in listed.resources}, group
+    crds = {r.name: r for r in client.ApiextensionsV1Api(api).get_api_resources().resources}
+    assert not crds["customresourcedefinitions"].namespaced
+
+
+def test_a_new_crd_is_served_at_once_and_its_deletion_stops_serving_it(
+    api: ApiClient, custom: client.CustomObjectsApi, namespace: str
+) -> None:
+    group = f"g{uuid.uuid4().hex[:8]}.{GROUP}"
+    extensions = client.ApiextensionsV1Api(api)
+    crd = widget_crd(group=group, plural="gizmos", kind="Gizmo")
+    created = extensions.create_custom_resource_definition(crd)
+    try:
+        assert {c.type: c.status for c in created.status.conditions}["Established"] == "True"
+        # Served at once: no wait between the CRD's creation and the first list.
+        listed = custom.list_namespaced_custom_object(group, VERSION, namespace, "gizmos")
+        assert listed["items"] == []
+        resources = custom.get_api_resources(group, VERSION)
+        assert "gizmos" in {r.name for r in resources.resources}
+        assert group in {g.name for g in client.ApisApi(api).get_api_versions().groups}
+        gizmo = {
+            "apiVersion": f"{group}/{VERSION}",
+            "kind": "Gizmo",
+            "metadata": {"name": "one"},
+            "spec": {"size": 1},
+        }
+        custom.create_namespaced_custom_object(group, VERSION, namespace, "gizmos", gizmo)
+
+        extensions.delete_custom_resource_definition(crd["metadata"]["name"])
+        with pytest.raises(ApiException) as exc:
+            custom.list_namespaced_custom_object(group, VERSION, namespace, "gizmos")
+        assert exc.value.status == 404
+        with pytest.raises(ApiException) as exc:
+            custom.get_api_resources(group, VERSION)
+        assert exc.value.status == 404
+        assert group not in {g.name for g in client.ApisApi(api).get_api_versions().groups}
+
+        # The CRD's objects went with it: serving the kind again shows none.
+        extensions.create_custom_resource_definition(crd)
+        wait_until(
+            lambda: custom.list_namespaced_custom_object(group, VERSION, namespace, "gizmos")["items"] == [],
+            "the old gizmo to be deleted with its CRD",
+        )
+    finally:
+        try:
+            extensions.delete_custom_resource_definition(crd["metadata"]["name"])
+        except ApiException as exc_:
+            if exc_.status != 404:
+                raise
+
+
+# --- CRUD and Status errors ---------------------------------------------------------------------------
+
+
+def test_crud_sets_identity_and_answers_kube_status_errors(core: client.CoreV1Api, namespace: str) -> None:
+    created = core.create_namespaced_config_map(namespace, configmap("one"))
+    assert uuid.UUID(created.metadata.uid)
+    assert created.metadata.creation_timestamp is not None
+    assert created.metadata.resource_version
+
+    with pytest.raises(ApiException) as exc:
+        core.create_namespaced_config_map(namespace, configmap("one"))
+    assert (exc.value.status, status_of(exc)["reason"]) == (409, "AlreadyExists")
+
+    with pytest.raises(ApiException) as exc:
+        core.read_namespaced_config_map("missing", namespace)
+    assert (exc.value.status, status_of(exc)["reason"]) == (404, "NotFound")
+    assert status_of(exc)["message"] == 'configmaps "missing" not found'
+
+    stale = created.metadata.resource_version
+    updated = core.replace_namespaced_config_map(
+        "one", namespace, {"metadata": {"name": "one", "resourceVersion": stale}, "data": {"k": "w"}}
+    )
+    assert updated.data == {"k": "w"}
+    assert int(updated.metadata.resource_version) > int(stale)
+    assert updated.metadata.uid == created.metadata.uid
+
+    with pytest.raises(ApiException) as exc:
+        core.replace_namespaced_config_map(
+            "one", namespace, {"metadata": {"name": "one", "resourceVersion": stale}, "data": {"k": "x"}}
+        )
+    assert (exc.value.status, status_of(exc)["reason"]) == (409, "Conflict")
+    assert core.read_namespaced_config_map("one", namespace).data == {"k": "w"}
+
+    core.delete_namespaced_config_map("one", namespace)
+    with pytest.raises(ApiException) as exc:
+        core.delete_namespaced_config_map("one", namespace)
+    assert exc.value.status == 404
+
+
+def test_generate_name_gives_unique_names(core: client.CoreV1Api, namespace: str) -> None:
+    made = [
+        core.create_namespaced_config_map(namespace, {"metadata": {"generateName": "gen-"}}).metadata.name
+        for _ in range(5)
+    ]
+    assert len(set(made)) == 5
+    assert all(name.startswith("gen-") and len(name) > len("gen-") for name in made)
+    assert names(core.list_namespaced_config_map(namespace).items) == set(made)
+
+
+def test_generation_is_bumped_by_spec_changes_only(
+    custom: client.CustomObjectsApi, namespace: str, widgets: str
+) -> None:
+    def generation() -> int:
+        obj = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, widgets, "w")
+        return int(obj["metadata"]["generation"])
+
+    created = custom.create_namespaced_custom_object(GROUP, VERSION, namespace, widgets, widget("w"))
+    assert created["metadata"]["generation"] == 1
+    custom.patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, widgets, "w", {"metadata": {"labels": {"a": "b"}}}
+    )
+    assert generation() == 1
+    custom.patch_namespaced_custom_object_status(
+        GROUP, VERSION, namespace, widgets, "w", {"status": {"phase": "Ready"}}
+    )
+    assert generation() == 1
+    custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, widgets, "w", {"spec": {"size": 4}})
+    assert generation() == 2
+    # A spec patch that changes nothing is no spec change.
+    custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, widgets, "w", {"spec": {"size": 4}})
+    assert generation() == 2
+
+
+# --- custom resources: structural schema --------------------------------------------------------------
+
+
+def test_custom_resources_get_defaults_lose_unknown_fields_and_are_validated(
+    custom: client.CustomObjectsApi, namespace: str, widgets: str
+) -> None:
+    body = widget("w", size=3, unknownField="dropped")
+    body["extra"] = {"also": "dropped"}
+    created = custom.create_namespaced_custom_object(GROUP, VERSION, namespace, widgets, body)
+    assert created["spec"] == {"size": 3, "color": "blue"}
+    assert "extra" not in created
+    stored = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, widgets, "w")
+    assert stored["spec"] == {"size": 3, "color": "blue"}
+
+    cases = [
+        (
+            widget("big", size=20),
+            'Widget.conformance.etcdlock.io "big" is invalid: spec.size: Invalid value: 20: '
+            "spec.size in body should be less than or equal to 10",
+        ),
+        (
+            {**widget("nosize"), "spec": {"color": "red"}},
+            'Widget.conformance.etcdlock.io "nosize" is invalid: spec.size: Required value',
+        ),
+        (
+            widget("purple", color="purple"),
+            'Widget.conformance.etcdlock.io "purple" is invalid: spec.color: Unsupported value: "purple": '
+            'supported values: "blue", "red", "green"',
+        ),
+        (
+            widget("text", size="three"),
+            'Widget.conformance.etcdlock.io "text" is invalid: spec.size: Invalid value: "string": '
+            'spec.size in body must be of type integer: "string"',
+        ),
+    ]
+    for bad, message in cases:
+        with pytest.raises(ApiException) as exc:
+            custom.create_namespaced_custom_object(GROUP, VERSION, namespace, widgets, bad)
+        status = status_of(exc)
+        assert (exc.value.status, status["reason"]) == (422, "Invalid")
+        assert status["message"] == message
+        assert status["details"]["causes"][0]["field"] in ("spec.size", "spec.color")
+
+    # An update is validated too, and leaves the stored object as it was.
+    with pytest.raises(ApiException) as exc:
+        custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, widgets, "w", {"spec": {"size": 0}})
+    assert exc.value.status == 422
+    assert custom.get_namespaced_custom_object(GROUP, VERSION, namespace, widgets, "w")["spec"]["size"] == 3
+
+
+# --- patches ------------------------------------------------------------------------------------------
+
+
+def test_merge_patch_on_a_custom_resource_merges_maps_and_replaces_lists(
+    custom: client.CustomObjectsApi, namespace: str, widgets: str
+) -> None:
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, widgets, widget("w", tags=["a", "b"]))
+    patched = custom.patch_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        namespace,
+        widgets,
+        "w",
+        {"metadata": {"labels": {"x": "1", "y": "2"}}, "spec": {"tags": ["c"]}},
+    )
+    assert patched["spec"] == {"size": 3, "color": "blue", "tags": ["c"]}
+    assert patched["metadata"]["labels"] == {"x": "1", "y": "2"}
+    patched = custom.patch_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        namespace,
+        widgets,
+        "w",
+        {"metadata": {"labels": {"x": None}}, "spec": {"color": "red"}},
+    )
+    assert patched["metadata"]["labels"] == {"y": "2"}
+    assert patched["spec"] == {"size": 3, "color": "red", "tags": ["c"]}
+
+
+def test_json_patch_applies_operations_and_a_failed_test_is_422(
+    core: client.CoreV1Api, custom: client.CustomObjectsApi, namespace: str, widgets: str
+) -> None:
+    core.create_namespaced_config_map(namespace, configmap("cm"))
+    patched = core.patch_namespaced_config_map(
+        "cm",
+        namespace,
+        [
+            {"op": "test", "path": "/data/k", "value": "v"},
+            {"op": "replace", "path": "/data/k", "value": "w"},
+            {"op": "add", "path": "/data/n", "value": "1"},
+        ],
+    )
+    assert patched.data == {"k": "w", "n": "1"}
+    with pytest.raises(ApiException) as exc:
+        core.patch_namespaced_config_map(
+            "cm",
+            namespace,
+            [
+                {"op": "test", "path": "/data/k", "value": "v"},
+                {"op": "replace", "path": "/data/k", "value": "z"},
+            ],
+        )
+    assert (exc.value.status, status_of(exc)["reason"]) == (422, "Invalid")
+    assert core.read_namespaced_config_map("cm", namespace).data == {"k": "w", "n": "1"}
+
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, widgets, widget("w"))
+    json_patch = "application/json-patch+json"
+    patched_widget = custom.patch_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        namespace,
+        widgets,
+        "w",
+        [{"op": "replace", "path": "/spec/size", "value": 7}],
+        _content_type=json_patch,
+    )
+    assert patched_widget["spec"]["size"] == 7
+    with pytest.raises(ApiException) as exc:
+        custom.patch_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            namespace,
+            widgets,
+            "w",
+            [{"op": "test", "path": "/spec/size", "value": 3}],
+            _content_type=json_patch,
+        )
+    assert exc.value.status == 422
+
+
+def test_strategic_merge_patch_merges_containers_by_name(core: client.CoreV1Api, namespace: str) -> None:
+    containers = [{"name": "a", "image": "busybox:1"}, {"name": "b", "image": "busybox:1"}]
+    core.create_namespaced_pod(namespace, pod("p", containers=containers))
+    patched = core.patch_namespaced_pod(
+        "p", namespace, {"spec": {"containers": [{"name": "b", "image": "busybox:2"}]}}
+    )
+    assert [(c.name, c.image) for c in patched.spec.containers] == [("a", "busybox:1"), ("b", "busybox:2")]
+
+    core.create_namespaced_config_map(namespace, configmap("cm", labels={"keep": "1"}))
+    patched_cm = core.patch_namespaced_config_map(
+        "cm", namespace, {"metadata": {"labels": {"new": "2"}}, "data": {"n": "1"}}
+    )
+    assert patched_cm.metadata.labels == {"keep": "1", "new": "2"}
+    assert patched_cm.data == {"k": "v", "n": "1"}
+
+
+# --- status subresource -------------------------------------------------------------------------------
+
+
+def test_status_subresource_changes_only_status_and_the_main_endpoint_ignores_status(
+    custom: client.CustomObjectsApi, namespace: str, widgets: str
+) -> None:
+    created = custom.create_namespaced_custom_object(
+        GROUP, VERSION, namespace, widgets, {**widget("w"), "status": {"phase": "Ignored"}}
+    )
+    assert "status" not in created
+
+    patched = custom.patch_namespaced_custom_object_status(
+        GROUP, VERSION, namespace, widgets, "w", {"spec": {"size": 9}, "status": {"phase": "Ready"}}
+    )
+    assert (patched["spec"]["size"], patched["status"]) == (3, {"phase": "Ready"})
+
+    current = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, widgets, "w")
+    current["spec"]["size"] = 4
+    current["status"] = {"phase": "Hacked"}
+    replaced = custom.replace_namespaced_custom_object(GROUP, VERSION, namespace, widgets, "w", current)
+    assert (replaced["spec"]["size"], replaced["status"]) == (4, {"phase": "Ready"})
+
+    replaced["spec"]["size"] = 1
+    replaced["status"] = {"phase": "Done"}
+    via_status = custom.replace_namespaced_custom_object_status(
+        GROUP, VERSION, namespace, widgets, "w", replaced
+    )
+    assert (via_status["spec"]["size"], via_status["status"]) == (4, {"phase": "Done"})
+    stored = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, widgets, "w")
+    assert (stored["spec"]["size"], stored["status"]) == (4, {"phase": "Done"})
+
+
+# --- list and watch -----------------------------------------------------------------------------------
+
+
+def test_label_selectors_select_as_kubernetes_does(core: client.CoreV1Api, namespace: str) -> None:
+    for name, labels in {
+        "a": {"app": "web", "tier": "front"},
+        "b": {"app": "web", "tier": "back"},
+        "c": {"app": "db"},
+        "d": {},
+    }.items():
+        core.create_namespaced_config_map(namespace, configmap(name, labels))
+    expected = {
+        "app=web": {"a", "b"},
+        "app==web": {"a", "b"},
+        "app!=web": {"c", "d"},
+        "app in (web,db)": {"a", "b", "c"},
+        "tier notin (front)": {"b", "c", "d"},
+        "tier": {"a", "b"},
+        "!tier": {"c", "d"},
+        "app=web,tier=back": {"b"},
+    }
+    for selector, wanted in expected.items():
+        assert names(core.list_namespaced_config_map(namespace, label_selector=selector).items) == wanted, (
+            selector
+        )
+    with pytest.raises(ApiException) as exc:
+        core.list_namespaced_config_map(namespace, label_selector="app in web")
+    assert (exc.value.status, status_of(exc)["reason"]) == (400, "BadRequest")
+
+
+def test_field_selectors_select_name_namespace_and_pod_phase(core: client.CoreV1Api, namespace: str) -> None:
+    for name in ("a", "b"):
+        core.create_namespaced_config_map(namespace, configmap(name))
+    assert names(core.list_namespaced_config_map(namespace, field_selector="metadata.name=b").items) == {"b"}
+    assert names(core.list_namespaced_config_map(namespace, field_selector="metadata.name!=b").items) == {"a"}
+    everywhere = core.list_config_map_for_all_namespaces(
+        field_selector=f"metadata.namespace={namespace}"
+    ).items
+    assert {(c.metadata.namespace, c.metadata.name) for c in everywhere} == {
+        (namespace, "a"),
+        (namespace, "b"),
+    }
+
+    core.create_namespaced_pod(namespace, pod("pending"))
+    core.create_namespaced_pod(namespace, pod("running"))
+    core.patch_namespaced_pod_status("running", namespace, {"status": {"phase": "Running"}})
+    assert names(core.list_namespaced_pod(namespace, field_selector="status.phase=Running").items) == {
+        "running"
+    }
+    assert names(core.list_namespaced_pod(namespace, field_selector="status.phase=Pending").items) == {
+        "pending"
+    }
+    assert names(core.list_namespaced_pod(namespace, field_selector="status.phase!=Running").items) == {
+        "pending"
+    }
+
+    with pytest.raises(ApiException) as exc:
+        core.list_namespaced_config_map(namespace, field_selector="data.k=v")
+    assert exc.value.status == 400
+
+
+def test_watch_from_a_list_resource_version_sees_each_later_event_exactly_once(
+    core: client.CoreV1Api, namespace: str
+) -> None:
+    core.create_namespaced_config_map(namespace, configmap("before"))
+    listed = core.list_namespaced_config_map(namespace)
+    assert names(listed.items) == {"before"}
+    core.create_namespaced_config_map(namespace, configmap("after"))
+    core.patch_namespaced_config_map("before", namespace, {"data": {"k": "changed"}})
+    core.delete_namespaced_config_map("after", namespace)
+
+    events = [
+        (event["type"], event["object"].metadata.name, event["object"].metadata.resource_version)
+        for event in Watch().stream(
+            core.list_namespaced_config_map,
+            namespace,
+            resource_version=listed.metadata.resource_version,
+            timeout_seconds=1,
+            _request_timeout=REQUEST_TIMEOUT,
+        )
+    ]
+    assert [(kind, name) for kind, name, _ in events] == [
+        ("ADDED", "after"),
+        ("MODIFIED", "before"),
+        ("DELETED", "after"),
+    ]
+    versions = [int(rv) for _, _, rv in events]
+    assert versions == sorted(versions)
+    assert versions[0] > int(listed.metadata.resource_version)
+
+
+def test_watch_without_resource_version_starts_with_the_current_objects_and_follows_selectors(
+    core: client.CoreV1Api, namespace: str
+) -> None:
+    core.create_namespaced_config_map(namespace, configmap("web", {"app": "web"}))
+    core.create_namespaced_config_map(namespace, configmap("db", {"app": "db"}))
+    watch = Watch()
+    seen: list[tuple[str, str]] = []
+    for event in watch.stream(
+        core.list_namespaced_config_map,
+        namespace,
+        label_selector="app=web",
+        timeout_seconds=5,
+        _request_timeout=REQUEST_TIMEOUT,
+    ):
+        seen.append((event["type"], event["object"].metadata.name))
+        if len(seen) == 1:
+            # A change that makes "db" match is ADDED for this watch, and one that unmatches is DELETED.
+            core.patch_namespaced_config_map("db", namespace, {"metadata": {"labels": {"app": "web"}}})
+            core.patch_namespaced_config_map("web", namespace, {"metadata": {"labels": {"app": "gone"}}})
+        if len(seen) == 3:
+            watch.stop()
+    assert seen == [("ADDED", "web"), ("ADDED", "db"), ("DELETED", "web")]
+
+
+def test_custom_resource_watch_resumes_from_a_list_and_reports_status_changes(
+    custom: client.CustomObjectsApi, namespace: str, widgets: str
+) -> None:
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, widgets, widget("old"))
+    listed = custom.list_namespaced_custom_object(GROUP, VERSION, namespace, widgets)
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, widgets, widget("new"))
+    custom.patch_namespaced_custom_object_status(
+        GROUP, VERSION, namespace, widgets, "old", {"status": {"phase": "Ready"}}
+    )
+    custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, widgets, "new")
+
+    events = [
+        (event["type"], event["object"]["metadata"]["name"], event["object"].get("status"))
+        for event in Watch().stream(
+            custom.list_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            namespace,
+            widgets,
+            resource_version=listed["metadata"]["resourceVersion"],
+            timeout_seconds=1,
+            _request_timeout=REQUEST_TIMEOUT,
+        )
+    ]
+    assert events == [
+        ("ADDED", "new", None),
+        ("MODIFIED", "old", {"phase": "Ready"}),
+        ("DELETED", "new", None),
+    ]
+
+
+def test_timeout_seconds_ends_a_quiet_watch(core: client.CoreV1Api, namespace: str) -> None:
+    resource_version = core.list_namespaced_config_map(namespace).metadata.resource_version
+    started = time.monotonic()
+    events = list(
+        Watch().stream(
+            core.list_namespaced_config_map,
+            namespace,
+            resource_version=resource_version,
+            timeout_seconds=1,
+            _request_timeout=REQUEST_TIMEOUT,
+        )
+    )
+    elapsed = time.monotonic() - started
+    assert events == []
+    assert 0.9 <= elapsed < 5
+
+
+def test_watch_from_a_compacted_resource_version_is_410_gone(
+    core: client.CoreV1Api, namespace: str, sandbox: SandboxThread
+) -> None:
+    old = core.create_namespaced_config_map(namespace, configmap("cm")).metadata.resource_version
+    for value in ("1", "2"):
+        latest = core.patch_namespaced_config_map(
+            "cm", namespace, {"data": {"k": value}}
+        ).metadata.resource_version
+    done = sandbox.etcd.etcdctl("compact", str(latest))
+    assert done.returncode == 0, done.stderr
+
+    with pytest.raises(ApiException) as exc:
+        for _ in Watch().stream(
+            core.list_namespaced_config_map,
+            namespace,
+            resource_version=old,
+            timeout_seconds=5,
+            _request_timeout=REQUEST_TIMEOUT,
+        ):
+            pytest.fail("a watch from a compacted revision must not deliver events")
+    assert exc.value.status == 410
+    assert "Expired" in str(exc.value.reason)
+
+    # The raw stream: one ERROR event carrying a 410 Status.
+    response = core.list_namespaced_config_map(
+        namespace,
+        watch=True,
+        resource_version=old,
+        timeout_seconds=5,
+        _preload_content=False,
+        _request_timeout=REQUEST_TIMEOUT,
+    )
+    try:
+        lines = [json.loads(line) for line in response.read().splitlines() if line.strip()]
+    finally:
+        response.release_conn()
+    assert [(e["type"], e["object"]["code"], e["object"]["reason"]) for e in lines] == [
+        ("ERROR", 410, "Expired")
+    ]
+
+    # A watch from the compaction revision itself is still fine.
+    quiet = list(
+        Watch().stream(
+            core.list_namespaced_config_map,
+            namespace,
+            resource_version=latest,
+            timeout_seconds=1,
+            _request_timeout=REQUEST_TIMEOUT,
+        )
+    )
+    assert quiet == []
+
+
+# --- deletion -----------------------------------------------------------------------------------------
+
+
+def test_finalizers_keep_a_deleted_object_until_the_last_one_is_removed(
+    core: client.CoreV1Api, namespace: str
+) -> None:
+    core.create_namespaced_config_map(
+        namespace, configmap("held", finalizers=["example.com/one", "example.com/two"])
+    )
+    core.delete_namespaced_config_map("held", namespace)
+    held = core.read_namespaced_config_map("held", namespace)
+    assert held.metadata.deletion_timestamp is not None
+    assert held.metadata.finalizers == ["example.com/one", "example.com/two"]
+
+    with pytest.raises(ApiException) as exc:
+        core.patch_namespaced_config_map(
+            "held", namespace, [{"op": "add", "path": "/metadata/finalizers/-", "value": "example.com/three"}]
+        )
+    assert (exc.value.status, status_of(exc)["reason"]) == (422, "Invalid")
+
+    core.patch_namespaced_config_map("held", namespace, [{"op": "remove", "path": "/metadata/finalizers/0"}])
+    assert core.read_namespaced_config_map("held", namespace).metadata.finalizers == ["example.com/two"]
+    core.patch_namespaced_config_map("held", namespace, {"metadata": {"finalizers": None}})
+    with pytest.raises(ApiException) as exc:
+        core.read_namespaced_config_map("held", namespace)
+    assert exc.value.status == 404
+
+
+def test_dependents_are_garbage_collected_after_their_owner_is_deleted(
+    core: client.CoreV1Api, namespace: str
+) -> None:
+    owner = core.create_namespaced_config_map(namespace, configmap("owner"))
+    reference = {"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": owner.metadata.uid}
+    core.create_namespaced_config_map(namespace, configmap("dependent", ownerReferences=[reference]))
+    core.create_namespaced_config_map(namespace, configmap("bystander"))
+
+    core.delete_namespaced_config_map("owner", namespace)
+    wait_until(
+        lambda: is_gone(lambda: core.read_namespaced_config_map("dependent", namespace)),
+        "the dependent configmap to be garbage collected",
+    )
+    assert names(core.list_namespaced_config_map(namespace).items) == {"bystander"}
+
+
+# --- table output -------------------------------------------------------------------------------------
+
+
+def test_table_output_has_the_crd_printer_columns(
+    custom: client.CustomObjectsApi, namespace: str, widgets: str
+) -> None:
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, widgets, widget("small", size=2))
+    custom.create_namespaced_custom_object(
+        GROUP, VERSION, namespace, widgets, widget("large", size=9, color="green")
+    )
+    custom.patch_namespaced_custom_object_status(
+        GROUP, VERSION, namespace, widgets, "large", {"status": {"phase": "Ready"}}
+    )
+
+    table = custom.list_namespaced_custom_object(
+        GROUP, VERSION, namespace, widgets, _headers={"Accept": TABLE}
+    )
+    assert (table["kind"], table["apiVersion"]) == ("Table", "meta.k8s.io/v1")
+    assert [c["name"] for c in table["columnDefinitions"]] == ["Name", "Size", "Color", "Phase"]
+    rows = {row["cells"][0]: row["cells"][1:] for row in table["rows"]}
+    assert rows == {"small": [2, "blue", None], "large": [9, "green", "Ready"]}
+    assert all(row["object"]["kind"] == "PartialObjectMetadata" for row in table["rows"])
+
+    single = custom.get_namespaced_custom_object(
+        GROUP, VERSION, namespace, widgets, "large", _headers={"Accept": TABLE}
+    )
+    assert [row["cells"] for row in single["rows"]] == [["large", 9, "green", "Ready"]]
+
+
+# --- pods ---------------------------------------------------------------------------------------------
+
+
+def test_scheduling_gates_keep_a_pod_pending_and_may_only_be_removed(
+    core: client.CoreV1Api, namespace: str
+) -> None:
+    created = core.create_namespaced_pod(
+        namespace, pod("gated", schedulingGates=[{"name": "example.com/gate"}])
+    )
+    assert created.status.phase == "Pending"
+    conditions = {c.type: c for c in created.status.conditions}
+    assert (conditions["PodScheduled"].status, conditions["PodScheduled"].reason) == (
+        "False",
+        "SchedulingGated",
+    )
+
+    with pytest.raises(ApiException) as exc:
+        core.patch_namespaced_pod(
+            "gated",
+            namespace,
+            [{"op": "add", "path": "/spec/schedulingGates/-", "value": {"name": "example.com/more"}}],
+        )
+    assert (exc.value.status, status_of(exc)["reason"]) == (422, "Invalid")
+    assert "spec.schedulingGates" in status_of(exc)["message"]
+
+    ungated = core.patch_namespaced_pod(
+        "gated", namespace, [{"op": "remove", "path": "/spec/schedulingGates"}]
+    )
+    assert not ungated.spec.scheduling_gates
+
+    with pytest.raises(ApiException) as exc:
+        core.patch_namespaced_pod(
+            "gated", namespace, {"spec": {"schedulingGates": [{"name": "example.com/again"}]}}
+        )
+    assert exc.value.status == 422
+
+
+# --- admission webhooks -------------------------------------------------------------------------------
+
+
+def _webhook(name: str, url: str, ca_bundle: str, namespace: str, failure_policy: str = "Fail") -> Obj:
+    return {
+        "name": name,
+        "clientConfig": {"url": url, "caBundle": ca_bundle},
+        "rules": [
+            {
+                "apiGroups": [""],
+                "apiVersions": ["v1"],
+                "operations": ["CREATE", "UPDATE"],
+                "resources": ["configmaps"],
+                "scope": "Namespaced",
+            }
+        ],
+        "namespaceSelector": {"matchLabels": {NAMESPACE_LABEL: namespace}},
+        "failurePolicy": failure_policy,
+        "sideEffects": "None",
+        "admissionReviewVersions": ["v1"],
+        "timeoutSeconds": 5,
+    }
+
+
+def test_mutating_and_validating_webhooks_are_called_over_https(
+    api: ApiClient, core: client.CoreV1Api, namespace: str, webhook_server: WebhookServer
+) -> None:
+    admission = client.AdmissionregistrationV1Api(api)
+    server = webhook_server
+    mutating = {
+        "metadata": {"name": f"mutate-{namespace}"},
+        "webhooks": [
+            _webhook("mutate.conformance.etcdlock.io", server.url + "/mutate", server.ca_bundle, namespace)
+        ],
+    }
+    validating = {
+        "metadata": {"name": f"validate-{namespace}"},
+        "webhooks": [
+            _webhook("deny.conformance.etcdlock.io", server.url + "/validate", server.ca_bundle, namespace)
+        ],
+    }
+    admission.create_mutating_webhook_configuration(mutating)
+    try:
+        admission.create_validating_webhook_configuration(validating)
+        try:
+            created = core.create_namespaced_config_map(namespace, configmap("plain"))
+            assert created.metadata.labels == {MUTATED_LABEL: "yes"}
+            labelled = core.create_namespaced_config_map(namespace, configmap("labelled", {"app": "x"}))
+            assert labelled.metadata.labels == {"app": "x", MUTATED_LABEL: "yes"}
+            requests = [r["request"] for r in server.reviews if r["request"]["namespace"] == namespace]
+            assert {(r["operation"], r["kind"]["kind"], r["name"]) for r in requests} >= {
+                ("CREATE", "ConfigMap", "plain")
+            }
+
+            with pytest.raises(ApiException) as exc:
+                core.create_namespaced_config_map(namespace, configmap("refused", {DENY_LABEL: "yes"}))
+            assert exc.value.status == 403
+            assert (
+                'admission webhook "deny.conformance.etcdlock.io" denied the request'
+                in status_of(exc)["message"]
+            )
+            assert is_gone(lambda: core.read_namespaced_config_map("refused", namespace))
+
+            with pytest.raises(ApiException) as exc:
+                core.patch_namespaced_config_map(
+                    "plain", namespace, {"metadata": {"labels": {DENY_LABEL: "yes"}}}
+                )
+            assert "denied the request" in status_of(exc)["message"]
+            assert DENY_LABEL not in (
+                core.read_namespaced_config_map("plain", namespace).metadata.labels or {}
+            )
+
+            # Other namespaces are not selected.
+            outside = core.create_namespaced_config_map(
+                "default", configmap(f"outside-{namespace}", {DENY_LABEL: "yes"})
+            )
+            try:
+                assert outside.metadata.labels == {DENY_LABEL: "yes"}
+            finally:
+                core.delete_namespaced_config_map(outside.metadata.name, "default")
+        finally:
+            admission.delete_validating_webhook_configuration(validating["metadata"]["name"])
+    finally:
+        admission.delete_mutating_webhook_configuration(mutating["metadata"]["name"])
+
+
+def test_webhook_failure_policy_decides_when_the_webhook_is_unreachable(
+    api: ApiClient, core: client.CoreV1Api, namespace: str, webhook_server: WebhookServer
+) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        unreachable = f"https://127.0.0.1:{probe.getsockname()[1]}/validate"
+    admission = client.AdmissionregistrationV1Api(api)
+    name = f"unreachable-{namespace}"
+    config = {
+        "metadata": {"name": name},
+        "webhooks": [
+            _webhook("down.conformance.etcdlock.io", unreachable, webhook_server.ca_bundle, namespace)
+        ],
+    }
+    admission.create_validating_webhook_configuration(config)
+    try:
+        with pytest.raises(ApiException) as exc:
+            core.create_namespaced_config_map(namespace, configmap("failed"))
+        assert exc.value.status == 500
+        assert 'failed calling webhook "down.conformance.etcdlock.io"' in status_of(exc)["message"]
+        assert is_gone(lambda: core.read_namespaced_config_map("failed", namespace))
+
+        admission.patch_validating_webhook_configuration(
+            name, [{"op": "replace", "path": "/webhooks/0/failurePolicy", "value": "Ignore"}]
+        )
+        created = core.create_namespaced_config_map(namespace, configmap("ignored"))
+        assert created.metadata.name == "ignored"
+    finally:
+        admission.delete_validating_webhook_configuration(name)

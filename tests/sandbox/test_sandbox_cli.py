@@ -1,0 +1,148 @@
+"""``etcdlock sandbox up`` / ``down`` as a newcomer runs them: the installed command, then kubectl."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+ETCDLOCK = str(Path(sys.executable).with_name("etcdlock"))
+KUBECTL = shutil.which("kubectl") or "/usr/bin/kubectl"
+TIMEOUT = 90.0
+
+CRD = """\
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: notes.cli.sandbox.example.com
+spec:
+  group: cli.sandbox.example.com
+  scope: Namespaced
+  names: {plural: notes, singular: note, kind: Note}
+  versions:
+    - name: v1
+      served: true
+      storage: true
+      schema:
+        openAPIV3Schema:
+          type: object
+          properties:
+            spec:
+              type: object
+              properties:
+                text: {type: string}
+"""
+NOTE = """\
+apiVersion: cli.sandbox.example.com/v1
+kind: Note
+metadata:
+  name: first
+spec:
+  text: hello
+"""
+
+
+def etcdlock(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([ETCDLOCK, *args], capture_output=True, text=True, timeout=TIMEOUT, check=False)
+
+
+def exited(pid: int) -> bool:
+    """Gone, or a zombie (it exited; the init process that adopted it reaps it when it will)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+
+
+def session_members(session: int) -> list[int]:
+    """Live processes of a session: the daemon leads its own (``start_new_session``) and etcd is in it."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, IndexError):
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            # After the command name: state, ppid, pgrp, session.
+            if int(fields[3]) == session and fields[0] not in ("Z", "X"):
+                members.append(int(entry.name))
+    return members
+
+
+def test_sandbox_up_serves_kubectl_and_down_stops_every_process(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path / "home")}
+
+    def kubectl(kubeconfig: Path, *args: str) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            [KUBECTL, *args],
+            env={**env, "KUBECONFIG": str(kubeconfig)},
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert done.returncode == 0, f"kubectl {' '.join(args)}: {done.stderr}"
+        return done
+
+    pid: int | None = None
+    try:
+        started = etcdlock("sandbox", "up", "--dir", str(state))
+        assert started.returncode == 0, started.stderr
+        kubeconfig = state / "kubeconfig"
+        assert f"its kubeconfig is {kubeconfig}" in started.stdout
+        assert f"export KUBECONFIG={kubeconfig}" in started.stdout
+        pid = int((state / "sandbox.pid").read_text())
+        members = session_members(pid)
+        assert pid in members
+        etcd = [p for p in members if Path(f"/proc/{p}/exe").resolve().name == "etcd"]
+        assert len(etcd) == 1, members
+        server = json.loads(kubeconfig.read_text())["clusters"][0]["cluster"]["server"]
+
+        (tmp_path / "crd.yaml").write_text(CRD)
+        (tmp_path / "note.yaml").write_text(NOTE)
+        kubectl(kubeconfig, "apply", "-f", str(tmp_path / "crd.yaml"))
+        kubectl(
+            kubeconfig,
+            "wait",
+            "--for=condition=established",
+            "crd/notes.cli.sandbox.example.com",
+            "--timeout=10s",
+        )
+        created = kubectl(kubeconfig, "apply", "-f", str(tmp_path / "note.yaml"))
+        assert created.stdout.strip() == "note.cli.sandbox.example.com/first created"
+        assert kubectl(kubeconfig, "get", "note", "first", "-o", "jsonpath={.spec.text}").stdout == "hello"
+
+        again = etcdlock("sandbox", "up", "--dir", str(state))
+        assert again.returncode == 0, again.stderr
+        assert f"export KUBECONFIG={kubeconfig}" in again.stdout
+        assert int((state / "sandbox.pid").read_text()) == pid
+        assert json.loads(kubeconfig.read_text())["clusters"][0]["cluster"]["server"] == server
+        assert kubectl(kubeconfig, "get", "notes", "-o", "name").stdout.split() == [
+            "note.cli.sandbox.example.com/first"
+        ]
+
+        stopped = etcdlock("sandbox", "down", "--dir", str(state))
+        assert stopped.returncode == 0, stopped.stderr
+        assert stopped.stdout.strip() == "sandbox stopped"
+        assert [p for p in members if not exited(p)] == []
+        assert not kubeconfig.exists()
+        assert not (state / "sandbox.pid").exists()
+        assert not (state / "etcd").exists()
+
+        nothing = etcdlock("sandbox", "down", "--dir", str(state))
+        assert nothing.returncode == 0, nothing.stderr
+        assert nothing.stdout.strip() == "no sandbox was running"
+    finally:  # never leave a sandbox behind, whatever failed above
+        with contextlib.suppress(OSError, ValueError):
+            pid = pid or int((state / "sandbox.pid").read_text())
+        if pid is not None and not exited(pid):
+            etcdlock("sandbox", "down", "--dir", str(state))
+            if not exited(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGKILL)
