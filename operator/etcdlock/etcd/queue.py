@@ -102,11 +102,22 @@ class Queue:
     async def wait_for_turn(self, my_rev: int, permits: int) -> int:
         """Wait until fewer than ``permits`` keys are ahead; returns the revision the grant was seen at.
 
-        Raises :class:`LockLost` if the own key disappears.
+        Each attempt reads the queue and, if the own turn has not come, waits for a deletion ahead; etcd
+        outages and compaction only start the next attempt. Raises :class:`LockLost` if the own key
+        disappears (and :class:`SessionLost` if the session is lost during an outage).
         """
-        if permits == 1:
-            return await self._wait_predecessors_gone(my_rev)
-        return await self._wait_rank_below(my_rev, permits)
+        attempt = self._predecessors_gone if permits == 1 else self._rank_below
+        while True:
+            try:
+                revision = await attempt(my_rev, permits)
+                if revision is not None:
+                    return revision
+            except Compacted:
+                continue
+            except EtcdUnavailable as exc:
+                log.debug("waiting for %s: %s; retrying", self.name, exc)
+                self.session.check()
+                await asyncio.sleep(_RETRY_DELAY)
 
     async def _read_ahead(self, my_rev: int, limit: int) -> tuple[int, list[Any]]:
         """Read the keys ahead (newest first, up to ``limit``; 0 = all) and re-check the own key."""
@@ -131,19 +142,13 @@ class Queue:
             raise LockLost(f"own key {self.key.decode()} was deleted while waiting")
         return response.header.revision, list(response.responses[0].response_range.kvs)
 
-    async def _wait_predecessors_gone(self, my_rev: int) -> int:
-        while True:
-            try:
-                revision, ahead = await self._read_ahead(my_rev, limit=1)
-                if not ahead:
-                    return revision
-                await self._wait_deleted(ahead[0])
-            except Compacted:
-                continue
-            except EtcdUnavailable as exc:
-                log.debug("waiting for %s: %s; retrying", self.name, exc)
-                self.session.check()
-                await asyncio.sleep(_RETRY_DELAY)
+    async def _predecessors_gone(self, my_rev: int, permits: int) -> int | None:
+        """One attempt, one permit: the revision if nobody is ahead, else None once the predecessor went."""
+        revision, ahead = await self._read_ahead(my_rev, limit=1)
+        if not ahead:
+            return revision
+        await self._wait_deleted(ahead[0])
+        return None
 
     async def _wait_deleted(self, kv: Any) -> None:
         """Wait until this incarnation of the key ``kv`` (as read from etcd) has been deleted.
@@ -162,33 +167,28 @@ class Queue:
             async for _ in events:
                 return
 
-    async def _wait_rank_below(self, my_rev: int, permits: int) -> int:
-        while True:
-            try:
-                revision, ahead_kvs = await self._read_ahead(my_rev, limit=0)
-                if len(ahead_kvs) < permits:
-                    return revision
-                # Watch from the current revision (delivered at once, see _wait_deleted), then read again:
-                # keys deleted before the watch existed are missing from that read.
-                async with self.client.watch_events(
-                    self.prefix, self.end, start_revision=0, deletes_only=True
-                ) as events:
-                    revision, ahead_kvs = await self._read_ahead(my_rev, limit=0)
-                    ahead = {kv.key for kv in ahead_kvs}
-                    if len(ahead) < permits:
-                        return revision
-                    async for event in events:
-                        if event.kv.key == self.key:
-                            break
-                        ahead.discard(event.kv.key)
-                        if len(ahead) < permits:
-                            break
-            except Compacted:
-                continue
-            except EtcdUnavailable as exc:
-                log.debug("waiting for %s: %s; retrying", self.name, exc)
-                self.session.check()
-                await asyncio.sleep(_RETRY_DELAY)
+    async def _rank_below(self, my_rev: int, permits: int) -> int | None:
+        """One attempt with N permits: the revision if fewer than N are ahead, else None once enough went.
+
+        The watch starts from the current revision (delivered at once, see :meth:`_wait_deleted`) and the
+        queue is read again once it is in place: keys deleted before the watch existed are missing there.
+        """
+        revision, ahead_kvs = await self._read_ahead(my_rev, limit=0)
+        if len(ahead_kvs) < permits:
+            return revision
+        deletions = self.client.watch_events(self.prefix, self.end, start_revision=0, deletes_only=True)
+        async with deletions as events:
+            revision, ahead_kvs = await self._read_ahead(my_rev, limit=0)
+            ahead = {kv.key for kv in ahead_kvs}
+            if len(ahead) < permits:
+                return revision
+            async for event in events:
+                if event.kv.key == self.key:
+                    return None
+                ahead.discard(event.kv.key)
+                if len(ahead) < permits:
+                    return None
+        return None
 
     async def remove(self, my_rev: int | None) -> bool:
         """Delete the own key, fenced on its create revision when known; True if it was deleted."""

@@ -33,6 +33,8 @@ from collections.abc import Callable, Mapping
 from decimal import Decimal
 from typing import Any
 
+from etcdlock.sandbox.apiserver.gostrings import go_quote
+
 __all__ = ["apply_defaults", "prune", "unknown_fields", "validate"]
 
 Schema = Mapping[str, Any]
@@ -224,28 +226,6 @@ def _default(x: Any, s: Schema | None) -> None:
 
 # -- Go formatting of values in messages --------------------------------------------------------------
 
-_GO_ESCAPES = {"\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t", "\v": "\\v"}
-
-
-def _go_quote(text: str) -> str:
-    """Go's ``%q``."""
-    out = ['"']
-    for ch in text:
-        if ch in '"\\':
-            out.append("\\" + ch)
-        elif ch in _GO_ESCAPES:
-            out.append(_GO_ESCAPES[ch])
-        elif ch.isprintable():
-            out.append(ch)
-        elif ord(ch) < 0x80:
-            out.append(f"\\x{ord(ch):02x}")
-        elif ord(ch) < 0x10000:
-            out.append(f"\\u{ord(ch):04x}")
-        else:
-            out.append(f"\\U{ord(ch):08x}")
-    out.append('"')
-    return "".join(out)
-
 
 def _shortest_digits(value: float) -> tuple[str, int]:
     """Shortest round-trip digits of ``abs(value)`` and the decimal point position (0.DIGITS x 10^dp)."""
@@ -331,7 +311,7 @@ def _go_value(value: Any) -> str:
     if isinstance(value, float):
         return _go_float(value)
     if isinstance(value, str):
-        return _go_quote(value)
+        return go_quote(value)
     return _go_json(value)
 
 
@@ -580,7 +560,7 @@ class _Validator:
         return other.errors
 
     def type_error(self, path: str, expected: str, actual: str) -> None:
-        detail = f"{path} in body must be of type {expected}: {_go_quote(actual)}"
+        detail = f"{path} in body must be of type {expected}: {go_quote(actual)}"
         self.errors.append(_invalid(path, actual, detail))
 
     def type_check(self, value: Any, s: Schema, types: list[str], fmt: str, path: str) -> None:
@@ -608,7 +588,7 @@ class _Validator:
 
     def junctors(self, value: Any, s: Schema, path: str) -> None:
         any_of, one_of, all_of, not_ = s.get("anyOf"), s.get("oneOf"), s.get("allOf"), s.get("not")
-        quoted = _go_quote(path)
+        quoted = go_quote(path)
         if isinstance(any_of, list) and any_of:
             best: list[str] | None = None
             for alternative in any_of:
@@ -668,7 +648,7 @@ class _Validator:
         check = _STRING_FORMATS.get(fmt.replace("-", "")) if fmt else None
         if check is not None and not check(value):
             self.errors.append(
-                _invalid(path, value, f"{path} in body must be of type {fmt}: {_go_quote(value)}")
+                _invalid(path, value, f"{path} in body must be of type {fmt}: {go_quote(value)}")
             )
 
     def number(self, value: float, s: Schema, path: str) -> None:
@@ -731,7 +711,7 @@ class _Validator:
         # A null never matches, not even a null in the enum: go-openapi skips nil enum members.
         if value is not None and any(option is not None and _same(value, option) for option in allowed):
             return
-        shown = ", ".join(_go_quote(o if isinstance(o, str) else _go_json(o)) for o in allowed)
+        shown = ", ".join(go_quote(o if isinstance(o, str) else _go_json(o)) for o in allowed)
         self.errors.append(
             f"{_field(path)}: Unsupported value: {_go_value(value)}: supported values: {shown}"
         )
@@ -814,7 +794,7 @@ def _embedded_resource(path: str, x: Mapping[str, Any]) -> list[str]:
             problems.append(f'{where}: Invalid value: "": must not be empty')
         elif api_version != "/" and api_version.count("/") > 1:
             detail = f"unexpected GroupVersion string: {api_version}"
-            problems.append(f"{where}: Invalid value: {_go_quote(api_version)}: {detail}")
+            problems.append(f"{where}: Invalid value: {go_quote(api_version)}: {detail}")
     if "kind" in x:
         where = _join(path, "kind")
         if not isinstance(kind, str):
@@ -833,7 +813,7 @@ def _embedded_resource(path: str, x: Mapping[str, Any]) -> list[str]:
                 )
             if errs:
                 detail = "may have mixed case, but should otherwise match: " + ",".join(errs)
-                problems.append(f"{where}: Invalid value: {_go_quote(kind)}: {detail}")
+                problems.append(f"{where}: Invalid value: {go_quote(kind)}: {detail}")
     if "metadata" in x and not isinstance(metadata, Mapping):
         problems.append(f"{_join(path, 'metadata')}: Invalid value: {_go_value(metadata)}: must be an object")
     return problems

@@ -27,6 +27,8 @@ __all__ = [
     "parse_label_selector",
 ]
 
+from etcdlock.sandbox.apiserver.gostrings import go_quote
+
 
 class SelectorError(ValueError):
     """Malformed selector or unsupported field (kube-apiserver answers 400 BadRequest with this message)."""
@@ -110,34 +112,11 @@ def _label_value_errors(value: str) -> list[str]:
     return errs
 
 
-def _go_quote(text: str) -> str:
-    """Go's ``%q`` of a string, as field errors print bad values."""
-    out = ['"']
-    for ch in text:
-        if ch in '"\\':
-            out.append("\\" + ch)
-        elif ch in _GO_ESCAPES:
-            out.append(_GO_ESCAPES[ch])
-        elif ch.isprintable():
-            out.append(ch)
-        elif ord(ch) < 0x80:
-            out.append(f"\\x{ord(ch):02x}")
-        elif ord(ch) < 0x10000:
-            out.append(f"\\u{ord(ch):04x}")
-        else:
-            out.append(f"\\U{ord(ch):08x}")
-    out.append('"')
-    return "".join(out)
-
-
-_GO_ESCAPES = {"\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t", "\v": "\\v"}
-
-
 def _go_json_strings(values: Sequence[str] | None) -> str:
     """``json.Marshal`` of a ``[]string`` (nil marshals as ``null``)."""
     if values is None:
         return "null"
-    return "[" + ",".join(_go_quote(value) for value in values) + "]"
+    return "[" + ",".join(go_quote(value) for value in values) + "]"
 
 
 def _aggregate(errors: list[str]) -> str:
@@ -190,7 +169,7 @@ def _new_requirement(key: str, operator: str, values: list[str] | None) -> _Requ
     errs: list[str] = []
     key_errs = _label_key_errors(key)
     if key_errs:
-        errs.append(f"key: Invalid value: {_go_quote(key)}: {'; '.join(key_errs)}")
+        errs.append(f"key: Invalid value: {go_quote(key)}: {'; '.join(key_errs)}")
     vals = values or []
     if operator in (_IN, _NOT_IN):
         if not vals:
@@ -219,13 +198,13 @@ def _new_requirement(key: str, operator: str, values: list[str] | None) -> _Requ
         for i, value in enumerate(vals):
             if _parse_int64(value) is None:
                 errs.append(
-                    f"values[{i}]: Invalid value: {_go_quote(value)}: "
+                    f"values[{i}]: Invalid value: {go_quote(value)}: "
                     "for 'Gt', 'Lt' operators, the value must be an integer"
                 )
     for i, value in enumerate(vals):
         value_errs = _label_value_errors(value)
         if value_errs:
-            errs.append(f"values[{i}][{key}]: Invalid value: {_go_quote(value)}: {'; '.join(value_errs)}")
+            errs.append(f"values[{i}][{key}]: Invalid value: {go_quote(value)}: {'; '.join(value_errs)}")
     if errs:
         raise SelectorError(_aggregate(errs))
     return _Requirement(key, operator, tuple(vals))
@@ -348,7 +327,7 @@ class _LabelParser:
         key_errs = _label_key_errors(key)
         if key_errs:
             # kube validates the key here with a nil field path, hence "<nil>".
-            raise SelectorError(f"<nil>: Invalid value: {_go_quote(key)}: {'; '.join(key_errs)}")
+            raise SelectorError(f"<nil>: Invalid value: {go_quote(key)}: {'; '.join(key_errs)}")
         if operator == _DOES_NOT_EXIST or self.lookahead()[0] in (_END, _COMMA):
             # "!key" is complete on its own; whatever follows it is the caller's problem ("!a=b" fails there).
             return _new_requirement(key, operator or _EXISTS, [])
@@ -445,7 +424,7 @@ def label_selector_from_dict(selector: Mapping[str, Any] | None) -> LabelMatcher
             raise SelectorError("each of matchExpressions must be an object")
         operator = expression.get("operator", "")
         if operator not in operators:
-            raise SelectorError(f"{_go_quote(str(operator))} is not a valid label selector operator")
+            raise SelectorError(f"{go_quote(str(operator))} is not a valid label selector operator")
         key = expression.get("key", "")
         values = expression.get("values")
         if not isinstance(key, str) or not _all_strings(values):
@@ -546,6 +525,6 @@ def parse_field_selector(text: str, fields: Mapping[str, FieldGetter]) -> FieldM
         terms.append(_FieldTerm(lhs, _unescape(rhs), operator != "!="))
     for term in terms:
         if term.field not in fields:
-            known = ", ".join(_go_quote(name) for name in fields)
-            raise SelectorError(f"{_go_quote(term.field)} is not a known field selector: only {known}")
+            known = ", ".join(go_quote(name) for name in fields)
+            raise SelectorError(f"{go_quote(term.field)} is not a known field selector: only {known}")
     return _FieldSelector(tuple(terms), dict(fields))
