@@ -16,6 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -192,6 +193,7 @@ class WebhookServer:
     """An HTTPS admission webhook: ``/mutate`` adds a label, ``/validate`` denies the deny label."""
 
     url: str
+    port: int
     ca_bundle: str
     reviews: list[Obj] = field(default_factory=list)
 
@@ -238,12 +240,13 @@ def _webhook_app(reviews: list[Obj]) -> web.Application:
     return app
 
 
-@pytest.fixture(scope="module")
-def webhook_server() -> Iterator[WebhookServer]:
-    """The webhook app on 127.0.0.1 with a certificate from a fresh trustme CA, in its own thread."""
+@contextmanager
+def serving_webhook(identity: str) -> Iterator[WebhookServer]:
+    """The webhook app on 127.0.0.1, in its own thread, with a certificate from a fresh trustme CA that is
+    valid for ``identity`` only (an IP address or a DNS name)."""
     ca = trustme.CA()
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(context)
+    ca.issue_cert(identity).configure_cert(context)
     reviews: list[Obj] = []
     runner = web.AppRunner(_webhook_app(reviews), access_log=None)
     loop = asyncio.new_event_loop()
@@ -258,13 +261,20 @@ def webhook_server() -> Iterator[WebhookServer]:
     try:
         port = asyncio.run_coroutine_threadsafe(start(), loop).result(timeout=10)
         yield WebhookServer(
-            f"https://127.0.0.1:{port}", base64.b64encode(ca.cert_pem.bytes()).decode(), reviews
+            f"https://127.0.0.1:{port}", port, base64.b64encode(ca.cert_pem.bytes()).decode(), reviews
         )
     finally:
         asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(timeout=10)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout=10)
         loop.close()
+
+
+@pytest.fixture(scope="module")
+def webhook_server() -> Iterator[WebhookServer]:
+    """The webhook server for ``clientConfig.url``: its certificate is valid for 127.0.0.1."""
+    with serving_webhook("127.0.0.1") as server:
+        yield server
 
 
 # --- discovery ----------------------------------------------------------------------------------------
@@ -543,7 +553,17 @@ def test_json_patch_applies_operations_and_a_failed_test_is_422(
                 {"op": "replace", "path": "/data/k", "value": "z"},
             ],
         )
-    assert (exc.value.status, status_of(exc)["reason"]) == (422, "Invalid")
+    # kube-apiserver's answer, byte for byte: NewGenericServerResponse(422), naming no object and no field.
+    assert status_of(exc) == {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": "the server rejected our request due to an error in our request",
+        "reason": "Invalid",
+        "details": {},
+        "code": 422,
+    }
     assert core.read_namespaced_config_map("cm", namespace).data == {"k": "w", "n": "1"}
 
     custom.create_namespaced_custom_object(GROUP, VERSION, namespace, widgets, widget("w"))
@@ -568,7 +588,7 @@ def test_json_patch_applies_operations_and_a_failed_test_is_422(
             [{"op": "test", "path": "/spec/size", "value": 3}],
             _content_type=json_patch,
         )
-    assert exc.value.status == 422
+    assert (exc.value.status, status_of(exc)["reason"]) == (422, "Invalid")
 
 
 def test_strategic_merge_patch_merges_containers_by_name(core: client.CoreV1Api, namespace: str) -> None:
@@ -948,10 +968,15 @@ def test_scheduling_gates_keep_a_pod_pending_and_may_only_be_removed(
 # --- admission webhooks -------------------------------------------------------------------------------
 
 
-def _webhook(name: str, url: str, ca_bundle: str, namespace: str, failure_policy: str = "Fail") -> Obj:
+def _webhook(
+    name: str, target: str | Obj, ca_bundle: str, namespace: str, failure_policy: str = "Fail"
+) -> Obj:
+    """A webhook on CREATE/UPDATE of ConfigMaps in ``namespace``, called at ``target``: a URL, or a
+    ``clientConfig.service`` reference (see :func:`_service_ref`)."""
+    destination = {"url": target} if isinstance(target, str) else {"service": target}
     return {
         "name": name,
-        "clientConfig": {"url": url, "caBundle": ca_bundle},
+        "clientConfig": {**destination, "caBundle": ca_bundle},
         "rules": [
             {
                 "apiGroups": [""],
@@ -967,6 +992,74 @@ def _webhook(name: str, url: str, ca_bundle: str, namespace: str, failure_policy
         "admissionReviewVersions": ["v1"],
         "timeoutSeconds": 5,
     }
+
+
+def _service_ref(namespace: str, name: str, path: str) -> Obj:
+    return {"namespace": namespace, "name": name, "path": path, "port": 443}
+
+
+def _create_service(
+    core: client.CoreV1Api, namespace: str, name: str, endpoints: list[Obj] | None = None
+) -> None:
+    """A Service on port 443 and, unless ``endpoints`` is None, its Endpoints with those subsets."""
+    core.create_namespaced_service(
+        namespace, {"metadata": {"name": name}, "spec": {"ports": [{"port": 443, "protocol": "TCP"}]}}
+    )
+    if endpoints is not None:
+        core.create_namespaced_endpoints(namespace, {"metadata": {"name": name}, "subsets": endpoints})
+
+
+def _at_local_port(port: int) -> list[Obj]:
+    """Endpoints subsets: one ready address, 127.0.0.1, on ``port``."""
+    return [{"addresses": [{"ip": "127.0.0.1"}], "ports": [{"port": port, "protocol": "TCP"}]}]
+
+
+@contextmanager
+def _registered(
+    api: ApiClient, kind: str, name: str, *webhooks: Obj
+) -> Iterator[client.AdmissionregistrationV1Api]:
+    """A ``kind`` ("mutating" or "validating") webhook configuration, deleted after the block."""
+    admission = client.AdmissionregistrationV1Api(api)
+    getattr(admission, f"create_{kind}_webhook_configuration")(
+        {"metadata": {"name": name}, "webhooks": list(webhooks)}
+    )
+    try:
+        yield admission
+    finally:
+        getattr(admission, f"delete_{kind}_webhook_configuration")(name)
+
+
+def _tls_handshake(server: WebhookServer, server_name: str) -> None:
+    """Connect to ``server`` trusting its CA only, checking its certificate against ``server_name``."""
+    context = ssl.create_default_context(cadata=base64.b64decode(server.ca_bundle).decode())
+    with (
+        socket.create_connection(("127.0.0.1", server.port), timeout=5) as raw,
+        context.wrap_socket(raw, server_hostname=server_name),
+    ):
+        pass
+
+
+def _assert_failure_policy_decides(
+    api: ApiClient, core: client.CoreV1Api, namespace: str, kind: str, webhook: Obj, *in_message: str
+) -> None:
+    """``webhook``, whose call cannot succeed, refuses a create under failurePolicy Fail (500, the message
+    naming the webhook and ``in_message``) and lets it through unchanged under Ignore."""
+    tag = webhook["name"].split(".")[0]
+    config = f"{tag}-{namespace}"
+    with _registered(api, kind, config, {**webhook, "failurePolicy": "Fail"}) as admission:
+        with pytest.raises(ApiException) as exc:
+            core.create_namespaced_config_map(namespace, configmap(f"{tag}-failed"))
+        assert exc.value.status == 500
+        message = status_of(exc)["message"]
+        for part in (f'failed calling webhook "{webhook["name"]}"', *in_message):
+            assert part in message, message
+        assert is_gone(lambda: core.read_namespaced_config_map(f"{tag}-failed", namespace))
+
+        getattr(admission, f"patch_{kind}_webhook_configuration")(
+            config, [{"op": "replace", "path": "/webhooks/0/failurePolicy", "value": "Ignore"}]
+        )
+        created = core.create_namespaced_config_map(namespace, configmap(f"{tag}-ignored"))
+        assert not created.metadata.labels  # the webhook was skipped (a mutating one labels it)
 
 
 def test_mutating_and_validating_webhooks_are_called_over_https(
@@ -1037,26 +1130,64 @@ def test_webhook_failure_policy_decides_when_the_webhook_is_unreachable(
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         unreachable = f"https://127.0.0.1:{probe.getsockname()[1]}/validate"
-    admission = client.AdmissionregistrationV1Api(api)
-    name = f"unreachable-{namespace}"
-    config = {
-        "metadata": {"name": name},
-        "webhooks": [
-            _webhook("down.conformance.etcdlock.io", unreachable, webhook_server.ca_bundle, namespace)
-        ],
-    }
-    admission.create_validating_webhook_configuration(config)
-    try:
-        with pytest.raises(ApiException) as exc:
-            core.create_namespaced_config_map(namespace, configmap("failed"))
-        assert exc.value.status == 500
-        assert 'failed calling webhook "down.conformance.etcdlock.io"' in status_of(exc)["message"]
-        assert is_gone(lambda: core.read_namespaced_config_map("failed", namespace))
+    webhook = _webhook("down.conformance.etcdlock.io", unreachable, webhook_server.ca_bundle, namespace)
+    _assert_failure_policy_decides(api, core, namespace, "validating", webhook)
 
-        admission.patch_validating_webhook_configuration(
-            name, [{"op": "replace", "path": "/webhooks/0/failurePolicy", "value": "Ignore"}]
+
+def test_a_service_webhook_is_called_at_the_service_endpoints_and_verified_for_the_service_name(
+    api: ApiClient, core: client.CoreV1Api, namespace: str
+) -> None:
+    """``clientConfig.service``: dialled at the Endpoints' address and port, the certificate checked
+    against ``<service>.<namespace>.svc`` (the certificate names nothing else, not even 127.0.0.1)."""
+    service = "admission"
+    dns_name = f"{service}.{namespace}.svc"
+    with serving_webhook(dns_name) as server:
+        with pytest.raises(ssl.SSLCertVerificationError, match=r"not valid for '127\.0\.0\.1'"):
+            _tls_handshake(server, "127.0.0.1")
+        _tls_handshake(server, dns_name)
+        _create_service(core, namespace, service, _at_local_port(server.port))
+        mutate = _webhook(
+            "mutate.conformance.etcdlock.io",
+            _service_ref(namespace, service, "/mutate"),
+            server.ca_bundle,
+            namespace,
         )
-        created = core.create_namespaced_config_map(namespace, configmap("ignored"))
-        assert created.metadata.name == "ignored"
-    finally:
-        admission.delete_validating_webhook_configuration(name)
+        with _registered(api, "mutating", f"service-{namespace}", mutate):
+            created = core.create_namespaced_config_map(namespace, configmap("plain"))
+            assert created.metadata.labels == {MUTATED_LABEL: "yes"}
+            requests = [r["request"] for r in server.reviews]
+            assert [(r["operation"], r["namespace"], r["name"]) for r in requests] == [
+                ("CREATE", namespace, "plain")
+            ]
+
+        # Another Service with the very same Endpoints: its name is not on the certificate, so the call
+        # fails verification and never reaches the webhook.
+        _create_service(core, namespace, "impostor", _at_local_port(server.port))
+        impostor = _webhook(
+            "impostor.conformance.etcdlock.io",
+            _service_ref(namespace, "impostor", "/mutate"),
+            server.ca_bundle,
+            namespace,
+        )
+        _assert_failure_policy_decides(
+            api, core, namespace, "mutating", impostor, f"not valid for 'impostor.{namespace}.svc'"
+        )
+        assert len(server.reviews) == 1
+
+
+@pytest.mark.parametrize("endpoints", [None, []], ids=["no-endpoints-object", "no-ready-address"])
+def test_a_service_webhook_without_endpoints_fails_by_its_failure_policy(
+    api: ApiClient,
+    core: client.CoreV1Api,
+    namespace: str,
+    webhook_server: WebhookServer,
+    endpoints: list[Obj] | None,
+) -> None:
+    _create_service(core, namespace, "nobody", endpoints)
+    webhook = _webhook(
+        "nobody.conformance.etcdlock.io",
+        _service_ref(namespace, "nobody", "/mutate"),
+        webhook_server.ca_bundle,
+        namespace,
+    )
+    _assert_failure_policy_decides(api, core, namespace, "mutating", webhook, f'service "{namespace}/nobody"')

@@ -146,6 +146,20 @@ def header(output: str) -> list[str]:
     return re.findall(r"\S+(?: \S+)*", output.splitlines()[0])
 
 
+def wait_for_watch(process: subprocess.Popen[str]) -> str:
+    """Read a ``-v=6`` kubectl's log until it has opened its watch (bounded by kubectl's own --timeout).
+
+    Changes made after that are seen by the watch; changes made before kubectl's first read are not.
+    """
+    assert process.stderr is not None
+    seen = ""
+    for line in process.stderr:
+        seen += line
+        if "watch=true" in line:
+            return seen
+    raise AssertionError(f"kubectl ended before it watched: {seen}")
+
+
 def finish(process: subprocess.Popen[str]) -> tuple[int, str, str]:
     try:
         stdout, stderr = process.communicate(timeout=TIMEOUT)
@@ -404,6 +418,10 @@ def test_patch_as_merge_json_and_strategic_merge(kubectl: Kubectl, widgets_crd: 
         check=False,
     )
     assert failed_test.returncode == 1
+    # Word for word what kubectl prints for kube-apiserver's answer to a failed test operation.
+    assert failed_test.stderr.strip() == (
+        "The request is invalid: the server rejected our request due to an error in our request"
+    )
     out_of_range = kubectl(
         "patch", "widget", "gizmo", "--type", "merge", "-p", '{"spec":{"size":11}}', check=False
     )
@@ -435,12 +453,13 @@ def test_delete_waits_for_finalizers_and_deletes_from_a_file(kubectl: Kubectl, w
     assert deleting.stdout.strip() == f'widget.{GROUP} "held" deleted'
     assert kubectl.out("get", "widget", "held", "-o", "jsonpath={.metadata.deletionTimestamp}") != ""
 
-    waiter = kubectl.start("wait", "--for=delete", "widget/held", "--timeout=20s")
+    waiter = kubectl.start("wait", "--for=delete", "widget/held", "--timeout=20s", "-v=6")
+    watching = wait_for_watch(waiter)
     kubectl(
         "patch", "widget", "held", "--type", "json", "-p", '[{"op":"remove","path":"/metadata/finalizers"}]'
     )
     code, stdout, stderr = finish(waiter)
-    assert code == 0, stderr
+    assert code == 0, watching + stderr
     assert stdout.strip() == f"widget.{GROUP}/held condition met"
     assert kubectl("get", "widget", "held", check=False).returncode == 1
 

@@ -344,10 +344,11 @@ class Api:
                     patched = patches.apply_merge_patch(current, patch)
                 else:
                     patched = patches.apply_strategic_merge_patch(current, patch)
-            except patches.PatchTestFailed as exc:
-                raise errors.invalid(rtype.kind, rtype.group, name, [str(exc)]) from None
             except patches.PatchError as exc:
-                raise errors.invalid(rtype.kind, rtype.group, name, [str(exc)]) from None
+                # kube-apiserver answers every patch that does not apply (a failed test included) with
+                # the same 422 that names neither the object nor the operation.
+                log.debug("patch of %s %s/%s not applied: %s", rtype.kind, namespace, name, exc)
+                raise errors.patch_not_applied() from None
             new = self._checked_body(rtype, namespace, patched)
             new["metadata"]["name"] = name
             asked = str(new["metadata"].get("resourceVersion") or current_version)

@@ -13,7 +13,7 @@ class ApiError(Exception):
         self.code = code
         self.reason = reason
         self.message = message
-        self.details = details or {}
+        self.details = details
 
     def status(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -25,7 +25,7 @@ class ApiError(Exception):
             "reason": self.reason,
             "code": self.code,
         }
-        if self.details:
+        if self.details is not None:
             body["details"] = self.details
         return body
 
@@ -67,6 +67,14 @@ def invalid(kind: str, group: str, name: str, causes: list[str]) -> ApiError:
     details = {**_details(kind, group, name), "causes": [_cause(c) for c in causes]}
     what = f"{kind}.{group}" if group else kind
     return ApiError(422, "Invalid", f'{what} "{name}" is invalid: {"; ".join(causes)}', details)
+
+
+def patch_not_applied() -> ApiError:
+    """A JSON patch that does not apply, a failed ``test`` operation among them, as kube-apiserver answers it
+    (``NewGenericServerResponse(422, ...)``): a fixed message and empty details, naming neither the object
+    nor a field, so that kubectl prints ``The request is invalid: the server rejected our request due to an
+    error in our request``."""
+    return ApiError(422, "Invalid", "the server rejected our request due to an error in our request", {})
 
 
 def bad_request(message: str) -> ApiError:
