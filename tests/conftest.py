@@ -14,6 +14,8 @@ from etcdlock.sandbox.etcd import LocalEtcd, LocalTls
 
 AUTH_TOKEN_TTL = 2
 
+pytest_plugins = ["etcdlock.sandbox.pytest_plugin"]
+
 
 @pytest.fixture(scope="session")
 def etcd() -> Iterator[LocalEtcd]:
@@ -48,16 +50,15 @@ async def session(client: EtcdClient) -> AsyncIterator[Session]:
 
 
 @pytest.fixture(scope="session")
-def sandbox() -> Iterator[SandboxThread]:
-    """One Kubernetes API emulator on its own etcd for the whole run; tests use their own namespaces."""
-    with SandboxThread() as running:
-        yield running
+def sandbox(k8s_sandbox: SandboxThread) -> SandboxThread:
+    """The Kubernetes API emulator of etcdlock.sandbox.pytest_plugin, shared by the whole run."""
+    return k8s_sandbox
 
 
 @pytest.fixture(scope="session")
-def kubeconfig(sandbox: SandboxThread, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def kubeconfig(k8s_kubeconfig: Path) -> Path:
     """A kubeconfig file pointing at the sandbox (for kubectl and the kubernetes client)."""
-    return sandbox.write_kubeconfig(tmp_path_factory.mktemp("sandbox") / "kubeconfig")
+    return k8s_kubeconfig
 
 
 @pytest.fixture(scope="session")
