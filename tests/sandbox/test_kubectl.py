@@ -589,3 +589,14 @@ source: {{component: kubectl-test}}
         "event/greeting.hello"
     ]
     assert kubectl("get", "events", "--field-selector", "reason=Other").stdout == ""
+
+
+def test_every_example_applies_after_the_crds(kubectl: Kubectl) -> None:
+    """``kubectl apply -f crds/`` then ``-f examples/``: every example is created (the Job too: batch/v1)."""
+    root = Path(__file__).resolve().parents[2]
+    kubectl("apply", "-f", str(root / "crds"))
+    kubectl("wait", "--for", "condition=established", "crd/distributedlocks.etcdlock.io", "--timeout=10s")
+    created = kubectl("apply", "-f", str(root / "examples")).stdout.splitlines()
+    for expected in ("job.batch/report-shards created", "pod/nightly-report created"):
+        assert expected in created, created
+    assert sum(line.startswith("distributedlock.etcdlock.io/") for line in created) == 2

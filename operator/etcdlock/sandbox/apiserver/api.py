@@ -156,9 +156,16 @@ class Api:
         return obj
 
     async def create(
-        self, rtype: ResourceType, namespace: str | None, body: Any, *, dry_run: bool = False
+        self,
+        rtype: ResourceType,
+        namespace: str | None,
+        body: Any,
+        *,
+        dry_run: bool = False,
+        field_validation: str = "",
     ) -> Obj:
         obj = self._checked_body(rtype, namespace, body)
+        self._check_fields(rtype, obj, field_validation)
         metadata = obj["metadata"]
         if not metadata.get("name"):
             prefix = metadata.get("generateName")
@@ -213,6 +220,18 @@ class Api:
         elif rtype is CRD_TYPE:
             obj["status"] = _crd_status(obj)
         return obj
+
+    def _check_fields(self, rtype: ResourceType, obj: Obj, field_validation: str) -> None:
+        """``fieldValidation=Strict``: refuse fields the CRD schema does not know (else they are pruned)."""
+        if field_validation != "Strict" or rtype.schema is None:
+            return
+        unknown = schema.unknown_fields(obj, rtype.schema)
+        if unknown:
+            fields = ", ".join(f'unknown field "{field}"' for field in unknown)
+            raise errors.bad_request(
+                f'{rtype.kind} in version "{rtype.version}" cannot be handled as a {rtype.kind}: '
+                f"strict decoding error: {fields}"
+            )
 
     def _custom_schema(self, rtype: ResourceType, obj: Obj) -> Obj:
         if rtype.schema is None:
@@ -277,9 +296,16 @@ class Api:
         return result
 
     async def update(
-        self, rtype: ResourceType, namespace: str | None, name: str, body: Any, subresource: str | None = None
+        self,
+        rtype: ResourceType,
+        namespace: str | None,
+        name: str,
+        body: Any,
+        subresource: str | None = None,
+        field_validation: str = "",
     ) -> Obj:
         new = self._checked_body(rtype, namespace, body)
+        self._check_fields(rtype, new, field_validation)
         if new["metadata"].get("name", name) != name:
             raise errors.bad_request("the name of the object does not match the name on the URL")
         new["metadata"]["name"] = name
@@ -316,6 +342,7 @@ class Api:
         content_type: str,
         document: bytes,
         subresource: str | None = None,
+        field_validation: str = "",
     ) -> Obj:
         """Apply a merge, JSON or strategic merge patch; retried on conflicts unless it names a version."""
         media = content_type.split(";")[0].strip()
@@ -350,6 +377,7 @@ class Api:
                 log.debug("patch of %s %s/%s not applied: %s", rtype.kind, namespace, name, exc)
                 raise errors.patch_not_applied() from None
             new = self._checked_body(rtype, namespace, patched)
+            self._check_fields(rtype, new, field_validation)
             new["metadata"]["name"] = name
             asked = str(new["metadata"].get("resourceVersion") or current_version)
             if asked != current_version:

@@ -139,6 +139,7 @@ BUILTINS: tuple[ResourceType, ...] = (
     _builtin("events.k8s.io", "v1", "events", "Event", short_names=("ev",)),
     _builtin("apps", "v1", "statefulsets", "StatefulSet", short_names=("sts",), status_subresource=True),
     _builtin("apps", "v1", "deployments", "Deployment", short_names=("deploy",), status_subresource=True),
+    _builtin("batch", "v1", "jobs", "Job", status_subresource=True, categories=("all",)),
     _builtin(
         "policy",
         "v1",

@@ -208,7 +208,13 @@ class ApiServer:
             )
         if request.method == "POST":
             body = await _body(request)
-            created = await self.api.create(rtype, namespace, body, dry_run="dryRun" in query)
+            created = await self.api.create(
+                rtype,
+                namespace,
+                body,
+                dry_run="dryRun" in query,
+                field_validation=query.get("fieldValidation", ""),
+            )
             return _json(created, 201)
         if request.method == "DELETE":
             deleted = await self.api.delete_collection(rtype, namespace, match)
@@ -238,11 +244,21 @@ class ApiServer:
                 return _json(tables.table(rtype, [obj], obj["metadata"]["resourceVersion"]))
             return _json(obj)
         if request.method == "PUT":
-            return _json(await self.api.update(rtype, namespace, name, await _body(request), subresource))
+            body = await _body(request)
+            validation = request.query.get("fieldValidation", "")
+            return _json(await self.api.update(rtype, namespace, name, body, subresource, validation))
         if request.method == "PATCH":
             document = await request.read()
             return _json(
-                await self.api.patch(rtype, namespace, name, request.content_type, document, subresource)
+                await self.api.patch(
+                    rtype,
+                    namespace,
+                    name,
+                    request.content_type,
+                    document,
+                    subresource,
+                    request.query.get("fieldValidation", ""),
+                )
             )
         if request.method == "DELETE":
             raw = await request.read()

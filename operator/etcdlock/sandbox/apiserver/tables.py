@@ -105,15 +105,14 @@ def age(timestamp: str | None) -> str:
 
 
 def _cell(column: dict[str, Any], obj: Obj) -> Any:
+    """The first value the column's jsonPath selects, as kube-apiserver's CRD table convertor shows it."""
     values = evaluate(column.get("jsonPath", ""), obj) if column.get("jsonPath") else []
     if not values:
         return None
+    value = values[0]
     if column.get("type") == "date":
-        return age(str(values[0]))
-    if len(values) == 1:
-        value = values[0]
-        return value if isinstance(value, (str, int, float, bool)) else str(value)
-    return ",".join(str(v) for v in values)
+        return age(str(value))
+    return value if isinstance(value, (str, int, float, bool)) else str(value)
 
 
 def _pod_cells(pod: Obj) -> list[Any]:
