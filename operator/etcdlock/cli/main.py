@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from etcdlock.cli import elect, lock, sandbox, status
+from etcdlock.cli import elect, lock, operator, sandbox, status
 from etcdlock.cli.common import positive_float
 from etcdlock.etcd import EtcdConfig, EtcdLockError, LockLost, LockTimeout, SessionLost
 from etcdlock.etcd.client import DEFAULT_ENDPOINT
@@ -86,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_parser(commands)
     elect.add_parser(commands)
     sandbox.add_parser(commands)
+    operator.add_parser(commands)
     for command in commands.choices.values():
         _add_connection_options(command, after_command=True)
     return parser

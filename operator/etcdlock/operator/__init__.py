@@ -1,0 +1,1 @@
+"""The Kubernetes operator: kopf handlers over plain domain functions (lock status today)."""

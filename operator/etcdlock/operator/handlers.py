@@ -1,0 +1,179 @@
+"""The kopf handlers: thin wrappers that call the plain functions of :mod:`etcdlock.operator.locks`.
+
+One startup handler owns every setting; one ``reconcile`` is reached from create, resume and spec
+updates; every lock gets one mirror task (:mod:`etcdlock.operator.mirror`) kept in the operator's memo.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import kopf
+import kubernetes
+from kubernetes.client.exceptions import ApiException
+
+from etcdlock.etcd import EtcdClient, EtcdConfig
+from etcdlock.etcd.keys import Contender
+from etcdlock.operator.locks import InvalidSpec, LockSpec, error_status
+from etcdlock.operator.mirror import mirror_lock
+from etcdlock.operator.names import ANNOTATION_PREFIX, FINALIZER, GROUP, LOCKS, VERSION
+
+log = logging.getLogger(__name__)
+
+
+class Mirrors:
+    """The running mirror task of every lock, by (namespace, name), with the spec it serves."""
+
+    def __init__(self) -> None:
+        self._tasks: dict[tuple[str, str], tuple[LockSpec, asyncio.Task[None]]] = {}
+
+    def running(self, ref: tuple[str, str], spec: LockSpec) -> bool:
+        entry = self._tasks.get(ref)
+        return entry is not None and entry[0] == spec and not entry[1].done()
+
+    def start(self, ref: tuple[str, str], spec: LockSpec, task: asyncio.Task[None]) -> None:
+        self._tasks[ref] = (spec, task)
+
+    async def stop(self, ref: tuple[str, str]) -> None:
+        entry = self._tasks.pop(ref, None)
+        if entry is not None:
+            entry[1].cancel()
+            await asyncio.gather(entry[1], return_exceptions=True)
+
+    async def stop_all(self) -> None:
+        for ref in list(self._tasks):
+            await self.stop(ref)
+
+
+def kubernetes_api(kubeconfig: str | None) -> kubernetes.client.ApiClient:
+    """A client for the cluster: the kubeconfig file if given, else the in-cluster service account."""
+    if kubeconfig:
+        api: kubernetes.client.ApiClient = kubernetes.config.new_client_from_config(config_file=kubeconfig)
+        return api
+    configuration = kubernetes.client.Configuration()
+    kubernetes.config.load_incluster_config(client_configuration=configuration)
+    return kubernetes.client.ApiClient(configuration)
+
+
+def connection_info(api: kubernetes.client.ApiClient) -> kopf.ConnectionInfo:
+    """kopf's credentials, taken from the same client configuration the operator uses."""
+    config = api.configuration
+    token = (config.api_key or {}).get("authorization") or (config.api_key or {}).get("BearerToken")
+    scheme, _, token = (token or "").partition(" ") if token and " " in token else ("Bearer", "", token)
+    return kopf.ConnectionInfo(
+        server=config.host,
+        ca_path=config.ssl_ca_cert,
+        insecure=not config.verify_ssl,
+        username=config.username or None,
+        password=config.password or None,
+        scheme=scheme if token else None,
+        token=token or None,
+        certificate_path=config.cert_file,
+        private_key_path=config.key_file,
+    )
+
+
+def build_registry(etcd: EtcdConfig, kube: kubernetes.client.ApiClient) -> kopf.OperatorRegistry:
+    """A fresh registry with the operator's handlers (a fresh one per operator run, as kopf advises)."""
+    registry = kopf.OperatorRegistry()
+
+    @kopf.on.startup(registry=registry)
+    async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+        settings.peering.standalone = True
+        settings.persistence.finalizer = FINALIZER
+        persistence = settings.persistence
+        persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATION_PREFIX, v1=False)
+        persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=ANNOTATION_PREFIX, v1=False)
+        settings.posting.level = logging.INFO
+        memo.etcd = EtcdClient(etcd)
+        memo.kube = kube
+        memo.mirrors = Mirrors()
+
+    @kopf.on.login(registry=registry)
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        return connection_info(kube)
+
+    @kopf.on.cleanup(registry=registry)
+    async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+        await memo.mirrors.stop_all()
+        await memo.etcd.close()
+
+    @kopf.on.resume(GROUP, VERSION, LOCKS, registry=registry)
+    @kopf.on.create(GROUP, VERSION, LOCKS, registry=registry)
+    @kopf.on.update(GROUP, VERSION, LOCKS, field="spec", registry=registry)
+    async def reconcile(
+        spec: kopf.Spec,
+        name: str,
+        namespace: str | None,
+        meta: kopf.Meta,
+        body: kopf.Body,
+        memo: Any,
+        **_: Any,
+    ) -> None:
+        generation = int(meta.get("generation", 1))
+        await reconcile_lock(memo, body, namespace or "", name, dict(spec), generation)
+
+    @kopf.on.delete(GROUP, VERSION, LOCKS, registry=registry)
+    async def delete(name: str, namespace: str | None, memo: Any, **_: Any) -> None:
+        await memo.mirrors.stop((namespace or "", name))
+
+    return registry
+
+
+async def reconcile_lock(
+    memo: Any, body: kopf.Body, namespace: str, name: str, spec: dict[str, Any], generation: int
+) -> None:
+    """Serve one DistributedLock: mirror its queue into status, or say in status why it cannot."""
+    ref = (namespace, name)
+    publish = _publisher(memo.kube, namespace, name)
+    try:
+        lock = LockSpec.parse(namespace, name, spec)
+        if lock.cluster is not None:
+            raise InvalidSpec(
+                f"spec.clusterRef {lock.cluster!r}: EtcdCluster is not supported yet; "
+                "remove clusterRef to use the operator's etcd"
+            )
+    except InvalidSpec as exc:
+        await memo.mirrors.stop(ref)
+        await publish(error_status("InvalidSpec", str(exc), generation))
+        kopf.warn(body, reason="InvalidSpec", message=str(exc))
+        return
+    if memo.mirrors.running(ref, lock):
+        return
+    await memo.mirrors.stop(ref)
+    changed = _announcer(body)
+    mirroring = mirror_lock(memo.etcd, lock, generation, publish, changed)
+    task = asyncio.create_task(mirroring, name=f"mirror-{namespace}/{name}")
+    memo.mirrors.start(ref, lock, task)
+
+
+def _publisher(api: kubernetes.client.ApiClient, namespace: str, name: str) -> Any:
+    objects = kubernetes.client.CustomObjectsApi(api)
+
+    async def publish(status: dict[str, Any]) -> None:
+        with contextlib.suppress(ApiException):
+            patch = objects.patch_namespaced_custom_object_status
+            await asyncio.to_thread(patch, GROUP, VERSION, namespace, LOCKS, name, {"status": status})
+
+    return publish
+
+
+def _announcer(body: kopf.Body) -> Any:
+    """Events on the lock when holders come and go (whoever they are)."""
+
+    def changed(before: list[Contender], after: list[Contender]) -> None:
+        old = {h.key: h for h in before}
+        new = {h.key: h for h in after}
+        for key, holder in new.items():
+            if key not in old:
+                who = holder.info.holder or key
+                message = f"{who} holds the lock (fencing token {holder.fencing_token})"
+                kopf.info(body, reason="Acquired", message=message)
+        for key, holder in old.items():
+            if key not in new:
+                kopf.info(body, reason="Released", message=f"{holder.info.holder or key} released the lock")
+
+    return changed

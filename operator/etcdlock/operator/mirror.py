@@ -1,0 +1,83 @@
+"""Mirror a lock's etcd queue into its DistributedLock status, for as long as the lock exists.
+
+One task per lock reads the keys under the lock's prefix, publishes the status, and reads again after
+every change under the prefix (an etcd watch), so holders from any client appear within a round trip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from etcdlock.etcd import EtcdClient, EtcdUnavailable, read_contenders
+from etcdlock.etcd.errors import Compacted
+from etcdlock.etcd.keys import Contender, prefix, range_end
+from etcdlock.operator.locks import LockSpec, error_status, lock_status
+
+log = logging.getLogger(__name__)
+
+Publish = Callable[[dict[str, Any]], Awaitable[None]]
+Changed = Callable[[list[Contender], list[Contender]], None]
+_RETRY_DELAY = 1.0
+
+
+async def mirror_lock(
+    client: EtcdClient, spec: LockSpec, generation: int, publish: Publish, changed: Changed
+) -> None:
+    """Publish the lock's status now and after every change, until cancelled.
+
+    ``changed(before, after)`` is told the holders before and after each change (for Events).
+    """
+    start = prefix(spec.key)
+    since: dict[str, str] = {}
+    holders: list[Contender] = []
+    last: dict[str, Any] | None = None
+    while True:
+        try:
+            revision, contenders = await read_contenders(client, spec.key)
+            now_holding = contenders[: spec.permits]
+            if [h.key for h in now_holding] != [h.key for h in holders]:
+                changed(holders, now_holding)
+                holders = now_holding
+            status = _keep_transition_times(lock_status(spec, contenders, generation, since), last)
+            if last is None or _differs(status, last):
+                await publish(status)
+                last = status
+            async with client.watch_events(start, range_end(start), start_revision=revision + 1) as events:
+                async for _ in events:
+                    break
+        except Compacted:
+            continue
+        except EtcdUnavailable as exc:
+            log.warning("lock %s: %s", spec.key, exc)
+            status = _keep_transition_times(error_status("EtcdUnavailable", str(exc), generation), last)
+            if last is None or _differs(status, last):
+                with contextlib.suppress(Exception):
+                    await publish(status)
+                last = status
+            await asyncio.sleep(_RETRY_DELAY)
+
+
+def _keep_transition_times(status: dict[str, Any], last: dict[str, Any] | None) -> dict[str, Any]:
+    """A condition whose status and reason did not change keeps its lastTransitionTime."""
+    before = {c["type"]: c for c in (last or {}).get("conditions", [])}
+    for condition in status.get("conditions", []):
+        old = before.get(condition["type"])
+        if old and (old["status"], old["reason"]) == (condition["status"], condition["reason"]):
+            condition["lastTransitionTime"] = old["lastTransitionTime"]
+    return status
+
+
+def _differs(new: dict[str, Any], old: dict[str, Any]) -> bool:
+    """True if anything but the conditions' transition times changed."""
+
+    def bare(status: dict[str, Any]) -> dict[str, Any]:
+        conditions = [
+            {k: v for k, v in c.items() if k != "lastTransitionTime"} for c in status.get("conditions", [])
+        ]
+        return {**status, "conditions": conditions}
+
+    return bare(new) != bare(old)
