@@ -10,6 +10,7 @@ import asyncio
 import subprocess
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,7 +23,7 @@ from kubernetes.client import ApiClient
 
 from etcdlock.etcd import EtcdClient, EtcdConfig, EtcdLockError, Mutex, Session
 from etcdlock.operator.run import run_operator
-from etcdlock.sandbox.etcd import LocalEtcd, etcd_binary
+from etcdlock.sandbox.etcd import LocalEtcd, etcd_binary, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 GROUP, VERSION, PLURAL = "etcdlock.io", "v1alpha1", "distributedlocks"
@@ -64,8 +65,14 @@ def namespace(api: ApiClient) -> Iterator[str]:
 
 
 @pytest.fixture
-def operator(namespace: str, etcd: LocalEtcd, kubeconfig: Path) -> Iterator[None]:
+def metrics_url() -> str:
+    return f"http://127.0.0.1:{free_port()}/metrics"
+
+
+@pytest.fixture
+def operator(namespace: str, etcd: LocalEtcd, kubeconfig: Path, metrics_url: str) -> Iterator[None]:
     """The operator in its own thread and event loop, watching the test's namespace only."""
+    metrics = ("127.0.0.1", int(metrics_url.split(":")[2].split("/")[0]))
     stop, ready = threading.Event(), threading.Event()
     failures: list[BaseException] = []
 
@@ -73,7 +80,8 @@ def operator(namespace: str, etcd: LocalEtcd, kubeconfig: Path) -> Iterator[None
         try:
             config = EtcdConfig.parse(etcd.endpoints)
             flags = {"stop_flag": stop, "ready_flag": ready}
-            asyncio.run(run_operator(config, [namespace], kubeconfig=str(kubeconfig), **flags))
+            running = run_operator(config, [namespace], kubeconfig=str(kubeconfig), metrics=metrics, **flags)
+            asyncio.run(running)
         except BaseException as exc:  # reported by the fixture, not lost in the thread
             failures.append(exc)
 
@@ -92,6 +100,10 @@ def operator(namespace: str, etcd: LocalEtcd, kubeconfig: Path) -> Iterator[None
 
 def phase(expected: str) -> Callable[[dict[str, Any]], bool]:
     return lambda status: status.get("phase") == expected
+
+
+def waiter_count(expected: int) -> Callable[[dict[str, Any]], bool]:
+    return lambda status: status.get("waiterCount") == expected
 
 
 def create_lock(api: ApiClient, namespace: str, name: str, spec: dict[str, Any]) -> None:
@@ -198,3 +210,69 @@ def test_the_operator_refuses_to_start_without_etcd(kubeconfig: Path) -> None:
     unreachable = EtcdConfig.parse("http://127.0.0.1:1", request_timeout=2)
     with pytest.raises(EtcdLockError, match=r"cannot reach etcd at http://127\.0\.0\.1:1"):
         asyncio.run(run_operator(unreachable, kubeconfig=str(kubeconfig)))
+
+
+def scrape(url: str) -> dict[str, float]:
+    """The samples of the operator's /metrics page, by name and labels."""
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples
+
+
+def test_metrics_count_acquisitions_releases_and_waits_from_any_client(
+    api: ApiClient, namespace: str, operator: None, etcd: LocalEtcd, metrics_url: str
+) -> None:
+    create_lock(api, namespace, "counted", {})
+    key = f"/etcdlock/locks/{namespace}/counted"
+    eventually(lambda: status_of(api, namespace, "counted"), phase("Free"), "Free")
+    labels = f'{{lock="counted",namespace="{namespace}"}}'
+
+    def one_waiter_in_status() -> None:
+        eventually(lambda: status_of(api, namespace, "counted"), waiter_count(1), "a waiter")
+
+    def one_waiter_in_metrics() -> None:
+        gauge = f"etcdlock_lock_waiters{labels}"
+        eventually(lambda: scrape(metrics_url), lambda m: m.get(gauge) == 1, "the waiter gauge")
+
+    async def take_in_turn() -> None:
+        async with EtcdClient(EtcdConfig.parse(etcd.endpoints)) as client:
+            async with Session(client) as first, Session(client) as second:
+                async with Mutex(first, key, holder="first"):
+                    waiting = asyncio.create_task(Mutex(second, key, holder="second").acquire())
+                    await asyncio.to_thread(
+                        eventually,
+                        lambda: status_of(api, namespace, "counted"),
+                        lambda s: s.get("waiterCount") == 1,
+                        "a waiter",
+                    )
+                    await asyncio.to_thread(
+                        eventually,
+                        lambda: scrape(metrics_url),
+                        lambda m: m.get(f"etcdlock_lock_waiters{labels}") == 1,
+                        "waiter gauge",
+                    )
+                second_lock = await waiting
+                await second_lock.release()
+
+    asyncio.run(take_in_turn())
+    samples = eventually(
+        lambda: scrape(metrics_url),
+        lambda m: m.get(f"etcdlock_lock_releases_total{labels}") == 2,
+        "two releases",
+    )
+    assert samples[f"etcdlock_lock_acquisitions_total{labels}"] == 2
+    assert samples[f"etcdlock_lock_wait_seconds_count{labels}"] == 2
+    assert samples[f"etcdlock_lock_wait_seconds_sum{labels}"] > 0, "the second holder waited"
+    assert samples[f"etcdlock_lock_holders{labels}"] == 0
+    assert samples[f"etcdlock_lock_waiters{labels}"] == 0
+
+    objects = kubernetes.client.CustomObjectsApi(api)
+    objects.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "counted")
+    eventually(
+        lambda: scrape(metrics_url), lambda m: f"etcdlock_lock_holders{labels}" not in m, "series dropped"
+    )

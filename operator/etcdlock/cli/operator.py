@@ -7,7 +7,7 @@ import os
 from dataclasses import replace
 from typing import Any
 
-from etcdlock.etcd import EtcdConfig
+from etcdlock.etcd import EtcdConfig, EtcdLockError
 
 
 def add_parser(commands: Any) -> None:
@@ -37,5 +37,13 @@ async def run(args: argparse.Namespace, config: EtcdConfig) -> int:
     if args.etcd_endpoints:
         endpoints = EtcdConfig.parse(args.etcd_endpoints).endpoints
         config = replace(config, endpoints=endpoints)
-    await run_operator(config, namespaces=args.namespace, liveness=args.liveness, kubeconfig=args.kubeconfig)
+    metrics = None
+    if args.metrics != "off":
+        host, sep, port = args.metrics.rpartition(":")
+        if not sep or not port.isdigit():
+            raise EtcdLockError(f"--metrics must be HOST:PORT or off, not {args.metrics!r}")
+        metrics = (host or "0.0.0.0", int(port))
+    await run_operator(
+        config, namespaces=args.namespace, liveness=args.liveness, kubeconfig=args.kubeconfig, metrics=metrics
+    )
     return 0

@@ -18,7 +18,8 @@ from kubernetes.client.exceptions import ApiException
 from etcdlock.etcd import EtcdClient, EtcdConfig
 from etcdlock.etcd.keys import Contender
 from etcdlock.operator.locks import InvalidSpec, LockSpec, error_status
-from etcdlock.operator.mirror import mirror_lock
+from etcdlock.operator.metrics import Metrics, QueueMetrics
+from etcdlock.operator.mirror import QueueObserver, mirror_lock
 from etcdlock.operator.names import ANNOTATION_PREFIX, FINALIZER, GROUP, LOCKS, VERSION
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,9 @@ def connection_info(api: kubernetes.client.ApiClient) -> kopf.ConnectionInfo:
     )
 
 
-def build_registry(etcd: EtcdConfig, kube: kubernetes.client.ApiClient) -> kopf.OperatorRegistry:
+def build_registry(
+    etcd: EtcdConfig, kube: kubernetes.client.ApiClient, metrics: Metrics
+) -> kopf.OperatorRegistry:
     """A fresh registry with the operator's handlers (a fresh one per operator run, as kopf advises)."""
     registry = kopf.OperatorRegistry()
 
@@ -90,6 +93,7 @@ def build_registry(etcd: EtcdConfig, kube: kubernetes.client.ApiClient) -> kopf.
         settings.posting.level = logging.INFO
         memo.etcd = EtcdClient(etcd)
         memo.kube = kube
+        memo.metrics = metrics
         memo.mirrors = Mirrors()
 
     @kopf.on.login(registry=registry)
@@ -119,6 +123,7 @@ def build_registry(etcd: EtcdConfig, kube: kubernetes.client.ApiClient) -> kopf.
     @kopf.on.delete(GROUP, VERSION, LOCKS, registry=registry)
     async def delete(name: str, namespace: str | None, memo: Any, **_: Any) -> None:
         await memo.mirrors.stop((namespace or "", name))
+        memo.metrics.forget(namespace or "", name)
 
     return registry
 
@@ -144,8 +149,8 @@ async def reconcile_lock(
     if memo.mirrors.running(ref, lock):
         return
     await memo.mirrors.stop(ref)
-    changed = _announcer(body)
-    mirroring = mirror_lock(memo.etcd, lock, generation, publish, changed)
+    observers: list[QueueObserver] = [Announcer(body), QueueMetrics(memo.metrics, namespace, name)]
+    mirroring = mirror_lock(memo.etcd, lock, generation, publish, observers)
     task = asyncio.create_task(mirroring, name=f"mirror-{namespace}/{name}")
     memo.mirrors.start(ref, lock, task)
 
@@ -161,19 +166,26 @@ def _publisher(api: kubernetes.client.ApiClient, namespace: str, name: str) -> A
     return publish
 
 
-def _announcer(body: kopf.Body) -> Any:
-    """Events on the lock when holders come and go (whoever they are)."""
+class Announcer:
+    """Events on the lock when holders come and go, whoever they are (the first look is the baseline)."""
 
-    def changed(before: list[Contender], after: list[Contender]) -> None:
-        old = {h.key: h for h in before}
-        new = {h.key: h for h in after}
-        for key, holder in new.items():
-            if key not in old:
-                who = holder.info.holder or key
-                message = f"{who} holds the lock (fencing token {holder.fencing_token})"
-                kopf.info(body, reason="Acquired", message=message)
-        for key, holder in old.items():
-            if key not in new:
-                kopf.info(body, reason="Released", message=f"{holder.info.holder or key} released the lock")
+    def __init__(self, body: kopf.Body) -> None:
+        self._body = body
+        self._holders: dict[str, Contender] | None = None
 
-    return changed
+    def seen(self, contenders: list[Contender], permits: int) -> None:
+        holders = {c.key: c for c in contenders[:permits]}
+        if self._holders is not None:
+            for key, holder in holders.items():
+                if key not in self._holders:
+                    who = holder.info.holder or key
+                    message = f"{who} holds the lock (fencing token {holder.fencing_token})"
+                    kopf.info(self._body, reason="Acquired", message=message)
+            for key, holder in self._holders.items():
+                if key not in holders:
+                    kopf.info(
+                        self._body,
+                        reason="Released",
+                        message=f"{holder.info.holder or key} released the lock",
+                    )
+        self._holders = holders

@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol
 
 from etcdlock.etcd import EtcdClient, EtcdUnavailable, read_contenders
 from etcdlock.etcd.errors import Compacted
@@ -20,28 +20,29 @@ from etcdlock.operator.locks import LockSpec, error_status, lock_status
 log = logging.getLogger(__name__)
 
 Publish = Callable[[dict[str, Any]], Awaitable[None]]
-Changed = Callable[[list[Contender], list[Contender]], None]
+
+
+class QueueObserver(Protocol):
+    """Told the whole queue (in order) after every change; events and metrics are observers."""
+
+    def seen(self, contenders: list[Contender], permits: int) -> None: ...
+
+
 _RETRY_DELAY = 1.0
 
 
 async def mirror_lock(
-    client: EtcdClient, spec: LockSpec, generation: int, publish: Publish, changed: Changed
+    client: EtcdClient, spec: LockSpec, generation: int, publish: Publish, observers: Sequence[QueueObserver]
 ) -> None:
-    """Publish the lock's status now and after every change, until cancelled.
-
-    ``changed(before, after)`` is told the holders before and after each change (for Events).
-    """
+    """Publish the lock's status now and after every change, until cancelled; tell the observers."""
     start = prefix(spec.key)
     since: dict[str, str] = {}
-    holders: list[Contender] = []
     last: dict[str, Any] | None = None
     while True:
         try:
             revision, contenders = await read_contenders(client, spec.key)
-            now_holding = contenders[: spec.permits]
-            if [h.key for h in now_holding] != [h.key for h in holders]:
-                changed(holders, now_holding)
-                holders = now_holding
+            for observer in observers:
+                observer.seen(contenders, spec.permits)
             status = _keep_transition_times(lock_status(spec, contenders, generation, since), last)
             if last is None or _differs(status, last):
                 await publish(status)

@@ -11,10 +11,12 @@ from collections.abc import Sequence
 
 import kopf
 import kubernetes
+from aiohttp import web
 from kubernetes.client.exceptions import ApiException
 
 from etcdlock.etcd import EtcdClient, EtcdConfig, EtcdLockError
 from etcdlock.operator.handlers import build_registry, kubernetes_api
+from etcdlock.operator.metrics import Metrics
 from etcdlock.operator.names import GROUP, LOCKS
 
 CRD_NAME = f"{LOCKS}.{GROUP}"
@@ -44,20 +46,30 @@ async def run_operator(
     namespaces: Sequence[str] = (),
     liveness: str | None = None,
     kubeconfig: str | None = None,
+    metrics: tuple[str, int] | None = None,
     stop_flag: threading.Event | asyncio.Event | None = None,
     ready_flag: threading.Event | asyncio.Event | None = None,
 ) -> None:
     """Run until stopped (SIGINT/SIGTERM in the main thread, or ``stop_flag``).
 
-    ``kubeconfig`` names the cluster; without it the in-cluster service account is used.
+    ``kubeconfig`` names the cluster; without it the in-cluster service account is used. ``metrics``
+    (host, port) serves ``/metrics`` there.
     """
     api = await preflight(etcd, kubeconfig)
-    await kopf.operator(
-        registry=build_registry(etcd, api),
-        standalone=True,
-        clusterwide=not namespaces,
-        namespaces=list(namespaces),
-        liveness_endpoint=liveness,
-        stop_flag=stop_flag,
-        ready_flag=ready_flag,
-    )
+    collected = Metrics()
+    runner = web.AppRunner(collected.app(), access_log=None)
+    await runner.setup()
+    try:
+        if metrics is not None:
+            await web.TCPSite(runner, *metrics).start()
+        await kopf.operator(
+            registry=build_registry(etcd, api, collected),
+            standalone=True,
+            clusterwide=not namespaces,
+            namespaces=list(namespaces),
+            liveness_endpoint=liveness,
+            stop_flag=stop_flag,
+            ready_flag=ready_flag,
+        )
+    finally:
+        await runner.cleanup()

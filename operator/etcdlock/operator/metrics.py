@@ -1,0 +1,95 @@
+"""Prometheus metrics of every lock, as the operator sees its etcd queue (whoever the holders are).
+
+Counts start when the operator starts watching a lock: holders already there are the baseline, not
+acquisitions. Wait time is measured from the moment a waiter was first seen in the queue.
+"""
+
+from __future__ import annotations
+
+import time
+
+from aiohttp import web
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+from etcdlock.etcd.keys import Contender
+
+LABELS = ("namespace", "lock")
+WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600)
+
+
+class Metrics:
+    """The operator's metrics, in a registry of their own (one per operator run)."""
+
+    def __init__(self) -> None:
+        self.registry = registry = CollectorRegistry()
+        self.holders = Gauge("etcdlock_lock_holders", "Holders of each lock", LABELS, registry=registry)
+        self.waiters = Gauge("etcdlock_lock_waiters", "Waiters in each queue", LABELS, registry=registry)
+        self.acquisitions = Counter(
+            "etcdlock_lock_acquisitions", "Holders that took each lock, any client", LABELS, registry=registry
+        )
+        self.releases = Counter(
+            "etcdlock_lock_releases",
+            "Holders that left each lock (released or lost)",
+            LABELS,
+            registry=registry,
+        )
+        self.wait_seconds = Histogram(
+            "etcdlock_lock_wait_seconds",
+            "Time from joining a lock's queue to holding it",
+            LABELS,
+            buckets=WAIT_BUCKETS,
+            registry=registry,
+        )
+
+    def forget(self, namespace: str, name: str) -> None:
+        """Drop a deleted lock's series."""
+        for metric in (self.holders, self.waiters, self.acquisitions, self.releases, self.wait_seconds):
+            try:
+                metric.remove(namespace, name)
+            except KeyError:
+                pass
+
+    def app(self) -> web.Application:
+        """``GET /metrics`` in the Prometheus text format."""
+
+        async def metrics(_: web.Request) -> web.Response:
+            response = web.Response(body=generate_latest(self.registry))
+            response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
+            return response
+
+        app = web.Application()
+        app.router.add_get("/metrics", metrics)
+        return app
+
+
+class QueueMetrics:
+    """Turns successive looks at one lock's queue into its metrics."""
+
+    def __init__(self, metrics: Metrics, namespace: str, name: str) -> None:
+        self._metrics = metrics
+        self._labels = (namespace, name)
+        self._holding: set[str] | None = None
+        self._waiting_since: dict[str, float] = {}
+
+    def seen(self, contenders: list[Contender], permits: int) -> None:
+        now = time.monotonic()
+        holders = {c.key for c in contenders[:permits]}
+        waiters = [c.key for c in contenders[permits:]]
+        labels = self._labels
+        if self._holding is not None:
+            for key in holders - self._holding:
+                self._metrics.acquisitions.labels(*labels).inc()
+                self._metrics.wait_seconds.labels(*labels).observe(now - self._waiting_since.get(key, now))
+            for _ in self._holding - holders:
+                self._metrics.releases.labels(*labels).inc()
+        self._holding = holders
+        self._waiting_since = {key: self._waiting_since.get(key, now) for key in waiters}
+        self._metrics.holders.labels(*labels).set(len(holders))
+        self._metrics.waiters.labels(*labels).set(len(waiters))
