@@ -34,22 +34,33 @@ _RETRY_DELAY = 1.0
 async def mirror_lock(
     client: EtcdClient, spec: LockSpec, generation: int, publish: Publish, observers: Sequence[QueueObserver]
 ) -> None:
-    """Publish the lock's status now and after every change, until cancelled; tell the observers."""
+    """Publish the lock's status now and after every change, until cancelled; tell the observers.
+
+    The queue is read once, then kept up to date by applying every watch event in revision order, so
+    no holder is missed however briefly it held (a re-read after each change would skip fast hand-offs).
+    It is read again after an etcd outage or a compaction.
+    """
     start = prefix(spec.key)
     since: dict[str, str] = {}
     last: dict[str, Any] | None = None
+
+    async def show(contenders: list[Contender]) -> None:
+        nonlocal last
+        for observer in observers:
+            observer.seen(contenders, spec.permits)
+        status = _keep_transition_times(lock_status(spec, contenders, generation, since), last)
+        if last is None or _differs(status, last):
+            await publish(status)
+            last = status
+
     while True:
         try:
             revision, contenders = await read_contenders(client, spec.key)
-            for observer in observers:
-                observer.seen(contenders, spec.permits)
-            status = _keep_transition_times(lock_status(spec, contenders, generation, since), last)
-            if last is None or _differs(status, last):
-                await publish(status)
-                last = status
+            await show(contenders)
             async with client.watch_events(start, range_end(start), start_revision=revision + 1) as events:
-                async for _ in events:
-                    break
+                async for event in events:
+                    contenders = _apply(contenders, event)
+                    await show(contenders)
         except Compacted:
             continue
         except EtcdUnavailable as exc:
@@ -60,6 +71,16 @@ async def mirror_lock(
                     await publish(status)
                 last = status
             await asyncio.sleep(_RETRY_DELAY)
+
+
+def _apply(contenders: list[Contender], event: Any) -> list[Contender]:
+    """The queue after one watch event: a new key joins at the end (its create revision is the newest)."""
+    changed = Contender.from_kv(event.kv)
+    if event.kind == "DELETE":
+        return [c for c in contenders if c.key != changed.key]
+    if any(c.key == changed.key for c in contenders):
+        return [changed if c.key == changed.key else c for c in contenders]
+    return [*contenders, changed]
 
 
 def _keep_transition_times(status: dict[str, Any], last: dict[str, Any] | None) -> dict[str, Any]:
