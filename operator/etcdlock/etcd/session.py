@@ -124,9 +124,9 @@ class Session:
         tasks = [t for t in (self._keepalive, *self._background) if t is not None]
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        # gather, not "await task" under suppress(CancelledError): that would swallow a cancellation of
+        # close() itself along with the tasks' own.
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def claim(self, name: str) -> None:
         """Reserve NAME for one holder in this session (see :class:`AlreadyAcquiring`)."""

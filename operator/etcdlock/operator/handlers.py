@@ -7,12 +7,12 @@ updates; every lock gets one mirror task (:mod:`etcdlock.operator.mirror`) kept 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import Any
 
 import kopf
 import kubernetes
+import urllib3
 from kubernetes.client.exceptions import ApiException
 
 from etcdlock.etcd import EtcdClient, EtcdConfig
@@ -159,9 +159,16 @@ def _publisher(api: kubernetes.client.ApiClient, namespace: str, name: str) -> A
     objects = kubernetes.client.CustomObjectsApi(api)
 
     async def publish(status: dict[str, Any]) -> None:
-        with contextlib.suppress(ApiException):
-            patch = objects.patch_namespaced_custom_object_status
+        """Patch the status; a lock deleted meanwhile is fine, other failures are logged (the mirror goes on
+        and the next change writes the status again)."""
+        patch = objects.patch_namespaced_custom_object_status
+        try:
             await asyncio.to_thread(patch, GROUP, VERSION, namespace, LOCKS, name, {"status": status})
+        except ApiException as exc:
+            if exc.status != 404:
+                log.error("status of %s/%s not written: %s %s", namespace, name, exc.status, exc.reason)
+        except (OSError, urllib3.exceptions.HTTPError) as exc:
+            log.error("status of %s/%s not written: %s", namespace, name, exc)
 
     return publish
 

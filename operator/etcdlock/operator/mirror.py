@@ -7,7 +7,6 @@ every change under the prefix (an etcd watch), so holders from any client appear
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
@@ -67,8 +66,7 @@ async def mirror_lock(
             log.warning("lock %s: %s", spec.key, exc)
             status = _keep_transition_times(error_status("EtcdUnavailable", str(exc), generation), last)
             if last is None or _differs(status, last):
-                with contextlib.suppress(Exception):
-                    await publish(status)
+                await publish(status)
                 last = status
             await asyncio.sleep(_RETRY_DELAY)
 

@@ -115,14 +115,20 @@ def unknown_fields(obj: dict[str, Any], schema: Schema) -> list[str]:
     return sorted(unknown)
 
 
-def _prune(x: Any, s: Schema | None, unknown: list[str], path: str, root: bool = False) -> None:
-    if s is not None and s.get(_PRESERVE) is True:
-        _skip_prune(x, s, unknown, path, root)
-        return
+def _prune(
+    x: Any, s: Schema | None, unknown: list[str], path: str, root: bool = False, preserving: bool = False
+) -> None:
+    """Drop (and list in ``unknown``) the fields ``s`` does not know.
+
+    Below ``x-kubernetes-preserve-unknown-fields`` (``preserving``, inherited through list items) unknown
+    fields stay, and only the known ones are pruned inside.
+    """
+    preserving = preserving or (s is not None and s.get(_PRESERVE) is True)
     if isinstance(x, dict):
         if s is None:
-            unknown.extend(_join(path, key) for key in x)
-            x.clear()
+            if not preserving:
+                unknown.extend(_join(path, key) for key in x)
+                x.clear()
             return
         embedded = root or s.get(_EMBEDDED) is True
         props = _properties(s)
@@ -131,41 +137,19 @@ def _prune(x: Any, s: Schema | None, unknown: list[str], path: str, root: bool =
             if embedded and key in _META_FIELDS:
                 continue
             if key in props:
-                _prune(
-                    x[key], props[key] if isinstance(props[key], Mapping) else None, unknown, _join(path, key)
-                )
+                child = props[key] if isinstance(props[key], Mapping) else None
+                _prune(x[key], child, unknown, _join(path, key))
             elif has_additional:
                 _prune(x[key], additional, unknown, _join(path, key))
-            else:
+            elif not preserving:
                 unknown.append(_join(path, key))
                 del x[key]
     elif isinstance(x, list):
+        if s is None and preserving:
+            return
         items = _items(s)
         for i, value in enumerate(x):
-            _prune(value, items, unknown, f"{path}[{i}]")
-
-
-def _skip_prune(x: Any, s: Schema | None, unknown: list[str], path: str, root: bool) -> None:
-    """Below ``x-kubernetes-preserve-unknown-fields``: keep unknown fields, prune inside known ones."""
-    if s is None:
-        return
-    if isinstance(x, dict):
-        embedded = root or s.get(_EMBEDDED) is True
-        props = _properties(s)
-        has_additional, additional = _additional(s)
-        for key in list(x):
-            if embedded and key in _META_FIELDS:
-                continue
-            if key in props:
-                _prune(
-                    x[key], props[key] if isinstance(props[key], Mapping) else None, unknown, _join(path, key)
-                )
-            elif has_additional:
-                _prune(x[key], additional, unknown, _join(path, key))
-    elif isinstance(x, list):
-        items = _items(s)
-        for i, value in enumerate(x):
-            _skip_prune(value, items, unknown, f"{path}[{i}]", False)
+            _prune(value, items, unknown, f"{path}[{i}]", preserving=preserving)
 
 
 def _prune_nulls(x: Any, s: Schema | None) -> None:
