@@ -682,7 +682,7 @@ def test_field_selectors_select_name_namespace_and_pod_phase(core: client.CoreV1
         (namespace, "b"),
     }
 
-    core.create_namespaced_pod(namespace, pod("pending"))
+    core.create_namespaced_pod(namespace, pod("pending", schedulingGates=[{"name": "example.com/wait"}]))
     core.create_namespaced_pod(namespace, pod("running"))
     core.patch_namespaced_pod_status("running", namespace, {"status": {"phase": "Running"}})
     assert names(core.list_namespaced_pod(namespace, field_selector="status.phase=Running").items) == {

@@ -1,7 +1,8 @@
 """A local Kubernetes API (the emulator) on a local etcd, in this process: for tests and ``sandbox up``.
 
 ``async with Sandbox() as sandbox:`` gives ``sandbox.url`` (the API), ``sandbox.etcd`` (the etcd behind it)
-and ``sandbox.write_kubeconfig(path)`` for kubectl and the kubernetes client.
+and ``sandbox.write_kubeconfig(path)`` for kubectl and the kubernetes client. Pods go through their
+phases by the pretend kubelet of :mod:`etcdlock.sandbox.kubelet`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from etcdlock.sandbox.apiserver.api import Api
 from etcdlock.sandbox.apiserver.server import ApiServer
 from etcdlock.sandbox.apiserver.storage import Storage
 from etcdlock.sandbox.etcd import LocalEtcd
+from etcdlock.sandbox.kubelet import PodLifecycle
 
 CONTEXT = "etcdlock-sandbox"
 
@@ -46,6 +48,7 @@ class Sandbox:
         self._client: EtcdClient | None = None
         self.api: Api | None = None
         self._server: ApiServer | None = None
+        self._kubelet: asyncio.Task[None] | None = None
         self.url = ""
 
     async def start(self) -> Sandbox:
@@ -58,12 +61,16 @@ class Sandbox:
             await self.api.start()
             self._server = ApiServer(self.api)
             self.url = await self._server.start(port=self._port)
+            self._kubelet = asyncio.create_task(PodLifecycle(self.api).run(), name="sandbox-kubelet")
         except BaseException:
             await self.stop()
             raise
         return self
 
     async def stop(self) -> None:
+        if self._kubelet is not None:
+            self._kubelet.cancel()
+            await asyncio.gather(self._kubelet, return_exceptions=True)
         if self._server is not None:
             await self._server.stop()
         if self.api is not None:
@@ -72,7 +79,7 @@ class Sandbox:
             await self._client.close()
         if self.etcd is not None:
             await asyncio.to_thread(self.etcd.close)
-        self._server = self.api = self._client = self.etcd = None
+        self._server = self.api = self._client = self.etcd = self._kubelet = None
 
     def write_kubeconfig(self, path: Path, namespace: str = "default") -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)

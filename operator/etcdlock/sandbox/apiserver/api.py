@@ -215,6 +215,8 @@ class Api:
             obj["status"] = {"phase": "Pending", "conditions": _gate_conditions(obj)}
         elif rtype.group == "" and rtype.plural == "namespaces":
             obj["status"] = {"phase": "Active"}
+            labels = obj["metadata"].setdefault("labels", {})
+            labels["kubernetes.io/metadata.name"] = obj["metadata"]["name"]
         elif rtype.group == "" and rtype.plural == "secrets" and not obj.get("type"):
             obj["type"] = "Opaque"
         elif rtype is CRD_TYPE:
