@@ -9,120 +9,28 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import threading
-import time
 import urllib.request
-import uuid
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import kubernetes
 import pytest
-import yaml
 from kubernetes.client import ApiClient
+from operator_support import (
+    BOUND,
+    GROUP,
+    PLURAL,
+    VERSION,
+    OperatorThread,
+    create_lock,
+    events_of,
+    eventually,
+    phase,
+    status_of,
+)
 
 from etcdlock.etcd import EtcdClient, EtcdConfig, EtcdLockError, Mutex, Session
 from etcdlock.operator.run import run_operator
-from etcdlock.sandbox.etcd import LocalEtcd, etcd_binary, free_port
-
-ROOT = Path(__file__).resolve().parents[2]
-GROUP, VERSION, PLURAL = "etcdlock.io", "v1alpha1", "distributedlocks"
-BOUND = 15.0
-
-
-def eventually(read: Callable[[], Any], ok: Callable[[Any], bool], what: str) -> Any:
-    """Poll ``read`` until ``ok`` holds, for at most BOUND seconds."""
-    deadline = time.monotonic() + BOUND
-    value = read()
-    while not ok(value):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}; last seen: {value!r}")
-        time.sleep(0.05)
-        value = read()
-    return value
-
-
-@pytest.fixture(scope="module")
-def api(kubeconfig: Path) -> ApiClient:
-    client = kubernetes.config.new_client_from_config(config_file=str(kubeconfig))
-    crd = yaml.safe_load((ROOT / "crds" / "distributedlock.yaml").read_text())
-    extensions = kubernetes.client.ApiextensionsV1Api(client)
-    try:
-        extensions.create_custom_resource_definition(crd)
-    except kubernetes.client.ApiException as exc:
-        if exc.status != 409:
-            raise
-    return client
-
-
-@pytest.fixture
-def namespace(api: ApiClient) -> Iterator[str]:
-    name = f"op-{uuid.uuid4().hex[:8]}"
-    core = kubernetes.client.CoreV1Api(api)
-    core.create_namespace({"metadata": {"name": name}})
-    yield name
-    core.delete_namespace(name)
-
-
-@pytest.fixture
-def metrics_url() -> str:
-    return f"http://127.0.0.1:{free_port()}/metrics"
-
-
-@pytest.fixture
-def operator(namespace: str, etcd: LocalEtcd, kubeconfig: Path, metrics_url: str) -> Iterator[None]:
-    """The operator in its own thread and event loop, watching the test's namespace only."""
-    metrics = ("127.0.0.1", int(metrics_url.split(":")[2].split("/")[0]))
-    stop, ready = threading.Event(), threading.Event()
-    failures: list[BaseException] = []
-
-    def main() -> None:
-        try:
-            config = EtcdConfig.parse(etcd.endpoints)
-            flags = {"stop_flag": stop, "ready_flag": ready}
-            running = run_operator(config, [namespace], kubeconfig=str(kubeconfig), metrics=metrics, **flags)
-            asyncio.run(running)
-        except BaseException as exc:  # reported by the fixture, not lost in the thread
-            failures.append(exc)
-
-    thread = threading.Thread(target=main, name="operator")
-    thread.start()
-    try:
-        assert ready.wait(BOUND) or failures, "the operator did not start"
-        assert not failures, failures
-        yield
-    finally:
-        stop.set()
-        thread.join(BOUND)
-        assert not thread.is_alive(), "the operator did not stop"
-    assert not failures, failures
-
-
-def phase(expected: str) -> Callable[[dict[str, Any]], bool]:
-    return lambda status: status.get("phase") == expected
-
-
-def waiter_count(expected: int) -> Callable[[dict[str, Any]], bool]:
-    return lambda status: status.get("waiterCount") == expected
-
-
-def create_lock(api: ApiClient, namespace: str, name: str, spec: dict[str, Any]) -> None:
-    body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "DistributedLock", "metadata": {"name": name}}
-    objects = kubernetes.client.CustomObjectsApi(api)
-    objects.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, {**body, "spec": spec})
-
-
-def status_of(api: ApiClient, namespace: str, name: str) -> dict[str, Any]:
-    objects = kubernetes.client.CustomObjectsApi(api)
-    obj = objects.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
-    return dict(obj.get("status") or {})
-
-
-def events_of(api: ApiClient, namespace: str, name: str) -> list[tuple[str, str]]:
-    found = kubernetes.client.CoreV1Api(api).list_namespaced_event(
-        namespace, field_selector=f"involvedObject.name={name}"
-    )
-    return [(event.reason, event.message) for event in found.items]
+from etcdlock.sandbox.etcd import LocalEtcd, etcd_binary
 
 
 async def hold(etcd: LocalEtcd, lock_key: str, holder: str, until: asyncio.Event, token: list[int]) -> None:
@@ -132,7 +40,7 @@ async def hold(etcd: LocalEtcd, lock_key: str, holder: str, until: asyncio.Event
             await until.wait()
 
 
-def test_a_new_lock_is_free_and_ready(api: ApiClient, namespace: str, operator: None) -> None:
+def test_a_new_lock_is_free_and_ready(api: ApiClient, namespace: str, operator: OperatorThread) -> None:
     create_lock(api, namespace, "fresh", {})
     status = eventually(lambda: status_of(api, namespace, "fresh"), phase("Free"), "Free")
     assert status["holders"] == [] and status["waiters"] == [] and status["waiterCount"] == 0
@@ -143,7 +51,7 @@ def test_a_new_lock_is_free_and_ready(api: ApiClient, namespace: str, operator: 
 
 
 def test_holders_and_waiters_from_any_client_appear_in_status(
-    api: ApiClient, namespace: str, operator: None, etcd: LocalEtcd
+    api: ApiClient, namespace: str, operator: OperatorThread, etcd: LocalEtcd
 ) -> None:
     create_lock(api, namespace, "shared", {})
     key = f"/etcdlock/locks/{namespace}/shared"
@@ -196,7 +104,7 @@ def test_holders_and_waiters_from_any_client_appear_in_status(
     assert "Acquired" in reasons
 
 
-def test_a_lock_it_cannot_serve_says_why(api: ApiClient, namespace: str, operator: None) -> None:
+def test_a_lock_it_cannot_serve_says_why(api: ApiClient, namespace: str, operator: OperatorThread) -> None:
     create_lock(api, namespace, "elsewhere", {"clusterRef": {"name": "etcd-a"}})
     status = eventually(lambda: status_of(api, namespace, "elsewhere"), phase("Error"), "Error")
     ready = status["conditions"][0]
@@ -225,19 +133,12 @@ def scrape(url: str) -> dict[str, float]:
 
 
 def test_metrics_count_acquisitions_releases_and_waits_from_any_client(
-    api: ApiClient, namespace: str, operator: None, etcd: LocalEtcd, metrics_url: str
+    api: ApiClient, namespace: str, operator: OperatorThread, etcd: LocalEtcd, metrics_url: str
 ) -> None:
     create_lock(api, namespace, "counted", {})
     key = f"/etcdlock/locks/{namespace}/counted"
     eventually(lambda: status_of(api, namespace, "counted"), phase("Free"), "Free")
     labels = f'{{lock="counted",namespace="{namespace}"}}'
-
-    def one_waiter_in_status() -> None:
-        eventually(lambda: status_of(api, namespace, "counted"), waiter_count(1), "a waiter")
-
-    def one_waiter_in_metrics() -> None:
-        gauge = f"etcdlock_lock_waiters{labels}"
-        eventually(lambda: scrape(metrics_url), lambda m: m.get(gauge) == 1, "the waiter gauge")
 
     async def take_in_turn() -> None:
         async with EtcdClient(EtcdConfig.parse(etcd.endpoints)) as client:

@@ -1,21 +1,24 @@
-"""``etcdlock operator``: run the Kubernetes operator (DistributedLock status today)."""
+"""``etcdlock operator``: run the Kubernetes operator (DistributedLock status, pods that wait for locks)."""
 
 from __future__ import annotations
 
 import argparse
 import os
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from etcdlock.etcd import EtcdConfig, EtcdLockError
+
+DEFAULT_CERT_DIR = "/etc/etcdlock/webhook"
 
 
 def add_parser(commands: Any) -> None:
     parser = commands.add_parser(
         "operator",
         help="run the Kubernetes operator",
-        description="Serve DistributedLock resources: mirror each lock's holders and waiters from etcd "
-        "into its status.",
+        description="Serve DistributedLock resources (mirror each lock's holders and waiters from etcd "
+        "into its status) and pods annotated etcdlock.io/lock (hold them back until they hold the lock).",
     )
     parser.add_argument(
         "--etcd-endpoints",
@@ -26,24 +29,61 @@ def add_parser(commands: Any) -> None:
         "-n", "--namespace", action="append", default=[], help="watch only this namespace (repeatable)"
     )
     parser.add_argument(
+        "--kubeconfig",
+        default=os.environ.get("KUBECONFIG") or None,
+        help="kubeconfig file (env KUBECONFIG; default: the in-cluster service account)",
+    )
+    parser.add_argument(
+        "--metrics",
+        default="0.0.0.0:9090",
+        help="HOST:PORT serving Prometheus /metrics, or off (default 0.0.0.0:9090)",
+    )
+    parser.add_argument(
         "--liveness", default=None, help="liveness endpoint, e.g. http://0.0.0.0:8080/healthz"
+    )
+    parser.add_argument(
+        "--webhook",
+        default="0.0.0.0:9443",
+        help="HOST:PORT of the pod-gating admission webhook (HTTPS), or off (default 0.0.0.0:9443)",
+    )
+    parser.add_argument(
+        "--webhook-cert-dir",
+        default=str(DEFAULT_CERT_DIR),
+        help=f"folder with the webhook's tls.crt, tls.key and optional ca.crt (default {DEFAULT_CERT_DIR})",
+    )
+    parser.add_argument(
+        "--webhook-configure",
+        action="store_true",
+        help="create the MutatingWebhookConfiguration pointing at this process (local development)",
     )
     parser.set_defaults(handler=run)
 
 
+def host_port(option: str, value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise EtcdLockError(f"{option} must be HOST:PORT or off, not {value!r}")
+    return host or "0.0.0.0", int(port)
+
+
 async def run(args: argparse.Namespace, config: EtcdConfig) -> int:
     from etcdlock.operator.run import run_operator  # kopf is imported only by this command
+    from etcdlock.operator.webhook import WebhookSettings
 
     if args.etcd_endpoints:
         endpoints = EtcdConfig.parse(args.etcd_endpoints).endpoints
         config = replace(config, endpoints=endpoints)
-    metrics = None
-    if args.metrics != "off":
-        host, sep, port = args.metrics.rpartition(":")
-        if not sep or not port.isdigit():
-            raise EtcdLockError(f"--metrics must be HOST:PORT or off, not {args.metrics!r}")
-        metrics = (host or "0.0.0.0", int(port))
+    metrics = None if args.metrics == "off" else host_port("--metrics", args.metrics)
+    webhook = None
+    if args.webhook != "off":
+        host, port = host_port("--webhook", args.webhook)
+        webhook = WebhookSettings(host, port, Path(args.webhook_cert_dir), args.webhook_configure)
     await run_operator(
-        config, namespaces=args.namespace, liveness=args.liveness, kubeconfig=args.kubeconfig, metrics=metrics
+        config,
+        namespaces=args.namespace,
+        liveness=args.liveness,
+        kubeconfig=args.kubeconfig,
+        metrics=metrics,
+        webhook=webhook,
     )
     return 0

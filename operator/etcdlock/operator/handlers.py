@@ -1,7 +1,9 @@
-"""The kopf handlers: thin wrappers that call the plain functions of :mod:`etcdlock.operator.locks`.
+"""The kopf handlers: thin wrappers around the lock status, the pod flow and the webhook.
 
 One startup handler owns every setting; one ``reconcile`` is reached from create, resume and spec
 updates; every lock gets one mirror task (:mod:`etcdlock.operator.mirror`) kept in the operator's memo.
+Every pod watch event goes to :class:`~etcdlock.operator.pods.PodHolds`; the mutating webhook adds the
+scheduling gate (:mod:`etcdlock.operator.webhook`).
 """
 
 from __future__ import annotations
@@ -17,10 +19,21 @@ from kubernetes.client.exceptions import ApiException
 
 from etcdlock.etcd import EtcdClient, EtcdConfig
 from etcdlock.etcd.keys import Contender
-from etcdlock.operator.locks import InvalidSpec, LockSpec, error_status
+from etcdlock.operator.locks import InvalidSpec, LockSpec, error_status, servable_spec
 from etcdlock.operator.metrics import Metrics, QueueMetrics
 from etcdlock.operator.mirror import QueueObserver, mirror_lock
-from etcdlock.operator.names import ANNOTATION_PREFIX, FINALIZER, GROUP, LOCKS, VERSION
+from etcdlock.operator.names import (
+    ANNOTATION_PREFIX,
+    FINALIZER,
+    GROUP,
+    LOCK_ANNOTATION,
+    LOCKS,
+    VERSION,
+    WEBHOOK_CONFIGURATION,
+    WEBHOOK_ID,
+)
+from etcdlock.operator.pods import PodHolds
+from etcdlock.operator.webhook import WebhookSettings, add_gate
 
 log = logging.getLogger(__name__)
 
@@ -78,9 +91,15 @@ def connection_info(api: kubernetes.client.ApiClient) -> kopf.ConnectionInfo:
 
 
 def build_registry(
-    etcd: EtcdConfig, kube: kubernetes.client.ApiClient, metrics: Metrics
+    etcd: EtcdConfig,
+    kube: kubernetes.client.ApiClient,
+    metrics: Metrics,
+    webhook: WebhookSettings | None = None,
 ) -> kopf.OperatorRegistry:
-    """A fresh registry with the operator's handlers (a fresh one per operator run, as kopf advises)."""
+    """A fresh registry with the operator's handlers (a fresh one per operator run, as kopf advises).
+
+    Without ``webhook`` no admission webhook is served (pods must then be gated some other way).
+    """
     registry = kopf.OperatorRegistry()
 
     @kopf.on.startup(registry=registry)
@@ -91,10 +110,15 @@ def build_registry(
         persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATION_PREFIX, v1=False)
         persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=ANNOTATION_PREFIX, v1=False)
         settings.posting.level = logging.INFO
+        settings.posting.reporting_component = "etcdlock-operator"
+        if webhook is not None:
+            settings.admission.server = webhook.server()
+            settings.admission.managed = WEBHOOK_CONFIGURATION if webhook.configure else None
         memo.etcd = EtcdClient(etcd)
         memo.kube = kube
         memo.metrics = metrics
         memo.mirrors = Mirrors()
+        memo.pods = PodHolds(memo.etcd, kube)
 
     @kopf.on.login(registry=registry)
     def login(**_: Any) -> kopf.ConnectionInfo:
@@ -102,6 +126,7 @@ def build_registry(
 
     @kopf.on.cleanup(registry=registry)
     async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+        await memo.pods.stop_all()
         await memo.mirrors.stop_all()
         await memo.etcd.close()
 
@@ -119,11 +144,32 @@ def build_registry(
     ) -> None:
         generation = int(meta.get("generation", 1))
         await reconcile_lock(memo, body, namespace or "", name, dict(spec), generation)
+        memo.pods.changes.changed((namespace or "", name))
 
     @kopf.on.delete(GROUP, VERSION, LOCKS, registry=registry)
     async def delete(name: str, namespace: str | None, memo: Any, **_: Any) -> None:
+        memo.pods.lock_deleted(namespace or "", name)
         await memo.mirrors.stop((namespace or "", name))
         memo.metrics.forget(namespace or "", name)
+
+    @kopf.on.event("", "v1", "pods", registry=registry)
+    async def pod_event(event: kopf.RawEvent, body: kopf.Body, memo: Any, **_: Any) -> None:
+        memo.pods.observe(event.get("type"), body)
+
+    if webhook is not None:
+
+        @kopf.on.mutate(
+            "",
+            "v1",
+            "pods",
+            id=WEBHOOK_ID,
+            operations=["CREATE"],
+            annotations={LOCK_ANNOTATION: kopf.PRESENT},
+            ignore_failures=True,
+            registry=registry,
+        )
+        def gate(spec: kopf.Spec, patch: kopf.Patch, **_: Any) -> None:
+            add_gate(spec, patch)
 
     return registry
 
@@ -135,12 +181,7 @@ async def reconcile_lock(
     ref = (namespace, name)
     publish = _publisher(memo.kube, namespace, name)
     try:
-        lock = LockSpec.parse(namespace, name, spec)
-        if lock.cluster is not None:
-            raise InvalidSpec(
-                f"spec.clusterRef {lock.cluster!r}: EtcdCluster is not supported yet; "
-                "remove clusterRef to use the operator's etcd"
-            )
+        lock = servable_spec(namespace, name, spec)
     except InvalidSpec as exc:
         await memo.mirrors.stop(ref)
         await publish(error_status("InvalidSpec", str(exc), generation))

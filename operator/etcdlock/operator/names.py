@@ -9,3 +9,16 @@ ANNOTATION_PREFIX = "etcdlock.io"
 FINALIZER = f"{ANNOTATION_PREFIX}/finalizer"
 
 DEFAULT_KEY_PREFIX = "/etcdlock/locks"
+
+# Pods: the user sets LOCK_ANNOTATION; the webhook adds SCHEDULING_GATE; the operator writes the rest.
+LOCK_ANNOTATION = f"{ANNOTATION_PREFIX}/lock"
+SCHEDULING_GATE = f"{ANNOTATION_PREFIX}/lock"
+STATE_ANNOTATION = f"{ANNOTATION_PREFIX}/state"
+TOKEN_ANNOTATION = f"{ANNOTATION_PREFIX}/fencing-token"
+MESSAGE_ANNOTATION = f"{ANNOTATION_PREFIX}/message"
+LEASE_ANNOTATION = f"{ANNOTATION_PREFIX}/lease"
+
+WAITING, HELD, RELEASED, ERROR = "Waiting", "Held", "Released", "Error"
+
+WEBHOOK_ID = "pod-gate"
+WEBHOOK_CONFIGURATION = "etcdlock.io"

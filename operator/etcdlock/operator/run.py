@@ -18,12 +18,17 @@ from etcdlock.etcd import EtcdClient, EtcdConfig, EtcdLockError
 from etcdlock.operator.handlers import build_registry, kubernetes_api
 from etcdlock.operator.metrics import Metrics
 from etcdlock.operator.names import GROUP, LOCKS
+from etcdlock.operator.webhook import WebhookSettings
 
 CRD_NAME = f"{LOCKS}.{GROUP}"
 
 
-async def preflight(etcd: EtcdConfig, kubeconfig: str | None) -> kubernetes.client.ApiClient:
-    """Fail with one clear message if etcd or the Kubernetes API or the CRD is missing."""
+async def preflight(
+    etcd: EtcdConfig, kubeconfig: str | None, webhook: WebhookSettings | None
+) -> kubernetes.client.ApiClient:
+    """One clear message if etcd, the Kubernetes API, the CRD or the webhook certificate is missing."""
+    if webhook is not None:
+        webhook.server()
     async with EtcdClient(etcd) as client:
         await client.range(b"/etcdlock/", limit=1)
     try:
@@ -47,15 +52,16 @@ async def run_operator(
     liveness: str | None = None,
     kubeconfig: str | None = None,
     metrics: tuple[str, int] | None = None,
+    webhook: WebhookSettings | None = None,
     stop_flag: threading.Event | asyncio.Event | None = None,
     ready_flag: threading.Event | asyncio.Event | None = None,
 ) -> None:
     """Run until stopped (SIGINT/SIGTERM in the main thread, or ``stop_flag``).
 
     ``kubeconfig`` names the cluster; without it the in-cluster service account is used. ``metrics``
-    (host, port) serves ``/metrics`` there.
+    (host, port) serves ``/metrics`` there; ``webhook`` serves the pod-gating admission webhook.
     """
-    api = await preflight(etcd, kubeconfig)
+    api = await preflight(etcd, kubeconfig, webhook)
     collected = Metrics()
     runner = web.AppRunner(collected.app(), access_log=None)
     await runner.setup()
@@ -63,7 +69,7 @@ async def run_operator(
         if metrics is not None:
             await web.TCPSite(runner, *metrics).start()
         await kopf.operator(
-            registry=build_registry(etcd, api, collected),
+            registry=build_registry(etcd, api, collected, webhook),
             standalone=True,
             clusterwide=not namespaces,
             namespaces=list(namespaces),

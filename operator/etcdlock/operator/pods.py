@@ -1,0 +1,452 @@
+"""Pods that wait for a lock: every annotated pod queues under its own lease and is ungated when it holds.
+
+A pod annotated ``etcdlock.io/lock: NAME`` is created with the scheduling gate ``etcdlock.io/lock`` (added
+by the webhook). Its :class:`PodHold` grants a lease with the lock's TTL, writes the lease ID to the pod
+(so a restarted operator adopts the lease instead of dropping the pod's place), queues a key under the
+lock's etcd prefix as any other client does, and removes the gate once the key holds a permit. The lease
+is revoked when the pod succeeds, fails, is deleted or loses the annotation, and when the lock is deleted.
+The pod's annotations say where it stands: ``etcdlock.io/state`` (Waiting / Held / Released / Error),
+``etcdlock.io/fencing-token`` and ``etcdlock.io/message``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import kopf
+import kubernetes
+import urllib3
+from kubernetes.client.exceptions import ApiException
+
+from etcdlock.etcd import EtcdClient, EtcdUnavailable, HolderInfo, LockLost, Semaphore, Session, SessionLost
+from etcdlock.etcd.queue import Queue
+from etcdlock.operator.locks import InvalidSpec, LockSpec, servable_spec
+from etcdlock.operator.names import (
+    ERROR,
+    GROUP,
+    HELD,
+    LEASE_ANNOTATION,
+    LOCK_ANNOTATION,
+    LOCKS,
+    MESSAGE_ANNOTATION,
+    RELEASED,
+    SCHEDULING_GATE,
+    STATE_ANNOTATION,
+    TOKEN_ANNOTATION,
+    VERSION,
+    WAITING,
+)
+
+log = logging.getLogger(__name__)
+
+Ref = tuple[str, str]
+Pod = kopf.Body
+
+FINISHED = ("Succeeded", "Failed")
+_STRATEGIC_MERGE = "application/strategic-merge-patch+json"
+_RETRY_DELAY = 1.0
+# A pod waiting for a missing or invalid lock looks again this often even if no lock event wakes it.
+_RECHECK = 10.0
+
+
+def pod_ref(pod: Pod) -> Ref:
+    meta = pod["metadata"]
+    return meta.get("namespace") or "", meta["name"]
+
+
+def _annotations(pod: Pod) -> Mapping[str, str]:
+    return pod.get("metadata", {}).get("annotations") or {}
+
+
+def is_gated(pod: Pod) -> bool:
+    gates = (pod.get("spec") or {}).get("schedulingGates") or []
+    return any(gate.get("name") == SCHEDULING_GATE for gate in gates)
+
+
+class PodApi:
+    """The pod writes and lock reads of the pod flow, through the kubernetes client (in threads)."""
+
+    def __init__(self, kube: kubernetes.client.ApiClient) -> None:
+        self._core = kubernetes.client.CoreV1Api(kube)
+        self._objects = kubernetes.client.CustomObjectsApi(kube)
+
+    async def annotate(
+        self, ref: Ref, annotations: Mapping[str, str | None], *, ungate: bool = False
+    ) -> bool:
+        """Set (None: remove) annotations, and remove the gate if asked, in one patch; False if the pod
+        is gone. API outages are retried until the write lands or the caller is cancelled."""
+        body: dict[str, Any] = {"metadata": {"annotations": dict(annotations)}}
+        if ungate:
+            body["spec"] = {"schedulingGates": [{"$patch": "delete", "name": SCHEDULING_GATE}]}
+        namespace, name = ref
+        patch = self._core.patch_namespaced_pod
+        return await _retrying(
+            f"pod {namespace}/{name}",
+            lambda: asyncio.to_thread(patch, name, namespace, body, _content_type=_STRATEGIC_MERGE),
+        )
+
+    async def read_lock(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The DistributedLock, or None if it does not exist or is being deleted."""
+        result: list[dict[str, Any]] = []
+
+        def get() -> Any:
+            return self._objects.get_namespaced_custom_object(GROUP, VERSION, namespace, LOCKS, name)
+
+        async def read() -> None:
+            result.append(await asyncio.to_thread(get))
+
+        if not await _retrying(f"DistributedLock {namespace}/{name}", read):
+            return None
+        lock = result[0]
+        return None if lock.get("metadata", {}).get("deletionTimestamp") else lock
+
+
+async def _retrying(what: str, call: Callable[[], Awaitable[Any]]) -> bool:
+    """Run an API call until it succeeds (True) or answers 404 (False); log and retry other failures."""
+    while True:
+        try:
+            await call()
+            return True
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            log.warning("%s: API error %s %s; retrying", what, exc.status, exc.reason)
+        except (OSError, urllib3.exceptions.HTTPError) as exc:
+            log.warning("%s: API unreachable (%s); retrying", what, exc)
+        await asyncio.sleep(_RETRY_DELAY)
+
+
+class LockChanges:
+    """Wakes the pods that wait for a DistributedLock to be created or fixed."""
+
+    def __init__(self) -> None:
+        self._events: dict[Ref, asyncio.Event] = {}
+
+    def changed(self, ref: Ref) -> None:
+        event = self._events.pop(ref, None)
+        if event is not None:
+            event.set()
+
+    async def wait(self, ref: Ref, timeout: float) -> None:
+        event = self._events.setdefault(ref, asyncio.Event())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), timeout)
+
+
+class PodHold:
+    """One pod's place in its lock's queue: its lease, its wait and its hold, as one task.
+
+    ``release()`` revokes the lease (the pod is done with the lock); ``abandon()`` stops renewing it
+    without revoking (the operator is stopping: the next one adopts the lease from the pod's annotation).
+    """
+
+    def __init__(
+        self,
+        etcd: EtcdClient,
+        api: PodApi,
+        changes: LockChanges,
+        turn: asyncio.Lock,
+        pod: Pod,
+        *,
+        adopt: bool = True,
+    ) -> None:
+        self.ref = pod_ref(pod)
+        self.uid: str = pod["metadata"].get("uid") or ""
+        self.lock_name = _annotations(pod)[LOCK_ANNOTATION]
+        self.pod = pod
+        self.held = _annotations(pod).get(STATE_ANNOTATION) == HELD
+        self._etcd = etcd
+        self._api = api
+        self._changes = changes
+        self._turn = turn
+        self._written: dict[str, str | None] = {k: v for k, v in _annotations(pod).items()}
+        lease = self._written.get(LEASE_ANNOTATION) if adopt else None
+        self._lease = _parse_lease(lease)
+        self._session: Session | None = None
+        self._stopping = False
+        namespace, name = self.ref
+        self.holder = f"pod/{namespace}/{name}"
+        self._task = asyncio.create_task(self._run(), name=f"pod-{namespace}/{name}")
+
+    def seen(self, pod: Pod) -> None:
+        self.pod = pod
+
+    async def release(self, reason: str, *, write: bool) -> None:
+        """Leave the queue or give the permit back (the lease is revoked); record it on the pod."""
+        self._stopping = True
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()
+        elif self._lease is not None:
+            await _revoke_quietly(self._etcd, self._lease)
+        if not write:
+            return
+        was = "released the lock" if self.held else "left the queue"
+        await self._write({STATE_ANNOTATION: RELEASED, MESSAGE_ANNOTATION: f"{was}: {reason}"})
+        kopf.info(self.pod, reason="Released", message=f"{was} {self.lock_name}: {reason}")
+
+    async def abandon(self) -> None:
+        """Stop without revoking: the key keeps its place while the lease lives (adopted on restart)."""
+        self._stopping = True
+        if self._session is not None:
+            await self._session.orphan()
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        try:
+            semaphore = None
+            while semaphore is None:
+                # Pods of one lock join its queue one at a time, in the order the operator saw them.
+                async with self._turn:
+                    lock = await self._wait_for_lock()
+                    session = await self._join_queue(lock)
+                if session is None:
+                    return
+                semaphore = await self._acquire(lock, session)
+                if semaphore is None and (self._stopping or self.held):
+                    return
+            await self._granted(semaphore)
+            reason = await semaphore.wait_lost()
+            if not self._stopping:
+                await self._lost(f"lost {self.lock_name}: {reason}")
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("pod %s/%s: the lock flow failed", *self.ref)
+            message = "internal error, see the operator log"
+            await self._write({STATE_ANNOTATION: ERROR, MESSAGE_ANNOTATION: message})
+
+    async def _wait_for_lock(self) -> LockSpec:
+        """The lock's spec once it exists and is valid; until then the pod's state says what it waits for."""
+        namespace, _ = self.ref
+        warned = False
+        while True:
+            lock = await self._api.read_lock(namespace, self.lock_name)
+            if lock is None:
+                why = f"DistributedLock {self.lock_name} does not exist; the pod waits until it is created"
+            else:
+                try:
+                    return servable_spec(namespace, self.lock_name, lock.get("spec"))
+                except InvalidSpec as exc:
+                    why = f"DistributedLock {self.lock_name} is invalid ({exc}); the pod waits until fixed"
+            if not warned:
+                kopf.warn(self.pod, reason="LockNotReady", message=why)
+                warned = True
+            await self._write({STATE_ANNOTATION: WAITING, MESSAGE_ANNOTATION: why})
+            await self._changes.wait((namespace, self.lock_name), _RECHECK)
+
+    async def _join_queue(self, lock: LockSpec) -> Session | None:
+        """Put the pod's key in the lock's queue (an adopted lease finds its key where it was)."""
+        value = HolderInfo.for_this_process(self.holder, lock.permits).encode()
+        while True:
+            session = await self._open_session(lock)
+            if session is None:
+                return None
+            while not session.is_lost:
+                try:
+                    await Queue(session, lock.key).enqueue(value, lock.permits)
+                    return session
+                except EtcdUnavailable as exc:
+                    log.warning("pod %s/%s: etcd unavailable (%s); retrying", *self.ref, exc)
+                    await asyncio.sleep(_RETRY_DELAY)
+                except LockLost:
+                    break
+            if self.held:
+                await self._lost(f"lost {self.lock_name} while the operator was away: {session.lost_reason}")
+                return None
+            await session.close()
+            self._session = self._lease = None
+
+    async def _acquire(self, lock: LockSpec, session: Session) -> Semaphore | None:
+        """Wait in the queue until a permit is held; None if the place in the queue was lost."""
+        semaphore = Semaphore(session, lock.key, lock.permits, holder=self.holder)
+        if not self.held:
+            message = f"waiting for a permit of {self.lock_name} (etcd key {semaphore.key})"
+            if self._written.get(MESSAGE_ANNOTATION) != message:
+                kopf.info(self.pod, reason="Waiting", message=message)
+            await self._write({STATE_ANNOTATION: WAITING, MESSAGE_ANNOTATION: message})
+        try:
+            await semaphore.acquire()
+            return semaphore
+        except (LockLost, SessionLost, EtcdUnavailable) as exc:
+            if self._stopping:
+                return None
+            await session.close()
+            self._session = self._lease = None
+            if self.held:
+                await self._lost(f"lost {self.lock_name} while the operator was away: {exc}")
+            else:
+                log.warning("pod %s/%s: lost its place for %s (%s); queueing again", *self.ref, lock.key, exc)
+                await asyncio.sleep(_RETRY_DELAY)
+            return None
+
+    async def _granted(self, semaphore: Semaphore) -> None:
+        """The pod holds a permit: say so on the pod and remove the gate, in one write."""
+        token = str(semaphore.token)
+        self.held = True
+        message = f"holds {self.lock_name} (fencing token {token}, etcd key {semaphore.key})"
+        annotations = {STATE_ANNOTATION: HELD, TOKEN_ANNOTATION: token, MESSAGE_ANNOTATION: message}
+        if self._written.get(TOKEN_ANNOTATION) != token or is_gated(self.pod):
+            kopf.info(self.pod, reason="Acquired", message=message)
+        await self._write(annotations, ungate=True)
+
+    async def _open_session(self, lock: LockSpec) -> Session | None:
+        """Adopt the lease named on the pod, or grant one and record it there before queueing under it."""
+        while True:
+            try:
+                if self._lease is not None:
+                    try:
+                        adopted = Session(self._etcd, lock.ttl_seconds, lease_id=self._lease)
+                        self._session = await adopted.start()
+                        return self._session
+                    except SessionLost as exc:
+                        self._lease = None
+                        if self.held:
+                            await self._lost(f"lost {self.lock_name} while the operator was away: {exc}")
+                            return None
+                self._session = await Session(self._etcd, lock.ttl_seconds).start()
+                self._lease = self._session.lease_id
+                if not await self._write({LEASE_ANNOTATION: format(self._lease, "x")}):
+                    await self._session.close()
+                    return None
+                return self._session
+            except EtcdUnavailable as exc:
+                log.warning("pod %s/%s: etcd unavailable (%s); retrying", *self.ref, exc)
+                await asyncio.sleep(_RETRY_DELAY)
+
+    async def _lost(self, message: str) -> None:
+        kopf.warn(self.pod, reason="LockLost", message=message)
+        await self._write({STATE_ANNOTATION: ERROR, MESSAGE_ANNOTATION: message})
+
+    async def _write(self, annotations: Mapping[str, str | None], *, ungate: bool = False) -> bool:
+        """Write the annotations that differ from what the pod already says; False if the pod is gone."""
+        changed = {k: v for k, v in annotations.items() if self._written.get(k) != v}
+        if not changed and not ungate:
+            return True
+        if not await self._api.annotate(self.ref, changed, ungate=ungate):
+            return False
+        self._written.update(changed)
+        return True
+
+
+class PodHolds:
+    """Every annotated pod's :class:`PodHold`, started, updated and stopped from the pods' watch events."""
+
+    def __init__(self, etcd: EtcdClient, kube: kubernetes.client.ApiClient) -> None:
+        self._etcd = etcd
+        self._api = PodApi(kube)
+        self.changes = LockChanges()
+        self._holds: dict[Ref, PodHold] = {}
+        self._turns: dict[Ref, asyncio.Lock] = {}
+        self._background: set[asyncio.Task[Any]] = set()
+        # Pods (by uid) this operator released: their later events, until deletion, need nothing more.
+        self._released: set[str] = set()
+
+    def observe(self, event_type: str | None, pod: Pod) -> None:
+        """React to one watch event of a pod (any pod: most are not annotated and are ignored)."""
+        ref = pod_ref(pod)
+        uid = pod["metadata"].get("uid") or ""
+        hold = self._holds.get(ref)
+        if hold is not None and (event_type == "DELETED" or hold.uid != uid):
+            self._stop(hold, "the pod was deleted", write=False)
+            hold = None
+        if event_type == "DELETED":
+            self._released.discard(uid)
+            return
+        if hold is None and uid in self._released:
+            return
+        annotations = _annotations(pod)
+        wanted = annotations.get(LOCK_ANNOTATION)
+        phase = (pod.get("status") or {}).get("phase")
+        if hold is not None:
+            hold.seen(pod)
+            if not wanted or wanted != hold.lock_name:
+                self._stop(hold, f"the {LOCK_ANNOTATION} annotation changed", write=True)
+            elif phase in FINISHED:
+                self._stop(hold, f"the pod {phase.lower()}", write=True)
+            elif not hold.held and not is_gated(pod):
+                self._stop(hold, "the scheduling gate was removed by someone else", write=False)
+                self._released.add(uid)
+                self._spawn(self._not_gated(pod))
+            return
+        state = annotations.get(STATE_ANNOTATION)
+        if state in (WAITING, HELD) and (not wanted or phase in FINISHED):
+            self._released.add(uid)
+            why = "the pod finished or left the lock while the operator was away"
+            self._spawn(self._release_leftover(pod, why))
+            return
+        if not wanted or phase in FINISHED or state in (RELEASED, ERROR):
+            return
+        if not is_gated(pod) and state != HELD:
+            self._released.add(uid)
+            self._spawn(self._not_gated(pod))
+            return
+        self._holds[ref] = self._hold(pod, adopt=True)
+
+    def _hold(self, pod: Pod, *, adopt: bool) -> PodHold:
+        namespace, _ = pod_ref(pod)
+        turn = self._turns.setdefault((namespace, _annotations(pod)[LOCK_ANNOTATION]), asyncio.Lock())
+        return PodHold(self._etcd, self._api, self.changes, turn, pod, adopt=adopt)
+
+    def lock_deleted(self, namespace: str, name: str) -> None:
+        """Release the pods that hold the lock; the pods that wait for it go back to waiting for it."""
+        for hold in [h for h in self._holds.values() if h.ref[0] == namespace and h.lock_name == name]:
+            if hold.held:
+                self._stop(hold, f"DistributedLock {name} was deleted", write=True)
+            else:
+                self._stop(hold, f"DistributedLock {name} was deleted", write=False)
+                self._holds[hold.ref] = self._hold(hold.pod, adopt=False)
+
+    async def stop_all(self) -> None:
+        """Operator shutdown: keep every lease (the next operator adopts it) and finish pending writes."""
+        holds, self._holds = list(self._holds.values()), {}
+        await asyncio.gather(*(hold.abandon() for hold in holds))
+        await asyncio.gather(*self._background, return_exceptions=True)
+
+    def _stop(self, hold: PodHold, reason: str, *, write: bool) -> None:
+        if self._holds.get(hold.ref) is hold:
+            del self._holds[hold.ref]
+        if write and hold.uid:
+            self._released.add(hold.uid)
+        self._spawn(hold.release(reason, write=write))
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _not_gated(self, pod: Pod) -> None:
+        message = (
+            f"the pod was not held back by the {SCHEDULING_GATE} scheduling gate (is the etcdlock webhook "
+            "installed?): mutual exclusion is not enforced for it"
+        )
+        kopf.warn(pod, reason="NotGated", message=message)
+        await self._api.annotate(pod_ref(pod), {STATE_ANNOTATION: ERROR, MESSAGE_ANNOTATION: message})
+
+    async def _release_leftover(self, pod: Pod, reason: str) -> None:
+        lease = _parse_lease(_annotations(pod).get(LEASE_ANNOTATION))
+        if lease is not None:
+            await _revoke_quietly(self._etcd, lease)
+        message = f"released: {reason}"
+        kopf.info(pod, reason="Released", message=message)
+        await self._api.annotate(pod_ref(pod), {STATE_ANNOTATION: RELEASED, MESSAGE_ANNOTATION: message})
+
+
+def _parse_lease(value: str | None) -> int | None:
+    try:
+        return int(value, 16) if value else None
+    except ValueError:
+        return None
+
+
+async def _revoke_quietly(etcd: EtcdClient, lease: int) -> None:
+    """Revoke a lease this process does not renew; if etcd cannot be reached it expires after its TTL."""
+    with contextlib.suppress(EtcdUnavailable, TimeoutError):
+        async with asyncio.timeout(etcd.config.request_timeout):
+            await etcd.revoke(lease)

@@ -1,0 +1,104 @@
+"""Fixtures of the operator tests: the sandbox API with the CRD, a namespace per test, the webhook's
+certificates and MutatingWebhookConfiguration, and the operator itself (its real kopf handlers)."""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import kubernetes
+import pytest
+import yaml
+from kubernetes.client import ApiClient
+from operator_support import OperatorThread
+
+from etcdlock.operator.names import WEBHOOK_ID
+from etcdlock.operator.webhook import WebhookSettings
+from etcdlock.sandbox.certs import write_webhook_certs
+from etcdlock.sandbox.etcd import LocalEtcd, free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def api(kubeconfig: Path) -> ApiClient:
+    client = kubernetes.config.new_client_from_config(config_file=str(kubeconfig))
+    crd = yaml.safe_load((ROOT / "crds" / "distributedlock.yaml").read_text())
+    extensions = kubernetes.client.ApiextensionsV1Api(client)
+    try:
+        extensions.create_custom_resource_definition(crd)
+    except kubernetes.client.ApiException as exc:
+        if exc.status != 409:
+            raise
+    return client
+
+
+@pytest.fixture
+def namespace(api: ApiClient) -> Iterator[str]:
+    name = f"op-{uuid.uuid4().hex[:8]}"
+    core = kubernetes.client.CoreV1Api(api)
+    core.create_namespace({"metadata": {"name": name}})
+    yield name
+    core.delete_namespace(name)
+
+
+@pytest.fixture
+def metrics_url() -> str:
+    return f"http://127.0.0.1:{free_port()}/metrics"
+
+
+@pytest.fixture(scope="session")
+def webhook_certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_webhook_certs(tmp_path_factory.mktemp("webhook"))
+
+
+@pytest.fixture
+def webhook(api: ApiClient, namespace: str, webhook_certs: Path) -> Iterator[WebhookSettings]:
+    """Where the operator serves the webhook, registered for the test's namespace only, as the shipped
+    configuration registers it (by URL here: there is no Service network in the sandbox)."""
+    settings = WebhookSettings("127.0.0.1", free_port(), webhook_certs)
+    registrations = kubernetes.client.AdmissionregistrationV1Api(api)
+    name = f"etcdlock-{namespace}"
+    registrations.create_mutating_webhook_configuration(
+        {
+            "metadata": {"name": name},
+            "webhooks": [
+                {
+                    "name": "pod-gate.etcdlock.io",
+                    "clientConfig": {
+                        "url": f"https://{settings.host}:{settings.port}/{WEBHOOK_ID}",
+                        "caBundle": base64.b64encode((webhook_certs / "ca.crt").read_bytes()).decode(),
+                    },
+                    "rules": [
+                        {
+                            "apiGroups": [""],
+                            "apiVersions": ["v1"],
+                            "resources": ["pods"],
+                            "operations": ["CREATE"],
+                        }
+                    ],
+                    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
+                    "failurePolicy": "Ignore",
+                    "sideEffects": "None",
+                    "admissionReviewVersions": ["v1"],
+                }
+            ],
+        }
+    )
+    yield settings
+    registrations.delete_mutating_webhook_configuration(name)
+
+
+@pytest.fixture
+def operator(
+    namespace: str, etcd: LocalEtcd, kubeconfig: Path, metrics_url: str, webhook: WebhookSettings
+) -> Iterator[OperatorThread]:
+    """The operator in its own thread, watching the test's namespace and serving its webhook."""
+    metrics = ("127.0.0.1", int(metrics_url.split(":")[2].split("/")[0]))
+    running = OperatorThread(etcd.endpoint_list, namespace, kubeconfig, metrics, webhook).start()
+    try:
+        yield running
+    finally:
+        running.stop()

@@ -1,0 +1,126 @@
+"""Helpers of the operator tests (no fixtures here): bounded polling, lock and pod reads and writes, and
+the operator run in a thread of its own, as ``etcdlock operator`` runs it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import kubernetes
+from kubernetes.client import ApiClient
+
+from etcdlock.etcd import EtcdConfig
+from etcdlock.operator.run import run_operator
+from etcdlock.operator.webhook import WebhookSettings
+
+GROUP, VERSION, PLURAL = "etcdlock.io", "v1alpha1", "distributedlocks"
+BOUND = 15.0
+
+
+def eventually(read: Callable[[], Any], ok: Callable[[Any], bool], what: str, bound: float = BOUND) -> Any:
+    """Poll ``read`` until ``ok`` holds, for at most ``bound`` seconds."""
+    deadline = time.monotonic() + bound
+    value = read()
+    while not ok(value):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}; last seen: {value!r}")
+        time.sleep(0.05)
+        value = read()
+    return value
+
+
+def wait_listening(host: str, port: int) -> None:
+    """Wait until something accepts connections at host:port (the webhook starts after kopf is ready)."""
+
+    def accepts() -> bool:
+        try:
+            socket.create_connection((host, port), timeout=1).close()
+        except OSError:
+            return False
+        return True
+
+    eventually(accepts, bool, f"a listener at {host}:{port}")
+
+
+def create_lock(api: ApiClient, namespace: str, name: str, spec: dict[str, Any]) -> None:
+    body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "DistributedLock", "metadata": {"name": name}}
+    objects = kubernetes.client.CustomObjectsApi(api)
+    objects.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, {**body, "spec": spec})
+
+
+def delete_lock(api: ApiClient, namespace: str, name: str) -> None:
+    kubernetes.client.CustomObjectsApi(api).delete_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, name
+    )
+
+
+def status_of(api: ApiClient, namespace: str, name: str) -> dict[str, Any]:
+    objects = kubernetes.client.CustomObjectsApi(api)
+    obj = objects.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+    return dict(obj.get("status") or {})
+
+
+def events_of(api: ApiClient, namespace: str, name: str) -> list[tuple[str, str]]:
+    found = kubernetes.client.CoreV1Api(api).list_namespaced_event(
+        namespace, field_selector=f"involvedObject.name={name}"
+    )
+    return [(event.reason, event.message) for event in found.items]
+
+
+def phase(expected: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda status: status.get("phase") == expected
+
+
+class OperatorThread:
+    """``run_operator`` on its own event loop in a thread; ``stop()`` is the graceful SIGTERM path."""
+
+    def __init__(
+        self,
+        etcd_endpoints: str,
+        namespace: str,
+        kubeconfig: Path,
+        metrics: tuple[str, int] | None = None,
+        webhook: WebhookSettings | None = None,
+    ) -> None:
+        self._args = (etcd_endpoints, namespace, kubeconfig, metrics, webhook)
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._failures: list[BaseException] = []
+        self._thread = threading.Thread(target=self._main, name="operator")
+
+    def _main(self) -> None:
+        endpoints, namespace, kubeconfig, metrics, webhook = self._args
+        try:
+            running = run_operator(
+                EtcdConfig.parse(endpoints),
+                [namespace],
+                kubeconfig=str(kubeconfig),
+                metrics=metrics,
+                webhook=webhook,
+                stop_flag=self._stop,
+                ready_flag=self._ready,
+            )
+            asyncio.run(running)
+        except BaseException as exc:  # reported by stop(), not lost in the thread
+            self._failures.append(exc)
+
+    def start(self) -> OperatorThread:
+        self._thread.start()
+        assert self._ready.wait(BOUND) or self._failures, "the operator did not start"
+        assert not self._failures, self._failures
+        webhook = self._args[4]
+        if webhook is not None:
+            wait_listening(webhook.host, webhook.port)
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(BOUND)
+        assert not self._thread.is_alive(), "the operator did not stop"
+        assert not self._failures, self._failures

@@ -1,0 +1,470 @@
+"""Pods annotated ``etcdlock.io/lock`` wait behind a scheduling gate until they hold the lock.
+
+The operator runs its real kopf handlers and webhook against the sandbox API and the session's real etcd;
+the sandbox's pretend kubelet runs ungated pods. A :class:`PodWatch` follows every pod change in order,
+so "never more than N at once" is checked on the whole history, not on samples.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import kubernetes
+import pytest
+import urllib3
+from kubernetes.client import ApiClient
+from operator_support import (
+    BOUND,
+    OperatorThread,
+    create_lock,
+    delete_lock,
+    events_of,
+    eventually,
+    phase,
+    status_of,
+    wait_listening,
+)
+
+from etcdlock.operator.names import (
+    HELD,
+    LEASE_ANNOTATION,
+    LOCK_ANNOTATION,
+    MESSAGE_ANNOTATION,
+    RELEASED,
+    SCHEDULING_GATE,
+    STATE_ANNOTATION,
+    TOKEN_ANNOTATION,
+    WAITING,
+)
+from etcdlock.operator.webhook import WebhookSettings
+from etcdlock.sandbox.etcd import LocalEtcd, free_port
+
+Pod = dict[str, Any]
+
+
+def create_pod(api: ApiClient, namespace: str, name: str, lock: str | None, **annotations: str) -> None:
+    if lock is not None:
+        annotations[LOCK_ANNOTATION] = lock
+    body = {
+        "metadata": {"name": name, "annotations": annotations},
+        "spec": {"restartPolicy": "Never", "containers": [{"name": "work", "image": "busybox:1.36"}]},
+    }
+    kubernetes.client.CoreV1Api(api).create_namespaced_pod(namespace, body)
+
+
+def read_pod(api: ApiClient, namespace: str, name: str) -> Pod:
+    pod = kubernetes.client.CoreV1Api(api).read_namespaced_pod(name, namespace)
+    return dict(api.sanitize_for_serialization(pod))
+
+
+def finish(api: ApiClient, namespace: str, name: str, phase: str = "Succeeded") -> None:
+    """What the kubelet reports when the pod's containers exit."""
+    core = kubernetes.client.CoreV1Api(api)
+    core.patch_namespaced_pod_status(name, namespace, {"status": {"phase": phase}})
+
+
+def gated(pod: Pod) -> bool:
+    return any(g["name"] == SCHEDULING_GATE for g in pod["spec"].get("schedulingGates") or [])
+
+
+def note(pod: Pod, key: str) -> str | None:
+    return (pod["metadata"].get("annotations") or {}).get(key)
+
+
+def held(pod: Pod) -> bool:
+    return not gated(pod) and note(pod, STATE_ANNOTATION) == HELD
+
+
+class PodWatch:
+    """Every change of the namespace's pods, in order: counts the pods running (ungated, not finished)."""
+
+    def __init__(self, api: ApiClient, namespace: str) -> None:
+        self._api = api
+        self._namespace = namespace
+        self._watch = kubernetes.watch.Watch()
+        self._pods: dict[str, Pod] = {}
+        self.most_running = 0
+        self.ungated_order: list[str] = []
+        self._thread = threading.Thread(target=self._follow, name="pod-watch", daemon=True)
+
+    def _follow(self) -> None:
+        try:
+            self._record()
+        except urllib3.exceptions.HTTPError:
+            pass  # the namespace went at the end of the test, and its watch with it
+
+    def _record(self) -> None:
+        core = kubernetes.client.CoreV1Api(self._api)
+        for event in self._watch.stream(core.list_namespaced_pod, self._namespace, timeout_seconds=120):
+            pod = self._api.sanitize_for_serialization(event["object"])
+            name = pod["metadata"]["name"]
+            if event["type"] == "DELETED":
+                self._pods.pop(name, None)
+            else:
+                before = self._pods.get(name)
+                if not gated(pod) and (before is None or gated(before)):
+                    self.ungated_order.append(name)
+                self._pods[name] = pod
+            running = [
+                p for p in self._pods.values() if not gated(p) and p["status"].get("phase") == "Running"
+            ]
+            self.most_running = max(self.most_running, len(running))
+
+    def __enter__(self) -> PodWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._watch.stop()
+
+
+@pytest.fixture
+def pods(api: ApiClient, namespace: str) -> Iterator[PodWatch]:
+    with PodWatch(api, namespace) as watch:
+        yield watch
+
+
+def lock_key(namespace: str, lock: str) -> str:
+    return f"/etcdlock/locks/{namespace}/{lock}"
+
+
+def test_five_pods_take_a_one_permit_lock_one_at_a_time_in_creation_order(
+    api: ApiClient, namespace: str, operator: OperatorThread, pods: PodWatch
+) -> None:
+    create_lock(api, namespace, "report", {"ttlSeconds": 10})
+    names = [f"worker-{i}" for i in range(5)]
+    for name in names:
+        create_pod(api, namespace, name, "report")
+    tokens = []
+    for turn, name in enumerate(names):
+        pod = eventually(lambda n=name: read_pod(api, namespace, n), held, f"{name} to hold the lock")
+        tokens.append(int(note(pod, TOKEN_ANNOTATION) or 0))
+        for later in names[turn + 1 :]:
+            waiting = eventually(
+                lambda n=later: read_pod(api, namespace, n),
+                lambda p: note(p, STATE_ANNOTATION) == WAITING,
+                f"{later} waiting",
+            )
+            assert gated(waiting), f"{later} was ungated while {name} held the lock"
+        status = eventually(
+            lambda n=name: status_of(api, namespace, "report"),
+            lambda s, n=name: [h["holder"] for h in s.get("holders", [])] == [f"pod/{namespace}/{n}"],
+            f"status showing {name} as the holder",
+        )
+        assert [w["holder"] for w in status["waiters"]] == [f"pod/{namespace}/{n}" for n in names[turn + 1 :]]
+        assert status["holders"][0]["fencingToken"] == tokens[-1]
+        eventually(
+            lambda n=name: read_pod(api, namespace, n),
+            lambda p: p["status"].get("phase") == "Running",
+            f"{name} running",
+        )
+        finish(api, namespace, name)
+        released = eventually(
+            lambda n=name: read_pod(api, namespace, n),
+            lambda p: note(p, STATE_ANNOTATION) == RELEASED,
+            f"{name} released",
+        )
+        assert "the pod succeeded" in (note(released, MESSAGE_ANNOTATION) or "")
+    assert tokens == sorted(tokens) and len(set(tokens)) == 5
+    assert pods.ungated_order == names
+    assert pods.most_running == 1
+    eventually(lambda: status_of(api, namespace, "report"), lambda s: s.get("phase") == "Free", "Free")
+    reasons = [reason for reason, _ in events_of(api, namespace, "worker-0")]
+    assert "Acquired" in reasons and "Released" in reasons
+
+
+def test_deleting_a_waiting_pod_leaves_the_queue_and_deleting_the_holder_releases(
+    api: ApiClient, namespace: str, operator: OperatorThread, pods: PodWatch
+) -> None:
+    create_lock(api, namespace, "mutex", {"ttlSeconds": 10})
+    for name in ("first", "second", "third"):
+        create_pod(api, namespace, name, "mutex")
+    eventually(lambda: read_pod(api, namespace, "first"), held, "first holding")
+    eventually(lambda: status_of(api, namespace, "mutex"), lambda s: s.get("waiterCount") == 2, "two waiters")
+    core = kubernetes.client.CoreV1Api(api)
+    core.delete_namespaced_pod("second", namespace)
+    status = eventually(
+        lambda: status_of(api, namespace, "mutex"), lambda s: s.get("waiterCount") == 1, "one waiter left"
+    )
+    assert [w["holder"] for w in status["waiters"]] == [f"pod/{namespace}/third"]
+    assert gated(read_pod(api, namespace, "third"))
+    core.delete_namespaced_pod("first", namespace)
+    eventually(lambda: read_pod(api, namespace, "third"), held, "third holding after the holder went")
+    assert pods.ungated_order == ["first", "third"]
+    assert pods.most_running == 1
+
+
+def test_three_permits_are_shared_with_a_cli_holder(
+    api: ApiClient, namespace: str, operator: OperatorThread, etcd: LocalEtcd, pods: PodWatch
+) -> None:
+    create_lock(api, namespace, "workers", {"permits": 3, "ttlSeconds": 10})
+    key = lock_key(namespace, "workers")
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "etcdlock", "lock", key, "--permits", "3", "--holder", "nightly-cron"],
+        env={**os.environ, "ETCDLOCK_ENDPOINTS": etcd.endpoint_list},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert cli.stdout is not None and cli.stdout.readline().startswith(key)
+        names = [f"shard-{i}" for i in range(4)]
+        for name in names:
+            create_pod(api, namespace, name, "workers")
+        status = eventually(
+            lambda: status_of(api, namespace, "workers"),
+            lambda s: len(s.get("holders", [])) == 3 and s.get("waiterCount") == 2,
+            "three holders (the CLI first) and two waiting pods",
+        )
+        assert status["holders"][0]["holder"] == "nightly-cron"
+        assert [
+            read_pod(api, namespace, n)["metadata"]["name"]
+            for n in names
+            if held(read_pod(api, namespace, n))
+        ] == [
+            "shard-0",
+            "shard-1",
+        ]
+        assert all(gated(read_pod(api, namespace, n)) for n in ("shard-2", "shard-3"))
+        cli.send_signal(signal.SIGINT)
+        assert cli.wait(BOUND) == 0
+        eventually(lambda: read_pod(api, namespace, "shard-2"), held, "shard-2 holding after the CLI let go")
+        assert gated(read_pod(api, namespace, "shard-3"))
+        finish(api, namespace, "shard-0", "Failed")
+        eventually(lambda: read_pod(api, namespace, "shard-3"), held, "shard-3 holding after shard-0 failed")
+    finally:
+        cli.kill()
+        cli.wait(BOUND)
+    assert pods.most_running == 3
+
+
+def test_a_pod_waits_for_a_lock_created_after_it(
+    api: ApiClient, namespace: str, operator: OperatorThread
+) -> None:
+    create_pod(api, namespace, "early", "later")
+    pod = eventually(
+        lambda: read_pod(api, namespace, "early"),
+        lambda p: note(p, STATE_ANNOTATION) == WAITING,
+        "early waiting",
+    )
+    assert "DistributedLock later does not exist" in (note(pod, MESSAGE_ANNOTATION) or "")
+    assert gated(pod)
+    assert any(reason == "LockNotReady" for reason, _ in events_of(api, namespace, "early"))
+    create_lock(api, namespace, "later", {})
+    eventually(lambda: read_pod(api, namespace, "early"), held, "early holding once the lock exists")
+
+
+def test_a_pod_naming_an_unusable_lock_waits_and_says_why(
+    api: ApiClient, namespace: str, operator: OperatorThread
+) -> None:
+    create_lock(api, namespace, "remote", {"clusterRef": {"name": "etcd-b"}})
+    create_pod(api, namespace, "patient", "remote")
+    pod = eventually(
+        lambda: read_pod(api, namespace, "patient"),
+        lambda p: "invalid" in (note(p, MESSAGE_ANNOTATION) or ""),
+        "the reason in the pod's message",
+    )
+    assert note(pod, STATE_ANNOTATION) == WAITING and "etcd-b" in (note(pod, MESSAGE_ANNOTATION) or "")
+    assert gated(pod)
+
+
+def test_an_invalid_spec_is_refused_by_the_schema(api: ApiClient, namespace: str) -> None:
+    with pytest.raises(kubernetes.client.ApiException) as refused:
+        create_lock(api, namespace, "zero", {"permits": 0})
+    assert refused.value.status == 422 and "spec.permits" in str(refused.value.body)
+
+
+def test_removing_the_annotation_releases_the_lock(
+    api: ApiClient, namespace: str, operator: OperatorThread
+) -> None:
+    create_lock(api, namespace, "handover", {})
+    create_pod(api, namespace, "keeper", "handover")
+    create_pod(api, namespace, "next", "handover")
+    eventually(lambda: read_pod(api, namespace, "keeper"), held, "keeper holding")
+    core = kubernetes.client.CoreV1Api(api)
+    core.patch_namespaced_pod("keeper", namespace, {"metadata": {"annotations": {LOCK_ANNOTATION: None}}})
+    eventually(lambda: read_pod(api, namespace, "next"), held, "next holding")
+    keeper = read_pod(api, namespace, "keeper")
+    assert note(keeper, STATE_ANNOTATION) == RELEASED
+
+
+def test_deleting_the_lock_releases_pod_holds_and_leaves_outside_holders_alone(
+    api: ApiClient, namespace: str, operator: OperatorThread, etcd: LocalEtcd
+) -> None:
+    create_lock(api, namespace, "doomed", {"permits": 2})
+    key = lock_key(namespace, "doomed")
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "etcdlock", "lock", key, "--permits", "2", "--holder", "outside"],
+        env={**os.environ, "ETCDLOCK_ENDPOINTS": etcd.endpoint_list},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert cli.stdout is not None
+        cli_key = cli.stdout.readline().split()[0]
+        create_pod(api, namespace, "inside", "doomed")
+        create_pod(api, namespace, "queued", "doomed")
+        eventually(lambda: read_pod(api, namespace, "inside"), held, "inside holding")
+        delete_lock(api, namespace, "doomed")
+        inside = eventually(
+            lambda: read_pod(api, namespace, "inside"),
+            lambda p: note(p, STATE_ANNOTATION) == RELEASED,
+            "inside released",
+        )
+        assert "was deleted" in (note(inside, MESSAGE_ANNOTATION) or "")
+        queued = eventually(
+            lambda: read_pod(api, namespace, "queued"),
+            lambda p: "does not exist" in (note(p, MESSAGE_ANNOTATION) or ""),
+            "queued waiting for the lock to come back",
+        )
+        assert gated(queued)
+        keys = etcd.etcdctl("get", key + "/", "--prefix", "--keys-only").stdout.split()
+        assert keys == [cli_key], "only the outside holder's key is left"
+        assert cli.poll() is None, "the outside holder still holds"
+        create_lock(api, namespace, "doomed", {"permits": 2})
+        eventually(lambda: read_pod(api, namespace, "queued"), held, "queued holding once the lock is back")
+    finally:
+        cli.kill()
+        cli.wait(BOUND)
+
+
+def test_a_pod_without_the_gate_is_flagged(
+    api: ApiClient, namespace: str, etcd: LocalEtcd, kubeconfig: Path
+) -> None:
+    """No webhook registered (not installed): the pod is scheduled at once, and told so."""
+    running = OperatorThread(etcd.endpoint_list, namespace, kubeconfig).start()
+    try:
+        create_lock(api, namespace, "unguarded", {})
+        create_pod(api, namespace, "loose", "unguarded")
+        pod = eventually(
+            lambda: read_pod(api, namespace, "loose"),
+            lambda p: note(p, STATE_ANNOTATION) == "Error",
+            "the Error state",
+        )
+        assert "mutual exclusion is not enforced" in (note(pod, MESSAGE_ANNOTATION) or "")
+        warned = eventually(lambda: events_of(api, namespace, "loose"), bool, "an event")
+        assert any(reason == "NotGated" for reason, _ in warned)
+        status = eventually(lambda: status_of(api, namespace, "unguarded"), phase("Free"), "the lock free")
+        assert status["holders"] == [], "the loose pod does not hold the lock"
+    finally:
+        running.stop()
+
+
+def wait_healthy(url: str, process: subprocess.Popen[str], webhook: WebhookSettings) -> None:
+    def answers() -> bool:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                return bool(response.status == 200)
+        except OSError:
+            return False
+
+    eventually(lambda: answers() or process.poll() is not None, bool, "the operator's liveness endpoint")
+    assert process.poll() is None, "the operator exited"
+    wait_listening(webhook.host, webhook.port)
+
+
+def operator_process(
+    etcd: LocalEtcd, namespace: str, kubeconfig: Path, webhook: WebhookSettings, liveness: str
+) -> subprocess.Popen[str]:
+    command = [
+        sys.executable,
+        "-m",
+        "etcdlock",
+        "operator",
+        "--etcd-endpoints",
+        etcd.endpoint_list,
+        "--kubeconfig",
+        str(kubeconfig),
+        "-n",
+        namespace,
+        "--metrics",
+        "off",
+        "--liveness",
+        liveness,
+        "--webhook",
+        f"{webhook.host}:{webhook.port}",
+        "--webhook-cert-dir",
+        str(webhook.cert_dir),
+    ]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+def test_an_operator_restart_keeps_holders_leases_and_queue_order(
+    api: ApiClient,
+    namespace: str,
+    etcd: LocalEtcd,
+    kubeconfig: Path,
+    webhook: WebhookSettings,
+    pods: PodWatch,
+    stop_signal: signal.Signals,
+) -> None:
+    liveness = f"http://127.0.0.1:{free_port()}/healthz"
+    first = operator_process(etcd, namespace, kubeconfig, webhook, liveness)
+    second = None
+    try:
+        wait_healthy(liveness, first, webhook)
+        create_lock(api, namespace, "durable", {"ttlSeconds": 10})
+        names = ["a", "b", "c"]
+        for name in names:
+            create_pod(api, namespace, name, "durable")
+        eventually(lambda: read_pod(api, namespace, "a"), held, "a holding")
+        before = eventually(
+            lambda: status_of(api, namespace, "durable"), lambda s: s.get("waiterCount") == 2, "two waiters"
+        )
+        leases = {n: note(read_pod(api, namespace, n), LEASE_ANNOTATION) for n in names}
+        first.send_signal(stop_signal)
+        first.wait(BOUND)
+        second = operator_process(etcd, namespace, kubeconfig, webhook, liveness)
+        wait_healthy(liveness, second, webhook)
+        after = status_of(api, namespace, "durable")
+        assert [h["key"] for h in after["holders"]] == [h["key"] for h in before["holders"]]
+        assert [w["key"] for w in after["waiters"]] == [w["key"] for w in before["waiters"]]
+        assert {n: note(read_pod(api, namespace, n), LEASE_ANNOTATION) for n in names} == leases
+        for name in names:
+            eventually(lambda n=name: read_pod(api, namespace, n), held, f"{name} holding")
+            finish(api, namespace, name)
+        assert pods.ungated_order == names
+        assert pods.most_running == 1
+    finally:
+        for process in (first, second):
+            if process is not None:
+                process.kill()
+                process.wait(BOUND)
+    assert second is not None and second.stderr is not None
+    assert "Traceback" not in second.stderr.read()
+
+
+def test_a_missing_webhook_certificate_is_one_clear_line(
+    etcd: LocalEtcd, kubeconfig: Path, tmp_path: Path
+) -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "etcdlock",
+            "operator",
+            "--etcd-endpoints",
+            etcd.endpoint_list,
+            "--kubeconfig",
+            str(kubeconfig),
+            "--webhook-cert-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=BOUND * 2,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip() == (
+        f"etcdlock: webhook certificate {tmp_path}/tls.crt not found: mount the webhook Secret there, "
+        "pass --webhook-cert-dir, or --webhook off"
+    )
