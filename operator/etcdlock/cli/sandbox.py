@@ -21,6 +21,14 @@ def add_parser(commands: Any) -> None:
     parser.add_argument("action", choices=("up", "down"))
     parser.add_argument("--dir", default=".sandbox", help="state folder (default .sandbox)")
     parser.add_argument("--port", type=positive_int, default=None, help="API port (default: a free one)")
+    parser.add_argument(
+        "--operator",
+        action="store_true",
+        help="also install the CRDs (from --crds) and run the etcdlock operator with its webhook",
+    )
+    parser.add_argument(
+        "--crds", default="crds", help="folder of CRD YAML files for --operator (default crds)"
+    )
     parser.set_defaults(handler=run_sandbox)
 
 
@@ -39,9 +47,13 @@ def _run(args: argparse.Namespace) -> int:
     directory = Path(args.dir).resolve()
     try:
         if args.action == "up":
-            kubeconfig = daemon.up(directory, args.port or 0)
+            crds = Path(args.crds) if args.operator else None
+            kubeconfig = daemon.up(directory, args.port or 0, crds)
+            endpoints = (directory / "etcd-endpoints").read_text()
             print(f"sandbox running; its kubeconfig is {kubeconfig}")
-            print(f"  export KUBECONFIG={kubeconfig}")
+            if args.operator:
+                print(f"the etcdlock operator runs in it (log: {directory / 'operator.log'})")
+            print(f"  export KUBECONFIG={kubeconfig} ETCDLOCK_ENDPOINTS={endpoints}")
             print("  kubectl get namespaces")
             print(f"  etcdlock sandbox down --dir {args.dir}   # stop it (all data goes)")
         elif daemon.down(directory):

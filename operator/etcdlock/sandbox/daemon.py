@@ -1,7 +1,8 @@
 """``etcdlock sandbox up`` / ``down``: the sandbox as a background process with its state under a folder.
 
-``up`` starts ``python -m etcdlock.sandbox.daemon DIR PORT`` in a new session, waits until it answers and
-has written ``DIR/kubeconfig``, and returns. ``down`` stops it (SIGTERM, SIGKILL after a grace period);
+``up`` starts ``python -m etcdlock.sandbox.daemon DIR PORT [--operator CRDS]`` in a new session, waits
+until it answers and has written ``DIR/kubeconfig`` (and, with the operator, until that is ready too),
+and returns. ``down`` stops it (SIGTERM, SIGKILL after a grace period);
 the process then stops the API and etcd and deletes etcd's data: the sandbox starts empty every time.
 """
 
@@ -21,6 +22,7 @@ import urllib.request
 from pathlib import Path
 
 from etcdlock.sandbox.cluster import Sandbox
+from etcdlock.sandbox.operator import InstalledOperator, OperatorError
 
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0
@@ -69,16 +71,23 @@ def _answers(kubeconfig: Path) -> bool:
         return False
 
 
-def up(directory: Path, port: int = 0) -> Path:
-    """Start the sandbox in the background (unless it runs already); returns the kubeconfig path."""
+def up(directory: Path, port: int = 0, crds: Path | None = None) -> Path:
+    """Start the sandbox in the background (unless it runs already); returns the kubeconfig path.
+
+    With ``crds`` (a folder of CRD YAML files) the CRDs are installed and the etcdlock operator runs in the
+    sandbox too, with its webhook registered.
+    """
     directory.mkdir(parents=True, exist_ok=True)
     kubeconfig = directory / "kubeconfig"
     if running_pid(directory) is not None and _answers(kubeconfig):
         return kubeconfig
+    if crds is not None and not sorted(crds.glob("*.yaml")):
+        raise SandboxError(f"no CRD files (*.yaml) in {crds}: run from an etcdlock checkout or pass --crds")
     kubeconfig.unlink(missing_ok=True)
     log = (directory / "sandbox.log").open("ab")
+    operator = ["--operator", str(crds.resolve())] if crds is not None else []
     process = subprocess.Popen(
-        [sys.executable, "-m", "etcdlock.sandbox.daemon", str(directory), str(port)],
+        [sys.executable, "-m", "etcdlock.sandbox.daemon", str(directory), str(port), *operator],
         stdin=subprocess.DEVNULL,
         stdout=log,
         stderr=log,
@@ -86,7 +95,7 @@ def up(directory: Path, port: int = 0) -> Path:
     )
     log.close()
     deadline = time.monotonic() + START_TIMEOUT
-    while not _answers(kubeconfig):
+    while not (_answers(kubeconfig) and running_pid(directory) is not None):
         if process.poll() is not None:
             raise SandboxError(f"the sandbox exited during start-up: see {directory / 'sandbox.log'}")
         if time.monotonic() > deadline:
@@ -116,7 +125,7 @@ def down(directory: Path) -> bool:
     return True
 
 
-async def serve(directory: Path, port: int) -> None:
+async def serve(directory: Path, port: int, crds: Path | None = None) -> None:
     """Run the sandbox until SIGTERM/SIGINT, then stop everything and delete etcd's data."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -127,16 +136,26 @@ async def serve(directory: Path, port: int) -> None:
     data.mkdir(parents=True)
     try:
         async with Sandbox(workdir=data, port=port) as sandbox:
-            _pid_file(directory).write_text(str(os.getpid()))
-            sandbox.write_kubeconfig(directory / "kubeconfig")
-            etcd = sandbox.etcd.endpoint_list if sandbox.etcd else "?"
+            assert sandbox.etcd is not None
+            kubeconfig = sandbox.write_kubeconfig(directory / "kubeconfig")
+            etcd = sandbox.etcd.endpoint_list
+            (directory / "etcd-endpoints").write_text(etcd)
             print(f"sandbox API at {sandbox.url}, etcd at {etcd}", flush=True)
-            await stop.wait()
+            async with contextlib.AsyncExitStack() as stack:
+                if crds is not None:
+                    await stack.enter_async_context(InstalledOperator(directory, kubeconfig, etcd, crds))
+                _pid_file(directory).write_text(str(os.getpid()))
+                await stop.wait()
     finally:
+        (directory / "etcd-endpoints").unlink(missing_ok=True)
         (directory / "kubeconfig").unlink(missing_ok=True)
         _pid_file(directory).unlink(missing_ok=True)
         shutil.rmtree(data, ignore_errors=True)
 
 
 if __name__ == "__main__":
-    asyncio.run(serve(Path(sys.argv[1]), int(sys.argv[2])))
+    crds_dir = Path(sys.argv[4]) if sys.argv[3:4] == ["--operator"] else None
+    try:
+        asyncio.run(serve(Path(sys.argv[1]), int(sys.argv[2]), crds_dir))
+    except OperatorError as exc:
+        sys.exit(f"sandbox: {exc}")
