@@ -1,75 +1,192 @@
-"""``make run``: a local etcd, and the etcdlock CLI taking one lock in turn with etcdctl.
+"""``make run``: the sandbox with the operator, and pods taking one lock in turn with etcdctl and the CLI.
 
-Four workers (three ``etcdlock lock``, one ``etcdctl lock``) want the same lock at once; they run one at
-a time, each with a larger fencing token, while ``etcdlock status`` shows the holder and the queue.
-Then a try-lock on the held lock exits 2 and names the holder. Everything started here is stopped.
+It starts a fresh ``etcdlock sandbox up --operator`` in ``.sandbox/``, applies the DistributedLock of
+``examples/distributedlock.yaml``, and lines up five contenders for it, one after another: ``etcdctl
+lock`` from outside the cluster, two annotated pods, ``etcdlock lock`` from outside again, and a third
+pod. Each holds the lock for a moment (the pods "run" in the sandbox's pretend kubelet), then the next
+takes over; the demo prints every hand-off with its fencing token as the operator reports it (pod
+annotations, lock status). The sandbox keeps running afterwards, to explore with kubectl, unless
+``--down`` is given.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
 import time
+from pathlib import Path
+from typing import Any
 
-from etcdlock.sandbox.etcd import LocalEtcd, etcd_binary
+import kubernetes
+import yaml
 
-LOCK = "demo/nightly-report"
-WORK = 'echo "  [$0] holds {lock} with fencing token ${{ETCDLOCK_FENCING_TOKEN:-$ETCD_LOCK_REV}}"; sleep 1'
+from etcdlock.operator.names import GROUP, LOCK_ANNOTATION, LOCKS, STATE_ANNOTATION, TOKEN_ANNOTATION, VERSION
+from etcdlock.sandbox import daemon
+from etcdlock.sandbox.etcd import etcd_binary
+from etcdlock.sandbox.kubelet import RUN_SECONDS
 
-
-def etcdlock(*args: str) -> list[str]:
-    return [sys.executable, "-m", "etcdlock", *args]
+ROOT = Path.cwd()
+LOCK = "nightly-report"
+KEY = f"/etcdlock/locks/default/{LOCK}"
+HOLD_SECONDS = 1.5
+BOUND = 60.0
 
 
 def say(text: str) -> None:
     print(f"\n== {text}", flush=True)
 
 
+class Demo:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.started = time.monotonic()
+        self.outside: list[subprocess.Popen[str]] = []
+        self.api: kubernetes.client.ApiClient | None = None
+        self.env = dict(os.environ)
+
+    def up(self) -> None:
+        daemon.down(self.directory)
+        kubeconfig = daemon.up(self.directory, 0, ROOT / "crds")
+        endpoints = (self.directory / "etcd-endpoints").read_text()
+        self.env.update(KUBECONFIG=str(kubeconfig), ETCDLOCK_ENDPOINTS=endpoints, ETCDCTL_API="3")
+        self.api = kubernetes.config.new_client_from_config(config_file=str(kubeconfig))
+        say(f"sandbox with the etcdlock operator is up (kubeconfig {kubeconfig}, etcd {endpoints})")
+
+    @property
+    def core(self) -> kubernetes.client.CoreV1Api:
+        return kubernetes.client.CoreV1Api(self.api)
+
+    def apply_lock(self) -> None:
+        lock: Any = yaml.safe_load((ROOT / "examples" / "distributedlock.yaml").read_text())
+        objects = kubernetes.client.CustomObjectsApi(self.api)
+        objects.create_namespaced_custom_object(GROUP, VERSION, "default", LOCKS, lock)
+        say(f"applied examples/distributedlock.yaml: DistributedLock {LOCK} (etcd name {KEY})")
+
+    def status(self) -> dict[str, Any]:
+        objects = kubernetes.client.CustomObjectsApi(self.api)
+        lock: Any = objects.get_namespaced_custom_object(GROUP, VERSION, "default", LOCKS, LOCK)
+        return dict(lock.get("status") or {})
+
+    def queued(self) -> int:
+        status = self.status()
+        return len(status.get("holders") or []) + int(status.get("waiterCount") or 0)
+
+    def wait_queued(self, count: int, who: str) -> None:
+        deadline = time.monotonic() + BOUND
+        while self.queued() < count:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"demo: {who} never showed up in the lock's status")
+            time.sleep(0.05)
+
+    def etcdctl(self) -> None:
+        command = [etcd_binary("etcdctl"), f"--endpoints={self.env['ETCDLOCK_ENDPOINTS']}", "lock", KEY]
+        work = 'echo "  [etcdctl] holds the lock with revision $ETCD_LOCK_REV"; sleep {s}'
+        shell = ["--", "sh", "-c", work.format(s=HOLD_SECONDS)]
+        self.outside.append(subprocess.Popen([*command, *shell], env=self.env, text=True))
+
+    def cli(self, holder: str) -> None:
+        report = f'echo "  [{holder}] holds the lock with fencing token $ETCDLOCK_FENCING_TOKEN"'
+        work = f"{report}; sleep {HOLD_SECONDS}"
+        command = [sys.executable, "-m", "etcdlock", "lock", KEY, "--holder", holder, "--", "sh", "-c", work]
+        self.outside.append(subprocess.Popen(command, env=self.env, text=True))
+
+    def pod(self, name: str) -> None:
+        pod: Any = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": name,
+                "annotations": {LOCK_ANNOTATION: LOCK, RUN_SECONDS: str(HOLD_SECONDS)},
+            },
+            "spec": {
+                "restartPolicy": "Never",
+                "containers": [{"name": "report", "image": "busybox:1.36", "command": ["sleep", "1"]}],
+            },
+        }
+        self.core.create_namespaced_pod("default", pod)
+
+    def follow(self, pods: list[str]) -> None:
+        """Print every change of the pods' lock state until all of them are done."""
+        seen: dict[str, tuple[str, str]] = {}
+        deadline = time.monotonic() + BOUND
+        while True:
+            listed = self.core.list_namespaced_pod("default")
+            for pod in kubernetes.client.ApiClient().sanitize_for_serialization(listed)["items"]:
+                name = pod["metadata"]["name"]
+                notes = pod["metadata"].get("annotations") or {}
+                now = (notes.get(STATE_ANNOTATION) or "-", pod["status"].get("phase") or "Pending")
+                if seen.get(name) != now:
+                    seen[name] = now
+                    token = notes.get(TOKEN_ANNOTATION)
+                    extra = f" with fencing token {token}" if now[0] == "Held" else ""
+                    print(f"  [{name}] lock state {now[0]}{extra}, pod {now[1]}", flush=True)
+            if all(seen.get(name) in (("Released", "Succeeded"), ("Released", "Failed")) for name in pods):
+                break
+            if time.monotonic() > deadline:
+                raise SystemExit("demo: the pods did not all finish in time")
+            time.sleep(0.1)
+        for process in self.outside:
+            process.wait(BOUND)
+
+    def run(self) -> None:
+        self.up()
+        self.apply_lock()
+        say("five contenders line up: etcdctl, pod report-1, pod report-2, the etcdlock CLI, pod report-3")
+        self.etcdctl()
+        self.wait_queued(1, "etcdctl")
+        pods = ["report-1", "report-2", "report-3"]
+        self.pod(pods[0])
+        self.wait_queued(2, pods[0])
+        self.pod(pods[1])
+        self.wait_queued(3, pods[1])
+        self.cli("laptop")
+        self.wait_queued(4, "the CLI")
+        self.pod(pods[2])
+        self.wait_queued(5, pods[2])
+        holders = [h["holder"] for h in self.status().get("holders") or []]
+        waiters = [w["holder"] for w in self.status().get("waiters") or []]
+        print(f"  kubectl get dlock {LOCK}: holder {holders}, waiting {waiters}", flush=True)
+        say("they take the lock one after another (pods are held back by the scheduling gate until then)")
+        self.follow(pods)
+        say("all done; the lock is free again")
+
+    def stop_outside(self) -> None:
+        for process in self.outside:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+
 def main() -> int:
-    with LocalEtcd() as etcd:
-        env = {**os.environ, "ETCDLOCK_ENDPOINTS": etcd.endpoint_list, "ETCDCTL_API": "3"}
-        say(f"etcd is up at {etcd.endpoint_list} (data in {etcd.workdir})")
-        say(f"four workers want {LOCK} at once: three etcdlock, one etcdctl")
-        work = WORK.format(lock=LOCK)
-        workers = []
-        for name in ("worker-1", "worker-2", "worker-3"):
-            cmd = etcdlock("lock", LOCK, "--holder", name, "--", "sh", "-c", work, name)
-            workers.append(subprocess.Popen(cmd, env=env))
-            time.sleep(0.2)
-        ctl = [
-            etcd_binary("etcdctl"),
-            f"--endpoints={etcd.endpoint_list}",
-            "lock",
-            LOCK,
-            "--",
-            "sh",
-            "-c",
-            work,
-            "etcdctl",
-        ]
-        workers.append(subprocess.Popen(ctl, env=env, stdout=None))
-        time.sleep(0.5)
-        say(f"etcdlock status {LOCK}")
-        subprocess.run(etcdlock("status", LOCK), env=env, check=False)
-        for worker in workers:
-            worker.wait(timeout=60)
-        say(f"etcdctl holds {LOCK}; etcdlock lock --timeout 0 tries once")
-        holder = subprocess.Popen(
-            [etcd_binary("etcdctl"), f"--endpoints={etcd.endpoint_list}", "lock", LOCK],
-            env=env,
-            stdout=subprocess.PIPE,
-            text=True,
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--dir", default=".sandbox", help="sandbox folder (default .sandbox)")
+    parser.add_argument("--down", action="store_true", help="stop the sandbox at the end")
+    args = parser.parse_args()
+    directory = Path(args.dir).resolve()
+    demo = Demo(directory)
+    try:
+        demo.run()
+    except daemon.SandboxError as exc:
+        print(f"demo: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        demo.stop_outside()
+        if args.down:
+            daemon.down(directory)
+    if not args.down:
+        print(
+            f"""
+The sandbox keeps running. Try:
+  export KUBECONFIG={directory / "kubeconfig"} ETCDLOCK_ENDPOINTS={demo.env["ETCDLOCK_ENDPOINTS"]}
+  kubectl get dlock,pods
+  kubectl apply -f examples/pod.yaml && kubectl get pod nightly-report -o yaml   # annotations etcdlock.io/*
+  etcdlock lock {KEY} --holder me          # hold it from outside; the pod waits
+  kubectl describe pod nightly-report            # Events: Waiting, Acquired, Released
+  etcdlock sandbox down --dir {args.dir}          # stop it""",
+            flush=True,
         )
-        try:
-            assert holder.stdout is not None
-            holder.stdout.readline()
-            tried = subprocess.run(etcdlock("lock", LOCK, "--timeout", "0"), env=env, check=False)
-            print(f"  exit status {tried.returncode} (2 = not acquired)")
-        finally:
-            holder.terminate()
-            holder.wait(timeout=10)
-        say("done; etcd stopped. Try it yourself: see README.md, 'Programs: the CLI'.")
     return 0
 
 
