@@ -15,11 +15,13 @@ from etcdlock.etcd.errors import (
     ConfigError,
     EtcdLockError,
     EtcdUnavailable,
+    Fenced,
     LockLost,
     LockTimeout,
     NotHeld,
     SessionLost,
 )
+from etcdlock.etcd.fence import Fence
 from etcdlock.etcd.keys import Contender, HolderInfo
 from etcdlock.etcd.queue import read_contenders
 from etcdlock.etcd.semaphore import Mutex, Semaphore
@@ -34,6 +36,8 @@ __all__ = [
     "EtcdConfig",
     "EtcdLockError",
     "EtcdUnavailable",
+    "Fence",
+    "Fenced",
     "HolderInfo",
     "LockLost",
     "LockTimeout",

@@ -23,7 +23,7 @@ import aetcd.watcher
 import grpc
 from aetcd import rpc
 
-from etcdlock.etcd.errors import Compacted, ConfigError, EtcdUnavailable
+from etcdlock.etcd.errors import Compacted, ConfigError, EtcdUnavailable, Fenced
 
 DEFAULT_ENDPOINT = "http://127.0.0.1:2379"
 DEFAULT_REQUEST_TIMEOUT = 5.0
@@ -344,6 +344,27 @@ class EtcdClient(aetcd.Client):
         """A raw transaction (rpc.TxnResponse) built from :func:`compare_*` and ``*_op`` helpers."""
         request = rpc.TxnRequest(compare=list(compare), success=list(success), failure=list(failure))
         return await self._unary("kvstub", "Txn", request)
+
+    async def guarded_txn(
+        self,
+        guard: Sequence[Any],
+        compare: Sequence[Any],
+        success: Sequence[Any],
+        failure: Sequence[Any] = (),
+    ) -> Any:
+        """The transaction (compare, success, failure), run only if every ``guard`` compare holds.
+
+        One round trip: an outer transaction checks the guard and runs the inner one as a nested
+        transaction. Returns the inner response (with the outer header); raises :class:`Fenced`, having
+        written nothing, if the guard fails.
+        """
+        inner = rpc.TxnRequest(compare=list(compare), success=list(success), failure=list(failure))
+        outer = await self.txn(guard, [rpc.RequestOp(request_txn=inner)])
+        if not outer.succeeded:
+            raise Fenced("the write's fence no longer holds (not the leader any more); nothing was written")
+        response = outer.responses[0].response_txn
+        response.header.CopyFrom(outer.header)
+        return response
 
     async def grant(self, ttl: int) -> tuple[int, int]:
         """Grant a lease; returns (lease id, granted TTL)."""

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from etcdlock.etcd import keys
 from etcdlock.etcd.client import EtcdClient, create_revision_is, put_op
 from etcdlock.etcd.errors import Compacted, EtcdUnavailable, NotHeld
+from etcdlock.etcd.fence import Fence
 from etcdlock.etcd.hold import Hold
 from etcdlock.etcd.keys import Contender
 from etcdlock.etcd.queue import KeyGuard, first_of, read_contenders
@@ -64,11 +65,17 @@ class Election(Hold):
         return self
 
     async def _put_fenced(self, my_rev: int, value: bytes) -> bool:
-        response = await self.session.client.txn(
+        response = await self._queue.write(
             [create_revision_is(self._queue.key, my_rev)],
             [put_op(self._queue.key, value, self.session.lease_id)],
         )
         return bool(response.succeeded)
+
+    def fence(self) -> Fence:
+        """A fence on this leadership: writes under it take effect only while this candidate leads."""
+        if self._rev is None:
+            raise NotHeld(f"not leader of {self.name}")
+        return Fence(self._queue.key, self._rev)
 
     async def proclaim(self, proposal: bytes | str) -> None:
         """Change the leader's value without an election; fenced on still being leader."""

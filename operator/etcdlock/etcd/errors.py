@@ -39,6 +39,11 @@ class LockLost(EtcdLockError):
     """A lock or leadership that was held is no longer held (its key is gone or its session was lost)."""
 
 
+class Fenced(EtcdLockError):
+    """A write was refused because the fence it was made under no longer holds (for an operator replica:
+    it is no longer the elected leader). Nothing was written."""
+
+
 class AlreadyAcquiring(EtcdLockError):
     """This session already holds or waits for the same name.
 

@@ -27,7 +27,7 @@ from etcdlock.etcd.client import (
     range_is_empty,
     range_op,
 )
-from etcdlock.etcd.errors import Compacted, EtcdUnavailable, LockLost
+from etcdlock.etcd.errors import Compacted, EtcdUnavailable, Fenced, LockLost
 from etcdlock.etcd.session import Session
 
 log = logging.getLogger(__name__)
@@ -56,13 +56,20 @@ class Queue:
         self.end = keys.range_end(self.prefix)
         self.key = keys.contender_key(name, session.lease_id)
 
+    async def write(self, compare: list[Any], success: list[Any], failure: list[Any] | None = None) -> Any:
+        """A transaction that writes the own key: under the session's fence, if it has one."""
+        fence = self.session.fence
+        if fence is None:
+            return await self.client.txn(compare, success, failure or [])
+        return await self.client.guarded_txn(fence.compares(), compare, success, failure or [])
+
     async def enqueue(self, value: bytes, permits: int) -> Entry:
         """One transaction: create the own key unless it exists, and read the first ``permits`` keys.
 
         An existing own key (same lease) keeps its place in the queue, as in etcd's Go client.
         """
         front = range_op(self.prefix, self.end, by_create=True, limit=permits)
-        response = await self.client.txn(
+        response = await self.write(
             [create_revision_is(self.key, 0)],
             [put_op(self.key, value, self.session.lease_id), front],
             [range_op(self.key), front],
@@ -87,7 +94,7 @@ class Queue:
         If the only key is our own (the same lease re-entering), that counts as taken.
         """
         owner = range_op(self.prefix, self.end, by_create=True, limit=1)
-        response = await self.client.txn(
+        response = await self.write(
             [range_is_empty(self.prefix, self.end)],
             [put_op(self.key, value, self.session.lease_id), owner],
             [owner],
@@ -193,7 +200,7 @@ class Queue:
     async def remove(self, my_rev: int | None) -> bool:
         """Delete the own key, fenced on its create revision when known; True if it was deleted."""
         compare = [] if my_rev is None else [create_revision_is(self.key, my_rev)]
-        response = await self.client.txn(compare, [delete_op(self.key)])
+        response = await self.write(compare, [delete_op(self.key)])
         return bool(response.succeeded and response.responses[0].response_delete_range.deleted)
 
     async def remove_until_done(self, my_rev: int | None) -> None:
@@ -206,14 +213,17 @@ class Queue:
             try:
                 await self.remove(my_rev)
                 return
+            except Fenced:
+                log.debug("not removing %s: the session's fence no longer holds", self.key.decode())
+                return
             except EtcdUnavailable as exc:
                 log.debug("removing %s failed: %s; retrying", self.key.decode(), exc)
                 await asyncio.sleep(_RETRY_DELAY)
 
     async def mark_granted(self, my_rev: int, value: bytes) -> None:
         """Rewrite the own value (fenced) once granted after waiting, so ``acquired`` tells the truth."""
-        with contextlib.suppress(EtcdUnavailable):
-            await self.client.txn(
+        with contextlib.suppress(EtcdUnavailable, Fenced):
+            await self.write(
                 [create_revision_is(self.key, my_rev)], [put_op(self.key, value, self.session.lease_id)]
             )
 

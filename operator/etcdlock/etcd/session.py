@@ -19,6 +19,7 @@ import grpc
 
 from etcdlock.etcd.client import EtcdClient, keepalive_request
 from etcdlock.etcd.errors import AlreadyAcquiring, EtcdUnavailable, SessionLost
+from etcdlock.etcd.fence import Fence
 
 log = logging.getLogger(__name__)
 
@@ -31,14 +32,24 @@ class Session:
 
     Use as ``async with Session(client, ttl=10) as session:``. ``close()`` revokes the lease (so every key
     under it is deleted at once); ``orphan()`` stops renewing without revoking (the lease then expires on
-    the server after its TTL, or another process adopts it by passing ``lease_id``).
+    the server after its TTL, or another process adopts it by passing ``lease_id``). With a ``fence``,
+    every key write of the locks and elections under the session is checked against it by etcd (lease
+    grants, renewals and revocations cannot be: see :mod:`etcdlock.etcd.fence`).
     """
 
-    def __init__(self, client: EtcdClient, ttl: int = DEFAULT_TTL, *, lease_id: int | None = None) -> None:
+    def __init__(
+        self,
+        client: EtcdClient,
+        ttl: int = DEFAULT_TTL,
+        *,
+        lease_id: int | None = None,
+        fence: Fence | None = None,
+    ) -> None:
         if ttl < 1:
             raise ValueError("session TTL must be at least 1 second")
         self.client = client
         self.ttl = ttl
+        self.fence = fence
         self._lease_id = lease_id
         self._deadline = 0.0
         self._lost = asyncio.Event()
