@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import threading
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -45,7 +44,8 @@ from etcdlock.operator.names import (
     WAITING,
 )
 from etcdlock.operator.webhook import WebhookSettings
-from etcdlock.sandbox.etcd import LocalEtcd, free_port
+from etcdlock.sandbox.etcd import LocalEtcd
+from etcdlock.sandbox.replicas import OperatorProcess
 
 Pod = dict[str, Any]
 
@@ -357,45 +357,6 @@ def test_a_pod_without_the_gate_is_flagged(
         running.stop()
 
 
-def wait_healthy(url: str, process: subprocess.Popen[str], webhook: WebhookSettings) -> None:
-    def answers() -> bool:
-        try:
-            with urllib.request.urlopen(url, timeout=1) as response:
-                return bool(response.status == 200)
-        except OSError:
-            return False
-
-    eventually(lambda: answers() or process.poll() is not None, bool, "the operator's liveness endpoint")
-    assert process.poll() is None, "the operator exited"
-    wait_listening(webhook.host, webhook.port)
-
-
-def operator_process(
-    etcd: LocalEtcd, namespace: str, kubeconfig: Path, webhook: WebhookSettings, liveness: str
-) -> subprocess.Popen[str]:
-    command = [
-        sys.executable,
-        "-m",
-        "etcdlock",
-        "operator",
-        "--etcd-endpoints",
-        etcd.endpoint_list,
-        "--kubeconfig",
-        str(kubeconfig),
-        "-n",
-        namespace,
-        "--metrics",
-        "off",
-        "--liveness",
-        liveness,
-        "--webhook",
-        f"{webhook.host}:{webhook.port}",
-        "--webhook-cert-dir",
-        str(webhook.cert_dir),
-    ]
-    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-
-
 @pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
 def test_an_operator_restart_keeps_holders_leases_and_queue_order(
     api: ApiClient,
@@ -405,12 +366,25 @@ def test_an_operator_restart_keeps_holders_leases_and_queue_order(
     webhook: WebhookSettings,
     pods: PodWatch,
     stop_signal: signal.Signals,
+    tmp_path: Path,
 ) -> None:
-    liveness = f"http://127.0.0.1:{free_port()}/healthz"
-    first = operator_process(etcd, namespace, kubeconfig, webhook, liveness)
+    def replica(log: str) -> OperatorProcess:
+        return OperatorProcess(
+            etcd.endpoint_list,
+            kubeconfig,
+            webhook.cert_dir,
+            tmp_path / log,
+            namespaces=(namespace,),
+            election=f"/etcdlock/test/{namespace}/leader",
+            configure_webhook=False,
+            webhook_port=webhook.port,
+        )
+
+    first = replica("first.log").start()
     second = None
     try:
-        wait_healthy(liveness, first, webhook)
+        first.wait("ready", BOUND)
+        wait_listening(webhook.host, webhook.port)
         create_lock(api, namespace, "durable", {"ttlSeconds": 10})
         names = ["a", "b", "c"]
         for name in names:
@@ -420,10 +394,12 @@ def test_an_operator_restart_keeps_holders_leases_and_queue_order(
             lambda: status_of(api, namespace, "durable"), lambda s: s.get("waiterCount") == 2, "two waiters"
         )
         leases = {n: note(read_pod(api, namespace, n), LEASE_ANNOTATION) for n in names}
-        first.send_signal(stop_signal)
-        first.wait(BOUND)
-        second = operator_process(etcd, namespace, kubeconfig, webhook, liveness)
-        wait_healthy(liveness, second, webhook)
+        first.signal(stop_signal)
+        assert first.process is not None
+        first.process.wait(BOUND)
+        second = replica("second.log").start()
+        second.wait("ready", BOUND)
+        wait_listening(webhook.host, webhook.port)
         after = status_of(api, namespace, "durable")
         assert [h["key"] for h in after["holders"]] == [h["key"] for h in before["holders"]]
         assert [w["key"] for w in after["waiters"]] == [w["key"] for w in before["waiters"]]
@@ -436,10 +412,8 @@ def test_an_operator_restart_keeps_holders_leases_and_queue_order(
     finally:
         for process in (first, second):
             if process is not None:
-                process.kill()
-                process.wait(BOUND)
-    assert second is not None and second.stderr is not None
-    assert "Traceback" not in second.stderr.read()
+                process.stop()
+    assert "Traceback" not in (tmp_path / "second.log").read_text()
 
 
 def test_a_missing_webhook_certificate_is_one_clear_line(

@@ -8,9 +8,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from etcdlock.cli.common import positive_int
 from etcdlock.etcd import EtcdConfig, EtcdLockError
 
 DEFAULT_CERT_DIR = "/etc/etcdlock/webhook"
+DEFAULT_ELECTION = "/etcdlock/operator/leader"
+DEFAULT_TTL = 5
 
 
 def add_parser(commands: Any) -> None:
@@ -36,10 +39,18 @@ def add_parser(commands: Any) -> None:
     parser.add_argument(
         "--metrics",
         default="0.0.0.0:9090",
-        help="HOST:PORT serving Prometheus /metrics, or off (default 0.0.0.0:9090)",
+        help="HOST:PORT serving /metrics, /healthz and /readyz, or off (default 0.0.0.0:9090)",
     )
     parser.add_argument(
-        "--liveness", default=None, help="liveness endpoint, e.g. http://0.0.0.0:8080/healthz"
+        "--election",
+        default=DEFAULT_ELECTION,
+        help=f"etcd election of the replicas, or off for a single replica (default {DEFAULT_ELECTION})",
+    )
+    parser.add_argument(
+        "--leader-ttl",
+        type=positive_int,
+        default=DEFAULT_TTL,
+        help=f"seconds within which a crashed leader is replaced (session TTL, default {DEFAULT_TTL})",
     )
     parser.add_argument(
         "--webhook",
@@ -67,6 +78,7 @@ def host_port(option: str, value: str) -> tuple[str, int]:
 
 
 async def run(args: argparse.Namespace, config: EtcdConfig) -> int:
+    from etcdlock.operator.leadership import ElectionSettings
     from etcdlock.operator.run import run_operator  # kopf is imported only by this command
     from etcdlock.operator.webhook import WebhookSettings
 
@@ -78,12 +90,16 @@ async def run(args: argparse.Namespace, config: EtcdConfig) -> int:
     if args.webhook != "off":
         host, port = host_port("--webhook", args.webhook)
         webhook = WebhookSettings(host, port, Path(args.webhook_cert_dir), args.webhook_configure)
+    election = None
+    if args.election != "off":
+        election = ElectionSettings(name=args.election, ttl=args.leader_ttl)
     await run_operator(
         config,
         namespaces=args.namespace,
-        liveness=args.liveness,
         kubeconfig=args.kubeconfig,
         metrics=metrics,
         webhook=webhook,
+        election=election,
+        exit_if_stuck=True,
     )
     return 0

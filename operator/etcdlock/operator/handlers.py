@@ -17,7 +17,7 @@ import kubernetes
 import urllib3
 from kubernetes.client.exceptions import ApiException
 
-from etcdlock.etcd import EtcdClient, EtcdConfig
+from etcdlock.etcd import EtcdClient, EtcdConfig, Fence
 from etcdlock.etcd.keys import Contender
 from etcdlock.operator.locks import InvalidSpec, LockSpec, error_status, servable_spec
 from etcdlock.operator.metrics import Metrics, QueueMetrics
@@ -95,10 +95,12 @@ def build_registry(
     kube: kubernetes.client.ApiClient,
     metrics: Metrics,
     webhook: WebhookSettings | None = None,
+    fence: Fence | None = None,
 ) -> kopf.OperatorRegistry:
     """A fresh registry with the operator's handlers (a fresh one per operator run, as kopf advises).
 
-    Without ``webhook`` no admission webhook is served (pods must then be gated some other way).
+    Without ``webhook`` no admission webhook is served (pods must then be gated some other way). With a
+    ``fence`` (this replica's leadership) every lock write made for pods is fenced on it.
     """
     registry = kopf.OperatorRegistry()
 
@@ -118,7 +120,7 @@ def build_registry(
         memo.kube = kube
         memo.metrics = metrics
         memo.mirrors = Mirrors()
-        memo.pods = PodHolds(memo.etcd, kube)
+        memo.pods = PodHolds(memo.etcd, kube, fence)
 
     @kopf.on.login(registry=registry)
     def login(**_: Any) -> kopf.ConnectionInfo:

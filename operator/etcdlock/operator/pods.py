@@ -22,7 +22,19 @@ import kubernetes
 import urllib3
 from kubernetes.client.exceptions import ApiException
 
-from etcdlock.etcd import EtcdClient, EtcdUnavailable, HolderInfo, LockLost, Semaphore, Session, SessionLost
+from etcdlock.etcd import (
+    EtcdClient,
+    EtcdUnavailable,
+    Fence,
+    Fenced,
+    HolderInfo,
+    LockLost,
+    Semaphore,
+    Session,
+    SessionLost,
+    keys,
+)
+from etcdlock.etcd.client import create_revision_is, delete_op
 from etcdlock.etcd.queue import Queue
 from etcdlock.operator.locks import InvalidSpec, LockSpec, servable_spec
 from etcdlock.operator.names import (
@@ -150,6 +162,7 @@ class PodHold:
         api: PodApi,
         changes: LockChanges,
         turn: asyncio.Lock,
+        fence: Fence | None,
         pod: Pod,
         *,
         adopt: bool = True,
@@ -163,6 +176,8 @@ class PodHold:
         self._api = api
         self._changes = changes
         self._turn = turn
+        self._fence = fence
+        self._key: bytes | None = None
         self._written: dict[str, str | None] = {k: v for k, v in _annotations(pod).items()}
         lease = self._written.get(LEASE_ANNOTATION) if adopt else None
         self._lease = _parse_lease(lease)
@@ -181,9 +196,10 @@ class PodHold:
         self._task.cancel()
         await asyncio.gather(self._task, return_exceptions=True)
         if self._session is not None:
-            await self._session.close()
-        elif self._lease is not None:
-            await _revoke_quietly(self._etcd, self._lease)
+            await self._session.orphan()
+        if self._lease is not None and not await give_back(self._etcd, self._fence, self._lease, self._key):
+            log.info("pod %s/%s: not released here: this replica no longer leads", *self.ref)
+            return
         if not write:
             return
         was = "released the lock" if self.held else "left the queue"
@@ -211,12 +227,17 @@ class PodHold:
                 semaphore = await self._acquire(lock, session)
                 if semaphore is None and (self._stopping or self.held):
                     return
-            await self._granted(semaphore)
+            if not await self._granted(semaphore):
+                return
             reason = await semaphore.wait_lost()
             if not self._stopping:
                 await self._lost(f"lost {self.lock_name}: {reason}")
         except asyncio.CancelledError:
             raise
+        except Fenced:
+            log.info("pod %s/%s: this replica no longer leads; the next leader takes over", *self.ref)
+            if self._session is not None:
+                await self._session.orphan()
         except Exception:
             log.exception("pod %s/%s: the lock flow failed", *self.ref)
             message = "internal error, see the operator log"
@@ -260,8 +281,7 @@ class PodHold:
             if self.held:
                 await self._lost(f"lost {self.lock_name} while the operator was away: {session.lost_reason}")
                 return None
-            await session.close()
-            self._session = self._lease = None
+            await self._drop_session()
 
     async def _acquire(self, lock: LockSpec, session: Session) -> Semaphore | None:
         """Wait in the queue until a permit is held; None if the place in the queue was lost."""
@@ -277,8 +297,7 @@ class PodHold:
         except (LockLost, SessionLost, EtcdUnavailable) as exc:
             if self._stopping:
                 return None
-            await session.close()
-            self._session = self._lease = None
+            await self._drop_session()
             if self.held:
                 await self._lost(f"lost {self.lock_name} while the operator was away: {exc}")
             else:
@@ -286,8 +305,26 @@ class PodHold:
                 await asyncio.sleep(_RETRY_DELAY)
             return None
 
-    async def _granted(self, semaphore: Semaphore) -> None:
-        """The pod holds a permit: say so on the pod and remove the gate, in one write."""
+    async def _drop_session(self) -> None:
+        """Give back a lease whose place in the queue is lost, before queueing under a new one."""
+        if self._session is not None:
+            await self._session.orphan()
+        if self._lease is not None:
+            await give_back(self._etcd, self._fence, self._lease, self._key)
+        self._session = self._lease = self._key = None
+
+    async def _granted(self, semaphore: Semaphore) -> bool:
+        """The pod holds a permit: say so on the pod and remove the gate, in one write.
+
+        Under a fence (high availability) etcd first confirms, in one read, that this replica still leads
+        and the pod's key is still there: a replica deposed while it waited never ungates a pod. False if
+        the key is already gone.
+        """
+        if self._fence is not None:
+            still = [create_revision_is(semaphore.key.encode(), semaphore.token)]
+            if not (await self._etcd.guarded_txn(self._fence.compares(), still, [])).succeeded:
+                await self._lost(f"lost {self.lock_name} before the pod could start")
+                return False
         token = str(semaphore.token)
         self.held = True
         message = f"holds {self.lock_name} (fencing token {token}, etcd key {semaphore.key})"
@@ -295,6 +332,7 @@ class PodHold:
         if self._written.get(TOKEN_ANNOTATION) != token or is_gated(self.pod):
             kopf.info(self.pod, reason="Acquired", message=message)
         await self._write(annotations, ungate=True)
+        return True
 
     async def _open_session(self, lock: LockSpec) -> Session | None:
         """Adopt the lease named on the pod, or grant one and record it there before queueing under it."""
@@ -302,19 +340,23 @@ class PodHold:
             try:
                 if self._lease is not None:
                     try:
-                        adopted = Session(self._etcd, lock.ttl_seconds, lease_id=self._lease)
+                        adopted = Session(
+                            self._etcd, lock.ttl_seconds, lease_id=self._lease, fence=self._fence
+                        )
                         self._session = await adopted.start()
+                        self._key = keys.contender_key(lock.key, self._lease)
                         return self._session
                     except SessionLost as exc:
                         self._lease = None
                         if self.held:
                             await self._lost(f"lost {self.lock_name} while the operator was away: {exc}")
                             return None
-                self._session = await Session(self._etcd, lock.ttl_seconds).start()
+                self._session = await Session(self._etcd, lock.ttl_seconds, fence=self._fence).start()
                 self._lease = self._session.lease_id
                 if not await self._write({LEASE_ANNOTATION: format(self._lease, "x")}):
-                    await self._session.close()
+                    await self._session.close()  # a lease for a pod that is gone: no key under it yet
                     return None
+                self._key = keys.contender_key(lock.key, self._lease)
                 return self._session
             except EtcdUnavailable as exc:
                 log.warning("pod %s/%s: etcd unavailable (%s); retrying", *self.ref, exc)
@@ -338,8 +380,11 @@ class PodHold:
 class PodHolds:
     """Every annotated pod's :class:`PodHold`, started, updated and stopped from the pods' watch events."""
 
-    def __init__(self, etcd: EtcdClient, kube: kubernetes.client.ApiClient) -> None:
+    def __init__(
+        self, etcd: EtcdClient, kube: kubernetes.client.ApiClient, fence: Fence | None = None
+    ) -> None:
         self._etcd = etcd
+        self._fence = fence
         self._api = PodApi(kube)
         self.changes = LockChanges()
         self._holds: dict[Ref, PodHold] = {}
@@ -392,7 +437,7 @@ class PodHolds:
     def _hold(self, pod: Pod, *, adopt: bool) -> PodHold:
         namespace, _ = pod_ref(pod)
         turn = self._turns.setdefault((namespace, _annotations(pod)[LOCK_ANNOTATION]), asyncio.Lock())
-        return PodHold(self._etcd, self._api, self.changes, turn, pod, adopt=adopt)
+        return PodHold(self._etcd, self._api, self.changes, turn, self._fence, pod, adopt=adopt)
 
     def lock_deleted(self, namespace: str, name: str) -> None:
         """Release the pods that hold the lock; the pods that wait for it go back to waiting for it."""
@@ -431,8 +476,8 @@ class PodHolds:
 
     async def _release_leftover(self, pod: Pod, reason: str) -> None:
         lease = _parse_lease(_annotations(pod).get(LEASE_ANNOTATION))
-        if lease is not None:
-            await _revoke_quietly(self._etcd, lease)
+        if lease is not None and not await give_back(self._etcd, self._fence, lease, None):
+            return
         message = f"released: {reason}"
         kopf.info(pod, reason="Released", message=message)
         await self._api.annotate(pod_ref(pod), {STATE_ANNOTATION: RELEASED, MESSAGE_ANNOTATION: message})
@@ -445,8 +490,20 @@ def _parse_lease(value: str | None) -> int | None:
         return None
 
 
-async def _revoke_quietly(etcd: EtcdClient, lease: int) -> None:
-    """Revoke a lease this process does not renew; if etcd cannot be reached it expires after its TTL."""
-    with contextlib.suppress(EtcdUnavailable, TimeoutError):
+async def give_back(etcd: EtcdClient, fence: Fence | None, lease: int, key: bytes | None) -> bool:
+    """Revoke a pod's lease (the pod leaves the queue or gives its permit back); False if fenced off.
+
+    Lease revocation cannot be part of a transaction, so under a fence the pod's key is deleted first in
+    a fenced transaction (the revocation that follows then guards nothing), or, when the key is not known,
+    the fence is checked just before revoking. If etcd cannot be reached the lease expires after its TTL.
+    """
+    try:
         async with asyncio.timeout(etcd.config.request_timeout):
+            if fence is not None:
+                await etcd.guarded_txn(fence.compares(), [], [delete_op(key)] if key else [])
             await etcd.revoke(lease)
+    except Fenced:
+        return False
+    except (EtcdUnavailable, TimeoutError) as exc:
+        log.warning("lease %x not revoked (it expires by itself): %s", lease, exc)
+    return True

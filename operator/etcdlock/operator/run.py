@@ -1,26 +1,43 @@
 """Run the operator: check that etcd and the CRD are there (clear errors), then run kopf embedded.
 
-Leader election between replicas is not here yet: run one replica.
+With an election (``etcdlock operator`` always has one) the replica campaigns first and runs kopf only
+while it leads (:mod:`etcdlock.operator.leadership`). On SIGTERM a leader resigns before it stops kopf,
+so a standby takes over at once; the fence keeps the stopping kopf from changing lock state meanwhile.
+When leadership is lost, kopf is stopped at once and the replica campaigns again; if kopf does not stop
+within ``STOP_BOUND`` the process exits (``exit_if_stuck``), since a stuck old leader must not linger.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import os
+import signal
 import threading
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import kopf
 import kubernetes
 from aiohttp import web
 from kubernetes.client.exceptions import ApiException
 
-from etcdlock.etcd import EtcdClient, EtcdConfig, EtcdLockError
+from etcdlock.etcd import Election, EtcdClient, EtcdConfig, EtcdLockError, Fence, Session
 from etcdlock.operator.handlers import build_registry, kubernetes_api
+from etcdlock.operator.leadership import ElectionSettings, ReplicaStatus
 from etcdlock.operator.metrics import Metrics
 from etcdlock.operator.names import GROUP, LOCKS
 from etcdlock.operator.webhook import WebhookSettings
 
+log = logging.getLogger(__name__)
+
 CRD_NAME = f"{LOCKS}.{GROUP}"
+STOP_BOUND = 10.0
+_RETRY_DELAY = 1.0
+
+Flag = threading.Event | asyncio.Event
 
 
 async def preflight(
@@ -46,36 +63,206 @@ async def preflight(
     return api
 
 
+@dataclass
+class _Kopf:
+    """What one kopf run needs; ``run`` returns once kopf has stopped."""
+
+    etcd: EtcdConfig
+    api: kubernetes.client.ApiClient
+    metrics: Metrics
+    webhook: WebhookSettings | None
+    namespaces: Sequence[str]
+
+    def start(self, fence: Fence | None, stop: asyncio.Event, ready: asyncio.Event) -> asyncio.Task[None]:
+        running = kopf.operator(
+            registry=build_registry(self.etcd, self.api, self.metrics, self.webhook, fence),
+            standalone=True,
+            clusterwide=not self.namespaces,
+            namespaces=list(self.namespaces),
+            stop_flag=stop,
+            ready_flag=ready,
+        )
+        return asyncio.create_task(running, name="kopf")
+
+
 async def run_operator(
     etcd: EtcdConfig,
     namespaces: Sequence[str] = (),
-    liveness: str | None = None,
     kubeconfig: str | None = None,
     metrics: tuple[str, int] | None = None,
     webhook: WebhookSettings | None = None,
-    stop_flag: threading.Event | asyncio.Event | None = None,
-    ready_flag: threading.Event | asyncio.Event | None = None,
+    election: ElectionSettings | None = None,
+    stop_flag: Flag | None = None,
+    ready_flag: Flag | None = None,
+    exit_if_stuck: bool = False,
 ) -> None:
     """Run until stopped (SIGINT/SIGTERM in the main thread, or ``stop_flag``).
 
     ``kubeconfig`` names the cluster; without it the in-cluster service account is used. ``metrics``
-    (host, port) serves ``/metrics`` there; ``webhook`` serves the pod-gating admission webhook.
+    (host, port) serves ``/metrics``, ``/healthz`` and ``/readyz`` there; ``webhook`` serves the
+    pod-gating admission webhook. Without ``election`` this process simply runs kopf (one replica).
+    ``ready_flag`` is set each time this replica is leading with kopf running.
     """
     api = await preflight(etcd, kubeconfig, webhook)
     collected = Metrics()
-    runner = web.AppRunner(collected.app(), access_log=None)
+    replica = ReplicaStatus(collected)
+    app = collected.app()
+    replica.add_routes(app)
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
+    stop = asyncio.Event()
+    bridge = asyncio.create_task(_follow_flag(stop_flag, stop)) if stop_flag is not None else None
+    _on_signals(stop)
+    operator = _Kopf(etcd, api, collected, webhook, namespaces)
     try:
         if metrics is not None:
             await web.TCPSite(runner, *metrics).start()
-        await kopf.operator(
-            registry=build_registry(etcd, api, collected, webhook),
-            standalone=True,
-            clusterwide=not namespaces,
-            namespaces=list(namespaces),
-            liveness_endpoint=liveness,
-            stop_flag=stop_flag,
-            ready_flag=ready_flag,
-        )
+        if election is None:
+            replica.became_leader()
+            await _lead(operator, None, None, stop, replica, ready_flag, exit_if_stuck)
+        else:
+            await _campaign_and_lead(operator, etcd, election, stop, replica, ready_flag, exit_if_stuck)
     finally:
+        if bridge is not None:
+            bridge.cancel()
         await runner.cleanup()
+
+
+async def _campaign_and_lead(
+    operator: _Kopf,
+    etcd: EtcdConfig,
+    settings: ElectionSettings,
+    stop: asyncio.Event,
+    replica: ReplicaStatus,
+    ready_flag: Flag | None,
+    exit_if_stuck: bool,
+) -> None:
+    """Campaign, lead while elected, and campaign again after losing leadership, until stopped."""
+    async with EtcdClient(etcd) as client:
+        while not stop.is_set():
+            try:
+                async with Session(client, settings.ttl) as session:
+                    candidate = Election(session, settings.name)
+                    log.info("campaigning for %s as %s", settings.name, settings.identity)
+                    if not await _first(candidate.campaign(settings.identity), stop):
+                        return
+                    log.info("elected leader of %s (fencing token %s)", settings.name, candidate.token)
+                    replica.became_leader()
+                    if await _lead(operator, candidate, session, stop, replica, ready_flag, exit_if_stuck):
+                        return
+            except EtcdLockError as exc:
+                log.warning("campaign for %s interrupted: %s; campaigning again", settings.name, exc)
+                replica.stopped_leading("lost")
+                await _sleep_unless(stop, _RETRY_DELAY)
+
+
+async def _lead(
+    operator: _Kopf,
+    candidate: Election | None,
+    session: Session | None,
+    stop: asyncio.Event,
+    replica: ReplicaStatus,
+    ready_flag: Flag | None,
+    exit_if_stuck: bool,
+) -> bool:
+    """Run kopf while leading; True if the operator is to stop, False if leadership was lost."""
+    kopf_stop, kopf_ready = asyncio.Event(), asyncio.Event()
+    kopf_task = operator.start(candidate.fence() if candidate else None, kopf_stop, kopf_ready)
+    ready = asyncio.create_task(_when_ready(kopf_ready, stop, replica, ready_flag))
+    watched: list[asyncio.Future[Any]] = [kopf_task, asyncio.ensure_future(stop.wait())]
+    lost = asyncio.ensure_future(candidate.wait_lost()) if candidate else None
+    if lost is not None:
+        watched.append(lost)
+    try:
+        await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
+        if lost is not None and lost.done() and not stop.is_set():
+            log.error("leadership lost: %s; stopping kopf", lost.result())
+            replica.stopped_leading("lost")
+            kopf_stop.set()
+            await _bounded_stop(kopf_task, exit_if_stuck)
+            return False
+        if candidate is not None and session is not None:
+            await _resign(candidate)
+        replica.stopped_leading("resigned")
+        kopf_stop.set()
+        await _bounded_stop(kopf_task, exit_if_stuck)
+        failure = kopf_task.exception() if kopf_task.done() and not kopf_task.cancelled() else None
+        if failure is not None:
+            raise failure
+        return True
+    finally:
+        for task in (ready, *watched[1:]):
+            task.cancel()
+
+
+async def _when_ready(
+    kopf_ready: asyncio.Event, stop: asyncio.Event, replica: ReplicaStatus, ready_flag: Flag | None
+) -> None:
+    """kopf is up: report ready, and take SIGTERM back from kopf (which installed its own handlers), so
+    that a leader resigns before it stops."""
+    await kopf_ready.wait()
+    replica.ready = True
+    _on_signals(stop)
+    if ready_flag is not None:
+        ready_flag.set()
+
+
+async def _resign(candidate: Election) -> None:
+    """Hand leadership over now (a standby is elected in one round trip); best effort, bounded."""
+    try:
+        async with asyncio.timeout(candidate.session.client.config.request_timeout):
+            await candidate.resign()
+        log.info("resigned leadership of %s", candidate.name)
+    except (EtcdLockError, TimeoutError) as exc:
+        log.warning("could not resign (the lease expires by itself): %s", exc)
+
+
+async def _bounded_stop(kopf_task: asyncio.Task[None], exit_if_stuck: bool) -> None:
+    done, _ = await asyncio.wait([kopf_task], timeout=STOP_BOUND)
+    if done:
+        return
+    if exit_if_stuck:
+        log.critical("kopf did not stop within %ss after leadership ended; exiting", STOP_BOUND)
+        logging.shutdown()
+        os._exit(70)
+    kopf_task.cancel()
+    raise EtcdLockError(f"kopf did not stop within {STOP_BOUND}s after leadership ended")
+
+
+async def _first(campaign: Awaitable[object], stop: asyncio.Event) -> bool:
+    """Await the campaign unless ``stop`` is set first (the campaign is then cancelled: no key is left)."""
+    won = asyncio.ensure_future(campaign)
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait([won, stopping], return_when=asyncio.FIRST_COMPLETED)
+        if won.done():
+            won.result()
+            return True
+        return False
+    finally:
+        for task in (won, stopping):
+            task.cancel()
+        await asyncio.gather(won, stopping, return_exceptions=True)
+
+
+async def _follow_flag(flag: Flag, stop: asyncio.Event) -> None:
+    """Set ``stop`` when an outside flag is set (a threading.Event is polled: it has no awaitable)."""
+    if isinstance(flag, asyncio.Event):
+        await flag.wait()
+    else:
+        # A threading.Event cannot be awaited; polling it is cheap and bounded.
+        while not flag.is_set():  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+    stop.set()
+
+
+def _on_signals(stop: asyncio.Event) -> None:
+    if threading.current_thread() is threading.main_thread():
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+
+
+async def _sleep_unless(stop: asyncio.Event, delay: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), delay)

@@ -2,18 +2,14 @@
 
 The operator runs as its own process (the real CLI), against the sandbox's API and etcd, serving its
 webhook on loopback with certificates made here and registering the webhook itself
-(``--webhook-configure``). It is ready once its liveness endpoint answers and the webhook is registered,
+(``--webhook-configure``). It is ready once it leads (``/readyz``) and the webhook is registered,
 so pods created from then on are gated. Its log is ``DIR/operator.log``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import signal
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 from types import TracebackType
 
@@ -22,7 +18,7 @@ import yaml
 
 from etcdlock.operator.names import WEBHOOK_CONFIGURATION
 from etcdlock.sandbox.certs import write_webhook_certs
-from etcdlock.sandbox.etcd import free_port
+from etcdlock.sandbox.replicas import OperatorProcess
 
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 15.0
@@ -40,7 +36,7 @@ class InstalledOperator:
         self._kubeconfig = kubeconfig
         self._etcd = etcd_endpoints
         self._crds = crds
-        self._process: subprocess.Popen[bytes] | None = None
+        self._replica: OperatorProcess | None = None
         self.metrics_url = ""
 
     async def __aenter__(self) -> InstalledOperator:
@@ -56,35 +52,13 @@ class InstalledOperator:
         api = kubernetes.config.new_client_from_config(config_file=str(self._kubeconfig))
         self._install_crds(api)
         certs = write_webhook_certs(self._directory / "webhook")
-        webhook_port, metrics_port, liveness_port = free_port(), free_port(), free_port()
-        self.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
-        liveness = f"http://127.0.0.1:{liveness_port}/healthz"
         log_path = self._directory / "operator.log"
-        command = [
-            sys.executable,
-            "-m",
-            "etcdlock",
-            "operator",
-            "--etcd-endpoints",
-            self._etcd,
-            "--kubeconfig",
-            str(self._kubeconfig),
-            "--metrics",
-            f"127.0.0.1:{metrics_port}",
-            "--liveness",
-            liveness,
-            "--webhook",
-            f"127.0.0.1:{webhook_port}",
-            "--webhook-cert-dir",
-            str(certs),
-            "--webhook-configure",
-        ]
-        with log_path.open("ab") as log:
-            self._process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        self._replica = OperatorProcess(self._etcd, self._kubeconfig, certs, log_path).start()
+        self.metrics_url = f"{self._replica.url}/metrics"
         (self._directory / "metrics-url").write_text(self.metrics_url)
         deadline = time.monotonic() + START_TIMEOUT
-        while not (_answers(liveness) and _webhook_registered(api, webhook_port)):
-            if self._process.poll() is not None:
+        while not (self._replica.ready() and _webhook_registered(api, self._replica.webhook_port)):
+            if not self._replica.running():
                 raise OperatorError(f"the operator exited during start-up: see {log_path}")
             if time.monotonic() > deadline:
                 self._stop()
@@ -99,23 +73,8 @@ class InstalledOperator:
                     extensions.create_custom_resource_definition(document)
 
     def _stop(self) -> None:
-        process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as response:
-            return bool(response.status == 200)
-    except OSError:
-        return False
+        if self._replica is not None:
+            self._replica.stop(STOP_TIMEOUT)
 
 
 def _webhook_registered(api: kubernetes.client.ApiClient, port: int) -> bool:

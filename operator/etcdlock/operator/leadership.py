@@ -1,0 +1,81 @@
+"""Leader election between operator replicas, through the same etcd election etcdlock offers everyone.
+
+Every replica campaigns for one election name under a session of its own (TTL ``ttl``); candidates queue
+in order, each watching only its predecessor, so a resignation hands over in one round trip and a crash
+within the TTL. The leader runs kopf; standbys wait and answer ``/healthz`` (but not ``/readyz``, so the
+webhook Service reaches only the leader). Leadership is lost when the session is lost (no renewal
+acknowledged for a TTL: that local deadline passes before etcd expires the lease, so the old leader
+knows first) or the leader key is deleted; the replica then stops kopf at once. The leader key's create
+revision is the fence on every lock write the leader makes for pods.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+
+from aiohttp import web
+from prometheus_client import Counter, Gauge
+
+from etcdlock.operator.metrics import Metrics
+
+DEFAULT_ELECTION = "/etcdlock/operator/leader"
+DEFAULT_TTL = 5
+
+
+def _identity() -> str:
+    return f"{socket.gethostname()}/{os.getpid()}"
+
+
+@dataclass(frozen=True)
+class ElectionSettings:
+    """Which election the replicas share, their session TTL, and this replica's name in it."""
+
+    name: str = DEFAULT_ELECTION
+    ttl: int = DEFAULT_TTL
+    identity: str = field(default_factory=_identity)
+
+
+class ReplicaStatus:
+    """What this replica is doing, for the probes and the metrics."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.leading = False
+        self.ready = False
+        self.leader_gauge = Gauge(
+            "etcdlock_operator_leader",
+            "1 while this replica is the elected leader",
+            registry=metrics.registry,
+        )
+        self.transitions = Counter(
+            "etcdlock_operator_leadership_transitions",
+            "Times this replica became leader (acquired) or stopped leading (lost, resigned)",
+            ["transition"],
+            registry=metrics.registry,
+        )
+
+    def became_leader(self) -> None:
+        self.leading = True
+        self.leader_gauge.set(1)
+        self.transitions.labels("acquired").inc()
+
+    def stopped_leading(self, transition: str) -> None:
+        if self.leading:
+            self.transitions.labels(transition).inc()
+        self.leading = self.ready = False
+        self.leader_gauge.set(0)
+
+    def add_routes(self, app: web.Application) -> None:
+        """``/healthz``: the process answers. ``/readyz``: this replica leads and kopf is running."""
+
+        async def healthz(_: web.Request) -> web.Response:
+            return web.Response(text="ok\n")
+
+        async def readyz(_: web.Request) -> web.Response:
+            if self.ready:
+                return web.Response(text="leader\n")
+            return web.Response(status=503, text="leader, starting\n" if self.leading else "standby\n")
+
+        app.router.add_get("/healthz", healthz)
+        app.router.add_get("/readyz", readyz)
