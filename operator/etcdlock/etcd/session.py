@@ -161,12 +161,17 @@ class Session:
             self._lost.set()
 
     def _lose(self, reason: str) -> None:
-        """The lease can no longer be trusted: tell everyone, then revoke it so its keys go now."""
+        """The lease can no longer be trusted: tell everyone, then revoke it so its keys go now.
+
+        A fenced session does not revoke: its owner may have been deposed meanwhile, and the lease
+        adopted by the next leader, for whom it still holds.
+        """
         if self._lost.is_set():
             return
         log.warning("session %x lost: %s", self.lease_id, reason)
         self._mark_lost(reason)
-        self.spawn(self._revoke_quietly(), name=f"revoke-{self.lease_id:x}")
+        if self.fence is None:
+            self.spawn(self._revoke_quietly(), name=f"revoke-{self.lease_id:x}")
 
     async def _revoke_quietly(self) -> None:
         with contextlib.suppress(EtcdUnavailable, TimeoutError):

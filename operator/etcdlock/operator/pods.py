@@ -363,6 +363,11 @@ class PodHold:
                 await asyncio.sleep(_RETRY_DELAY)
 
     async def _lost(self, message: str) -> None:
+        """Tell the pod it lost the lock, unless this replica was deposed (then it is not for it to say:
+        the next leader may hold the very same lease for the pod)."""
+        if not await still_leads(self._etcd, self._fence):
+            log.info("pod %s/%s: %s; left to the leader", *self.ref, message)
+            return
         kopf.warn(self.pod, reason="LockLost", message=message)
         await self._write({STATE_ANNOTATION: ERROR, MESSAGE_ANNOTATION: message})
 
@@ -409,18 +414,22 @@ class PodHolds:
         annotations = _annotations(pod)
         wanted = annotations.get(LOCK_ANNOTATION)
         phase = (pod.get("status") or {}).get("phase")
+        state = annotations.get(STATE_ANNOTATION)
         if hold is not None:
             hold.seen(pod)
             if not wanted or wanted != hold.lock_name:
                 self._stop(hold, f"the {LOCK_ANNOTATION} annotation changed", write=True)
             elif phase in FINISHED:
                 self._stop(hold, f"the pod {phase.lower()}", write=True)
-            elif not hold.held and not is_gated(pod):
+            elif not hold.held and not is_gated(pod) and state != HELD:
                 self._stop(hold, "the scheduling gate was removed by someone else", write=False)
                 self._released.add(uid)
                 self._spawn(self._not_gated(pod))
+            elif not hold.held and state == HELD:
+                # Granted by a newer leader while this replica was paused: not ours to touch any more.
+                del self._holds[ref]
+                self._spawn(hold.abandon())
             return
-        state = annotations.get(STATE_ANNOTATION)
         if state in (WAITING, HELD) and (not wanted or phase in FINISHED):
             self._released.add(uid)
             why = "the pod finished or left the lock while the operator was away"
@@ -467,6 +476,8 @@ class PodHolds:
         task.add_done_callback(self._background.discard)
 
     async def _not_gated(self, pod: Pod) -> None:
+        if not await still_leads(self._etcd, self._fence):
+            return
         message = (
             f"the pod was not held back by the {SCHEDULING_GATE} scheduling gate (is the etcdlock webhook "
             "installed?): mutual exclusion is not enforced for it"
@@ -488,6 +499,18 @@ def _parse_lease(value: str | None) -> int | None:
         return int(value, 16) if value else None
     except ValueError:
         return None
+
+
+async def still_leads(etcd: EtcdClient, fence: Fence | None) -> bool:
+    """True unless the fence says this replica was deposed (or etcd cannot confirm it still leads): a
+    deposed replica leaves pod annotations to the leader."""
+    if fence is None:
+        return True
+    try:
+        await etcd.guarded_txn(fence.compares(), [], [])
+    except (Fenced, EtcdUnavailable):
+        return False
+    return True
 
 
 async def give_back(etcd: EtcdClient, fence: Fence | None, lease: int, key: bytes | None) -> bool:

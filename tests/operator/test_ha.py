@@ -1,0 +1,235 @@
+"""Three operator replicas elect one leader through etcd; the pod queue survives every way of losing it.
+
+Replicas are real ``etcdlock operator`` processes (SIGKILL, SIGTERM and SIGSTOP are real signals), each
+registering the webhook for itself when it leads. A :class:`PodWatch` sees every pod change, so "never
+two pods running at once" is checked on the whole history. Failover speed is measured by ``make bench``;
+here every wait is bounded generously (the TTL plus a margin), and what is checked is that leadership
+moved and that the queue kept its order.
+"""
+
+from __future__ import annotations
+
+import signal
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import kubernetes
+import pytest
+from kubernetes.client import ApiClient
+from operator_support import BOUND, create_lock, events_of, eventually
+from test_pods import PodWatch, create_pod, finish, gated, held, note, read_pod
+
+from etcdlock.operator.names import STATE_ANNOTATION, WEBHOOK_CONFIGURATION
+from etcdlock.sandbox.etcd import LocalEtcd
+from etcdlock.sandbox.replicas import OperatorProcess
+
+TTL = 3
+FAILOVER_BOUND = TTL + 10.0
+
+
+class Replicas:
+    """Three replicas of the operator sharing one election, watching one namespace."""
+
+    def __init__(self, etcd: LocalEtcd, kubeconfig: Path, certs: Path, namespace: str, logs: Path) -> None:
+        self.all = [
+            OperatorProcess(
+                etcd.endpoint_list,
+                kubeconfig,
+                certs,
+                logs / f"replica-{i}.log",
+                namespaces=(namespace,),
+                election=f"/etcdlock/test/{namespace}/leader",
+                leader_ttl=TTL,
+            )
+            for i in range(3)
+        ]
+
+    def start(self) -> Replicas:
+        for replica in self.all:
+            replica.start()
+        for replica in self.all:
+            replica.wait("healthy", BOUND)
+        return self
+
+    def leaders(self) -> list[OperatorProcess]:
+        return [r for r in self.all if r.running() and r.ready()]
+
+    def leader(self, bound: float = BOUND, other_than: OperatorProcess | None = None) -> OperatorProcess:
+        """The one ready replica (waits until there is exactly one, other than ``other_than``)."""
+        found = eventually(
+            self.leaders,
+            lambda ready: len(ready) == 1 and ready[0] is not other_than,
+            "exactly one ready replica",
+            bound,
+        )
+        return found[0]
+
+    def stop(self) -> None:
+        for replica in self.all:
+            replica.stop()
+
+
+@pytest.fixture
+def replicas(
+    etcd: LocalEtcd, kubeconfig: Path, webhook_certs: Path, namespace: str, api: ApiClient, tmp_path: Path
+) -> Iterator[Replicas]:
+    running = Replicas(etcd, kubeconfig, webhook_certs, namespace, tmp_path).start()
+    try:
+        yield running
+    finally:
+        running.stop()
+        registrations = kubernetes.client.AdmissionregistrationV1Api(api)
+        try:
+            registrations.delete_mutating_webhook_configuration(WEBHOOK_CONFIGURATION)
+        except kubernetes.client.ApiException as exc:
+            if exc.status != 404:
+                raise
+    for replica in running.all:
+        assert "Traceback" not in replica.log_path.read_text(), replica.log_path.read_text()
+
+
+@pytest.fixture
+def pods(api: ApiClient, namespace: str) -> Iterator[PodWatch]:
+    with PodWatch(api, namespace) as watch:
+        yield watch
+
+
+def gauge(replica: OperatorProcess, name: str) -> float:
+    with urllib.request.urlopen(f"{replica.url}/metrics", timeout=5) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    raise AssertionError(f"{name} not in the metrics of {replica.url}")
+
+
+def queue_three(api: ApiClient, namespace: str, leader: OperatorProcess) -> list[str]:
+    """A lock and three pods: the first holds, two wait (webhook registered by ``leader``)."""
+    registrations = kubernetes.client.AdmissionregistrationV1Api(api)
+
+    def urls() -> list[str]:
+        try:
+            config = registrations.read_mutating_webhook_configuration(WEBHOOK_CONFIGURATION)
+        except kubernetes.client.ApiException as exc:
+            if exc.status == 404:
+                return []
+            raise
+        return [hook.client_config.url or "" for hook in config.webhooks or []]
+
+    eventually(urls, lambda found: any(f":{leader.webhook_port}/" in url for url in found), "the webhook")
+    create_lock(api, namespace, "ha", {"ttlSeconds": 30})
+    names = ["first", "second", "third"]
+    for name in names:
+        create_pod(api, namespace, name, "ha")
+    eventually(lambda: read_pod(api, namespace, "first"), held, "first holding")
+    for name in names[1:]:
+        assert gated(read_pod(api, namespace, name))
+    return names
+
+
+def test_three_replicas_elect_exactly_one_leader_and_serve_pods_in_turn(
+    replicas: Replicas, api: ApiClient, namespace: str, pods: PodWatch
+) -> None:
+    leader = replicas.leader()
+    for replica in replicas.all:
+        assert replica.healthy()
+        assert gauge(replica, "etcdlock_operator_leader") == (1 if replica is leader else 0)
+    names = queue_three(api, namespace, leader)
+    for name in names:
+        eventually(lambda n=name: read_pod(api, namespace, n), held, f"{name} holding")
+        finish(api, namespace, name)
+    eventually(
+        lambda: [r for r, _ in events_of(api, namespace, names[-1])],
+        lambda reasons: "Released" in reasons,
+        "the last release",
+    )
+    assert pods.ungated_order == names
+    assert pods.most_running == 1
+    for name in names:
+        acquired = [r for r, _ in events_of(api, namespace, name) if r == "Acquired"]
+        assert len(acquired) == 1, f"{name} was granted by more than one replica"
+    assert replicas.leaders() == [leader]
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGKILL, signal.SIGTERM], ids=["sigkill", "sigterm"])
+def test_a_standby_takes_over_and_the_queue_keeps_moving(
+    replicas: Replicas, api: ApiClient, namespace: str, pods: PodWatch, stop_signal: signal.Signals
+) -> None:
+    leader = replicas.leader()
+    names = queue_three(api, namespace, leader)
+    leader.signal(stop_signal)
+    successor = replicas.leader(FAILOVER_BOUND, other_than=leader)
+    assert gauge(successor, "etcdlock_operator_leader") == 1
+    assert gauge(successor, 'etcdlock_operator_leadership_transitions_total{transition="acquired"}') == 1
+    for name in names:
+        eventually(lambda n=name: read_pod(api, namespace, n), held, f"{name} holding")
+        finish(api, namespace, name)
+    assert pods.ungated_order == names
+    assert pods.most_running == 1
+
+
+def test_a_paused_leader_is_fenced_and_steps_down(
+    replicas: Replicas, api: ApiClient, namespace: str, pods: PodWatch
+) -> None:
+    leader = replicas.leader()
+    names = queue_three(api, namespace, leader)
+    leader.signal(signal.SIGSTOP)
+    try:
+        successor = replicas.leader(FAILOVER_BOUND, other_than=leader)
+        finish(api, namespace, "first")
+        eventually(lambda: read_pod(api, namespace, "second"), held, "second holding under the new leader")
+    finally:
+        leader.signal(signal.SIGCONT)
+    eventually(
+        lambda: gauge(leader, "etcdlock_operator_leader"), lambda v: v == 0, "the old leader stepping down"
+    )
+    lost = 'etcdlock_operator_leadership_transitions_total{transition="lost"}'
+    assert gauge(leader, lost) == 1
+    assert leader.running() and leader.healthy(), "it stays as a standby"
+    assert replicas.leaders() == [successor]
+    second = read_pod(api, namespace, "second")
+    assert note(second, STATE_ANNOTATION) == "Held", events_of(api, namespace, "second")
+    assert all(reason != "NotGated" for reason, _ in events_of(api, namespace, "second"))
+    assert gated(read_pod(api, namespace, "third"))
+    finish(api, namespace, "second")
+    eventually(lambda: read_pod(api, namespace, "third"), held, "third holding")
+    assert pods.ungated_order == names
+    assert pods.most_running == 1
+    assert (
+        "no longer leads" in leader.log_path.read_text() or "leadership lost" in leader.log_path.read_text()
+    )
+
+
+def test_replicas_ride_out_a_member_loss_stop_without_quorum_and_lead_again_after(
+    etcd_cluster: LocalEtcd,
+    kubeconfig: Path,
+    webhook_certs: Path,
+    namespace: str,
+    api: ApiClient,
+    tmp_path: Path,
+    pods: PodWatch,
+) -> None:
+    running = Replicas(etcd_cluster, kubeconfig, webhook_certs, namespace, tmp_path).start()
+    try:
+        names = queue_three(api, namespace, running.leader())
+        first, second = etcd_cluster.members[:2]
+        etcd_cluster.kill(first)
+        running.leader(FAILOVER_BOUND)
+        etcd_cluster.kill(second)
+        eventually(
+            running.leaders, lambda ready: ready == [], "every replica to stop leading", FAILOVER_BOUND
+        )
+        assert all(r.running() and r.healthy() for r in running.all), (
+            "without quorum replicas wait, not crash"
+        )
+        for member in (first, second):
+            etcd_cluster.start_member(member, wait=False)
+        etcd_cluster.wait_healthy([first, second])
+        running.leader(FAILOVER_BOUND * 2)
+        for name in names:
+            eventually(lambda n=name: read_pod(api, namespace, n), held, f"{name} holding")
+            finish(api, namespace, name)
+        assert pods.ungated_order == names
+        assert pods.most_running == 1
+    finally:
+        running.stop()
