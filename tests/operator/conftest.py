@@ -14,7 +14,7 @@ import yaml
 from kubernetes.client import ApiClient
 from operator_support import OperatorThread
 
-from etcdlock.operator.names import WEBHOOK_ID
+from etcdlock.operator.names import WEBHOOK_PATH
 from etcdlock.operator.webhook import WebhookSettings
 from etcdlock.sandbox.certs import write_webhook_certs
 from etcdlock.sandbox.etcd import LocalEtcd, free_port
@@ -68,7 +68,7 @@ def webhook(api: ApiClient, namespace: str, webhook_certs: Path) -> Iterator[Web
                 {
                     "name": "pod-gate.etcdlock.io",
                     "clientConfig": {
-                        "url": f"https://{settings.host}:{settings.port}/{WEBHOOK_ID}",
+                        "url": f"https://{settings.host}:{settings.port}{WEBHOOK_PATH}",
                         "caBundle": base64.b64encode((webhook_certs / "ca.crt").read_bytes()).decode(),
                     },
                     "rules": [

@@ -9,6 +9,7 @@ moved and that the queue kept its order.
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import urllib.request
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ from operator_support import BOUND, create_lock, events_of, eventually
 from test_pods import PodWatch, create_pod, finish, gated, held, note, read_pod
 
 from etcdlock.operator.names import STATE_ANNOTATION, WEBHOOK_CONFIGURATION
+from etcdlock.operator.webhook import WebhookSettings, register
 from etcdlock.sandbox.etcd import LocalEtcd
 from etcdlock.sandbox.replicas import OperatorProcess
 
@@ -103,8 +105,9 @@ def gauge(replica: OperatorProcess, name: str) -> float:
     raise AssertionError(f"{name} not in the metrics of {replica.url}")
 
 
-def queue_three(api: ApiClient, namespace: str, leader: OperatorProcess) -> list[str]:
-    """A lock and three pods: the first holds, two wait (webhook registered by ``leader``)."""
+def queue_three(api: ApiClient, namespace: str, replicas: Replicas) -> list[str]:
+    """A lock and three pods: the first holds, two wait (every replica serves the webhook; the one that
+    registered itself last is the one called)."""
     registrations = kubernetes.client.AdmissionregistrationV1Api(api)
 
     def urls() -> list[str]:
@@ -116,7 +119,8 @@ def queue_three(api: ApiClient, namespace: str, leader: OperatorProcess) -> list
             raise
         return [hook.client_config.url or "" for hook in config.webhooks or []]
 
-    eventually(urls, lambda found: any(f":{leader.webhook_port}/" in url for url in found), "the webhook")
+    ports = {f":{replica.webhook_port}/" for replica in replicas.all}
+    eventually(urls, lambda found: any(port in url for url in found for port in ports), "the webhook")
     create_lock(api, namespace, "ha", {"ttlSeconds": 30})
     names = ["first", "second", "third"]
     for name in names:
@@ -134,7 +138,7 @@ def test_three_replicas_elect_exactly_one_leader_and_serve_pods_in_turn(
     for replica in replicas.all:
         assert replica.healthy()
         assert gauge(replica, "etcdlock_operator_leader") == (1 if replica is leader else 0)
-    names = queue_three(api, namespace, leader)
+    names = queue_three(api, namespace, replicas)
     for name in names:
         eventually(lambda n=name: read_pod(api, namespace, n), held, f"{name} holding")
         finish(api, namespace, name)
@@ -156,7 +160,7 @@ def test_a_standby_takes_over_and_the_queue_keeps_moving(
     replicas: Replicas, api: ApiClient, namespace: str, pods: PodWatch, stop_signal: signal.Signals
 ) -> None:
     leader = replicas.leader()
-    names = queue_three(api, namespace, leader)
+    names = queue_three(api, namespace, replicas)
     leader.signal(stop_signal)
     successor = replicas.leader(FAILOVER_BOUND, other_than=leader)
     assert gauge(successor, "etcdlock_operator_leader") == 1
@@ -168,11 +172,30 @@ def test_a_standby_takes_over_and_the_queue_keeps_moving(
     assert pods.most_running == 1
 
 
+def test_pods_created_while_no_replica_leads_are_gated_by_a_standby(
+    replicas: Replicas, api: ApiClient, namespace: str, pods: PodWatch
+) -> None:
+    leader = replicas.leader()
+    names = queue_three(api, namespace, replicas)
+    standby = next(r for r in replicas.all if r is not leader)
+    settings = WebhookSettings("127.0.0.1", standby.webhook_port, standby.cert_dir)
+    asyncio.run(register(api, settings))  # as a Service would: the webhook reaches a live replica
+    leader.signal(signal.SIGKILL)
+    create_pod(api, namespace, "during-failover", "ha")
+    assert gated(read_pod(api, namespace, "during-failover")), "gated although nobody leads"
+    replicas.leader(FAILOVER_BOUND, other_than=leader)
+    for name in [*names, "during-failover"]:
+        eventually(lambda n=name: read_pod(api, namespace, n), held, f"{name} holding")
+        finish(api, namespace, name)
+    assert pods.ungated_order == [*names, "during-failover"]
+    assert pods.most_running == 1
+
+
 def test_a_paused_leader_is_fenced_and_steps_down(
     replicas: Replicas, api: ApiClient, namespace: str, pods: PodWatch
 ) -> None:
     leader = replicas.leader()
-    names = queue_three(api, namespace, leader)
+    names = queue_three(api, namespace, replicas)
     leader.signal(signal.SIGSTOP)
     try:
         successor = replicas.leader(FAILOVER_BOUND, other_than=leader)
@@ -211,7 +234,8 @@ def test_replicas_ride_out_a_member_loss_stop_without_quorum_and_lead_again_afte
 ) -> None:
     running = Replicas(etcd_cluster, kubeconfig, webhook_certs, namespace, tmp_path).start()
     try:
-        names = queue_three(api, namespace, running.leader())
+        running.leader()
+        names = queue_three(api, namespace, running)
         first, second = etcd_cluster.members[:2]
         etcd_cluster.kill(first)
         running.leader(FAILOVER_BOUND)

@@ -1,9 +1,9 @@
-"""The kopf handlers: thin wrappers around the lock status, the pod flow and the webhook.
+"""The kopf handlers: thin wrappers around the lock status and the pod flow.
 
 One startup handler owns every setting; one ``reconcile`` is reached from create, resume and spec
 updates; every lock gets one mirror task (:mod:`etcdlock.operator.mirror`) kept in the operator's memo.
-Every pod watch event goes to :class:`~etcdlock.operator.pods.PodHolds`; the mutating webhook adds the
-scheduling gate (:mod:`etcdlock.operator.webhook`).
+Every pod watch event goes to :class:`~etcdlock.operator.pods.PodHolds`. (The webhook that gates pods is
+not a kopf handler: every replica serves it, see :mod:`etcdlock.operator.webhook`.)
 """
 
 from __future__ import annotations
@@ -26,14 +26,10 @@ from etcdlock.operator.names import (
     ANNOTATION_PREFIX,
     FINALIZER,
     GROUP,
-    LOCK_ANNOTATION,
     LOCKS,
     VERSION,
-    WEBHOOK_CONFIGURATION,
-    WEBHOOK_ID,
 )
 from etcdlock.operator.pods import PodHolds
-from etcdlock.operator.webhook import WebhookSettings, add_gate
 
 log = logging.getLogger(__name__)
 
@@ -94,13 +90,11 @@ def build_registry(
     etcd: EtcdConfig,
     kube: kubernetes.client.ApiClient,
     metrics: Metrics,
-    webhook: WebhookSettings | None = None,
     fence: Fence | None = None,
 ) -> kopf.OperatorRegistry:
     """A fresh registry with the operator's handlers (a fresh one per operator run, as kopf advises).
 
-    Without ``webhook`` no admission webhook is served (pods must then be gated some other way). With a
-    ``fence`` (this replica's leadership) every lock write made for pods is fenced on it.
+    With a ``fence`` (this replica's leadership) every lock write made for pods is fenced on it.
     """
     registry = kopf.OperatorRegistry()
 
@@ -113,9 +107,6 @@ def build_registry(
         persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=ANNOTATION_PREFIX, v1=False)
         settings.posting.level = logging.INFO
         settings.posting.reporting_component = "etcdlock-operator"
-        if webhook is not None:
-            settings.admission.server = webhook.server()
-            settings.admission.managed = WEBHOOK_CONFIGURATION if webhook.configure else None
         memo.etcd = EtcdClient(etcd)
         memo.kube = kube
         memo.metrics = metrics
@@ -157,21 +148,6 @@ def build_registry(
     @kopf.on.event("", "v1", "pods", registry=registry)
     async def pod_event(event: kopf.RawEvent, body: kopf.Body, memo: Any, **_: Any) -> None:
         memo.pods.observe(event.get("type"), body)
-
-    if webhook is not None:
-
-        @kopf.on.mutate(
-            "",
-            "v1",
-            "pods",
-            id=WEBHOOK_ID,
-            operations=["CREATE"],
-            annotations={LOCK_ANNOTATION: kopf.PRESENT},
-            ignore_failures=True,
-            registry=registry,
-        )
-        def gate(spec: kopf.Spec, patch: kopf.Patch, **_: Any) -> None:
-            add_gate(spec, patch)
 
     return registry
 

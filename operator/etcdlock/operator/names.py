@@ -20,5 +20,5 @@ LEASE_ANNOTATION = f"{ANNOTATION_PREFIX}/lease"
 
 WAITING, HELD, RELEASED, ERROR = "Waiting", "Held", "Released", "Error"
 
-WEBHOOK_ID = "pod-gate"
+WEBHOOK_PATH = "/pod-gate"
 WEBHOOK_CONFIGURATION = "etcdlock.io"

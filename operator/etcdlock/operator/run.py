@@ -29,7 +29,7 @@ from etcdlock.operator.handlers import build_registry, kubernetes_api
 from etcdlock.operator.leadership import ElectionSettings, ReplicaStatus
 from etcdlock.operator.metrics import Metrics
 from etcdlock.operator.names import GROUP, LOCKS
-from etcdlock.operator.webhook import WebhookSettings
+from etcdlock.operator.webhook import WebhookServer, WebhookSettings, register
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ async def preflight(
 ) -> kubernetes.client.ApiClient:
     """One clear message if etcd, the Kubernetes API, the CRD or the webhook certificate is missing."""
     if webhook is not None:
-        webhook.server()
+        webhook.check()
     async with EtcdClient(etcd) as client:
         await client.range(b"/etcdlock/", limit=1)
     try:
@@ -70,12 +70,11 @@ class _Kopf:
     etcd: EtcdConfig
     api: kubernetes.client.ApiClient
     metrics: Metrics
-    webhook: WebhookSettings | None
     namespaces: Sequence[str]
 
     def start(self, fence: Fence | None, stop: asyncio.Event, ready: asyncio.Event) -> asyncio.Task[None]:
         running = kopf.operator(
-            registry=build_registry(self.etcd, self.api, self.metrics, self.webhook, fence),
+            registry=build_registry(self.etcd, self.api, self.metrics, fence),
             standalone=True,
             clusterwide=not self.namespaces,
             namespaces=list(self.namespaces),
@@ -113,19 +112,37 @@ async def run_operator(
     stop = asyncio.Event()
     bridge = asyncio.create_task(_follow_flag(stop_flag, stop)) if stop_flag is not None else None
     _on_signals(stop)
-    operator = _Kopf(etcd, api, collected, webhook, namespaces)
+    operator = _Kopf(etcd, api, collected, namespaces)
     try:
-        if metrics is not None:
-            await web.TCPSite(runner, *metrics).start()
-        if election is None:
-            replica.became_leader()
-            await _lead(operator, None, None, stop, replica, ready_flag, exit_if_stuck)
-        else:
-            await _campaign_and_lead(operator, etcd, election, stop, replica, ready_flag, exit_if_stuck)
+        async with contextlib.AsyncExitStack() as serving:
+            if webhook is not None:
+                await serving.enter_async_context(WebhookServer(webhook))
+                if webhook.configure:
+                    await register(api, webhook)
+            if metrics is not None:
+                await web.TCPSite(runner, *metrics).start()
+            await _run(operator, etcd, election, stop, replica, ready_flag, exit_if_stuck)
     finally:
         if bridge is not None:
             bridge.cancel()
         await runner.cleanup()
+
+
+async def _run(
+    operator: _Kopf,
+    etcd: EtcdConfig,
+    election: ElectionSettings | None,
+    stop: asyncio.Event,
+    replica: ReplicaStatus,
+    ready_flag: Flag | None,
+    exit_if_stuck: bool,
+) -> None:
+    """Run kopf: at once without an election, else whenever this replica is elected."""
+    if election is None:
+        replica.became_leader()
+        await _lead(operator, None, None, stop, replica, ready_flag, exit_if_stuck)
+    else:
+        await _campaign_and_lead(operator, etcd, election, stop, replica, ready_flag, exit_if_stuck)
 
 
 async def _campaign_and_lead(

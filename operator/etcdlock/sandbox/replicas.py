@@ -37,6 +37,7 @@ class OperatorProcess:
         self.webhook_port = webhook_port or free_port()
         self.http_port = free_port()
         self.log_path = log_path
+        self.cert_dir = cert_dir
         self.command = [
             sys.executable,
             "-m",

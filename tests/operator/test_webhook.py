@@ -1,0 +1,79 @@
+"""The pod-gating webhook on its own: the patch it answers with, and HTTPS with a renewable certificate."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import ssl
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from etcdlock.operator.names import SCHEDULING_GATE, WEBHOOK_PATH
+from etcdlock.operator.webhook import WebhookServer, WebhookSettings, gate_patch, review
+from etcdlock.sandbox.certs import write_webhook_certs
+from etcdlock.sandbox.etcd import free_port
+
+ANNOTATED = {"etcdlock.io/lock": "nightly"}
+
+
+def pod(annotations: dict[str, str] | None = None, gates: list[str] | None = None) -> dict[str, Any]:
+    spec: dict[str, Any] = {"containers": [{"name": "c", "image": "busybox"}]}
+    if gates is not None:
+        spec["schedulingGates"] = [{"name": gate} for gate in gates]
+    return {"metadata": {"name": "p", "annotations": annotations or {}}, "spec": spec}
+
+
+def test_only_annotated_pods_get_the_gate_and_only_once() -> None:
+    assert gate_patch(pod()) == []
+    assert gate_patch(pod(ANNOTATED)) == [
+        {"op": "add", "path": "/spec/schedulingGates", "value": [{"name": SCHEDULING_GATE}]}
+    ]
+    assert gate_patch(pod(ANNOTATED, ["example.com/other"])) == [
+        {"op": "add", "path": "/spec/schedulingGates/-", "value": {"name": SCHEDULING_GATE}}
+    ]
+    assert gate_patch(pod(ANNOTATED, [SCHEDULING_GATE])) == []
+
+
+def test_the_review_allows_everything_and_patches_annotated_creations() -> None:
+    request = {"uid": "u-1", "operation": "CREATE", "object": pod(ANNOTATED)}
+    answer = review({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": request})
+    response = answer["response"]
+    assert (answer["kind"], response["uid"], response["allowed"]) == ("AdmissionReview", "u-1", True)
+    assert response["patchType"] == "JSONPatch"
+    assert json.loads(base64.b64decode(response["patch"])) == gate_patch(pod(ANNOTATED))
+    update = review({"request": {"uid": "u-2", "operation": "UPDATE", "object": pod(ANNOTATED)}})
+    assert update["response"] == {"uid": "u-2", "allowed": True}
+
+
+async def post(port: int, ca: Path, body: Any) -> Any:
+    context = ssl.create_default_context(cafile=str(ca))
+    async with aiohttp.ClientSession() as session:
+        url = f"https://127.0.0.1:{port}{WEBHOOK_PATH}"
+        async with session.post(url, json=body, ssl=context) as reply:
+            assert reply.status == 200
+            return await reply.json()
+
+
+async def test_the_webhook_serves_https_and_picks_up_a_renewed_certificate(tmp_path: Path) -> None:
+    certs = write_webhook_certs(tmp_path / "certs")
+    first_ca = tmp_path / "first-ca.crt"
+    first_ca.write_bytes((certs / "ca.crt").read_bytes())
+    settings = WebhookSettings("127.0.0.1", free_port(), certs)
+    request = {"request": {"uid": "u", "operation": "CREATE", "object": pod(ANNOTATED)}}
+    async with WebhookServer(settings, reload_interval=0.05):
+        answer = await post(settings.port, first_ca, request)
+        assert answer["response"]["patchType"] == "JSONPatch"
+        write_webhook_certs(certs)  # renewed, by a new CA (as a rotated cert-manager issuer would)
+        async with asyncio.timeout(5):
+            while True:  # the server looks at the files on a timer: poll until the new one is served
+                try:
+                    assert (await post(settings.port, certs / "ca.crt", request))["response"]["allowed"]
+                    break
+                except aiohttp.ClientConnectorCertificateError:
+                    await asyncio.sleep(0.05)
+        with pytest.raises(aiohttp.ClientConnectorCertificateError):
+            await post(settings.port, first_ca, request)
