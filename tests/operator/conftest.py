@@ -3,7 +3,6 @@ certificates and MutatingWebhookConfiguration, and the operator itself (its real
 
 from __future__ import annotations
 
-import base64
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,8 +13,7 @@ import yaml
 from kubernetes.client import ApiClient
 from operator_support import OperatorThread
 
-from etcdlock.operator.names import WEBHOOK_PATH
-from etcdlock.operator.webhook import WebhookSettings
+from etcdlock.operator.webhook import WebhookSettings, configuration
 from etcdlock.sandbox.certs import write_webhook_certs
 from etcdlock.sandbox.etcd import LocalEtcd, free_port
 
@@ -61,32 +59,7 @@ def webhook(api: ApiClient, namespace: str, webhook_certs: Path) -> Iterator[Web
     settings = WebhookSettings("127.0.0.1", free_port(), webhook_certs)
     registrations = kubernetes.client.AdmissionregistrationV1Api(api)
     name = f"etcdlock-{namespace}"
-    registrations.create_mutating_webhook_configuration(
-        {
-            "metadata": {"name": name},
-            "webhooks": [
-                {
-                    "name": "pod-gate.etcdlock.io",
-                    "clientConfig": {
-                        "url": f"https://{settings.host}:{settings.port}{WEBHOOK_PATH}",
-                        "caBundle": base64.b64encode((webhook_certs / "ca.crt").read_bytes()).decode(),
-                    },
-                    "rules": [
-                        {
-                            "apiGroups": [""],
-                            "apiVersions": ["v1"],
-                            "resources": ["pods"],
-                            "operations": ["CREATE"],
-                        }
-                    ],
-                    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
-                    "failurePolicy": "Ignore",
-                    "sideEffects": "None",
-                    "admissionReviewVersions": ["v1"],
-                }
-            ],
-        }
-    )
+    registrations.create_mutating_webhook_configuration(configuration(settings, name, namespace))
     yield settings
     registrations.delete_mutating_webhook_configuration(name)
 

@@ -16,6 +16,7 @@ import kubernetes
 from kubernetes.client import ApiClient
 
 from etcdlock.etcd import EtcdConfig
+from etcdlock.operator.leadership import ElectionSettings
 from etcdlock.operator.run import run_operator
 from etcdlock.operator.webhook import WebhookSettings
 
@@ -83,12 +84,15 @@ class OperatorThread:
     def __init__(
         self,
         etcd_endpoints: str,
-        namespace: str,
+        namespace: str | None,
         kubeconfig: Path,
         metrics: tuple[str, int] | None = None,
         webhook: WebhookSettings | None = None,
+        election: ElectionSettings | None = None,
     ) -> None:
+        """``namespace`` None: the whole cluster, as the shipped Deployment runs it."""
         self._args = (etcd_endpoints, namespace, kubeconfig, metrics, webhook)
+        self._election = election
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._failures: list[BaseException] = []
@@ -99,10 +103,11 @@ class OperatorThread:
         try:
             running = run_operator(
                 EtcdConfig.parse(endpoints),
-                [namespace],
+                [namespace] if namespace else [],
                 kubeconfig=str(kubeconfig),
                 metrics=metrics,
                 webhook=webhook,
+                election=self._election,
                 stop_flag=self._stop,
                 ready_flag=self._ready,
             )

@@ -33,6 +33,8 @@ from etcdlock.operator.pods import PodHolds
 
 log = logging.getLogger(__name__)
 
+USER_AGENT = "etcdlock-operator"
+
 
 class Mirrors:
     """The running mirror task of every lock, by (namespace, name), with the spec it serves."""
@@ -62,10 +64,12 @@ def kubernetes_api(kubeconfig: str | None) -> kubernetes.client.ApiClient:
     """A client for the cluster: the kubeconfig file if given, else the in-cluster service account."""
     if kubeconfig:
         api: kubernetes.client.ApiClient = kubernetes.config.new_client_from_config(config_file=kubeconfig)
-        return api
-    configuration = kubernetes.client.Configuration()
-    kubernetes.config.load_incluster_config(client_configuration=configuration)
-    return kubernetes.client.ApiClient(configuration)
+    else:
+        configuration = kubernetes.client.Configuration()
+        kubernetes.config.load_incluster_config(client_configuration=configuration)
+        api = kubernetes.client.ApiClient(configuration)
+    api.user_agent = USER_AGENT
+    return api
 
 
 def connection_info(api: kubernetes.client.ApiClient) -> kopf.ConnectionInfo:

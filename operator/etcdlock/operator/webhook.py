@@ -162,28 +162,32 @@ class WebhookServer:
                 log.warning("webhook certificate in %s not reloaded: %s", self._settings.cert_dir, exc)
 
 
+def configuration(settings: WebhookSettings, name: str = WEBHOOK_CONFIGURATION, namespace: str = "") -> Any:
+    """A MutatingWebhookConfiguration sending pod creations to this process (in ``namespace`` only, if
+    given), as the shipped one sends them to the operator's Service."""
+    hook: dict[str, Any] = {
+        "name": f"pod-gate.{WEBHOOK_CONFIGURATION}",
+        "clientConfig": {"url": settings.url, "caBundle": base64.b64encode(settings.ca_bundle()).decode()},
+        "rules": [POD_CREATE],
+        "failurePolicy": "Ignore",
+        "sideEffects": "None",
+        "admissionReviewVersions": ["v1"],
+        "timeoutSeconds": 5,
+    }
+    if namespace:
+        hook["namespaceSelector"] = {"matchLabels": {"kubernetes.io/metadata.name": namespace}}
+    return {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": name},
+        "webhooks": [hook],
+    }
+
+
 async def register(api: kubernetes.client.ApiClient, settings: WebhookSettings) -> None:
     """Write the MutatingWebhookConfiguration that sends pod creations to this process (``configure``)."""
     registrations = kubernetes.client.AdmissionregistrationV1Api(api)
-    body: Any = {
-        "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "MutatingWebhookConfiguration",
-        "metadata": {"name": WEBHOOK_CONFIGURATION},
-        "webhooks": [
-            {
-                "name": f"pod-gate.{WEBHOOK_CONFIGURATION}",
-                "clientConfig": {
-                    "url": settings.url,
-                    "caBundle": base64.b64encode(settings.ca_bundle()).decode(),
-                },
-                "rules": [POD_CREATE],
-                "failurePolicy": "Ignore",
-                "sideEffects": "None",
-                "admissionReviewVersions": ["v1"],
-                "timeoutSeconds": 5,
-            }
-        ],
-    }
+    body = configuration(settings)
 
     def replace() -> None:
         registrations.patch_mutating_webhook_configuration(

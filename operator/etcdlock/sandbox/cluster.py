@@ -15,7 +15,7 @@ from types import TracebackType
 
 from etcdlock.etcd.client import EtcdClient, EtcdConfig
 from etcdlock.sandbox.apiserver.api import Api
-from etcdlock.sandbox.apiserver.server import ApiServer
+from etcdlock.sandbox.apiserver.server import ApiServer, AuditRecord
 from etcdlock.sandbox.apiserver.storage import Storage
 from etcdlock.sandbox.etcd import LocalEtcd
 from etcdlock.sandbox.kubelet import PodLifecycle
@@ -41,9 +41,10 @@ def kubeconfig(url: str, namespace: str = "default") -> dict[str, object]:
 class Sandbox:
     """etcd plus the API emulator; everything started is stopped by :meth:`stop`."""
 
-    def __init__(self, workdir: Path | None = None, port: int = 0) -> None:
+    def __init__(self, workdir: Path | None = None, port: int = 0, audit: bool = False) -> None:
         self._workdir = workdir
         self._port = port
+        self._audit = audit
         self.etcd: LocalEtcd | None = None
         self._client: EtcdClient | None = None
         self.api: Api | None = None
@@ -59,7 +60,7 @@ class Sandbox:
             await self._client.connect()
             self.api = Api(Storage(self._client))
             await self.api.start()
-            self._server = ApiServer(self.api)
+            self._server = ApiServer(self.api, audit=self._audit)
             self.url = await self._server.start(port=self._port)
             self._kubelet = asyncio.create_task(PodLifecycle(self.api).run(), name="sandbox-kubelet")
         except BaseException:
@@ -80,6 +81,13 @@ class Sandbox:
         if self.etcd is not None:
             await asyncio.to_thread(self.etcd.close)
         self._server = self.api = self._client = self.etcd = self._kubelet = None
+
+    @property
+    def audit(self) -> list[AuditRecord]:
+        """The resource requests recorded so far (started with ``audit=True``)."""
+        if self._server is None or self._server.audit is None:
+            raise RuntimeError("the sandbox was not started with audit=True")
+        return list(self._server.audit)
 
     def write_kubeconfig(self, path: Path, namespace: str = "default") -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -102,8 +110,8 @@ class SandboxThread:
     ``write_kubeconfig``; leaving the block stops the API and etcd and joins the thread.
     """
 
-    def __init__(self, workdir: Path | None = None) -> None:
-        self.sandbox = Sandbox(workdir)
+    def __init__(self, workdir: Path | None = None, audit: bool = False) -> None:
+        self.sandbox = Sandbox(workdir, audit=audit)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="sandbox", daemon=True)
 
@@ -118,6 +126,10 @@ class SandboxThread:
 
     def write_kubeconfig(self, path: Path, namespace: str = "default") -> Path:
         return self.sandbox.write_kubeconfig(path, namespace)
+
+    @property
+    def audit(self) -> list[AuditRecord]:
+        return self.sandbox.audit
 
     def __enter__(self) -> SandboxThread:
         self._thread.start()

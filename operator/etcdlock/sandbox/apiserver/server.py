@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -60,11 +61,28 @@ async def _status_errors(request: web.Request, handler: Any) -> web.StreamRespon
         return _json(exc.status(), exc.code)
 
 
-class ApiServer:
-    """An aiohttp application serving :class:`Api` the way kube-apiserver does."""
+@dataclass(frozen=True)
+class AuditRecord:
+    """One resource request, as kube-apiserver's audit log and RBAC see it."""
 
-    def __init__(self, api: Api) -> None:
+    user_agent: str
+    verb: str
+    group: str
+    resource: str
+    namespace: str | None
+    name: str | None
+
+
+class ApiServer:
+    """An aiohttp application serving :class:`Api` the way kube-apiserver does.
+
+    With ``audit`` every resource request is recorded in :attr:`audit` (for checking RBAC rules against
+    what a client really does).
+    """
+
+    def __init__(self, api: Api, audit: bool = False) -> None:
         self.api = api
+        self.audit: list[AuditRecord] | None = [] if audit else None
         self.app = web.Application(middlewares=[_status_errors], client_max_size=16 * 1024 * 1024)
         get = self.app.router.add_get
         for path in ("/healthz", "/livez", "/readyz"):
@@ -179,6 +197,8 @@ class ApiServer:
         name = parts[1] if len(parts) > 1 else None
         subresource = parts[2] if len(parts) > 2 else None
         rtype = self.api.resolve(group, version, plural)
+        if self.audit is not None:
+            self.audit.append(_audit(request, group, plural, subresource, namespace, name))
         if rtype.namespaced and name is not None and namespace is None:
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         if not rtype.namespaced and namespace is not None:
@@ -289,6 +309,28 @@ class ApiServer:
             raise
         await response.write_eof()
         return response
+
+
+def _audit(
+    request: web.Request,
+    group: str,
+    plural: str,
+    subresource: str | None,
+    namespace: str | None,
+    name: str | None,
+) -> AuditRecord:
+    """The RBAC verb of a request: get/list/watch/create/update/patch/delete/deletecollection."""
+    if request.method == "GET":
+        watching = request.query.get("watch") in ("1", "true", "True")
+        verb = "get" if name is not None else "watch" if watching else "list"
+    elif request.method == "DELETE":
+        verb = "delete" if name is not None else "deletecollection"
+    else:
+        verb = {"POST": "create", "PUT": "update", "PATCH": "patch"}.get(
+            request.method, request.method.lower()
+        )
+    resource = f"{plural}/{subresource}" if subresource else plural
+    return AuditRecord(request.headers.get("User-Agent", ""), verb, group, resource, namespace, name)
 
 
 def _protobuf_string(field: int, value: bytes) -> bytes:

@@ -1,0 +1,19 @@
+# etcdlock operator image: `docker build -t etcdlock .`; the entrypoint is `etcdlock operator`
+# (manifests/base/operator.yaml passes its flags as args).
+
+# Build stage: a wheel of the package and of every dependency.
+FROM python:3.11-slim AS build
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY operator ./operator
+RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+
+# Runtime stage: the wheels installed, no build tools, no root.
+FROM python:3.11-slim
+COPY --from=build /wheels /wheels
+RUN pip install --no-cache-dir --no-index --find-links=/wheels etcdlock && rm -rf /wheels \
+    && useradd --uid 65532 --user-group --no-create-home --shell /usr/sbin/nologin etcdlock
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 GRPC_VERBOSITY=ERROR
+USER 65532:65532
+EXPOSE 9090 9443
+ENTRYPOINT ["etcdlock", "operator"]

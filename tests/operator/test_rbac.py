@@ -1,0 +1,118 @@
+"""The ClusterRole in manifests/ is sufficient and minimal for what the operator really does.
+
+The operator runs as the Deployment runs it (whole cluster, leader election, webhook) against a sandbox
+that records every resource request with its user agent (the operator's kubernetes client and kopf).
+Each of the operator's flows is exercised; then every recorded call must be allowed by a rule, and every
+(group, resource, verb) a rule grants must have been used.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import kubernetes
+import pytest
+import yaml
+from kubernetes.client import ApiClient
+from operator_support import OperatorThread, create_lock, delete_lock, events_of, eventually
+from test_pods import create_pod, finish, held, note, read_pod
+
+from etcdlock.operator.handlers import USER_AGENT
+from etcdlock.operator.leadership import ElectionSettings
+from etcdlock.operator.names import STATE_ANNOTATION
+from etcdlock.operator.webhook import WebhookSettings, configuration
+from etcdlock.sandbox.apiserver.server import AuditRecord
+from etcdlock.sandbox.cluster import SandboxThread
+from etcdlock.sandbox.etcd import LocalEtcd, free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+Triple = tuple[str, str, str]
+
+
+@pytest.fixture(scope="module")
+def audited() -> Iterator[SandboxThread]:
+    with SandboxThread(audit=True) as sandbox:
+        yield sandbox
+
+
+def cluster_role_rules() -> list[dict[str, Any]]:
+    docs = yaml.safe_load_all((ROOT / "manifests" / "base" / "rbac.yaml").read_text())
+    (role,) = [d for d in docs if d and d["kind"] == "ClusterRole"]
+    return list(role["rules"])
+
+
+def granted(rules: list[dict[str, Any]]) -> set[Triple]:
+    return {
+        (group, resource, verb)
+        for rule in rules
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+
+
+def is_operator(record: AuditRecord) -> bool:
+    return record.user_agent.startswith((USER_AGENT, "kopf/"))
+
+
+def state(expected: str) -> Any:
+    return lambda pod: note(pod, STATE_ANNOTATION) == expected
+
+
+def exercise(api: ApiClient, namespace: str, loose: str) -> None:
+    """Every flow of the operator once: status, events, gating, release, deletion, invalid and missing."""
+    create_lock(api, namespace, "audited", {"ttlSeconds": 10})
+    for name in ("one", "two", "three"):
+        create_pod(api, namespace, name, "audited")
+    eventually(lambda: read_pod(api, namespace, "one"), held, "one holding")
+    finish(api, namespace, "one")
+    eventually(lambda: read_pod(api, namespace, "two"), held, "two holding")
+    kubernetes.client.CoreV1Api(api).delete_namespaced_pod("three", namespace)
+    create_lock(api, namespace, "elsewhere", {"clusterRef": {"name": "other"}})
+    eventually(lambda: events_of(api, namespace, "elsewhere"), bool, "the InvalidSpec event")
+    create_pod(api, namespace, "orphan", "missing")
+    eventually(
+        lambda: read_pod(api, namespace, "orphan"),
+        lambda p: note(p, STATE_ANNOTATION) == "Waiting",
+        "waiting",
+    )
+    create_pod(api, loose, "ungated", "audited")
+    eventually(
+        lambda: read_pod(api, loose, "ungated"), lambda p: note(p, STATE_ANNOTATION) == "Error", "flag"
+    )
+    delete_lock(api, namespace, "audited")
+    eventually(lambda: read_pod(api, namespace, "two"), state("Released"), "two released")
+
+
+def test_the_cluster_role_allows_every_call_of_the_operator_and_grants_nothing_unused(
+    audited: SandboxThread, etcd: LocalEtcd, webhook_certs: Path, tmp_path: Path
+) -> None:
+    kubeconfig = audited.write_kubeconfig(tmp_path / "kubeconfig")
+    api = kubernetes.config.new_client_from_config(config_file=str(kubeconfig))
+    crd = yaml.safe_load((ROOT / "crds" / "distributedlock.yaml").read_text())
+    kubernetes.client.ApiextensionsV1Api(api).create_custom_resource_definition(crd)
+    namespace, loose = f"rbac-{uuid.uuid4().hex[:6]}", f"loose-{uuid.uuid4().hex[:6]}"
+    core = kubernetes.client.CoreV1Api(api)
+    for name in (namespace, loose):
+        core.create_namespace({"metadata": {"name": name}})
+    webhook = WebhookSettings("127.0.0.1", free_port(), webhook_certs)
+    registrations = kubernetes.client.AdmissionregistrationV1Api(api)
+    registrations.create_mutating_webhook_configuration(
+        configuration(webhook, f"etcdlock-{namespace}", namespace)
+    )
+    election = ElectionSettings(name=f"/etcdlock/test/{namespace}/leader", ttl=5)
+    running = OperatorThread(etcd.endpoint_list, None, kubeconfig, webhook=webhook, election=election).start()
+    try:
+        exercise(api, namespace, loose)
+    finally:
+        running.stop()
+    calls = [r for r in audited.audit if is_operator(r)]
+    assert calls, "the operator's requests were recorded"
+    used = {(r.group, r.resource, r.verb) for r in calls}
+    rules = cluster_role_rules()
+    allowed = granted(rules)
+    assert used - allowed == set(), "calls the ClusterRole does not allow"
+    assert allowed - used == set(), "permissions the operator never used"
