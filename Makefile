@@ -25,6 +25,7 @@ test: lint
 
 bench: $(STAMP)
 	$(BIN)/python bench/locks.py
+	$(BIN)/python bench/failover.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

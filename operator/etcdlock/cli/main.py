@@ -115,10 +115,12 @@ def run(argv: Sequence[str]) -> int:
         return _fail(f"{exc} (see etcdlock --help)", EXIT_ERROR)
     except EtcdLockError as exc:
         return _fail(str(exc), EXIT_ERROR)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING,
-        format="etcdlock: %(levelname)s %(name)s: %(message)s",
-    )
+    if args.command == "operator":
+        # A service: what it does (elections, hand-overs) is worth a timestamped line.
+        level, form = logging.INFO, "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    else:
+        level, form = logging.WARNING, "etcdlock: %(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=logging.DEBUG if args.verbose else level, format=form)
     try:
         code: int = asyncio.run(args.handler(args, config))
         return code

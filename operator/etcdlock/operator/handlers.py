@@ -29,7 +29,7 @@ from etcdlock.operator.names import (
     LOCKS,
     VERSION,
 )
-from etcdlock.operator.pods import PodHolds
+from etcdlock.operator.pods import PodApi, PodHolds
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +95,7 @@ def build_registry(
     kube: kubernetes.client.ApiClient,
     metrics: Metrics,
     fence: Fence | None = None,
+    pod_api: PodApi | None = None,
 ) -> kopf.OperatorRegistry:
     """A fresh registry with the operator's handlers (a fresh one per operator run, as kopf advises).
 
@@ -115,7 +116,7 @@ def build_registry(
         memo.kube = kube
         memo.metrics = metrics
         memo.mirrors = Mirrors()
-        memo.pods = PodHolds(memo.etcd, kube, fence)
+        memo.pods = PodHolds(memo.etcd, pod_api or PodApi(kube), fence)
 
     @kopf.on.login(registry=registry)
     def login(**_: Any) -> kopf.ConnectionInfo:

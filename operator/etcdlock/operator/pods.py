@@ -80,7 +80,11 @@ def is_gated(pod: Pod) -> bool:
 
 
 class PodApi:
-    """The pod writes and lock reads of the pod flow, through the kubernetes client (in threads)."""
+    """The pod writes and lock reads of the pod flow, through the kubernetes client (in threads).
+
+    Made once per process, before any campaign: the client's API modules take half a second to load,
+    which a new leader should not spend.
+    """
 
     def __init__(self, kube: kubernetes.client.ApiClient) -> None:
         self._core = kubernetes.client.CoreV1Api(kube)
@@ -385,12 +389,10 @@ class PodHold:
 class PodHolds:
     """Every annotated pod's :class:`PodHold`, started, updated and stopped from the pods' watch events."""
 
-    def __init__(
-        self, etcd: EtcdClient, kube: kubernetes.client.ApiClient, fence: Fence | None = None
-    ) -> None:
+    def __init__(self, etcd: EtcdClient, api: PodApi, fence: Fence | None = None) -> None:
         self._etcd = etcd
         self._fence = fence
-        self._api = PodApi(kube)
+        self._api = api
         self.changes = LockChanges()
         self._holds: dict[Ref, PodHold] = {}
         self._turns: dict[Ref, asyncio.Lock] = {}

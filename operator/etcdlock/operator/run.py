@@ -29,6 +29,7 @@ from etcdlock.operator.handlers import build_registry, kubernetes_api
 from etcdlock.operator.leadership import ElectionSettings, ReplicaStatus
 from etcdlock.operator.metrics import Metrics
 from etcdlock.operator.names import GROUP, LOCKS
+from etcdlock.operator.pods import PodApi
 from etcdlock.operator.webhook import WebhookServer, WebhookSettings, register
 
 log = logging.getLogger(__name__)
@@ -71,10 +72,11 @@ class _Kopf:
     api: kubernetes.client.ApiClient
     metrics: Metrics
     namespaces: Sequence[str]
+    pod_api: PodApi
 
     def start(self, fence: Fence | None, stop: asyncio.Event, ready: asyncio.Event) -> asyncio.Task[None]:
         running = kopf.operator(
-            registry=build_registry(self.etcd, self.api, self.metrics, fence),
+            registry=build_registry(self.etcd, self.api, self.metrics, fence, self.pod_api),
             standalone=True,
             clusterwide=not self.namespaces,
             namespaces=list(self.namespaces),
@@ -112,7 +114,7 @@ async def run_operator(
     stop = asyncio.Event()
     bridge = asyncio.create_task(_follow_flag(stop_flag, stop)) if stop_flag is not None else None
     _on_signals(stop)
-    operator = _Kopf(etcd, api, collected, namespaces)
+    operator = _Kopf(etcd, api, collected, namespaces, PodApi(api))
     try:
         async with contextlib.AsyncExitStack() as serving:
             if webhook is not None:
