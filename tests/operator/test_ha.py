@@ -19,7 +19,7 @@ import kubernetes
 import pytest
 from kubernetes.client import ApiClient
 from operator_support import BOUND, create_lock, events_of, eventually
-from test_pods import PodWatch, create_pod, finish, gated, held, note, read_pod
+from test_pods import PodWatch, create_pod, finish, gated, held, note, read_pod, take_turns
 
 from etcdlock.operator.names import STATE_ANNOTATION, WEBHOOK_CONFIGURATION
 from etcdlock.operator.webhook import WebhookSettings, register
@@ -165,11 +165,7 @@ def test_a_standby_takes_over_and_the_queue_keeps_moving(
     successor = replicas.leader(FAILOVER_BOUND, other_than=leader)
     assert gauge(successor, "etcdlock_operator_leader") == 1
     assert gauge(successor, 'etcdlock_operator_leadership_transitions_total{transition="acquired"}') == 1
-    for name in names:
-        eventually(lambda n=name: read_pod(api, namespace, n), held, f"{name} holding")
-        finish(api, namespace, name)
-    assert pods.ungated_order == names
-    assert pods.most_running == 1
+    take_turns(api, namespace, names, pods)
 
 
 def test_pods_created_while_no_replica_leads_are_gated_by_a_standby(
@@ -184,11 +180,7 @@ def test_pods_created_while_no_replica_leads_are_gated_by_a_standby(
     create_pod(api, namespace, "during-failover", "ha")
     assert gated(read_pod(api, namespace, "during-failover")), "gated although nobody leads"
     replicas.leader(FAILOVER_BOUND, other_than=leader)
-    for name in [*names, "during-failover"]:
-        eventually(lambda n=name: read_pod(api, namespace, n), held, f"{name} holding")
-        finish(api, namespace, name)
-    assert pods.ungated_order == [*names, "during-failover"]
-    assert pods.most_running == 1
+    take_turns(api, namespace, [*names, "during-failover"], pods)
 
 
 def test_a_paused_leader_is_fenced_and_steps_down(
@@ -250,10 +242,6 @@ def test_replicas_ride_out_a_member_loss_stop_without_quorum_and_lead_again_afte
             etcd_cluster.start_member(member, wait=False)
         etcd_cluster.wait_healthy([first, second])
         running.leader(FAILOVER_BOUND * 2)
-        for name in names:
-            eventually(lambda n=name: read_pod(api, namespace, n), held, f"{name} holding")
-            finish(api, namespace, name)
-        assert pods.ungated_order == names
-        assert pods.most_running == 1
+        take_turns(api, namespace, names, pods)
     finally:
         running.stop()

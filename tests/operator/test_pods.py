@@ -7,6 +7,7 @@ so "never more than N at once" is checked on the whole history, not on samples.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -136,6 +137,36 @@ def lock_key(namespace: str, lock: str) -> str:
     return f"/etcdlock/locks/{namespace}/{lock}"
 
 
+def take_turns(api: ApiClient, namespace: str, names: list[str], pods: PodWatch) -> None:
+    """Each pod holds in turn and finishes; they were ungated in this order, never two running at once."""
+    for name in names:
+        eventually(lambda n=name: read_pod(api, namespace, n), held, f"{name} holding")
+        finish(api, namespace, name)
+    assert pods.ungated_order == names
+    assert pods.most_running == 1
+
+
+@contextlib.contextmanager
+def cli_holder(etcd: LocalEtcd, key: str, permits: int, holder: str) -> Iterator[str]:
+    """``etcdlock lock KEY`` from outside the cluster, holding a permit; yields its key."""
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "etcdlock", "lock", key, "--permits", str(permits), "--holder", holder],
+        env={**os.environ, "ETCDLOCK_ENDPOINTS": etcd.endpoint_list},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert cli.stdout is not None
+        line = cli.stdout.readline()
+        assert line.startswith(key), line
+        yield line.split()[0]
+        cli.send_signal(signal.SIGINT)
+        assert cli.wait(BOUND) == 0
+    finally:
+        cli.kill()
+        cli.wait(BOUND)
+
+
 def test_five_pods_take_a_one_permit_lock_one_at_a_time_in_creation_order(
     api: ApiClient, namespace: str, operator: OperatorThread, pods: PodWatch
 ) -> None:
@@ -206,15 +237,7 @@ def test_three_permits_are_shared_with_a_cli_holder(
     api: ApiClient, namespace: str, operator: OperatorThread, etcd: LocalEtcd, pods: PodWatch
 ) -> None:
     create_lock(api, namespace, "workers", {"permits": 3, "ttlSeconds": 10})
-    key = lock_key(namespace, "workers")
-    cli = subprocess.Popen(
-        [sys.executable, "-m", "etcdlock", "lock", key, "--permits", "3", "--holder", "nightly-cron"],
-        env={**os.environ, "ETCDLOCK_ENDPOINTS": etcd.endpoint_list},
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert cli.stdout is not None and cli.stdout.readline().startswith(key)
+    with cli_holder(etcd, lock_key(namespace, "workers"), 3, "nightly-cron"):
         names = [f"shard-{i}" for i in range(4)]
         for name in names:
             create_pod(api, namespace, name, "workers")
@@ -224,24 +247,12 @@ def test_three_permits_are_shared_with_a_cli_holder(
             "three holders (the CLI first) and two waiting pods",
         )
         assert status["holders"][0]["holder"] == "nightly-cron"
-        assert [
-            read_pod(api, namespace, n)["metadata"]["name"]
-            for n in names
-            if held(read_pod(api, namespace, n))
-        ] == [
-            "shard-0",
-            "shard-1",
-        ]
+        assert [n for n in names if held(read_pod(api, namespace, n))] == ["shard-0", "shard-1"]
         assert all(gated(read_pod(api, namespace, n)) for n in ("shard-2", "shard-3"))
-        cli.send_signal(signal.SIGINT)
-        assert cli.wait(BOUND) == 0
-        eventually(lambda: read_pod(api, namespace, "shard-2"), held, "shard-2 holding after the CLI let go")
-        assert gated(read_pod(api, namespace, "shard-3"))
-        finish(api, namespace, "shard-0", "Failed")
-        eventually(lambda: read_pod(api, namespace, "shard-3"), held, "shard-3 holding after shard-0 failed")
-    finally:
-        cli.kill()
-        cli.wait(BOUND)
+    eventually(lambda: read_pod(api, namespace, "shard-2"), held, "shard-2 holding after the CLI let go")
+    assert gated(read_pod(api, namespace, "shard-3"))
+    finish(api, namespace, "shard-0", "Failed")
+    eventually(lambda: read_pod(api, namespace, "shard-3"), held, "shard-3 holding after shard-0 failed")
     assert pods.most_running == 3
 
 
@@ -300,15 +311,7 @@ def test_deleting_the_lock_releases_pod_holds_and_leaves_outside_holders_alone(
 ) -> None:
     create_lock(api, namespace, "doomed", {"permits": 2})
     key = lock_key(namespace, "doomed")
-    cli = subprocess.Popen(
-        [sys.executable, "-m", "etcdlock", "lock", key, "--permits", "2", "--holder", "outside"],
-        env={**os.environ, "ETCDLOCK_ENDPOINTS": etcd.endpoint_list},
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert cli.stdout is not None
-        cli_key = cli.stdout.readline().split()[0]
+    with cli_holder(etcd, key, 2, "outside") as cli_key:
         create_pod(api, namespace, "inside", "doomed")
         create_pod(api, namespace, "queued", "doomed")
         eventually(lambda: read_pod(api, namespace, "inside"), held, "inside holding")
@@ -327,12 +330,8 @@ def test_deleting_the_lock_releases_pod_holds_and_leaves_outside_holders_alone(
         assert gated(queued)
         keys = etcd.etcdctl("get", key + "/", "--prefix", "--keys-only").stdout.split()
         assert keys == [cli_key], "only the outside holder's key is left"
-        assert cli.poll() is None, "the outside holder still holds"
         create_lock(api, namespace, "doomed", {"permits": 2})
         eventually(lambda: read_pod(api, namespace, "queued"), held, "queued holding once the lock is back")
-    finally:
-        cli.kill()
-        cli.wait(BOUND)
 
 
 def test_a_pod_without_the_gate_is_flagged(
@@ -404,11 +403,7 @@ def test_an_operator_restart_keeps_holders_leases_and_queue_order(
         assert [h["key"] for h in after["holders"]] == [h["key"] for h in before["holders"]]
         assert [w["key"] for w in after["waiters"]] == [w["key"] for w in before["waiters"]]
         assert {n: note(read_pod(api, namespace, n), LEASE_ANNOTATION) for n in names} == leases
-        for name in names:
-            eventually(lambda n=name: read_pod(api, namespace, n), held, f"{name} holding")
-            finish(api, namespace, name)
-        assert pods.ungated_order == names
-        assert pods.most_running == 1
+        take_turns(api, namespace, names, pods)
     finally:
         for process in (first, second):
             if process is not None:
