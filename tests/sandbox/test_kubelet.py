@@ -70,6 +70,24 @@ def test_run_seconds_finishes_the_pod_with_its_exit_code(core: Core, namespace: 
     assert failed.status.container_statuses[0].state.terminated.exit_code == 3
 
 
+def test_kubectl_shows_finished_pods_as_completed_or_error(
+    core: Core, namespace: str, kubeconfig: Path
+) -> None:
+    create(core, namespace, "ok", **{RUN_SECONDS: "0"})
+    create(core, namespace, "broken", **{RUN_SECONDS: "0", EXIT_CODE: "1"})
+    phase_becomes(core, namespace, "ok", "Succeeded")
+    phase_becomes(core, namespace, "broken", "Failed")
+    listed = subprocess.run(
+        [KUBECTL, "--kubeconfig", str(kubeconfig), "-n", namespace, "get", "pods", "--no-headers"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    rows = {line.split()[0]: line.split()[2] for line in listed.stdout.splitlines()}
+    assert rows == {"ok": "Completed", "broken": "Error"}
+
+
 def test_run_seconds_added_later_finishes_a_running_pod(core: Core, namespace: str) -> None:
     create(core, namespace, "long")
     phase_becomes(core, namespace, "long", "Running")

@@ -121,6 +121,11 @@ def _pod_cells(pod: Obj) -> list[Any]:
     statuses = status.get("containerStatuses") or []
     ready = sum(1 for s in statuses if s.get("ready"))
     phase = status.get("phase", "Pending")
+    for container in statuses:  # as kubectl's printer: a container's waiting or terminated reason wins
+        state = container.get("state") or {}
+        reason = (state.get("terminated") or state.get("waiting") or {}).get("reason")
+        if reason:
+            phase = reason
     if spec.get("schedulingGates"):
         phase = "SchedulingGated"
     if pod.get("metadata", {}).get("deletionTimestamp"):
