@@ -101,7 +101,9 @@ def test_the_manifests_are_the_expected_ones() -> None:
     kinds = sorted((path.relative_to(ROOT).as_posix(), doc["kind"]) for path, doc in ALL_DOCS)
     assert kinds == [
         ("crds/distributedlock.yaml", "CustomResourceDefinition"),
+        ("crds/etcdcluster.yaml", "CustomResourceDefinition"),
         ("examples/distributedlock.yaml", "DistributedLock"),
+        ("examples/etcdcluster.yaml", "EtcdCluster"),
         ("examples/job.yaml", "Job"),
         ("examples/pod.yaml", "Pod"),
         ("examples/semaphore.yaml", "DistributedLock"),

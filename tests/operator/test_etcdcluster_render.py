@@ -1,0 +1,94 @@
+"""EtcdCluster rendering: the spec's meaning and the objects that run a cluster, checked against the
+Kubernetes schemas and against what etcd needs (static bootstrap, stable peer names, quorum PDB)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kubernetes_validate
+import pytest
+
+from etcdlock.operator.etcdcluster import (
+    ClusterSpec,
+    children,
+    disruption_budget,
+    statefulset,
+    upgrade_allowed,
+)
+from etcdlock.operator.locks import InvalidSpec
+
+OWNER = {"apiVersion": "etcdlock.io/v1alpha1", "kind": "EtcdCluster", "metadata": {"name": "e", "uid": "u-1"}}
+
+
+def flags(sts: dict[str, Any]) -> dict[str, str]:
+    command = sts["spec"]["template"]["spec"]["containers"][0]["command"]
+    return dict(arg[2:].split("=", 1) for arg in command[1:])
+
+
+def test_defaults_and_refusals() -> None:
+    spec = ClusterSpec.parse("ns", "e", {})
+    assert (spec.replicas, spec.version, spec.image) == (3, "3.5.21", "registry.k8s.io/etcd:3.5.21-0")
+    for bad, field in (({"replicas": 2}, "spec.replicas"), ({"version": "v3.5"}, "spec.version")):
+        with pytest.raises(InvalidSpec, match=field):
+            ClusterSpec.parse("ns", "e", bad)
+
+
+@pytest.mark.parametrize("version", ["1.30", "1.37"])
+@pytest.mark.parametrize("storage", [None, {"size": "2Gi", "storageClassName": "fast"}])
+def test_every_child_validates_against_the_kubernetes_schemas(version: str, storage: Any) -> None:
+    raw: dict[str, Any] = {"replicas": 5, "resources": {"requests": {"cpu": "100m"}}}
+    if storage:
+        raw["storage"] = storage
+    for obj in children(ClusterSpec.parse("ns", "e", raw), OWNER):
+        assert kubernetes_validate.validate(obj, version, strict=True) == version, obj["kind"]
+        assert obj["metadata"]["ownerReferences"][0]["uid"] == "u-1"
+
+
+@pytest.mark.parametrize(("replicas", "quorum"), [(1, 1), (3, 2), (5, 3), (7, 4)])
+def test_the_budget_keeps_a_quorum(replicas: int, quorum: int) -> None:
+    pdb = disruption_budget(ClusterSpec.parse("ns", "e", {"replicas": replicas}))
+    assert pdb["spec"]["minAvailable"] == quorum
+
+
+def test_members_bootstrap_from_stable_peer_names() -> None:
+    sts = statefulset(ClusterSpec.parse("ns", "e", {"replicas": 3}))
+    given = flags(sts)
+    assert given["initial-cluster"] == ",".join(f"e-{i}=http://e-{i}.e.ns.svc:2380" for i in range(3))
+    assert given["initial-cluster-state"] == "new"
+    assert given["initial-advertise-peer-urls"] == "http://$(POD_NAME).e.ns.svc:2380"
+    assert given["quota-backend-bytes"] == str(2 * 1024**3)
+    assert sts["spec"]["podManagementPolicy"] == "Parallel" and sts["spec"]["serviceName"] == "e"
+    container = sts["spec"]["template"]["spec"]["containers"][0]
+    assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert sts["spec"]["template"]["spec"]["volumes"] == [{"name": "data", "emptyDir": {}}]
+
+
+def test_pod_template_overrides_reach_the_pods() -> None:
+    overrides = {
+        "annotations": {"example.com/team": "locks"},
+        "nodeSelector": {"disk": "ssd"},
+        "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "etcd", "effect": "NoSchedule"}],
+        "affinity": {"nodeAffinity": {}},
+    }
+    sts = statefulset(ClusterSpec.parse("ns", "e", {"podTemplate": overrides}))
+    template = sts["spec"]["template"]
+    assert template["metadata"]["annotations"] == overrides["annotations"]
+    assert template["spec"]["nodeSelector"] == {"disk": "ssd"}
+    assert template["spec"]["tolerations"] == overrides["tolerations"]
+    assert template["spec"]["affinity"] == {"nodeAffinity": {}}
+
+
+@pytest.mark.parametrize(
+    ("current", "wanted", "allowed"),
+    [
+        ("3.5.17", "3.5.21", True),
+        ("3.5.21", "3.5.21", True),
+        ("3.5.21", "3.6.0", True),
+        ("3.4.30", "3.6.0", False),
+        ("3.6.0", "3.5.21", False),
+        ("3.5.21", "3.5.17", False),
+    ],
+)
+def test_upgrades_go_one_minor_at_a_time(current: str, wanted: str, allowed: bool) -> None:
+    assert upgrade_allowed(current, wanted) is allowed
