@@ -296,14 +296,58 @@ def test_removing_the_annotation_releases_the_lock(
     api: ApiClient, namespace: str, operator: OperatorThread
 ) -> None:
     create_lock(api, namespace, "handover", {})
-    create_pod(api, namespace, "keeper", "handover")
-    create_pod(api, namespace, "next", "handover")
+    for name in ("keeper", "next", "impatient"):
+        create_pod(api, namespace, name, "handover")
     eventually(lambda: read_pod(api, namespace, "keeper"), held, "keeper holding")
     core = kubernetes.client.CoreV1Api(api)
-    core.patch_namespaced_pod("keeper", namespace, {"metadata": {"annotations": {LOCK_ANNOTATION: None}}})
+    unlocked = {"metadata": {"annotations": {LOCK_ANNOTATION: None}}}
+    core.patch_namespaced_pod("keeper", namespace, unlocked)
     eventually(lambda: read_pod(api, namespace, "next"), held, "next holding")
     keeper = read_pod(api, namespace, "keeper")
     assert note(keeper, STATE_ANNOTATION) == RELEASED
+    # A waiting pod that stops asking for the lock leaves the queue and is let go.
+    core.patch_namespaced_pod("impatient", namespace, unlocked)
+    impatient = eventually(
+        lambda: read_pod(api, namespace, "impatient"),
+        lambda p: note(p, STATE_ANNOTATION) == RELEASED,
+        "impatient released",
+    )
+    assert not gated(impatient), "no longer held back"
+    assert status_of(api, namespace, "handover")["waiterCount"] == 0
+
+
+def test_a_restarted_operator_reports_a_holder_whose_key_went_meanwhile(
+    api: ApiClient,
+    namespace: str,
+    operator: OperatorThread,
+    etcd: LocalEtcd,
+    kubeconfig: Path,
+    webhook: WebhookSettings,
+) -> None:
+    create_lock(api, namespace, "fragile", {"ttlSeconds": 30})
+    create_pod(api, namespace, "holder", "fragile")
+    create_pod(api, namespace, "waiter", "fragile")
+    holder = eventually(lambda: read_pod(api, namespace, "holder"), held, "holder holding")
+    eventually(lambda: status_of(api, namespace, "fragile"), lambda s: s.get("waiterCount") == 1, "a waiter")
+    operator.stop()
+    key = f"{lock_key(namespace, 'fragile')}/{note(holder, LEASE_ANNOTATION)}"
+    assert etcd.etcdctl("del", key).stdout.strip() == "1", "deleted by hand, as an admin might"
+    restarted = OperatorThread(etcd.endpoint_list, namespace, kubeconfig, webhook=webhook).start()
+    try:
+        lost = eventually(
+            lambda: read_pod(api, namespace, "holder"),
+            lambda p: note(p, STATE_ANNOTATION) == "Error",
+            "the holder told it lost the lock",
+        )
+        assert "its key was gone" in (note(lost, MESSAGE_ANNOTATION) or "")
+        assert any(reason == "LockLost" for reason, _ in events_of(api, namespace, "holder"))
+        eventually(lambda: read_pod(api, namespace, "waiter"), held, "the waiter holding")
+        keys = etcd.etcdctl(
+            "get", lock_key(namespace, "fragile") + "/", "--prefix", "--keys-only"
+        ).stdout.split()
+        assert len(keys) == 1, "no key was re-created for the holder"
+    finally:
+        restarted.stop()
 
 
 def test_deleting_the_lock_releases_pod_holds_and_leaves_outside_holders_alone(

@@ -36,6 +36,7 @@ def test_only_annotated_pods_get_the_gate_and_only_once() -> None:
         {"op": "add", "path": "/spec/schedulingGates/-", "value": {"name": SCHEDULING_GATE}}
     ]
     assert gate_patch(pod(ANNOTATED, [SCHEDULING_GATE])) == []
+    assert gate_patch(pod({"etcdlock.io/lock": ""})) == [], "an empty lock name asks for nothing"
 
 
 def test_the_review_allows_everything_and_patches_annotated_creations() -> None:

@@ -29,13 +29,12 @@ from etcdlock.etcd import (
     Fenced,
     HolderInfo,
     LockLost,
-    Semaphore,
     Session,
     SessionLost,
     keys,
 )
 from etcdlock.etcd.client import create_revision_is, delete_op
-from etcdlock.etcd.queue import Queue
+from etcdlock.etcd.queue import KeyGuard, Queue, first_of
 from etcdlock.operator.locks import InvalidSpec, LockSpec, servable_spec
 from etcdlock.operator.names import (
     ERROR,
@@ -61,6 +60,8 @@ Pod = kopf.Body
 FINISHED = ("Succeeded", "Failed")
 _STRATEGIC_MERGE = "application/strategic-merge-patch+json"
 _RETRY_DELAY = 1.0
+# Bounds each Kubernetes API call (well below any lease TTL), so that a retried ungate is re-checked.
+_REQUEST_TIMEOUT = 5.0
 # A pod waiting for a missing or invalid lock looks again this often even if no lock event wakes it.
 _RECHECK = 10.0
 
@@ -91,26 +92,38 @@ class PodApi:
         self._objects = kubernetes.client.CustomObjectsApi(kube)
 
     async def annotate(
-        self, ref: Ref, annotations: Mapping[str, str | None], *, ungate: bool = False
-    ) -> bool:
-        """Set (None: remove) annotations, and remove the gate if asked, in one patch; False if the pod
-        is gone. API outages are retried until the write lands or the caller is cancelled."""
+        self,
+        ref: Ref,
+        annotations: Mapping[str, str | None],
+        *,
+        ungate: bool = False,
+        attempts: int | None = None,
+    ) -> bool | None:
+        """Set (None: remove) annotations, and remove the gate if asked, in one patch.
+
+        True when written, False if the pod is gone. API outages are retried until the write lands, or
+        ``attempts`` times (then None).
+        """
         body: dict[str, Any] = {"metadata": {"annotations": dict(annotations)}}
         if ungate:
             body["spec"] = {"schedulingGates": [{"$patch": "delete", "name": SCHEDULING_GATE}]}
         namespace, name = ref
-        patch = self._core.patch_namespaced_pod
-        return await _retrying(
-            f"pod {namespace}/{name}",
-            lambda: asyncio.to_thread(patch, name, namespace, body, _content_type=_STRATEGIC_MERGE),
-        )
+
+        def patch() -> Any:
+            return self._core.patch_namespaced_pod(
+                name, namespace, body, _content_type=_STRATEGIC_MERGE, _request_timeout=_REQUEST_TIMEOUT
+            )
+
+        return await _retrying(f"pod {namespace}/{name}", lambda: asyncio.to_thread(patch), attempts)
 
     async def read_lock(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The DistributedLock, or None if it does not exist or is being deleted."""
         result: list[dict[str, Any]] = []
 
         def get() -> Any:
-            return self._objects.get_namespaced_custom_object(GROUP, VERSION, namespace, LOCKS, name)
+            return self._objects.get_namespaced_custom_object(
+                GROUP, VERSION, namespace, LOCKS, name, _request_timeout=_REQUEST_TIMEOUT
+            )
 
         async def read() -> None:
             result.append(await asyncio.to_thread(get))
@@ -121,9 +134,14 @@ class PodApi:
         return None if lock.get("metadata", {}).get("deletionTimestamp") else lock
 
 
-async def _retrying(what: str, call: Callable[[], Awaitable[Any]]) -> bool:
-    """Run an API call until it succeeds (True) or answers 404 (False); log and retry other failures."""
-    while True:
+async def _retrying(
+    what: str, call: Callable[[], Awaitable[Any]], attempts: int | None = None
+) -> bool | None:
+    """Run an API call until it succeeds (True) or answers 404 (False); log and retry other failures,
+    ``attempts`` times at most (then None)."""
+    attempt = 0
+    while attempts is None or attempt < attempts:
+        attempt += 1
         try:
             await call()
             return True
@@ -133,7 +151,9 @@ async def _retrying(what: str, call: Callable[[], Awaitable[Any]]) -> bool:
             log.warning("%s: API error %s %s; retrying", what, exc.status, exc.reason)
         except (OSError, urllib3.exceptions.HTTPError) as exc:
             log.warning("%s: API unreachable (%s); retrying", what, exc)
-        await asyncio.sleep(_RETRY_DELAY)
+        if attempts is None or attempt < attempts:
+            await asyncio.sleep(_RETRY_DELAY)
+    return None
 
 
 class LockChanges:
@@ -153,11 +173,18 @@ class LockChanges:
             await asyncio.wait_for(event.wait(), timeout)
 
 
-class PodHold:
-    """One pod's place in its lock's queue: its lease, its wait and its hold, as one task.
+class _PlaceLost(Exception):
+    """The pod's key left the queue before it held (lease expired, key deleted): queue again."""
 
-    ``release()`` revokes the lease (the pod is done with the lock); ``abandon()`` stops renewing it
-    without revoking (the operator is stopping: the next one adopts the lease from the pod's annotation).
+
+class PodHold:
+    """One pod's place in its lock's queue: its lease, its key, its wait and its hold, as one task.
+
+    The key is the pod's, not this process's: it is queued once and then only ever removed by
+    ``release()`` (a fenced delete, then the lease is revoked) or by etcd when the lease expires; etcd
+    outages are waited out, never answered by removing the key. ``abandon()`` stops renewing the lease
+    without revoking it (the operator is stopping: the next leader adopts the lease from the pod's
+    annotation, and the key keeps its place).
     """
 
     def __init__(
@@ -194,8 +221,12 @@ class PodHold:
     def seen(self, pod: Pod) -> None:
         self.pod = pod
 
-    async def release(self, reason: str, *, write: bool) -> None:
-        """Leave the queue or give the permit back (the lease is revoked); record it on the pod."""
+    async def release(self, reason: str, *, write: bool, ungate: bool = False) -> None:
+        """Leave the queue or give the permit back (the lease is revoked); record it on the pod.
+
+        ``ungate``: the pod no longer wants the lock (its annotation was removed), so a pod still held
+        back is let go as well.
+        """
         self._stopping = True
         self._task.cancel()
         await asyncio.gather(self._task, return_exceptions=True)
@@ -207,7 +238,7 @@ class PodHold:
         if not write:
             return
         was = "released the lock" if self.held else "left the queue"
-        await self._write({STATE_ANNOTATION: RELEASED, MESSAGE_ANNOTATION: f"{was}: {reason}"})
+        await self._write({STATE_ANNOTATION: RELEASED, MESSAGE_ANNOTATION: f"{was}: {reason}"}, ungate=ungate)
         kopf.info(self.pod, reason="Released", message=f"{was} {self.lock_name}: {reason}")
 
     async def abandon(self) -> None:
@@ -220,20 +251,25 @@ class PodHold:
 
     async def _run(self) -> None:
         try:
-            semaphore = None
-            while semaphore is None:
+            while True:
                 # Pods of one lock join its queue one at a time, in the order the operator saw them.
                 async with self._turn:
                     lock = await self._wait_for_lock()
-                    session = await self._join_queue(lock)
-                if session is None:
+                    queued = await self._join_queue(lock)
+                if queued is None:
                     return
-                semaphore = await self._acquire(lock, session)
-                if semaphore is None and (self._stopping or self.held):
-                    return
-            if not await self._granted(semaphore):
-                return
-            reason = await semaphore.wait_lost()
+                queue, my_rev = queued
+                try:
+                    guard = await self._wait_turn(lock, queue, my_rev)
+                    await self._granted(queue, my_rev)
+                    break
+                except _PlaceLost as exc:
+                    if self.held:
+                        await self._lost(f"lost {self.lock_name} while the operator was away: {exc}")
+                        return
+                    log.warning("pod %s/%s: lost its place (%s); queueing again", *self.ref, exc)
+                    await self._drop_session()
+            reason = await guard.wait_lost()
             if not self._stopping:
                 await self._lost(f"lost {self.lock_name}: {reason}")
         except asyncio.CancelledError:
@@ -244,8 +280,11 @@ class PodHold:
                 await self._session.orphan()
         except Exception:
             log.exception("pod %s/%s: the lock flow failed", *self.ref)
-            message = "internal error, see the operator log"
-            await self._write({STATE_ANNOTATION: ERROR, MESSAGE_ANNOTATION: message})
+            if self._session is not None:
+                await self._session.orphan()
+            if await still_leads(self._etcd, self._fence):
+                message = "internal error, see the operator log"
+                await self._write({STATE_ANNOTATION: ERROR, MESSAGE_ANNOTATION: message})
 
     async def _wait_for_lock(self) -> LockSpec:
         """The lock's spec once it exists and is valid; until then the pod's state says what it waits for."""
@@ -266,77 +305,108 @@ class PodHold:
             await self._write({STATE_ANNOTATION: WAITING, MESSAGE_ANNOTATION: why})
             await self._changes.wait((namespace, self.lock_name), _RECHECK)
 
-    async def _join_queue(self, lock: LockSpec) -> Session | None:
-        """Put the pod's key in the lock's queue (an adopted lease finds its key where it was)."""
+    async def _join_queue(self, lock: LockSpec) -> tuple[Queue, int] | None:
+        """Put the pod's key in the lock's queue; an adopted lease finds its key where it was.
+
+        Returns the queue and the key's create revision, or None if the pod is gone or lost its hold.
+        A pod that held the lock must find its key with its fencing token: a new key would be a new
+        place at the back of the queue while the pod keeps running.
+        """
         value = HolderInfo.for_this_process(self.holder, lock.permits).encode()
         while True:
             session = await self._open_session(lock)
             if session is None:
                 return None
+            queue = Queue(session, lock.key)
             while not session.is_lost:
                 try:
-                    await Queue(session, lock.key).enqueue(value, lock.permits)
-                    return session
+                    entry = await queue.enqueue(value, lock.permits)
                 except EtcdUnavailable as exc:
                     log.warning("pod %s/%s: etcd unavailable (%s); retrying", *self.ref, exc)
                     await asyncio.sleep(_RETRY_DELAY)
+                    continue
                 except LockLost:
                     break
+                token = self._written.get(TOKEN_ANNOTATION)
+                if self.held and (entry.existing_value is None or str(entry.my_rev) != token):
+                    await queue.remove(entry.my_rev)
+                    await self._lost(f"lost {self.lock_name} while the operator was away: its key was gone")
+                    await self._drop_session()
+                    return None
+                return queue, entry.my_rev
             if self.held:
                 await self._lost(f"lost {self.lock_name} while the operator was away: {session.lost_reason}")
+                await self._drop_session()
                 return None
             await self._drop_session()
 
-    async def _acquire(self, lock: LockSpec, session: Session) -> Semaphore | None:
-        """Wait in the queue until a permit is held; None if the place in the queue was lost."""
-        semaphore = Semaphore(session, lock.key, lock.permits, holder=self.holder)
+    async def _wait_turn(self, lock: LockSpec, queue: Queue, my_rev: int) -> KeyGuard:
+        """Wait until the key holds a permit (etcd outages are waited out); the guard then watches it.
+
+        Raises :class:`_PlaceLost` if the key or the session goes first.
+        """
         if not self.held:
-            message = f"waiting for a permit of {self.lock_name} (etcd key {semaphore.key})"
+            message = f"waiting for a permit of {self.lock_name} (etcd key {queue.key.decode()})"
             if self._written.get(MESSAGE_ANNOTATION) != message:
                 kopf.info(self.pod, reason="Waiting", message=message)
             await self._write({STATE_ANNOTATION: WAITING, MESSAGE_ANNOTATION: message})
+        guard = KeyGuard(queue, my_rev)
         try:
-            await semaphore.acquire()
-            return semaphore
-        except (LockLost, SessionLost, EtcdUnavailable) as exc:
-            if self._stopping:
-                return None
-            await self._drop_session()
-            if self.held:
-                await self._lost(f"lost {self.lock_name} while the operator was away: {exc}")
-            else:
-                log.warning("pod %s/%s: lost its place for %s (%s); queueing again", *self.ref, lock.key, exc)
+            await first_of(
+                queue.wait_for_turn(my_rev, lock.permits),
+                queue.session.wait_lost(),
+                guard.wait_gone(),
+                lost=_PlaceLost,
+            )
+        except (LockLost, SessionLost) as exc:
+            await guard.stop()
+            raise _PlaceLost(str(exc)) from None
+        except BaseException:
+            await guard.stop()
+            raise
+        value = HolderInfo.for_this_process(self.holder, lock.permits).encode()
+        await queue.mark_granted(my_rev, value)
+        return guard
+
+    async def _granted(self, queue: Queue, my_rev: int) -> None:
+        """The pod holds a permit: say so on the pod and remove the gate, in one write.
+
+        Before every attempt etcd confirms, in one guarded read, that the key still holds its place and
+        (under a fence) that this replica still leads: a replica deposed while it waited never ungates a
+        pod, nor does a stale attempt ungate a pod whose key expired meanwhile. Raises
+        :class:`_PlaceLost` if the key is gone, :class:`Fenced` if deposed.
+        """
+        token = str(my_rev)
+        message = f"holds {self.lock_name} (fencing token {token}, etcd key {queue.key.decode()})"
+        annotations = {STATE_ANNOTATION: HELD, TOKEN_ANNOTATION: token, MESSAGE_ANNOTATION: message}
+        announced = False
+        while True:
+            try:
+                still = [create_revision_is(queue.key, my_rev)]
+                response = await queue.write(still, [])
+            except EtcdUnavailable as exc:
+                queue.session.check()
+                log.warning("pod %s/%s: etcd unavailable (%s); retrying", *self.ref, exc)
                 await asyncio.sleep(_RETRY_DELAY)
-            return None
+                continue
+            if not response.succeeded:
+                raise _PlaceLost("its key was deleted before the pod could start")
+            if not announced and (self._written.get(TOKEN_ANNOTATION) != token or is_gated(self.pod)):
+                kopf.info(self.pod, reason="Acquired", message=message)
+                announced = True
+            self.held = True
+            written = await self._write(annotations, ungate=True, attempts=1)
+            if written is not None:
+                return
+            await asyncio.sleep(_RETRY_DELAY)
 
     async def _drop_session(self) -> None:
         """Give back a lease whose place in the queue is lost, before queueing under a new one."""
         if self._session is not None:
             await self._session.orphan()
-        if self._lease is not None:
-            await give_back(self._etcd, self._fence, self._lease, self._key)
+        if self._lease is not None and not await give_back(self._etcd, self._fence, self._lease, self._key):
+            raise Fenced("this replica no longer leads")
         self._session = self._lease = self._key = None
-
-    async def _granted(self, semaphore: Semaphore) -> bool:
-        """The pod holds a permit: say so on the pod and remove the gate, in one write.
-
-        Under a fence (high availability) etcd first confirms, in one read, that this replica still leads
-        and the pod's key is still there: a replica deposed while it waited never ungates a pod. False if
-        the key is already gone.
-        """
-        if self._fence is not None:
-            still = [create_revision_is(semaphore.key.encode(), semaphore.token)]
-            if not (await self._etcd.guarded_txn(self._fence.compares(), still, [])).succeeded:
-                await self._lost(f"lost {self.lock_name} before the pod could start")
-                return False
-        token = str(semaphore.token)
-        self.held = True
-        message = f"holds {self.lock_name} (fencing token {token}, etcd key {semaphore.key})"
-        annotations = {STATE_ANNOTATION: HELD, TOKEN_ANNOTATION: token, MESSAGE_ANNOTATION: message}
-        if self._written.get(TOKEN_ANNOTATION) != token or is_gated(self.pod):
-            kopf.info(self.pod, reason="Acquired", message=message)
-        await self._write(annotations, ungate=True)
-        return True
 
     async def _open_session(self, lock: LockSpec) -> Session | None:
         """Adopt the lease named on the pod, or grant one and record it there before queueing under it."""
@@ -344,10 +414,8 @@ class PodHold:
             try:
                 if self._lease is not None:
                     try:
-                        adopted = Session(
-                            self._etcd, lock.ttl_seconds, lease_id=self._lease, fence=self._fence
-                        )
-                        self._session = await adopted.start()
+                        ttl, lease, fence = lock.ttl_seconds, self._lease, self._fence
+                        self._session = await Session(self._etcd, ttl, lease_id=lease, fence=fence).start()
                         self._key = keys.contender_key(lock.key, self._lease)
                         return self._session
                     except SessionLost as exc:
@@ -355,6 +423,9 @@ class PodHold:
                         if self.held:
                             await self._lost(f"lost {self.lock_name} while the operator was away: {exc}")
                             return None
+                # Leases cannot be fenced: a deposed replica must not grant one and name it on the pod.
+                if not await still_leads(self._etcd, self._fence):
+                    raise Fenced("this replica no longer leads")
                 self._session = await Session(self._etcd, lock.ttl_seconds, fence=self._fence).start()
                 self._lease = self._session.lease_id
                 if not await self._write({LEASE_ANNOTATION: format(self._lease, "x")}):
@@ -375,15 +446,20 @@ class PodHold:
         kopf.warn(self.pod, reason="LockLost", message=message)
         await self._write({STATE_ANNOTATION: ERROR, MESSAGE_ANNOTATION: message})
 
-    async def _write(self, annotations: Mapping[str, str | None], *, ungate: bool = False) -> bool:
-        """Write the annotations that differ from what the pod already says; False if the pod is gone."""
+    async def _write(
+        self, annotations: Mapping[str, str | None], *, ungate: bool = False, attempts: int | None = None
+    ) -> bool | None:
+        """Write the annotations that differ from what the pod already says (and remove the gate).
+
+        True when written, False if the pod is gone, None if ``attempts`` API calls all failed.
+        """
         changed = {k: v for k, v in annotations.items() if self._written.get(k) != v}
         if not changed and not ungate:
             return True
-        if not await self._api.annotate(self.ref, changed, ungate=ungate):
-            return False
-        self._written.update(changed)
-        return True
+        written = await self._api.annotate(self.ref, changed, ungate=ungate, attempts=attempts)
+        if written:
+            self._written.update(changed)
+        return written
 
 
 class PodHolds:
@@ -420,7 +496,8 @@ class PodHolds:
         if hold is not None:
             hold.seen(pod)
             if not wanted or wanted != hold.lock_name:
-                self._stop(hold, f"the {LOCK_ANNOTATION} annotation changed", write=True)
+                # The pod no longer asks for this lock: if it is still held back, let it go too.
+                self._stop(hold, f"the {LOCK_ANNOTATION} annotation changed", write=True, ungate=True)
             elif phase in FINISHED:
                 self._stop(hold, f"the pod {phase.lower()}", write=True)
             elif not hold.held and not is_gated(pod) and state != HELD:
@@ -465,12 +542,12 @@ class PodHolds:
         await asyncio.gather(*(hold.abandon() for hold in holds))
         await asyncio.gather(*self._background, return_exceptions=True)
 
-    def _stop(self, hold: PodHold, reason: str, *, write: bool) -> None:
+    def _stop(self, hold: PodHold, reason: str, *, write: bool, ungate: bool = False) -> None:
         if self._holds.get(hold.ref) is hold:
             del self._holds[hold.ref]
         if write and hold.uid:
             self._released.add(hold.uid)
-        self._spawn(hold.release(reason, write=write))
+        self._spawn(hold.release(reason, write=write, ungate=ungate))
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)
@@ -488,12 +565,16 @@ class PodHolds:
         await self._api.annotate(pod_ref(pod), {STATE_ANNOTATION: ERROR, MESSAGE_ANNOTATION: message})
 
     async def _release_leftover(self, pod: Pod, reason: str) -> None:
+        """Release the lease of a pod that finished or left the lock while no operator was watching."""
         lease = _parse_lease(_annotations(pod).get(LEASE_ANNOTATION))
         if lease is not None and not await give_back(self._etcd, self._fence, lease, None):
             return
+        if lease is None and not await still_leads(self._etcd, self._fence):
+            return
         message = f"released: {reason}"
         kopf.info(pod, reason="Released", message=message)
-        await self._api.annotate(pod_ref(pod), {STATE_ANNOTATION: RELEASED, MESSAGE_ANNOTATION: message})
+        notes = {STATE_ANNOTATION: RELEASED, MESSAGE_ANNOTATION: message}
+        await self._api.annotate(pod_ref(pod), notes, ungate=is_gated(pod))
 
 
 def _parse_lease(value: str | None) -> int | None:
@@ -516,7 +597,8 @@ async def still_leads(etcd: EtcdClient, fence: Fence | None) -> bool:
 
 
 async def give_back(etcd: EtcdClient, fence: Fence | None, lease: int, key: bytes | None) -> bool:
-    """Revoke a pod's lease (the pod leaves the queue or gives its permit back); False if fenced off.
+    """Revoke a pod's lease (the pod leaves the queue or gives its permit back); False if fenced off
+    (or, under a fence, if etcd could not be reached: whether this replica still leads is unknown).
 
     Lease revocation cannot be part of a transaction, so under a fence the pod's key is deleted first in
     a fenced transaction (the revocation that follows then guards nothing), or, when the key is not known,
@@ -531,4 +613,6 @@ async def give_back(etcd: EtcdClient, fence: Fence | None, lease: int, key: byte
         return False
     except (EtcdUnavailable, TimeoutError) as exc:
         log.warning("lease %x not revoked (it expires by itself): %s", lease, exc)
+        # Without a fence the lease simply expires; with one, etcd could not confirm this replica leads.
+        return fence is None
     return True

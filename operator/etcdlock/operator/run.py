@@ -156,9 +156,13 @@ async def _campaign_and_lead(
     ready_flag: Flag | None,
     exit_if_stuck: bool,
 ) -> None:
-    """Campaign, lead while elected, and campaign again after losing leadership, until stopped."""
-    async with EtcdClient(etcd) as client:
-        while not stop.is_set():
+    """Campaign, lead while elected, and campaign again after losing leadership, until stopped.
+
+    Each term has an etcd client of its own: kopf cancels, as it stops, the tasks started while it ran,
+    and a client's watch stream may be one of them.
+    """
+    while not stop.is_set():
+        async with EtcdClient(etcd) as client:
             try:
                 async with Session(client, settings.ttl) as session:
                     candidate = Election(session, settings.name)
@@ -186,10 +190,13 @@ async def _lead(
 ) -> bool:
     """Run kopf while leading; True if the operator is to stop, False if leadership was lost."""
     kopf_stop, kopf_ready = asyncio.Event(), asyncio.Event()
-    kopf_task = operator.start(candidate.fence() if candidate else None, kopf_stop, kopf_ready)
-    ready = asyncio.create_task(_when_ready(kopf_ready, stop, replica, ready_flag))
-    watched: list[asyncio.Future[Any]] = [kopf_task, asyncio.ensure_future(stop.wait())]
+    # Our own tasks start before kopf does: kopf cancels, as it stops, the tasks started while it ran.
+    stopping = asyncio.ensure_future(stop.wait())
     lost = asyncio.ensure_future(candidate.wait_lost()) if candidate else None
+    ready = asyncio.create_task(_when_ready(kopf_ready, stop, replica, ready_flag))
+    await asyncio.sleep(0)
+    kopf_task = operator.start(candidate.fence() if candidate else None, kopf_stop, kopf_ready)
+    watched: list[asyncio.Future[Any]] = [kopf_task, stopping]
     if lost is not None:
         watched.append(lost)
     try:
@@ -212,6 +219,7 @@ async def _lead(
     finally:
         for task in (ready, *watched[1:]):
             task.cancel()
+        _on_signals(stop)  # kopf's own SIGTERM handler must not outlive it
 
 
 async def _when_ready(
@@ -245,6 +253,7 @@ async def _bounded_stop(kopf_task: asyncio.Task[None], exit_if_stuck: bool) -> N
         logging.shutdown()
         os._exit(70)
     kopf_task.cancel()
+    await asyncio.wait([kopf_task], timeout=STOP_BOUND)
     raise EtcdLockError(f"kopf did not stop within {STOP_BOUND}s after leadership ended")
 
 

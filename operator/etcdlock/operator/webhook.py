@@ -75,7 +75,7 @@ class WebhookSettings:
 def gate_patch(pod: dict[str, Any]) -> list[dict[str, Any]]:
     """The JSON patch that gates an annotated pod; empty if it is not annotated or already gated."""
     annotations = (pod.get("metadata") or {}).get("annotations") or {}
-    if LOCK_ANNOTATION not in annotations:
+    if not annotations.get(LOCK_ANNOTATION):
         return []
     gates = (pod.get("spec") or {}).get("schedulingGates")
     if gates is None:

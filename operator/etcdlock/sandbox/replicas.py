@@ -2,8 +2,8 @@
 the failover benchmark.
 
 Each replica gets its own ports (metrics and probes, webhook) and log file; all share one election. With
-``configure_webhook`` each replica registers the webhook for itself when it becomes leader (kopf's managed
-configuration), which stands in for a Service that routes to the ready replica only.
+``configure_webhook`` each replica registers the webhook for itself when it starts (the last one started
+wins): every replica serves it, so this stands in for a Service that routes to any live replica.
 """
 
 from __future__ import annotations
