@@ -366,6 +366,36 @@ class EtcdClient(aetcd.Client):
         response.header.CopyFrom(outer.header)
         return response
 
+    async def members(self, linearizable: bool = True) -> list[Any]:
+        """The members (rpc.Member: ID, name, peerURLs, clientURLs, isLearner).
+
+        Linearizable by default; ``linearizable=False`` answers from the member reached, without quorum.
+        """
+        request = rpc.MemberListRequest(linearizable=linearizable)
+        response = await self._unary("clusterstub", "MemberList", request)
+        return list(response.members)
+
+    async def add_learner(self, peer_url: str) -> int:
+        """Add a member as a learner (it gets no vote until promoted); returns its ID."""
+        request = rpc.MemberAddRequest(peerURLs=[peer_url], isLearner=True)
+        response = await self._unary("clusterstub", "MemberAdd", request)
+        return int(response.member.ID)
+
+    async def promote(self, member_id: int) -> None:
+        """Make a learner a voter; etcd refuses while it has not caught up with the leader."""
+        await self._unary("clusterstub", "MemberPromote", rpc.MemberPromoteRequest(ID=member_id))
+
+    async def remove_member(self, member_id: int) -> None:
+        await self._unary("clusterstub", "MemberRemove", rpc.MemberRemoveRequest(ID=member_id))
+
+    async def status(self) -> Any:
+        """The status (rpc.StatusResponse: leader, raft index...) of the member this client reaches."""
+        return await self._unary("maintenancestub", "Status", rpc.StatusRequest())
+
+    async def move_leader(self, member_id: int) -> None:
+        """Hand leadership to another voter; only the leader serves this (connect to it)."""
+        await self._unary("maintenancestub", "MoveLeader", rpc.MoveLeaderRequest(targetID=member_id))
+
     async def grant(self, ttl: int) -> tuple[int, int]:
         """Grant a lease; returns (lease id, granted TTL)."""
         response = await self._unary("leasestub", "LeaseGrant", rpc.LeaseGrantRequest(TTL=ttl))

@@ -153,9 +153,25 @@ class LocalEtcd:
         self.wait_healthy(self.members)
         return self
 
-    def start_member(self, member: Member, *, wait: bool = True) -> None:
-        """(Re)start a member with its existing data directory."""
-        state = "existing" if member.data_dir.exists() else "new"
+    def add_member(self, name: str) -> Member:
+        """A new member, not started: after etcd's MemberAdd, ``start_member(member, join=...)``."""
+        member = Member(name, free_port(), free_port(), self.workdir / name, self.tls)
+        self.members.append(member)
+        return member
+
+    def drop_member(self, member: Member) -> None:
+        """Stop a member that was removed from the cluster and forget it (its data is deleted)."""
+        self.kill(member)
+        self.members.remove(member)
+        shutil.rmtree(member.data_dir, ignore_errors=True)
+
+    def start_member(self, member: Member, *, wait: bool = True, join: str | None = None) -> None:
+        """(Re)start a member with its existing data directory.
+
+        ``join``: start a new member of a running cluster; the value is its ``--initial-cluster``, which
+        must list exactly the members etcd has (the new one included), as etcd requires.
+        """
+        state = "existing" if member.data_dir.exists() or join else "new"
         command = [
             etcd_binary(),
             f"--name={member.name}",
@@ -164,7 +180,7 @@ class LocalEtcd:
             f"--advertise-client-urls={member.client_url}",
             f"--listen-peer-urls={member.peer_url}",
             f"--initial-advertise-peer-urls={member.peer_url}",
-            f"--initial-cluster={self._initial_cluster()}",
+            f"--initial-cluster={join or self._initial_cluster()}",
             f"--initial-cluster-state={state}",
             "--initial-cluster-token=etcdlock-local",
             "--unsafe-no-fsync",

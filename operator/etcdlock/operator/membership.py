@@ -1,0 +1,181 @@
+"""EtcdCluster membership, changed one safe step at a time through the etcd API.
+
+:func:`observe` asks etcd which members there are, which are learners, which answer and who leads.
+:func:`next_step` compares that with the wanted members (name -> peer URL) and returns the one step to take
+now, or why none is safe; :func:`apply` takes it. The rules are etcd's own guidance:
+
+- nothing is changed without a quorum of healthy voters;
+- a new member joins as a learner (one at a time) and is promoted once etcd says it has caught up;
+- a member to be removed that leads hands leadership to a healthy voter first;
+- a removal that would leave fewer healthy voters than the new quorum is refused;
+- a member whose data is gone is removed before it is added again (never add while one is down).
+
+Members are matched by peer URL: a member added with MemberAdd has no name until its process starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+from etcdlock.etcd import EtcdClient, EtcdConfig, EtcdUnavailable
+
+STATUS_TIMEOUT = 2.0
+
+Action = Literal["add-learner", "promote", "move-leader", "remove", "wait", "refuse", "done"]
+
+
+@dataclass(frozen=True)
+class MemberState:
+    """One member as etcd reports it, and whether it answered a status request."""
+
+    id: int
+    name: str
+    peer_url: str
+    client_url: str
+    learner: bool
+    healthy: bool = False
+    leader: bool = False
+
+
+@dataclass(frozen=True)
+class ClusterView:
+    members: tuple[MemberState, ...]
+
+    @property
+    def voters(self) -> list[MemberState]:
+        return [m for m in self.members if not m.learner]
+
+    @property
+    def learners(self) -> list[MemberState]:
+        return [m for m in self.members if m.learner]
+
+    @property
+    def leader(self) -> MemberState | None:
+        return next((m for m in self.members if m.leader), None)
+
+
+@dataclass(frozen=True)
+class Step:
+    """The one change to make now (``member``: its name; ``target``: the member it acts on)."""
+
+    action: Action
+    reason: str
+    member: str = ""
+    peer_url: str = ""
+    target: MemberState | None = None
+
+
+def quorum(voters: int) -> int:
+    return voters // 2 + 1
+
+
+def next_step(view: ClusterView, wanted: dict[str, str], lost: frozenset[str] = frozenset()) -> Step:
+    """The next safe step towards exactly the ``wanted`` members (name -> peer URL).
+
+    ``lost`` names members whose data is known to be gone (their volume was lost): they are removed,
+    then added again as new members.
+    """
+    voters = view.voters
+    healthy = [m for m in voters if m.healthy]
+    if len(healthy) < quorum(len(voters)):
+        return Step("refuse", f"no quorum: {len(healthy)} of {len(voters)} voters healthy; no change is safe")
+    by_url = {url: name for name, url in wanted.items()}
+    for learner in view.learners:
+        name = by_url.get(learner.peer_url, "")
+        if not name or name in lost:
+            return Step("remove", "the learner is not wanted", name, target=learner)
+        if not learner.healthy:
+            return Step("wait", f"learner {name} is not running yet", name)
+        return Step("promote", "the learner runs", name, target=learner)
+    unwanted = [m for m in voters if by_url.get(m.peer_url, "") in ("", *lost)]
+    if unwanted:
+        victim = max(unwanted, key=lambda m: (not m.leader, m.peer_url))
+        if victim.leader:
+            successor = next((m for m in healthy if m is not victim and m.peer_url in by_url), None)
+            if successor is None:
+                return Step("refuse", "the leader is to go and no other healthy voter can lead")
+            return Step(
+                "move-leader", "the leader is to be removed", by_url[successor.peer_url], target=successor
+            )
+        remaining = len(voters) - 1
+        healthy_after = len(healthy) - (1 if victim.healthy else 0)
+        if healthy_after < quorum(remaining):
+            return Step("refuse", f"removing {victim.name or victim.peer_url} would lose quorum")
+        why = "not wanted" if victim.peer_url not in by_url else "its data is gone"
+        return Step("remove", why, by_url.get(victim.peer_url, victim.name), target=victim)
+    present = {m.peer_url for m in view.members}
+    for name, url in wanted.items():
+        if url not in present:
+            return Step("add-learner", "wanted and not a member", name, url)
+    return Step("done", "every wanted member is a voter")
+
+
+async def observe(client: EtcdClient) -> ClusterView:
+    """The members (a linearizable read) and, asked of each member itself, whether it answers and leads."""
+    try:
+        listed = await client.members()
+    except EtcdUnavailable:
+        listed = await client.members(linearizable=False)  # no quorum: what the member reached knows
+    members = [
+        MemberState(
+            id=m.ID,
+            name=m.name,
+            peer_url=m.peerURLs[0] if m.peerURLs else "",
+            client_url=m.clientURLs[0] if m.clientURLs else "",
+            learner=m.isLearner,
+        )
+        for m in listed
+    ]
+    statuses = await asyncio.gather(*(_status(client.config, m) for m in members))
+    leaders = {s.leader for s in statuses if s is not None}
+    view = [
+        replace(m, healthy=s is not None, leader=s is not None and m.id in leaders)
+        for m, s in zip(members, statuses, strict=True)
+    ]
+    return ClusterView(tuple(view))
+
+
+async def _status(config: EtcdConfig, member: MemberState) -> Any:
+    """The member's own status, or None if it does not answer (not started, down, or cut off)."""
+    if not member.client_url:
+        return None
+    one = replace(
+        config, endpoints=EtcdConfig.parse(member.client_url).endpoints, request_timeout=STATUS_TIMEOUT
+    )
+    with contextlib.suppress(EtcdUnavailable, TimeoutError):
+        async with asyncio.timeout(STATUS_TIMEOUT), EtcdClient(one) as direct:
+            return await direct.status()
+    return None
+
+
+# etcd declines these until later: a learner not caught up yet, or (strict reconfig check) members not all
+# connected for the last five seconds, as just after any member started.
+_NOT_YET = ("not ready", "in sync", "unhealthy cluster")
+
+
+async def apply(client: EtcdClient, view: ClusterView, step: Step) -> bool:
+    """Take the step; False if etcd declined for now (see ``_NOT_YET``): take it again later."""
+    target = step.target
+    try:
+        if step.action == "add-learner":
+            await client.add_learner(step.peer_url)
+        elif step.action == "promote" and target is not None:
+            await client.promote(target.id)
+        elif step.action == "remove" and target is not None:
+            await client.remove_member(target.id)
+        elif step.action == "move-leader" and target is not None:
+            leader = view.leader
+            if leader is None:
+                return False
+            # MoveLeader is served by the leader only.
+            config = replace(client.config, endpoints=EtcdConfig.parse(leader.client_url).endpoints)
+            async with EtcdClient(config) as direct:
+                await direct.move_leader(target.id)
+    except EtcdUnavailable as exc:
+        if any(reason in str(exc) for reason in _NOT_YET):
+            return False
+        raise
+    return True

@@ -1,0 +1,185 @@
+"""EtcdCluster membership against real etcd processes on loopback: 1 -> 3 -> 1 with learners, the leader
+moved away before it is removed, and no step without quorum; a client writes throughout and no
+acknowledged write is lost.
+
+The test plays the controller: it asks :func:`next_step`, applies the step through the etcd API with
+:func:`apply`, and starts an etcd process for a member that was added (as a StatefulSet pod would).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from etcdlock.etcd import EtcdClient, EtcdConfig, EtcdUnavailable
+from etcdlock.etcd.client import put_op
+from etcdlock.operator.membership import ClusterView, MemberState, Step, apply, next_step, observe
+from etcdlock.sandbox.etcd import LocalEtcd
+
+BOUND = 60.0
+
+
+class Writer:
+    """Writes numbered keys as fast as etcd takes them; remembers every acknowledged one."""
+
+    def __init__(self, cluster: LocalEtcd) -> None:
+        self._cluster = cluster
+        self.acknowledged: list[int] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        n = 0
+        while True:
+            config = EtcdConfig.parse(self._cluster.endpoint_list, request_timeout=2)
+            async with EtcdClient(config) as client:
+                while True:
+                    try:
+                        await client.txn([], [put_op(f"/written/{n:06d}".encode(), b"x")])
+                    except EtcdUnavailable:
+                        await asyncio.sleep(0.05)
+                        break  # reconnect with the members there are now
+                    self.acknowledged.append(n)
+                    n += 1
+                    await asyncio.sleep(0.01)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+
+
+@contextlib.asynccontextmanager
+async def client_of(cluster: LocalEtcd) -> AsyncIterator[EtcdClient]:
+    async with EtcdClient(EtcdConfig.parse(cluster.endpoint_list, request_timeout=3)) as client:
+        yield client
+
+
+async def reconcile(cluster: LocalEtcd, wanted: list[str]) -> list[Step]:
+    """Take steps until the wanted members are the voters; returns the steps taken (bounded)."""
+    taken: list[Step] = []
+    async with asyncio.timeout(BOUND):
+        while True:
+            peer_urls = {m.name: m.peer_url for m in cluster.members if m.name in wanted}
+            async with client_of(cluster) as client:
+                view = await observe(client)
+                step = next_step(view, peer_urls)
+                if step.action == "done":
+                    return taken
+                if step.action == "refuse":
+                    raise AssertionError(step.reason)
+                applied = step.action != "wait" and await apply(client, view, step)
+            if not applied:
+                await asyncio.sleep(0.2)  # etcd said "not yet" (a learner catching up, members just started)
+                continue
+            taken.append(step)
+            if step.action == "add-learner":
+                member = next(m for m in cluster.members if m.name == step.member)
+                names = {m.peer_url: m.name for m in cluster.members}
+                known = [f"{names[m.peer_url]}={m.peer_url}" for m in view.members]
+                initial = ",".join([*known, f"{member.name}={member.peer_url}"])
+                await asyncio.to_thread(cluster.start_member, member, join=initial)
+            if step.action == "remove" and step.target is not None:
+                gone = next(m for m in cluster.members if m.peer_url == step.target.peer_url)
+                await asyncio.to_thread(cluster.drop_member, gone)
+            await asyncio.sleep(0.2)
+
+
+def actions(steps: list[Step]) -> list[str]:
+    return [f"{s.action} {s.member}" for s in steps]
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[LocalEtcd]:
+    with LocalEtcd(size=1, workdir=tmp_path) as running:
+        yield running
+
+
+async def voters(cluster: LocalEtcd) -> ClusterView:
+    async with client_of(cluster) as client:
+        return await observe(client)
+
+
+async def test_scale_out_with_learners_then_in_moving_the_leader_off_first(cluster: LocalEtcd) -> None:
+    writer = Writer(cluster)
+    writer.start()
+    try:
+        for name in ("m1", "m2"):
+            cluster.add_member(name)
+        grown = await reconcile(cluster, ["m0", "m1", "m2"])
+        assert actions(grown) == ["add-learner m1", "promote m1", "add-learner m2", "promote m2"]
+        view = await voters(cluster)
+        assert len(view.voters) == 3 and not view.learners and all(m.healthy for m in view.members)
+
+        # Hand leadership to m2, which is then scaled away: it must give leadership up before it goes.
+        async with client_of(cluster) as client:
+            m2 = next(m for m in view.members if m.name == "m2")
+            await apply(client, view, Step("move-leader", "test", "m2", target=m2))
+        leader = (await voters(cluster)).leader
+        assert leader is not None and leader.name == "m2"
+        shrunk = await reconcile(cluster, ["m0"])
+        # Followers go first; the leader hands over to a member that stays before it is removed.
+        assert actions(shrunk) == ["remove m1", "move-leader m0", "remove m2"]
+        view = await voters(cluster)
+        assert [m.name for m in view.voters] == ["m0"] and view.leader is not None
+    finally:
+        await writer.stop()
+    assert len(writer.acknowledged) > 50, "the writer kept writing"
+    async with client_of(cluster) as client:
+        stored = await client.range(b"/written/", b"/written0", keys_only=True)
+    found = {int(kv.key.decode().rsplit("/", 1)[1]) for kv in stored.kvs}
+    assert set(writer.acknowledged) <= found, "an acknowledged write was lost"
+
+
+async def test_no_step_is_taken_without_quorum(tmp_path: Path) -> None:
+    with LocalEtcd(size=3, workdir=tmp_path) as cluster:
+        wanted = {m.name: m.peer_url for m in cluster.members}
+        async with client_of(cluster) as client:
+            assert next_step(await observe(client), wanted).action == "done"
+        survivor = cluster.members[0]
+        for member in cluster.members[1:]:
+            cluster.kill(member)
+        config = EtcdConfig.parse(survivor.client_url, request_timeout=3)
+        async with EtcdClient(config) as client:
+            view = await observe(client)
+        assert [m.healthy for m in view.members].count(True) == 1
+        step = next_step(view, {**wanted, "m3": "http://127.0.0.1:1"})
+        assert step.action == "refuse" and "no quorum" in step.reason
+
+
+def member(n: int, *, learner: bool = False, healthy: bool = True, leader: bool = False) -> MemberState:
+    return MemberState(n + 1, f"m{n}", f"http://p{n}", f"http://c{n}", learner, healthy, leader)
+
+
+WANTED3 = {f"m{n}": f"http://p{n}" for n in range(3)}
+
+
+def test_a_member_whose_data_is_gone_is_removed_before_it_is_added_again() -> None:
+    view = ClusterView((member(0, leader=True), member(1), member(2, healthy=False)))
+    step = next_step(view, WANTED3, lost=frozenset({"m2"}))
+    assert (step.action, step.member) == ("remove", "m2")
+    after = ClusterView((member(0, leader=True), member(1)))
+    assert (next_step(after, WANTED3).action, next_step(after, WANTED3).member) == ("add-learner", "m2")
+
+
+def test_one_learner_at_a_time_and_an_unwanted_learner_goes() -> None:
+    catching_up = ClusterView((member(0, leader=True), member(1, learner=True, healthy=False)))
+    assert next_step(catching_up, WANTED3).action == "wait"
+    stray = ClusterView((member(0, leader=True), member(7, learner=True)))
+    assert (next_step(stray, {"m0": "http://p0"}).action) == "remove"
+
+
+def test_a_removal_that_would_lose_quorum_is_refused() -> None:
+    # Five voters, two down: removing a healthy one would leave 2 healthy of 4 (quorum 3).
+    view = ClusterView(
+        (member(0, leader=True), member(1), member(2), member(3, healthy=False), member(4, healthy=False))
+    )
+    wanted = {f"m{n}": f"http://p{n}" for n in (0, 1, 3, 4)}
+    step = next_step(view, wanted)
+    assert step.action == "refuse" and "would lose quorum" in step.reason
