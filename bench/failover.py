@@ -123,6 +123,8 @@ def measure(workdir: Path) -> dict[signal.Signals, list[float]]:
             return OperatorProcess(endpoints, kubeconfig, certs, log, leader_ttl=TTL, configure_webhook=False)
 
         replicas = [replica(i).start() for i in range(3)]
+        for started in replicas:
+            started.wait("healthy", BOUND)  # each serves the webhook from now on
         spawned = len(replicas)
         watcher = Ungated(api)
         try:
@@ -166,7 +168,9 @@ def measure(workdir: Path) -> dict[signal.Signals, list[float]]:
                     else:
                         old.stop()
                         replicas.remove(old)
-                        replicas.append(replica(spawned).start())
+                        fresh = replica(spawned).start()
+                        fresh.wait("healthy", BOUND)  # it serves the webhook from now on
+                        replicas.append(fresh)
                         spawned += 1
                     print(f"  {sig.name:8} {results[sig][-1]:6.2f} s", flush=True)
         finally:
