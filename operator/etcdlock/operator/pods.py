@@ -266,12 +266,14 @@ class PodHold:
                 except _PlaceLost as exc:
                     if self.held:
                         await self._lost(f"lost {self.lock_name} while the operator was away: {exc}")
+                        await self._drop_session()
                         return
                     log.warning("pod %s/%s: lost its place (%s); queueing again", *self.ref, exc)
                     await self._drop_session()
             reason = await guard.wait_lost()
             if not self._stopping:
                 await self._lost(f"lost {self.lock_name}: {reason}")
+                await self._drop_session()  # the lease guards nothing any more: stop renewing it
         except asyncio.CancelledError:
             raise
         except Fenced:
