@@ -14,6 +14,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -224,8 +225,12 @@ class LocalEtcd:
             member.process.send_signal(signal.SIGCONT)
 
     def close(self) -> None:
+        """Stop every member and delete the data. A member that died on its own meanwhile (nobody
+        killed it) has the end of its log written to stderr first, since its folder goes with it."""
         for member in self.members:
             if member.process is not None:
+                if member.process.poll() is not None:
+                    _report_death(member)
                 with contextlib.suppress(ProcessLookupError):
                     member.process.send_signal(signal.SIGCONT)
                 self.kill(member)
@@ -252,3 +257,14 @@ class LocalEtcd:
             env=env,
             check=False,
         )
+
+
+def _report_death(member: Member) -> None:
+    assert member.process is not None
+    try:
+        tail = member.log_path.read_text(errors="replace").splitlines()[-20:]
+    except OSError:
+        tail = []
+    print(f"etcd {member.name} had exited on its own with code {member.process.returncode}:", file=sys.stderr)
+    for line in tail:
+        print(f"  {line}", file=sys.stderr)
