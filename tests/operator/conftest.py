@@ -11,7 +11,7 @@ import kubernetes
 import pytest
 import yaml
 from kubernetes.client import ApiClient
-from operator_support import OperatorThread
+from operator_support import OperatorThread, tolerating
 
 from etcdlock.operator.webhook import WebhookSettings, configuration
 from etcdlock.sandbox.certs import write_webhook_certs
@@ -25,11 +25,8 @@ def api(kubeconfig: Path) -> ApiClient:
     client = kubernetes.config.new_client_from_config(config_file=str(kubeconfig))
     crd = yaml.safe_load((ROOT / "crds" / "distributedlock.yaml").read_text())
     extensions = kubernetes.client.ApiextensionsV1Api(client)
-    try:
+    with tolerating(409):  # created by an earlier module of the session
         extensions.create_custom_resource_definition(crd)
-    except kubernetes.client.ApiException as exc:
-        if exc.status != 409:
-            raise
     return client
 
 

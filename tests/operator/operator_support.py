@@ -5,10 +5,11 @@ the operator run in a thread of its own, as ``etcdlock operator`` runs it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,16 @@ def eventually(read: Callable[[], Any], ok: Callable[[Any], bool], what: str, bo
         time.sleep(0.05)
         value = read()
     return value
+
+
+@contextlib.contextmanager
+def tolerating(status: int) -> Iterator[None]:
+    """An API call whose failure with ``status`` (409 exists, 404 gone) is the outcome wanted anyway."""
+    try:
+        yield
+    except kubernetes.client.ApiException as exc:
+        if exc.status != status:
+            raise
 
 
 def wait_listening(host: str, port: int) -> None:

@@ -18,11 +18,11 @@ from pathlib import Path
 import kubernetes
 import pytest
 from kubernetes.client import ApiClient
-from operator_support import BOUND, create_lock, events_of, eventually
+from operator_support import BOUND, create_lock, events_of, eventually, tolerating
 from test_pods import PodWatch, create_pod, finish, gated, held, note, read_pod, take_turns
 
 from etcdlock.operator.names import STATE_ANNOTATION, WEBHOOK_CONFIGURATION
-from etcdlock.operator.webhook import WebhookSettings, register
+from etcdlock.operator.webhook import WebhookSettings, register, registered_urls
 from etcdlock.sandbox.etcd import LocalEtcd
 from etcdlock.sandbox.replicas import OperatorProcess
 
@@ -81,12 +81,9 @@ def replicas(
         yield running
     finally:
         running.stop()
-        registrations = kubernetes.client.AdmissionregistrationV1Api(api)
-        try:
+        with tolerating(404):
+            registrations = kubernetes.client.AdmissionregistrationV1Api(api)
             registrations.delete_mutating_webhook_configuration(WEBHOOK_CONFIGURATION)
-        except kubernetes.client.ApiException as exc:
-            if exc.status != 404:
-                raise
     for replica in running.all:
         assert "Traceback" not in replica.log_path.read_text(), replica.log_path.read_text()
 
@@ -108,19 +105,12 @@ def gauge(replica: OperatorProcess, name: str) -> float:
 def queue_three(api: ApiClient, namespace: str, replicas: Replicas) -> list[str]:
     """A lock and three pods: the first holds, two wait (every replica serves the webhook; the one that
     registered itself last is the one called)."""
-    registrations = kubernetes.client.AdmissionregistrationV1Api(api)
-
-    def urls() -> list[str]:
-        try:
-            config = registrations.read_mutating_webhook_configuration(WEBHOOK_CONFIGURATION)
-        except kubernetes.client.ApiException as exc:
-            if exc.status == 404:
-                return []
-            raise
-        return [hook.client_config.url or "" for hook in config.webhooks or []]
-
     ports = {f":{replica.webhook_port}/" for replica in replicas.all}
-    eventually(urls, lambda found: any(port in url for url in found for port in ports), "the webhook")
+    eventually(
+        lambda: registered_urls(api),
+        lambda found: any(port in url for url in found for port in ports),
+        "the webhook registration",
+    )
     create_lock(api, namespace, "ha", {"ttlSeconds": 30})
     names = ["first", "second", "third"]
     for name in names:

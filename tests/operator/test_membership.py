@@ -88,7 +88,6 @@ async def reconcile(cluster: LocalEtcd, wanted: list[str]) -> list[Step]:
             if step.action == "remove" and step.target is not None:
                 gone = next(m for m in cluster.members if m.peer_url == step.target.peer_url)
                 await asyncio.to_thread(cluster.drop_member, gone)
-            await asyncio.sleep(0.2)
 
 
 def actions(steps: list[Step]) -> list[str]:

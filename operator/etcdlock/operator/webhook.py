@@ -184,6 +184,18 @@ def configuration(settings: WebhookSettings, name: str = WEBHOOK_CONFIGURATION, 
     }
 
 
+def registered_urls(api: kubernetes.client.ApiClient) -> list[str]:
+    """Where the MutatingWebhookConfiguration ``etcdlock.io`` sends pods now (none if it does not exist)."""
+    registrations = kubernetes.client.AdmissionregistrationV1Api(api)
+    try:
+        config = registrations.read_mutating_webhook_configuration(WEBHOOK_CONFIGURATION)
+    except ApiException as exc:
+        if exc.status == 404:
+            return []
+        raise
+    return [hook.client_config.url or "" for hook in config.webhooks or []]
+
+
 async def register(api: kubernetes.client.ApiClient, settings: WebhookSettings) -> None:
     """Write the MutatingWebhookConfiguration that sends pod creations to this process (``configure``)."""
     registrations = kubernetes.client.AdmissionregistrationV1Api(api)

@@ -16,7 +16,7 @@ from types import TracebackType
 import kubernetes
 import yaml
 
-from etcdlock.operator.names import WEBHOOK_CONFIGURATION
+from etcdlock.operator.webhook import registered_urls
 from etcdlock.sandbox.certs import write_webhook_certs
 from etcdlock.sandbox.replicas import OperatorProcess
 
@@ -57,7 +57,8 @@ class InstalledOperator:
         self.metrics_url = f"{self._replica.url}/metrics"
         (self._directory / "metrics-url").write_text(self.metrics_url)
         deadline = time.monotonic() + START_TIMEOUT
-        while not (self._replica.ready() and _webhook_registered(api, self._replica.webhook_port)):
+        registered = f":{self._replica.webhook_port}/"
+        while not (self._replica.ready() and any(registered in url for url in registered_urls(api))):
             if not self._replica.running():
                 raise OperatorError(f"the operator exited during start-up: see {log_path}")
             if time.monotonic() > deadline:
@@ -75,14 +76,3 @@ class InstalledOperator:
     def _stop(self) -> None:
         if self._replica is not None:
             self._replica.stop(STOP_TIMEOUT)
-
-
-def _webhook_registered(api: kubernetes.client.ApiClient, port: int) -> bool:
-    """The operator's MutatingWebhookConfiguration exists and points at this operator's port."""
-    registrations = kubernetes.client.AdmissionregistrationV1Api(api)
-    try:
-        config = registrations.read_mutating_webhook_configuration(WEBHOOK_CONFIGURATION)
-    except kubernetes.client.ApiException:
-        return False
-    urls = [hook.client_config.url or "" for hook in config.webhooks or []]
-    return any(f":{port}/" in url for url in urls)
