@@ -2,13 +2,18 @@
 
 ``async with Sandbox() as sandbox:`` gives ``sandbox.url`` (the API), ``sandbox.etcd`` (the etcd behind it)
 and ``sandbox.write_kubeconfig(path)`` for kubectl and the kubernetes client. Pods go through their
-phases by the pretend kubelet of :mod:`etcdlock.sandbox.kubelet`.
+phases by the pretend kubelet of :mod:`etcdlock.sandbox.kubelet`, except pods of the etcd image, which run
+as processes (:mod:`etcdlock.sandbox.containers`) with cluster DNS (``sandbox.hosts``, see
+:mod:`etcdlock.sandbox.network`); StatefulSets get their pods (:mod:`etcdlock.sandbox.statefulsets`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import shutil
+import tempfile
 import threading
 from pathlib import Path
 from types import TracebackType
@@ -17,8 +22,11 @@ from etcdlock.etcd.client import EtcdClient, EtcdConfig
 from etcdlock.sandbox.apiserver.api import Api
 from etcdlock.sandbox.apiserver.server import ApiServer, AuditRecord
 from etcdlock.sandbox.apiserver.storage import Storage
+from etcdlock.sandbox.containers import ProcessKubelet
 from etcdlock.sandbox.etcd import LocalEtcd
 from etcdlock.sandbox.kubelet import PodLifecycle
+from etcdlock.sandbox.network import ClusterDns, PodNetwork
+from etcdlock.sandbox.statefulsets import StatefulSetController
 
 CONTEXT = "etcdlock-sandbox"
 
@@ -49,7 +57,9 @@ class Sandbox:
         self._client: EtcdClient | None = None
         self.api: Api | None = None
         self._server: ApiServer | None = None
-        self._kubelet: asyncio.Task[None] | None = None
+        self._controllers: list[asyncio.Task[None]] = []
+        self._pods_dir: Path | None = None
+        self.hosts = Path()
         self.url = ""
 
     async def start(self) -> Sandbox:
@@ -62,16 +72,29 @@ class Sandbox:
             await self.api.start()
             self._server = ApiServer(self.api, audit=self._audit)
             self.url = await self._server.start(port=self._port)
-            self._kubelet = asyncio.create_task(PodLifecycle(self.api).run(), name="sandbox-kubelet")
+            self._pods_dir = Path(tempfile.mkdtemp(prefix="pods-", dir=self._workdir))
+            network = PodNetwork(self._pods_dir / "hosts")
+            self.hosts = network.hosts
+            for name, controller in (
+                ("kubelet", PodLifecycle(self.api).run()),
+                ("process-kubelet", ProcessKubelet(self.api, network, self._pods_dir).run()),
+                ("statefulsets", StatefulSetController(self.api).run()),
+                ("cluster-dns", ClusterDns(self.api, network).run()),
+            ):
+                self._controllers.append(asyncio.create_task(controller, name=f"sandbox-{name}"))
         except BaseException:
             await self.stop()
             raise
         return self
 
     async def stop(self) -> None:
-        if self._kubelet is not None:
-            self._kubelet.cancel()
-            await asyncio.gather(self._kubelet, return_exceptions=True)
+        for task in self._controllers:
+            task.cancel()
+        await asyncio.gather(*self._controllers, return_exceptions=True)
+        self._controllers = []
+        if self._pods_dir is not None:
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(shutil.rmtree, self._pods_dir)
         if self._server is not None:
             await self._server.stop()
         if self.api is not None:
@@ -80,7 +103,7 @@ class Sandbox:
             await self._client.close()
         if self.etcd is not None:
             await asyncio.to_thread(self.etcd.close)
-        self._server = self.api = self._client = self.etcd = self._kubelet = None
+        self._server = self.api = self._client = self.etcd = self._pods_dir = None
 
     @property
     def audit(self) -> list[AuditRecord]:
@@ -123,6 +146,11 @@ class SandboxThread:
     def etcd(self) -> LocalEtcd:
         assert self.sandbox.etcd is not None
         return self.sandbox.etcd
+
+    @property
+    def hosts(self) -> Path:
+        """The cluster DNS hosts file (see :mod:`etcdlock.sandbox.network`)."""
+        return self.sandbox.hosts
 
     def write_kubeconfig(self, path: Path, namespace: str = "default") -> Path:
         return self.sandbox.write_kubeconfig(path, namespace)

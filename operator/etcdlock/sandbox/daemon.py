@@ -143,7 +143,9 @@ async def serve(directory: Path, port: int, crds: Path | None = None) -> None:
             print(f"sandbox API at {sandbox.url}, etcd at {etcd}", flush=True)
             async with contextlib.AsyncExitStack() as stack:
                 if crds is not None:
-                    await stack.enter_async_context(InstalledOperator(directory, kubeconfig, etcd, crds))
+                    await stack.enter_async_context(
+                        InstalledOperator(directory, kubeconfig, etcd, crds, sandbox.hosts)
+                    )
                 _pid_file(directory).write_text(str(os.getpid()))
                 await stop.wait()
     finally:

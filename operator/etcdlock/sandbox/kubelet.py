@@ -1,6 +1,7 @@
 """A pretend kubelet for the sandbox: pods run nothing, but go through the phases a node would give them.
 
-There are no nodes and no containers here. A pod without scheduling gates becomes Running at once (gated
+There are no nodes and no containers here (pods of the etcd image are the exception: they run for real,
+see :mod:`etcdlock.sandbox.containers`). A pod without scheduling gates becomes Running at once (gated
 pods stay Pending, as with a real scheduler); a pod annotated ``sandbox.etcdlock.io/run-seconds: N`` then
 finishes N seconds after it started: Succeeded, or Failed if ``sandbox.etcdlock.io/exit-code`` is not 0.
 Without that annotation it runs until it is deleted or its phase is patched
@@ -16,8 +17,9 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
-from etcdlock.sandbox.apiserver.api import MERGE_PATCH, Api
+from etcdlock.sandbox.apiserver.api import MERGE_PATCH, Api, now
 from etcdlock.sandbox.apiserver.errors import ApiError
+from etcdlock.sandbox.containers import runs_etcd
 
 log = logging.getLogger(__name__)
 
@@ -26,10 +28,6 @@ EXIT_CODE = "sandbox.etcdlock.io/exit-code"
 NODE = "sandbox"
 
 Obj = dict[str, Any]
-
-
-def _now() -> str:
-    return datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
 def _seconds(value: Any) -> float | None:
@@ -66,6 +64,8 @@ class PodLifecycle:
     async def _consider(self, kind: str, pod: Obj) -> None:
         meta = pod["metadata"]
         uid = meta.get("uid", "")
+        if runs_etcd(pod):
+            return
         if kind == "DELETED" or meta.get("deletionTimestamp"):
             timer = self._timers.pop(uid, None)
             if timer is not None:
@@ -85,15 +85,15 @@ class PodLifecycle:
                 self._timers[uid] = asyncio.create_task(self._finish_after(pod, max(0.0, seconds - elapsed)))
 
     def _running(self, pod: Obj) -> Obj:
-        now = _now()
+        started = now()
         containers = (pod.get("spec") or {}).get("containers") or []
         return {
             "phase": "Running",
-            "startTime": now,
+            "startTime": started,
             "hostIP": "127.0.0.1",
             "podIP": "127.0.0.1",
             "conditions": [
-                {"type": t, "status": "True", "lastProbeTime": None, "lastTransitionTime": now}
+                {"type": t, "status": "True", "lastProbeTime": None, "lastTransitionTime": started}
                 for t in ("PodScheduled", "Initialized", "ContainersReady", "Ready")
             ],
             "containerStatuses": [
@@ -104,7 +104,7 @@ class PodLifecycle:
                     "ready": True,
                     "restartCount": 0,
                     "started": True,
-                    "state": {"running": {"startedAt": now}},
+                    "state": {"running": {"startedAt": started}},
                 }
                 for c in containers
             ],
@@ -125,14 +125,18 @@ class PodLifecycle:
         ):
             return
         code = int(_seconds((current["metadata"].get("annotations") or {}).get(EXIT_CODE)) or 0)
-        now = _now()
-        terminated = {"exitCode": code, "reason": "Completed" if code == 0 else "Error", "finishedAt": now}
+        finished = now()
+        terminated = {
+            "exitCode": code,
+            "reason": "Completed" if code == 0 else "Error",
+            "finishedAt": finished,
+        }
         statuses = [
             {**s, "ready": False, "started": False, "state": {"terminated": terminated}}
             for s in (current.get("status") or {}).get("containerStatuses") or []
         ]
         ready = [
-            {"type": t, "status": "False", "reason": "PodCompleted", "lastTransitionTime": now}
+            {"type": t, "status": "False", "reason": "PodCompleted", "lastTransitionTime": finished}
             for t in ("ContainersReady", "Ready")
         ]
         conditions = [

@@ -1,9 +1,9 @@
 """The etcdlock operator installed in the sandbox: its CRDs applied and ``etcdlock operator`` running.
 
-The operator runs as its own process (the real CLI), against the sandbox's API and etcd, serving its
-webhook on loopback with certificates made here and registering the webhook itself
-(``--webhook-configure``). It is ready once it leads (``/readyz``) and the webhook is registered,
-so pods created from then on are gated. Its log is ``DIR/operator.log``.
+The operator runs as its own process (the real CLI) with the sandbox's cluster DNS, as a pod there would,
+against the sandbox's API and etcd, serving its webhook on loopback with certificates made here and
+registering the webhook itself (``--webhook-configure``). It is ready once it leads (``/readyz``) and
+the webhook is registered, so pods created from then on are gated. Its log is ``DIR/operator.log``.
 """
 
 from __future__ import annotations
@@ -31,8 +31,16 @@ class OperatorError(Exception):
 class InstalledOperator:
     """``async with InstalledOperator(dir, kubeconfig, etcd_endpoints, crds):`` while the sandbox runs."""
 
-    def __init__(self, directory: Path, kubeconfig: Path, etcd_endpoints: str, crds: Path) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        kubeconfig: Path,
+        etcd_endpoints: str,
+        crds: Path,
+        cluster_dns: Path | None = None,
+    ) -> None:
         self._directory = directory
+        self._cluster_dns = cluster_dns
         self._kubeconfig = kubeconfig
         self._etcd = etcd_endpoints
         self._crds = crds
@@ -53,7 +61,9 @@ class InstalledOperator:
         self._install_crds(api)
         certs = write_webhook_certs(self._directory / "webhook")
         log_path = self._directory / "operator.log"
-        self._replica = OperatorProcess(self._etcd, self._kubeconfig, certs, log_path).start()
+        self._replica = OperatorProcess(
+            self._etcd, self._kubeconfig, certs, log_path, cluster_dns=self._cluster_dns
+        ).start()
         self.metrics_url = f"{self._replica.url}/metrics"
         (self._directory / "metrics-url").write_text(self.metrics_url)
         deadline = time.monotonic() + START_TIMEOUT

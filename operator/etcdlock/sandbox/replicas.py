@@ -2,8 +2,10 @@
 the failover benchmark.
 
 Each replica gets its own ports (metrics and probes, webhook) and log file; all share one election. With
-``configure_webhook`` each replica registers the webhook for itself when it starts (the last one started
-wins): every replica serves it, so this stands in for a Service that routes to any live replica.
+``cluster_dns`` (the sandbox's hosts file) a replica resolves names as a pod in the sandbox does, so it can
+reach the EtcdClusters running there. With ``configure_webhook`` each replica registers the webhook for
+itself when it starts (the last one started wins): every replica serves it, so this stands in for a
+Service that routes to any live replica.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import urllib.request
 from pathlib import Path
 
 from etcdlock.sandbox.etcd import free_port
+from etcdlock.sandbox.network import with_cluster_dns
 
 
 class OperatorProcess:
@@ -33,6 +36,7 @@ class OperatorProcess:
         leader_ttl: int | None = None,
         configure_webhook: bool = True,
         webhook_port: int | None = None,
+        cluster_dns: Path | None = None,
     ) -> None:
         self.webhook_port = webhook_port or free_port()
         self.http_port = free_port()
@@ -62,6 +66,8 @@ class OperatorProcess:
             self.command += ["--leader-ttl", str(leader_ttl)]
         if configure_webhook:
             self.command.append("--webhook-configure")
+        if cluster_dns is not None:
+            self.command = with_cluster_dns(cluster_dns, self.command)
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
