@@ -9,6 +9,7 @@ import kubernetes_validate
 import pytest
 
 from etcdlock.operator.etcdcluster import (
+    TEMPLATE_HASH,
     ClusterSpec,
     children,
     disruption_budget,
@@ -59,8 +60,9 @@ def test_members_bootstrap_from_stable_peer_names() -> None:
     assert given["quota-backend-bytes"] == str(2 * 1024**3)
     assert sts["spec"]["podManagementPolicy"] == "Parallel" and sts["spec"]["serviceName"] == "e"
     container = sts["spec"]["template"]["spec"]["containers"][0]
-    assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
-    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/health?serializable=true"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/health"
+    assert sts["spec"]["updateStrategy"] == {"type": "OnDelete"}
     assert sts["spec"]["template"]["spec"]["volumes"] == [{"name": "data", "emptyDir": {}}]
 
 
@@ -73,7 +75,7 @@ def test_pod_template_overrides_reach_the_pods() -> None:
     }
     sts = statefulset(ClusterSpec.parse("ns", "e", {"podTemplate": overrides}))
     template = sts["spec"]["template"]
-    assert template["metadata"]["annotations"] == overrides["annotations"]
+    assert template["metadata"]["annotations"]["example.com/team"] == "locks"
     assert template["spec"]["nodeSelector"] == {"disk": "ssd"}
     assert template["spec"]["tolerations"] == overrides["tolerations"]
     assert template["spec"]["affinity"] == {"nodeAffinity": {}}
@@ -92,3 +94,40 @@ def test_pod_template_overrides_reach_the_pods() -> None:
 )
 def test_upgrades_go_one_minor_at_a_time(current: str, wanted: str, allowed: bool) -> None:
     assert upgrade_allowed(current, wanted) is allowed
+
+
+def test_a_running_cluster_template_joins_the_current_membership() -> None:
+    spec = ClusterSpec.parse("ns", "e", {"replicas": 3})
+    members = {"e-0": spec.peer_url(0), "e-1": spec.peer_url(1), "e-3": spec.peer_url(3)}
+    sts = statefulset(spec, members=members, replicas=4)
+    given = flags(sts)
+    assert given["initial-cluster-state"] == "existing"
+    assert given["initial-cluster"] == ",".join(f"e-{i}=http://e-{i}.e.ns.svc:2380" for i in (0, 1, 3))
+    assert sts["spec"]["replicas"] == 4
+
+
+def test_the_template_hash_changes_with_what_needs_a_restart_only() -> None:
+    spec = ClusterSpec.parse("ns", "e", {"replicas": 3})
+
+    def digest(sts: dict[str, Any]) -> str:
+        return str(sts["spec"]["template"]["metadata"]["annotations"][TEMPLATE_HASH])
+
+    bootstrap = digest(statefulset(spec))
+    assert digest(statefulset(spec, members={"e-0": spec.peer_url(0)})) == bootstrap
+    assert digest(statefulset(ClusterSpec.parse("ns", "e", {"version": "3.5.22"}))) != bootstrap
+    limits = {"resources": {"limits": {"memory": "1Gi"}}}
+    assert digest(statefulset(ClusterSpec.parse("ns", "e", limits))) != bootstrap
+
+
+def test_maintenance_settings() -> None:
+    spec = ClusterSpec.parse(
+        "ns", "e", {"maintenance": {"defragmentInterval": "10m", "compactionRetention": "5m"}}
+    )
+    assert spec.defragment_interval == 600.0
+    assert flags(statefulset(spec))["auto-compaction-retention"] == "5m"
+    assert ClusterSpec.parse("ns", "e", {}).defragment_interval == 24 * 3600.0
+    assert (
+        ClusterSpec.parse("ns", "e", {"maintenance": {"defragmentInterval": "0s"}}).defragment_interval == 0
+    )
+    with pytest.raises(InvalidSpec, match=r"spec\.maintenance\.defragmentInterval"):
+        ClusterSpec.parse("ns", "e", {"maintenance": {"defragmentInterval": "daily"}})

@@ -392,6 +392,10 @@ class EtcdClient(aetcd.Client):
         """The status (rpc.StatusResponse: leader, raft index...) of the member this client reaches."""
         return await self._unary("maintenancestub", "Status", rpc.StatusRequest())
 
+    async def defragment(self) -> None:
+        """Defragment the backend of the member this client reaches (it blocks that member meanwhile)."""
+        await self._unary("maintenancestub", "Defragment", rpc.DefragmentRequest())
+
     async def move_leader(self, member_id: int) -> None:
         """Hand leadership to another voter; only the leader serves this (connect to it)."""
         await self._unary("maintenancestub", "MoveLeader", rpc.MoveLeaderRequest(targetID=member_id))

@@ -3,14 +3,22 @@
 A cluster NAME is a StatefulSet NAME whose pods are the members (NAME-0, NAME-1, ...), a headless Service
 NAME (stable peer names NAME-i.NAME.NAMESPACE.svc, published before the pods are ready so that members
 can find each other) and a client Service NAME-client, plus a PodDisruptionBudget that keeps a quorum.
-Every member starts with the same static ``--initial-cluster`` of the first ``replicas`` members; later
-membership changes go through the etcd API, one step at a time (not in this module). The flags follow
-etcd's guidance: default heartbeat and election timeout, a 2 GiB quota, hourly revision compaction and
-the v3.5 recommended snapshot count; probes use etcd's ``/livez`` and ``/readyz`` on the metrics port.
+A new cluster bootstraps with a static ``--initial-cluster`` of the first ``replicas`` members; once it
+runs, the template says ``--initial-cluster-state=existing`` with the current membership, so that a pod
+created later (scale-out, or a member replaced) joins the running cluster as the member the operator added
+for it. Membership changes go through the etcd API, one step at a time (:mod:`.membership`). The
+StatefulSet uses the ``OnDelete`` strategy: the operator restarts members itself, one at a time and only
+while the cluster is healthy. The flags follow etcd's guidance: default heartbeat and election timeout, a
+2 GiB quota, periodic revision compaction (``maintenance.compactionRetention``, default 1h) and the v3.5
+recommended snapshot count. Probes use ``/health`` on the metrics port, which every 3.5 release serves:
+liveness asks the member alone (``serializable``), readiness that it serves linearizable reads (it is part
+of a quorum; a learner is never ready, so clients of the client Service never reach one).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,7 +31,12 @@ IMAGE = "registry.k8s.io/etcd:{version}-0"
 CLIENT_PORT, PEER_PORT, METRICS_PORT = 2379, 2380, 2381
 QUOTA_BYTES = 2 * 1024**3
 DATA = "/var/lib/etcd"
+TEMPLATE_HASH = "etcdlock.io/template-hash"
 _VERSION = re.compile(r"^3\.(\d+)\.(\d+)$")
+_DURATION = re.compile(r"^(\d+)(s|m|h)$")
+_UNITS = {"s": 1, "m": 60, "h": 3600}
+DEFAULT_DEFRAGMENT_INTERVAL = "24h"
+DEFAULT_COMPACTION_RETENTION = "1h"
 
 Obj = dict[str, Any]
 
@@ -41,6 +54,8 @@ class ClusterSpec:
     storage_class: str | None = None
     resources: Obj = field(default_factory=dict)
     pod_template: Obj = field(default_factory=dict)
+    defragment_interval: float = 24 * 3600.0
+    compaction_retention: str = DEFAULT_COMPACTION_RETENTION
 
     @classmethod
     def parse(cls, namespace: str, name: str, spec: Any) -> ClusterSpec:
@@ -54,6 +69,12 @@ class ClusterSpec:
         if not isinstance(version, str) or not _VERSION.match(version):
             raise InvalidSpec(f"spec.version must look like 3.5.21, not {version!r}")
         storage = spec.get("storage") or {}
+        maintenance = spec.get("maintenance") or {}
+        interval = maintenance.get("defragmentInterval", DEFAULT_DEFRAGMENT_INTERVAL)
+        retention = maintenance.get("compactionRetention", DEFAULT_COMPACTION_RETENTION)
+        for key, value in (("defragmentInterval", interval), ("compactionRetention", retention)):
+            if not isinstance(value, str) or not _DURATION.match(value):
+                raise InvalidSpec(f"spec.maintenance.{key} must look like 30s, 10m or 24h, not {value!r}")
         return cls(
             namespace=namespace,
             name=name,
@@ -64,6 +85,8 @@ class ClusterSpec:
             storage_class=storage.get("storageClassName"),
             resources=dict(spec.get("resources") or {}),
             pod_template=dict(spec.get("podTemplate") or {}),
+            defragment_interval=seconds(interval),
+            compaction_retention=retention,
         )
 
     @property
@@ -77,6 +100,13 @@ class ClusterSpec:
     def member(self, index: int) -> str:
         return f"{self.name}-{index}"
 
+    def ordinal(self, member: str) -> int | None:
+        head, _, index = member.rpartition("-")
+        return int(index) if head == self.name and index.isdigit() else None
+
+    def client_url_of(self, index: int) -> str:
+        return f"http://{self.member(index)}.{self.name}.{self.namespace}.svc:{CLIENT_PORT}"
+
     def peer_url(self, index: int) -> str:
         return f"http://{self.member(index)}.{self.name}.{self.namespace}.svc:{PEER_PORT}"
 
@@ -86,6 +116,18 @@ class ClusterSpec:
 
     def initial_cluster(self) -> str:
         return ",".join(f"{self.member(i)}={self.peer_url(i)}" for i in range(self.replicas))
+
+    def wanted(self) -> dict[str, str]:
+        """The members this spec asks for: name -> peer URL."""
+        return {self.member(i): self.peer_url(i) for i in range(self.replicas)}
+
+
+def seconds(duration: str) -> float:
+    """``30s``, ``10m``, ``24h`` in seconds (0 turns the schedule off)."""
+    match = _DURATION.match(duration)
+    if match is None:
+        raise InvalidSpec(f"{duration!r} is not a duration like 30s, 10m or 24h")
+    return float(int(match.group(1)) * _UNITS[match.group(2)])
 
 
 def upgrade_allowed(current: str, wanted: str) -> bool:
@@ -138,8 +180,22 @@ def services(spec: ClusterSpec, owner: Obj | None = None) -> list[Obj]:
     return [peer, client]
 
 
-def statefulset(spec: ClusterSpec, owner: Obj | None = None) -> Obj:
-    """The members' StatefulSet (Parallel start: a new cluster's members must all come up to elect)."""
+def statefulset(
+    spec: ClusterSpec,
+    owner: Obj | None = None,
+    members: dict[str, str] | None = None,
+    replicas: int | None = None,
+) -> Obj:
+    """The members' StatefulSet (Parallel start: a new cluster's members must all come up to elect).
+
+    Without ``members`` it bootstraps a new cluster; with them (name -> peer URL, the current membership)
+    a pod created from it joins the running cluster. ``replicas``: how many pods run now (membership
+    changes move it one member at a time), default the spec's.
+    """
+    if members is None:
+        initial, state = spec.initial_cluster(), "new"
+    else:
+        initial, state = ",".join(f"{n}={u}" for n, u in sorted(members.items())), "existing"
     container: Obj = {
         "name": "etcd",
         "image": spec.image,
@@ -151,13 +207,13 @@ def statefulset(spec: ClusterSpec, owner: Obj | None = None) -> Obj:
             f"--advertise-client-urls=http://$(POD_NAME).{spec.name}.{spec.namespace}.svc:{CLIENT_PORT}",
             f"--listen-peer-urls=http://0.0.0.0:{PEER_PORT}",
             f"--initial-advertise-peer-urls=http://$(POD_NAME).{spec.name}.{spec.namespace}.svc:{PEER_PORT}",
-            f"--initial-cluster={spec.initial_cluster()}",
-            "--initial-cluster-state=new",
+            f"--initial-cluster={initial}",
+            f"--initial-cluster-state={state}",
             f"--initial-cluster-token={spec.namespace}-{spec.name}",
             f"--listen-metrics-urls=http://0.0.0.0:{METRICS_PORT}",
             f"--quota-backend-bytes={QUOTA_BYTES}",
             "--auto-compaction-mode=periodic",
-            "--auto-compaction-retention=1h",
+            f"--auto-compaction-retention={spec.compaction_retention}",
             "--snapshot-count=10000",
         ],
         "env": [
@@ -169,12 +225,12 @@ def statefulset(spec: ClusterSpec, owner: Obj | None = None) -> Obj:
             {"name": "metrics", "containerPort": METRICS_PORT},
         ],
         "livenessProbe": {
-            "httpGet": {"path": "/livez", "port": "metrics"},
+            "httpGet": {"path": "/health?serializable=true", "port": "metrics"},
             "initialDelaySeconds": 10,
             "periodSeconds": 10,
             "failureThreshold": 6,
         },
-        "readinessProbe": {"httpGet": {"path": "/readyz", "port": "metrics"}, "periodSeconds": 5},
+        "readinessProbe": {"httpGet": {"path": "/health", "port": "metrics"}, "periodSeconds": 5},
         "securityContext": {
             "allowPrivilegeEscalation": False,
             "readOnlyRootFilesystem": True,
@@ -199,13 +255,13 @@ def statefulset(spec: ClusterSpec, owner: Obj | None = None) -> Obj:
     for key in ("nodeSelector", "tolerations"):
         if overrides.get(key):
             pod[key] = overrides[key]
-    template_meta: Obj = {"labels": dict(spec.labels)}
-    if overrides.get("annotations"):
-        template_meta["annotations"] = dict(overrides["annotations"])
+    annotations = {**(overrides.get("annotations") or {}), TEMPLATE_HASH: template_hash(pod)}
+    template_meta: Obj = {"labels": dict(spec.labels), "annotations": annotations}
     sts_spec: Obj = {
         "serviceName": spec.name,
-        "replicas": spec.replicas,
+        "replicas": spec.replicas if replicas is None else replicas,
         "podManagementPolicy": "Parallel",
+        "updateStrategy": {"type": "OnDelete"},
         "selector": {"matchLabels": dict(spec.labels)},
         "template": {"metadata": template_meta, "spec": pod},
     }
@@ -225,6 +281,15 @@ def statefulset(spec: ClusterSpec, owner: Obj | None = None) -> Obj:
         "metadata": _meta(spec, spec.name, owner),
         "spec": sts_spec,
     }
+
+
+def template_hash(pod: Obj) -> str:
+    """What a running member must be restarted for (image, resources, overrides), leaving out the
+    bootstrap flags: those only matter to a member's first start."""
+    relevant = json.loads(json.dumps(pod))
+    for container in relevant["containers"]:
+        container["command"] = [c for c in container["command"] if not c.startswith("--initial-cluster")]
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def _spread(spec: ClusterSpec) -> Obj:

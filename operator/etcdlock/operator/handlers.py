@@ -2,6 +2,7 @@
 
 One startup handler owns every setting; one ``reconcile`` is reached from create, resume and spec
 updates; every lock gets one mirror task (:mod:`etcdlock.operator.mirror`) kept in the operator's memo.
+Every EtcdCluster is reconciled by a timer (:mod:`etcdlock.operator.clusters`), which writes its status.
 Every pod watch event goes to :class:`~etcdlock.operator.pods.PodHolds`. (The webhook that gates pods is
 not a kopf handler: every replica serves it, see :mod:`etcdlock.operator.webhook`.)
 """
@@ -19,11 +20,13 @@ from kubernetes.client.exceptions import ApiException
 
 from etcdlock.etcd import EtcdClient, EtcdConfig, Fence
 from etcdlock.etcd.keys import Contender
+from etcdlock.operator.clusters import RECONCILE_PERIOD, Clusters
 from etcdlock.operator.locks import InvalidSpec, LockSpec, error_status, servable_spec
 from etcdlock.operator.metrics import Metrics, QueueMetrics
 from etcdlock.operator.mirror import QueueObserver, mirror_lock
 from etcdlock.operator.names import (
     ANNOTATION_PREFIX,
+    CLUSTERS,
     FINALIZER,
     GROUP,
     LOCKS,
@@ -117,6 +120,7 @@ def build_registry(
         memo.metrics = metrics
         memo.mirrors = Mirrors()
         memo.pods = PodHolds(memo.etcd, pod_api or PodApi(kube), fence)
+        memo.clusters = Clusters(kube)
 
     @kopf.on.login(registry=registry)
     def login(**_: Any) -> kopf.ConnectionInfo:
@@ -126,6 +130,7 @@ def build_registry(
     async def cleanup(memo: kopf.Memo, **_: Any) -> None:
         await memo.pods.stop_all()
         await memo.mirrors.stop_all()
+        await memo.clusters.close()
         await memo.etcd.close()
 
     @kopf.on.resume(GROUP, VERSION, LOCKS, registry=registry)
@@ -153,6 +158,27 @@ def build_registry(
     @kopf.on.event("", "v1", "pods", registry=registry)
     async def pod_event(event: kopf.RawEvent, body: kopf.Body, memo: Any, **_: Any) -> None:
         memo.pods.observe(event.get("type"), body)
+
+    @kopf.timer(GROUP, VERSION, CLUSTERS, interval=RECONCILE_PERIOD, registry=registry)
+    async def etcd_cluster(body: kopf.Body, patch: kopf.Patch, memo: Any, **_: Any) -> None:
+        try:
+            status = await memo.clusters.reconcile(body)
+        except ApiException as exc:
+            log.warning(
+                "EtcdCluster %s: API error %s %s; next pass", body["metadata"]["name"], exc.status, exc.reason
+            )
+            return
+        except (OSError, urllib3.exceptions.HTTPError) as exc:
+            log.warning("EtcdCluster %s: API unreachable (%s); next pass", body["metadata"]["name"], exc)
+            return
+        current = dict(body.get("status") or {})
+        changed = {key: value for key, value in status.items() if current.get(key) != value}
+        if changed:
+            patch.status.update(changed)
+
+    @kopf.on.delete(GROUP, VERSION, CLUSTERS, optional=True, registry=registry)
+    async def etcd_cluster_gone(name: str, namespace: str | None, memo: Any, **_: Any) -> None:
+        await memo.clusters.forget(namespace or "", name)
 
     return registry
 

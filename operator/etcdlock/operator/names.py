@@ -4,6 +4,7 @@ GROUP = "etcdlock.io"
 VERSION = "v1alpha1"
 LOCKS = "distributedlocks"
 LOCK_KIND = "DistributedLock"
+CLUSTERS = "etcdclusters"
 
 ANNOTATION_PREFIX = "etcdlock.io"
 FINALIZER = f"{ANNOTATION_PREFIX}/finalizer"

@@ -1,0 +1,561 @@
+"""The EtcdCluster controller: every few seconds, one reconcile pass per cluster.
+
+A pass makes sure the children exist (:mod:`.etcdcluster`), asks etcd itself how the members are
+(:func:`.membership.observe`), takes at most one membership step (:func:`.membership.next_step`), keeps
+the StatefulSet in step with the membership, and returns the status it saw. Between membership changes
+it does the slow work one member at a time, only while every member is healthy: restarting a member whose
+pod runs an older template (an upgrade, a changed resource request), and defragmenting a member whose
+last defragmentation is older than the spec's interval. Every membership change and every refusal is an
+Event on the EtcdCluster.
+
+A member's data is gone when its pod was replaced while its data lived in an emptyDir (the pod is not the
+one it was last healthy in, and it is not healthy): such a member is removed and added again, and its pod
+is recreated to start empty, as a new member.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+import kubernetes
+from kubernetes.client.exceptions import ApiException
+
+from etcdlock.etcd import EtcdClient, EtcdConfig, EtcdUnavailable
+from etcdlock.operator.etcdcluster import (
+    TEMPLATE_HASH,
+    ClusterSpec,
+    children,
+    disruption_budget,
+    statefulset,
+    upgrade_allowed,
+)
+from etcdlock.operator.locks import InvalidSpec
+from etcdlock.operator.membership import ClusterView, MemberState, Step, apply, next_step, observe
+
+log = logging.getLogger(__name__)
+
+Obj = dict[str, Any]
+
+RENDERED = "etcdlock.io/rendered-template"
+RECONCILE_PERIOD = 2.0
+OBSERVE_TIMEOUT = 8.0
+
+
+def _now() -> str:
+    return datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def _age(timestamp: str | None) -> float:
+    if not timestamp:
+        return float("inf")
+    return (datetime.now(UTC) - datetime.fromisoformat(timestamp.replace("Z", "+00:00"))).total_seconds()
+
+
+class KubeObjects:
+    """The few Kubernetes calls the controller makes, as dicts (None for 404), off the event loop."""
+
+    def __init__(self, api: kubernetes.client.ApiClient) -> None:
+        self.core = kubernetes.client.CoreV1Api(api)
+        self.apps = kubernetes.client.AppsV1Api(api)
+        self.policy = kubernetes.client.PolicyV1Api(api)
+
+    @staticmethod
+    async def _call(method: Any, *args: Any, **kwargs: Any) -> Obj | None:
+        def call() -> Obj | None:
+            try:
+                response = method(*args, _preload_content=False, **kwargs)
+            except ApiException as exc:
+                if exc.status == 404:
+                    return None
+                raise
+            data: Obj = json.loads(response.data or b"{}")
+            return data
+
+        return await asyncio.to_thread(call)
+
+    def _kind(self, kind: str) -> tuple[Any, Any, Any]:
+        """(read, create, patch) for a child kind."""
+        if kind == "Service":
+            c = self.core
+            return c.read_namespaced_service, c.create_namespaced_service, c.patch_namespaced_service
+        if kind == "StatefulSet":
+            a = self.apps
+            return (
+                a.read_namespaced_stateful_set,
+                a.create_namespaced_stateful_set,
+                a.patch_namespaced_stateful_set,
+            )
+        p = self.policy
+        return (
+            p.read_namespaced_pod_disruption_budget,
+            p.create_namespaced_pod_disruption_budget,
+            p.patch_namespaced_pod_disruption_budget,
+        )
+
+    async def read(self, kind: str, namespace: str, name: str) -> Obj | None:
+        return await self._call(self._kind(kind)[0], name, namespace)
+
+    async def create(self, obj: Obj) -> Obj | None:
+        return await self._call(self._kind(obj["kind"])[1], obj["metadata"]["namespace"], obj)
+
+    async def patch(self, kind: str, namespace: str, name: str, patch: Obj) -> Obj | None:
+        return await self._call(self._kind(kind)[2], name, namespace, patch)
+
+    async def pods(self, namespace: str, labels: dict[str, str]) -> list[Obj]:
+        selector = ",".join(f"{k}={v}" for k, v in labels.items())
+        found = await self._call(self.core.list_namespaced_pod, namespace, label_selector=selector)
+        return list((found or {}).get("items") or [])
+
+    async def delete_pod(self, namespace: str, name: str, uid: str) -> None:
+        """Delete the pod if it is still the one with ``uid`` (not its successor of the same name)."""
+        body = {"preconditions": {"uid": uid}}
+        try:
+            await self._call(self.core.delete_namespaced_pod, name, namespace, body=body)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+
+    async def delete_claim(self, namespace: str, name: str) -> None:
+        await self._call(self.core.delete_namespaced_persistent_volume_claim, name, namespace)
+
+
+@dataclass
+class Pass:
+    """What one reconcile pass saw and did, turned into the status at the end."""
+
+    spec: ClusterSpec
+    previous: Obj
+    view: ClusterView | None = None
+    step: Step | None = None
+    activity: str = ""
+    version: str = ""
+    problem: str = ""
+    defragmented: str = ""
+    created: str = ""
+    pod_uids: dict[str, str] = field(default_factory=dict)
+
+
+class Clusters:
+    """Reconciles EtcdClusters; keeps one etcd client per cluster (closed by :meth:`forget`)."""
+
+    def __init__(self, kube: kubernetes.client.ApiClient) -> None:
+        self._objects = KubeObjects(kube)
+        self._clients: dict[tuple[str, str], EtcdClient] = {}
+
+    async def close(self) -> None:
+        for client in self._clients.values():
+            await client.close()
+        self._clients.clear()
+
+    async def forget(self, namespace: str, name: str) -> None:
+        client = self._clients.pop((namespace, name), None)
+        if client is not None:
+            await client.close()
+
+    async def reconcile(self, body: kopf.Body) -> Obj:
+        """One pass over the cluster ``body``; returns its new status."""
+        meta = body["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        previous = dict(body.get("status") or {})
+        generation = int(meta.get("generation") or 1)
+        try:
+            spec = ClusterSpec.parse(namespace, name, dict(body.get("spec") or {}))
+        except InvalidSpec as exc:
+            if _condition(previous, "Degraded").get("message") != str(exc):
+                kopf.warn(body, reason="InvalidSpec", message=str(exc))
+            return _invalid_status(previous, str(exc), generation)
+        run = Pass(spec, previous, version=previous.get("version") or spec.version)
+        run.created = str(meta.get("creationTimestamp") or "")
+        sts = await self._ensure_children(body, spec, run)
+        pods = {p["metadata"]["name"]: p for p in await self._objects.pods(spec.namespace, spec.labels)}
+        run.pod_uids = {name: pod["metadata"]["uid"] for name, pod in pods.items()}
+        run.view = await self._observe(spec, pods)
+        if run.view is not None:
+            await self._converge(body, run, sts, pods)
+        return _status(run, generation)
+
+    async def _ensure_children(self, body: kopf.Body, spec: ClusterSpec, run: Pass) -> Obj:
+        """Create what is missing; keep the PDB's quorum right. Returns the StatefulSet."""
+        owner = {"apiVersion": body["apiVersion"], "kind": body["kind"], "metadata": dict(body["metadata"])}
+        sts: Obj | None = None
+        for child in children(spec, owner):
+            kind, child_name = child["kind"], child["metadata"]["name"]
+            found = await self._objects.read(kind, spec.namespace, child_name)
+            if found is None:
+                found = await self._objects.create(child)
+                kopf.info(body, reason="Created", message=f"created {kind} {child_name}")
+            elif kind == "PodDisruptionBudget":
+                wanted = disruption_budget(spec)["spec"]["minAvailable"]
+                if found["spec"].get("minAvailable") != wanted:
+                    await self._objects.patch(
+                        kind, spec.namespace, child_name, {"spec": {"minAvailable": wanted}}
+                    )
+            if kind == "StatefulSet":
+                sts = found
+        assert sts is not None
+        return sts
+
+    async def _client(self, spec: ClusterSpec, members: list[int]) -> EtcdClient:
+        """A client for these members (by ordinal)."""
+        endpoints = [spec.client_url_of(i) for i in members]
+        config = EtcdConfig.parse(endpoints, request_timeout=3.0)
+        key = (spec.namespace, spec.name)
+        client = self._clients.get(key)
+        if client is None or client.config != config:
+            if client is not None:
+                await client.close()
+            client = self._clients[key] = EtcdClient(config)
+        return client
+
+    async def _observe(self, spec: ClusterSpec, pods: dict[str, Obj]) -> ClusterView | None:
+        """What etcd says, asked of the members whose pods run (only they have addresses, hence names)."""
+        running = sorted(
+            ordinal
+            for name, pod in pods.items()
+            if (ordinal := spec.ordinal(name)) is not None and (pod.get("status") or {}).get("podIP")
+        )
+        if not running:
+            return None
+        try:
+            async with asyncio.timeout(OBSERVE_TIMEOUT):
+                view = await observe(await self._client(spec, running))
+        except (EtcdUnavailable, TimeoutError) as exc:
+            log.info("etcd cluster %s/%s not reachable yet: %s", spec.namespace, spec.name, exc)
+            return None
+        return view if view.members else None
+
+    async def _converge(self, body: kopf.Body, run: Pass, sts: Obj, pods: dict[str, Obj]) -> None:
+        spec, view = run.spec, run.view
+        assert view is not None
+        lost = self._lost(run, view, pods)
+        names = _names(spec, view)
+        effective = self._effective_spec(body, run)
+        step = next_step(view, spec.wanted(), frozenset(lost))
+        run.step = step
+        membership = {names[m.peer_url]: m.peer_url for m in view.members if m.peer_url in names}
+        if step.action == "add-learner":
+            membership[step.member] = step.peer_url
+        await self._keep_template(effective, sts, membership)
+        client = self._clients[(spec.namespace, spec.name)]
+        if step.action in ("refuse", "wait"):
+            if step.action == "refuse" and _condition(run.previous, "Degraded").get("message") != step.reason:
+                kopf.warn(body, reason="MembershipRefused", message=step.reason)
+            return
+        if step.action == "done":
+            await self._settle(body, run, sts, pods)
+            return
+        try:
+            taken = await apply(client, view, step)
+        except EtcdUnavailable as exc:
+            run.problem = f"{step.action} {step.member} failed: {exc}"
+            kopf.warn(body, reason="MembershipChangeFailed", message=run.problem)
+            return
+        if not taken:
+            return
+        await self._after_step(body, run, sts, pods, step, lost)
+
+    def _lost(self, run: Pass, view: ClusterView, pods: dict[str, Obj]) -> set[str]:
+        """Members whose emptyDir data went with a pod that was replaced (see the module docstring)."""
+        if run.spec.storage_size is not None:
+            return set()
+        names = _names(run.spec, view)
+        last_pod = {m.get("name"): m.get("podUID") for m in run.previous.get("members") or []}
+        lost = set()
+        for member in view.members:
+            name = names.get(member.peer_url, "")
+            pod = pods.get(name)
+            was = last_pod.get(name)
+            if pod is None or not was or member.healthy:
+                continue
+            if pod["metadata"].get("uid") != was:
+                lost.add(name)
+        return lost
+
+    def _effective_spec(self, body: kopf.Body, run: Pass) -> ClusterSpec:
+        """The spec to render: a version change only if etcd's upgrade path allows it (else: refused)."""
+        spec = run.spec
+        current = run.version
+        if spec.version == current or upgrade_allowed(current, spec.version):
+            return spec
+        message = f"cannot go from etcd {current} to {spec.version}: one minor version at a time, never down"
+        if _condition(run.previous, "Degraded").get("message") != message:
+            kopf.warn(body, reason="UpgradeRefused", message=message)
+        run.problem = message
+        return replace(spec, version=current, image=spec.image.replace(spec.version, current))
+
+    async def _keep_template(self, spec: ClusterSpec, sts: Obj, membership: dict[str, str]) -> None:
+        """The StatefulSet's template says what a pod created now must run (joining this membership).
+
+        What was rendered is remembered in an annotation: the API server adds defaults to the template,
+        so comparing templates would find a difference every time.
+        """
+        wanted = statefulset(spec, members=membership)["spec"]["template"]
+        rendered = hashlib.sha256(json.dumps(wanted, sort_keys=True).encode()).hexdigest()[:12]
+        if (sts["metadata"].get("annotations") or {}).get(RENDERED) == rendered:
+            return
+        patch = {"metadata": {"annotations": {RENDERED: rendered}}, "spec": {"template": wanted}}
+        patched = await self._objects.patch("StatefulSet", spec.namespace, spec.name, patch)
+        if patched is not None:
+            sts.update(patched)
+
+    async def _scale(self, spec: ClusterSpec, sts: Obj, replicas: int) -> None:
+        if int(sts["spec"].get("replicas") or 0) != replicas:
+            await self._objects.patch(
+                "StatefulSet", spec.namespace, spec.name, {"spec": {"replicas": replicas}}
+            )
+            sts["spec"]["replicas"] = replicas
+
+    async def _after_step(
+        self, body: kopf.Body, run: Pass, sts: Obj, pods: dict[str, Obj], step: Step, lost: set[str]
+    ) -> None:
+        spec = run.spec
+        ordinal = spec.ordinal(step.member)
+        if step.action == "add-learner":
+            kopf.info(body, reason="MemberAdded", message=f"added {step.member} as a learner ({step.reason})")
+            if ordinal is not None:
+                await self._scale(spec, sts, max(ordinal + 1, int(sts["spec"].get("replicas") or 0)))
+            pod = pods.get(step.member)
+            if pod is not None:
+                # A pod from before this member was added (its data lost, or a removed member's) must start
+                # again, empty, to join as the new member.
+                await self._objects.delete_pod(spec.namespace, step.member, pod["metadata"]["uid"])
+                kopf.info(
+                    body, reason="MemberReplaced", message=f"{step.member} starts again with empty data"
+                )
+        elif step.action == "promote":
+            kopf.info(body, reason="MemberPromoted", message=f"{step.member} is a voting member")
+        elif step.action == "move-leader":
+            kopf.info(
+                body, reason="LeaderMoved", message=f"leadership moved to {step.member} ({step.reason})"
+            )
+        elif step.action == "remove":
+            kopf.info(body, reason="MemberRemoved", message=f"removed {step.member or '?'} ({step.reason})")
+            if step.member in lost:
+                return
+            if ordinal is not None and ordinal >= spec.replicas:
+                await self._scale(spec, sts, ordinal)
+                if spec.storage_size is not None:
+                    await self._objects.delete_claim(spec.namespace, f"data-{step.member}")
+
+    async def _settle(self, body: kopf.Body, run: Pass, sts: Obj, pods: dict[str, Obj]) -> None:
+        """Every wanted member votes: size the StatefulSet, then one restart or one defragmentation."""
+        spec, view = run.spec, run.view
+        assert view is not None
+        await self._scale(spec, sts, spec.replicas)
+        all_healthy = all(m.healthy for m in view.members) and len(view.members) == spec.replicas
+        if not all_healthy or len(pods) != spec.replicas or not all(_ready(p) for p in pods.values()):
+            return
+        wanted_hash = ((sts["spec"]["template"].get("metadata") or {}).get("annotations") or {}).get(
+            TEMPLATE_HASH
+        )
+        stale = [
+            p
+            for p in pods.values()
+            if ((p["metadata"].get("annotations") or {}).get(TEMPLATE_HASH)) != wanted_hash
+        ]
+        if stale:
+            names = _names(spec, view)
+            leader = next((names.get(m.peer_url) for m in view.members if m.leader), None)
+            stale.sort(key=lambda p: (p["metadata"]["name"] == leader, p["metadata"]["name"]))
+            pod = stale[0]
+            run.activity = "Upgrading"
+            kopf.info(
+                body,
+                reason="MemberRestarted",
+                message=f"restarting {pod['metadata']['name']} with the new template",
+            )
+            await self._objects.delete_pod(spec.namespace, pod["metadata"]["name"], pod["metadata"]["uid"])
+            return
+        run.version = spec.version if not run.problem else run.version
+        await self._defragment_one(body, run)
+
+    async def _defragment_one(self, body: kopf.Body, run: Pass) -> None:
+        spec, view = run.spec, run.view
+        assert view is not None
+        if spec.defragment_interval <= 0:
+            return
+        names = _names(spec, view)
+        last = {m.get("name"): m.get("lastDefragmentation") for m in run.previous.get("members") or []}
+        created = run.created
+        due = [
+            m
+            for m in view.members
+            if _age(last.get(names.get(m.peer_url)) or created) >= spec.defragment_interval
+        ]
+        if not due:
+            return
+        member = min(due, key=lambda m: (m.leader, names.get(m.peer_url, "")))
+        config = replace(
+            self._clients[(spec.namespace, spec.name)].config,
+            endpoints=EtcdConfig.parse(member.client_url).endpoints,
+            request_timeout=60.0,
+        )
+        try:
+            async with EtcdClient(config) as direct:
+                await direct.defragment()
+        except EtcdUnavailable as exc:
+            kopf.warn(body, reason="DefragmentationFailed", message=f"{names.get(member.peer_url)}: {exc}")
+            return
+        run.defragmented = names.get(member.peer_url, "")
+        kopf.info(body, reason="Defragmented", message=f"defragmented {run.defragmented}")
+
+
+def _ready(pod: Obj) -> bool:
+    conditions = (pod.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
+def _names(spec: ClusterSpec, view: ClusterView) -> dict[str, str]:
+    """Peer URL -> member name, by the spec's naming (a just-added learner has no name in etcd yet)."""
+    by_url = {spec.peer_url(i): spec.member(i) for i in range(8)}
+    return {m.peer_url: by_url.get(m.peer_url, m.name) for m in view.members}
+
+
+def _condition(status: Obj, kind: str) -> Obj:
+    return next((c for c in status.get("conditions") or [] if c.get("type") == kind), {})
+
+
+def _conditions(previous: Obj, generation: int, *wanted: tuple[str, str, str, str]) -> list[Obj]:
+    """Conditions (type, status, reason, message), keeping lastTransitionTime while status is unchanged."""
+    result = []
+    for kind, state, reason, message in wanted:
+        before = _condition(previous, kind)
+        since = before.get("lastTransitionTime") if before.get("status") == state else None
+        result.append(
+            {
+                "type": kind,
+                "status": state,
+                "reason": reason,
+                "message": message,
+                "observedGeneration": generation,
+                "lastTransitionTime": since or _now(),
+            }
+        )
+    return result
+
+
+def _invalid_status(previous: Obj, message: str, generation: int) -> Obj:
+    return {
+        "phase": "Failed",
+        "observedGeneration": generation,
+        "conditions": _conditions(
+            previous,
+            generation,
+            ("Available", _condition(previous, "Available").get("status") or "False", "InvalidSpec", message),
+            ("Progressing", "False", "InvalidSpec", message),
+            ("Degraded", "True", "InvalidSpec", message),
+        ),
+    }
+
+
+def _member_status(run: Pass, member: MemberState, name: str, pods: dict[str, str]) -> Obj:
+    before: Obj = next((m for m in run.previous.get("members") or [] if m.get("name") == name), {})
+    entry: Obj = {
+        "name": name,
+        "id": format(member.id, "x"),
+        "peerURL": member.peer_url,
+        "clientURL": member.client_url,
+        "leader": member.leader,
+        "learner": member.learner,
+        "healthy": member.healthy,
+    }
+    pod = pods.get(name) if member.healthy else before.get("podUID")
+    if pod:
+        entry["podUID"] = pod
+    since = _now() if run.defragmented == name else before.get("lastDefragmentation")
+    if since:
+        entry["lastDefragmentation"] = since
+    return entry
+
+
+def _status(run: Pass, generation: int) -> Obj:
+    spec, view, previous = run.spec, run.view, run.previous
+    status: Obj = {
+        "clientURL": spec.client_url,
+        "observedGeneration": generation,
+        "version": run.version,
+    }
+    if view is None:
+        created = _condition(previous, "Available").get("status") == "True" or previous.get("phase") not in (
+            None,
+            "Creating",
+        )
+        reason = "Unreachable" if created else "Creating"
+        message = (
+            "no member answers with a quorum"
+            if created
+            else "waiting for the members to start and elect a leader"
+        )
+        status.update(
+            phase="Degraded" if created else "Creating",
+            ready=f"0/{spec.replicas}",
+            readyMembers=0,
+            leader="",
+            members=[],
+            conditions=_conditions(
+                previous,
+                generation,
+                ("Available", "False", reason, message),
+                ("Progressing", "True", reason, message),
+                ("Degraded", "True" if created else "False", reason, message),
+            ),
+        )
+        return status
+    names = _names(spec, view)
+    members = [_member_status(run, m, names.get(m.peer_url, m.name), run.pod_uids) for m in view.members]
+    members.sort(key=lambda m: m["name"])
+    ready = sum(1 for m in view.voters if m.healthy)
+    step = run.step
+    available = ready >= len(view.voters) // 2 + 1
+    done = step is not None and step.action == "done" and not run.activity
+    unhealthy = [m["name"] for m in members if not m["healthy"]]
+    if run.problem:
+        degraded = ("True", "Refused", run.problem)
+    elif step is not None and step.action == "refuse":
+        degraded = ("True", "NoQuorum" if "quorum" in step.reason else "Refused", step.reason)
+    elif unhealthy:
+        degraded = ("True", "MembersUnhealthy", f"not healthy: {', '.join(unhealthy)}")
+    else:
+        degraded = ("False", "Healthy", "every member is healthy")
+    if done:
+        progressing = ("False", "Settled", f"{len(view.voters)} voting members as wanted")
+        phase = "Degraded" if degraded[0] == "True" else "Running"
+    else:
+        action = step.action if step is not None else "wait"
+        what = step.reason if step is not None else ""
+        reason = run.activity or {
+            "add-learner": "AddingMember",
+            "promote": "PromotingMember",
+            "remove": "RemovingMember",
+            "move-leader": "MovingLeader",
+        }.get(action, "Waiting")
+        progressing = ("True", reason, f"{action} {step.member if step else ''}: {what}".strip())
+        phase = run.activity or ("Degraded" if degraded[0] == "True" and not available else "Scaling")
+    leader = next((m["name"] for m in members if m["leader"]), "")
+    status.update(
+        phase=phase,
+        ready=f"{ready}/{spec.replicas}",
+        readyMembers=ready,
+        leader=leader,
+        members=members,
+        conditions=_conditions(
+            previous,
+            generation,
+            (
+                "Available",
+                "True" if available else "False",
+                "Quorum" if available else "NoQuorum",
+                f"{ready} of {len(view.voters)} voting members healthy",
+            ),
+            ("Progressing", *progressing),
+            ("Degraded", *degraded),
+        ),
+    )
+    return status
