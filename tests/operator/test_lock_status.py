@@ -104,14 +104,16 @@ def test_holders_and_waiters_from_any_client_appear_in_status(
     assert "Acquired" in reasons
 
 
-def test_a_lock_it_cannot_serve_says_why(api: ApiClient, namespace: str, operator: OperatorThread) -> None:
+def test_a_lock_on_a_missing_cluster_says_why(
+    api: ApiClient, namespace: str, operator: OperatorThread
+) -> None:
     create_lock(api, namespace, "elsewhere", {"clusterRef": {"name": "etcd-a"}})
     status = eventually(lambda: status_of(api, namespace, "elsewhere"), phase("Error"), "Error")
     ready = status["conditions"][0]
-    assert (ready["status"], ready["reason"]) == ("False", "InvalidSpec")
-    assert "etcd-a" in ready["message"]
+    assert (ready["status"], ready["reason"]) == ("False", "ClusterNotReady")
+    assert f"EtcdCluster etcd-a does not exist in namespace {namespace}" in ready["message"]
     warned = eventually(lambda: events_of(api, namespace, "elsewhere"), bool, "an event")
-    assert any(reason == "InvalidSpec" for reason, _ in warned)
+    assert [reason for reason, _ in warned] == ["ClusterNotReady"]
 
 
 def test_the_operator_refuses_to_start_without_etcd(kubeconfig: Path) -> None:

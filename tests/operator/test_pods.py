@@ -279,7 +279,7 @@ def test_a_pod_naming_an_unusable_lock_waits_and_says_why(
     create_pod(api, namespace, "patient", "remote")
     pod = eventually(
         lambda: read_pod(api, namespace, "patient"),
-        lambda p: "invalid" in (note(p, MESSAGE_ANNOTATION) or ""),
+        lambda p: "does not exist" in (note(p, MESSAGE_ANNOTATION) or ""),
         "the reason in the pod's message",
     )
     assert note(pod, STATE_ANNOTATION) == WAITING and "etcd-b" in (note(pod, MESSAGE_ANNOTATION) or "")

@@ -72,7 +72,7 @@ def exercise(api: ApiClient, namespace: str, loose: str) -> None:
     eventually(lambda: read_pod(api, namespace, "two"), held, "two holding")
     kubernetes.client.CoreV1Api(api).delete_namespaced_pod("three", namespace)
     create_lock(api, namespace, "elsewhere", {"clusterRef": {"name": "other"}})
-    eventually(lambda: events_of(api, namespace, "elsewhere"), bool, "the InvalidSpec event")
+    eventually(lambda: events_of(api, namespace, "elsewhere"), bool, "the ClusterNotReady event")
     create_pod(api, namespace, "orphan", "missing")
     eventually(
         lambda: read_pod(api, namespace, "orphan"),

@@ -21,7 +21,7 @@ from kubernetes.client.exceptions import ApiException
 from etcdlock.etcd import EtcdClient, EtcdConfig, Fence
 from etcdlock.etcd.keys import Contender
 from etcdlock.operator.clusters import RECONCILE_PERIOD, Clusters
-from etcdlock.operator.locks import InvalidSpec, LockSpec, error_status, servable_spec
+from etcdlock.operator.locks import InvalidSpec, LockSpec, error_status
 from etcdlock.operator.metrics import Metrics, QueueMetrics
 from etcdlock.operator.mirror import QueueObserver, mirror_lock
 from etcdlock.operator.names import (
@@ -33,10 +33,12 @@ from etcdlock.operator.names import (
     VERSION,
 )
 from etcdlock.operator.pods import PodApi, PodHolds
+from etcdlock.operator.stores import ClusterNotReady, Store, Stores
 
 log = logging.getLogger(__name__)
 
 USER_AGENT = "etcdlock-operator"
+CLUSTER_RETRY = 3.0
 
 
 class Mirrors:
@@ -119,7 +121,8 @@ def build_registry(
         memo.kube = kube
         memo.metrics = metrics
         memo.mirrors = Mirrors()
-        memo.pods = PodHolds(memo.etcd, pod_api or PodApi(kube), fence)
+        memo.stores = Stores(Store(memo.etcd, fence), kube)
+        memo.pods = PodHolds(memo.stores, pod_api or PodApi(kube))
         memo.clusters = Clusters(kube)
 
     @kopf.on.login(registry=registry)
@@ -131,6 +134,7 @@ def build_registry(
         await memo.pods.stop_all()
         await memo.mirrors.stop_all()
         await memo.clusters.close()
+        await memo.stores.close()
         await memo.etcd.close()
 
     @kopf.on.resume(GROUP, VERSION, LOCKS, registry=registry)
@@ -190,7 +194,7 @@ async def reconcile_lock(
     ref = (namespace, name)
     publish = _publisher(memo.kube, namespace, name)
     try:
-        lock = servable_spec(namespace, name, spec)
+        lock = LockSpec.parse(namespace, name, spec)
     except InvalidSpec as exc:
         await memo.mirrors.stop(ref)
         await publish(error_status("InvalidSpec", str(exc), generation))
@@ -199,8 +203,16 @@ async def reconcile_lock(
     if memo.mirrors.running(ref, lock):
         return
     await memo.mirrors.stop(ref)
+    try:
+        store = await memo.stores.for_lock(namespace, lock)
+    except ClusterNotReady as exc:
+        said = [c.get("message") for c in (body.get("status") or {}).get("conditions") or []]
+        if str(exc) not in said:
+            kopf.warn(body, reason="ClusterNotReady", message=str(exc))
+        await publish(error_status("ClusterNotReady", str(exc), generation))
+        raise kopf.TemporaryError(str(exc), delay=CLUSTER_RETRY) from None
     observers: list[QueueObserver] = [Announcer(body), QueueMetrics(memo.metrics, namespace, name)]
-    mirroring = mirror_lock(memo.etcd, lock, generation, publish, observers)
+    mirroring = mirror_lock(store.etcd, lock, generation, publish, observers)
     task = asyncio.create_task(mirroring, name=f"mirror-{namespace}/{name}")
     memo.mirrors.start(ref, lock, task)
 

@@ -48,17 +48,6 @@ class LockSpec:
         return cls(key=key, permits=permits, ttl_seconds=ttl, cluster=cluster)
 
 
-def servable_spec(namespace: str, name: str, spec: Any) -> LockSpec:
-    """The spec if this operator can serve it now; :class:`InvalidSpec` says why not."""
-    lock = LockSpec.parse(namespace, name, spec)
-    if lock.cluster is not None:
-        raise InvalidSpec(
-            f"spec.clusterRef {lock.cluster!r}: EtcdCluster is not supported yet; "
-            "remove clusterRef to use the operator's etcd"
-        )
-    return lock
-
-
 def _entry(contender: Contender) -> dict[str, Any]:
     info = contender.info
     entry: dict[str, Any] = {

@@ -35,7 +35,7 @@ from etcdlock.etcd import (
 )
 from etcdlock.etcd.client import create_revision_is, delete_op
 from etcdlock.etcd.queue import KeyGuard, Queue, first_of
-from etcdlock.operator.locks import InvalidSpec, LockSpec, servable_spec
+from etcdlock.operator.locks import InvalidSpec, LockSpec
 from etcdlock.operator.names import (
     ERROR,
     GROUP,
@@ -51,6 +51,7 @@ from etcdlock.operator.names import (
     VERSION,
     WAITING,
 )
+from etcdlock.operator.stores import ClusterNotReady, Store, Stores
 
 log = logging.getLogger(__name__)
 
@@ -189,11 +190,10 @@ class PodHold:
 
     def __init__(
         self,
-        etcd: EtcdClient,
+        stores: Stores,
         api: PodApi,
         changes: LockChanges,
         turn: asyncio.Lock,
-        fence: Fence | None,
         pod: Pod,
         *,
         adopt: bool = True,
@@ -203,11 +203,12 @@ class PodHold:
         self.lock_name = _annotations(pod)[LOCK_ANNOTATION]
         self.pod = pod
         self.held = _annotations(pod).get(STATE_ANNOTATION) == HELD
-        self._etcd = etcd
+        self._stores = stores
+        # The lock's store once its spec was read (until then nothing was written for this pod here).
+        self._store: Store | None = None
         self._api = api
         self._changes = changes
         self._turn = turn
-        self._fence = fence
         self._key: bytes | None = None
         self._written: dict[str, str | None] = {k: v for k, v in _annotations(pod).items()}
         lease = self._written.get(LEASE_ANNOTATION) if adopt else None
@@ -232,9 +233,13 @@ class PodHold:
         await asyncio.gather(self._task, return_exceptions=True)
         if self._session is not None:
             await self._session.orphan()
-        if self._lease is not None and not await give_back(self._etcd, self._fence, self._lease, self._key):
-            log.info("pod %s/%s: not released here: this replica no longer leads", *self.ref)
-            return
+        store = self._store
+        if store is None and self._lease is not None:
+            store = await lock_store(self._stores, self._api, self.ref[0], self.lock_name)
+        if store is not None and self._lease is not None:
+            if not await give_back(store.etcd, store.fence, self._lease, self._key):
+                log.info("pod %s/%s: not released here: this replica no longer leads", *self.ref)
+                return
         if not write:
             return
         was = "released the lock" if self.held else "left the queue"
@@ -284,7 +289,7 @@ class PodHold:
             log.exception("pod %s/%s: the lock flow failed", *self.ref)
             if self._session is not None:
                 await self._session.orphan()
-            if await still_leads(self._etcd, self._fence):
+            if await still_leads(self._stores.default.etcd, self._stores.default.fence):
                 message = "internal error, see the operator log"
                 await self._write({STATE_ANNOTATION: ERROR, MESSAGE_ANNOTATION: message})
 
@@ -298,9 +303,13 @@ class PodHold:
                 why = f"DistributedLock {self.lock_name} does not exist; the pod waits until it is created"
             else:
                 try:
-                    return servable_spec(namespace, self.lock_name, lock.get("spec"))
+                    spec = LockSpec.parse(namespace, self.lock_name, lock.get("spec"))
+                    self._store = await self._stores.for_lock(namespace, spec)
+                    return spec
                 except InvalidSpec as exc:
                     why = f"DistributedLock {self.lock_name} is invalid ({exc}); the pod waits until fixed"
+                except ClusterNotReady as exc:
+                    why = f"DistributedLock {self.lock_name}: {exc}; the pod waits until it is"
             if not warned:
                 kopf.warn(self.pod, reason="LockNotReady", message=why)
                 warned = True
@@ -406,18 +415,27 @@ class PodHold:
         """Give back a lease whose place in the queue is lost, before queueing under a new one."""
         if self._session is not None:
             await self._session.orphan()
-        if self._lease is not None and not await give_back(self._etcd, self._fence, self._lease, self._key):
+        store = self._ready_store
+        if self._lease is not None and not await give_back(store.etcd, store.fence, self._lease, self._key):
             raise Fenced("this replica no longer leads")
         self._session = self._lease = self._key = None
 
+    @property
+    def _ready_store(self) -> Store:
+        """The lock's store: known from the moment the lock's spec was read, before any etcd write."""
+        if self._store is None:
+            raise RuntimeError("the lock's store is not known yet")
+        return self._store
+
     async def _open_session(self, lock: LockSpec) -> Session | None:
         """Adopt the lease named on the pod, or grant one and record it there before queueing under it."""
+        etcd, fence = self._ready_store.etcd, self._ready_store.fence
         while True:
             try:
                 if self._lease is not None:
                     try:
-                        ttl, lease, fence = lock.ttl_seconds, self._lease, self._fence
-                        self._session = await Session(self._etcd, ttl, lease_id=lease, fence=fence).start()
+                        ttl, lease = lock.ttl_seconds, self._lease
+                        self._session = await Session(etcd, ttl, lease_id=lease, fence=fence).start()
                         self._key = keys.contender_key(lock.key, self._lease)
                         return self._session
                     except SessionLost as exc:
@@ -426,9 +444,9 @@ class PodHold:
                             await self._lost(f"lost {self.lock_name} while the operator was away: {exc}")
                             return None
                 # Leases cannot be fenced: a deposed replica must not grant one and name it on the pod.
-                if not await still_leads(self._etcd, self._fence):
+                if not await still_leads(etcd, fence):
                     raise Fenced("this replica no longer leads")
-                self._session = await Session(self._etcd, lock.ttl_seconds, fence=self._fence).start()
+                self._session = await Session(etcd, lock.ttl_seconds, fence=fence).start()
                 self._lease = self._session.lease_id
                 if not await self._write({LEASE_ANNOTATION: format(self._lease, "x")}):
                     await self._session.close()  # a lease for a pod that is gone: no key under it yet
@@ -442,7 +460,7 @@ class PodHold:
     async def _lost(self, message: str) -> None:
         """Tell the pod it lost the lock, unless this replica was deposed (then it is not for it to say:
         the next leader may hold the very same lease for the pod)."""
-        if not await still_leads(self._etcd, self._fence):
+        if not await still_leads(self._ready_store.etcd, self._ready_store.fence):
             log.info("pod %s/%s: %s; left to the leader", *self.ref, message)
             return
         kopf.warn(self.pod, reason="LockLost", message=message)
@@ -467,9 +485,8 @@ class PodHold:
 class PodHolds:
     """Every annotated pod's :class:`PodHold`, started, updated and stopped from the pods' watch events."""
 
-    def __init__(self, etcd: EtcdClient, api: PodApi, fence: Fence | None = None) -> None:
-        self._etcd = etcd
-        self._fence = fence
+    def __init__(self, stores: Stores, api: PodApi) -> None:
+        self._stores = stores
         self._api = api
         self.changes = LockChanges()
         self._holds: dict[Ref, PodHold] = {}
@@ -527,7 +544,7 @@ class PodHolds:
     def _hold(self, pod: Pod, *, adopt: bool) -> PodHold:
         namespace, _ = pod_ref(pod)
         turn = self._turns.setdefault((namespace, _annotations(pod)[LOCK_ANNOTATION]), asyncio.Lock())
-        return PodHold(self._etcd, self._api, self.changes, turn, self._fence, pod, adopt=adopt)
+        return PodHold(self._stores, self._api, self.changes, turn, pod, adopt=adopt)
 
     def lock_deleted(self, namespace: str, name: str) -> None:
         """Release the pods that hold the lock; the pods that wait for it go back to waiting for it."""
@@ -557,7 +574,7 @@ class PodHolds:
         task.add_done_callback(self._background.discard)
 
     async def _not_gated(self, pod: Pod) -> None:
-        if not await still_leads(self._etcd, self._fence):
+        if not await still_leads(self._stores.default.etcd, self._stores.default.fence):
             return
         message = (
             f"the pod was not held back by the {SCHEDULING_GATE} scheduling gate (is the etcdlock webhook "
@@ -569,14 +586,29 @@ class PodHolds:
     async def _release_leftover(self, pod: Pod, reason: str) -> None:
         """Release the lease of a pod that finished or left the lock while no operator was watching."""
         lease = _parse_lease(_annotations(pod).get(LEASE_ANNOTATION))
-        if lease is not None and not await give_back(self._etcd, self._fence, lease, None):
+        lock_name = _annotations(pod).get(LOCK_ANNOTATION) or ""
+        store = await lock_store(self._stores, self._api, pod_ref(pod)[0], lock_name) or self._stores.default
+        if lease is not None and not await give_back(store.etcd, store.fence, lease, None):
             return
-        if lease is None and not await still_leads(self._etcd, self._fence):
+        if lease is None and not await still_leads(store.etcd, store.fence):
             return
         message = f"released: {reason}"
         kopf.info(pod, reason="Released", message=message)
         notes = {STATE_ANNOTATION: RELEASED, MESSAGE_ANNOTATION: message}
         await self._api.annotate(pod_ref(pod), notes, ungate=is_gated(pod))
+
+
+async def lock_store(stores: Stores, api: PodApi, namespace: str, name: str) -> Store | None:
+    """The store of the lock ``name`` as it is now; None if it is missing, invalid or its cluster unusable."""
+    if not name:
+        return None
+    lock = await api.read_lock(namespace, name)
+    if lock is None:
+        return None
+    try:
+        return await stores.for_lock(namespace, LockSpec.parse(namespace, name, lock.get("spec")))
+    except (InvalidSpec, ClusterNotReady):
+        return None
 
 
 def _parse_lease(value: str | None) -> int | None:
