@@ -1,4 +1,4 @@
-"""Fixtures of the operator tests: the sandbox API with the CRD, a namespace per test, the webhook's
+"""Fixtures of the operator tests: the sandbox API with the CRDs, a namespace per test, the webhook's
 certificates and MutatingWebhookConfiguration, and the operator itself (its real kopf handlers)."""
 
 from __future__ import annotations
@@ -23,10 +23,11 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="session")
 def api(kubeconfig: Path) -> ApiClient:
     client = kubernetes.config.new_client_from_config(config_file=str(kubeconfig))
-    crd = yaml.safe_load((ROOT / "crds" / "distributedlock.yaml").read_text())
     extensions = kubernetes.client.ApiextensionsV1Api(client)
-    with tolerating(409):  # created by an earlier module of the session
-        extensions.create_custom_resource_definition(crd)
+    for name in ("distributedlock.yaml", "etcdcluster.yaml"):
+        crd = yaml.safe_load((ROOT / "crds" / name).read_text())
+        with tolerating(409):  # created by an earlier module of the session
+            extensions.create_custom_resource_definition(crd)
     return client
 
 

@@ -1,7 +1,8 @@
 """The ClusterRole in manifests/ is sufficient and minimal for what the operator really does.
 
-The operator runs as the Deployment runs it (whole cluster, leader election, webhook) against a sandbox
-that records every resource request with its user agent (the operator's kubernetes client and kopf).
+The operator runs as the Deployment runs it (a process resolving cluster names, whole cluster, leader
+election, webhook) against a sandbox that records every resource request with its user agent (the
+operator's kubernetes client and kopf).
 Each of the operator's flows is exercised; then every recorded call must be allowed by a rule, and every
 (group, resource, verb) a rule grants must have been used.
 """
@@ -17,16 +18,17 @@ import kubernetes
 import pytest
 import yaml
 from kubernetes.client import ApiClient
-from operator_support import OperatorThread, create_lock, delete_lock, events_of, eventually
+from operator_support import create_lock, delete_lock, events_of, eventually
+from test_etcdcluster import SLOW, Env, settled
 from test_pods import create_pod, finish, held, note, read_pod
 
 from etcdlock.operator.handlers import USER_AGENT
-from etcdlock.operator.leadership import ElectionSettings
 from etcdlock.operator.names import STATE_ANNOTATION
 from etcdlock.operator.webhook import WebhookSettings, configuration
 from etcdlock.sandbox.apiserver.server import AuditRecord
 from etcdlock.sandbox.cluster import SandboxThread
 from etcdlock.sandbox.etcd import LocalEtcd, free_port
+from etcdlock.sandbox.replicas import OperatorProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 Triple = tuple[str, str, str]
@@ -85,6 +87,27 @@ def exercise(api: ApiClient, namespace: str, loose: str) -> None:
     )
     delete_lock(api, namespace, "audited")
     eventually(lambda: read_pod(api, namespace, "two"), state("Released"), "two released")
+    exercise_clusters(Env(api, namespace))
+
+
+def exercise_clusters(env: Env) -> None:
+    """An EtcdCluster created, a lock on it, scaled out and in (claims dropped), a member restarted."""
+    env.create("audited-etcd", {"replicas": 1, "storage": {"size": "1Gi"}})
+    eventually(lambda: env.status("audited-etcd"), settled(1), "one healthy member", SLOW)
+    create_lock(env.api, env.namespace, "on-etcd", {"clusterRef": {"name": "audited-etcd"}})
+    create_pod(env.api, env.namespace, "remote", "on-etcd")
+    eventually(lambda: read_pod(env.api, env.namespace, "remote"), held, "remote holding", SLOW)
+    env.patch("audited-etcd", {"replicas": 3})
+    eventually(lambda: env.status("audited-etcd"), settled(3), "three healthy members", SLOW)
+    env.patch("audited-etcd", {"replicas": 1, "resources": {"requests": {"cpu": "50m"}}})
+    restarted = eventually(
+        lambda: env.events("audited-etcd"),
+        lambda seen: any(reason == "MemberRestarted" for reason, _ in seen),
+        "a member restarted for the new template",
+        SLOW,
+    )
+    assert restarted
+    eventually(lambda: env.status("audited-etcd"), settled(1), "one healthy member again", SLOW)
 
 
 def test_the_cluster_role_allows_every_call_of_the_operator_and_grants_nothing_unused(
@@ -92,8 +115,9 @@ def test_the_cluster_role_allows_every_call_of_the_operator_and_grants_nothing_u
 ) -> None:
     kubeconfig = audited.write_kubeconfig(tmp_path / "kubeconfig")
     api = kubernetes.config.new_client_from_config(config_file=str(kubeconfig))
-    crd = yaml.safe_load((ROOT / "crds" / "distributedlock.yaml").read_text())
-    kubernetes.client.ApiextensionsV1Api(api).create_custom_resource_definition(crd)
+    for name in ("distributedlock.yaml", "etcdcluster.yaml"):
+        crd = yaml.safe_load((ROOT / "crds" / name).read_text())
+        kubernetes.client.ApiextensionsV1Api(api).create_custom_resource_definition(crd)
     namespace, loose = f"rbac-{uuid.uuid4().hex[:6]}", f"loose-{uuid.uuid4().hex[:6]}"
     core = kubernetes.client.CoreV1Api(api)
     for name in (namespace, loose):
@@ -103,9 +127,19 @@ def test_the_cluster_role_allows_every_call_of_the_operator_and_grants_nothing_u
     registrations.create_mutating_webhook_configuration(
         configuration(webhook, f"etcdlock-{namespace}", namespace)
     )
-    election = ElectionSettings(name=f"/etcdlock/test/{namespace}/leader", ttl=5)
-    running = OperatorThread(etcd.endpoint_list, None, kubeconfig, webhook=webhook, election=election).start()
+    running = OperatorProcess(
+        etcd.endpoint_list,
+        kubeconfig,
+        webhook_certs,
+        tmp_path / "operator.log",
+        election=f"/etcdlock/test/{namespace}/leader",
+        leader_ttl=5,
+        configure_webhook=False,
+        webhook_port=webhook.port,
+        cluster_dns=audited.hosts,
+    ).start()
     try:
+        running.wait("ready", 30)
         exercise(api, namespace, loose)
     finally:
         running.stop()
@@ -114,5 +148,7 @@ def test_the_cluster_role_allows_every_call_of_the_operator_and_grants_nothing_u
     used = {(r.group, r.resource, r.verb) for r in calls}
     rules = cluster_role_rules()
     allowed = granted(rules)
-    assert used - allowed == set(), "calls the ClusterRole does not allow"
-    assert allowed - used == set(), "permissions the operator never used"
+    refused = sorted(used - allowed)
+    assert not refused, f"calls the ClusterRole does not allow: {refused}"
+    unused = sorted(allowed - used)
+    assert not unused, f"permissions the operator never used: {unused}"
