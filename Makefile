@@ -26,6 +26,7 @@ test: lint
 bench: $(STAMP)
 	$(BIN)/python bench/locks.py
 	$(BIN)/python bench/failover.py
+	$(BIN)/python bench/etcdcluster.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

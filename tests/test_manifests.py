@@ -103,6 +103,7 @@ def test_the_manifests_are_the_expected_ones() -> None:
         ("crds/distributedlock.yaml", "CustomResourceDefinition"),
         ("crds/etcdcluster.yaml", "CustomResourceDefinition"),
         ("examples/distributedlock.yaml", "DistributedLock"),
+        ("examples/distributedlock-on-cluster.yaml", "DistributedLock"),
         ("examples/etcdcluster.yaml", "EtcdCluster"),
         ("examples/job.yaml", "Job"),
         ("examples/pod.yaml", "Pod"),

@@ -598,6 +598,10 @@ def test_every_example_applies_after_the_crds(kubectl: Kubectl) -> None:
     kubectl("apply", "-f", str(root / "crds"))
     kubectl("wait", "--for", "condition=established", "crd/distributedlocks.etcdlock.io", "--timeout=10s")
     created = kubectl("apply", "-f", str(root / "examples")).stdout.splitlines()
-    for expected in ("job.batch/report-shards created", "pod/nightly-report created"):
+    for expected in (
+        "job.batch/report-shards created",
+        "pod/nightly-report created",
+        "etcdcluster.etcdlock.io/locks-etcd created",
+    ):
         assert expected in created, created
-    assert sum(line.startswith("distributedlock.etcdlock.io/") for line in created) == 2
+    assert sum(line.startswith("distributedlock.etcdlock.io/") for line in created) == 3

@@ -41,6 +41,19 @@ USER_AGENT = "etcdlock-operator"
 CLUSTER_RETRY = 3.0
 
 
+class RoutineSuccess(logging.Filter):
+    """Drops kopf's "succeeded" line for the handlers that run on every pod event and every cluster pass
+    (thousands a minute in a busy cluster); their failures and everything else are still logged."""
+
+    ROUTINE = ("Handler 'pod-event' succeeded.", "Timer 'etcd-cluster' succeeded.")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() not in self.ROUTINE
+
+
+_ROUTINE_SUCCESS = RoutineSuccess()
+
+
 class Mirrors:
     """The running mirror task of every lock, by (namespace, name), with the spec it serves."""
 
@@ -117,6 +130,7 @@ def build_registry(
         persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=ANNOTATION_PREFIX, v1=False)
         settings.posting.level = logging.INFO
         settings.posting.reporting_component = "etcdlock-operator"
+        logging.getLogger("kopf.objects").addFilter(_ROUTINE_SUCCESS)
         memo.etcd = EtcdClient(etcd)
         memo.kube = kube
         memo.metrics = metrics
@@ -159,11 +173,11 @@ def build_registry(
         await memo.mirrors.stop((namespace or "", name))
         memo.metrics.forget(namespace or "", name)
 
-    @kopf.on.event("", "v1", "pods", registry=registry)
+    @kopf.on.event("", "v1", "pods", id="pod-event", registry=registry)
     async def pod_event(event: kopf.RawEvent, body: kopf.Body, memo: Any, **_: Any) -> None:
         memo.pods.observe(event.get("type"), body)
 
-    @kopf.timer(GROUP, VERSION, CLUSTERS, interval=RECONCILE_PERIOD, registry=registry)
+    @kopf.timer(GROUP, VERSION, CLUSTERS, id="etcd-cluster", interval=RECONCILE_PERIOD, registry=registry)
     async def etcd_cluster(body: kopf.Body, patch: kopf.Patch, memo: Any, **_: Any) -> None:
         try:
             status = await memo.clusters.reconcile(body)

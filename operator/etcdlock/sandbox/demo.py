@@ -5,8 +5,10 @@ It starts a fresh ``etcdlock sandbox up --operator`` in ``.sandbox/``, applies t
 lock`` from outside the cluster, two annotated pods, ``etcdlock lock`` from outside again, and a third
 pod. Each holds the lock for a moment (the pods "run" in the sandbox's pretend kubelet), then the next
 takes over; the demo prints every hand-off with its fencing token as the operator reports it (pod
-annotations, lock status). The sandbox keeps running afterwards, to explore with kubectl, unless
-``--down`` is given.
+annotations, lock status). Then it applies ``examples/etcdcluster.yaml``: an EtcdCluster of three members,
+which the sandbox runs as real etcd processes; it prints the cluster's status as the operator brings it up,
+and a pod takes ``examples/distributedlock-on-cluster.yaml``, a lock kept in that cluster. The sandbox
+keeps running afterwards, to explore with kubectl, unless ``--down`` is given.
 """
 
 from __future__ import annotations
@@ -22,7 +24,15 @@ from typing import Any
 import kubernetes
 import yaml
 
-from etcdlock.operator.names import GROUP, LOCK_ANNOTATION, LOCKS, STATE_ANNOTATION, TOKEN_ANNOTATION, VERSION
+from etcdlock.operator.names import (
+    CLUSTERS,
+    GROUP,
+    LOCK_ANNOTATION,
+    LOCKS,
+    STATE_ANNOTATION,
+    TOKEN_ANNOTATION,
+    VERSION,
+)
 from etcdlock.sandbox import daemon
 from etcdlock.sandbox.etcd import etcd_binary
 from etcdlock.sandbox.kubelet import RUN_SECONDS
@@ -32,6 +42,8 @@ LOCK = "nightly-report"
 KEY = f"/etcdlock/locks/default/{LOCK}"
 HOLD_SECONDS = 1.5
 BOUND = 60.0
+CLUSTER = "locks-etcd"
+CLUSTER_LOCK = "schema-migration"
 
 
 def say(text: str) -> None:
@@ -151,6 +163,58 @@ class Demo:
         say("they take the lock one after another (pods are held back by the scheduling gate until then)")
         self.follow(pods)
         say("all done; the lock is free again")
+        self.etcd_cluster()
+        self.lock_on_cluster()
+
+    def apply(self, path: str, plural: str) -> None:
+        obj: Any = yaml.safe_load((ROOT / path).read_text())
+        kubernetes.client.CustomObjectsApi(self.api).create_namespaced_custom_object(
+            GROUP, VERSION, "default", plural, obj
+        )
+
+    def etcd_cluster(self) -> None:
+        self.apply("examples/etcdcluster.yaml", CLUSTERS)
+        say(f"applied examples/etcdcluster.yaml: EtcdCluster {CLUSTER}, three members (etcd processes here)")
+        objects = kubernetes.client.CustomObjectsApi(self.api)
+        seen: tuple[Any, ...] = ()
+        deadline = time.monotonic() + BOUND
+        while True:
+            cluster: Any = objects.get_namespaced_custom_object(GROUP, VERSION, "default", CLUSTERS, CLUSTER)
+            status = cluster.get("status") or {}
+            now = (status.get("phase"), status.get("ready"), status.get("leader"))
+            if now != seen and now[0]:
+                seen = now
+                print(f"  [{CLUSTER}] phase {now[0]}, ready {now[1]}, leader {now[2] or '-'}", flush=True)
+            if status.get("phase") == "Running":
+                break
+            if time.monotonic() > deadline:
+                raise SystemExit(f"demo: EtcdCluster {CLUSTER} did not start in time")
+            time.sleep(0.2)
+        for member in status.get("members") or []:
+            role = "leader" if member["leader"] else "learner" if member["learner"] else "follower"
+            print(f"  [{CLUSTER}] member {member['name']} id {member['id']}: {role}, healthy", flush=True)
+
+    def lock_on_cluster(self) -> None:
+        self.apply("examples/distributedlock-on-cluster.yaml", LOCKS)
+        say(f"applied examples/distributedlock-on-cluster.yaml: lock {CLUSTER_LOCK} kept in {CLUSTER}")
+        pod: Any = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "migrate", "annotations": {LOCK_ANNOTATION: CLUSTER_LOCK}},
+            "spec": {"containers": [{"name": "migrate", "image": "busybox:1.36"}]},
+        }
+        self.core.create_namespaced_pod("default", pod)
+        deadline = time.monotonic() + BOUND
+        while True:
+            meta = self.core.read_namespaced_pod("migrate", "default").metadata
+            notes = (meta.annotations if meta else None) or {}
+            if notes.get(STATE_ANNOTATION) == "Held":
+                token = notes.get(TOKEN_ANNOTATION)
+                print(f"  [migrate] lock state Held with fencing token {token} (in {CLUSTER})", flush=True)
+                return
+            if time.monotonic() > deadline:
+                raise SystemExit(f"demo: pod migrate never held {CLUSTER_LOCK}")
+            time.sleep(0.1)
 
     def stop_outside(self) -> None:
         for process in self.outside:
@@ -184,6 +248,11 @@ The sandbox keeps running. Try:
   kubectl apply -f examples/pod.yaml && kubectl get pod nightly-report -o yaml   # annotations etcdlock.io/*
   etcdlock lock {KEY} --holder me          # hold it from outside; the pod waits
   kubectl describe pod nightly-report            # Events: Waiting, Acquired, Released
+  kubectl get etcd {CLUSTER} -o wide; kubectl get pods -o wide   # members and their addresses
+  kubectl patch etcd {CLUSTER} --type=merge -p '{{"spec":{{"replicas":5}}}}'   # scale; then back to 3
+  kubectl delete pod {CLUSTER}-1                  # a member restarts (pkill -f name={CLUSTER}-1 also)
+  kubectl get events --field-selector involvedObject.kind=EtcdCluster
+  etcdctl --endpoints http://<pod IP>:2379 member list   # the sandbox's names resolve only inside it
   etcdlock sandbox down --dir {args.dir}          # stop it""",
             flush=True,
         )
