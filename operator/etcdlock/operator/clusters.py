@@ -105,7 +105,7 @@ class KubeObjects:
     async def create(self, obj: Obj) -> Obj | None:
         return await self._call(self._kind(obj["kind"])[1], obj["metadata"]["namespace"], obj)
 
-    async def patch(self, kind: str, namespace: str, name: str, patch: Obj) -> Obj | None:
+    async def patch(self, kind: str, namespace: str, name: str, patch: Obj | list[Obj]) -> Obj | None:
         return await self._call(self._kind(kind)[2], name, namespace, patch)
 
     async def pods(self, namespace: str, labels: dict[str, str]) -> list[Obj]:
@@ -243,6 +243,11 @@ class Clusters:
         if step.action == "add-learner":
             membership[step.member] = step.peer_url
         await self._keep_template(effective, sts, membership)
+        # Every member etcd lists has a pod (a scale-up lost after its MemberAdd is made good here).
+        listed = [names[m.peer_url] for m in view.members if m.peer_url in names]
+        ordinals = [o for name in listed if (o := spec.ordinal(name)) is not None]
+        if ordinals and int(sts["spec"].get("replicas") or 0) <= max(ordinals):
+            await self._scale(spec, sts, max(ordinals) + 1)
         client = self._clients[(spec.namespace, spec.name)]
         if step.action in ("refuse", "wait"):
             if step.action == "refuse" and _condition(run.previous, "Degraded").get("message") != step.reason:
@@ -298,9 +303,16 @@ class Clusters:
         """
         wanted = statefulset(spec, members=membership)["spec"]["template"]
         rendered = hashlib.sha256(json.dumps(wanted, sort_keys=True).encode()).hexdigest()[:12]
-        if (sts["metadata"].get("annotations") or {}).get(RENDERED) == rendered:
+        annotations = sts["metadata"].get("annotations")
+        if (annotations or {}).get(RENDERED) == rendered:
             return
-        patch = {"metadata": {"annotations": {RENDERED: rendered}}, "spec": {"template": wanted}}
+        # A JSON patch replaces the template whole: a merge would keep overrides the spec no longer has.
+        note: Obj = {
+            "op": "add",
+            "path": "/metadata/annotations",
+            "value": {**(annotations or {}), RENDERED: rendered},
+        }
+        patch = [{"op": "replace", "path": "/spec/template", "value": wanted}, note]
         patched = await self._objects.patch("StatefulSet", spec.namespace, spec.name, patch)
         if patched is not None:
             sts.update(patched)
@@ -319,9 +331,12 @@ class Clusters:
         ordinal = spec.ordinal(step.member)
         if step.action == "add-learner":
             kopf.info(body, reason="MemberAdded", message=f"added {step.member} as a learner ({step.reason})")
+            pod = pods.get(step.member)
+            if pod is None and spec.storage_size is not None:
+                # A claim left from an earlier member of that name would start the new one on old data.
+                await self._objects.delete_claim(spec.namespace, f"data-{step.member}")
             if ordinal is not None:
                 await self._scale(spec, sts, max(ordinal + 1, int(sts["spec"].get("replicas") or 0)))
-            pod = pods.get(step.member)
             if pod is not None:
                 # A pod from before this member was added (its data lost, or a removed member's) must start
                 # again, empty, to join as the new member.

@@ -8,7 +8,7 @@ container's command with the local etcd binary, as a container would:
 - the pod has its own address (:class:`~etcdlock.sandbox.network.PodNetwork`): ``0.0.0.0`` in a URL means
   that address, and the process sees cluster DNS names (:func:`~etcdlock.sandbox.network.with_cluster_dns`);
 - a volume mount path in an argument is the volume's folder: an emptyDir lives and dies with the pod, a
-  PersistentVolumeClaim's folder with the claim;
+  PersistentVolumeClaim's folder with the claim (a pod waits until its claim exists);
 - the readiness probe (httpGet) is run every second and sets the pod's Ready condition;
 - a process that exits is started again (restartPolicy Always) after a back-off of up to 10 s, and its
   restart count goes up; a deleted pod's process gets SIGTERM, then SIGKILL after 5 s.
@@ -44,6 +44,7 @@ _REFERENCE = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
 PROBE_PERIOD = 1.0
 STOP_GRACE = 5.0
 MAX_BACKOFF = 10.0
+CLAIM_RETRY = 1.0
 
 
 def runs_etcd(pod: Obj) -> bool:
@@ -168,9 +169,11 @@ class ProcessKubelet:
         address = self._network.address(namespace, name)
         empty_dirs = self._workdir / "pods" / meta.get("uid", "")
         try:
+            # As a kubelet does, a pod whose claim does not exist (yet) waits for it.
             mounts = await self._mounts(pod, empty_dirs)
-            if mounts is None:
-                return
+            while mounts is None:
+                await asyncio.sleep(CLAIM_RETRY)
+                mounts = await self._mounts(pod, empty_dirs)
             container = pod["spec"]["containers"][0]
             argv = command_line(container, environment(pod, container, address), address, mounts)
             await self._supervise(pod, container, address, argv, empty_dirs)
@@ -188,7 +191,7 @@ class ProcessKubelet:
                 try:
                     found = await self._api.get(self._claims, pod["metadata"].get("namespace"), claim)
                 except ApiError:
-                    log.warning("pod %s: claim %s does not exist", pod["metadata"]["name"], claim)
+                    log.info("pod %s: waiting for claim %s", pod["metadata"]["name"], claim)
                     return None
                 folder = self._claim_folder(found["metadata"])
             else:
