@@ -112,8 +112,9 @@ def measure(workdir: Path) -> dict[signal.Signals, list[float]]:
     with SandboxThread() as sandbox:
         kubeconfig = sandbox.write_kubeconfig(workdir / "kubeconfig")
         api = kubernetes.config.new_client_from_config(config_file=str(kubeconfig))
-        crd = yaml.safe_load((ROOT / "crds" / "distributedlock.yaml").read_text())
-        kubernetes.client.ApiextensionsV1Api(api).create_custom_resource_definition(crd)
+        for name in ("distributedlock.yaml", "etcdcluster.yaml"):
+            crd = yaml.safe_load((ROOT / "crds" / name).read_text())
+            kubernetes.client.ApiextensionsV1Api(api).create_custom_resource_definition(crd)
         core = kubernetes.client.CoreV1Api(api)
         certs = write_webhook_certs(workdir / "certs")
         endpoints = sandbox.etcd.endpoint_list

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import kubernetes
 import pytest
+import yaml
 from kubernetes.client import ApiClient
 from operator_support import (
     BOUND,
@@ -30,7 +31,10 @@ from operator_support import (
 
 from etcdlock.etcd import EtcdClient, EtcdConfig, EtcdLockError, Mutex, Session
 from etcdlock.operator.run import run_operator
+from etcdlock.sandbox.cluster import SandboxThread
 from etcdlock.sandbox.etcd import LocalEtcd, etcd_binary
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 async def hold(etcd: LocalEtcd, lock_key: str, holder: str, until: asyncio.Event, token: list[int]) -> None:
@@ -114,6 +118,17 @@ def test_a_lock_on_a_missing_cluster_says_why(
     assert f"EtcdCluster etcd-a does not exist in namespace {namespace}" in ready["message"]
     warned = eventually(lambda: events_of(api, namespace, "elsewhere"), bool, "an event")
     assert [reason for reason, _ in warned] == ["ClusterNotReady"]
+
+
+def test_the_operator_refuses_to_start_without_its_crds(etcd: LocalEtcd, tmp_path: Path) -> None:
+    with SandboxThread() as empty:
+        kubeconfig = empty.write_kubeconfig(tmp_path / "kubeconfig")
+        api = kubernetes.config.new_client_from_config(config_file=str(kubeconfig))
+        crd = yaml.safe_load((ROOT / "crds" / "distributedlock.yaml").read_text())
+        kubernetes.client.ApiextensionsV1Api(api).create_custom_resource_definition(crd)
+        config = EtcdConfig.parse(etcd.endpoint_list)
+        with pytest.raises(EtcdLockError, match=r"the CRD etcdclusters\.etcdlock\.io is not installed"):
+            asyncio.run(run_operator(config, kubeconfig=str(kubeconfig)))
 
 
 def test_the_operator_refuses_to_start_without_etcd(kubeconfig: Path) -> None:

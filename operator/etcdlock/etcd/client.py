@@ -262,6 +262,15 @@ class EtcdClient(aetcd.Client):
         finally:
             self._is_connecting = False
 
+    async def close(self) -> None:
+        """Close the connection; watch creations abandoned by cancelled callers are cancelled first, so
+        no task of this client outlives it."""
+        pending = list(self._abandoned_watches)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        await super().close()
+
     async def _authenticate(self) -> None:
         request = rpc.AuthenticateRequest(name=self.config.username, password=self.config.password)
         with self.translate_errors():

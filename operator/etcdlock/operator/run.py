@@ -28,13 +28,13 @@ from etcdlock.etcd import Election, EtcdClient, EtcdConfig, EtcdLockError, Fence
 from etcdlock.operator.handlers import build_registry, kubernetes_api
 from etcdlock.operator.leadership import ElectionSettings, ReplicaStatus
 from etcdlock.operator.metrics import Metrics
-from etcdlock.operator.names import GROUP, LOCKS
+from etcdlock.operator.names import CLUSTERS, GROUP, LOCKS
 from etcdlock.operator.pods import PodApi
 from etcdlock.operator.webhook import WebhookServer, WebhookSettings, register
 
 log = logging.getLogger(__name__)
 
-CRD_NAME = f"{LOCKS}.{GROUP}"
+CRD_NAMES = (f"{LOCKS}.{GROUP}", f"{CLUSTERS}.{GROUP}")
 STOP_BOUND = 10.0
 _RETRY_DELAY = 1.0
 
@@ -44,20 +44,22 @@ Flag = threading.Event | asyncio.Event
 async def preflight(
     etcd: EtcdConfig, kubeconfig: str | None, webhook: WebhookSettings | None
 ) -> kubernetes.client.ApiClient:
-    """One clear message if etcd, the Kubernetes API, the CRD or the webhook certificate is missing."""
+    """One clear message if etcd, the Kubernetes API, a CRD or the webhook certificate is missing."""
     if webhook is not None:
         webhook.check()
     async with EtcdClient(etcd) as client:
         await client.range(b"/etcdlock/", limit=1)
+    crd = ""
     try:
         api = await asyncio.to_thread(kubernetes_api, kubeconfig)
         extensions = kubernetes.client.ApiextensionsV1Api(api)
-        await asyncio.to_thread(extensions.read_custom_resource_definition, CRD_NAME)
+        for crd in CRD_NAMES:
+            await asyncio.to_thread(extensions.read_custom_resource_definition, crd)
     except kubernetes.config.ConfigException as exc:
         raise EtcdLockError(f"no Kubernetes configuration: {exc}") from None
     except ApiException as exc:
         if exc.status == 404:
-            raise EtcdLockError(f"the CRD {CRD_NAME} is not installed: kubectl apply -f crds/") from None
+            raise EtcdLockError(f"the CRD {crd} is not installed: kubectl apply -f crds/") from None
         raise EtcdLockError(f"Kubernetes API error {exc.status}: {exc.reason}") from None
     except OSError as exc:
         raise EtcdLockError(f"cannot reach the Kubernetes API: {exc}") from None
