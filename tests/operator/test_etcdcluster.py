@@ -370,3 +370,23 @@ def test_a_cluster_size_that_cannot_keep_a_quorum_is_refused_by_the_schema(env: 
     with pytest.raises(kubernetes.client.ApiException) as refused:
         env.create("even", {"replicas": 2})
     assert refused.value.status == 422 and "spec.replicas" in str(refused.value.body)
+
+
+def test_deleting_a_cluster_stops_its_members(env: Env, scratch: str) -> None:
+    eventually(lambda: env.status(scratch), settled(3), "three healthy voters", SLOW)
+    env.objects.delete_namespaced_custom_object(GROUP, VERSION, env.namespace, CLUSTERS, scratch)
+    eventually(lambda: env.pods(scratch), lambda pods: not pods, "the members' pods gone", SLOW)
+
+    def running() -> list[str]:
+        found = []
+        for member in ("scratch-0", "scratch-1", "scratch-2"):
+            try:
+                member_pid(env.namespace, member)
+                found.append(member)
+            except AssertionError:
+                pass
+        return found
+
+    eventually(running, lambda members: members == [], "no etcd process of the cluster left", SLOW)
+    apps = kubernetes.client.AppsV1Api(env.api)
+    assert [s.metadata.name for s in apps.list_namespaced_stateful_set(env.namespace).items] == ["alpha"]
