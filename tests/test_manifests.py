@@ -102,8 +102,8 @@ def test_the_manifests_are_the_expected_ones() -> None:
     assert kinds == [
         ("crds/distributedlock.yaml", "CustomResourceDefinition"),
         ("crds/etcdcluster.yaml", "CustomResourceDefinition"),
-        ("examples/distributedlock.yaml", "DistributedLock"),
         ("examples/distributedlock-on-cluster.yaml", "DistributedLock"),
+        ("examples/distributedlock.yaml", "DistributedLock"),
         ("examples/etcdcluster.yaml", "EtcdCluster"),
         ("examples/job.yaml", "Job"),
         ("examples/pod.yaml", "Pod"),

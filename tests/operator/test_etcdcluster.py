@@ -5,8 +5,8 @@ kubelet and StatefulSet controller.
 Two clusters share the module: ``alpha`` (three members on claims) is created, scaled 3 -> 5 -> 3 with a
 client writing throughout, has a member's process killed, is upgraded one member at a time, refuses a
 skipped minor version, and holds a DistributedLock taken by pods; ``scratch`` (emptyDir) loses a member's
-pod, and with it its data, and gets the member replaced; it is also defragmented on a short schedule.
-Every wait is bounded; timings belong to benchmarks, not here.
+pod, and with it its data, and gets the member replaced while a client writes; it is also defragmented
+on a short schedule, then deleted. Every wait is bounded; timings belong to benchmarks, not here.
 """
 
 from __future__ import annotations
@@ -339,16 +339,20 @@ def test_a_lock_on_the_cluster_is_taken_by_pods_in_turn(env: Env, alpha: str) ->
 def test_a_member_whose_data_is_gone_is_replaced(env: Env, scratch: str) -> None:
     status = eventually(lambda: env.status(scratch), settled(3), "three healthy voters", SLOW)
     before = {m["name"]: m["id"] for m in status["members"]}
-    env.core.delete_namespaced_pod("scratch-1", env.namespace)  # emptyDir: the member's data goes with it
-    status = eventually(
-        lambda: env.status(scratch),
-        lambda s: (
-            settled(3)(s)
-            and {m["name"]: m["id"] for m in s["members"]}.get("scratch-1") not in (None, before["scratch-1"])
-        ),
-        "scratch-1 replaced by a new member",
-        SLOW,
-    )
+    with Writer(env.endpoints(scratch, range(0, 3, 2))) as writer:
+        env.core.delete_namespaced_pod("scratch-1", env.namespace)  # emptyDir: its data goes with the pod
+        status = eventually(
+            lambda: env.status(scratch),
+            lambda s: (
+                settled(3)(s)
+                and {m["name"]: m["id"] for m in s["members"]}.get("scratch-1")
+                not in (None, before["scratch-1"])
+            ),
+            "scratch-1 replaced by a new member",
+            SLOW,
+        )
+    assert len(writer.acknowledged) > 50
+    assert writer.missing() == []
     assert {m["name"]: m["id"] for m in status["members"]}["scratch-0"] == before["scratch-0"]
     reasons = [reason for reason, _ in env.events(scratch)]
     for expected in ("MemberRemoved", "MemberAdded", "MemberReplaced", "MemberPromoted"):

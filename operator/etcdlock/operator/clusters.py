@@ -29,6 +29,7 @@ from kubernetes.client.exceptions import ApiException
 
 from etcdlock.etcd import EtcdClient, EtcdConfig, EtcdUnavailable
 from etcdlock.operator.etcdcluster import (
+    SIZES,
     TEMPLATE_HASH,
     ClusterSpec,
     children,
@@ -173,7 +174,7 @@ class Clusters:
             return _invalid_status(previous, str(exc), generation)
         run = Pass(spec, previous, version=previous.get("version") or spec.version)
         run.created = str(meta.get("creationTimestamp") or "")
-        sts = await self._ensure_children(body, spec, run)
+        sts = await self._ensure_children(body, spec)
         pods = {p["metadata"]["name"]: p for p in await self._objects.pods(spec.namespace, spec.labels)}
         run.pod_uids = {name: pod["metadata"]["uid"] for name, pod in pods.items()}
         run.view = await self._observe(spec, pods)
@@ -181,7 +182,7 @@ class Clusters:
             await self._converge(body, run, sts, pods)
         return _status(run, generation)
 
-    async def _ensure_children(self, body: kopf.Body, spec: ClusterSpec, run: Pass) -> Obj:
+    async def _ensure_children(self, body: kopf.Body, spec: ClusterSpec) -> Obj:
         """Create what is missing; keep the PDB's quorum right. Returns the StatefulSet."""
         owner = {"apiVersion": body["apiVersion"], "kind": body["kind"], "metadata": dict(body["metadata"])}
         sts: Obj | None = None
@@ -364,9 +365,6 @@ class Clusters:
         spec, view = run.spec, run.view
         assert view is not None
         await self._scale(spec, sts, spec.replicas)
-        all_healthy = all(m.healthy for m in view.members) and len(view.members) == spec.replicas
-        if not all_healthy or len(pods) != spec.replicas or not all(_ready(p) for p in pods.values()):
-            return
         wanted_hash = ((sts["spec"]["template"].get("metadata") or {}).get("annotations") or {}).get(
             TEMPLATE_HASH
         )
@@ -376,11 +374,15 @@ class Clusters:
             if ((p["metadata"].get("annotations") or {}).get(TEMPLATE_HASH)) != wanted_hash
         ]
         if stale:
+            run.activity = "Upgrading"
+        all_healthy = all(m.healthy for m in view.members) and len(view.members) == spec.replicas
+        if not all_healthy or len(pods) != spec.replicas or not all(_ready(p) for p in pods.values()):
+            return
+        if stale:
             names = _names(spec, view)
             leader = next((names.get(m.peer_url) for m in view.members if m.leader), None)
             stale.sort(key=lambda p: (p["metadata"]["name"] == leader, p["metadata"]["name"]))
             pod = stale[0]
-            run.activity = "Upgrading"
             kopf.info(
                 body,
                 reason="MemberRestarted",
@@ -429,7 +431,7 @@ def _ready(pod: Obj) -> bool:
 
 def _names(spec: ClusterSpec, view: ClusterView) -> dict[str, str]:
     """Peer URL -> member name, by the spec's naming (a just-added learner has no name in etcd yet)."""
-    by_url = {spec.peer_url(i): spec.member(i) for i in range(8)}
+    by_url = {spec.peer_url(i): spec.member(i) for i in range(max(SIZES))}
     return {m.peer_url: by_url.get(m.peer_url, m.name) for m in view.members}
 
 
