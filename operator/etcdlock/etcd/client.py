@@ -590,6 +590,11 @@ def create_revision_is(key: bytes, revision: int) -> Any:
     return rpc.Compare(key=key, target=rpc.Compare.CREATE, result=rpc.Compare.EQUAL, create_revision=revision)
 
 
+def value_is_less(key: bytes, value: bytes) -> Any:
+    """Compare: the key exists and its value sorts before ``value`` (byte order)."""
+    return rpc.Compare(key=key, target=rpc.Compare.VALUE, result=rpc.Compare.LESS, value=value)
+
+
 def mod_revision_is(key: bytes, revision: int) -> Any:
     """Compare: the key's mod revision equals ``revision`` (optimistic concurrency on a whole object)."""
     return rpc.Compare(key=key, target=rpc.Compare.MOD, result=rpc.Compare.EQUAL, mod_revision=revision)

@@ -33,12 +33,12 @@ from etcdlock.operator.etcdcluster import (
     TEMPLATE_HASH,
     ClusterSpec,
     children,
-    disruption_budget,
     statefulset,
     upgrade_allowed,
 )
 from etcdlock.operator.locks import InvalidSpec
-from etcdlock.operator.membership import ClusterView, MemberState, Step, apply, next_step, observe
+from etcdlock.operator.membership import ClusterView, MemberState, Step, apply, next_step, observe, quorum
+from etcdlock.operator.stores import Store, still_leads
 
 log = logging.getLogger(__name__)
 
@@ -138,16 +138,24 @@ class Pass:
     activity: str = ""
     version: str = ""
     problem: str = ""
+    problem_reason: str = ""
     defragmented: str = ""
     created: str = ""
     pod_uids: dict[str, str] = field(default_factory=dict)
+    lost: set[str] = field(default_factory=set)
 
 
 class Clusters:
-    """Reconciles EtcdClusters; keeps one etcd client per cluster (closed by :meth:`forget`)."""
+    """Reconciles EtcdClusters; keeps one etcd client per cluster (closed by :meth:`forget`).
 
-    def __init__(self, kube: kubernetes.client.ApiClient) -> None:
+    ``leadership`` is the operator's own etcd and fence: a pass changes nothing unless this replica still
+    leads when it is about to (two replicas restarting members at once could cost a quorum).
+    """
+
+    def __init__(self, kube: kubernetes.client.ApiClient, leadership: Store) -> None:
         self._objects = KubeObjects(kube)
+        self._leadership = leadership
+        self._warned: dict[tuple[str, str], str] = {}  # the last defragmentation failure told, per cluster
         self._clients: dict[tuple[str, str], EtcdClient] = {}
 
     async def close(self) -> None:
@@ -174,34 +182,41 @@ class Clusters:
             return _invalid_status(previous, str(exc), generation)
         run = Pass(spec, previous, version=previous.get("version") or spec.version)
         run.created = str(meta.get("creationTimestamp") or "")
-        sts = await self._ensure_children(body, spec)
+        found = await self._ensure_children(body, spec)
+        sts = found["StatefulSet"]
         pods = {p["metadata"]["name"]: p for p in await self._objects.pods(spec.namespace, spec.labels)}
         run.pod_uids = {name: pod["metadata"]["uid"] for name, pod in pods.items()}
         run.view = await self._observe(spec, pods)
+        await self._keep_budget(spec, found["PodDisruptionBudget"], run)
         if run.view is not None:
             await self._converge(body, run, sts, pods)
         return _status(run, generation)
 
-    async def _ensure_children(self, body: kopf.Body, spec: ClusterSpec) -> Obj:
-        """Create what is missing; keep the PDB's quorum right. Returns the StatefulSet."""
+    async def _ensure_children(self, body: kopf.Body, spec: ClusterSpec) -> dict[str, Obj]:
+        """Create what is missing. Returns the children by kind."""
         owner = {"apiVersion": body["apiVersion"], "kind": body["kind"], "metadata": dict(body["metadata"])}
-        sts: Obj | None = None
+        found: dict[str, Obj] = {}
         for child in children(spec, owner):
             kind, child_name = child["kind"], child["metadata"]["name"]
-            found = await self._objects.read(kind, spec.namespace, child_name)
-            if found is None:
-                found = await self._objects.create(child)
+            current = await self._objects.read(kind, spec.namespace, child_name)
+            if current is None:
+                current = await self._objects.create(child)
                 kopf.info(body, reason="Created", message=f"created {kind} {child_name}")
-            elif kind == "PodDisruptionBudget":
-                wanted = disruption_budget(spec)["spec"]["minAvailable"]
-                if found["spec"].get("minAvailable") != wanted:
-                    await self._objects.patch(
-                        kind, spec.namespace, child_name, {"spec": {"minAvailable": wanted}}
-                    )
-            if kind == "StatefulSet":
-                sts = found
-        assert sts is not None
-        return sts
+            if current is not None:
+                found[kind] = current
+        return found
+
+    async def _keep_budget(self, spec: ClusterSpec, budget: Obj, run: Pass) -> None:
+        """minAvailable is the quorum of the voters there are, while more run than wanted (scale-in);
+        when nobody answers, of the voters etcd listed last."""
+        if run.view is not None:
+            voters = len(run.view.voters)
+        else:
+            voters = sum(1 for m in run.previous.get("members") or [] if not m.get("learner"))
+        wanted = quorum(max(voters, spec.replicas))
+        if budget["spec"].get("minAvailable") != wanted:
+            patch = {"spec": {"minAvailable": wanted}}
+            await self._objects.patch("PodDisruptionBudget", spec.namespace, spec.name, patch)
 
     async def _client(self, spec: ClusterSpec, members: list[int]) -> EtcdClient:
         """A client for these members (by ordinal)."""
@@ -235,10 +250,20 @@ class Clusters:
     async def _converge(self, body: kopf.Body, run: Pass, sts: Obj, pods: dict[str, Obj]) -> None:
         spec, view = run.spec, run.view
         assert view is not None
+        if not await still_leads(self._leadership.etcd, self._leadership.fence):
+            log.info(
+                "etcd cluster %s/%s: not changed, this replica no longer leads", spec.namespace, spec.name
+            )
+            return
         lost = self._lost(run, view, pods)
+        run.lost = lost
         names = _names(spec, view)
-        effective = self._effective_spec(body, run)
+        effective = self._effective_spec(body, run, sts)
         step = next_step(view, spec.wanted(), frozenset(lost))
+        if step.target is not None and not step.member:
+            step = replace(step, member=names.get(step.target.peer_url, ""))
+        if not view.linearizable and step.action not in ("refuse", "wait", "done"):
+            step = Step("wait", "etcd answered without a quorum; its member list may be stale")
         run.step = step
         membership = {names[m.peer_url]: m.peer_url for m in view.members if m.peer_url in names}
         if step.action == "add-learner":
@@ -260,32 +285,38 @@ class Clusters:
         try:
             taken = await apply(client, view, step)
         except EtcdUnavailable as exc:
-            run.problem = f"{step.action} {step.member} failed: {exc}"
-            kopf.warn(body, reason="MembershipChangeFailed", message=run.problem)
+            run.problem, run.problem_reason = f"{step.action} {step.member} failed: {exc}", "ChangeFailed"
+            if _condition(run.previous, "Degraded").get("message") != run.problem:
+                kopf.warn(body, reason="MembershipChangeFailed", message=run.problem)
             return
         if not taken:
             return
         await self._after_step(body, run, sts, pods, step, lost)
 
     def _lost(self, run: Pass, view: ClusterView, pods: dict[str, Obj]) -> set[str]:
-        """Members whose emptyDir data went with a pod that was replaced (see the module docstring)."""
+        """Members whose emptyDir data went with a pod that was replaced (see the module docstring).
+
+        Healthy or not: a member that comes back under its old ID with empty data may have forgotten
+        entries it acknowledged, so etcd's rule (remove it, add it again) applies either way. Only the
+        member the pod was recorded for counts (matched by ID), not a member added since under that name.
+        """
         if run.spec.storage_size is not None:
             return set()
         names = _names(run.spec, view)
-        last_pod = {m.get("name"): m.get("podUID") for m in run.previous.get("members") or []}
+        recorded = {m.get("name"): m for m in run.previous.get("members") or []}
         lost = set()
         for member in view.members:
             name = names.get(member.peer_url, "")
-            pod = pods.get(name)
-            was = last_pod.get(name)
-            if pod is None or not was or member.healthy:
+            pod, was = pods.get(name), recorded.get(name) or {}
+            if pod is None or not was.get("podUID") or was.get("id") != format(member.id, "x"):
                 continue
-            if pod["metadata"].get("uid") != was:
+            if pod["metadata"].get("uid") != was["podUID"]:
                 lost.add(name)
         return lost
 
-    def _effective_spec(self, body: kopf.Body, run: Pass) -> ClusterSpec:
-        """The spec to render: a version change only if etcd's upgrade path allows it (else: refused)."""
+    def _effective_spec(self, body: kopf.Body, run: Pass, sts: Obj) -> ClusterSpec:
+        """The spec to render: a version change only if etcd's upgrade path allows it. Refused, the
+        members keep the image they run now (the StatefulSet's), even part-way through an earlier upgrade."""
         spec = run.spec
         current = run.version
         if spec.version == current or upgrade_allowed(current, spec.version):
@@ -293,8 +324,9 @@ class Clusters:
         message = f"cannot go from etcd {current} to {spec.version}: one minor version at a time, never down"
         if _condition(run.previous, "Degraded").get("message") != message:
             kopf.warn(body, reason="UpgradeRefused", message=message)
-        run.problem = message
-        return replace(spec, version=current, image=spec.image.replace(spec.version, current))
+        run.problem, run.problem_reason = message, "Refused"
+        containers = ((sts["spec"].get("template") or {}).get("spec") or {}).get("containers") or [{}]
+        return replace(spec, version=current, image=containers[0].get("image") or spec.image)
 
     async def _keep_template(self, spec: ClusterSpec, sts: Obj, membership: dict[str, str]) -> None:
         """The StatefulSet's template says what a pod created now must run (joining this membership).
@@ -340,7 +372,9 @@ class Clusters:
                 await self._scale(spec, sts, max(ordinal + 1, int(sts["spec"].get("replicas") or 0)))
             if pod is not None:
                 # A pod from before this member was added (its data lost, or a removed member's) must start
-                # again, empty, to join as the new member.
+                # again, empty, to join as the new member: its claim goes too.
+                if spec.storage_size is not None:
+                    await self._objects.delete_claim(spec.namespace, f"data-{step.member}")
                 await self._objects.delete_pod(spec.namespace, step.member, pod["metadata"]["uid"])
                 kopf.info(
                     body, reason="MemberReplaced", message=f"{step.member} starts again with empty data"
@@ -418,7 +452,10 @@ class Clusters:
             async with EtcdClient(config) as direct:
                 await direct.defragment()
         except EtcdUnavailable as exc:
-            kopf.warn(body, reason="DefragmentationFailed", message=f"{names.get(member.peer_url)}: {exc}")
+            message = f"{names.get(member.peer_url)}: {exc}"
+            if self._warned.get((spec.namespace, spec.name)) != message:
+                self._warned[(spec.namespace, spec.name)] = message
+                kopf.warn(body, reason="DefragmentationFailed", message=message)
             return
         run.defragmented = names.get(member.peer_url, "")
         kopf.info(body, reason="Defragmented", message=f"defragmented {run.defragmented}")
@@ -483,7 +520,8 @@ def _member_status(run: Pass, member: MemberState, name: str, pods: dict[str, st
         "learner": member.learner,
         "healthy": member.healthy,
     }
-    pod = pods.get(name) if member.healthy else before.get("podUID")
+    # A lost member keeps the pod its data was in on record until it is replaced.
+    pod = pods.get(name) if member.healthy and name not in run.lost else before.get("podUID")
     if pod:
         entry["podUID"] = pod
     since = _now() if run.defragmented == name else before.get("lastDefragmentation")
@@ -515,7 +553,9 @@ def _status(run: Pass, generation: int) -> Obj:
             ready=f"0/{spec.replicas}",
             readyMembers=0,
             leader="",
-            members=[],
+            # What etcd said last, marked unhealthy: the record of each member's pod (data loss) and of
+            # its defragmentation must survive a pass in which nobody answers.
+            members=[{**m, "healthy": False, "leader": False} for m in previous.get("members") or []],
             conditions=_conditions(
                 previous,
                 generation,
@@ -534,7 +574,7 @@ def _status(run: Pass, generation: int) -> Obj:
     done = step is not None and step.action == "done" and not run.activity
     unhealthy = [m["name"] for m in members if not m["healthy"]]
     if run.problem:
-        degraded = ("True", "Refused", run.problem)
+        degraded = ("True", run.problem_reason, run.problem)
     elif step is not None and step.action == "refuse":
         degraded = ("True", "NoQuorum" if "quorum" in step.reason else "Refused", step.reason)
     elif unhealthy:

@@ -184,13 +184,11 @@ def statefulset(
     spec: ClusterSpec,
     owner: Obj | None = None,
     members: dict[str, str] | None = None,
-    replicas: int | None = None,
 ) -> Obj:
     """The members' StatefulSet (Parallel start: a new cluster's members must all come up to elect).
 
     Without ``members`` it bootstraps a new cluster; with them (name -> peer URL, the current membership)
-    a pod created from it joins the running cluster. ``replicas``: how many pods run now (membership
-    changes move it one member at a time), default the spec's.
+    a pod created from it joins the running cluster.
     """
     if members is None:
         initial, state = spec.initial_cluster(), "new"
@@ -259,7 +257,7 @@ def statefulset(
     template_meta: Obj = {"labels": dict(spec.labels), "annotations": annotations}
     sts_spec: Obj = {
         "serviceName": spec.name,
-        "replicas": spec.replicas if replicas is None else replicas,
+        "replicas": spec.replicas,
         "podManagementPolicy": "Parallel",
         "updateStrategy": {"type": "OnDelete"},
         "selector": {"matchLabels": dict(spec.labels)},
@@ -284,8 +282,9 @@ def statefulset(
 
 
 def template_hash(pod: Obj) -> str:
-    """What a running member must be restarted for (image, resources, overrides), leaving out the
-    bootstrap flags: those only matter to a member's first start."""
+    """What a running member must be restarted for (image, flags, resources, node selection, affinity,
+    tolerations), leaving out the bootstrap flags, which only matter to a member's first start, and pod
+    annotations, which reach pods created afterwards."""
     relevant = json.loads(json.dumps(pod))
     for container in relevant["containers"]:
         container["command"] = [c for c in container["command"] if not c.startswith("--initial-cluster")]

@@ -137,7 +137,7 @@ def build_registry(
         memo.mirrors = Mirrors()
         memo.stores = Stores(Store(memo.etcd, fence), kube)
         memo.pods = PodHolds(memo.stores, pod_api or PodApi(kube))
-        memo.clusters = Clusters(kube)
+        memo.clusters = Clusters(kube, memo.stores.default)
 
     @kopf.on.login(registry=registry)
     def login(**_: Any) -> kopf.ConnectionInfo:
@@ -194,7 +194,7 @@ def build_registry(
         if changed:
             patch.status.update(changed)
 
-    @kopf.on.delete(GROUP, VERSION, CLUSTERS, optional=True, registry=registry)
+    @kopf.on.delete(GROUP, VERSION, CLUSTERS, registry=registry)
     async def etcd_cluster_gone(name: str, namespace: str | None, memo: Any, **_: Any) -> None:
         await memo.clusters.forget(namespace or "", name)
 

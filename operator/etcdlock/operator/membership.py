@@ -42,7 +42,10 @@ class MemberState:
 
 @dataclass(frozen=True)
 class ClusterView:
+    """The members, and whether the list came from a quorum (linearizable) or one member's memory."""
+
     members: tuple[MemberState, ...]
+    linearizable: bool = True
 
     @property
     def voters(self) -> list[MemberState]:
@@ -115,10 +118,12 @@ def next_step(view: ClusterView, wanted: dict[str, str], lost: frozenset[str] = 
 
 async def observe(client: EtcdClient) -> ClusterView:
     """The members (a linearizable read) and, asked of each member itself, whether it answers and leads."""
+    linearizable = True
     try:
         listed = await client.members()
     except EtcdUnavailable:
         listed = await client.members(linearizable=False)  # no quorum: what the member reached knows
+        linearizable = False
     members = [
         MemberState(
             id=m.ID,
@@ -135,7 +140,7 @@ async def observe(client: EtcdClient) -> ClusterView:
         replace(m, healthy=s is not None, leader=s is not None and m.id in leaders)
         for m, s in zip(members, statuses, strict=True)
     ]
-    return ClusterView(tuple(view))
+    return ClusterView(tuple(view), linearizable)
 
 
 async def _status(config: EtcdConfig, member: MemberState) -> Any:

@@ -51,7 +51,7 @@ from etcdlock.operator.names import (
     VERSION,
     WAITING,
 )
-from etcdlock.operator.stores import ClusterNotReady, Store, Stores
+from etcdlock.operator.stores import ClusterNotReady, Store, Stores, still_leads
 
 log = logging.getLogger(__name__)
 
@@ -607,7 +607,7 @@ async def lock_store(stores: Stores, api: PodApi, namespace: str, name: str) -> 
         return None
     try:
         return await stores.for_lock(namespace, LockSpec.parse(namespace, name, lock.get("spec")))
-    except (InvalidSpec, ClusterNotReady):
+    except (InvalidSpec, ClusterNotReady, Fenced):
         return None
 
 
@@ -616,18 +616,6 @@ def _parse_lease(value: str | None) -> int | None:
         return int(value, 16) if value else None
     except ValueError:
         return None
-
-
-async def still_leads(etcd: EtcdClient, fence: Fence | None) -> bool:
-    """True unless the fence says this replica was deposed (or etcd cannot confirm it still leads): a
-    deposed replica leaves pod annotations to the leader."""
-    if fence is None:
-        return True
-    try:
-        await etcd.guarded_txn(fence.compares(), [], [])
-    except (Fenced, EtcdUnavailable):
-        return False
-    return True
 
 
 async def give_back(etcd: EtcdClient, fence: Fence | None, lease: int, key: bytes | None) -> bool:

@@ -3,8 +3,11 @@
 A :class:`Store` is an etcd client and the fence the operator's lock writes there must pass. On the
 operator's etcd that is its election fence; on an EtcdCluster (which holds no election) it is an epoch key
 the leader writes once per term before its first lock write there (see :mod:`etcdlock.etcd.fence`), so a
-deposed leader's writes fail there too. A cluster is used once its status says a quorum answers; its
-client URL (the client Service) comes from that status.
+deposed leader's writes fail there too. The epoch is the leader key's create revision, which grows with
+every term: it is written only over an older one, so a deposed replica that reaches a cluster late can
+never take the epoch back from the leader. A cluster is used once its status says a quorum answers; its
+client URL (the client Service) comes from that status. A cluster deleted and created again (another uid)
+gets a new client and epoch.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ import kubernetes
 from kubernetes.client.exceptions import ApiException
 
 from etcdlock.etcd import EtcdClient, EtcdConfig, EtcdUnavailable, Fence
-from etcdlock.etcd.client import put_op
+from etcdlock.etcd.client import create_revision_is, put_op, range_op, value_is_less
+from etcdlock.etcd.errors import Fenced
 from etcdlock.operator.locks import LockSpec
 from etcdlock.operator.names import CLUSTERS, GROUP, VERSION
 
@@ -40,41 +44,42 @@ class Stores:
     def __init__(self, default: Store, kube: kubernetes.client.ApiClient) -> None:
         self.default = default
         self._objects = kubernetes.client.CustomObjectsApi(kube)
-        self._clusters: dict[tuple[str, str], Store] = {}
-        self._lock = asyncio.Lock()
+        self._clusters: dict[tuple[str, str], tuple[str, Store]] = {}
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
 
     async def for_lock(self, namespace: str, lock: LockSpec) -> Store:
         """The lock's store; :class:`ClusterNotReady` if its EtcdCluster is missing or has no quorum."""
         if lock.cluster is None:
             return self.default
-        async with self._lock:
-            ref = (namespace, lock.cluster)
-            store = self._clusters.get(ref)
-            if store is None:
-                store = self._clusters[ref] = await self._connect(namespace, lock.cluster)
+        ref = (namespace, lock.cluster)
+        async with self._locks.setdefault(ref, asyncio.Lock()):
+            cluster = await self._read(namespace, lock.cluster)
+            uid = str(cluster["metadata"].get("uid") or "")
+            known = self._clusters.get(ref)
+            if known is not None and known[0] == uid:
+                return known[1]
+            if known is not None:
+                await known[1].etcd.close()
+                del self._clusters[ref]
+            store = await self._connect(lock.cluster, cluster)
+            self._clusters[ref] = (uid, store)
             return store
 
-    async def _connect(self, namespace: str, name: str) -> Store:
-        cluster = await self._read(namespace, name)
+    async def _connect(self, name: str, cluster: Any) -> Store:
         status = cluster.get("status") or {}
-        available: dict[str, Any] = next(
-            (c for c in status.get("conditions") or [] if c.get("type") == "Available"), {}
-        )
+        conditions = status.get("conditions") or []
+        available: dict[str, Any] = next((c for c in conditions if c.get("type") == "Available"), {})
         if available.get("status") != "True" or not status.get("clientURL"):
             why = available.get("message") or "it is being created"
             raise ClusterNotReady(f"EtcdCluster {name} is not available yet ({why})")
         client = EtcdClient(EtcdConfig.parse(status["clientURL"]))
-        fence = None
-        if self.default.fence is not None:
-            # This term's epoch: the leader key's revision names it; writing it fences off earlier terms.
-            epoch = f"{self.default.fence.key.decode()}@{self.default.fence.revision}".encode()
-            try:
-                response = await client.txn([], [put_op(EPOCH_KEY, epoch)])
-            except EtcdUnavailable as exc:
-                await client.close()
-                raise ClusterNotReady(f"EtcdCluster {name} cannot be reached: {exc}") from None
-            fence = Fence(EPOCH_KEY, int(response.header.revision), epoch=True)
-        return Store(client, fence)
+        if self.default.fence is None:
+            return Store(client, None)
+        try:
+            return Store(client, await claim_epoch(client, self.default, name))
+        except BaseException:
+            await client.close()
+            raise
 
     async def _read(self, namespace: str, name: str) -> Any:
         def get() -> Any:
@@ -89,6 +94,41 @@ class Stores:
             raise ClusterNotReady(f"EtcdCluster {name} could not be read: {why}") from None
 
     async def close(self) -> None:
-        for store in self._clusters.values():
+        for _, store in self._clusters.values():
             await store.etcd.close()
         self._clusters.clear()
+
+
+async def claim_epoch(cluster: EtcdClient, leadership: Store, name: str) -> Fence:
+    """Write this term's epoch in ``cluster`` (only over an older one) and return the fence on that write.
+
+    :class:`Fenced` if this replica no longer leads, or a newer leader's epoch is there already.
+    """
+    if leadership.fence is None or not await still_leads(leadership.etcd, leadership.fence):
+        raise Fenced("this replica no longer leads")
+    epoch = f"{leadership.fence.revision:020d}".encode()
+    put = [put_op(EPOCH_KEY, epoch)]
+    try:
+        response = await cluster.txn([create_revision_is(EPOCH_KEY, 0)], put)
+        if not response.succeeded:
+            response = await cluster.txn([value_is_less(EPOCH_KEY, epoch)], put, [range_op(EPOCH_KEY)])
+        if not response.succeeded:
+            (current,) = response.responses[0].response_range.kvs
+            if current.value != epoch:
+                raise Fenced(f"a newer leader's epoch is in EtcdCluster {name}")
+            return Fence(EPOCH_KEY, int(current.mod_revision), epoch=True)  # this term's, written before
+    except EtcdUnavailable as exc:
+        raise ClusterNotReady(f"EtcdCluster {name} cannot be reached: {exc}") from None
+    return Fence(EPOCH_KEY, int(response.header.revision), epoch=True)
+
+
+async def still_leads(etcd: EtcdClient, fence: Fence | None) -> bool:
+    """True unless the fence says this replica was deposed (or etcd cannot confirm it still leads): a
+    deposed replica leaves pod annotations, and clusters, to the leader."""
+    if fence is None:
+        return True
+    try:
+        await etcd.guarded_txn(fence.compares(), [], [])
+    except (Fenced, EtcdUnavailable):
+        return False
+    return True

@@ -15,13 +15,13 @@ import asyncio
 import logging
 import random
 import shutil
-import socket
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from etcdlock.sandbox.apiserver.api import Api
 from etcdlock.sandbox.apiserver.errors import ApiError
+from etcdlock.sandbox.statefulsets import pod_ready
 
 log = logging.getLogger(__name__)
 
@@ -75,11 +75,6 @@ class PodNetwork:
             file.truncate()
 
 
-def _ready(pod: Obj) -> bool:
-    conditions = (pod.get("status") or {}).get("conditions") or []
-    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
-
-
 def _selects(selector: dict[str, str], pod: Obj) -> bool:
     labels = pod["metadata"].get("labels") or {}
     return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
@@ -109,7 +104,7 @@ def dns_names(pods: list[Obj], services: list[Obj]) -> dict[str, list[str]]:
         for pod in running:
             if pod["metadata"].get("namespace") != meta.get("namespace") or not _selects(selector, pod):
                 continue
-            if spec.get("publishNotReadyAddresses") or _ready(pod):
+            if spec.get("publishNotReadyAddresses") or pod_ready(pod):
                 add(f"{meta['name']}.{meta.get('namespace', '')}.svc", pod["status"]["podIP"])
     return names
 
@@ -145,13 +140,3 @@ class ClusterDns:
                 log.warning("cluster DNS: %s watch ended (%s); starting over", plural, exc)
                 seen.clear()
                 await asyncio.sleep(0.5)
-
-
-def port_free(address: str, port: int) -> bool:
-    """Nothing listens on ``address:port`` (a process of a pod by that name may still be stopping)."""
-    with socket.socket() as probe:
-        try:
-            probe.bind((address, port))
-        except OSError:
-            return False
-    return True

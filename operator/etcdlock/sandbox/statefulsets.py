@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 Obj = dict[str, Any]
 
 
-def _ready(pod: Obj) -> bool:
+def pod_ready(pod: Obj) -> bool:
     conditions = (pod.get("status") or {}).get("conditions") or []
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
 
@@ -154,7 +154,7 @@ class StatefulSetController:
         for ordinal in range(replicas):
             if ordinal in pods:
                 continue
-            if not parallel and not all(_ready(pods[i]) for i in range(ordinal) if i in pods):
+            if not parallel and not all(pod_ready(pods[i]) for i in range(ordinal) if i in pods):
                 break
             await self._ensure_claims(sts, ordinal)
             pods[ordinal] = await self._api.create(self._pods, namespace, pod_for(sts, ordinal))
@@ -193,7 +193,7 @@ class StatefulSetController:
                 raise
 
     async def _publish(self, sts: Obj, pods: list[Obj]) -> None:
-        ready = sum(1 for p in pods if _ready(p))
+        ready = sum(1 for p in pods if pod_ready(p))
         status = {
             "observedGeneration": sts["metadata"].get("generation", 1),
             "replicas": len(pods),
