@@ -28,7 +28,7 @@ from test_pods import create_pod, finish, held, note, read_pod
 
 from etcdlock.etcd import EtcdClient, EtcdConfig, EtcdUnavailable
 from etcdlock.etcd.client import put_op
-from etcdlock.operator.names import TOKEN_ANNOTATION
+from etcdlock.operator.names import CLUSTER_ANNOTATION, TOKEN_ANNOTATION
 from etcdlock.operator.webhook import WebhookSettings, configuration
 from etcdlock.sandbox.cluster import SandboxThread
 from etcdlock.sandbox.etcd import LocalEtcd, free_port
@@ -317,6 +317,7 @@ def test_a_lock_on_the_cluster_is_taken_by_pods_in_turn(env: Env, alpha: str) ->
     create_pod(env.api, env.namespace, "first", "on-alpha")
     create_pod(env.api, env.namespace, "second", "on-alpha")
     first = eventually(lambda: read_pod(env.api, env.namespace, "first"), held, "first holding", SLOW)
+    assert note(first, CLUSTER_ANNOTATION) == alpha  # where its lease lives, for a release without the lock
     status = eventually(
         lambda: status_of(env.api, env.namespace, "on-alpha"),
         lambda s: len(s.get("waiters") or []) == 1,

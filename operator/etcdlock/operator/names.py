@@ -18,6 +18,9 @@ STATE_ANNOTATION = f"{ANNOTATION_PREFIX}/state"
 TOKEN_ANNOTATION = f"{ANNOTATION_PREFIX}/fencing-token"
 MESSAGE_ANNOTATION = f"{ANNOTATION_PREFIX}/message"
 LEASE_ANNOTATION = f"{ANNOTATION_PREFIX}/lease"
+CLUSTER_ANNOTATION = (
+    f"{ANNOTATION_PREFIX}/cluster"  # the EtcdCluster the lease lives in (absent: the operator's)
+)
 
 WAITING, HELD, RELEASED, ERROR = "Waiting", "Held", "Released", "Error"
 

@@ -37,6 +37,7 @@ from etcdlock.etcd.client import create_revision_is, delete_op
 from etcdlock.etcd.queue import KeyGuard, Queue, first_of
 from etcdlock.operator.locks import InvalidSpec, LockSpec
 from etcdlock.operator.names import (
+    CLUSTER_ANNOTATION,
     ERROR,
     GROUP,
     HELD,
@@ -235,7 +236,7 @@ class PodHold:
             await self._session.orphan()
         store = self._store
         if store is None and self._lease is not None:
-            store = await lock_store(self._stores, self._api, self.ref[0], self.lock_name)
+            store = await lease_store(self._stores, self.ref[0], self._written)
         if store is not None and self._lease is not None:
             if not await give_back(store.etcd, store.fence, self._lease, self._key):
                 log.info("pod %s/%s: not released here: this replica no longer leads", *self.ref)
@@ -448,7 +449,8 @@ class PodHold:
                     raise Fenced("this replica no longer leads")
                 self._session = await Session(etcd, lock.ttl_seconds, fence=fence).start()
                 self._lease = self._session.lease_id
-                if not await self._write({LEASE_ANNOTATION: format(self._lease, "x")}):
+                where = {LEASE_ANNOTATION: format(self._lease, "x"), CLUSTER_ANNOTATION: lock.cluster}
+                if not await self._write(where):
                     await self._session.close()  # a lease for a pod that is gone: no key under it yet
                     return None
                 self._key = keys.contender_key(lock.key, self._lease)
@@ -586,11 +588,14 @@ class PodHolds:
     async def _release_leftover(self, pod: Pod, reason: str) -> None:
         """Release the lease of a pod that finished or left the lock while no operator was watching."""
         lease = _parse_lease(_annotations(pod).get(LEASE_ANNOTATION))
-        lock_name = _annotations(pod).get(LOCK_ANNOTATION) or ""
-        store = await lock_store(self._stores, self._api, pod_ref(pod)[0], lock_name) or self._stores.default
+        store = await lease_store(self._stores, pod_ref(pod)[0], _annotations(pod))
+        if store is None:
+            # Its EtcdCluster cannot be reached (or this replica no longer leads): the lease expires.
+            store, lease = self._stores.default, None
+            reason += "; its lease was not revoked and expires within its TTL"
         if lease is not None and not await give_back(store.etcd, store.fence, lease, None):
             return
-        if lease is None and not await still_leads(store.etcd, store.fence):
+        if lease is None and not await still_leads(self._stores.default.etcd, self._stores.default.fence):
             return
         message = f"released: {reason}"
         kopf.info(pod, reason="Released", message=message)
@@ -598,16 +603,11 @@ class PodHolds:
         await self._api.annotate(pod_ref(pod), notes, ungate=is_gated(pod))
 
 
-async def lock_store(stores: Stores, api: PodApi, namespace: str, name: str) -> Store | None:
-    """The store of the lock ``name`` as it is now; None if it is missing, invalid or its cluster unusable."""
-    if not name:
-        return None
-    lock = await api.read_lock(namespace, name)
-    if lock is None:
-        return None
+async def lease_store(stores: Stores, namespace: str, annotations: Mapping[str, str | None]) -> Store | None:
+    """The store the pod's lease was granted in (its cluster annotation); None if it cannot be used now."""
     try:
-        return await stores.for_lock(namespace, LockSpec.parse(namespace, name, lock.get("spec")))
-    except (InvalidSpec, ClusterNotReady, Fenced):
+        return await stores.for_cluster(namespace, annotations.get(CLUSTER_ANNOTATION) or None)
+    except (ClusterNotReady, Fenced):
         return None
 
 

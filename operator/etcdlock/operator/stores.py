@@ -49,11 +49,15 @@ class Stores:
 
     async def for_lock(self, namespace: str, lock: LockSpec) -> Store:
         """The lock's store; :class:`ClusterNotReady` if its EtcdCluster is missing or has no quorum."""
-        if lock.cluster is None:
+        return await self.for_cluster(namespace, lock.cluster)
+
+    async def for_cluster(self, namespace: str, name: str | None) -> Store:
+        """The store of the EtcdCluster ``name`` (None: the operator's etcd)."""
+        if name is None:
             return self.default
-        ref = (namespace, lock.cluster)
+        ref = (namespace, name)
         async with self._locks.setdefault(ref, asyncio.Lock()):
-            cluster = await self._read(namespace, lock.cluster)
+            cluster = await self._read(namespace, name)
             uid = str(cluster["metadata"].get("uid") or "")
             known = self._clusters.get(ref)
             if known is not None and known[0] == uid:
@@ -61,7 +65,7 @@ class Stores:
             if known is not None:
                 await known[1].etcd.close()
                 del self._clusters[ref]
-            store = await self._connect(lock.cluster, cluster)
+            store = await self._connect(name, cluster)
             self._clusters[ref] = (uid, store)
             return store
 
