@@ -1,6 +1,6 @@
-"""EtcdCluster membership against real etcd processes on loopback: 1 -> 3 -> 1 with learners, the leader
-moved away before it is removed, and no step without quorum; a client writes throughout and no
-acknowledged write is lost.
+"""EtcdCluster membership against real etcd processes on loopback: 1 -> 3 -> 1 with learners and the leader
+moved away before it is removed; 1 -> 3 -> 5, a lost member replaced, then 5 -> 3; and no step without
+quorum. A client writes throughout and no acknowledged write is lost.
 
 The test plays the controller: it asks :func:`next_step`, applies the step through the etcd API with
 :func:`apply`, and starts an etcd process for a member that was added (as a StatefulSet pod would).
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -127,6 +128,45 @@ async def test_scale_out_with_learners_then_in_moving_the_leader_off_first(clust
         assert actions(shrunk) == ["remove m1", "move-leader m0", "remove m2"]
         view = await voters(cluster)
         assert [m.name for m in view.voters] == ["m0"] and view.leader is not None
+    finally:
+        await writer.stop()
+    assert len(writer.acknowledged) > 50, "the writer kept writing"
+    async with client_of(cluster) as client:
+        stored = await client.range(b"/written/", b"/written0", keys_only=True)
+    found = {int(kv.key.decode().rsplit("/", 1)[1]) for kv in stored.kvs}
+    assert set(writer.acknowledged) <= found, "an acknowledged write was lost"
+
+
+async def test_one_to_five_a_lost_member_replaced_then_three(cluster: LocalEtcd) -> None:
+    """1 -> 3 -> 5, a member's data lost and the member replaced, then 5 -> 3, with a client writing."""
+    writer = Writer(cluster)
+    writer.start()
+    try:
+        for name in ("m1", "m2", "m3", "m4"):
+            cluster.add_member(name)
+        five = ["m0", "m1", "m2", "m3", "m4"]
+        grown = await reconcile(cluster, five)
+        assert [s.action for s in grown] == ["add-learner", "promote"] * 4
+
+        lost = next(m for m in cluster.members if m.name == "m1")
+        cluster.kill(lost)
+        shutil.rmtree(lost.data_dir)  # its data is gone: it must not come back under its old ID
+        async with client_of(cluster) as client:
+            view = await observe(client)
+            step = next_step(view, {m.name: m.peer_url for m in cluster.members}, frozenset({"m1"}))
+            assert (step.action, step.member) == ("remove", "m1")
+            assert await apply(client, view, step)
+        cluster.drop_member(lost)
+        cluster.add_member("m1")  # a new member under the same name
+        replaced = await reconcile(cluster, five)
+        assert actions(replaced) == ["add-learner m1", "promote m1"]
+
+        shrunk = await reconcile(cluster, ["m0", "m1", "m2"])
+        assert sorted(s.member for s in shrunk if s.action == "remove") == ["m3", "m4"]
+        view = await voters(cluster)
+        assert sorted(m.name for m in view.voters) == ["m0", "m1", "m2"] and all(
+            m.healthy for m in view.members
+        )
     finally:
         await writer.stop()
     assert len(writer.acknowledged) > 50, "the writer kept writing"
