@@ -128,3 +128,14 @@ def test_kubectl_can_finish_a_pod_by_patching_its_status(
 def test_the_namespace_carries_its_name_label(core: Core, namespace: str) -> None:
     labels = core.read_namespace(namespace).metadata.labels
     assert labels["kubernetes.io/metadata.name"] == namespace
+
+
+def test_a_pod_finished_before_the_kubelet_starts_it_stays_finished(core: Core, namespace: str) -> None:
+    """The race a test can cause: the pod is ungated and at once reported Succeeded; the kubelet's
+    Running, decided on the earlier version of the pod, must not land on top of it."""
+    create(core, namespace, "quick", gated=True)
+    core.patch_namespaced_pod("quick", namespace, {"spec": {"schedulingGates": None}})
+    core.patch_namespaced_pod_status("quick", namespace, {"status": {"phase": "Succeeded"}})
+    for _ in range(20):  # the kubelet has had every chance to act on the ungated version
+        assert core.read_namespaced_pod("quick", namespace).status.phase == "Succeeded"
+        time.sleep(0.05)

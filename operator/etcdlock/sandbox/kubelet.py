@@ -17,7 +17,7 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
-from etcdlock.sandbox.apiserver.api import MERGE_PATCH, Api, now
+from etcdlock.sandbox.apiserver.api import JSON_PATCH, MERGE_PATCH, Api, now
 from etcdlock.sandbox.apiserver.errors import ApiError
 from etcdlock.sandbox.containers import runs_etcd
 
@@ -74,7 +74,7 @@ class PodLifecycle:
         status = pod.get("status") or {}
         phase = status.get("phase") or "Pending"
         if phase == "Pending" and not (pod.get("spec") or {}).get("schedulingGates"):
-            await self._set_status(pod, self._running(pod))
+            await self._start(pod)
         elif phase == "Running" and uid not in self._timers:
             seconds = _seconds((meta.get("annotations") or {}).get(RUN_SECONDS))
             if seconds is not None:
@@ -148,6 +148,29 @@ class PodLifecycle:
         await self._set_status(
             current, {"phase": phase, "containerStatuses": statuses, "conditions": conditions + ready}
         )
+
+    async def _start(self, pod: Obj) -> None:
+        """Running, only if the pod is still as seen: a phase set meanwhile (a test finishing the pod at
+        once) is never overwritten with Running."""
+        meta = pod["metadata"]
+        document = json.dumps(
+            [
+                {"op": "test", "path": "/metadata/resourceVersion", "value": meta.get("resourceVersion")},
+                {
+                    "op": "add",
+                    "path": "/status",
+                    "value": {**(pod.get("status") or {}), **self._running(pod)},
+                },
+            ]
+        ).encode()
+        try:
+            await self._api.patch(
+                self._pods, meta.get("namespace"), meta["name"], JSON_PATCH, document, subresource="status"
+            )
+        except ApiError as exc:
+            log.debug(
+                "pod %s/%s: changed meanwhile, not started (%s)", meta.get("namespace"), meta["name"], exc
+            )
 
     async def _set_status(self, pod: Obj, status: Obj) -> None:
         meta = pod["metadata"]
