@@ -45,7 +45,7 @@ Obj = dict[str, Any]
 
 
 def widget_crd(group: str = GROUP, plural: str = PLURAL, kind: str = "Widget") -> Obj:
-    """A namespaced CRD with a status subresource, defaults, an enum, bounds and printer columns."""
+    """A namespaced CRD with status and scale subresources, defaults, an enum, bounds and printer columns."""
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
@@ -59,7 +59,14 @@ def widget_crd(group: str = GROUP, plural: str = PLURAL, kind: str = "Widget") -
                     "name": VERSION,
                     "served": True,
                     "storage": True,
-                    "subresources": {"status": {}},
+                    "subresources": {
+                        "status": {},
+                        "scale": {
+                            "specReplicasPath": ".spec.size",
+                            "statusReplicasPath": ".status.ready",
+                            "labelSelectorPath": ".status.selector",
+                        },
+                    },
                     "additionalPrinterColumns": [
                         {"name": "Size", "type": "integer", "jsonPath": ".spec.size"},
                         {"name": "Color", "type": "string", "jsonPath": ".spec.color"},
@@ -84,7 +91,11 @@ def widget_crd(group: str = GROUP, plural: str = PLURAL, kind: str = "Widget") -
                                 },
                                 "status": {
                                     "type": "object",
-                                    "properties": {"phase": {"type": "string"}},
+                                    "properties": {
+                                        "phase": {"type": "string"},
+                                        "ready": {"type": "integer"},
+                                        "selector": {"type": "string"},
+                                    },
                                 },
                             },
                         }
@@ -637,6 +648,58 @@ def test_status_subresource_changes_only_status_and_the_main_endpoint_ignores_st
     assert (via_status["spec"]["size"], via_status["status"]) == (4, {"phase": "Done"})
     stored = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, widgets, "w")
     assert (stored["spec"]["size"], stored["status"]) == (4, {"phase": "Done"})
+
+
+def test_scale_subresource_reads_and_writes_the_replicas_path_of_the_crd(
+    custom: client.CustomObjectsApi, namespace: str, widgets: str
+) -> None:
+    listed = {r.name: r for r in custom.get_api_resources(GROUP, VERSION).resources}
+    scale_entry = listed[f"{widgets}/scale"]
+    assert (scale_entry.group, scale_entry.version, scale_entry.kind) == ("autoscaling", "v1", "Scale")
+
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, widgets, widget("w", size=3))
+    status = {"status": {"phase": "Up", "ready": 2, "selector": "app=w"}}
+    custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, widgets, "w", status)
+    scale = custom.get_namespaced_custom_object_scale(GROUP, VERSION, namespace, widgets, "w")
+    assert (scale["kind"], scale["apiVersion"]) == ("Scale", "autoscaling/v1")
+    assert scale["metadata"]["name"] == "w" and scale["metadata"]["namespace"] == namespace
+    assert scale["spec"] == {"replicas": 3} and scale["status"] == {"replicas": 2, "selector": "app=w"}
+
+    patched = custom.patch_namespaced_custom_object_scale(
+        GROUP, VERSION, namespace, widgets, "w", {"spec": {"replicas": 5}}
+    )
+    assert patched["spec"] == {"replicas": 5}
+    stored = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, widgets, "w")
+    assert stored["spec"]["size"] == 5 and stored["metadata"]["generation"] == 2
+    assert stored["status"]["ready"] == 2  # only the spec replicas path changes
+
+    with pytest.raises(ApiException) as stale:
+        custom.replace_namespaced_custom_object_scale(
+            GROUP, VERSION, namespace, widgets, "w", {**scale, "spec": {"replicas": 7}}
+        )
+    assert (stale.value.status, status_of(stale)["reason"]) == (409, "Conflict")
+    replaced = custom.replace_namespaced_custom_object_scale(
+        GROUP, VERSION, namespace, widgets, "w", {**patched, "spec": {"replicas": 7}}
+    )
+    assert replaced["spec"] == {"replicas": 7}
+
+    with pytest.raises(ApiException) as out_of_range:
+        custom.patch_namespaced_custom_object_scale(
+            GROUP, VERSION, namespace, widgets, "w", {"spec": {"replicas": 11}}
+        )
+    assert out_of_range.value.status == 422
+    assert status_of(out_of_range)["message"].startswith('Widget.conformance.etcdlock.io "w" is invalid')
+    assert "spec.size" in status_of(out_of_range)["message"]
+    with pytest.raises(ApiException) as negative:
+        custom.patch_namespaced_custom_object_scale(
+            GROUP, VERSION, namespace, widgets, "w", {"spec": {"replicas": -1}}
+        )
+    assert status_of(negative)["message"] == (
+        'Scale.autoscaling "w" is invalid: '
+        "spec.replicas: Invalid value: -1: must be greater than or equal to 0"
+    )
+    final = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, widgets, "w")
+    assert final["spec"]["size"] == 7
 
 
 # --- list and watch -----------------------------------------------------------------------------------

@@ -36,7 +36,9 @@ spec:
     - name: v1
       served: true
       storage: true
-      subresources: {{status: {{}}}}
+      subresources:
+        status: {{}}
+        scale: {{specReplicasPath: .spec.size, statusReplicasPath: .status.ready}}
       additionalPrinterColumns:
         - {{name: Size, type: integer, jsonPath: .spec.size}}
         - {{name: Color, type: string, jsonPath: .spec.color}}
@@ -54,6 +56,7 @@ spec:
               type: object
               properties:
                 phase: {{type: string}}
+                ready: {{type: integer}}
 """
 
 
@@ -443,6 +446,21 @@ def test_patch_as_merge_json_and_strategic_merge(kubectl: Kubectl, widgets_crd: 
     assert pod["metadata"]["labels"] == {"app": "demo", "role": "batch"}
     [container] = pod["spec"]["containers"]
     assert (container["image"], container["command"]) == ("busybox:1.36", ["sleep", "3600"])
+
+
+def test_scale_a_custom_resource_through_its_scale_subresource(kubectl: Kubectl, widgets_crd: str) -> None:
+    kubectl("apply", "-f", kubectl.file("w.yaml", widget("scaled", size=2)))
+
+    scaled = kubectl("scale", "widget", "scaled", "--replicas=5")
+    assert scaled.stdout.strip() == f"widget.{GROUP}/scaled scaled"
+    assert kubectl.out("get", "widget", "scaled", "-o", "jsonpath={.spec.size}") == "5"
+    # --current-replicas reads the Scale first and writes it back with its resourceVersion.
+    kubectl("scale", "widget", "scaled", "--current-replicas=5", "--replicas=4")
+    mismatch = kubectl("scale", "widget", "scaled", "--current-replicas=9", "--replicas=1", check=False)
+    assert mismatch.returncode == 1 and "Expected replicas to be 9, was 4" in mismatch.stderr
+    refused = kubectl("scale", "widget", "scaled", "--replicas=11", check=False)
+    assert refused.returncode == 1 and "spec.size" in refused.stderr
+    assert kubectl.out("get", "widget", "scaled", "-o", "jsonpath={.spec.size}") == "4"
 
 
 def test_delete_waits_for_finalizers_and_deletes_from_a_file(kubectl: Kubectl, widgets_crd: str) -> None:

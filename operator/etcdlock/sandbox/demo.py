@@ -249,7 +249,7 @@ The sandbox keeps running. Try:
   etcdlock lock {KEY} --holder me          # hold it from outside; the pod waits
   kubectl describe pod nightly-report            # Events: Waiting, Acquired, Released
   kubectl get etcd {CLUSTER} -o wide; kubectl get pods -o wide   # members and their addresses
-  kubectl patch etcd {CLUSTER} --type=merge -p '{{"spec":{{"replicas":5}}}}'   # scale; then back to 3
+  kubectl scale etcd {CLUSTER} --replicas=5      # scale out one learner at a time; then back to 3
   kubectl delete pod {CLUSTER}-1                  # a member restarts (pkill -f name={CLUSTER}-1 also)
   kubectl get events --field-selector involvedObject.kind=EtcdCluster
   etcdctl --endpoints http://<pod IP>:2379 member list   # the sandbox's names resolve only inside it

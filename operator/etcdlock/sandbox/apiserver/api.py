@@ -1,9 +1,10 @@
 """What kube-apiserver does to objects, without the HTTP: create, update, patch, delete, list, watch.
 
 Covered: uid, creationTimestamp, generateName, generation (bumped on spec changes only), the status
-subresource, CRD schemas (pruning, defaults, validation), finalizers and deletionTimestamp, background
-garbage collection through ownerReferences, namespace and CRD deletion cascades, pod scheduling gates,
-and watches that turn selector transitions into ADDED/DELETED as the real server does.
+subresource, a CRD's scale subresource (:mod:`.scale`), CRD schemas (pruning, defaults, validation),
+finalizers and deletionTimestamp, background garbage collection through ownerReferences, namespace and CRD
+deletion cascades, pod scheduling gates, and watches that turn selector transitions into ADDED/DELETED as
+the real server does.
 Not covered: pod spec immutability, server-side apply, foreground deletion (treated as background).
 """
 
@@ -19,7 +20,7 @@ from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from etcdlock.sandbox.apiserver import errors, patches, schema
+from etcdlock.sandbox.apiserver import errors, patches, scale, schema
 from etcdlock.sandbox.apiserver.admission import Admission
 from etcdlock.sandbox.apiserver.errors import ApiError
 from etcdlock.sandbox.apiserver.resources import CRD_TYPE, Catalog, ResourceType, from_crd
@@ -347,37 +348,11 @@ class Api:
         field_validation: str = "",
     ) -> Obj:
         """Apply a merge, JSON or strategic merge patch; retried on conflicts unless it names a version."""
-        media = content_type.split(";")[0].strip()
-        if media == STRATEGIC_MERGE_PATCH and rtype.schema is not None:
-            raise ApiError(
-                415, "UnsupportedMediaType", "strategic merge patch is not supported for custom resources"
-            )
-        if media not in (MERGE_PATCH, JSON_PATCH, STRATEGIC_MERGE_PATCH):
-            raise ApiError(
-                415,
-                "UnsupportedMediaType",
-                "the body of the request was in an unknown format - accepted media types include: "
-                f"{MERGE_PATCH}, {JSON_PATCH}, {STRATEGIC_MERGE_PATCH}",
-            )
-        try:
-            patch = json.loads(document or b"null")
-        except ValueError as exc:
-            raise errors.bad_request(f"error decoding patch: {exc}") from None
+        media, patch = _decode_patch(content_type, document, custom=rtype.schema is not None)
         for _ in range(_MAX_RETRIES):
             current = await self.storage.get(rtype, namespace, name)
             current_version = current["metadata"]["resourceVersion"]
-            try:
-                if media == JSON_PATCH:
-                    patched = patches.apply_json_patch(current, patch)
-                elif media == MERGE_PATCH:
-                    patched = patches.apply_merge_patch(current, patch)
-                else:
-                    patched = patches.apply_strategic_merge_patch(current, patch)
-            except patches.PatchError as exc:
-                # kube-apiserver answers every patch that does not apply (a failed test included) with
-                # the same 422 that names neither the object nor the operation.
-                log.debug("patch of %s %s/%s not applied: %s", rtype.kind, namespace, name, exc)
-                raise errors.patch_not_applied() from None
+            patched = _apply_patch(media, current, patch)
             new = self._checked_body(rtype, namespace, patched)
             self._check_fields(rtype, new, field_validation)
             new["metadata"]["name"] = name
@@ -388,13 +363,56 @@ class Api:
             try:
                 return await self._replace(rtype, namespace, current, obj, int(current_version))
             except ApiError as exc:
-                pinned = (
-                    media != JSON_PATCH
-                    and isinstance(patch, dict)
-                    and "resourceVersion" in (patch.get("metadata") or {})
-                )
-                if exc.reason != "Conflict" or pinned:
+                if exc.reason != "Conflict" or _pins_version(media, patch):
                     raise
+        raise errors.conflict(rtype.plural, rtype.group, name)
+
+    async def get_scale(self, rtype: ResourceType, namespace: str | None, name: str) -> Obj:
+        return scale.scale_of(rtype, await self.storage.get(rtype, namespace, name))
+
+    async def update_scale(self, rtype: ResourceType, namespace: str | None, name: str, body: Any) -> Obj:
+        """PUT of a Scale: a resourceVersion in it must be the object's; without one it is retried."""
+        pinned = isinstance(body, dict) and bool((body.get("metadata") or {}).get("resourceVersion"))
+        return await self._rescale(rtype, namespace, name, lambda _: body, retry=not pinned)
+
+    async def patch_scale(
+        self, rtype: ResourceType, namespace: str | None, name: str, content_type: str, document: bytes
+    ) -> Obj:
+        """A patch of the Scale (kubectl scale sends a merge patch); retried on conflicts unless it names a
+        version."""
+        media, patch = _decode_patch(content_type, document, custom=False)
+        return await self._rescale(
+            rtype,
+            namespace,
+            name,
+            lambda current: _apply_patch(media, current, patch),
+            retry=not _pins_version(media, patch),
+        )
+
+    async def _rescale(
+        self,
+        rtype: ResourceType,
+        namespace: str | None,
+        name: str,
+        change: Callable[[Obj], Any],
+        retry: bool,
+    ) -> Obj:
+        """Write the replicas of ``change(current Scale)`` into the object, as an update of the object."""
+        for _ in range(_MAX_RETRIES):
+            current = await self.storage.get(rtype, namespace, name)
+            new = scale.scaled(rtype, current, change(scale.scale_of(rtype, current)))
+            if new["metadata"]["resourceVersion"] != current["metadata"]["resourceVersion"]:
+                raise errors.conflict(rtype.plural, rtype.group, name)
+            obj = self._merged_update(rtype, current, new, None)
+            try:
+                stored = await self._replace(
+                    rtype, namespace, current, obj, int(current["metadata"]["resourceVersion"])
+                )
+            except ApiError as exc:
+                if exc.reason != "Conflict" or not retry:
+                    raise
+                continue
+            return scale.scale_of(rtype, stored)
         raise errors.conflict(rtype.plural, rtype.group, name)
 
     async def delete(
@@ -493,6 +511,47 @@ class Api:
         except ApiError as exc:
             if exc.code != 404:
                 raise
+
+
+def _decode_patch(content_type: str, document: bytes, custom: bool) -> tuple[str, Any]:
+    """The patch's media type and document; strategic merge patch is refused for custom resources."""
+    media = content_type.split(";")[0].strip()
+    if media == STRATEGIC_MERGE_PATCH and custom:
+        raise ApiError(
+            415, "UnsupportedMediaType", "strategic merge patch is not supported for custom resources"
+        )
+    if media not in (MERGE_PATCH, JSON_PATCH, STRATEGIC_MERGE_PATCH):
+        raise ApiError(
+            415,
+            "UnsupportedMediaType",
+            "the body of the request was in an unknown format - accepted media types include: "
+            f"{MERGE_PATCH}, {JSON_PATCH}, {STRATEGIC_MERGE_PATCH}",
+        )
+    try:
+        return media, json.loads(document or b"null")
+    except ValueError as exc:
+        raise errors.bad_request(f"error decoding patch: {exc}") from None
+
+
+def _apply_patch(media: str, target: Obj, patch: Any) -> Obj:
+    try:
+        if media == JSON_PATCH:
+            return patches.apply_json_patch(target, patch)
+        if media == MERGE_PATCH:
+            return patches.apply_merge_patch(target, patch)
+        return patches.apply_strategic_merge_patch(target, patch)
+    except patches.PatchError as exc:
+        # kube-apiserver answers every patch that does not apply (a failed test included) with the same
+        # 422 that names neither the object nor the operation.
+        log.debug("patch of %s %s not applied: %s", target.get("kind"), target["metadata"].get("name"), exc)
+        raise errors.patch_not_applied() from None
+
+
+def _pins_version(media: str, patch: Any) -> bool:
+    """A merge patch that names a resourceVersion is a precondition: a conflict is not retried."""
+    if media == JSON_PATCH or not isinstance(patch, dict):
+        return False
+    return "resourceVersion" in (patch.get("metadata") or {})
 
 
 def _content(obj: Obj, ignored: tuple[str, ...]) -> Obj:

@@ -43,6 +43,7 @@ class ResourceType:
     namespaced: bool
     short_names: tuple[str, ...] = ()
     status_subresource: bool = False
+    scale: Mapping[str, Any] | None = None  # a CRD's subresources.scale (replicas and selector paths)
     schema: dict[str, Any] | None = None
     printer_columns: tuple[dict[str, Any], ...] = ()
     categories: tuple[str, ...] = ()
@@ -62,7 +63,7 @@ class ResourceType:
         return {**COMMON_FIELDS, **self.extra_fields}
 
     def discovery(self) -> list[dict[str, Any]]:
-        """The APIResourceList entries of this type (the resource and its status subresource)."""
+        """The APIResourceList entries of this type (the resource and its subresources)."""
         entry: dict[str, Any] = {
             "name": self.plural,
             "singularName": self.singular,
@@ -82,6 +83,19 @@ class ResourceType:
                     "singularName": "",
                     "namespaced": self.namespaced,
                     "kind": self.kind,
+                    "verbs": ["get", "patch", "update"],
+                }
+            )
+        if self.scale is not None:
+            # kubectl scale finds the Scale kind through these three fields.
+            entries.append(
+                {
+                    "name": f"{self.plural}/scale",
+                    "singularName": "",
+                    "namespaced": self.namespaced,
+                    "group": "autoscaling",
+                    "version": "v1",
+                    "kind": "Scale",
                     "verbs": ["get", "patch", "update"],
                 }
             )
@@ -190,6 +204,7 @@ def from_crd(crd: dict[str, Any]) -> list[ResourceType]:
         if not version.get("served", True):
             continue
         schema = (version.get("schema") or {}).get("openAPIV3Schema")
+        subresources = version.get("subresources") or {}
         types.append(
             ResourceType(
                 group=spec["group"],
@@ -198,7 +213,8 @@ def from_crd(crd: dict[str, Any]) -> list[ResourceType]:
                 kind=names["kind"],
                 namespaced=spec.get("scope", "Namespaced") == "Namespaced",
                 short_names=tuple(names.get("shortNames", ())),
-                status_subresource="status" in (version.get("subresources") or {}),
+                status_subresource="status" in subresources,
+                scale=subresources.get("scale"),
                 schema=schema,
                 printer_columns=tuple(version.get("additionalPrinterColumns", ())),
                 categories=tuple(names.get("categories", ())),

@@ -256,6 +256,8 @@ class ApiServer:
         name: str,
         subresource: str | None,
     ) -> web.StreamResponse:
+        if subresource == "scale" and rtype.scale is not None:
+            return await self._scale(request, rtype, namespace, name)
         if subresource is not None and (subresource != "status" or not rtype.status_subresource):
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         if request.method == "GET":
@@ -285,6 +287,18 @@ class ApiServer:
             options = json.loads(raw) if raw.strip() else {}
             return _json(await self.api.delete(rtype, namespace, name, options))
         raise ApiError(405, "MethodNotAllowed", f"{request.method} is not allowed on an object")
+
+    async def _scale(
+        self, request: web.Request, rtype: ResourceType, namespace: str | None, name: str
+    ) -> web.StreamResponse:
+        if request.method == "GET":
+            return _json(await self.api.get_scale(rtype, namespace, name))
+        if request.method == "PUT":
+            return _json(await self.api.update_scale(rtype, namespace, name, await _body(request)))
+        if request.method == "PATCH":
+            document = await request.read()
+            return _json(await self.api.patch_scale(rtype, namespace, name, request.content_type, document))
+        raise ApiError(405, "MethodNotAllowed", f"{request.method} is not allowed on a scale subresource")
 
     async def _watch(
         self, request: web.Request, rtype: ResourceType, namespace: str | None, match: Any
