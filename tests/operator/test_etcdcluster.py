@@ -59,6 +59,12 @@ class Env:
             GROUP, VERSION, self.namespace, CLUSTERS, name, {"spec": spec}
         )
 
+    def scale(self, name: str, replicas: int) -> None:
+        """Through the scale subresource."""
+        self.objects.patch_namespaced_custom_object_scale(
+            GROUP, VERSION, self.namespace, CLUSTERS, name, {"spec": {"replicas": replicas}}
+        )
+
     def status(self, name: str) -> dict[str, Any]:
         obj = self.objects.get_namespaced_custom_object(GROUP, VERSION, self.namespace, CLUSTERS, name)
         return dict(obj.get("status") or {})
@@ -239,7 +245,11 @@ def test_scaling_out_and_in_one_member_at_a_time_loses_no_write(env: Env, alpha:
             alpha, env.namespace
         )
         assert budget.spec.min_available == 3
-        env.patch(alpha, {"replicas": 3})
+        # The member with the highest ordinal leads: it is the first to go, and must hand leadership over
+        # before the StatefulSet shrinks from the top.
+        move_leadership(env, alpha, status, "alpha-4")
+        staying = {name: incarnation(pod) for name, pod in env.pods(alpha).items() if name < "alpha-3"}
+        env.scale(alpha, 3)  # as kubectl scale does
         eventually(lambda: env.status(alpha), settled(3), "three healthy voters again", SLOW)
         eventually(
             lambda: sorted(env.pods(alpha)),
@@ -255,7 +265,29 @@ def test_scaling_out_and_in_one_member_at_a_time_loses_no_write(env: Env, alpha:
     assert writer.missing() == []
     reasons = [reason for reason, _ in env.events(alpha)]
     assert reasons.count("MemberAdded") == 2 and reasons.count("MemberPromoted") == 2
-    assert reasons.count("MemberRemoved") == 2
+    assert reasons.count("MemberRemoved") == 2 and reasons.count("LeaderMoved") == 1
+    removed = [message for reason, message in env.events(alpha) if reason == "MemberRemoved"]
+    assert sorted(removed) == ["removed alpha-3 (not wanted)", "removed alpha-4 (not wanted)"]
+    assert {name: incarnation(pod) for name, pod in env.pods(alpha).items()} == staying  # none restarted
+
+
+def incarnation(pod: Any) -> tuple[str, int]:
+    return pod.metadata.uid, pod.status.container_statuses[0].restart_count
+
+
+def move_leadership(env: Env, name: str, status: dict[str, Any], to: str) -> None:
+    """Make ``to`` the raft leader (MoveLeader is served by the current leader only)."""
+    ordinal = int(status["leader"].rsplit("-", 1)[1])
+    target = next(int(m["id"], 16) for m in status["members"] if m["name"] == to)
+    if status["leader"] != to:
+
+        async def move() -> None:
+            config = EtcdConfig.parse(env.endpoints(name, range(ordinal, ordinal + 1)), request_timeout=5)
+            async with EtcdClient(config) as leader:
+                await leader.move_leader(target)
+
+        asyncio.run(move())
+    eventually(lambda: env.status(name)["leader"], lambda leader: leader == to, f"{to} leading", SLOW)
 
 
 def test_a_killed_member_process_is_restarted_and_recovers(env: Env, alpha: str) -> None:

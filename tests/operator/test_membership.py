@@ -1,6 +1,6 @@
-"""EtcdCluster membership against real etcd processes on loopback: 1 -> 3 -> 1 with learners and the leader
-moved away before it is removed; 1 -> 3 -> 5, a lost member replaced, then 5 -> 3; and no step without
-quorum. A client writes throughout and no acknowledged write is lost.
+"""EtcdCluster membership against real etcd processes on loopback: 1 -> 3 -> 1 with learners, the last
+member removed first and the leader moved away before it is removed; 1 -> 3 -> 5, a lost member replaced,
+then 5 -> 3; and no step without quorum. A client writes throughout and no acknowledged write is lost.
 
 The test plays the controller: it asks :func:`next_step`, applies the step through the etcd API with
 :func:`apply`, and starts an etcd process for a member that was added (as a StatefulSet pod would).
@@ -124,8 +124,9 @@ async def test_scale_out_with_learners_then_in_moving_the_leader_off_first(clust
         leader = (await voters(cluster)).leader
         assert leader is not None and leader.name == "m2"
         shrunk = await reconcile(cluster, ["m0"])
-        # Followers go first; the leader hands over to a member that stays before it is removed.
-        assert actions(shrunk) == ["remove m1", "move-leader m0", "remove m2"]
+        # The last name goes first (a StatefulSet shrinks from the top); as it leads, it hands leadership
+        # to a member that stays before it is removed.
+        assert actions(shrunk) == ["move-leader m0", "remove m2", "remove m1"]
         view = await voters(cluster)
         assert [m.name for m in view.voters] == ["m0"] and view.leader is not None
     finally:
@@ -162,7 +163,7 @@ async def test_one_to_five_a_lost_member_replaced_then_three(cluster: LocalEtcd)
         assert actions(replaced) == ["add-learner m1", "promote m1"]
 
         shrunk = await reconcile(cluster, ["m0", "m1", "m2"])
-        assert sorted(s.member for s in shrunk if s.action == "remove") == ["m3", "m4"]
+        assert [s.member for s in shrunk if s.action == "remove"] == ["m4", "m3"]
         view = await voters(cluster)
         assert sorted(m.name for m in view.voters) == ["m0", "m1", "m2"] and all(
             m.healthy for m in view.members
@@ -222,3 +223,14 @@ def test_a_removal_that_would_lose_quorum_is_refused() -> None:
     wanted = {f"m{n}": f"http://p{n}" for n in (0, 1, 3, 4)}
     step = next_step(view, wanted)
     assert step.action == "refuse" and "would lose quorum" in step.reason
+
+
+def test_scale_in_removes_the_last_name_first_and_moves_leadership_off_it() -> None:
+    """A StatefulSet deletes its highest ordinal first: that member must be the one removed (m10 after m9)."""
+    view = ClusterView((member(0), member(8), member(9), member(10, leader=True)))
+    wanted = {"m0": "http://p0"}
+    step = next_step(view, wanted)
+    assert (step.action, step.member) == ("move-leader", "m0")
+    moved = ClusterView((member(0, leader=True), member(8), member(9), member(10)))
+    step = next_step(moved, wanted)
+    assert (step.action, step.target) == ("remove", member(10))

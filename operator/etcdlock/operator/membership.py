@@ -6,6 +6,8 @@ now, or why none is safe; :func:`apply` takes it. The rules are etcd's own guida
 
 - nothing is changed without a quorum of healthy voters;
 - a new member joins as a learner (one at a time) and is promoted once etcd says it has caught up;
+- members to be removed go in reverse name order (``NAME-4`` before ``NAME-3``): a StatefulSet shrinks
+  from its highest ordinal, so the pod it deletes next is always that of a member already removed;
 - a member to be removed that leads hands leadership to a healthy voter first;
 - a removal that would leave fewer healthy voters than the new quorum is refused;
 - a member whose data is gone is removed before it is added again (never add while one is down).
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -95,7 +98,7 @@ def next_step(view: ClusterView, wanted: dict[str, str], lost: frozenset[str] = 
         return Step("promote", "the learner runs", name, target=learner)
     unwanted = [m for m in voters if by_url.get(m.peer_url, "") in ("", *lost)]
     if unwanted:
-        victim = max(unwanted, key=lambda m: (not m.leader, m.peer_url))
+        victim = max(unwanted, key=lambda m: _natural(m.name or m.peer_url))
         if victim.leader:
             successor = next((m for m in healthy if m is not victim and m.peer_url in by_url), None)
             if successor is None:
@@ -114,6 +117,11 @@ def next_step(view: ClusterView, wanted: dict[str, str], lost: frozenset[str] = 
         if url not in present:
             return Step("add-learner", "wanted and not a member", name, url)
     return Step("done", "every wanted member is a voter")
+
+
+def _natural(text: str) -> list[tuple[int, str]]:
+    """A sort key that orders the numbers in names by value (``m10`` after ``m9``)."""
+    return [(int(part), "") if part.isdigit() else (-1, part) for part in re.split(r"(\d+)", text)]
 
 
 async def observe(client: EtcdClient) -> ClusterView:
