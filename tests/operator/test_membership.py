@@ -18,7 +18,15 @@ import pytest
 
 from etcdlock.etcd import EtcdClient, EtcdConfig, EtcdUnavailable
 from etcdlock.etcd.client import put_op
-from etcdlock.operator.membership import ClusterView, MemberState, Step, apply, next_step, observe
+from etcdlock.operator.membership import (
+    ClusterView,
+    MemberClients,
+    MemberState,
+    Step,
+    apply,
+    next_step,
+    observe,
+)
 from etcdlock.sandbox.etcd import LocalEtcd
 
 BOUND = 60.0
@@ -191,6 +199,33 @@ async def test_no_step_is_taken_without_quorum(tmp_path: Path) -> None:
         assert [m.healthy for m in view.members].count(True) == 1
         step = next_step(view, {**wanted, "m3": "http://127.0.0.1:1"})
         assert step.action == "refuse" and "no quorum" in step.reason
+
+
+async def test_kept_member_connections_see_a_member_stop_answering_and_come_back(tmp_path: Path) -> None:
+    """Connections to the members outlive an observation; a member killed or paused reads unhealthy at
+    once, and healthy again on the first observation after it is back."""
+    with LocalEtcd(size=3, workdir=tmp_path) as cluster:
+        config = EtcdConfig.parse(cluster.members[0].client_url, request_timeout=3)
+        members = MemberClients()
+        try:
+            async with EtcdClient(config) as client:
+
+                async def health() -> dict[str, bool]:
+                    return {m.name: m.healthy for m in (await observe(client, members)).members}
+
+                assert await health() == {"m0": True, "m1": True, "m2": True}
+                cluster.kill(cluster.members[2])
+                assert await health() == {"m0": True, "m1": True, "m2": False}
+                await asyncio.to_thread(cluster.start_member, cluster.members[2])
+                assert await health() == {"m0": True, "m1": True, "m2": True}
+                cluster.pause(cluster.members[1])
+                try:
+                    assert await health() == {"m0": True, "m1": False, "m2": True}
+                finally:
+                    cluster.resume(cluster.members[1])
+                assert await health() == {"m0": True, "m1": True, "m2": True}
+        finally:
+            await members.close()
 
 
 def member(n: int, *, learner: bool = False, healthy: bool = True, leader: bool = False) -> MemberState:

@@ -37,7 +37,16 @@ from etcdlock.operator.etcdcluster import (
     upgrade_allowed,
 )
 from etcdlock.operator.locks import InvalidSpec
-from etcdlock.operator.membership import ClusterView, MemberState, Step, apply, next_step, observe, quorum
+from etcdlock.operator.membership import (
+    ClusterView,
+    MemberClients,
+    MemberState,
+    Step,
+    apply,
+    next_step,
+    observe,
+    quorum,
+)
 from etcdlock.operator.stores import Store, still_leads
 
 log = logging.getLogger(__name__)
@@ -146,7 +155,8 @@ class Pass:
 
 
 class Clusters:
-    """Reconciles EtcdClusters; keeps one etcd client per cluster (closed by :meth:`forget`).
+    """Reconciles EtcdClusters; keeps one etcd client per cluster, and one per member for status requests
+    (closed by :meth:`forget`).
 
     ``leadership`` is the operator's own etcd and fence: a pass changes nothing unless this replica still
     leads when it is about to (two replicas restarting members at once could cost a quorum).
@@ -157,16 +167,19 @@ class Clusters:
         self._leadership = leadership
         self._warned: dict[tuple[str, str], str] = {}  # the last defragmentation failure told, per cluster
         self._clients: dict[tuple[str, str], EtcdClient] = {}
+        self._members: dict[tuple[str, str], MemberClients] = {}
 
     async def close(self) -> None:
-        for client in self._clients.values():
-            await client.close()
-        self._clients.clear()
+        for namespace, name in list(self._clients) + list(self._members):
+            await self.forget(namespace, name)
 
     async def forget(self, namespace: str, name: str) -> None:
         client = self._clients.pop((namespace, name), None)
         if client is not None:
             await client.close()
+        members = self._members.pop((namespace, name), None)
+        if members is not None:
+            await members.close()
 
     async def reconcile(self, body: kopf.Body) -> Obj:
         """One pass over the cluster ``body``; returns its new status."""
@@ -241,7 +254,9 @@ class Clusters:
             return None
         try:
             async with asyncio.timeout(OBSERVE_TIMEOUT):
-                view = await observe(await self._client(spec, running))
+                client = await self._client(spec, running)
+                members = self._members.setdefault((spec.namespace, spec.name), MemberClients())
+                view = await observe(client, members)
         except (EtcdUnavailable, TimeoutError) as exc:
             log.info("etcd cluster %s/%s not reachable yet: %s", spec.namespace, spec.name, exc)
             return None

@@ -1,6 +1,7 @@
 """EtcdCluster membership, changed one safe step at a time through the etcd API.
 
-:func:`observe` asks etcd which members there are, which are learners, which answer and who leads.
+:func:`observe` asks etcd which members there are, which are learners, which answer and who leads (through
+:class:`MemberClients`, connections kept between observations).
 :func:`next_step` compares that with the wanted members (name -> peer URL) and returns the one step to take
 now, or why none is safe; :func:`apply` takes it. The rules are etcd's own guidance:
 
@@ -124,15 +125,60 @@ def _natural(text: str) -> list[tuple[int, str]]:
     return [(int(part), "") if part.isdigit() else (-1, part) for part in re.split(r"(\d+)", text)]
 
 
-async def observe(client: EtcdClient) -> ClusterView:
-    """The members (a linearizable read) and, asked of each member itself, whether it answers and leads."""
+class MemberClients:
+    """A client per member, kept from one observation to the next, so that a status request measures the
+    member and not a new connection and name lookup (a lookup alone can take a resolver timeout). A member
+    that does not answer gets a new client next time: its pod may have come back at another address.
+    """
+
+    def __init__(self) -> None:
+        self._clients: dict[str, EtcdClient] = {}
+
+    async def status(self, config: EtcdConfig, member: MemberState) -> Any:
+        """The member's own status, or None if it does not answer (not started, down, or cut off)."""
+        if not member.client_url:
+            return None
+        one = replace(
+            config, endpoints=EtcdConfig.parse(member.client_url).endpoints, request_timeout=STATUS_TIMEOUT
+        )
+        client = self._clients.get(member.client_url)
+        if client is None or client.config != one:
+            if client is not None:
+                await client.close()
+            client = self._clients[member.client_url] = EtcdClient(one)
+        with contextlib.suppress(EtcdUnavailable, TimeoutError):
+            async with asyncio.timeout(STATUS_TIMEOUT):
+                return await client.status()
+        await self._clients.pop(member.client_url).close()
+        return None
+
+    async def retain(self, client_urls: set[str]) -> None:
+        """Close the clients of members no longer listed."""
+        for url in [url for url in self._clients if url not in client_urls]:
+            await self._clients.pop(url).close()
+
+    async def close(self) -> None:
+        await self.retain(set())
+
+
+async def observe(client: EtcdClient, members: MemberClients | None = None) -> ClusterView:
+    """The members (a linearizable read) and, asked of each member itself, whether it answers and leads.
+
+    ``members`` keeps the connections to the members for the next observation (else they are closed).
+    """
+    if members is None:
+        members = MemberClients()
+        try:
+            return await observe(client, members)
+        finally:
+            await members.close()
     linearizable = True
     try:
         listed = await client.members()
     except EtcdUnavailable:
         listed = await client.members(linearizable=False)  # no quorum: what the member reached knows
         linearizable = False
-    members = [
+    states = [
         MemberState(
             id=m.ID,
             name=m.name,
@@ -142,26 +188,14 @@ async def observe(client: EtcdClient) -> ClusterView:
         )
         for m in listed
     ]
-    statuses = await asyncio.gather(*(_status(client.config, m) for m in members))
+    await members.retain({m.client_url for m in states})
+    statuses = await asyncio.gather(*(members.status(client.config, m) for m in states))
     leaders = {s.leader for s in statuses if s is not None}
     view = [
         replace(m, healthy=s is not None, leader=s is not None and m.id in leaders)
-        for m, s in zip(members, statuses, strict=True)
+        for m, s in zip(states, statuses, strict=True)
     ]
     return ClusterView(tuple(view), linearizable)
-
-
-async def _status(config: EtcdConfig, member: MemberState) -> Any:
-    """The member's own status, or None if it does not answer (not started, down, or cut off)."""
-    if not member.client_url:
-        return None
-    one = replace(
-        config, endpoints=EtcdConfig.parse(member.client_url).endpoints, request_timeout=STATUS_TIMEOUT
-    )
-    with contextlib.suppress(EtcdUnavailable, TimeoutError):
-        async with asyncio.timeout(STATUS_TIMEOUT), EtcdClient(one) as direct:
-            return await direct.status()
-    return None
 
 
 # etcd declines these until later: a learner not caught up yet, or (strict reconfig check) members not all
