@@ -3,10 +3,11 @@ as a pod does) runs etcd clusters whose members are real etcd processes started 
 kubelet and StatefulSet controller.
 
 Two clusters share the module: ``alpha`` (three members on claims) is created, scaled 3 -> 5 -> 3 with a
-client writing throughout, has a member's process killed, is upgraded one member at a time, refuses a
-skipped minor version, and holds a DistributedLock taken by pods; ``scratch`` (emptyDir) loses a member's
-pod, and with it its data, and gets the member replaced while a client writes; it is also defragmented
-on a short schedule, then deleted. Every wait is bounded; timings belong to benchmarks, not here.
+client writing throughout, has a member's process killed and another's paused (each reported in status and
+Events), is upgraded one member at a time, refuses a skipped minor version, and holds a DistributedLock
+taken by pods; ``scratch`` (emptyDir) loses a member's pod, and with it its data, and gets the member
+replaced while a client writes; it is also defragmented on a short schedule, then deleted. Every wait is
+bounded; timings belong to benchmarks, not here.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import os
 import signal
 import threading
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -302,6 +304,49 @@ def test_a_killed_member_process_is_restarted_and_recovers(env: Env, alpha: str)
     )
     status = eventually(lambda: env.status(alpha), settled(3), "three healthy voters after the kill", SLOW)
     assert {m["name"]: m["id"] for m in status["members"]} == before  # the same member, with its data
+    restarts = env.pods(alpha)["alpha-1"].status.container_statuses[0].restart_count
+    eventually(
+        lambda: {m["name"]: m.get("restarts") for m in env.status(alpha)["members"]}["alpha-1"],
+        lambda n: n == restarts,
+        "the restart in status",
+        SLOW,
+    )
+    told = eventually(
+        lambda: [m for reason, m in env.events(alpha) if reason == "MemberProcessRestarted"],
+        lambda messages: len(messages) == 1,
+        "an Event for the restart",
+        SLOW,
+    )
+    assert told == [f"alpha-1: its etcd process exited and the kubelet restarted it ({restarts} restarts)"]
+
+
+def test_a_member_that_stops_answering_is_reported_and_its_recovery_too(env: Env, alpha: str) -> None:
+    eventually(lambda: env.status(alpha), settled(3), "three healthy voters", SLOW)
+
+    def health_events() -> Counter[tuple[str, str]]:
+        return Counter(e for e in env.events(alpha) if e[0] in ("MemberUnhealthy", "MemberRecovered"))
+
+    before = health_events()
+    pid = member_pid(env.namespace, "alpha-2")
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        status = eventually(
+            lambda: env.status(alpha),
+            lambda s: not next(m for m in s["members"] if m["name"] == "alpha-2")["healthy"],
+            "alpha-2 not healthy",
+            SLOW,
+        )
+        assert condition(status, "Degraded")["reason"] == "MembersUnhealthy"
+        assert condition(status, "Available")["status"] == "True"  # two of three still answer
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    eventually(lambda: env.status(alpha), settled(3), "three healthy voters after the pause", SLOW)
+    told = eventually(
+        lambda: health_events() - before, lambda new: sum(new.values()) >= 2, "both Events", SLOW
+    )
+    assert told == Counter(
+        [("MemberUnhealthy", "alpha-2 does not answer"), ("MemberRecovered", "alpha-2 answers again")]
+    )
 
 
 def test_an_upgrade_restarts_one_member_at_a_time(env: Env, alpha: str) -> None:

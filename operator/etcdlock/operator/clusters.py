@@ -6,7 +6,8 @@ the StatefulSet in step with the membership, and returns the status it saw. Betw
 it does the slow work one member at a time, only while every member is healthy: restarting a member whose
 pod runs an older template (an upgrade, a changed resource request), and defragmenting a member whose
 last defragmentation is older than the spec's interval. Every membership change and every refusal is an
-Event on the EtcdCluster.
+Event on the EtcdCluster, and so is what happened to a member's process since the last pass (restarted by
+the kubelet, stopped answering, answering again).
 
 A member's data is gone when its pod was replaced while its data lived in an emptyDir (the pod is not the
 one it was last healthy in, and it is not healthy): such a member is removed and added again, and its pod
@@ -151,6 +152,7 @@ class Pass:
     defragmented: str = ""
     created: str = ""
     pod_uids: dict[str, str] = field(default_factory=dict)
+    restarts: dict[str, int] = field(default_factory=dict)  # of the etcd container, by pod name
     lost: set[str] = field(default_factory=set)
 
 
@@ -199,11 +201,19 @@ class Clusters:
         sts = found["StatefulSet"]
         pods = {p["metadata"]["name"]: p for p in await self._objects.pods(spec.namespace, spec.labels)}
         run.pod_uids = {name: pod["metadata"]["uid"] for name, pod in pods.items()}
+        run.restarts = {name: _restarts(pod) for name, pod in pods.items()}
         run.view = await self._observe(spec, pods)
         await self._keep_budget(spec, found["PodDisruptionBudget"], run)
-        if run.view is not None:
-            await self._converge(body, run, sts, pods)
-        return _status(run, generation)
+        if run.view is None:
+            return _status(run, generation)
+        await self._converge(body, run, sts, pods)
+        status = _status(run, generation)
+        for kind, reason, message in _member_events(previous, status["members"], run.pod_uids):
+            if kind == "Warning":
+                kopf.warn(body, reason=reason, message=message)
+            else:
+                kopf.info(body, reason=reason, message=message)
+        return status
 
     async def _ensure_children(self, body: kopf.Body, spec: ClusterSpec) -> dict[str, Obj]:
         """Create what is missing. Returns the children by kind."""
@@ -476,6 +486,33 @@ class Clusters:
         kopf.info(body, reason="Defragmented", message=f"defragmented {run.defragmented}")
 
 
+def _restarts(pod: Obj) -> int:
+    statuses = (pod.get("status") or {}).get("containerStatuses") or []
+    return sum(int(s.get("restartCount") or 0) for s in statuses if s.get("name") == "etcd")
+
+
+def _member_events(previous: Obj, members: list[Obj], pod_uids: dict[str, str]) -> list[tuple[str, str, str]]:
+    """(type, reason, message) of what happened to members since the last pass, in the pod each was last
+    healthy in: its process exited and was restarted by the kubelet, it stopped answering, it answers
+    again. A new member, or one whose pod was replaced (deleted, upgraded), is left to the other Events.
+    """
+    before = {m.get("name"): m for m in previous.get("members") or []}
+    events = []
+    for member in members:
+        name, was = member["name"], before.get(member["name"]) or {}
+        if not was.get("podUID") or was["podUID"] != pod_uids.get(name):
+            continue
+        restarts = member.get("restarts", 0)
+        if restarts > was.get("restarts", 0):
+            message = f"{name}: its etcd process exited and the kubelet restarted it ({restarts} restarts)"
+            events.append(("Warning", "MemberProcessRestarted", message))
+        if was.get("healthy") and not member["healthy"]:
+            events.append(("Warning", "MemberUnhealthy", f"{name} does not answer"))
+        elif not was.get("healthy") and member["healthy"]:
+            events.append(("Normal", "MemberRecovered", f"{name} answers again"))
+    return events
+
+
 def _ready(pod: Obj) -> bool:
     conditions = (pod.get("status") or {}).get("conditions") or []
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
@@ -539,6 +576,8 @@ def _member_status(run: Pass, member: MemberState, name: str, pods: dict[str, st
     pod = pods.get(name) if member.healthy and name not in run.lost else before.get("podUID")
     if pod:
         entry["podUID"] = pod
+    if name in run.restarts:
+        entry["restarts"] = run.restarts[name]
     since = _now() if run.defragmented == name else before.get("lastDefragmentation")
     if since:
         entry["lastDefragmentation"] = since
