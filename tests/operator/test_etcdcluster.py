@@ -317,7 +317,9 @@ def test_a_killed_member_process_is_restarted_and_recovers(env: Env, alpha: str)
         "an Event for the restart",
         SLOW,
     )
-    assert told == [f"alpha-1: its etcd process exited and the kubelet restarted it ({restarts} restarts)"]
+    assert told == [
+        f"alpha-1: its etcd process exited and the kubelet restarted it (restart count {restarts})"
+    ]
 
 
 def test_a_member_that_stops_answering_is_reported_and_its_recovery_too(env: Env, alpha: str) -> None:

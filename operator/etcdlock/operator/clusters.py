@@ -504,7 +504,8 @@ def _member_events(previous: Obj, members: list[Obj], pod_uids: dict[str, str]) 
             continue
         restarts = member.get("restarts", 0)
         if restarts > was.get("restarts", 0):
-            message = f"{name}: its etcd process exited and the kubelet restarted it ({restarts} restarts)"
+            message = f"{name}: its etcd process exited and the kubelet restarted it"
+            message += f" (restart count {restarts})"
             events.append(("Warning", "MemberProcessRestarted", message))
         if was.get("healthy") and not member["healthy"]:
             events.append(("Warning", "MemberUnhealthy", f"{name} does not answer"))
