@@ -166,12 +166,15 @@ async def observe(client: EtcdClient, members: MemberClients | None = None) -> C
 
     ``members`` keeps the connections to the members for the next observation (else they are closed).
     """
-    if members is None:
-        members = MemberClients()
-        try:
-            return await observe(client, members)
-        finally:
-            await members.close()
+    kept = members if members is not None else MemberClients()
+    try:
+        return await _observe(client, kept)
+    finally:
+        if members is None:
+            await kept.close()
+
+
+async def _observe(client: EtcdClient, members: MemberClients) -> ClusterView:
     linearizable = True
     try:
         listed = await client.members()

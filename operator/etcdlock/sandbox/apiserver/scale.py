@@ -14,32 +14,25 @@ from typing import Any
 
 from etcdlock.sandbox.apiserver import errors
 from etcdlock.sandbox.apiserver.resources import ResourceType
+from etcdlock.sandbox.apiserver.tables import evaluate
 
 Obj = dict[str, Any]
 
 
-def _path(rtype: ResourceType, key: str) -> list[str]:
-    """A scale path such as ``.spec.replicas`` as its keys (empty when the CRD does not set it)."""
-    return [part for part in str((rtype.scale or {}).get(key) or "").split(".") if part]
-
-
-def _get(obj: Obj, keys: list[str]) -> Any:
-    value: Any = obj
-    for key in keys:
-        if not isinstance(value, dict):
-            return None
-        value = value.get(key)
-    return value
+def _read(rtype: ResourceType, key: str, obj: Obj) -> Any:
+    """The value at the CRD's scale path ``key`` (a JSONPath such as ``.spec.replicas``), or None."""
+    path = str((rtype.scale or {}).get(key) or "")
+    values = evaluate(path, obj) if path else []
+    return values[0] if values else None
 
 
 def scale_of(rtype: ResourceType, obj: Obj) -> Obj:
     """The Scale of ``obj``; a replicas path with no integer there reads as 0."""
     meta = obj["metadata"]
-    spec = _get(obj, _path(rtype, "specReplicasPath"))
-    observed = _get(obj, _path(rtype, "statusReplicasPath"))
+    spec = _read(rtype, "specReplicasPath", obj)
+    observed = _read(rtype, "statusReplicasPath", obj)
     status: Obj = {"replicas": observed if isinstance(observed, int) else 0}
-    selector_path = _path(rtype, "labelSelectorPath")
-    selector = _get(obj, selector_path) if selector_path else None
+    selector = _read(rtype, "labelSelectorPath", obj)
     if isinstance(selector, str):
         status["selector"] = selector
     return {
@@ -78,7 +71,7 @@ def scaled(rtype: ResourceType, obj: Obj, scale: Any) -> Obj:
             [f"spec.replicas: Invalid value: {replicas}: must be greater than or equal to 0"],
         )
     result = copy.deepcopy(obj)
-    *parents, last = _path(rtype, "specReplicasPath")
+    *parents, last = [key for key in str((rtype.scale or {})["specReplicasPath"]).split(".") if key]
     target = result
     for key in parents:
         target = target.setdefault(key, {})
