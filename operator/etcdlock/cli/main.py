@@ -16,7 +16,7 @@ from typing import NoReturn
 from etcdlock.cli import elect, lock, operator, sandbox, status
 from etcdlock.cli.common import positive_float
 from etcdlock.etcd import EtcdConfig, EtcdLockError, LockLost, LockTimeout, SessionLost
-from etcdlock.etcd.client import DEFAULT_ENDPOINT
+from etcdlock.etcd.config import DEFAULT_ENDPOINT
 
 EXIT_OK = 0
 EXIT_ERROR = 1

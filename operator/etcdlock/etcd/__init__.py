@@ -8,7 +8,8 @@ Typical use::
             do_work(fencing_token=lock.token)
 """
 
-from etcdlock.etcd.client import EtcdClient, EtcdConfig
+from etcdlock.etcd.client import EtcdClient
+from etcdlock.etcd.config import EtcdConfig
 from etcdlock.etcd.election import Election, observe
 from etcdlock.etcd.errors import (
     AlreadyAcquiring,

@@ -18,7 +18,8 @@ import threading
 from pathlib import Path
 from types import TracebackType
 
-from etcdlock.etcd.client import EtcdClient, EtcdConfig
+from etcdlock.etcd.client import EtcdClient
+from etcdlock.etcd.config import EtcdConfig
 from etcdlock.sandbox.apiserver.api import Api
 from etcdlock.sandbox.apiserver.server import ApiServer, AuditRecord
 from etcdlock.sandbox.apiserver.storage import Storage

@@ -1,0 +1,95 @@
+"""How to reach etcd: endpoints, credentials, TLS files and timeouts, parsed once from the user's words.
+
+Every mistake here is a :class:`ConfigError` with a message naming what is wrong, before any connection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from etcdlock.etcd.errors import ConfigError
+
+DEFAULT_ENDPOINT = "http://127.0.0.1:2379"
+DEFAULT_REQUEST_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One etcd client URL: ``http(s)://host:port``; a bare ``host:port`` means http."""
+
+    scheme: str
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> Endpoint:
+        raw = text.strip()
+        if not raw:
+            raise ConfigError("empty etcd endpoint")
+        url = urlsplit(raw if "://" in raw else f"http://{raw}")
+        if url.scheme not in ("http", "https"):
+            raise ConfigError(f"etcd endpoint {text!r}: scheme must be http or https")
+        try:
+            port = url.port or 2379
+        except ValueError:
+            raise ConfigError(f"etcd endpoint {text!r}: invalid port") from None
+        if not url.hostname or url.path not in ("", "/") or url.query or url.fragment:
+            raise ConfigError(f"etcd endpoint {text!r} is not of the form http(s)://host:port")
+        return cls(url.scheme, url.hostname, port)
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class EtcdConfig:
+    """How to reach etcd: endpoints (failover in order), optional user, optional TLS files."""
+
+    endpoints: tuple[Endpoint, ...] = (Endpoint.parse(DEFAULT_ENDPOINT),)
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT
+
+    @classmethod
+    def parse(
+        cls,
+        endpoints: str | Sequence[str] = DEFAULT_ENDPOINT,
+        *,
+        user: str | None = None,
+        ca_file: str | None = None,
+        cert_file: str | None = None,
+        key_file: str | None = None,
+        request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+    ) -> EtcdConfig:
+        """Build a config from the user's words: ``"url,url"``, ``"NAME:PASSWORD"``, file paths."""
+        items = endpoints.split(",") if isinstance(endpoints, str) else list(endpoints)
+        parsed = tuple(Endpoint.parse(item) for item in items if item.strip())
+        if not parsed:
+            raise ConfigError("no etcd endpoint given")
+        if len({e.scheme for e in parsed}) > 1:
+            raise ConfigError("etcd endpoints mix http and https")
+        username = password = None
+        if user is not None:
+            username, sep, password = user.partition(":")
+            if not sep or not username:
+                raise ConfigError("--user must be NAME:PASSWORD")
+        if (cert_file is None) != (key_file is None):
+            raise ConfigError("--cert and --key go together")
+        for path in (ca_file, cert_file, key_file):
+            if path is not None and not Path(path).is_file():
+                raise ConfigError(f"TLS file {path} does not exist")
+        return cls(parsed, username, password, ca_file, cert_file, key_file, request_timeout)
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.endpoints[0].scheme == "https" or self.ca_file is not None or self.cert_file is not None
+
+    def describe(self) -> str:
+        return ",".join(str(e) for e in self.endpoints)
