@@ -9,8 +9,7 @@ from __future__ import annotations
 import pytest
 from engine_support import bounded, queue_keys, raw_delete
 
-from etcdlock.etcd import Election, EtcdClient, Fenced, Mutex, Semaphore, Session
-from etcdlock.etcd.queue import Queue
+from etcdlock.etcd import Election, EtcdClient, Fenced, Mutex, Semaphore, Session, Waiter
 
 
 async def test_fenced_writes_go_through_while_the_leader_leads(client: EtcdClient, name: str) -> None:
@@ -39,7 +38,7 @@ async def test_a_deposed_leader_can_neither_enqueue_nor_release(client: EtcdClie
                 await bounded(Semaphore(fenced, f"{name}/other", permits=2).acquire())
             assert await queue_keys(client, f"{name}/other") == []
             with pytest.raises(Fenced):
-                await Queue(fenced, f"{name}/third").enqueue(b"x", permits=1)
+                await Waiter(fenced, f"{name}/third").join(b"x")
             after = (await client.range(b"\0", b"\0")).header.revision
             assert after == before, "no write at all reached etcd"
             # Someone else's election now wins, and holders under other sessions are untouched.

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from engine_support import bounded, eventually, raw_delete
 
-from etcdlock.etcd import EtcdClient, EtcdConfig, EtcdUnavailable, Mutex, Session
+from etcdlock.etcd import EtcdClient, EtcdConfig, EtcdDenied, Mutex, Session
 from etcdlock.etcd.client import put_op
 from etcdlock.sandbox.etcd import LocalEtcd, LocalTls
 
@@ -72,7 +72,7 @@ async def test_client_certificate_over_tls_takes_hands_over_and_releases_a_mutex
 
 async def test_tls_without_a_client_certificate_is_refused(tls_etcd: LocalEtcd, tls: LocalTls) -> None:
     async with EtcdClient(tls_config(tls_etcd, tls, client_cert=False)) as client:
-        with pytest.raises(EtcdUnavailable, match=r"TLS handshake failed.*client certificate"):
+        with pytest.raises(EtcdDenied, match=r"TLS handshake failed.*client certificate"):
             await bounded(client.range(b"anything"))
 
 
@@ -80,7 +80,7 @@ async def test_tls_with_a_ca_that_did_not_sign_etcds_certificate_is_refused(
     tls_etcd: LocalEtcd, tls: LocalTls, untrusted_ca: Path
 ) -> None:
     async with EtcdClient(tls_config(tls_etcd, tls, ca=untrusted_ca)) as client:
-        with pytest.raises(EtcdUnavailable, match=r"TLS handshake failed.*not signed by a trusted CA"):
+        with pytest.raises(EtcdDenied, match=r"TLS handshake failed.*not signed by a trusted CA"):
             await bounded(client.range(b"anything"))
 
 
@@ -101,7 +101,7 @@ async def test_a_user_locks_inside_its_permitted_prefix_and_is_denied_outside(au
     ):
         async with Mutex(session, "locks/nightly", timeout=0) as lock:
             assert await keys_under(auth_etcd, "locks/nightly", f"--user={ROOT}") == [lock.key]
-        with pytest.raises(EtcdUnavailable, match="permission denied"):
+        with pytest.raises(EtcdDenied, match="permission denied"):
             await bounded(Mutex(session, "elsewhere/nightly").acquire(timeout=0))
     assert await keys_under(auth_etcd, "elsewhere/", f"--user={ROOT}") == []
 
@@ -109,7 +109,7 @@ async def test_a_user_locks_inside_its_permitted_prefix_and_is_denied_outside(au
 async def test_a_watch_etcd_refuses_fails_instead_of_waiting_for_ever(auth_etcd: LocalEtcd) -> None:
     """etcd answers a refused watch with "created and cancelled"; it must not pass for a live watch."""
     async with EtcdClient(EtcdConfig.parse(auth_etcd.endpoints, user=ALICE)) as client:
-        with pytest.raises(EtcdUnavailable, match="permission denied"):
+        with pytest.raises(EtcdDenied, match="permission denied"):
             async with client.watch_events(b"elsewhere/key", start_revision=0):
                 pytest.fail("a watch outside alice's prefix was created")
         # The refusal did not break the stream for permitted watches.
@@ -121,14 +121,14 @@ async def test_a_watch_etcd_refuses_fails_instead_of_waiting_for_ever(auth_etcd:
 
 async def test_a_wrong_password_fails_saying_authentication_failed(auth_etcd: LocalEtcd) -> None:
     client = EtcdClient(EtcdConfig.parse(auth_etcd.endpoints, user="root:wrong"))
-    with pytest.raises(EtcdUnavailable, match="authentication failed"):
+    with pytest.raises(EtcdDenied, match="authentication failed"):
         await bounded(client.connect())
     await client.close()
 
 
 async def test_no_user_fails_saying_credentials_are_needed(auth_etcd: LocalEtcd, name: str) -> None:
     async with EtcdClient(EtcdConfig.parse(auth_etcd.endpoints)) as client:
-        with pytest.raises(EtcdUnavailable, match=r"user name is empty.*--user NAME:PASSWORD"):
+        with pytest.raises(EtcdDenied, match=r"user name is empty.*--user NAME:PASSWORD"):
             await bounded(client.range(name.encode()))
 
 

@@ -1,4 +1,4 @@
-"""The lock engine: etcd sessions, mutexes, semaphores and elections. No Kubernetes here.
+"""The lock engine: etcd sessions, waiters, mutexes, semaphores and elections. No Kubernetes here.
 
 Typical use::
 
@@ -13,40 +13,63 @@ from etcdlock.etcd.config import EtcdConfig
 from etcdlock.etcd.election import Election, observe
 from etcdlock.etcd.errors import (
     AlreadyAcquiring,
+    Compacted,
     ConfigError,
+    EtcdDenied,
+    EtcdError,
     EtcdLockError,
+    EtcdRefused,
     EtcdUnavailable,
     Fenced,
+    LearnerNotReady,
+    LeaseNotFound,
     LockLost,
     LockTimeout,
+    MemberNotFound,
+    NoSpace,
+    NotEnoughStarted,
     NotHeld,
+    NotLeader,
     SessionLost,
+    UnhealthyCluster,
 )
 from etcdlock.etcd.fence import Fence
-from etcdlock.etcd.keys import Contender, HolderInfo
-from etcdlock.etcd.queue import read_contenders
+from etcdlock.etcd.keys import Contender, HolderInfo, read_contenders
 from etcdlock.etcd.semaphore import Mutex, Semaphore
 from etcdlock.etcd.session import Session
+from etcdlock.etcd.waiter import Waiter
 
 __all__ = [
     "AlreadyAcquiring",
+    "Compacted",
     "ConfigError",
     "Contender",
     "Election",
     "EtcdClient",
     "EtcdConfig",
+    "EtcdDenied",
+    "EtcdError",
     "EtcdLockError",
+    "EtcdRefused",
     "EtcdUnavailable",
     "Fence",
     "Fenced",
     "HolderInfo",
+    "LeaseNotFound",
+    "LearnerNotReady",
     "LockLost",
     "LockTimeout",
+    "MemberNotFound",
     "Mutex",
+    "NoSpace",
+    "NotEnoughStarted",
     "NotHeld",
+    "NotLeader",
     "Semaphore",
     "Session",
     "SessionLost",
+    "UnhealthyCluster",
+    "Waiter",
     "observe",
     "read_contenders",
 ]

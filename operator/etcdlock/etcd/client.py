@@ -1,16 +1,28 @@
-"""The one place etcd clients are built, and the few raw etcd calls the engine needs.
+"""The one place etcd is spoken to: a connection to every member, failover between them, typed errors.
 
-aetcd gives the connection, authentication, stubs and a multiplexed watch stream. It lacks several
-endpoints with failover, TLS, range options such as ``max_create_revision``, and transactions that return
-the raw response; those are added here, so the rest of the code never touches gRPC.
+A client talks to one member at a time (the *current* one) and moves to the next when it fails: an
+answer that says it cannot serve, an attempt that does not finish in :data:`ATTEMPT_TIMEOUT`, or, with
+several endpoints, a heartbeat it does not answer (a paused or hung member keeps its TCP connection open,
+and gRPC's own keepalive, which etcd allows at most every 5 s, would notice only after 15 s). Moving off a
+member ends the watches on it (their owners watch again, on the next member); requests in flight there
+end by their own deadlines, since a channel is never closed under them (gRPC would cancel them).
+
+Requests that give the same outcome when repeated (reads, the engine's conditional transactions, lease
+grants, renewals and revocations) are retried within the request timeout, ``retry=True``: an attempt that
+reached a member whose leader just died is lost (etcd forwards it to the dead leader), and only a new
+attempt after etcd's election succeeds. Other requests (membership changes) get one attempt.
+
+aetcd gives the protocol stubs and the multiplexed watch stream; everything else is here, so the rest of
+the engine never touches gRPC.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
-import socket
+import ipaddress
+import logging
+import ssl
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,43 +34,73 @@ import grpc
 from aetcd import rpc
 
 from etcdlock.etcd.config import Endpoint, EtcdConfig
-from etcdlock.etcd.errors import Compacted, ConfigError, EtcdUnavailable, Fenced
+from etcdlock.etcd.errors import (
+    Compacted,
+    ConfigError,
+    EtcdDenied,
+    EtcdError,
+    EtcdUnavailable,
+    Fenced,
+    LeaseNotFound,
+)
+from etcdlock.etcd.grpc_errors import INVALID_AUTH_TOKEN, classify, refused_watch
 
-# Dead connections are found by HTTP/2 pings (etcd allows one every 5 s); a restarted member is reconnected
-# within about a second instead of gRPC's default backoff of up to two minutes.
-_CHANNEL_OPTIONS: dict[str, Any] = {
-    "grpc.keepalive_time_ms": 10_000,
-    "grpc.keepalive_timeout_ms": 5_000,
-    "grpc.keepalive_permit_without_calls": 1,
-    "grpc.http2.max_pings_without_data": 0,
-    "grpc.initial_reconnect_backoff_ms": 100,
-    "grpc.min_reconnect_backoff_ms": 100,
-    "grpc.max_reconnect_backoff_ms": 1_000,
+log = logging.getLogger(__name__)
+
+# One attempt of a retried request: ample for a member that works, and short enough that a request lost
+# with a dead raft leader is sent again soon after etcd's election (about 1-2 s).
+ATTEMPT_TIMEOUT = 0.5
+# With several endpoints, the current member is asked for its status this often; no answer within an
+# attempt moves the client on.
+HEARTBEAT_INTERVAL = 1.0
+_FIRST_PAUSE = 0.05
+_MAX_PAUSE = 0.5
+
+# A restarted member is reconnected within about a second instead of gRPC's default backoff of up to two
+# minutes. HTTP/2 pings find dead connections of idle clients (etcd allows one every 5 s).
+_CHANNEL_OPTIONS: list[tuple[str, Any]] = [
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1_000),
+]
+
+# Requests and streams sent with this metadata are refused (or cancelled) by a member that has lost its
+# leader, instead of waiting or going silent (etcd's Go client: WithRequireLeader). Not on the cluster and
+# maintenance services: their answers without a quorum (member list, status) are wanted.
+_REQUIRE_LEADER = ("hasleader", "true")
+_LEADER_SERVICES = ("KV", "Lease", "Watch")
+
+_STUBS = {
+    "KV": rpc.KVStub,
+    "Lease": rpc.LeaseStub,
+    "Cluster": rpc.ClusterStub,
+    "Maintenance": rpc.MaintenanceStub,
+    "Auth": rpc.AuthStub,
+    "Watch": rpc.WatchStub,
 }
 
-# Streams (watches, lease keepalives) opened with this metadata are cancelled by an etcd member that has
-# lost its leader, instead of silently delivering nothing (as etcd's Go client does with WithRequireLeader).
-_REQUIRE_LEADER = ("hasleader", "true")
-
-
-def _ip_target(endpoints: Sequence[Endpoint]) -> str:
-    """A gRPC static address list, so the channel fails over between members by itself (pick-first)."""
-    addresses: list[tuple[int, str, int]] = []
-    for endpoint in endpoints:
-        try:
-            infos = socket.getaddrinfo(endpoint.host, endpoint.port, type=socket.SOCK_STREAM)
-        except socket.gaierror as exc:
-            raise EtcdUnavailable(f"cannot resolve etcd endpoint {endpoint}: {exc.strerror}") from None
-        family, _, _, _, sockaddr = infos[0]
-        addresses.append((family, str(sockaddr[0]), endpoint.port))
-    if all(family == socket.AF_INET for family, _, _ in addresses):
-        return "ipv4:" + ",".join(f"{ip}:{port}" for _, ip, port in addresses)
-    mapped = (ip if family == socket.AF_INET6 else f"::ffff:{ip}" for family, ip, _ in addresses)
-    return "ipv6:" + ",".join(f"[{ip}]:{port}" for ip, (_, _, port) in zip(mapped, addresses, strict=True))
+# What the TLS library's reason for a failed handshake means for the user.
+_TLS_REASONS = {
+    "CERTIFICATE_VERIFY_FAILED": "etcd's certificate is not signed by a trusted CA (see --cacert)",
+    "SSLV3_ALERT_BAD_CERTIFICATE": "etcd rejected the client certificate (give --cert and --key signed by a "
+    "CA that etcd trusts)",
+    "TLSV13_ALERT_CERTIFICATE_REQUIRED": "etcd requires a client certificate (--cert and --key)",
+    "SSLV3_ALERT_HANDSHAKE_FAILURE": "etcd requires a client certificate (--cert and --key)",
+    "WRONG_VERSION_NUMBER": "etcd does not speak TLS there (use http://)",
+}
+_HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 
 class _WatchRefused(Exception):
-    """etcd answered a watch creation with "created and cancelled" (the text is etcd's reason)."""
+    """etcd answered a watch creation with "created and cancelled"; ``reason`` is etcd's."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 class _Watcher(aetcd.watcher.Watcher):
@@ -72,7 +114,7 @@ class _Watcher(aetcd.watcher.Watcher):
         if response.created and response.canceled:
             async with self._lock:
                 if self._new_callback is not None:
-                    self._new_callback.error = _WatchRefused(response.cancel_reason or "watch refused")
+                    self._new_callback.error = _WatchRefused(response.cancel_reason)
                     self._new_callback_ready.notify_all()
             return
         await super()._handle_response(response)
@@ -89,16 +131,17 @@ class _Watch:
     restart may carry another watch with the same id.
     """
 
-    def __init__(self, watcher: _Watcher, watch_id: int, events: asyncio.Queue[Any]) -> None:
+    def __init__(self, member: _Member, watcher: _Watcher, watch_id: int, events: asyncio.Queue[Any]) -> None:
+        self.member = member
         self._watcher = watcher
         self._watch_id = watch_id
         self._events = events
 
     @classmethod
-    async def create(cls, watcher: _Watcher, key: bytes, **options: Any) -> _Watch:
+    async def create(cls, member: _Member, watcher: _Watcher, key: bytes, **options: Any) -> _Watch:
         events: asyncio.Queue[Any] = asyncio.Queue()
         callback = await watcher.add_callback(key, events.put, **options)
-        return cls(watcher, callback.watch_id, events)
+        return cls(member, watcher, callback.watch_id, events)
 
     async def __aiter__(self) -> AsyncIterator[Any]:
         while (item := await self._events.get()) is not None:
@@ -110,166 +153,311 @@ class _Watch:
         await self._watcher.cancel(self._watch_id)
 
 
-class EtcdClient(aetcd.Client):
-    """aetcd's client with endpoint failover, TLS, and the raw KV/lease/watch calls the engine uses.
+class _Member:
+    """The channel to one endpoint (connected on first use, then kept for the client's life) and its
+    watch stream."""
 
-    Every method raises :class:`EtcdUnavailable` (or :class:`Compacted`) instead of gRPC errors.
+    def __init__(self, endpoint: Endpoint, config: EtcdConfig) -> None:
+        self.endpoint = endpoint
+        self.channel = _channel(endpoint, config)
+        self._stubs: dict[str, Any] = {}
+        self.watcher: _Watcher | None = None
+        # Set once a request got through: a later failure is not a TLS refusal.
+        self.answered = False
+
+    def stub(self, service: str) -> Any:
+        if service not in self._stubs:
+            self._stubs[service] = _STUBS[service](self.channel)
+        return self._stubs[service]
+
+    def unreachable(self) -> bool:
+        """No connection to the member now (refused, or still being attempted)."""
+        state = self.channel.get_state(try_to_connect=False)
+        return state in (grpc.ChannelConnectivity.TRANSIENT_FAILURE, grpc.ChannelConnectivity.CONNECTING)
+
+    def __str__(self) -> str:
+        return str(self.endpoint)
+
+
+class LeaseStream:
+    """A LeaseKeepAlive stream on one member, for one :class:`~etcdlock.etcd.session.Session`.
+
+    A member that does not answer a renewal in time, or breaks the stream, is moved off, so the next
+    stream goes to another member well before the lease's TTL runs out.
     """
 
-    _connected: asyncio.Event
-    _is_connecting: bool
+    def __init__(self, client: EtcdClient, member: _Member, call: Any) -> None:
+        self._client = client
+        self._member = member
+        self._call = call
+
+    async def renew(self, lease_id: int, timeout: float) -> int:
+        """Renew the lease once; its TTL as etcd granted it (0 or less: the lease is gone).
+
+        Raises :class:`EtcdUnavailable` if the member did not answer within ``timeout`` or the stream broke.
+        """
+        try:
+            async with asyncio.timeout(timeout):
+                await self._call.write(rpc.LeaseKeepAliveRequest(ID=lease_id))
+                response = await self._call.read()
+        except TimeoutError:
+            self._client.move_off(self._member)
+            why = f"etcd at {self._member} did not renew the lease within {timeout:.1f}s"
+            raise EtcdUnavailable(why) from None
+        except grpc.aio.AioRpcError as exc:
+            raise await self._client.failure(self._member, exc) from None
+        except asyncio.InvalidStateError:
+            # The stream had already ended (the member closed it) when the renewal was written.
+            self._client.move_off(self._member)
+            code = await self._call.code()
+            raise EtcdUnavailable(
+                f"etcd at {self._member} ended the keepalive stream ({code.name})"
+            ) from None
+        if response is grpc.aio.EOF:
+            self._client.move_off(self._member)
+            raise EtcdUnavailable(f"etcd at {self._member} closed the keepalive stream")
+        return int(response.TTL)
+
+    async def renew_all(self, lease_ids: list[int], timeout: float) -> dict[int, int]:
+        """Renew several leases at once: each lease's TTL as etcd granted it (0 or less: gone)."""
+        ttls: dict[int, int] = {}
+        try:
+            async with asyncio.timeout(timeout):
+                for lease_id in lease_ids:
+                    await self._call.write(rpc.LeaseKeepAliveRequest(ID=lease_id))
+                while len(ttls) < len(set(lease_ids)):
+                    response = await self._call.read()
+                    if response is grpc.aio.EOF:
+                        raise EtcdUnavailable(f"etcd at {self._member} closed the keepalive stream")
+                    ttls[int(response.ID)] = int(response.TTL)
+        except TimeoutError:
+            self._client.move_off(self._member)
+            raise EtcdUnavailable(
+                f"etcd at {self._member} did not renew leases within {timeout:.1f}s"
+            ) from None
+        except grpc.aio.AioRpcError as exc:
+            raise await self._client.failure(self._member, exc) from None
+        except asyncio.InvalidStateError:
+            self._client.move_off(self._member)
+            raise EtcdUnavailable(f"etcd at {self._member} ended the keepalive stream") from None
+        return ttls
+
+    def close(self) -> None:
+        self._call.cancel()
+
+
+class EtcdClient:
+    """Connections to the endpoints of ``config``, and the raw KV, lease, cluster and watch calls.
+
+    Every method raises the engine's typed errors (:mod:`etcdlock.etcd.errors`), never gRPC's. Use as
+    ``async with EtcdClient(config) as client:``.
+    """
 
     def __init__(self, config: EtcdConfig | None = None) -> None:
         self.config = config or EtcdConfig()
-        self._abandoned_watches: set[asyncio.Future[Any]] = set()
+        self.metadata: tuple[tuple[str, str], ...] | None = None
+        self._members: list[_Member] = []
+        self._current = 0
+        self._connect_lock = asyncio.Lock()
         self._auth_lock = asyncio.Lock()
-        first = self.config.endpoints[0]
-        super().__init__(
-            host=first.host,
-            port=first.port,
-            username=self.config.username,
-            password=self.config.password,
-            timeout=None,
-            options=_CHANNEL_OPTIONS,
-        )
+        self._background: set[asyncio.Future[Any]] = set()
+        self._heartbeat: asyncio.Task[None] | None = None
 
-    def _make_channel(self) -> grpc.aio.Channel:
-        endpoints = self.config.endpoints
-        options = dict(self._options)
-        if len(endpoints) == 1:
-            target = f"{endpoints[0].host}:{endpoints[0].port}"
-        else:
-            target = _ip_target(endpoints)
-            options["grpc.default_authority"] = f"{endpoints[0].host}:{endpoints[0].port}"
-        if not self.config.uses_tls:
-            return grpc.aio.insecure_channel(target, options=list(options.items()))
-        if len(endpoints) > 1:
-            options["grpc.ssl_target_name_override"] = endpoints[0].host
-        credentials = grpc.ssl_channel_credentials(
-            root_certificates=_read(self.config.ca_file),
-            private_key=_read(self.config.key_file),
-            certificate_chain=_read(self.config.cert_file),
-        )
-        return grpc.aio.secure_channel(target, credentials, options=list(options.items()))
+    async def __aenter__(self) -> EtcdClient:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def current(self) -> Endpoint:
+        """The member requests go to now."""
+        return self.config.endpoints[self._current]
 
     async def connect(self) -> None:
-        """Open the channel (and authenticate); safe to call from several tasks."""
-        if self._connected.is_set():
+        """Open the channels (they connect on first use) and authenticate; safe to call from several tasks."""
+        if self._members:
             return
-        if self._is_connecting:
-            await asyncio.wait_for(self._connected.wait(), self._connect_wait_timeout)
-            return
-        self._is_connecting = True
-        try:
-            self.channel = self._make_channel()
-            self.kvstub = rpc.KVStub(self.channel)
-            self.clusterstub = rpc.ClusterStub(self.channel)
-            self.leasestub = rpc.LeaseStub(self.channel)
-            self.maintenancestub = rpc.MaintenanceStub(self.channel)
-            self.auth_stub = rpc.AuthStub(self.channel)
-            if self.config.username is not None:
-                await self._authenticate()
-            self._watcher = self._new_watcher()
-            self._connected.set()
-        except BaseException:
-            if self.channel is not None:
-                await self.channel.close()
-            self._init_channel_attrs()
-            raise
-        finally:
-            self._is_connecting = False
+        async with self._connect_lock:
+            if self._members:
+                return
+            members = [_Member(endpoint, self.config) for endpoint in self.config.endpoints]
+            self._members = members
+            try:
+                if self.config.username is not None:
+                    await self._authenticate()
+            except BaseException:
+                self._members = []
+                await asyncio.gather(*(m.channel.close() for m in members), return_exceptions=True)
+                raise
+            if len(members) > 1:
+                self._heartbeat = asyncio.create_task(self._keep_checking(), name="etcd-heartbeat")
 
     async def close(self) -> None:
-        """Close the connection; watch creations abandoned by cancelled callers are cancelled first, so
-        no task of this client outlives it."""
-        pending = list(self._abandoned_watches)
-        for task in pending:
+        """Close the connections. Watch creations abandoned by cancelled callers are cancelled first, so no
+        task of this client outlives it."""
+        tasks = [*self._background, *([self._heartbeat] if self._heartbeat else [])]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
-        await super().close()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        members, self._members = self._members, []
+        for member in members:
+            if member.watcher is not None:
+                await member.watcher.close(EtcdUnavailable("client closed"))
+            await member.channel.close()
+
+    # Failover
+
+    def move_off(self, member: _Member) -> None:
+        """Stop using ``member``, if it is the current one: requests go to the next endpoint from now on,
+        and its watches end (their owners watch again there)."""
+        if len(self._members) < 2 or self._members[self._current] is not member:
+            return
+        self._current = (self._current + 1) % len(self._members)
+        log.debug("moving off etcd at %s to %s", member, self._members[self._current])
+        self._restart_watches(member, EtcdUnavailable(f"moved off etcd at {member}"))
+
+    def _restart_watches(self, member: _Member, reason: Exception) -> None:
+        watcher, member.watcher = member.watcher, None
+        if watcher is not None:
+            self._spawn(watcher.close(reason))
+
+    async def _keep_checking(self) -> None:
+        """Ask the current member for its status every :data:`HEARTBEAT_INTERVAL`; move off if it does not
+        answer (a hung member fails nothing on its own: its requests just never finish)."""
+        while True:
+            await asyncio.sleep(HEARTBEAT_INTERVAL)
+            member = self._members[self._current]
+            with contextlib.suppress(EtcdError, _TokenExpired):
+                await self._call_once(member, "Maintenance", "Status", rpc.StatusRequest(), ATTEMPT_TIMEOUT)
+
+    async def failure(self, member: _Member, exc: grpc.aio.AioRpcError) -> EtcdError:
+        """The typed error for a failed call on ``member``; a transient one moves the client off it."""
+        error = await self._classify(member, exc)
+        if isinstance(error, EtcdUnavailable):
+            self.move_off(member)
+        return error
+
+    async def _classify(self, member: _Member, exc: grpc.aio.AioRpcError) -> EtcdError:
+        code, details = exc.code(), exc.details() or ""
+        if code == grpc.StatusCode.UNAVAILABLE and member.unreachable():
+            if self.config.uses_tls and not member.answered:
+                refusal = await _tls_refusal(member.endpoint, self.config)
+                if refusal is not None:
+                    return EtcdDenied(f"cannot reach etcd at {member}: {refusal}", code.name)
+            return EtcdUnavailable(f"cannot reach etcd at {member}: {details or code.name}", code.name)
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return EtcdUnavailable(f"etcd at {member} did not answer in time", code.name)
+        return classify(code, details, str(member))
+
+    # Unary calls
+
+    def _metadata(self, service: str) -> tuple[tuple[str, str], ...]:
+        token = self.metadata or ()
+        return (*token, _REQUIRE_LEADER) if service in _LEADER_SERVICES else token
+
+    async def _call_once(
+        self, member: _Member, service: str, method: str, request: Any, timeout: float
+    ) -> Any:
+        """One attempt on one member; a failure becomes a typed error (and moves off a failed member)."""
+        call = getattr(member.stub(service), method)
+        try:
+            response = await call(request, timeout=timeout, metadata=self._metadata(service))
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.UNAUTHENTICATED and exc.details() == INVALID_AUTH_TOKEN:
+                raise _TokenExpired() from None
+            raise await self.failure(member, exc) from None
+        member.answered = True
+        return response
+
+    async def _unary(
+        self, service: str, method: str, request: Any, *, retry: bool, timeout: float | None = None
+    ) -> Any:
+        """``service.method(request)`` on the current member, within ``timeout`` (default: the request
+        timeout). With ``retry``, transient failures are tried again, on whichever member is current then,
+        each attempt bounded by :data:`ATTEMPT_TIMEOUT`. An expired auth token is renewed once."""
+        await self.connect()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (timeout if timeout is not None else self.config.request_timeout)
+        pause = _FIRST_PAUSE
+        renewed = False
+        while True:
+            remaining = max(deadline - loop.time(), 0.001)
+            token = self.metadata
+            try:
+                member = self._members[self._current]
+                limit = min(remaining, ATTEMPT_TIMEOUT) if retry else remaining
+                return await self._call_once(member, service, method, request, limit)
+            except _TokenExpired:
+                if renewed or self.config.username is None:
+                    raise EtcdDenied(f"etcd at {self.current}: the auth token was refused") from None
+                renewed = True
+                await self._reauthenticate(token)
+            except EtcdUnavailable:
+                if not retry or loop.time() + pause >= deadline:
+                    raise
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, _MAX_PAUSE)
 
     async def _authenticate(self) -> None:
         request = rpc.AuthenticateRequest(name=self.config.username, password=self.config.password)
-        with self.translate_errors():
-            response = await self.auth_stub.Authenticate(request, timeout=self.config.request_timeout)
+        member = self._members[self._current]
+        response = await self._call_once(member, "Auth", "Authenticate", request, self.config.request_timeout)
         self.metadata = (("token", response.token),)
 
     async def _reauthenticate(self, stale: Any) -> None:
-        """Replace the auth token ``stale`` (unless another task already has) and restart the watch stream.
+        """Replace the auth token ``stale`` (unless another task already has) and restart the watch streams.
 
         etcd checks the token a watch stream was opened with each time a watch is created on it, so a
-        stream opened with the old token would refuse every new watch. The watches on the old stream end
+        stream opened with the old token would refuse every new watch. The watches on the old streams end
         (:class:`EtcdUnavailable`) and their owners watch again, as after a broken connection.
         """
         async with self._auth_lock:
             if self.metadata != stale:
                 return
             await self._authenticate()
-            old, self._watcher = self._watcher, self._new_watcher()
-            if old is not None:
-                await old.close(EtcdUnavailable("watch stream restarted after re-authentication"))
-
-    def _new_watcher(self) -> _Watcher:
-        stub = rpc.WatchStub(self.channel)
-        return _Watcher(stub, timeout=self.config.request_timeout, metadata=self._streams_metadata())
-
-    def _streams_metadata(self) -> tuple[tuple[str, str], ...]:
-        return (*(self.metadata or ()), _REQUIRE_LEADER)
+            for member in self._members:
+                self._restart_watches(
+                    member, EtcdUnavailable("watch stream restarted after re-authentication")
+                )
 
     @contextlib.contextmanager
-    def translate_errors(self) -> Iterator[None]:
-        """Turn gRPC and aetcd errors into the engine's errors, naming the endpoints."""
+    def _translate_errors(self) -> Iterator[None]:
+        """Turn aetcd's errors into the engine's (gRPC's are typed where they are caught)."""
         try:
             yield
-        except grpc.aio.AioRpcError as exc:
-            raise self._unavailable(exc.details() or exc.code().name) from None
         except aetcd.exceptions.RevisionCompactedError as exc:
             raise Compacted(exc.compacted_revision) from None
         except aetcd.exceptions.ClientError as exc:
-            cause = exc.__cause__
-            detail = cause.details() if isinstance(cause, grpc.aio.AioRpcError) else str(exc)
-            raise self._unavailable(detail or type(exc).__name__) from None
+            raise EtcdUnavailable(f"etcd at {self.current}: {type(exc).__name__}") from None
 
-    def _unavailable(self, detail: str) -> EtcdUnavailable:
-        if "connection refused" in detail.lower():
-            detail = "connection refused"
-        lowered = detail.lower()
-        if "handshake failed" in lowered:
-            return EtcdUnavailable(f"cannot reach etcd at {self.config.describe()}: {_tls_failure(detail)}")
-        if "user name is empty" in lowered:
-            detail += " (etcd has authentication enabled: give --user NAME:PASSWORD)"
-        if "connect" in lowered or "unavailable" in lowered or "dns" in lowered:
-            return EtcdUnavailable(f"cannot reach etcd at {self.config.describe()}: {detail}")
-        return EtcdUnavailable(f"etcd at {self.config.describe()}: {detail}")
-
-    async def _unary(self, stub: str, method: str, request: Any) -> Any:
-        """One unary call (``stub.method``, looked up once connected) with the request timeout.
-
-        Re-authenticates once if the auth token expired.
-        """
-        await self.connect()
-        for attempt in range(2):
-            call = getattr(getattr(self, stub), method)
-            token = self.metadata
-            try:
-                return await call(request, timeout=self.config.request_timeout, metadata=token)
-            except grpc.aio.AioRpcError as exc:
-                expired = exc.code() == grpc.StatusCode.UNAUTHENTICATED and "token" in (exc.details() or "")
-                if attempt == 0 and expired and self.config.username is not None:
-                    await self._reauthenticate(token)
-                    continue
-                with self.translate_errors():
-                    raise
-        raise AssertionError("unreachable")
+    # KV
 
     async def range(self, key: bytes, end: bytes = b"", **options: Any) -> Any:
         """A raw Range (rpc.RangeResponse); ``options`` as for :func:`range_request`."""
-        return await self._unary("kvstub", "Range", range_request(key, end, **options))
+        return await self._unary("KV", "Range", range_request(key, end, **options), retry=True)
 
-    async def txn(self, compare: Sequence[Any], success: Sequence[Any], failure: Sequence[Any] = ()) -> Any:
-        """A raw transaction (rpc.TxnResponse) built from :func:`compare_*` and ``*_op`` helpers."""
+    async def txn(
+        self,
+        compare: Sequence[Any],
+        success: Sequence[Any],
+        failure: Sequence[Any] = (),
+        *,
+        retry: bool = True,
+    ) -> Any:
+        """A raw transaction (rpc.TxnResponse) built from the ``*_is`` compares and ``*_op`` helpers.
+
+        ``retry`` (the default) may run it more than once: pass False unless a second run changes nothing
+        (a conditional write, or a read). Every transaction of the engine is of that kind.
+        """
         request = rpc.TxnRequest(compare=list(compare), success=list(success), failure=list(failure))
-        return await self._unary("kvstub", "Txn", request)
+        return await self._unary("KV", "Txn", request, retry=retry)
+
+    async def compact(self, revision: int, *, physical: bool = False) -> None:
+        """Drop the history before ``revision`` (``physical``: wait until it is gone from the backend)."""
+        request = rpc.CompactionRequest(revision=revision, physical=physical)
+        await self._unary("KV", "Compact", request, retry=True)
 
     async def guarded_txn(
         self,
@@ -292,66 +480,97 @@ class EtcdClient(aetcd.Client):
         response.header.CopyFrom(outer.header)
         return response
 
+    # Cluster and maintenance
+
     async def members(self, linearizable: bool = True) -> list[Any]:
         """The members (rpc.Member: ID, name, peerURLs, clientURLs, isLearner).
 
         Linearizable by default; ``linearizable=False`` answers from the member reached, without quorum.
         """
         request = rpc.MemberListRequest(linearizable=linearizable)
-        response = await self._unary("clusterstub", "MemberList", request)
+        response = await self._unary("Cluster", "MemberList", request, retry=True)
         return list(response.members)
 
     async def add_learner(self, peer_url: str) -> int:
         """Add a member as a learner (it gets no vote until promoted); returns its ID."""
         request = rpc.MemberAddRequest(peerURLs=[peer_url], isLearner=True)
-        response = await self._unary("clusterstub", "MemberAdd", request)
+        response = await self._unary("Cluster", "MemberAdd", request, retry=False)
         return int(response.member.ID)
 
     async def promote(self, member_id: int) -> None:
-        """Make a learner a voter; etcd refuses while it has not caught up with the leader."""
-        await self._unary("clusterstub", "MemberPromote", rpc.MemberPromoteRequest(ID=member_id))
+        """Make a learner a voter; :class:`LearnerNotReady` while it has not caught up with the leader."""
+        await self._unary("Cluster", "MemberPromote", rpc.MemberPromoteRequest(ID=member_id), retry=False)
 
     async def remove_member(self, member_id: int) -> None:
-        await self._unary("clusterstub", "MemberRemove", rpc.MemberRemoveRequest(ID=member_id))
+        await self._unary("Cluster", "MemberRemove", rpc.MemberRemoveRequest(ID=member_id), retry=False)
 
     async def status(self) -> Any:
         """The status (rpc.StatusResponse: leader, raft index...) of the member this client reaches."""
-        return await self._unary("maintenancestub", "Status", rpc.StatusRequest())
+        return await self._unary("Maintenance", "Status", rpc.StatusRequest(), retry=True)
 
     async def defragment(self) -> None:
         """Defragment the backend of the member this client reaches (it blocks that member meanwhile)."""
-        await self._unary("maintenancestub", "Defragment", rpc.DefragmentRequest())
+        await self._unary("Maintenance", "Defragment", rpc.DefragmentRequest(), retry=False)
 
     async def move_leader(self, member_id: int) -> None:
-        """Hand leadership to another voter; only the leader serves this (connect to it)."""
-        await self._unary("maintenancestub", "MoveLeader", rpc.MoveLeaderRequest(targetID=member_id))
+        """Hand leadership to another voter; only the leader serves this (:class:`NotLeader` elsewhere)."""
+        request = rpc.MoveLeaderRequest(targetID=member_id)
+        await self._unary("Maintenance", "MoveLeader", request, retry=False)
+
+    async def reachable(self) -> None:
+        """Raise the typed error of the first endpoint if no endpoint answers a status request (which needs
+        no quorum): etcd cannot be reached, or refuses this client's TLS or credentials."""
+        await self.connect()
+        first: EtcdError | None = None
+        for member in self._members:
+            try:
+                await self._call_once(
+                    member, "Maintenance", "Status", rpc.StatusRequest(), self.config.request_timeout
+                )
+                return
+            except _TokenExpired:
+                return
+            except EtcdError as exc:
+                first = first or exc
+        assert first is not None
+        if isinstance(first, EtcdUnavailable) and len(self._members) > 1:
+            raise EtcdUnavailable(
+                f"cannot reach etcd at {self.config.describe()}: no endpoint answers", first.code
+            )
+        raise first
+
+    # Leases
 
     async def grant(self, ttl: int) -> tuple[int, int]:
-        """Grant a lease; returns (lease id, granted TTL)."""
-        response = await self._unary("leasestub", "LeaseGrant", rpc.LeaseGrantRequest(TTL=ttl))
-        if response.error:
-            raise EtcdUnavailable(f"etcd refused a lease of {ttl}s: {response.error}")
+        """Grant a lease; returns (lease id, granted TTL). A retried grant may leave an unused lease behind,
+        which expires after its TTL."""
+        response = await self._unary("Lease", "LeaseGrant", rpc.LeaseGrantRequest(TTL=ttl), retry=True)
         return response.ID, response.TTL
 
     async def revoke(self, lease_id: int) -> bool:
-        """Revoke a lease and delete its keys; False if it was already gone."""
+        """Revoke a lease and delete its keys; False if it was already gone (or an earlier attempt of this
+        call revoked it)."""
         try:
-            await self._unary("leasestub", "LeaseRevoke", rpc.LeaseRevokeRequest(ID=lease_id))
-        except EtcdUnavailable as exc:
-            if "lease not found" in str(exc):
-                return False
-            raise
+            await self._unary("Lease", "LeaseRevoke", rpc.LeaseRevokeRequest(ID=lease_id), retry=True)
+        except LeaseNotFound:
+            return False
         return True
 
     async def time_to_live(self, lease_id: int) -> int:
         """Seconds the lease has left (-1 when it does not exist)."""
-        response = await self._unary("leasestub", "LeaseTimeToLive", rpc.LeaseTimeToLiveRequest(ID=lease_id))
+        request = rpc.LeaseTimeToLiveRequest(ID=lease_id)
+        response = await self._unary("Lease", "LeaseTimeToLive", request, retry=True)
         return int(response.TTL)
 
-    async def keepalive_stream(self) -> Any:
-        """A LeaseKeepAlive stream (write, read), cancelled by a member that loses its leader."""
+    async def lease_stream(self) -> LeaseStream:
+        """A LeaseKeepAlive stream on the current member, cancelled by a member that loses its leader."""
         await self.connect()
-        return self.leasestub.LeaseKeepAlive(metadata=self._streams_metadata())
+        member = self._members[self._current]
+        return LeaseStream(
+            self, member, member.stub("Lease").LeaseKeepAlive(metadata=self._metadata("Lease"))
+        )
+
+    # Watches
 
     @contextlib.asynccontextmanager
     async def watch_events(
@@ -365,8 +584,8 @@ class EtcdClient(aetcd.Client):
     ) -> AsyncIterator[AsyncIterator[Any]]:
         """Watch a key (or ``[key, end)``) from ``start_revision``; yields an iterator of aetcd events.
 
-        The watch is cancelled when the block ends. Compaction raises :class:`Compacted`; a broken stream
-        raises :class:`EtcdUnavailable`.
+        The watch is cancelled when the block ends. Compaction raises :class:`Compacted`; a broken stream,
+        or the client moving off the member, raises :class:`EtcdUnavailable`.
         """
         await self.connect()
         # aetcd pairs each "watch created" answer with the oldest pending request, so a creation abandoned
@@ -384,8 +603,7 @@ class EtcdClient(aetcd.Client):
             )
         )
         try:
-            with self.translate_errors():
-                watch = await asyncio.shield(creating)
+            watch = await asyncio.shield(creating)
         except asyncio.CancelledError:
             self._keep_until_done(creating)
             creating.add_done_callback(self._cancel_abandoned_watch)
@@ -395,36 +613,65 @@ class EtcdClient(aetcd.Client):
         finally:
             await _cancel_watch(watch)
 
+    def _watcher(self, member: _Member) -> _Watcher:
+        if member.watcher is None:
+            stub = member.stub("Watch")
+            member.watcher = _Watcher(
+                stub, timeout=self.config.request_timeout, metadata=self._metadata("Watch")
+            )
+        return member.watcher
+
     async def _create_watch(self, key: bytes, **options: Any) -> _Watch:
-        """Create a watch on the current stream.
+        """Create a watch on the current member's stream.
 
         A refused creation, when this client authenticates, gets a new token and stream and one more try:
         the refusal may come from the stream's token having expired (etcd 3.5 says "permission denied").
+        A creation that times out ends the whole stream, so that its late answer cannot be paired with the
+        next creation.
         """
         for attempt in range(2):
+            member = self._members[self._current]
             token = self.metadata
             try:
-                return await _Watch.create(self._watcher, key, **options)
+                with self._translate_errors():
+                    return await _Watch.create(member, self._watcher(member), key, **options)
             except _WatchRefused as exc:
+                error = refused_watch(exc.reason, str(member))
                 if attempt == 0 and self.config.username is not None:
                     await self._reauthenticate(token)
                     continue
-                raise self._unavailable(f"watch refused: {exc}") from None
+                raise error from None
+            except grpc.aio.AioRpcError as exc:
+                raise await self.failure(member, exc) from None
+            except EtcdUnavailable:
+                self._restart_watches(member, EtcdUnavailable(f"watch creation on {member} timed out"))
+                self.move_off(member)
+                raise
         raise AssertionError("unreachable")
 
+    def _spawn(self, coro: Any) -> None:
+        self._keep_until_done(asyncio.ensure_future(coro))
+
     def _keep_until_done(self, task: asyncio.Future[Any]) -> None:
-        self._abandoned_watches.add(task)
-        task.add_done_callback(self._abandoned_watches.discard)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _cancel_abandoned_watch(self, creating: asyncio.Future[Any]) -> None:
         if not creating.cancelled() and creating.exception() is None:
-            self._keep_until_done(asyncio.ensure_future(_cancel_watch(creating.result())))
+            self._spawn(_cancel_watch(creating.result()))
 
-    async def _translated(self, watch: Any) -> AsyncIterator[Any]:
-        with self.translate_errors():
-            async for event in watch:
-                yield event
-        raise EtcdUnavailable(f"watch on etcd at {self.config.describe()} ended")
+    async def _translated(self, watch: _Watch) -> AsyncIterator[Any]:
+        try:
+            with self._translate_errors():
+                async for event in watch:
+                    yield event
+        except grpc.aio.AioRpcError as exc:
+            raise await self.failure(watch.member, exc) from None
+        raise EtcdUnavailable(f"watch on etcd at {watch.member} ended")
+
+
+class _TokenExpired(Exception):
+    """etcd did not accept the auth token (it expires after idling): authenticate again."""
 
 
 async def _cancel_watch(watch: Any) -> None:
@@ -432,22 +679,60 @@ async def _cancel_watch(watch: Any) -> None:
         await watch.cancel()
 
 
-# What the TLS library's reason for a failed handshake means for the user.
-_TLS_REASONS = {
-    "CERTIFICATE_VERIFY_FAILED": "etcd's certificate is not signed by a trusted CA (see --cacert)",
-    "SSLV3_ALERT_BAD_CERTIFICATE": "etcd rejected the client certificate (give --cert and --key signed by a "
-    "CA that etcd trusts)",
-    "TLSV13_ALERT_CERTIFICATE_REQUIRED": "etcd requires a client certificate (--cert and --key)",
-}
+def _channel(endpoint: Endpoint, config: EtcdConfig) -> grpc.aio.Channel:
+    """A channel to one endpoint: an IP address is dialled as is, a name through gRPC's resolver (which
+    looks it up again on every reconnect: a member's address may change)."""
+    try:
+        address = ipaddress.ip_address(endpoint.host)
+    except ValueError:
+        target = f"{endpoint.host}:{endpoint.port}"
+    else:
+        target = (
+            f"ipv6:[{address}]:{endpoint.port}" if address.version == 6 else f"ipv4:{address}:{endpoint.port}"
+        )
+    options = [*_CHANNEL_OPTIONS, ("grpc.default_authority", f"{endpoint.host}:{endpoint.port}")]
+    if not config.uses_tls:
+        return grpc.aio.insecure_channel(target, options=options)
+    options.append(("grpc.ssl_target_name_override", endpoint.host))
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=_read(config.ca_file),
+        private_key=_read(config.key_file),
+        certificate_chain=_read(config.cert_file),
+    )
+    return grpc.aio.secure_channel(target, credentials, options=options)
 
 
-def _tls_failure(detail: str) -> str:
-    match = re.search(r"OPENSSL_internal:([A-Z0-9_]+)", detail)
-    if match is None:
-        return f"TLS handshake failed: {detail}"
-    reason = match.group(1)
-    meaning = _TLS_REASONS.get(reason)
-    return f"TLS handshake failed ({reason})" + (f": {meaning}" if meaning else "")
+async def _tls_refusal(endpoint: Endpoint, config: EtcdConfig) -> str | None:
+    """Why a TLS handshake with ``endpoint`` fails, asked of Python's TLS library (its reasons are typed,
+    gRPC's are text); None if it succeeds or the member cannot be reached at all."""
+    context = ssl.create_default_context(cafile=config.ca_file)
+    if config.cert_file is not None and config.key_file is not None:
+        context.load_cert_chain(config.cert_file, config.key_file)
+    context.set_alpn_protocols(["h2"])
+    writer = None
+    try:
+        async with asyncio.timeout(config.request_timeout):
+            reader, writer = await asyncio.open_connection(
+                endpoint.host, endpoint.port, ssl=context, server_hostname=endpoint.host
+            )
+            # With TLS 1.3 a refused client certificate is only told after the handshake: say something.
+            writer.write(_HTTP2_PREFACE)
+            await reader.read(1)
+    except ssl.SSLCertVerificationError as exc:
+        return (
+            f"TLS handshake failed (CERTIFICATE_VERIFY_FAILED: {exc.verify_message}): "
+            + _TLS_REASONS["CERTIFICATE_VERIFY_FAILED"]
+        )
+    except ssl.SSLError as exc:
+        reason = exc.reason or type(exc).__name__
+        meaning = _TLS_REASONS.get(reason)
+        return f"TLS handshake failed ({reason})" + (f": {meaning}" if meaning else "")
+    except (OSError, TimeoutError):
+        return None
+    finally:
+        if writer is not None:
+            writer.close()
+    return None
 
 
 def _read(path: str | None) -> bytes | None:
@@ -457,10 +742,6 @@ def _read(path: str | None) -> bytes | None:
         return Path(path).read_bytes()
     except OSError as exc:
         raise ConfigError(f"cannot read TLS file {path}: {exc.strerror}") from None
-
-
-def keepalive_request(lease_id: int) -> Any:
-    return rpc.LeaseKeepAliveRequest(ID=lease_id)
 
 
 def range_request(

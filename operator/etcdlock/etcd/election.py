@@ -12,84 +12,97 @@ import asyncio
 from collections.abc import AsyncIterator
 
 from etcdlock.etcd import keys
-from etcdlock.etcd.client import EtcdClient, create_revision_is, put_op
-from etcdlock.etcd.errors import Compacted, EtcdUnavailable, NotHeld
+from etcdlock.etcd.client import EtcdClient
+from etcdlock.etcd.errors import Compacted, EtcdUnavailable, NotHeld, SessionLost
 from etcdlock.etcd.fence import Fence
-from etcdlock.etcd.hold import Hold
-from etcdlock.etcd.keys import Contender
-from etcdlock.etcd.queue import KeyGuard, first_of, read_contenders
+from etcdlock.etcd.keys import Contender, read_contenders
+from etcdlock.etcd.session import Session
+from etcdlock.etcd.waiter import Waiter
 
 _RETRY_DELAY = 0.2
 
 
-class Election(Hold):
+class Election:
     """Campaign for leadership of NAME under a session; ``token`` is the leader key's create revision."""
+
+    def __init__(self, session: Session, name: str) -> None:
+        self._waiter = Waiter(session, name)
+        self.session = session
+        self.name = name
+        self._leading = False
+
+    @property
+    def key(self) -> str:
+        """This session's candidate key for NAME."""
+        return self._waiter.key
+
+    @property
+    def token(self) -> int:
+        """The leader key's create revision (the fence of everything written as leader)."""
+        if not self._leading or self._waiter.token is None:
+            raise NotHeld(f"not leader of {self.name}")
+        return self._waiter.token
 
     @property
     def is_leader(self) -> bool:
-        return self._rev is not None and not self.is_lost
+        return self._leading and self._waiter.is_held
+
+    @property
+    def is_lost(self) -> bool:
+        return self._waiter.is_lost
+
+    async def wait_lost(self) -> str:
+        """Wait until leadership is lost (the key deleted or the session lost); returns why."""
+        return await self._waiter.wait_lost()
 
     async def campaign(self, proposal: bytes | str, timeout: float | None = None) -> Election:
         """Become leader with ``proposal`` as value; returns (itself) once leader.
 
-        On timeout (:class:`LockTimeout` is not used here: ``TimeoutError``), cancellation or error the
-        candidate key is removed, as for a lock.
+        etcd outages while campaigning are waited out. On timeout (:class:`LockTimeout` is not used here:
+        ``TimeoutError``), cancellation or error the candidate key is removed, as for a lock.
         """
         value = proposal.encode() if isinstance(proposal, str) else proposal
-        if self._rev is not None:
+        if self._leading:
             raise RuntimeError(f"already leader of {self.name}")
         self.session.check()
         self.session.claim(self.name)
-        my_rev: int | None = None
         try:
             async with asyncio.timeout(timeout):
-                entry = await self._queue.enqueue(value, permits=1)
-                my_rev = entry.my_rev
-                guard = KeyGuard(self._queue, my_rev)
-                try:
-                    if entry.existing_value is not None and entry.existing_value != value:
-                        await self._put_fenced(my_rev, value)
-                    if not entry.granted:
-                        await first_of(
-                            self._queue.wait_for_turn(my_rev, permits=1),
-                            self.session.wait_lost(),
-                            guard.wait_gone(),
-                        )
-                except BaseException:
-                    await guard.stop()
-                    raise
+                await self._waiter.join(value)
+                if self._waiter.found is not None and self._waiter.found != value:
+                    await self._waiter.rewrite(value)
+                await self._waiter.wait_turn()
         except BaseException:
-            await self._abandon(my_rev)
+            try:
+                await self._waiter.abandon()
+            finally:
+                self.session.unclaim(self.name)
             raise
-        self._granted(my_rev, guard)
+        self._leading = True
         return self
-
-    async def _put_fenced(self, my_rev: int, value: bytes) -> bool:
-        response = await self._queue.write(
-            [create_revision_is(self._queue.key, my_rev)],
-            [put_op(self._queue.key, value, self.session.lease_id)],
-        )
-        return bool(response.succeeded)
 
     def fence(self) -> Fence:
         """A fence on this leadership: writes under it take effect only while this candidate leads."""
-        if self._rev is None:
-            raise NotHeld(f"not leader of {self.name}")
-        return Fence(self._queue.key, self._rev)
+        return Fence(self._waiter.key_bytes, self.token)
 
     async def proclaim(self, proposal: bytes | str) -> None:
         """Change the leader's value without an election; fenced on still being leader."""
-        if self._rev is None:
-            raise NotHeld(f"not leader of {self.name}")
+        self.token  # noqa: B018 (raises NotHeld when not leading)
         value = proposal.encode() if isinstance(proposal, str) else proposal
-        if not await self._put_fenced(self._rev, value):
+        if not await self._waiter.rewrite(value):
             raise NotHeld(f"no longer leader of {self.name}")
 
     async def resign(self) -> bool:
         """Give up leadership (fenced delete). Returns False if leadership had already been lost."""
-        if self._rev is None:
+        if not self._leading:
             return False
-        return await self._give_back()
+        self._leading = False
+        try:
+            return await self._waiter.give_back()
+        except SessionLost:
+            return False
+        finally:
+            self.session.unclaim(self.name)
 
     async def leader(self) -> Contender | None:
         """The current leader's key and proposal, or None."""

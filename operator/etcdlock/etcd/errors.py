@@ -1,4 +1,14 @@
-"""Errors of the lock engine, named for what happened (like etcd's ErrLocked, ErrSessionExpired)."""
+"""Errors of the lock engine, named for what happened (like etcd's ErrLocked, ErrSessionExpired).
+
+Errors etcd reports keep their kind as a type, as etcd's own ``rpctypes`` do, so that callers branch on
+the type and never on a message's text:
+
+- :class:`EtcdUnavailable` is transient (no connection, no leader, a timeout): retry it;
+- :class:`EtcdDenied` will not change by retrying (permission denied, wrong password, a TLS handshake
+  refused): stop and tell the user;
+- :class:`EtcdRefused` is etcd understanding the request and declining it; its subclasses name the
+  refusals callers act on (:class:`LeaseNotFound`, :class:`LearnerNotReady`, ...).
+"""
 
 from __future__ import annotations
 
@@ -16,15 +26,67 @@ class ConfigError(EtcdLockError):
     """The client configuration (endpoints, credentials, TLS files) is unusable."""
 
 
-class EtcdUnavailable(EtcdLockError):
-    """etcd did not answer, or answered that it cannot serve the request (no leader, no quorum)."""
+class EtcdError(EtcdLockError):
+    """etcd, or the connection to it, answered a request with an error.
+
+    ``code`` is the gRPC status code's name (``"UNAVAILABLE"``, ``"NOT_FOUND"``, ...), or ``""`` when the
+    error was found on this side (a request that ran out of time, a stream that ended).
+    """
+
+    def __init__(self, message: str, code: str = "") -> None:
+        super().__init__(message)
+        self.code = code
 
 
-class Compacted(EtcdLockError):
-    """A watch asked for history that etcd has compacted away; the caller re-reads and watches again."""
+class EtcdUnavailable(EtcdError):
+    """Transient: etcd did not answer, or cannot serve the request now (no leader, no quorum, a member
+    restarting). The same request may succeed later, on this member or another."""
+
+
+class EtcdDenied(EtcdError):
+    """etcd refuses this client: permission denied, authentication failed, no credentials where they are
+    needed, or a TLS handshake it (or we) refused. Retrying does not help; the user must act."""
+
+
+class EtcdRefused(EtcdError):
+    """etcd understood the request and declines it (a precondition, an argument or a limit)."""
+
+
+class LeaseNotFound(EtcdRefused):
+    """The lease does not exist (it expired or was revoked)."""
+
+
+class LearnerNotReady(EtcdRefused):
+    """A learner cannot be promoted before it has caught up with the leader."""
+
+
+class UnhealthyCluster(EtcdRefused):
+    """A membership change was declined because the cluster is not healthy enough for it now (etcd's
+    strict reconfiguration check: members not all connected recently)."""
+
+
+class NotEnoughStarted(EtcdRefused):
+    """A membership change was declined because too few members have started."""
+
+
+class MemberNotFound(EtcdRefused):
+    """The member ID is not (or no longer) in the cluster."""
+
+
+class NotLeader(EtcdRefused):
+    """The request (MoveLeader) must be served by the raft leader, and this member is not it."""
+
+
+class NoSpace(EtcdRefused):
+    """etcd's database is full (a NOSPACE alarm): writes are refused until an admin frees space."""
+
+
+class Compacted(EtcdRefused):
+    """A watch or read asked for history that etcd has compacted away; the caller re-reads and watches
+    again."""
 
     def __init__(self, compacted_revision: int) -> None:
-        super().__init__(f"revision compacted up to {compacted_revision}")
+        super().__init__(f"revision compacted up to {compacted_revision}", "OUT_OF_RANGE")
         self.compacted_revision = compacted_revision
 
 

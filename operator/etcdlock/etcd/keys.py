@@ -12,7 +12,10 @@ import os
 import socket
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from etcdlock.etcd.client import EtcdClient
 
 
 def prefix(name: str) -> bytes:
@@ -127,3 +130,13 @@ class Contender:
             lease=kv.lease,
             value=bytes(kv.value),
         )
+
+
+async def read_contenders(client: EtcdClient, name: str) -> tuple[int, list[Contender]]:
+    """Every key under NAME/ in queue order (lowest create revision first), with the read's revision.
+
+    Needs no session: this is what status displays read.
+    """
+    start = prefix(name)
+    response = await client.range(start, range_end(start), by_create=True)
+    return response.header.revision, [Contender.from_kv(kv) for kv in response.kvs]

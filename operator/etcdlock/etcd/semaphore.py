@@ -1,9 +1,11 @@
 """Semaphore (N permits) and Mutex (one permit) on etcd, compatible with ``etcdctl lock``.
 
-Differences from etcd's Go ``concurrency.Mutex``, all on the side of safety:
+Both are a :class:`~etcdlock.etcd.waiter.Waiter` with a timeout. Differences from etcd's Go
+``concurrency.Mutex``, all on the side of safety:
 
 - release is fenced (deletes the key only if its create revision is still the fencing token);
 - a waiter also stops when its own key or its session disappears, not only after its predecessor goes;
+- etcd outages and elections while waiting are waited out, within the timeout;
 - a timed-out, cancelled or failed acquire removes its key (retrying through outages), so no orphan waiter
   blocks the queue;
 - try-lock (``timeout=0``) on a mutex never creates a key when someone else is there;
@@ -17,20 +19,15 @@ import asyncio
 import logging
 from types import TracebackType
 
-from etcdlock.etcd.errors import EtcdUnavailable, LockTimeout
-from etcdlock.etcd.hold import GIVE_UP_GRACE, Hold
-from etcdlock.etcd.keys import Contender, HolderInfo
-from etcdlock.etcd.queue import KeyGuard, first_of, read_contenders
+from etcdlock.etcd.errors import EtcdError, EtcdUnavailable, LockTimeout, NotHeld, SessionLost
+from etcdlock.etcd.keys import Contender, HolderInfo, read_contenders
 from etcdlock.etcd.session import Session
+from etcdlock.etcd.waiter import GIVE_UP_GRACE, Waiter
 
 log = logging.getLogger(__name__)
 
-# A fresh holder watches its own key only after this delay (from its create revision, so nothing is missed):
-# short critical sections then cost no watch at all.
-_GUARD_DELAY = 0.1
 
-
-class Semaphore(Hold):
+class Semaphore:
     """Up to ``permits`` holders of NAME at once, served in arrival order.
 
     ``async with Semaphore(session, "jobs", permits=3, timeout=30) as sem:`` raises :class:`LockTimeout`
@@ -47,95 +44,138 @@ class Semaphore(Hold):
         holder: str | None = None,
         timeout: float | None = None,
     ) -> None:
-        if permits < 1:
-            raise ValueError("permits must be at least 1")
-        super().__init__(session, name)
+        self._waiter = Waiter(session, name, permits)
+        self.session = session
+        self.name = name
         self.permits = permits
         self.holder = holder
         self.timeout = timeout
+        self._held = False
+
+    @property
+    def key(self) -> str:
+        """This session's contender key for NAME."""
+        return self._waiter.key
+
+    @property
+    def token(self) -> int:
+        """The fencing token: the create revision of the own key, strictly increasing across holders."""
+        if not self._held or self._waiter.token is None:
+            raise NotHeld(f"{self.name} is not held")
+        return self._waiter.token
 
     @property
     def is_held(self) -> bool:
-        return self._rev is not None and not self.is_lost
+        return self._held and self._waiter.is_held
+
+    @property
+    def is_lost(self) -> bool:
+        return self._waiter.is_lost
+
+    @property
+    def lost_reason(self) -> str | None:
+        return self._waiter.lost_reason
+
+    async def wait_lost(self) -> str:
+        """Wait until the hold is lost (its key deleted or its session lost); returns why."""
+        return await self._waiter.wait_lost()
 
     async def acquire(self, timeout: float | None = None) -> Semaphore:
         """Wait for a permit. ``timeout=0`` tries once; ``None`` waits for ever.
 
-        Raises :class:`LockTimeout` (with the current holders), :class:`LockLost` or :class:`SessionLost`
-        if the own key or session vanished while waiting, :class:`EtcdUnavailable` if etcd failed.
-        In every failure case the own key is removed before this returns (or, if etcd cannot be reached,
-        by a background retry that ends when the key is gone or the lease has died).
+        Raises :class:`LockTimeout` (with the current holders); :class:`LockLost` or :class:`SessionLost`
+        if the own key or the session vanished while waiting; :class:`EtcdDenied` or
+        :class:`EtcdRefused` if etcd refuses. etcd being unavailable is waited out within the timeout
+        (a try-once acquire raises :class:`EtcdUnavailable` instead). In every failure case the own key is
+        removed before this returns (or, if etcd cannot be reached, by a background retry that ends when
+        the key is gone or the lease has died).
         """
-        if self._rev is not None:
+        if self._held:
             raise RuntimeError(f"{self.name} is already held by this object")
         self.session.check()
         self.session.claim(self.name)
         value = HolderInfo.for_this_process(self.holder, self.permits).encode()
-        my_rev: int | None = None
-        may_exist = False
         try:
             async with asyncio.timeout(timeout or None):
-                may_exist = True
-                if timeout == 0 and self.permits == 1:
-                    my_rev, holders = await self._queue.try_take_alone(value)
-                    if my_rev is None:
-                        may_exist = False
-                        raise LockTimeout(f"{self.name} is held by {_names(holders)}", holders)
-                    self._granted(my_rev, KeyGuard(self._queue, my_rev, _GUARD_DELAY))
-                    return self
-                entry = await self._queue.enqueue(value, self.permits)
-                my_rev = entry.my_rev
-                if entry.granted:
-                    self._granted(my_rev, KeyGuard(self._queue, my_rev, _GUARD_DELAY))
-                    return self
                 if timeout == 0:
-                    raise LockTimeout(f"{self.name} is held by {_names(entry.front)}", entry.front)
-                guard = KeyGuard(self._queue, my_rev)
-                try:
-                    await first_of(
-                        self._queue.wait_for_turn(my_rev, self.permits),
-                        self.session.wait_lost(),
-                        guard.wait_gone(),
-                    )
-                except BaseException:
-                    await guard.stop()
-                    raise
-            self._granted(my_rev, guard)
-            granted_value = HolderInfo.for_this_process(self.holder, self.permits).encode()
-            self.session.spawn(self._queue.mark_granted(my_rev, granted_value), name=f"mark-{self.key}")
-            return self
+                    await self._try_once(value)
+                elif not await self._waiter.join(value):
+                    await self._waiter.wait_turn()
+                    granted = HolderInfo.for_this_process(self.holder, self.permits).encode()
+                    self.session.spawn(self._mark_granted(granted), name=f"mark-{self.key}")
         except TimeoutError:
-            await self._abandon(my_rev)
+            await self._abandon()
             seen = await self._holders_quietly()
-            where = "" if my_rev is not None else " (etcd did not answer)"
-            who = "holders unknown" if seen is None else f"held by {_names(seen)}"
-            raise LockTimeout(
-                f"{self.name} not acquired within {timeout}s{where}; {who}", seen or ()
-            ) from None
+            who = "holders unknown (etcd did not answer)" if seen is None else f"held by {_names(seen)}"
+            raise LockTimeout(f"{self.name} not acquired within {timeout}s; {who}", seen or ()) from None
         except BaseException:
-            if self._rev is None:
-                if may_exist:
-                    await self._abandon(my_rev)
-                else:
-                    self.session.unclaim(self.name)
+            await self._abandon()
             raise
+        self._held = True
+        return self
+
+    async def _try_once(self, value: bytes) -> None:
+        if self.permits == 1:
+            holders = await self._waiter.try_take(value)
+            if holders:
+                raise LockTimeout(f"{self.name} is held by {_names(holders)}", holders)
+            return
+        if not await self._waiter.join(value, persist=False):
+            _, contenders = await read_contenders(self.session.client, self.name)
+            front = tuple(contenders[: self.permits])
+            raise LockTimeout(f"{self.name} is held by {_names(front)}", front)
+
+    async def _mark_granted(self, value: bytes) -> None:
+        """Rewrite the value once granted after waiting, so ``acquired`` tells the truth (best effort)."""
+        try:
+            await self._waiter.rewrite(value)
+        except EtcdError as exc:
+            log.debug("%s: acquired time not rewritten: %s", self.key, exc)
+
+    async def _abandon(self) -> None:
+        try:
+            await self._waiter.abandon()
+        finally:
+            self.session.unclaim(self.name)
 
     async def _holders_quietly(self) -> tuple[Contender, ...] | None:
         """The current holders, or None if etcd did not answer (not "nobody": someone may hold it)."""
         try:
             async with asyncio.timeout(GIVE_UP_GRACE):
                 _, contenders = await read_contenders(self.session.client, self.name)
-        except (EtcdUnavailable, TimeoutError):
+        except (EtcdError, TimeoutError):
             return None
         return tuple(contenders[: self.permits])
 
     async def release(self) -> bool:
         """Give the permit back. Fenced: deletes the key only if it is still this holder's.
 
-        Returns False if the key was already gone (the lock had been lost). If etcd cannot be reached the
-        removal goes on in the background and :class:`EtcdUnavailable` is raised.
+        Returns False if the key was already gone (the lock had been lost). If etcd does not confirm the
+        removal within the request timeout, it goes on in the background and :class:`EtcdUnavailable` is
+        raised.
         """
-        return await self._give_back()
+        if not self._held:
+            raise NotHeld(f"{self.name} is not held")
+        self._held = False
+        task = self.session.spawn(self._give_back(), name=f"release-{self.key}")
+        bound = self.session.client.config.request_timeout
+        try:
+            async with asyncio.timeout(bound):
+                deleted: bool = await asyncio.shield(task)
+        except TimeoutError:
+            raise EtcdUnavailable(f"release of {self.name} not confirmed within {bound}s; retrying") from None
+        if not deleted:
+            log.warning("gave back %s, but its key was already gone: the hold had been lost", self.name)
+        return deleted
+
+    async def _give_back(self) -> bool:
+        try:
+            deleted: bool = await self._waiter.give_back()
+            return deleted
+        except SessionLost:
+            return False
+        finally:
+            self.session.unclaim(self.name)
 
     async def __aenter__(self) -> Semaphore:
         return await self.acquire(self.timeout)
@@ -143,7 +183,7 @@ class Semaphore(Hold):
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if self._rev is None:
+        if not self._held:
             return
         try:
             await self.release()

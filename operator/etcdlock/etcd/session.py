@@ -15,15 +15,15 @@ import logging
 from collections.abc import Coroutine
 from typing import Any
 
-import grpc
-
-from etcdlock.etcd.client import EtcdClient, keepalive_request
-from etcdlock.etcd.errors import AlreadyAcquiring, EtcdUnavailable, SessionLost
+from etcdlock.etcd.client import EtcdClient
+from etcdlock.etcd.errors import AlreadyAcquiring, EtcdError, EtcdUnavailable, SessionLost
 from etcdlock.etcd.fence import Fence
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TTL = 10
+# A renewal is sent every TTL/3; one not answered within this (or TTL/3, if shorter) tries another member.
+ANSWER_WITHIN = 1.0
 _RETRY_DELAY = 0.2
 
 
@@ -119,7 +119,7 @@ class Session:
             try:
                 async with asyncio.timeout(self.client.config.request_timeout):
                     await self.client.revoke(self._lease_id)
-            except (EtcdUnavailable, TimeoutError) as exc:
+            except (EtcdError, TimeoutError) as exc:
                 log.warning(
                     "could not revoke lease %x (expires within %ss): %s", self._lease_id, self.ttl, exc
                 )
@@ -174,12 +174,17 @@ class Session:
             self.spawn(self._revoke_quietly(), name=f"revoke-{self.lease_id:x}")
 
     async def _revoke_quietly(self) -> None:
-        with contextlib.suppress(EtcdUnavailable, TimeoutError):
+        with contextlib.suppress(EtcdError, TimeoutError):
             async with asyncio.timeout(self.ttl):
                 await self.client.revoke(self.lease_id)
 
     async def _keep_alive(self) -> None:
-        """Renew until the lease is gone or the deadline passes; whatever ends this loop loses the session."""
+        """Renew until the lease is gone or the deadline passes; whatever ends this loop loses the session.
+
+        A renewal not answered within a third of the TTL (at most :data:`ANSWER_WITHIN`) gives up that
+        member: the next stream goes to another one, so a hung or dead member costs a renewal or two, not
+        the session.
+        """
         loop = asyncio.get_running_loop()
         interval = self.ttl / 3
         reason = "keepalive stopped"
@@ -192,12 +197,15 @@ class Session:
                 except TimeoutError:
                     reason = f"no keepalive acknowledged for {self.ttl}s (etcd unreachable or without quorum)"
                     return
-                except Exception as exc:
-                    log.debug("keepalive stream for %x broke: %s", self.lease_id, exc)
+                except EtcdUnavailable as exc:
+                    log.debug("keepalive for %x: %s", self.lease_id, exc)
                     if loop.time() + _RETRY_DELAY >= self._deadline:
                         reason = f"keepalive failed until the deadline: {exc}"
                         return
                     await asyncio.sleep(_RETRY_DELAY)
+                except EtcdError as exc:
+                    reason = f"keepalive refused: {exc}"
+                    return
         finally:
             if not self._closed:
                 self._lose(reason)
@@ -209,20 +217,16 @@ class Session:
 
         ``watchdog`` fires at the local deadline; each acknowledged renewal moves it.
         """
-        call = await self.client.keepalive_stream()
+        stream = await self.client.lease_stream()
         try:
-            with self.client.translate_errors():
-                while True:
-                    sent = loop.time()
-                    await call.write(keepalive_request(self.lease_id))
-                    response = await call.read()
-                    if response is grpc.aio.EOF:
-                        raise EtcdUnavailable("keepalive stream closed by etcd")
-                    if response.TTL <= 0:
-                        self._lose("lease expired or was revoked")
-                        return
-                    self._deadline = sent + response.TTL
-                    watchdog.reschedule(self._deadline)
-                    await asyncio.sleep(interval)
+            while True:
+                sent = loop.time()
+                ttl = await stream.renew(self.lease_id, min(interval, ANSWER_WITHIN))
+                if ttl <= 0:
+                    self._lose("lease expired or was revoked")
+                    return
+                self._deadline = sent + ttl
+                watchdog.reschedule(self._deadline)
+                await asyncio.sleep(interval)
         finally:
-            call.cancel()
+            stream.close()

@@ -1,4 +1,5 @@
-"""The contender queue under ``NAME/`` that mutexes, semaphores and elections share.
+"""The contender queue under ``NAME/`` that waiters, mutexes, semaphores and elections share (internal:
+the engine's public way in is :class:`~etcdlock.etcd.waiter.Waiter` and what is built on it).
 
 Each contender owns one key bound to its session's lease; the queue order is the keys' create revision.
 A contender holds one of N permits when fewer than N keys under the prefix have a lower create revision.
@@ -27,7 +28,7 @@ from etcdlock.etcd.client import (
     range_is_empty,
     range_op,
 )
-from etcdlock.etcd.errors import Compacted, EtcdUnavailable, Fenced, LockLost
+from etcdlock.etcd.errors import Compacted, EtcdError, EtcdUnavailable, Fenced, LockLost
 from etcdlock.etcd.session import Session
 
 log = logging.getLogger(__name__)
@@ -203,39 +204,12 @@ class Queue:
         response = await self.write(compare, [delete_op(self.key)])
         return bool(response.succeeded and response.responses[0].response_delete_range.deleted)
 
-    async def remove_until_done(self, my_rev: int | None) -> None:
-        """Remove the own key, retrying through etcd outages until it is gone or the session is lost.
-
-        Used after an ambiguous error or a cancelled wait, so no orphan waiter stays at the head of the
-        queue: either the delete lands, or the lease dies and takes the key with it.
-        """
-        while not self.session.is_lost:
-            try:
-                await self.remove(my_rev)
-                return
-            except Fenced:
-                log.debug("not removing %s: the session's fence no longer holds", self.key.decode())
-                return
-            except EtcdUnavailable as exc:
-                log.debug("removing %s failed: %s; retrying", self.key.decode(), exc)
-                await asyncio.sleep(_RETRY_DELAY)
-
     async def mark_granted(self, my_rev: int, value: bytes) -> None:
         """Rewrite the own value (fenced) once granted after waiting, so ``acquired`` tells the truth."""
-        with contextlib.suppress(EtcdUnavailable, Fenced):
+        with contextlib.suppress(EtcdError, Fenced):
             await self.write(
                 [create_revision_is(self.key, my_rev)], [put_op(self.key, value, self.session.lease_id)]
             )
-
-
-async def read_contenders(client: EtcdClient, name: str) -> tuple[int, list[keys.Contender]]:
-    """Every key under NAME/ in queue order (lowest create revision first), with the read's revision.
-
-    Needs no session: this is what status displays read.
-    """
-    start = keys.prefix(name)
-    response = await client.range(start, keys.range_end(start), by_create=True)
-    return response.header.revision, [keys.Contender.from_kv(kv) for kv in response.kvs]
 
 
 class KeyGuard:
@@ -327,6 +301,10 @@ class KeyGuard:
             except EtcdUnavailable as exc:
                 log.debug("guard on %s: %s; retrying", queue.key.decode(), exc)
                 await asyncio.sleep(_RETRY_DELAY)
+            except EtcdError as exc:
+                # Not allowed to watch the own key any more: nothing guards the hold, so count it lost.
+                self._report(f"key {queue.key.decode()} can no longer be watched: {exc}")
+                return
 
 
 async def first_of(main: Awaitable[Any], *losses: Awaitable[str], lost: type[Exception] = LockLost) -> Any:
