@@ -85,6 +85,17 @@ def events_of(api: ApiClient, namespace: str, name: str) -> list[tuple[str, str]
     return [(event.reason, event.message) for event in found.items]
 
 
+def event_reasons(api: ApiClient, namespace: str, name: str, *reasons: str) -> list[str]:
+    """Wait until Events with every one of ``reasons`` were recorded on ``name`` (kopf posts them in the
+    background, after the change they describe may already be visible); all its reasons."""
+    found = eventually(
+        lambda: [reason for reason, _ in events_of(api, namespace, name)],
+        lambda seen: all(reason in seen for reason in reasons),
+        f"events {reasons} on {name}",
+    )
+    return list(found)
+
+
 def phase(expected: str) -> Callable[[dict[str, Any]], bool]:
     return lambda status: status.get("phase") == expected
 

@@ -10,13 +10,14 @@ import pytest
 
 from etcdlock.etcd import EtcdClient, Fence, Fenced
 from etcdlock.etcd.client import delete_op, put_op
+from etcdlock.operator.leadership import Leadership
 from etcdlock.operator.stores import EPOCH_KEY, Store, claim_epoch
 
 
 async def leader(client: EtcdClient, key: bytes) -> Store:
     """A leadership as the election gives it: a key in the operator's etcd and its create revision."""
     response = await client.txn([], [put_op(key, b"leader")])
-    return Store(client, Fence(key, int(response.header.revision)))
+    return Store(client, Fence(key, int(response.header.revision)), Leadership())
 
 
 async def test_a_later_term_fences_off_the_earlier_one_and_never_the_reverse(client: EtcdClient) -> None:

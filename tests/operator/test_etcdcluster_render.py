@@ -8,6 +8,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 
+from etcdlock.operator.errors import InvalidSpec
 from etcdlock.operator.etcdcluster import (
     TEMPLATE_HASH,
     ClusterSpec,
@@ -16,7 +17,6 @@ from etcdlock.operator.etcdcluster import (
     statefulset,
     upgrade_allowed,
 )
-from etcdlock.operator.locks import InvalidSpec
 
 OWNER = {"apiVersion": "etcdlock.io/v1alpha1", "kind": "EtcdCluster", "metadata": {"name": "e", "uid": "u-1"}}
 

@@ -26,6 +26,7 @@ from operator_support import (
     OperatorThread,
     create_lock,
     delete_lock,
+    event_reasons,
     events_of,
     eventually,
     phase,
@@ -185,12 +186,13 @@ def test_five_pods_take_a_one_permit_lock_one_at_a_time_in_creation_order(
                 f"{later} waiting",
             )
             assert gated(waiting), f"{later} was ungated while {name} held the lock"
+        queue = [f"pod/{namespace}/{n}" for n in names[turn:]]
+        # The status follows etcd a moment later: wait until it shows this holder and the pods behind it.
         status = eventually(
-            lambda n=name: status_of(api, namespace, "report"),
-            lambda s, n=name: [h["holder"] for h in s.get("holders", [])] == [f"pod/{namespace}/{n}"],
-            f"status showing {name} as the holder",
+            lambda: status_of(api, namespace, "report"),
+            lambda s, q=queue: [c["holder"] for c in s.get("holders", []) + s.get("waiters", [])] == q,
+            f"status showing {name} as the holder, then {names[turn + 1 :]}",
         )
-        assert [w["holder"] for w in status["waiters"]] == [f"pod/{namespace}/{n}" for n in names[turn + 1 :]]
         assert status["holders"][0]["fencingToken"] == tokens[-1]
         eventually(
             lambda n=name: read_pod(api, namespace, n),
@@ -208,8 +210,7 @@ def test_five_pods_take_a_one_permit_lock_one_at_a_time_in_creation_order(
     assert pods.ungated_order == names
     assert pods.most_running == 1
     eventually(lambda: status_of(api, namespace, "report"), lambda s: s.get("phase") == "Free", "Free")
-    reasons = [reason for reason, _ in events_of(api, namespace, "worker-0")]
-    assert "Acquired" in reasons and "Released" in reasons
+    event_reasons(api, namespace, "worker-0", "Acquired", "Released")
 
 
 def test_deleting_a_waiting_pod_leaves_the_queue_and_deleting_the_holder_releases(
@@ -267,7 +268,7 @@ def test_a_pod_waits_for_a_lock_created_after_it(
     )
     assert "DistributedLock later does not exist" in (note(pod, MESSAGE_ANNOTATION) or "")
     assert gated(pod)
-    assert any(reason == "LockNotReady" for reason, _ in events_of(api, namespace, "early"))
+    event_reasons(api, namespace, "early", "LockNotReady")
     create_lock(api, namespace, "later", {})
     eventually(lambda: read_pod(api, namespace, "early"), held, "early holding once the lock exists")
 
@@ -340,7 +341,7 @@ def test_a_restarted_operator_reports_a_holder_whose_key_went_meanwhile(
             "the holder told it lost the lock",
         )
         assert "its key was gone" in (note(lost, MESSAGE_ANNOTATION) or "")
-        assert any(reason == "LockLost" for reason, _ in events_of(api, namespace, "holder"))
+        event_reasons(api, namespace, "holder", "LockLost")
         eventually(lambda: read_pod(api, namespace, "waiter"), held, "the waiter holding")
         keys = etcd.etcdctl(
             "get", lock_key(namespace, "fragile") + "/", "--prefix", "--keys-only"

@@ -28,7 +28,8 @@ import kopf
 import kubernetes
 from kubernetes.client.exceptions import ApiException
 
-from etcdlock.etcd import EtcdClient, EtcdConfig, EtcdUnavailable
+from etcdlock.etcd import EtcdClient, EtcdConfig, EtcdError
+from etcdlock.operator.errors import InvalidSpec
 from etcdlock.operator.etcdcluster import (
     SIZES,
     TEMPLATE_HASH,
@@ -37,7 +38,6 @@ from etcdlock.operator.etcdcluster import (
     statefulset,
     upgrade_allowed,
 )
-from etcdlock.operator.locks import InvalidSpec
 from etcdlock.operator.membership import (
     ClusterView,
     MemberClients,
@@ -48,7 +48,7 @@ from etcdlock.operator.membership import (
     observe,
     quorum,
 )
-from etcdlock.operator.stores import Store, still_leads
+from etcdlock.operator.stores import Store
 
 log = logging.getLogger(__name__)
 
@@ -267,7 +267,7 @@ class Clusters:
                 client = await self._client(spec, running)
                 members = self._members.setdefault((spec.namespace, spec.name), MemberClients())
                 view = await observe(client, members)
-        except (EtcdUnavailable, TimeoutError) as exc:
+        except (EtcdError, TimeoutError) as exc:
             log.info("etcd cluster %s/%s not reachable yet: %s", spec.namespace, spec.name, exc)
             return None
         return view if view.members else None
@@ -275,7 +275,7 @@ class Clusters:
     async def _converge(self, body: kopf.Body, run: Pass, sts: Obj, pods: dict[str, Obj]) -> None:
         spec, view = run.spec, run.view
         assert view is not None
-        if not await still_leads(self._leadership.etcd, self._leadership.fence):
+        if not await self._leadership.confirmed():
             log.info(
                 "etcd cluster %s/%s: not changed, this replica no longer leads", spec.namespace, spec.name
             )
@@ -309,7 +309,7 @@ class Clusters:
             return
         try:
             taken = await apply(client, view, step)
-        except EtcdUnavailable as exc:
+        except EtcdError as exc:
             run.problem, run.problem_reason = f"{step.action} {step.member} failed: {exc}", "ChangeFailed"
             if _condition(run.previous, "Degraded").get("message") != run.problem:
                 kopf.warn(body, reason="MembershipChangeFailed", message=run.problem)
@@ -476,7 +476,7 @@ class Clusters:
         try:
             async with EtcdClient(config) as direct:
                 await direct.defragment()
-        except EtcdUnavailable as exc:
+        except EtcdError as exc:
             message = f"{names.get(member.peer_url)}: {exc}"
             if self._warned.get((spec.namespace, spec.name)) != message:
                 self._warned[(spec.namespace, spec.name)] = message

@@ -23,7 +23,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from etcdlock.operator.locks import InvalidSpec
+from etcdlock.operator.errors import InvalidSpec
 
 SIZES = (1, 3, 5, 7)
 DEFAULT_VERSION = "3.5.21"

@@ -1,7 +1,9 @@
 """The kopf handlers: thin wrappers around the lock status and the pod flow.
 
-One startup handler owns every setting; one ``reconcile`` is reached from create, resume and spec
-updates; every lock gets one mirror task (:mod:`etcdlock.operator.mirror`) kept in the operator's memo.
+One startup handler owns every setting, learns the keys of every lock, and keeps every pod's lease alive
+until its hold takes it over (:mod:`etcdlock.operator.takeover`); one ``reconcile`` is reached from
+create, resume and spec updates; every lock gets one service task (:mod:`etcdlock.operator.mirror`) kept
+in the operator's memo.
 Every EtcdCluster is reconciled by a timer (:mod:`etcdlock.operator.clusters`), which writes its status.
 Every pod watch event goes to :class:`~etcdlock.operator.pods.PodHolds`. (The webhook that gates pods is
 not a kopf handler: every replica serves it, see :mod:`etcdlock.operator.webhook`.)
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import kopf
@@ -18,12 +21,15 @@ import kubernetes
 import urllib3
 from kubernetes.client.exceptions import ApiException
 
-from etcdlock.etcd import EtcdClient, EtcdConfig, Fence
+from etcdlock.etcd import EtcdClient, EtcdConfig
 from etcdlock.etcd.keys import Contender
+from etcdlock.operator import events
 from etcdlock.operator.clusters import RECONCILE_PERIOD, Clusters
-from etcdlock.operator.locks import InvalidSpec, LockSpec, error_status
+from etcdlock.operator.errors import LockNotFound
+from etcdlock.operator.leadership import Leadership
+from etcdlock.operator.locks import LockRules, Locks, LockSpec
 from etcdlock.operator.metrics import Metrics, QueueMetrics
-from etcdlock.operator.mirror import QueueObserver, mirror_lock
+from etcdlock.operator.mirror import QueueObserver, serve_lock
 from etcdlock.operator.names import (
     ANNOTATION_PREFIX,
     CLUSTERS,
@@ -32,13 +38,15 @@ from etcdlock.operator.names import (
     LOCKS,
     VERSION,
 )
-from etcdlock.operator.pods import PodApi, PodHolds
-from etcdlock.operator.stores import ClusterNotReady, Store, Stores
+from etcdlock.operator.podapi import PodApi
+from etcdlock.operator.podhold import PodContext
+from etcdlock.operator.pods import PodHolds
+from etcdlock.operator.stores import Store, Stores
+from etcdlock.operator.takeover import Takeover
 
 log = logging.getLogger(__name__)
 
 USER_AGENT = "etcdlock-operator"
-CLUSTER_RETRY = 3.0
 
 
 class RoutineSuccess(logging.Filter):
@@ -54,17 +62,18 @@ class RoutineSuccess(logging.Filter):
 _ROUTINE_SUCCESS = RoutineSuccess()
 
 
-class Mirrors:
-    """The running mirror task of every lock, by (namespace, name), with the spec it serves."""
+class LockServices:
+    """The running service task of every lock (:func:`~etcdlock.operator.mirror.serve_lock`), by
+    (namespace, name), with the spec it serves."""
 
     def __init__(self) -> None:
-        self._tasks: dict[tuple[str, str], tuple[LockSpec, asyncio.Task[None]]] = {}
+        self._tasks: dict[tuple[str, str], tuple[dict[str, Any], asyncio.Task[None]]] = {}
 
-    def running(self, ref: tuple[str, str], spec: LockSpec) -> bool:
+    def running(self, ref: tuple[str, str], spec: dict[str, Any]) -> bool:
         entry = self._tasks.get(ref)
         return entry is not None and entry[0] == spec and not entry[1].done()
 
-    def start(self, ref: tuple[str, str], spec: LockSpec, task: asyncio.Task[None]) -> None:
+    def start(self, ref: tuple[str, str], spec: dict[str, Any], task: asyncio.Task[None]) -> None:
         self._tasks[ref] = (spec, task)
 
     async def stop(self, ref: tuple[str, str]) -> None:
@@ -112,14 +121,18 @@ def build_registry(
     etcd: EtcdConfig,
     kube: kubernetes.client.ApiClient,
     metrics: Metrics,
-    fence: Fence | None = None,
+    leadership: Leadership | None = None,
     pod_api: PodApi | None = None,
+    rules: LockRules | None = None,
+    namespaces: Sequence[str] = (),
 ) -> kopf.OperatorRegistry:
     """A fresh registry with the operator's handlers (a fresh one per operator run, as kopf advises).
 
-    With a ``fence`` (this replica's leadership) every lock write made for pods is fenced on it.
+    Every lock write made for pods is fenced on ``leadership`` (none: a single replica, never deposed).
     """
     registry = kopf.OperatorRegistry()
+    lead = leadership or Leadership()
+    lock_rules = rules or LockRules()
 
     @kopf.on.startup(registry=registry)
     async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
@@ -134,9 +147,25 @@ def build_registry(
         memo.etcd = EtcdClient(etcd)
         memo.kube = kube
         memo.metrics = metrics
-        memo.mirrors = Mirrors()
-        memo.stores = Stores(Store(memo.etcd, fence), kube)
-        memo.pods = PodHolds(memo.stores, pod_api or PodApi(kube))
+        memo.services = LockServices()
+        memo.stores = Stores(Store(memo.etcd, lead.fence, lead), kube)
+        memo.takeover = Takeover(memo.stores, lock_rules.pod_ttl_floor / 3)
+        memo.locks = Locks(lock_rules)
+        memo.locks.remember(await asyncio.to_thread(_list_locks, kube, namespaces))
+        kept = await memo.takeover.start(kube, namespaces)
+        if kept:
+            log.info("keeping the leases of %d pods alive until their holds take them over", kept)
+
+        async def resolve(namespace: str, name: str) -> LockSpec:
+            body = await api.read_lock(namespace, name)
+            if body is None:
+                raise LockNotFound(f"DistributedLock {name} does not exist")
+            spec: LockSpec = memo.locks.served(body)
+            return spec
+
+        api = pod_api or PodApi(kube)
+        context = PodContext(memo.stores, api, lock_rules, resolve, memo.takeover.adopted)
+        memo.pods = PodHolds(context)
         memo.clusters = Clusters(kube, memo.stores.default)
 
     @kopf.on.login(registry=registry)
@@ -146,7 +175,8 @@ def build_registry(
     @kopf.on.cleanup(registry=registry)
     async def cleanup(memo: kopf.Memo, **_: Any) -> None:
         await memo.pods.stop_all()
-        await memo.mirrors.stop_all()
+        await memo.services.stop_all()
+        await memo.takeover.close()
         await memo.clusters.close()
         await memo.stores.close()
         await memo.etcd.close()
@@ -163,15 +193,16 @@ def build_registry(
         memo: Any,
         **_: Any,
     ) -> None:
-        generation = int(meta.get("generation", 1))
-        await reconcile_lock(memo, body, namespace or "", name, dict(spec), generation)
+        await serve(memo, body)
         memo.pods.changes.changed((namespace or "", name))
 
     @kopf.on.delete(GROUP, VERSION, LOCKS, registry=registry)
     async def delete(name: str, namespace: str | None, memo: Any, **_: Any) -> None:
         memo.pods.lock_deleted(namespace or "", name)
-        await memo.mirrors.stop((namespace or "", name))
+        await memo.services.stop((namespace or "", name))
         memo.metrics.forget(namespace or "", name)
+        for ref in memo.locks.forget(namespace or "", name):
+            memo.pods.changes.changed(ref)
 
     @kopf.on.event("", "v1", "pods", id="pod-event", registry=registry)
     async def pod_event(event: kopf.RawEvent, body: kopf.Body, memo: Any, **_: Any) -> None:
@@ -201,34 +232,38 @@ def build_registry(
     return registry
 
 
-async def reconcile_lock(
-    memo: Any, body: kopf.Body, namespace: str, name: str, spec: dict[str, Any], generation: int
-) -> None:
-    """Serve one DistributedLock: mirror its queue into status, or say in status why it cannot."""
-    ref = (namespace, name)
-    publish = _publisher(memo.kube, namespace, name)
-    try:
-        lock = LockSpec.parse(namespace, name, spec)
-    except InvalidSpec as exc:
-        await memo.mirrors.stop(ref)
-        await publish(error_status("InvalidSpec", str(exc), generation))
-        kopf.warn(body, reason="InvalidSpec", message=str(exc))
+async def serve(memo: Any, body: kopf.Body) -> None:
+    """Serve one DistributedLock (again, if its spec changed): one task, for as long as the lock exists,
+    mirrors its queue into status, or says in status why it cannot be served."""
+    meta = body["metadata"]
+    ref = (str(meta.get("namespace") or ""), str(meta["name"]))
+    snapshot = {
+        "apiVersion": body.get("apiVersion"),
+        "kind": body.get("kind"),
+        "metadata": dict(meta),
+        "spec": dict(body.get("spec") or {}),
+    }
+    if memo.services.running(ref, snapshot["spec"]):
         return
-    if memo.mirrors.running(ref, lock):
-        return
-    await memo.mirrors.stop(ref)
-    try:
-        store = await memo.stores.for_lock(namespace, lock)
-    except ClusterNotReady as exc:
-        said = [c.get("message") for c in (body.get("status") or {}).get("conditions") or []]
-        if str(exc) not in said:
-            kopf.warn(body, reason="ClusterNotReady", message=str(exc))
-        await publish(error_status("ClusterNotReady", str(exc), generation))
-        raise kopf.TemporaryError(str(exc), delay=CLUSTER_RETRY) from None
-    observers: list[QueueObserver] = [Announcer(body), QueueMetrics(memo.metrics, namespace, name)]
-    mirroring = mirror_lock(store.etcd, lock, generation, publish, observers)
-    task = asyncio.create_task(mirroring, name=f"mirror-{namespace}/{name}")
-    memo.mirrors.start(ref, lock, task)
+    await memo.services.stop(ref)
+    publish = _publisher(memo.kube, *ref)
+    observers: list[QueueObserver] = [Announcer(snapshot), QueueMetrics(memo.metrics, *ref)]
+    changes = memo.pods.changes
+    serving = serve_lock(snapshot, memo.locks, memo.stores, changes, publish, observers)
+    memo.services.start(ref, snapshot["spec"], asyncio.create_task(serving, name=f"lock-{ref[0]}/{ref[1]}"))
+
+
+def _list_locks(kube: kubernetes.client.ApiClient, namespaces: Sequence[str]) -> list[dict[str, Any]]:
+    """Every DistributedLock the operator serves (in ``namespaces``; none: all)."""
+    objects = kubernetes.client.CustomObjectsApi(kube)
+    if not namespaces:
+        everywhere: Any = objects.list_cluster_custom_object(GROUP, VERSION, LOCKS)
+        return list(everywhere.get("items") or [])
+    found: list[dict[str, Any]] = []
+    for namespace in namespaces:
+        listed: Any = objects.list_namespaced_custom_object(GROUP, VERSION, namespace, LOCKS)
+        found.extend(listed.get("items") or [])
+    return found
 
 
 def _publisher(api: kubernetes.client.ApiClient, namespace: str, name: str) -> Any:
@@ -252,7 +287,7 @@ def _publisher(api: kubernetes.client.ApiClient, namespace: str, name: str) -> A
 class Announcer:
     """Events on the lock when holders come and go, whoever they are (the first look is the baseline)."""
 
-    def __init__(self, body: kopf.Body) -> None:
+    def __init__(self, body: dict[str, Any]) -> None:
         self._body = body
         self._holders: dict[str, Contender] | None = None
 
@@ -263,12 +298,8 @@ class Announcer:
                 if key not in self._holders:
                     who = holder.info.holder or key
                     message = f"{who} holds the lock (fencing token {holder.fencing_token})"
-                    kopf.info(self._body, reason="Acquired", message=message)
+                    events.info(self._body, "Acquired", message)
             for key, holder in self._holders.items():
                 if key not in holders:
-                    kopf.info(
-                        self._body,
-                        reason="Released",
-                        message=f"{holder.info.holder or key} released the lock",
-                    )
+                    events.info(self._body, "Released", f"{holder.info.holder or key} released the lock")
         self._holders = holders

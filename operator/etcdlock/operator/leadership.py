@@ -11,14 +11,24 @@ revision is the fence on every lock write the leader makes for pods.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import socket
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from aiohttp import web
 from prometheus_client import Counter, Gauge
 
+from etcdlock.etcd import Election, EtcdClient, EtcdUnavailable, Fence, Fenced
 from etcdlock.operator.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+RETRY_PAUSE = 0.2
 
 DEFAULT_ELECTION = "/etcdlock/operator/leader"
 DEFAULT_TTL = 5
@@ -35,6 +45,50 @@ class ElectionSettings:
     name: str = DEFAULT_ELECTION
     ttl: int = DEFAULT_TTL
     identity: str = field(default_factory=_identity)
+
+
+class Leadership:
+    """This replica's leadership, as every write it makes for lock holders sees it.
+
+    Deposed means deposed: only the local loss of the election (its session lost, its key gone) or etcd
+    answering :class:`Fenced` says so. An etcd error on the way (a member dying, an election of etcd's
+    own) is transient and waited out, for as long as the replica leads. Without an election (a single
+    replica, ``--election off``) nothing is fenced and leadership is never lost.
+    """
+
+    def __init__(self, election: Election | None = None) -> None:
+        self._election = election
+        self.fence: Fence | None = election.fence() if election is not None else None
+
+    @property
+    def is_lost(self) -> bool:
+        return self._election is not None and not self._election.is_leader
+
+    def check(self) -> None:
+        """Raise :class:`Fenced` if this replica no longer leads."""
+        if self.is_lost:
+            raise Fenced("this replica no longer leads")
+
+    async def persist(self, call: Callable[[], Awaitable[T]]) -> T:
+        """``call()``, again after every transient etcd error, until it lands or leadership is lost."""
+        while True:
+            self.check()
+            try:
+                return await call()
+            except EtcdUnavailable as exc:
+                log.debug("etcd unavailable (%s); trying again", exc)
+                await asyncio.sleep(RETRY_PAUSE)
+
+    async def confirmed(self, etcd: EtcdClient, fence: Fence | None) -> bool:
+        """Whether etcd (``etcd``, under ``fence``: the election's, or an EtcdCluster's epoch) confirms that
+        this replica still leads. Asked in one guarded read; transient errors are waited out."""
+        if fence is None:
+            return not self.is_lost
+        try:
+            await self.persist(lambda: etcd.guarded_txn(fence.compares(), [], []))
+        except Fenced:
+            return False
+        return True
 
 
 class ReplicaStatus:

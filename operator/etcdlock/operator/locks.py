@@ -6,19 +6,29 @@ library users, etcdctl): the first ``permits`` keys by create revision hold it, 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+import contextlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from etcdlock.etcd.keys import Contender
+from etcdlock.operator.errors import InvalidSpec
+from etcdlock.operator.lockkeys import KeyPolicy, LockKey, LockKeys
 from etcdlock.operator.names import DEFAULT_KEY_PREFIX
 
 MAX_LISTED_WAITERS = 50
 MIN_TTL, MAX_TTL = 5, 3600
 
 
-class InvalidSpec(ValueError):
-    """The spec cannot be served; the message names the field (it becomes the Ready condition)."""
+@dataclass(frozen=True)
+class LockRules:
+    """What the operator allows every lock: the keys (``keys``), and the shortest TTL of a pod's lease
+    (``pod_ttl_floor``): a pod's hold must outlive an operator failover, whatever ``ttlSeconds`` says."""
+
+    keys: KeyPolicy = field(default_factory=KeyPolicy)
+    pod_ttl_floor: int = MIN_TTL
 
 
 @dataclass(frozen=True)
@@ -29,6 +39,10 @@ class LockSpec:
     permits: int
     ttl_seconds: int
     cluster: str | None
+
+    def pod_ttl(self, rules: LockRules) -> int:
+        """The TTL of the leases the operator grants pods for this lock."""
+        return max(self.ttl_seconds, rules.pod_ttl_floor)
 
     @classmethod
     def parse(cls, namespace: str, name: str, spec: Any) -> LockSpec:
@@ -60,12 +74,13 @@ def _entry(contender: Contender) -> dict[str, Any]:
 
 
 def lock_status(
-    spec: LockSpec, contenders: list[Contender], generation: int, since: dict[str, str]
+    spec: LockSpec, contenders: list[Contender], generation: int, since: dict[str, str], pod_ttl: int
 ) -> dict[str, Any]:
     """The status of a lock whose queue is ``contenders`` (in create-revision order).
 
     ``since`` remembers when each holder key was first seen holding (keys written by etcdctl carry no
-    time of their own); it is updated in place.
+    time of their own); it is updated in place. ``pod_ttl`` is the TTL pods' leases get (see
+    :meth:`LockSpec.pod_ttl`); the message says when it is longer than ``ttlSeconds``.
     """
     holders = contenders[: spec.permits]
     waiters = contenders[spec.permits :]
@@ -78,10 +93,16 @@ def lock_status(
         listed.append({**_entry(holder), "since": since[holder.key]})
     held = bool(holders)
     message = f"{len(holders)}/{spec.permits} held, {len(waiters)} waiting at {spec.key}"
+    if pod_ttl > spec.ttl_seconds:
+        message += (
+            f"; pods' leases last {pod_ttl}s, not ttlSeconds {spec.ttl_seconds}: a pod's hold must outlive "
+            "an operator failover"
+        )
     return {
         "holders": listed,
         "waiters": [_entry(w) for w in waiters[:MAX_LISTED_WAITERS]],
         "waiterCount": len(waiters),
+        "podLeaseTTLSeconds": pod_ttl,
         "phase": "Held" if held else "Free",
         "observedGeneration": generation,
         "conditions": [ready_condition("True", "Held" if held else "Free", message, generation)],
@@ -109,3 +130,53 @@ def ready_condition(status: str, reason: str, message: str, generation: int) -> 
         "observedGeneration": generation,
         "lastTransitionTime": datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z"),
     }
+
+
+class Locks:
+    """Every DistributedLock's spec as the operator serves it: parsed, and its key checked against the
+    rules and against every other lock (:mod:`etcdlock.operator.lockkeys`)."""
+
+    def __init__(self, rules: LockRules) -> None:
+        self.rules = rules
+        self.keys = LockKeys()
+
+    def served(self, body: Mapping[str, Any]) -> LockSpec:
+        """The spec of the lock ``body``; :class:`InvalidSpec` (or its :class:`KeyNotAllowed`,
+        :class:`KeyConflict`) says why it cannot be served."""
+        meta = body.get("metadata") or {}
+        namespace, name = str(meta.get("namespace") or ""), str(meta["name"])
+        spec = LockSpec.parse(namespace, name, body.get("spec"))
+        self.rules.keys.check(namespace, spec.key)
+        place = (namespace, spec.cluster) if spec.cluster else None
+        entry = LockKey((namespace, name), place, spec.key, str(meta.get("creationTimestamp") or ""))
+        self.keys.set(entry)
+        self.keys.check(entry)
+        return spec
+
+    def remember(self, bodies: Iterable[Mapping[str, Any]]) -> None:
+        """Learn the keys of existing locks (at start-up, before any is served: the oldest keeps its key
+        whatever order the locks are handled in)."""
+        for body in bodies:
+            with contextlib.suppress(InvalidSpec):
+                self.served(body)
+
+    def forget(self, namespace: str, name: str) -> list[tuple[str, str]]:
+        """Drop a deleted lock; the locks its key kept out, which may be served now."""
+        return self.keys.forget((namespace, name))
+
+
+class LockChanges:
+    """Wakes the pods (and lock services) that wait for a DistributedLock to be created or fixed."""
+
+    def __init__(self) -> None:
+        self._events: dict[tuple[str, str], asyncio.Event] = {}
+
+    def changed(self, ref: tuple[str, str]) -> None:
+        event = self._events.pop(ref, None)
+        if event is not None:
+            event.set()
+
+    async def wait(self, ref: tuple[str, str], timeout: float) -> None:
+        event = self._events.setdefault(ref, asyncio.Event())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), timeout)

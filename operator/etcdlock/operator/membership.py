@@ -24,7 +24,15 @@ import re
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-from etcdlock.etcd import EtcdClient, EtcdConfig, EtcdUnavailable
+from etcdlock.etcd import (
+    EtcdClient,
+    EtcdConfig,
+    EtcdError,
+    EtcdUnavailable,
+    LearnerNotReady,
+    NotEnoughStarted,
+    UnhealthyCluster,
+)
 
 STATUS_TIMEOUT = 2.0
 
@@ -146,7 +154,7 @@ class MemberClients:
             if client is not None:
                 await client.close()
             client = self._clients[member.client_url] = EtcdClient(one)
-        with contextlib.suppress(EtcdUnavailable, TimeoutError):
+        with contextlib.suppress(EtcdError, TimeoutError):
             async with asyncio.timeout(STATUS_TIMEOUT):
                 return await client.status()
         await self._clients.pop(member.client_url).close()
@@ -203,7 +211,7 @@ async def _observe(client: EtcdClient, members: MemberClients) -> ClusterView:
 
 # etcd declines these until later: a learner not caught up yet, or (strict reconfig check) members not all
 # connected for the last five seconds, as just after any member started.
-_NOT_YET = ("not ready", "in sync", "unhealthy cluster")
+_NOT_YET = (LearnerNotReady, UnhealthyCluster, NotEnoughStarted)
 
 
 async def apply(client: EtcdClient, view: ClusterView, step: Step) -> bool:
@@ -224,8 +232,6 @@ async def apply(client: EtcdClient, view: ClusterView, step: Step) -> bool:
             config = replace(client.config, endpoints=EtcdConfig.parse(leader.client_url).endpoints)
             async with EtcdClient(config) as direct:
                 await direct.move_leader(target.id)
-    except EtcdUnavailable as exc:
-        if any(reason in str(exc) for reason in _NOT_YET):
-            return False
-        raise
+    except _NOT_YET:
+        return False
     return True

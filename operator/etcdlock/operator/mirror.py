@@ -1,6 +1,8 @@
-"""Mirror a lock's etcd queue into its DistributedLock status, for as long as the lock exists.
+"""Serve a DistributedLock for as long as it exists: mirror its etcd queue into its status, or say in its
+status why it cannot be served, until it can.
 
-One task per lock reads the keys under the lock's prefix, publishes the status, and reads again after
+One task per lock (:func:`serve_lock`) checks the lock (its spec, its key against the rules and the other
+locks, its etcd), then reads the keys under the lock's prefix, publishes the status, and reads again after
 every change under the prefix (an etcd watch), so holders from any client appear within a round trip.
 """
 
@@ -11,10 +13,13 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
-from etcdlock.etcd import EtcdClient, EtcdUnavailable, read_contenders
+from etcdlock.etcd import EtcdClient, EtcdError, read_contenders
 from etcdlock.etcd.errors import Compacted
 from etcdlock.etcd.keys import Contender, prefix, range_end
-from etcdlock.operator.locks import LockSpec, error_status, lock_status
+from etcdlock.operator import events
+from etcdlock.operator.errors import ClusterNotReady, OperatorError
+from etcdlock.operator.locks import LockChanges, Locks, LockSpec, error_status, lock_status
+from etcdlock.operator.stores import Stores
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +33,47 @@ class QueueObserver(Protocol):
 
 
 _RETRY_DELAY = 1.0
+# A lock whose EtcdCluster is not available yet is tried again this often; one refused for its key or spec
+# when another lock changes (or this often at the latest).
+CLUSTER_RETRY = 3.0
+RECHECK = 10.0
+
+
+async def serve_lock(
+    body: dict[str, Any],
+    locks: Locks,
+    stores: Stores,
+    changes: LockChanges,
+    publish: Publish,
+    observers: Sequence[QueueObserver],
+) -> None:
+    """Serve the lock ``body`` (a snapshot: a spec change starts a new task) until cancelled."""
+    meta = body["metadata"]
+    ref = (meta["namespace"], meta["name"])
+    generation = int(meta.get("generation") or 1)
+    told = ""
+    while True:
+        try:
+            spec = locks.served(body)
+            store = await stores.for_lock(ref[0], spec)
+        except OperatorError as exc:
+            if str(exc) != told:
+                events.warn(body, exc.reason, str(exc))
+                told = str(exc)
+            await publish(error_status(exc.reason, str(exc), generation))
+            await changes.wait(ref, CLUSTER_RETRY if isinstance(exc, ClusterNotReady) else RECHECK)
+            continue
+        pod_ttl = spec.pod_ttl(locks.rules)
+        await mirror_lock(store.etcd, spec, generation, publish, observers, pod_ttl)
 
 
 async def mirror_lock(
-    client: EtcdClient, spec: LockSpec, generation: int, publish: Publish, observers: Sequence[QueueObserver]
+    client: EtcdClient,
+    spec: LockSpec,
+    generation: int,
+    publish: Publish,
+    observers: Sequence[QueueObserver],
+    pod_ttl: int,
 ) -> None:
     """Publish the lock's status now and after every change, until cancelled; tell the observers.
 
@@ -47,7 +89,8 @@ async def mirror_lock(
         nonlocal last
         for observer in observers:
             observer.seen(contenders, spec.permits)
-        status = _keep_transition_times(lock_status(spec, contenders, generation, since), last)
+        status = lock_status(spec, contenders, generation, since, pod_ttl)
+        status = _keep_transition_times(status, last)
         if last is None or _differs(status, last):
             await publish(status)
             last = status
@@ -62,9 +105,11 @@ async def mirror_lock(
                     await show(contenders)
         except Compacted:
             continue
-        except EtcdUnavailable as exc:
+        except EtcdError as exc:
+            # Transient (EtcdUnavailable) or not (EtcdDenied: an admin must act), the mirror tries again.
             log.warning("lock %s: %s", spec.key, exc)
-            status = _keep_transition_times(error_status("EtcdUnavailable", str(exc), generation), last)
+            status = error_status(type(exc).__name__, str(exc), generation)
+            status = _keep_transition_times(status, last)
             if last is None or _differs(status, last):
                 await publish(status)
                 last = status

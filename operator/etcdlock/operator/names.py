@@ -10,6 +10,8 @@ ANNOTATION_PREFIX = "etcdlock.io"
 FINALIZER = f"{ANNOTATION_PREFIX}/finalizer"
 
 DEFAULT_KEY_PREFIX = "/etcdlock/locks"
+# Everything the operator itself keeps in etcd (its election, its epoch) lies under this.
+OPERATOR_KEY_PREFIX = "/etcdlock/operator"
 
 # Pods: the user sets LOCK_ANNOTATION; the webhook adds SCHEDULING_GATE; the operator writes the rest.
 LOCK_ANNOTATION = f"{ANNOTATION_PREFIX}/lock"

@@ -24,12 +24,14 @@ import kubernetes
 from aiohttp import web
 from kubernetes.client.exceptions import ApiException
 
-from etcdlock.etcd import Election, EtcdClient, EtcdConfig, EtcdLockError, Fence, Session
+from etcdlock.etcd import Election, EtcdClient, EtcdConfig, EtcdLockError, Session
 from etcdlock.operator.handlers import build_registry, kubernetes_api
-from etcdlock.operator.leadership import ElectionSettings, ReplicaStatus
+from etcdlock.operator.leadership import ElectionSettings, Leadership, ReplicaStatus
+from etcdlock.operator.lockkeys import KeyPolicy
+from etcdlock.operator.locks import MIN_TTL, LockRules
 from etcdlock.operator.metrics import Metrics
 from etcdlock.operator.names import CLUSTERS, GROUP, LOCKS
-from etcdlock.operator.pods import PodApi
+from etcdlock.operator.podapi import PodApi
 from etcdlock.operator.webhook import WebhookServer, WebhookSettings, register
 
 log = logging.getLogger(__name__)
@@ -75,10 +77,14 @@ class _Kopf:
     metrics: Metrics
     namespaces: Sequence[str]
     pod_api: PodApi
+    rules: LockRules
 
-    def start(self, fence: Fence | None, stop: asyncio.Event, ready: asyncio.Event) -> asyncio.Task[None]:
+    def start(self, leadership: Leadership, stop: asyncio.Event, ready: asyncio.Event) -> asyncio.Task[None]:
+        registry = build_registry(
+            self.etcd, self.api, self.metrics, leadership, self.pod_api, self.rules, self.namespaces
+        )
         running = kopf.operator(
-            registry=build_registry(self.etcd, self.api, self.metrics, fence, self.pod_api),
+            registry=registry,
             standalone=True,
             clusterwide=not self.namespaces,
             namespaces=list(self.namespaces),
@@ -98,6 +104,7 @@ async def run_operator(
     stop_flag: Flag | None = None,
     ready_flag: Flag | None = None,
     exit_if_stuck: bool = False,
+    shared_key_prefixes: Sequence[str] = (),
 ) -> None:
     """Run until stopped (SIGINT/SIGTERM in the main thread, or ``stop_flag``).
 
@@ -116,7 +123,7 @@ async def run_operator(
     stop = asyncio.Event()
     bridge = asyncio.create_task(_follow_flag(stop_flag, stop)) if stop_flag is not None else None
     _on_signals(stop)
-    operator = _Kopf(etcd, api, collected, namespaces, PodApi(api))
+    operator = _Kopf(etcd, api, collected, namespaces, PodApi(api), lock_rules(shared_key_prefixes, election))
     try:
         async with contextlib.AsyncExitStack() as serving:
             if webhook is not None:
@@ -130,6 +137,18 @@ async def run_operator(
         if bridge is not None:
             bridge.cancel()
         await runner.cleanup()
+
+
+def lock_rules(shared_key_prefixes: Sequence[str], election: ElectionSettings | None) -> LockRules:
+    """What this operator allows locks: keys per namespace (and the shared prefixes), never its own keys;
+    pods' leases at least three leader TTLs long, so that they outlive a failover (a new leader is elected
+    within one TTL and renews every pod's lease at once, see :mod:`etcdlock.operator.takeover`)."""
+    try:
+        keys = KeyPolicy.parse(shared_key_prefixes, election.name if election else None)
+    except ValueError as exc:
+        raise EtcdLockError(str(exc)) from None
+    floor = max(MIN_TTL, 3 * election.ttl) if election else MIN_TTL
+    return LockRules(keys, floor)
 
 
 async def _run(
@@ -197,7 +216,7 @@ async def _lead(
     lost = asyncio.ensure_future(candidate.wait_lost()) if candidate else None
     ready = asyncio.create_task(_when_ready(kopf_ready, stop, replica, ready_flag))
     await asyncio.sleep(0)
-    kopf_task = operator.start(candidate.fence() if candidate else None, kopf_stop, kopf_ready)
+    kopf_task = operator.start(Leadership(candidate), kopf_stop, kopf_ready)
     watched: list[asyncio.Future[Any]] = [kopf_task, stopping]
     if lost is not None:
         watched.append(lost)

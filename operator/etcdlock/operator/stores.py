@@ -13,29 +13,40 @@ gets a new client and epoch.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import kubernetes
 from kubernetes.client.exceptions import ApiException
 
-from etcdlock.etcd import EtcdClient, EtcdConfig, EtcdUnavailable, Fence
+from etcdlock.etcd import EtcdClient, EtcdConfig, EtcdError, Fence, Fenced
 from etcdlock.etcd.client import create_revision_is, put_op, range_op, value_is_less
-from etcdlock.etcd.errors import Fenced
+from etcdlock.operator.errors import ClusterNotReady
+from etcdlock.operator.leadership import Leadership
 from etcdlock.operator.locks import LockSpec
 from etcdlock.operator.names import CLUSTERS, GROUP, VERSION
 
 EPOCH_KEY = b"/etcdlock/operator/epoch"
 
-
-class ClusterNotReady(Exception):
-    """The EtcdCluster a lock names cannot be used (yet); the message says why."""
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class Store:
+    """An etcd the operator keeps locks in, the fence its writes there pass, and the leadership behind it."""
+
     etcd: EtcdClient
     fence: Fence | None
+    leadership: Leadership
+
+    async def confirmed(self) -> bool:
+        """Whether this replica still leads, as this etcd confirms (transient errors waited out)."""
+        return await self.leadership.confirmed(self.etcd, self.fence)
+
+    async def persist(self, call: Callable[[], Awaitable[T]]) -> T:
+        """``call()`` until it lands, through transient errors, or :class:`Fenced` once deposed."""
+        return await self.leadership.persist(call)
 
 
 class Stores:
@@ -43,6 +54,7 @@ class Stores:
 
     def __init__(self, default: Store, kube: kubernetes.client.ApiClient) -> None:
         self.default = default
+        self.leadership = default.leadership
         self._objects = kubernetes.client.CustomObjectsApi(kube)
         self._clusters: dict[tuple[str, str], tuple[str, Store]] = {}
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
@@ -78,9 +90,9 @@ class Stores:
             raise ClusterNotReady(f"EtcdCluster {name} is not available yet ({why})")
         client = EtcdClient(EtcdConfig.parse(status["clientURL"]))
         if self.default.fence is None:
-            return Store(client, None)
+            return Store(client, None, self.leadership)
         try:
-            return Store(client, await claim_epoch(client, self.default, name))
+            return Store(client, await claim_epoch(client, self.default, name), self.leadership)
         except BaseException:
             await client.close()
             raise
@@ -103,14 +115,14 @@ class Stores:
         self._clusters.clear()
 
 
-async def claim_epoch(cluster: EtcdClient, leadership: Store, name: str) -> Fence:
+async def claim_epoch(cluster: EtcdClient, leader: Store, name: str) -> Fence:
     """Write this term's epoch in ``cluster`` (only over an older one) and return the fence on that write.
 
     :class:`Fenced` if this replica no longer leads, or a newer leader's epoch is there already.
     """
-    if leadership.fence is None or not await still_leads(leadership.etcd, leadership.fence):
+    if leader.fence is None or not await leader.confirmed():
         raise Fenced("this replica no longer leads")
-    epoch = f"{leadership.fence.revision:020d}".encode()
+    epoch = f"{leader.fence.revision:020d}".encode()
     put = [put_op(EPOCH_KEY, epoch)]
     try:
         response = await cluster.txn([create_revision_is(EPOCH_KEY, 0)], put)
@@ -121,18 +133,6 @@ async def claim_epoch(cluster: EtcdClient, leadership: Store, name: str) -> Fenc
             if current.value != epoch:
                 raise Fenced(f"a newer leader's epoch is in EtcdCluster {name}")
             return Fence(EPOCH_KEY, int(current.mod_revision), epoch=True)  # this term's, written before
-    except EtcdUnavailable as exc:
+    except EtcdError as exc:
         raise ClusterNotReady(f"EtcdCluster {name} cannot be reached: {exc}") from None
     return Fence(EPOCH_KEY, int(response.header.revision), epoch=True)
-
-
-async def still_leads(etcd: EtcdClient, fence: Fence | None) -> bool:
-    """True unless the fence says this replica was deposed (or etcd cannot confirm it still leads): a
-    deposed replica leaves pod annotations, and clusters, to the leader."""
-    if fence is None:
-        return True
-    try:
-        await etcd.guarded_txn(fence.compares(), [], [])
-    except (Fenced, EtcdUnavailable):
-        return False
-    return True

@@ -1,0 +1,473 @@
+"""One pod's hold on its lock: its lease, its place in the lock's etcd queue, its gate, as one task.
+
+The pod's key is the engine's :class:`~etcdlock.etcd.Waiter` under a session of the pod's own (its lease
+is named on the pod, ``etcdlock.io/lease``, so that the next operator adopts it and the key keeps its
+place). Every write to etcd is fenced on this replica's leadership and waits out transient etcd errors
+until it lands or leadership is really lost; a deposed replica writes nothing more, to etcd or to the pod.
+
+What the pod is told: ``etcdlock.io/state`` (Waiting / Held / Released / Error),
+``etcdlock.io/fencing-token`` and ``etcdlock.io/message``, with an Event for every change of state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from etcdlock.etcd import (
+    EtcdError,
+    Fenced,
+    HolderInfo,
+    LeaseNotFound,
+    LockLost,
+    Session,
+    SessionLost,
+    Waiter,
+)
+from etcdlock.operator import events
+from etcdlock.operator.errors import OperatorError
+from etcdlock.operator.locks import LockChanges, LockRules, LockSpec
+from etcdlock.operator.names import (
+    CLUSTER_ANNOTATION,
+    ERROR,
+    HELD,
+    LEASE_ANNOTATION,
+    LOCK_ANNOTATION,
+    MESSAGE_ANNOTATION,
+    RELEASED,
+    STATE_ANNOTATION,
+    TOKEN_ANNOTATION,
+    WAITING,
+)
+from etcdlock.operator.podapi import (
+    ApiUnavailable,
+    Pod,
+    PodApi,
+    annotations_of,
+    is_gated,
+    parse_lease,
+    pod_ref,
+)
+from etcdlock.operator.stores import Store, Stores
+
+log = logging.getLogger(__name__)
+
+RETRY_PAUSE = 1.0
+# A pod waiting for a lock that cannot be served looks again this often even if no lock event wakes it.
+RECHECK = 10.0
+
+
+class Line:
+    """The order in which pods of one lock join its etcd queue: the order the operator saw them.
+
+    Each new pod takes a ticket when it is seen; it joins the queue when every earlier ticket has joined
+    or left. Waiting for the lock to be usable happens before, each pod on its own (and saying so).
+    """
+
+    def __init__(self) -> None:
+        self._next = 0
+        self._waiting: list[int] = []
+        self._moved = asyncio.Condition()
+
+    def ticket(self) -> int:
+        ticket, self._next = self._next, self._next + 1
+        self._waiting.append(ticket)
+        return ticket
+
+    @contextlib.asynccontextmanager
+    async def turn(self, ticket: int) -> Any:
+        """The block runs once ``ticket`` is first in line; the ticket leaves the line with the block."""
+        try:
+            async with self._moved:
+                await self._moved.wait_for(lambda: self._waiting[0] == ticket)
+            yield
+        finally:
+            await self.leave(ticket)
+
+    async def leave(self, ticket: int) -> None:
+        async with self._moved:
+            if ticket in self._waiting:
+                self._waiting.remove(ticket)
+                self._moved.notify_all()
+
+
+class _PlaceLost(Exception):
+    """The pod's key left the queue before it held (its lease expired, the key was deleted)."""
+
+
+class PodHold:
+    """One pod's place in its lock's queue, from the first look at the lock to the release.
+
+    ``adopt``: take over the lease the pod names (a restarted or new leader), keeping its place. A hold
+    created after another hold of the same pod (its annotation switched locks) starts once ``after`` (the
+    release of the other) is done.
+    """
+
+    def __init__(
+        self,
+        context: PodContext,
+        line: Line,
+        pod: Pod,
+        *,
+        adopt: bool = True,
+        after: asyncio.Future[Any] | None = None,
+    ) -> None:
+        self.ref = pod_ref(pod)
+        self.uid: str = pod["metadata"].get("uid") or ""
+        self.lock_name: str = annotations_of(pod)[LOCK_ANNOTATION]
+        self.pod = pod
+        self.held = annotations_of(pod).get(STATE_ANNOTATION) == HELD and adopt
+        self._context = context
+        self._line = line
+        self._ticket: int | None = None
+        self._written: dict[str, str | None] = dict(annotations_of(pod))
+        self._lease = parse_lease(self._written.get(LEASE_ANNOTATION)) if adopt else None
+        self._store: Store | None = None
+        self._session: Session | None = None
+        self._waiter: Waiter | None = None
+        self._stopping = False
+        namespace, name = self.ref
+        self.holder = f"pod/{namespace}/{name}"
+        self._task = asyncio.create_task(self._run(after), name=f"pod-{namespace}/{name}")
+
+    @property
+    def lease(self) -> int | None:
+        return self._lease
+
+    def seen(self, pod: Pod) -> None:
+        self.pod = pod
+
+    async def release(self, reason: str, *, write: bool, ungate: bool = False) -> None:
+        """Leave the queue or give the permit back (the key is deleted, fenced, then the lease revoked);
+        record it on the pod if ``write``. ``ungate``: the pod no longer wants a lock, so a pod still held
+        back is let go as well."""
+        self._stopping = True
+        await self._stop_task()
+        try:
+            if not await self._give_back():
+                return
+        except Fenced:
+            log.info("pod %s/%s: not released here: this replica no longer leads", *self.ref)
+            return
+        if not write:
+            return
+        was = "released the lock" if self.held else "left the queue"
+        await self._write({STATE_ANNOTATION: RELEASED, MESSAGE_ANNOTATION: f"{was}: {reason}"}, ungate=ungate)
+        events.info(self.pod, "Released", f"{was} {self.lock_name}: {reason}")
+
+    async def abandon(self) -> None:
+        """Stop without revoking: the key keeps its place while the lease lives (the next leader adopts it).
+        Also ends a release under way: a replica that stops leading writes nothing more."""
+        self._stopping = True
+        if self._session is not None:
+            await self._session.orphan()
+        await self._stop_task()
+
+    async def _stop_task(self) -> None:
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+        if self._ticket is not None:
+            await self._line.leave(self._ticket)
+
+    # The flow
+
+    async def _run(self, after: asyncio.Future[Any] | None) -> None:
+        if after is not None:
+            await asyncio.gather(after, return_exceptions=True)
+        if self._lease is None:
+            self._ticket = self._line.ticket()
+        try:
+            await self._serve()
+        except asyncio.CancelledError:
+            raise
+        except Fenced:
+            log.info("pod %s/%s: this replica no longer leads; the next leader takes over", *self.ref)
+            if self._session is not None:
+                await self._session.orphan()
+        except Exception:
+            log.exception("pod %s/%s: the lock flow failed", *self.ref)
+            if self._session is not None:
+                await self._session.orphan()
+            if await self._context.stores.default.confirmed():
+                message = "internal error, see the operator log"
+                await self._write({STATE_ANNOTATION: ERROR, MESSAGE_ANNOTATION: message})
+
+    async def _serve(self) -> None:
+        """Queue, wait, ungate, hold; queue again (loudly) if the place is lost before holding."""
+        while True:
+            lock = await self._usable_lock()
+            try:
+                waiter = await self._queue(lock)
+                if waiter is None:
+                    return
+                await self._wait_turn(waiter)
+                if not await self._ungate(waiter):
+                    return
+                break
+            except _PlaceLost as exc:
+                if self.held:
+                    await self._lost(f"lost {self.lock_name} while the operator was away: {exc}")
+                    await self._drop()
+                    return
+                await self._drop()
+                await self._place_lost(f"{exc}; it queues again, at the back")
+            except EtcdError as exc:
+                # Not transient (those are waited out): permission denied, database full... an admin acts.
+                await self._say_waiting(
+                    f"etcd refuses the pod's hold on {self.lock_name}: {exc}", "EtcdRefused"
+                )
+                await self._context.changes.wait((self.ref[0], self.lock_name), RECHECK)
+        reason = await waiter.wait_lost()
+        if not self._stopping:
+            await self._lost(f"lost {self.lock_name}: {reason}")
+            await self._drop()
+
+    async def _usable_lock(self) -> LockSpec:
+        """The lock's spec once it exists, is valid, may use its key and its etcd answers; until then the
+        pod's state says what it waits for (every pod for itself)."""
+        namespace, _ = self.ref
+        while True:
+            try:
+                lock = await self._context.resolve(namespace, self.lock_name)
+                self._store = await self._context.stores.for_lock(namespace, lock)
+                return lock
+            except OperatorError as exc:
+                why = f"DistributedLock {self.lock_name}: {exc}; the pod waits until it can be served"
+                await self._say_waiting(why, "LockNotReady")
+            await self._context.changes.wait((namespace, self.lock_name), RECHECK)
+
+    async def _queue(self, lock: LockSpec) -> Waiter | None:
+        """The pod's key in the lock's queue: the adopted lease's key where it was, or a new key (joining
+        in the order pods were seen). None if the pod is gone, or lost its hold while the operator was
+        away (it was told)."""
+        if self._waiter is not None:
+            return self._waiter
+        value = HolderInfo.for_this_process(self.holder, lock.permits).encode()
+        if self._lease is not None and await self._adopt(lock):
+            waiter = Waiter(self._ready_session, lock.key, lock.permits)
+            await waiter.join(value)
+            self._waiter = waiter
+            return await self._check_adopted(waiter)
+        if self.held:
+            await self._lost(f"lost {self.lock_name} while the operator was away: its lease expired")
+            return None
+        if self._lease is not None:
+            self._lease = None
+            await self._place_lost(
+                "its lease expired while no operator renewed it; it queues again, at the back"
+            )
+        if self._ticket is None:
+            self._ticket = self._line.ticket()
+        async with self._line.turn(self._ticket):
+            self._ticket = None
+            if not await self._grant(lock):
+                return None
+            waiter = Waiter(self._ready_session, lock.key, lock.permits)
+            await waiter.join(value)
+        self._waiter = waiter
+        return waiter
+
+    async def _check_adopted(self, waiter: Waiter) -> Waiter | None:
+        """A pod that held must find its key with its fencing token: a new key would be a new place at the
+        back of the queue while the pod keeps running. A waiting pod whose key went is told so."""
+        if self.held and (waiter.found is None or str(waiter.token) != self._written.get(TOKEN_ANNOTATION)):
+            with contextlib.suppress(SessionLost):
+                await waiter.give_back()
+            await self._lost(f"lost {self.lock_name} while the operator was away: its key was gone")
+            await self._drop()
+            return None
+        if waiter.found is None:
+            await self._place_lost("its key was gone (deleted by hand?); it queues again, at the back")
+        return waiter
+
+    async def _adopt(self, lock: LockSpec) -> bool:
+        """Keep the lease the pod names alive from here; False if it no longer exists."""
+        store, lease = self._ready_store, self._lease
+        assert lease is not None
+        ttl = lock.pod_ttl(self._context.rules)
+        try:
+            self._session = await store.persist(
+                lambda: Session(store.etcd, ttl, lease_id=lease, fence=store.fence).start()
+            )
+        except SessionLost:
+            return False
+        self._context.adopted(lease)
+        return True
+
+    async def _grant(self, lock: LockSpec) -> bool:
+        """Grant the pod a lease and name it on the pod before any key is written under it. Leases cannot
+        be fenced: a replica that etcd does not confirm as leader grants none."""
+        store = self._ready_store
+        if not await store.confirmed():
+            raise Fenced("this replica no longer leads")
+        ttl = lock.pod_ttl(self._context.rules)
+        self._session = await store.persist(lambda: Session(store.etcd, ttl, fence=store.fence).start())
+        self._lease = self._session.lease_id
+        where = {LEASE_ANNOTATION: format(self._lease, "x"), CLUSTER_ANNOTATION: lock.cluster}
+        if not await self._write(where):
+            await self._session.close()  # a lease for a pod that is gone: no key under it yet
+            self._session = self._lease = None
+            return False
+        return True
+
+    async def _wait_turn(self, waiter: Waiter) -> None:
+        if waiter.is_held:
+            return
+        if not self.held:
+            message = f"waiting for a permit of {self.lock_name} (etcd key {waiter.key})"
+            await self._say_waiting(message, "Waiting", warn=False)
+        try:
+            await waiter.wait_turn()
+        except (LockLost, SessionLost) as exc:
+            raise _PlaceLost(str(exc)) from None
+
+    async def _ungate(self, waiter: Waiter) -> bool:
+        """The pod holds a permit: say so and remove the gate, in one write made only while the pod still
+        asks for this lock. Before every attempt etcd confirms, in one guarded read, that the key still
+        holds its place and that this replica still leads. False if the pod is gone or now asks for
+        another lock (its events take it from there)."""
+        token = str(waiter.token)
+        message = f"holds {self.lock_name} (fencing token {token}, etcd key {waiter.key})"
+        annotations = {STATE_ANNOTATION: HELD, TOKEN_ANNOTATION: token, MESSAGE_ANNOTATION: message}
+        announced = False
+        while True:
+            if not await waiter.still_holds():
+                raise _PlaceLost("its key was deleted before the pod could start")
+            if not announced and (self._written.get(TOKEN_ANNOTATION) != token or is_gated(self.pod)):
+                events.info(self.pod, "Acquired", message)
+                announced = True
+            self.held = True
+            try:
+                written = await self._context.api.ungate(self.pod, self.lock_name, annotations)
+            except ApiUnavailable as exc:
+                log.warning("pod %s/%s: not ungated yet (%s); retrying", *self.ref, exc)
+                await asyncio.sleep(RETRY_PAUSE)
+                continue
+            if written is None:
+                return False
+            self.pod = written
+            self._written.update(annotations)
+            return True
+
+    # Leaving
+
+    async def _give_back(self) -> bool:
+        """Delete the pod's key (fenced) and revoke its lease; False if this replica no longer leads.
+        Transient etcd errors are waited out.
+
+        Without a key known here (the lease was named on the pod, not adopted yet), etcd confirms that
+        this replica leads just before the revocation, which takes the key with it.
+        """
+        if self._lease is None:
+            return True
+        store = self._store or await self._context.lease_store(self.ref[0], self._written)
+        if store is None:
+            log.warning("pod %s/%s: its etcd cannot be reached; its lease expires by itself", *self.ref)
+            return await self._context.stores.default.confirmed()
+        if self._waiter is not None and self._waiter.token is not None:
+            with contextlib.suppress(SessionLost):
+                await self._waiter.give_back()
+        elif not await store.confirmed():
+            return False
+        await self._revoke(store)
+        return True
+
+    async def _revoke(self, store: Store) -> None:
+        lease = self._lease
+        assert lease is not None
+        if self._session is not None:
+            await self._session.orphan()
+        with contextlib.suppress(LeaseNotFound):
+            await store.persist(lambda: store.etcd.revoke(lease))
+        self._session = self._waiter = None
+        self._lease = None
+
+    async def _drop(self) -> None:
+        """Give back a lease whose place is lost, before queueing under a new one."""
+        if not await self._give_back():
+            raise Fenced("this replica no longer leads")
+
+    # Telling the pod
+
+    async def _say_waiting(self, message: str, reason: str, *, warn: bool = True) -> None:
+        if (
+            self._written.get(MESSAGE_ANNOTATION) == message
+            and self._written.get(STATE_ANNOTATION) == WAITING
+        ):
+            return
+        (events.warn if warn else events.info)(self.pod, reason, message)
+        await self._write({STATE_ANNOTATION: WAITING, MESSAGE_ANNOTATION: message})
+
+    async def _place_lost(self, message: str) -> None:
+        """A waiting pod's place is gone (nobody kept its lease alive long enough, or its key was deleted):
+        never silently."""
+        log.warning("pod %s/%s: lost its place in %s: %s", *self.ref, self.lock_name, message)
+        events.warn(self.pod, "PlaceLost", f"lost its place in {self.lock_name}: {message}")
+        await self._write({STATE_ANNOTATION: WAITING, MESSAGE_ANNOTATION: f"lost its place: {message}"})
+
+    async def _lost(self, message: str) -> None:
+        """Tell the pod it lost the lock, unless this replica was deposed (then it is not for it to say:
+        the next leader may hold the very same lease for the pod)."""
+        if not await self._ready_store.confirmed():
+            log.info("pod %s/%s: %s; left to the leader", *self.ref, message)
+            return
+        events.warn(self.pod, "LockLost", message)
+        await self._write({STATE_ANNOTATION: ERROR, MESSAGE_ANNOTATION: message})
+
+    async def _write(self, annotations: Mapping[str, str | None], *, ungate: bool = False) -> bool:
+        """Write the annotations that differ from what the pod already says (and remove the gate).
+
+        False if the pod is gone.
+        """
+        changed = {k: v for k, v in annotations.items() if self._written.get(k) != v}
+        if not changed and not ungate:
+            return True
+        written = await self._context.api.annotate(self.ref, changed, ungate=ungate)
+        if written is None:
+            return False
+        self.pod = written
+        self._written.update(changed)
+        return True
+
+    @property
+    def _ready_store(self) -> Store:
+        """The lock's store: known from the moment the lock's spec was read, before any etcd write."""
+        if self._store is None:
+            raise RuntimeError("the lock's store is not known yet")
+        return self._store
+
+    @property
+    def _ready_session(self) -> Session:
+        if self._session is None:
+            raise RuntimeError("the pod's session is not open")
+        return self._session
+
+
+class PodContext:
+    """What every pod hold shares: the stores, the pod API, the lock rules and registry, the lock changes,
+    and the bridge that keeps adopted leases alive until their pods' sessions take them over."""
+
+    def __init__(
+        self,
+        stores: Stores,
+        api: PodApi,
+        rules: LockRules,
+        resolve: Callable[[str, str], Awaitable[LockSpec]],
+        adopted: Callable[[int], None],
+    ) -> None:
+        self.stores = stores
+        self.api = api
+        self.rules = rules
+        self.changes = LockChanges()
+        self.resolve = resolve
+        self.adopted = adopted
+
+    async def lease_store(self, namespace: str, annotations: Mapping[str, str | None]) -> Store | None:
+        """The store the pod's lease was granted in (its cluster annotation); None if it cannot be used."""
+        try:
+            return await self.stores.for_cluster(namespace, annotations.get(CLUSTER_ANNOTATION) or None)
+        except (OperatorError, Fenced):
+            return None
