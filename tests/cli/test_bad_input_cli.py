@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,8 @@ from cli_support import Cli, assert_one_line_error, clean_env, queue_keys
 EP = "{endpoints}"
 NAME = "{name}"
 UNREACHABLE = "http://127.0.0.1:1"
+# How Python hands over an argument that is not UTF-8 (here the bytes ff fe): a str with surrogate escapes.
+NOT_UTF8 = os.fsdecode(b"\xff\xfe")
 
 CASES: dict[str, list[str]] = {
     "unknown-flag": ["--endpoints", EP, "lock", NAME, "--bogus"],
@@ -51,17 +54,56 @@ CASES: dict[str, list[str]] = {
     "nonexistent-cmd": ["--endpoints", EP, "lock", NAME, "--", "{missing}"],
     "elect-proposal-and-listen": ["--endpoints", EP, "elect", NAME, "proposal", "--listen"],
     "elect-neither-proposal-nor-listen": ["--endpoints", EP, "elect", NAME],
+    "lock-name-not-utf8": ["--endpoints", EP, "lock", NOT_UTF8],
+    "lock-cmd-name-not-utf8": ["--endpoints", EP, "lock", NOT_UTF8, "--", "true"],
+    "status-name-not-utf8": ["--endpoints", EP, "status", NOT_UTF8],
+    "elect-name-not-utf8": ["--endpoints", EP, "elect", NOT_UTF8, "proposal"],
+    "listen-name-not-utf8": ["--endpoints", EP, "elect", NOT_UTF8, "--listen"],
+    "proposal-not-utf8": ["--endpoints", EP, "elect", NAME, NOT_UTF8],
+    "holder-not-utf8": ["--endpoints", EP, "lock", NAME, "--holder", NOT_UTF8, "--", "true"],
+    "user-not-utf8": ["--endpoints", EP, "--user", f"alice:{NOT_UTF8}", "status", NAME],
+    "endpoint-not-utf8": ["--endpoints", f"http://{NOT_UTF8}:2379", "status", NAME],
+}
+
+# The exact line for the cases whose message is fixed, so that each names what is wrong.
+MESSAGES: dict[str, str] = {
+    "lock-name-not-utf8": r"etcdlock: argument NAME: not valid UTF-8: b'\xff\xfe' (see etcdlock --help)",
+    "status-name-not-utf8": r"etcdlock: argument NAME: not valid UTF-8: b'\xff\xfe' (see etcdlock --help)",
+    "elect-name-not-utf8": r"etcdlock: argument NAME: not valid UTF-8: b'\xff\xfe' (see etcdlock --help)",
+    "proposal-not-utf8": r"etcdlock: argument PROPOSAL: not valid UTF-8: b'\xff\xfe' (see etcdlock --help)",
+    "holder-not-utf8": r"etcdlock: argument --holder: not valid UTF-8: b'\xff\xfe' (see etcdlock --help)",
+    "user-not-utf8": "etcdlock: --user NAME:PASSWORD is not valid UTF-8",
+    "endpoint-not-utf8": r"etcdlock: etcd endpoint b'http://\xff\xfe:2379' is not valid UTF-8",
 }
 
 
+@pytest.fixture
+def values(cli: Cli, name: str, tmp_path: Path) -> dict[str, str]:
+    """What the placeholders of CASES and MESSAGES stand for."""
+    garbage = tmp_path / "client.pem"
+    garbage.write_text("not really a certificate\n")
+    return {
+        "endpoints": cli.endpoints,
+        "name": name,
+        "cert": str(garbage),
+        "missing": str(tmp_path / "nope"),
+    }
+
+
 @pytest.mark.parametrize("case", list(CASES))
-def test_bad_input_is_one_line_and_exit_1(cli: Cli, name: str, tmp_path: Path, case: str) -> None:
-    cert = tmp_path / "client.pem"
-    cert.write_text("not really a certificate\n")
-    values = {"endpoints": cli.endpoints, "name": name, "cert": str(cert), "missing": str(tmp_path / "nope")}
+def test_bad_input_is_one_line_and_exit_1(cli: Cli, values: dict[str, str], case: str) -> None:
     argv = [arg.format(**values) for arg in CASES[case]]
 
     assert_one_line_error(cli.etcdlock_raw(*argv))
+
+
+@pytest.mark.parametrize("case", list(MESSAGES))
+def test_bad_input_message_names_what_is_wrong(cli: Cli, values: dict[str, str], case: str) -> None:
+    argv = [arg.format(**values) for arg in CASES[case]]
+
+    line = assert_one_line_error(cli.etcdlock_raw(*argv))
+
+    assert line == MESSAGES[case].format(**values)
 
 
 def test_unreachable_endpoint_message_names_the_endpoint(cli: Cli, name: str) -> None:

@@ -38,6 +38,13 @@ def test_contender_key_is_name_slash_lowercase_unpadded_hex_lease() -> None:
         prefix("")
 
 
+def test_a_name_that_is_not_utf8_is_a_plain_value_error_naming_its_bytes() -> None:
+    with pytest.raises(ValueError) as caught:
+        prefix(os.fsdecode(b"jobs/\xff"))  # how Python hands over an argument that is not UTF-8
+    assert type(caught.value) is ValueError
+    assert str(caught.value) == r"a lock name must be valid UTF-8, not b'jobs/\xff'"
+
+
 async def test_lock_key_in_etcd_is_name_slash_lease_hex_bound_to_the_lease(
     client: EtcdClient, session: Session, name: str
 ) -> None:
@@ -151,6 +158,14 @@ async def test_etcdctl_lock_waits_for_our_mutex_and_gets_it_on_release(
 def test_bad_endpoints_are_refused_with_a_clear_message(endpoints: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         EtcdConfig.parse(endpoints)
+
+
+def test_endpoints_and_user_that_are_not_utf8_are_refused_before_any_request() -> None:
+    with pytest.raises(ConfigError, match=r"etcd endpoint b'http://\\xff:2379' is not valid UTF-8"):
+        EtcdConfig.parse(os.fsdecode(b"http://\xff:2379"))
+    with pytest.raises(ConfigError) as caught:
+        EtcdConfig.parse("http://127.0.0.1:2379", user=os.fsdecode(b"alice:s3cr\xffet"))
+    assert str(caught.value) == "--user NAME:PASSWORD is not valid UTF-8"
 
 
 def test_bad_credentials_and_tls_files_are_refused_with_a_clear_message(tmp_path: Path) -> None:

@@ -8,6 +8,8 @@ import signal
 from collections.abc import Awaitable
 from typing import Any
 
+from etcdlock.etcd.keys import non_utf8
+
 
 def positive_int(text: str) -> int:
     try:
@@ -19,11 +21,19 @@ def positive_int(text: str) -> int:
     return value
 
 
+def utf8_text(text: str) -> str:
+    """Text that goes into etcd (a holder, a proposal): refused if it is not UTF-8, before any request."""
+    raw = non_utf8(text)
+    if raw is not None:
+        raise argparse.ArgumentTypeError(f"not valid UTF-8: {raw!r}")
+    return text
+
+
 def lock_name(text: str) -> str:
-    """A lock or election NAME: any non-empty string (the keys live under ``NAME/``)."""
+    """A lock or election NAME: any non-empty UTF-8 string (the keys live under ``NAME/``)."""
     if not text:
         raise argparse.ArgumentTypeError("must not be empty")
-    return text
+    return utf8_text(text)
 
 
 def positive_float(text: str) -> float:

@@ -19,6 +19,7 @@ from etcdlock.cli.common import (
     lock_name,
     non_negative_float,
     positive_int,
+    utf8_text,
 )
 from etcdlock.etcd import (
     EtcdClient,
@@ -55,7 +56,9 @@ def add_parser(commands: Any) -> None:
         help="give up after S seconds, exit 2 (0 = try once)",
     )
     parser.add_argument("--permits", type=positive_int, default=1, help="holders allowed at once (1)")
-    parser.add_argument("--holder", default=None, help="holder identity written into the key (host/pid)")
+    parser.add_argument(
+        "--holder", type=utf8_text, default=None, help="holder identity written into the key (host/pid)"
+    )
     parser.add_argument(
         "--kill-grace",
         type=non_negative_float,

@@ -11,6 +11,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from etcdlock.etcd.errors import ConfigError
+from etcdlock.etcd.keys import non_utf8
 
 DEFAULT_ENDPOINT = "http://127.0.0.1:2379"
 DEFAULT_REQUEST_TIMEOUT = 5.0
@@ -29,6 +30,9 @@ class Endpoint:
         raw = text.strip()
         if not raw:
             raise ConfigError("empty etcd endpoint")
+        undecodable = non_utf8(raw)
+        if undecodable is not None:
+            raise ConfigError(f"etcd endpoint {undecodable!r} is not valid UTF-8")
         url = urlsplit(raw if "://" in raw else f"http://{raw}")
         if url.scheme not in ("http", "https"):
             raise ConfigError(f"etcd endpoint {text!r}: scheme must be http or https")
@@ -77,6 +81,8 @@ class EtcdConfig:
             raise ConfigError("etcd endpoints mix http and https")
         username = password = None
         if user is not None:
+            if non_utf8(user) is not None:  # never shown: it holds the password
+                raise ConfigError("--user NAME:PASSWORD is not valid UTF-8")
             username, sep, password = user.partition(":")
             if not sep or not username:
                 raise ConfigError("--user must be NAME:PASSWORD")
