@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
-from cli_support import Cli, assert_one_line_error, clean_env, queue_keys
+from cli_support import Cli, assert_one_line_error, clean_env, pid_alive, queue_keys
+
+from etcdlock.sandbox.etcd import LocalEtcd
 
 EP = "{endpoints}"
 NAME = "{name}"
 UNREACHABLE = "http://127.0.0.1:1"
 # How Python hands over an argument that is not UTF-8 (here the bytes ff fe): a str with surrogate escapes.
 NOT_UTF8 = os.fsdecode(b"\xff\xfe")
+MAX_TTL = "9000000000"  # etcd's maximum lease TTL
+MAX_INT64 = str(2**63 - 1)
+TOO_BIG = "99999999999999999999"
+NO_SERVERS = ["--metrics", "off", "--webhook", "off"]  # in case the operator starts: no ports taken
 
 CASES: dict[str, list[str]] = {
     "unknown-flag": ["--endpoints", EP, "lock", NAME, "--bogus"],
@@ -63,6 +70,16 @@ CASES: dict[str, list[str]] = {
     "holder-not-utf8": ["--endpoints", EP, "lock", NAME, "--holder", NOT_UTF8, "--", "true"],
     "user-not-utf8": ["--endpoints", EP, "--user", f"alice:{NOT_UTF8}", "status", NAME],
     "endpoint-not-utf8": ["--endpoints", f"http://{NOT_UTF8}:2379", "status", NAME],
+    "ttl-too-large": ["--endpoints", EP, "lock", NAME, "--ttl", TOO_BIG],
+    "ttl-above-etcd-maximum": ["--endpoints", EP, "lock", NAME, "--ttl", "9000000001"],
+    "elect-ttl-too-large": ["--endpoints", EP, "elect", NAME, "proposal", "--ttl", TOO_BIG],
+    "operator-leader-ttl-too-large": ["--endpoints", EP, "operator", *NO_SERVERS, "--leader-ttl", TOO_BIG],
+    "permits-too-large": ["--endpoints", EP, "lock", NAME, "--permits", TOO_BIG],
+    "status-permits-too-large": ["--endpoints", EP, "status", NAME, "--permits", TOO_BIG],
+    "sandbox-port-too-large": ["sandbox", "up", "--dir", "{missing}", "--port", "65536"],
+    "request-timeout-inf": ["--endpoints", EP, "--request-timeout", "inf", "status", NAME],
+    "request-timeout-overflows-to-inf": ["--endpoints", EP, "--request-timeout", "1e999", "status", NAME],
+    "request-timeout-huge": ["--endpoints", EP, "--request-timeout", "1e300", "status", NAME],
 }
 
 # The exact line for the cases whose message is fixed, so that each names what is wrong.
@@ -74,6 +91,20 @@ MESSAGES: dict[str, str] = {
     "holder-not-utf8": r"etcdlock: argument --holder: not valid UTF-8: b'\xff\xfe' (see etcdlock --help)",
     "user-not-utf8": "etcdlock: --user NAME:PASSWORD is not valid UTF-8",
     "endpoint-not-utf8": r"etcdlock: etcd endpoint b'http://\xff\xfe:2379' is not valid UTF-8",
+    "ttl-too-large": "etcdlock: argument --ttl: must be at most 9000000000 (etcd's maximum lease TTL): "
+    f"'{TOO_BIG}' (see etcdlock --help)",
+    "ttl-above-etcd-maximum": "etcdlock: argument --ttl: must be at most 9000000000 (etcd's maximum lease "
+    "TTL): '9000000001' (see etcdlock --help)",
+    "elect-ttl-too-large": "etcdlock: argument --ttl: must be at most 9000000000 (etcd's maximum lease TTL): "
+    f"'{TOO_BIG}' (see etcdlock --help)",
+    "permits-too-large": f"etcdlock: argument --permits: must be at most {MAX_INT64} (etcd's int64 limit): "
+    f"'{TOO_BIG}' (see etcdlock --help)",
+    "status-permits-too-large": f"etcdlock: argument --permits: must be at most {MAX_INT64} (etcd's int64 "
+    f"limit): '{TOO_BIG}' (see etcdlock --help)",
+    "sandbox-port-too-large": "etcdlock: argument --port: must be at most 65535 (the largest TCP port): "
+    "'65536' (see etcdlock --help)",
+    "request-timeout-inf": "etcdlock: argument --request-timeout: must be at most 86400 (one day): 'inf' "
+    "(see etcdlock --help)",
 }
 
 
@@ -145,3 +176,53 @@ def test_connection_options_are_accepted_after_the_command(cli: Cli, name: str) 
     proc = cli.etcdlock_raw("--endpoints", cli.endpoints, "status", name, "--endpoints", UNREACHABLE)
     line = assert_one_line_error(proc)
     assert UNREACHABLE in line
+
+
+# --- the largest values are accepted and mean what they say -------------------------------------------------
+
+
+def test_the_largest_ttl_and_permits_are_accepted(cli: Cli, name: str) -> None:
+    proc = cli.run("lock", name, "--ttl", MAX_TTL, "--permits", MAX_INT64, "--timeout", "0", "--", "true")
+    assert proc.popen.returncode == 0, proc.describe()
+    status = cli.run("status", name, "--permits", MAX_INT64)
+    assert status.popen.returncode == 0, status.describe()
+    assert status.stdout.startswith(f"{name}: 0/{MAX_INT64} held")
+
+
+def test_the_largest_request_timeout_is_accepted(cli: Cli, name: str) -> None:
+    proc = cli.run("--request-timeout", "86400", "status", name)
+    assert proc.popen.returncode == 0, proc.describe()
+
+
+@pytest.mark.parametrize("timeout", ["inf", "1e999"])
+def test_timeout_inf_waits_for_ever(cli: Cli, name: str, timeout: str) -> None:
+    holder = cli.etcdlock("lock", name)
+    holder.readlines(2)
+    waiter = cli.etcdlock("lock", name, "--timeout", timeout)
+    cli.wait_queue(name, holders=1, waiters=1)
+    waiter.assert_waiting()
+
+    holder.signal(signal.SIGTERM)
+    assert holder.wait() == 0, holder.describe()
+    key = waiter.readline()
+    assert key.startswith(f"{name}/")
+    waiter.signal(signal.SIGTERM)
+    assert waiter.wait() == 0, waiter.describe()
+
+
+def test_kill_grace_inf_never_kills_and_a_cmd_that_stops_on_sigterm_ends_with_exit_3(
+    cli: Cli, etcd: LocalEtcd, name: str, tmp_path: Path
+) -> None:
+    marker = tmp_path / "marker"
+    script = f"trap 'echo term >> {marker}; exit 0' TERM; echo ready $$; while :; do sleep 0.05; done"
+    runner = cli.etcdlock("lock", name, "--kill-grace", "inf", "--", "sh", "-c", script)
+    _, pid = runner.readline().split()
+    (held,) = cli.status(name)["holders"]
+
+    assert etcd.etcdctl("lease", "revoke", held["lease"]).returncode == 0
+
+    assert runner.wait(10) == 3, runner.describe()
+    assert not pid_alive(int(pid))
+    assert marker.read_text() == "term\n"
+    lines = runner.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("etcdlock: lock lost"), runner.stderr

@@ -168,6 +168,12 @@ def test_endpoints_and_user_that_are_not_utf8_are_refused_before_any_request() -
     assert str(caught.value) == "--user NAME:PASSWORD is not valid UTF-8"
 
 
+@pytest.mark.parametrize("seconds", [0.0, -1.0, float("nan"), float("inf"), 86_400.5, 1e300])
+def test_a_request_timeout_must_be_positive_and_finite(seconds: float) -> None:
+    with pytest.raises(ConfigError, match="request timeout must be more than 0 and at most 86400 seconds"):
+        EtcdConfig.parse("http://127.0.0.1:2379", request_timeout=seconds)
+
+
 def test_bad_credentials_and_tls_files_are_refused_with_a_clear_message(tmp_path: Path) -> None:
     existing = tmp_path / "client.pem"
     existing.write_text("not really a certificate")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from etcdlock.cli.common import Signals, first_or_interrupted, lock_name, positive_int, utf8_text
+from etcdlock.cli.common import Signals, first_or_interrupted, lock_name, ttl_seconds, utf8_text
 from etcdlock.etcd import (
     Election,
     EtcdClient,
@@ -31,7 +31,7 @@ def add_parser(commands: Any) -> None:
     parser.add_argument("proposal", metavar="PROPOSAL", nargs="?", type=utf8_text)
     parser.add_argument("-l", "--listen", action="store_true", help="observe leadership changes")
     parser.add_argument(
-        "--ttl", type=positive_int, default=ELECTION_TTL, help="session TTL in seconds (60, as etcdctl)"
+        "--ttl", type=ttl_seconds, default=ELECTION_TTL, help="session TTL in seconds (60, as etcdctl)"
     )
     parser.set_defaults(handler=run_elect)
 

@@ -15,6 +15,9 @@ from etcdlock.etcd.keys import non_utf8
 
 DEFAULT_ENDPOINT = "http://127.0.0.1:2379"
 DEFAULT_REQUEST_TIMEOUT = 5.0
+MAX_REQUEST_TIMEOUT = 86_400.0
+"""One day. gRPC turns a timeout into an absolute deadline, which overflows (every request then fails at
+once with "Deadline Exceeded") somewhere beyond 3e9 seconds; a request timeout has to be finite anyway."""
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,11 @@ class EtcdConfig:
             username, sep, password = user.partition(":")
             if not sep or not username:
                 raise ConfigError("--user must be NAME:PASSWORD")
+        if not 0 < request_timeout <= MAX_REQUEST_TIMEOUT:
+            raise ConfigError(
+                f"request timeout must be more than 0 and at most {MAX_REQUEST_TIMEOUT:g} seconds, "
+                f"not {request_timeout}"
+            )
         if (cert_file is None) != (key_file is None):
             raise ConfigError("--cert and --key go together")
         for path in (ca_file, cert_file, key_file):
