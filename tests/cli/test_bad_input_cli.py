@@ -80,6 +80,9 @@ CASES: dict[str, list[str]] = {
     "request-timeout-inf": ["--endpoints", EP, "--request-timeout", "inf", "status", NAME],
     "request-timeout-overflows-to-inf": ["--endpoints", EP, "--request-timeout", "1e999", "status", NAME],
     "request-timeout-huge": ["--endpoints", EP, "--request-timeout", "1e300", "status", NAME],
+    "endpoint-unbalanced-ipv6-bracket": ["--endpoints", "http://[::1", "lock", NAME],
+    "endpoint-port-zero": ["--endpoints", "http://127.0.0.1:0", "lock", NAME],
+    "endpoint-with-credentials": ["--endpoints", "http://alice:secret@127.0.0.1:2379", "lock", NAME],
 }
 
 # The exact line for the cases whose message is fixed, so that each names what is wrong.
@@ -105,6 +108,12 @@ MESSAGES: dict[str, str] = {
     "'65536' (see etcdlock --help)",
     "request-timeout-inf": "etcdlock: argument --request-timeout: must be at most 86400 (one day): 'inf' "
     "(see etcdlock --help)",
+    "endpoint-unbalanced-ipv6-bracket": "etcdlock: etcd endpoint 'http://[::1' is not a valid URL: "
+    "Invalid IPv6 URL",
+    "endpoint-port-zero": "etcdlock: etcd endpoint 'http://127.0.0.1:0': invalid port 0 (use 1-65535, "
+    "or no port for 2379)",
+    "endpoint-with-credentials": "etcdlock: etcd endpoint 'http://***@127.0.0.1:2379' has credentials in "
+    "it; give them with --user NAME:PASSWORD",
 }
 
 

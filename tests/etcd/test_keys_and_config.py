@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import socket
 from datetime import datetime
 from pathlib import Path
@@ -149,6 +150,9 @@ async def test_etcdctl_lock_waits_for_our_mutex_and_gets_it_on_release(
         ("unix:///tmp/etcd.sock", "scheme must be http or https"),
         ("http://127.0.0.1:notaport", "invalid port"),
         ("http://127.0.0.1:99999", "invalid port"),
+        ("http://127.0.0.1:0", "invalid port 0 (use 1-65535, or no port for 2379)"),
+        ("http://[::1", "'http://[::1' is not a valid URL"),
+        ("http://::1]:2379", "not a valid URL"),
         ("http://127.0.0.1:2379/v3/kv", "not of the form http(s)://host:port"),
         ("http://127.0.0.1:2379,https://127.0.0.2:2379", "mix http and https"),
         ("", "no etcd endpoint"),
@@ -156,8 +160,42 @@ async def test_etcdctl_lock_waits_for_our_mutex_and_gets_it_on_release(
     ],
 )
 def test_bad_endpoints_are_refused_with_a_clear_message(endpoints: str, message: str) -> None:
-    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         EtcdConfig.parse(endpoints)
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "http://alice:s3cret@127.0.0.1:2379",
+        "alice:s3cret@127.0.0.1:2379",
+        "https://:s3cret@etcd:2379",
+        "http://alice:s3cret@[::1",
+        "ftp://alice:s3cret@etcd:2379",
+        "http://alice:s3/cret@etcd:2379",
+        "http://alice@etcd:2379",
+        "http://alice:s3://cret@etcd:2379",
+    ],
+)
+def test_credentials_in_an_endpoint_are_refused_without_echoing_them(endpoint: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        EtcdConfig.parse(endpoint)
+    message = str(caught.value)
+    assert "s3" not in message and "alice" not in message
+    assert "***@" in message
+
+
+def test_credentials_in_an_endpoint_point_to_the_user_option() -> None:
+    with pytest.raises(ConfigError) as caught:
+        EtcdConfig.parse("http://alice:s3cret@127.0.0.1:2379")
+    assert str(caught.value) == (
+        "etcd endpoint 'http://***@127.0.0.1:2379' has credentials in it; give them with --user NAME:PASSWORD"
+    )
+
+
+def test_an_endpoint_without_a_port_means_2379() -> None:
+    config = EtcdConfig.parse("http://etcd,http://[::1],10.0.0.1")
+    assert [e.port for e in config.endpoints] == [2379, 2379, 2379]
 
 
 def test_endpoints_and_user_that_are_not_utf8_are_refused_before_any_request() -> None:

@@ -30,26 +30,50 @@ class Endpoint:
 
     @classmethod
     def parse(cls, text: str) -> Endpoint:
+        """Refuse what etcd clients would misread: credentials, a path, port 0 (no port means 2379)."""
         raw = text.strip()
         if not raw:
             raise ConfigError("empty etcd endpoint")
-        undecodable = non_utf8(raw)
+        shown = _without_credentials(raw)
+        undecodable = non_utf8(shown)
         if undecodable is not None:
             raise ConfigError(f"etcd endpoint {undecodable!r} is not valid UTF-8")
-        url = urlsplit(raw if "://" in raw else f"http://{raw}")
-        if url.scheme not in ("http", "https"):
-            raise ConfigError(f"etcd endpoint {text!r}: scheme must be http or https")
         try:
-            port = url.port or 2379
+            url = urlsplit(raw if "://" in raw else f"http://{raw}")
+        except ValueError as exc:  # e.g. unbalanced [ ] around an IPv6 address
+            raise ConfigError(f"etcd endpoint {shown!r} is not a valid URL: {exc}") from None
+        if url.scheme not in ("http", "https"):
+            raise ConfigError(f"etcd endpoint {shown!r}: scheme must be http or https")
+        if shown != raw:
+            raise ConfigError(
+                f"etcd endpoint {shown!r} has credentials in it; give them with --user NAME:PASSWORD"
+            )
+        try:
+            port = url.port
         except ValueError:
-            raise ConfigError(f"etcd endpoint {text!r}: invalid port") from None
+            raise ConfigError(f"etcd endpoint {shown!r}: invalid port") from None
+        if port == 0:
+            raise ConfigError(f"etcd endpoint {shown!r}: invalid port 0 (use 1-65535, or no port for 2379)")
         if not url.hostname or url.path not in ("", "/") or url.query or url.fragment:
-            raise ConfigError(f"etcd endpoint {text!r} is not of the form http(s)://host:port")
-        return cls(url.scheme, url.hostname, port)
+            raise ConfigError(f"etcd endpoint {shown!r} is not of the form http(s)://host:port")
+        return cls(url.scheme, url.hostname, 2379 if port is None else port)
 
     def __str__(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{self.scheme}://{host}:{self.port}"
+
+
+def _without_credentials(raw: str) -> str:
+    """``raw`` with all between ``://`` and its last ``@`` shown as ``***``: no message echoes a password.
+
+    Cut up to the last ``@``, not to the first ``/``: a password may hold a ``/`` (or even ``://``).
+    """
+    scheme, sep, rest = raw.partition("://")
+    if not sep:
+        scheme, rest = "", raw
+    if "@" not in rest:
+        return raw
+    return f"{scheme}{sep}***@{rest.rpartition('@')[2]}"
 
 
 @dataclass(frozen=True)
