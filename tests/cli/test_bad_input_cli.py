@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from cli_support import Cli, assert_one_line_error, clean_env, pid_alive, queue_keys
 
-from etcdlock.sandbox.etcd import LocalEtcd
+from etcdlock.sandbox.etcd import LocalEtcd, LocalTls
 
 EP = "{endpoints}"
 NAME = "{name}"
@@ -83,6 +83,12 @@ CASES: dict[str, list[str]] = {
     "endpoint-unbalanced-ipv6-bracket": ["--endpoints", "http://[::1", "lock", NAME],
     "endpoint-port-zero": ["--endpoints", "http://127.0.0.1:0", "lock", NAME],
     "endpoint-with-credentials": ["--endpoints", "http://alice:secret@127.0.0.1:2379", "lock", NAME],
+    "cacert-not-pem": ["--endpoints", EP, "--cacert", "{garbage}", "status", NAME],
+    "cacert-is-a-key": ["--endpoints", EP, "--cacert", "{client_key}", "status", NAME],
+    "cert-not-pem": ["--cert", "{garbage}", "--key", "{client_key}", "status", NAME],
+    "key-not-pem": ["--cert", "{client_cert}", "--key", "{garbage}", "status", NAME],
+    "cert-and-key-mismatch": ["--cert", "{client_cert}", "--key", "{server_key}", "status", NAME],
+    "key-encrypted": ["--cert", "{client_cert}", "--key", "{encrypted_key}", "status", NAME],
 }
 
 # The exact line for the cases whose message is fixed, so that each names what is wrong.
@@ -114,11 +120,22 @@ MESSAGES: dict[str, str] = {
     "or no port for 2379)",
     "endpoint-with-credentials": "etcdlock: etcd endpoint 'http://***@127.0.0.1:2379' has credentials in "
     "it; give them with --user NAME:PASSWORD",
+    "cacert-not-pem": "etcdlock: CA file {garbage} (--cacert) holds no PEM certificate "
+    "(NO_CERTIFICATE_OR_CRL_FOUND)",
+    "cacert-is-a-key": "etcdlock: CA file {client_key} (--cacert) holds no PEM certificate "
+    "(NO_CERTIFICATE_OR_CRL_FOUND)",
+    "cert-not-pem": "etcdlock: client certificate {garbage} (--cert) holds no PEM certificate "
+    "(NO_CERTIFICATE_OR_CRL_FOUND)",
+    "key-not-pem": "etcdlock: private key {garbage} (--key) holds no PEM private key",
+    "cert-and-key-mismatch": "etcdlock: client certificate {client_cert} (--cert) and private key "
+    "{server_key} (--key) do not match",
+    "key-encrypted": "etcdlock: private key {encrypted_key} (--key) is encrypted, and etcdlock cannot ask "
+    "for its passphrase; give an unencrypted copy (openssl pkey -in KEY -out NEW)",
 }
 
 
 @pytest.fixture
-def values(cli: Cli, name: str, tmp_path: Path) -> dict[str, str]:
+def values(cli: Cli, name: str, tmp_path: Path, tls: LocalTls, encrypted_client_key: Path) -> dict[str, str]:
     """What the placeholders of CASES and MESSAGES stand for."""
     garbage = tmp_path / "client.pem"
     garbage.write_text("not really a certificate\n")
@@ -126,7 +143,12 @@ def values(cli: Cli, name: str, tmp_path: Path) -> dict[str, str]:
         "endpoints": cli.endpoints,
         "name": name,
         "cert": str(garbage),
+        "garbage": str(garbage),
         "missing": str(tmp_path / "nope"),
+        "client_cert": str(tls.client_cert_file),
+        "client_key": str(tls.client_key_file),
+        "server_key": str(tls.server_key_file),
+        "encrypted_key": str(encrypted_client_key),
     }
 
 

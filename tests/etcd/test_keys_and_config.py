@@ -7,10 +7,14 @@ import json
 import os
 import re
 import socket
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from engine_support import bounded, etcdctl, eventually, queue_keys, wait_for_key
 
 from etcdlock.etcd import (
@@ -25,7 +29,7 @@ from etcdlock.etcd import (
     read_contenders,
 )
 from etcdlock.etcd.keys import contender_key, prefix, range_end
-from etcdlock.sandbox.etcd import LocalEtcd, free_port
+from etcdlock.sandbox.etcd import LocalEtcd, LocalTls, free_port
 
 # --- key layout -------------------------------------------------------------------------------------------
 
@@ -228,16 +232,80 @@ def test_bad_credentials_and_tls_files_are_refused_with_a_clear_message(tmp_path
         EtcdConfig.parse("http://127.0.0.1:2379", user="alice")
 
 
-def test_good_config_keeps_endpoints_in_order_and_detects_tls(tmp_path: Path) -> None:
+def test_good_config_keeps_endpoints_in_order_and_detects_tls(tls: LocalTls) -> None:
     config = EtcdConfig.parse("127.0.0.1:2379, http://[::1]:2380", user="alice:s3:cret")
     assert config.describe() == "http://127.0.0.1:2379,http://[::1]:2380"
     assert (config.username, config.password) == ("alice", "s3:cret")
     assert "s3:cret" not in repr(config)
     assert not config.uses_tls
-    ca = tmp_path / "ca.pem"
-    ca.write_text("x")
     assert EtcdConfig.parse("https://etcd:2379").uses_tls
-    assert EtcdConfig.parse("http://etcd:2379", ca_file=str(ca)).uses_tls
+    assert EtcdConfig.parse("http://etcd:2379", ca_file=str(tls.ca_file)).uses_tls
+
+
+def test_good_tls_files_are_accepted_also_as_one_file_with_certificate_and_key(
+    tls: LocalTls, tmp_path: Path
+) -> None:
+    cert, key = str(tls.client_cert_file), str(tls.client_key_file)
+    config = EtcdConfig.parse("https://etcd:2379", ca_file=str(tls.ca_file), cert_file=cert, key_file=key)
+    assert (config.ca_file, config.cert_file, config.key_file) == (str(tls.ca_file), cert, key)
+    both = tmp_path / "client-with-key.pem"
+    both.write_bytes(tls.client_key_file.read_bytes() + tls.client_cert_file.read_bytes())
+    EtcdConfig.parse("https://etcd:2379", cert_file=str(both), key_file=str(both))
+    bundle = tmp_path / "bundle.pem"
+    bundle.write_bytes(tls.ca_file.read_bytes() + tls.client_cert_file.read_bytes())
+    EtcdConfig.parse("https://etcd:2379", ca_file=str(bundle))
+
+
+def _crl_only(path: Path) -> Path:
+    """A PEM file with a certificate revocation list and no certificate."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.now(UTC)
+    crl = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "some CA")]))
+        .last_update(now)
+        .next_update(now + timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    path.write_bytes(crl.public_bytes(serialization.Encoding.PEM))
+    return path
+
+
+def test_tls_files_that_grpc_could_not_use_are_refused_naming_the_file_and_the_fault(
+    tls: LocalTls, encrypted_client_key: Path, tmp_path: Path
+) -> None:
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not really a certificate\n")
+    crl = _crl_only(tmp_path / "crl.pem")
+    encrypted = encrypted_client_key
+    ca, cert, key = str(tls.ca_file), str(tls.client_cert_file), str(tls.client_key_file)
+
+    def refusal(ca_file: object = None, cert_file: object = None, key_file: object = None) -> str:
+        with pytest.raises(ConfigError) as caught:
+            EtcdConfig.parse(
+                "https://etcd:2379",
+                ca_file=None if ca_file is None else str(ca_file),
+                cert_file=None if cert_file is None else str(cert_file),
+                key_file=None if key_file is None else str(key_file),
+            )
+        return str(caught.value)
+
+    no_certificate = "holds no PEM certificate (NO_CERTIFICATE_OR_CRL_FOUND)"
+    assert refusal(ca_file=garbage) == f"CA file {garbage} (--cacert) {no_certificate}"
+    assert refusal(ca_file=key) == f"CA file {key} (--cacert) {no_certificate}"
+    assert refusal(ca_file=crl) == f"CA file {crl} (--cacert) holds no PEM certificate"
+    assert refusal(ca_file=tmp_path) == f"TLS file {tmp_path} is not a file"
+    assert refusal(ca, garbage, key) == f"client certificate {garbage} (--cert) {no_certificate}"
+    assert refusal(ca, key, key) == f"client certificate {key} (--cert) {no_certificate}"
+    assert refusal(ca, cert, garbage) == f"private key {garbage} (--key) holds no PEM private key"
+    assert refusal(ca, cert, cert) == f"private key {cert} (--key) holds no PEM private key"
+    assert refusal(ca, cert, tls.server_key_file) == (
+        f"client certificate {cert} (--cert) and private key {tls.server_key_file} (--key) do not match"
+    )
+    assert refusal(ca, cert, encrypted) == (
+        f"private key {encrypted} (--key) is encrypted, and etcdlock cannot ask for its passphrase; "
+        "give an unencrypted copy (openssl pkey -in KEY -out NEW)"
+    )
 
 
 async def test_client_fails_over_from_a_dead_first_endpoint_to_a_live_one(etcd: LocalEtcd, name: str) -> None:

@@ -5,6 +5,7 @@ Every mistake here is a :class:`ConfigError` with a message naming what is wrong
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -120,9 +121,7 @@ class EtcdConfig:
             )
         if (cert_file is None) != (key_file is None):
             raise ConfigError("--cert and --key go together")
-        for path in (ca_file, cert_file, key_file):
-            if path is not None and not Path(path).is_file():
-                raise ConfigError(f"TLS file {path} does not exist")
+        _check_tls_files(ca_file, cert_file, key_file)
         return cls(parsed, username, password, ca_file, cert_file, key_file, request_timeout)
 
     @property
@@ -131,3 +130,73 @@ class EtcdConfig:
 
     def describe(self) -> str:
         return ",".join(str(e) for e in self.endpoints)
+
+
+class _Encrypted(Exception):
+    """Raised by the passphrase callback: the key file is encrypted."""
+
+
+def _check_tls_files(ca_file: str | None, cert_file: str | None, key_file: str | None) -> None:
+    """Load the TLS files now, so that a wrong one is named here instead of blamed on the network later.
+
+    gRPC reads the files only when it connects; a file it cannot use then shows as "cannot reach etcd".
+    Python's ssl module reads the same PEM files, and says which kind of error it met as attributes.
+    """
+    for path in (ca_file, cert_file, key_file):
+        if path is not None:
+            _check_readable(path)
+    if ca_file is not None:
+        _check_certificates(ca_file, "CA file", "--cacert")
+    if cert_file is not None and key_file is not None:
+        _check_certificates(cert_file, "client certificate", "--cert")
+        _check_key(cert_file, key_file)
+
+
+def _check_readable(path: str) -> None:
+    if not Path(path).exists():
+        raise ConfigError(f"TLS file {path} does not exist")
+    if not Path(path).is_file():
+        raise ConfigError(f"TLS file {path} is not a file")
+    try:
+        Path(path).open("rb").close()
+    except OSError as exc:
+        raise ConfigError(f"cannot read TLS file {path}: {exc.strerror}") from None
+
+
+def _check_certificates(path: str, what: str, option: str) -> None:
+    """At least one PEM certificate in ``path`` (a bundle of several is fine, a file of CRLs alone is not)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    try:
+        context.load_verify_locations(cafile=path)
+    except ssl.SSLError as exc:
+        raise ConfigError(f"{what} {path} ({option}) holds no PEM certificate{_reason(exc)}") from None
+    if context.cert_store_stats()["x509"] == 0:
+        raise ConfigError(f"{what} {path} ({option}) holds no PEM certificate")
+
+
+def _check_key(cert_file: str, key_file: str) -> None:
+    """The key is a PEM private key with no passphrase (gRPC cannot ask for one) that fits the certificate."""
+
+    def passphrase() -> str:
+        raise _Encrypted
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    try:
+        context.load_cert_chain(cert_file, key_file, password=passphrase)
+    except _Encrypted:
+        raise ConfigError(
+            f"private key {key_file} (--key) is encrypted, and etcdlock cannot ask for its passphrase; "
+            "give an unencrypted copy (openssl pkey -in KEY -out NEW)"
+        ) from None
+    except ssl.SSLError as exc:
+        if exc.reason == "KEY_VALUES_MISMATCH":
+            raise ConfigError(
+                f"client certificate {cert_file} (--cert) and private key {key_file} (--key) do not match"
+            ) from None
+        # The certificate file holds a certificate (checked before), so what failed to load is the key.
+        raise ConfigError(f"private key {key_file} (--key) holds no PEM private key{_reason(exc)}") from None
+
+
+def _reason(exc: ssl.SSLError) -> str:
+    """OpenSSL's name for the error, such as NO_CERTIFICATE_OR_CRL_FOUND, if it gave one."""
+    return f" ({exc.reason})" if exc.reason else ""
