@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import trustme
+from cryptography.hazmat.primitives import serialization
 
 from etcdlock.etcd import EtcdClient, EtcdConfig, Session
 from etcdlock.sandbox.cluster import SandboxThread
@@ -88,6 +89,18 @@ def untrusted_ca(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The certificate of a CA that signed nothing etcd uses."""
     path = tmp_path_factory.mktemp("other-ca") / "ca.pem"
     trustme.CA().cert_pem.write_to_path(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def encrypted_client_key(tls: LocalTls, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The client key of ``tls``, encrypted with a passphrase (which gRPC has no way to ask for)."""
+    key = serialization.load_pem_private_key(tls.client_key_file.read_bytes(), None)
+    encryption = serialization.BestAvailableEncryption(b"passphrase")
+    path = tmp_path_factory.mktemp("encrypted") / "client-key.pem"
+    path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
+    )
     return path
 
 

@@ -5,11 +5,17 @@ A refused connection or login is one stderr line that says what is wrong, and ex
 
 from __future__ import annotations
 
+import datetime
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from cli_support import Cli, assert_one_line_error, clean_env
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed448
+from cryptography.x509.oid import NameOID
 
 from etcdlock.sandbox.etcd import LocalEtcd, LocalTls
 
@@ -67,6 +73,71 @@ def test_tls_with_the_wrong_ca_is_one_line_and_exit_1(
     proc = tls_cli.etcdlock(*client_cert(tls, untrusted_ca), "lock", name, "--timeout", "0", "--", "true")
     line = assert_one_line_error(proc)
     assert "TLS handshake failed" in line and "not signed by a trusted CA" in line
+
+
+def env_without_grpc_verbosity(verbosity: str | None = None) -> dict[str, str]:
+    """The environment of a user who never heard of GRPC_VERBOSITY (or left it empty)."""
+    env = clean_env()
+    env.pop("GRPC_VERBOSITY", None)
+    if verbosity is not None:
+        env["GRPC_VERBOSITY"] = verbosity
+    return env
+
+
+@pytest.mark.parametrize("verbosity", [None, ""], ids=["unset", "empty"])
+def test_a_failed_handshake_leaves_no_grpc_log_line(
+    tls_cli: Cli, tls: LocalTls, untrusted_ca: Path, name: str, verbosity: str | None
+) -> None:
+    """gRPC's C core logs the failed handshake itself (by default, or with GRPC_VERBOSITY empty)."""
+    proc = tls_cli.etcdlock(
+        *client_cert(tls, untrusted_ca), "status", name, env=env_without_grpc_verbosity(verbosity)
+    )
+    line = assert_one_line_error(proc)
+    assert "TLS handshake failed" in line
+
+
+@pytest.fixture(scope="module")
+def ed448_client(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed Ed448 certificate and its key: Python's ssl (OpenSSL) loads them, gRPC's TLS library
+    (BoringSSL) has no Ed448 and logs errors about the files when it connects."""
+    key = ed448.Ed448PrivateKey.generate()
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ed448-client")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, None)
+    )
+    directory = tmp_path_factory.mktemp("ed448")
+    cert, key_file = directory / "client.pem", directory / "client-key.pem"
+    cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert, key_file
+
+
+def test_tls_files_that_only_grpc_refuses_leave_no_grpc_error_line(
+    tls_cli: Cli, tls: LocalTls, ed448_client: tuple[Path, Path], name: str
+) -> None:
+    cert, key = ed448_client
+    try:  # what etcdlock checks before connecting: these files pass, so gRPC itself gets to refuse them
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(cert, key)
+    except ssl.SSLError:
+        pytest.skip("this Python's OpenSSL cannot load an Ed448 key either")
+    proc = tls_cli.etcdlock(
+        "--cacert", str(tls.ca_file), "--cert", str(cert), "--key", str(key), "status", name,
+        env=env_without_grpc_verbosity(),
+    )  # fmt: skip
+
+    assert_one_line_error(proc)
 
 
 def test_lock_with_user_and_password(auth_cli: Cli, name: str) -> None:

@@ -5,11 +5,16 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import socket
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from engine_support import bounded, etcdctl, eventually, queue_keys, wait_for_key
 
 from etcdlock.etcd import (
@@ -24,7 +29,7 @@ from etcdlock.etcd import (
     read_contenders,
 )
 from etcdlock.etcd.keys import contender_key, prefix, range_end
-from etcdlock.sandbox.etcd import LocalEtcd, free_port
+from etcdlock.sandbox.etcd import LocalEtcd, LocalTls, free_port
 
 # --- key layout -------------------------------------------------------------------------------------------
 
@@ -36,6 +41,13 @@ def test_contender_key_is_name_slash_lowercase_unpadded_hex_lease() -> None:
     assert range_end(b"x/") == b"x0"
     with pytest.raises(ValueError):
         prefix("")
+
+
+def test_a_name_that_is_not_utf8_is_a_plain_value_error_naming_its_bytes() -> None:
+    with pytest.raises(ValueError) as caught:
+        prefix(os.fsdecode(b"jobs/\xff"))  # how Python hands over an argument that is not UTF-8
+    assert type(caught.value) is ValueError
+    assert str(caught.value) == r"a lock name must be valid UTF-8, not b'jobs/\xff'"
 
 
 async def test_lock_key_in_etcd_is_name_slash_lease_hex_bound_to_the_lease(
@@ -142,6 +154,9 @@ async def test_etcdctl_lock_waits_for_our_mutex_and_gets_it_on_release(
         ("unix:///tmp/etcd.sock", "scheme must be http or https"),
         ("http://127.0.0.1:notaport", "invalid port"),
         ("http://127.0.0.1:99999", "invalid port"),
+        ("http://127.0.0.1:0", "invalid port 0 (use 1-65535, or no port for 2379)"),
+        ("http://[::1", "'http://[::1' is not a valid URL"),
+        ("http://::1]:2379", "not a valid URL"),
         ("http://127.0.0.1:2379/v3/kv", "not of the form http(s)://host:port"),
         ("http://127.0.0.1:2379,https://127.0.0.2:2379", "mix http and https"),
         ("", "no etcd endpoint"),
@@ -149,8 +164,56 @@ async def test_etcdctl_lock_waits_for_our_mutex_and_gets_it_on_release(
     ],
 )
 def test_bad_endpoints_are_refused_with_a_clear_message(endpoints: str, message: str) -> None:
-    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         EtcdConfig.parse(endpoints)
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "http://alice:s3cret@127.0.0.1:2379",
+        "alice:s3cret@127.0.0.1:2379",
+        "https://:s3cret@etcd:2379",
+        "http://alice:s3cret@[::1",
+        "ftp://alice:s3cret@etcd:2379",
+        "http://alice:s3/cret@etcd:2379",
+        "http://alice@etcd:2379",
+        "http://alice:s3://cret@etcd:2379",
+    ],
+)
+def test_credentials_in_an_endpoint_are_refused_without_echoing_them(endpoint: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        EtcdConfig.parse(endpoint)
+    message = str(caught.value)
+    assert "s3" not in message and "alice" not in message
+    assert "***@" in message
+
+
+def test_credentials_in_an_endpoint_point_to_the_user_option() -> None:
+    with pytest.raises(ConfigError) as caught:
+        EtcdConfig.parse("http://alice:s3cret@127.0.0.1:2379")
+    assert str(caught.value) == (
+        "etcd endpoint 'http://***@127.0.0.1:2379' has credentials in it; give them with --user NAME:PASSWORD"
+    )
+
+
+def test_an_endpoint_without_a_port_means_2379() -> None:
+    config = EtcdConfig.parse("http://etcd,http://[::1],10.0.0.1")
+    assert [e.port for e in config.endpoints] == [2379, 2379, 2379]
+
+
+def test_endpoints_and_user_that_are_not_utf8_are_refused_before_any_request() -> None:
+    with pytest.raises(ConfigError, match=r"etcd endpoint b'http://\\xff:2379' is not valid UTF-8"):
+        EtcdConfig.parse(os.fsdecode(b"http://\xff:2379"))
+    with pytest.raises(ConfigError) as caught:
+        EtcdConfig.parse("http://127.0.0.1:2379", user=os.fsdecode(b"alice:s3cr\xffet"))
+    assert str(caught.value) == "--user NAME:PASSWORD is not valid UTF-8"
+
+
+@pytest.mark.parametrize("seconds", [0.0, -1.0, float("nan"), float("inf"), 86_400.5, 1e300])
+def test_a_request_timeout_must_be_positive_and_finite(seconds: float) -> None:
+    with pytest.raises(ConfigError, match="request timeout must be more than 0 and at most 86400 seconds"):
+        EtcdConfig.parse("http://127.0.0.1:2379", request_timeout=seconds)
 
 
 def test_bad_credentials_and_tls_files_are_refused_with_a_clear_message(tmp_path: Path) -> None:
@@ -169,16 +232,80 @@ def test_bad_credentials_and_tls_files_are_refused_with_a_clear_message(tmp_path
         EtcdConfig.parse("http://127.0.0.1:2379", user="alice")
 
 
-def test_good_config_keeps_endpoints_in_order_and_detects_tls(tmp_path: Path) -> None:
+def test_good_config_keeps_endpoints_in_order_and_detects_tls(tls: LocalTls) -> None:
     config = EtcdConfig.parse("127.0.0.1:2379, http://[::1]:2380", user="alice:s3:cret")
     assert config.describe() == "http://127.0.0.1:2379,http://[::1]:2380"
     assert (config.username, config.password) == ("alice", "s3:cret")
     assert "s3:cret" not in repr(config)
     assert not config.uses_tls
-    ca = tmp_path / "ca.pem"
-    ca.write_text("x")
     assert EtcdConfig.parse("https://etcd:2379").uses_tls
-    assert EtcdConfig.parse("http://etcd:2379", ca_file=str(ca)).uses_tls
+    assert EtcdConfig.parse("http://etcd:2379", ca_file=str(tls.ca_file)).uses_tls
+
+
+def test_good_tls_files_are_accepted_also_as_one_file_with_certificate_and_key(
+    tls: LocalTls, tmp_path: Path
+) -> None:
+    cert, key = str(tls.client_cert_file), str(tls.client_key_file)
+    config = EtcdConfig.parse("https://etcd:2379", ca_file=str(tls.ca_file), cert_file=cert, key_file=key)
+    assert (config.ca_file, config.cert_file, config.key_file) == (str(tls.ca_file), cert, key)
+    both = tmp_path / "client-with-key.pem"
+    both.write_bytes(tls.client_key_file.read_bytes() + tls.client_cert_file.read_bytes())
+    EtcdConfig.parse("https://etcd:2379", cert_file=str(both), key_file=str(both))
+    bundle = tmp_path / "bundle.pem"
+    bundle.write_bytes(tls.ca_file.read_bytes() + tls.client_cert_file.read_bytes())
+    EtcdConfig.parse("https://etcd:2379", ca_file=str(bundle))
+
+
+def _crl_only(path: Path) -> Path:
+    """A PEM file with a certificate revocation list and no certificate."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.now(UTC)
+    crl = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "some CA")]))
+        .last_update(now)
+        .next_update(now + timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    path.write_bytes(crl.public_bytes(serialization.Encoding.PEM))
+    return path
+
+
+def test_tls_files_that_grpc_could_not_use_are_refused_naming_the_file_and_the_fault(
+    tls: LocalTls, encrypted_client_key: Path, tmp_path: Path
+) -> None:
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not really a certificate\n")
+    crl = _crl_only(tmp_path / "crl.pem")
+    encrypted = encrypted_client_key
+    ca, cert, key = str(tls.ca_file), str(tls.client_cert_file), str(tls.client_key_file)
+
+    def refusal(ca_file: object = None, cert_file: object = None, key_file: object = None) -> str:
+        with pytest.raises(ConfigError) as caught:
+            EtcdConfig.parse(
+                "https://etcd:2379",
+                ca_file=None if ca_file is None else str(ca_file),
+                cert_file=None if cert_file is None else str(cert_file),
+                key_file=None if key_file is None else str(key_file),
+            )
+        return str(caught.value)
+
+    no_certificate = "holds no PEM certificate (NO_CERTIFICATE_OR_CRL_FOUND)"
+    assert refusal(ca_file=garbage) == f"CA file {garbage} (--cacert) {no_certificate}"
+    assert refusal(ca_file=key) == f"CA file {key} (--cacert) {no_certificate}"
+    assert refusal(ca_file=crl) == f"CA file {crl} (--cacert) holds no PEM certificate"
+    assert refusal(ca_file=tmp_path) == f"TLS file {tmp_path} is not a file"
+    assert refusal(ca, garbage, key) == f"client certificate {garbage} (--cert) {no_certificate}"
+    assert refusal(ca, key, key) == f"client certificate {key} (--cert) {no_certificate}"
+    assert refusal(ca, cert, garbage) == f"private key {garbage} (--key) holds no PEM private key"
+    assert refusal(ca, cert, cert) == f"private key {cert} (--key) holds no PEM private key"
+    assert refusal(ca, cert, tls.server_key_file) == (
+        f"client certificate {cert} (--cert) and private key {tls.server_key_file} (--key) do not match"
+    )
+    assert refusal(ca, cert, encrypted) == (
+        f"private key {encrypted} (--key) is encrypted, and etcdlock cannot ask for its passphrase; "
+        "give an unencrypted copy (openssl pkey -in KEY -out NEW)"
+    )
 
 
 async def test_client_fails_over_from_a_dead_first_endpoint_to_a_live_one(etcd: LocalEtcd, name: str) -> None:

@@ -4,9 +4,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import signal
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any
+
+from etcdlock.etcd.config import MAX_REQUEST_TIMEOUT
+from etcdlock.etcd.keys import non_utf8
+
+MAX_LEASE_TTL = 9_000_000_000
+"""etcd's largest lease TTL in seconds (its ``MaxLeaseTTL``): beyond it etcd answers "too large lease TTL"."""
+MAX_INT64 = 2**63 - 1
+"""etcd reads at most this many keys at once (a range limit is an int64): the most permits a lock can have."""
+MAX_PORT = 65535
 
 
 def positive_int(text: str) -> int:
@@ -19,11 +29,36 @@ def positive_int(text: str) -> int:
     return value
 
 
+def _positive_int_at_most(high: int, why: str) -> Callable[[str], int]:
+    """An argparse type for 1..``high``: beyond ``high`` etcd (or the OS) would fail deep inside a request."""
+
+    def parse(text: str) -> int:
+        value = positive_int(text)
+        if value > high:
+            raise argparse.ArgumentTypeError(f"must be at most {high} ({why}): {text!r}")
+        return value
+
+    return parse
+
+
+ttl_seconds = _positive_int_at_most(MAX_LEASE_TTL, "etcd's maximum lease TTL")
+permit_count = _positive_int_at_most(MAX_INT64, "etcd's int64 limit")
+port_number = _positive_int_at_most(MAX_PORT, "the largest TCP port")
+
+
+def utf8_text(text: str) -> str:
+    """Text that goes into etcd (a holder, a proposal): refused if it is not UTF-8, before any request."""
+    raw = non_utf8(text)
+    if raw is not None:
+        raise argparse.ArgumentTypeError(f"not valid UTF-8: {raw!r}")
+    return text
+
+
 def lock_name(text: str) -> str:
-    """A lock or election NAME: any non-empty string (the keys live under ``NAME/``)."""
+    """A lock or election NAME: any non-empty UTF-8 string (the keys live under ``NAME/``)."""
     if not text:
         raise argparse.ArgumentTypeError("must not be empty")
-    return text
+    return utf8_text(text)
 
 
 def positive_float(text: str) -> float:
@@ -31,6 +66,20 @@ def positive_float(text: str) -> float:
     if value == 0:
         raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
     return value
+
+
+def request_timeout(text: str) -> float:
+    """Seconds per etcd request: finite, as gRPC needs a deadline it can compute (inf fails every request)."""
+    value = positive_float(text)
+    if value > MAX_REQUEST_TIMEOUT:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_REQUEST_TIMEOUT:g} (one day): {text!r}")
+    return value
+
+
+def timeout_seconds(text: str) -> float | None:
+    """A wait limit: ``inf`` (or a number too large for a float) means no limit, as if none were given."""
+    value = non_negative_float(text)
+    return None if math.isinf(value) else value
 
 
 def non_negative_float(text: str) -> float:

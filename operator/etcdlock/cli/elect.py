@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from etcdlock.cli.common import Signals, first_or_interrupted, lock_name, positive_int
+from etcdlock.cli.common import Signals, first_or_interrupted, lock_name, ttl_seconds, utf8_text
 from etcdlock.etcd import (
     Election,
     EtcdClient,
@@ -28,10 +28,10 @@ def add_parser(commands: Any) -> None:
         "SIGINT/SIGTERM, then resign. With --listen, print the leader key and value at every change.",
     )
     parser.add_argument("name", metavar="NAME", type=lock_name)
-    parser.add_argument("proposal", metavar="PROPOSAL", nargs="?")
+    parser.add_argument("proposal", metavar="PROPOSAL", nargs="?", type=utf8_text)
     parser.add_argument("-l", "--listen", action="store_true", help="observe leadership changes")
     parser.add_argument(
-        "--ttl", type=positive_int, default=ELECTION_TTL, help="session TTL in seconds (60, as etcdctl)"
+        "--ttl", type=ttl_seconds, default=ELECTION_TTL, help="session TTL in seconds (60, as etcdctl)"
     )
     parser.set_defaults(handler=run_elect)
 

@@ -18,7 +18,10 @@ from etcdlock.cli.common import (
     first_or_interrupted,
     lock_name,
     non_negative_float,
-    positive_int,
+    permit_count,
+    timeout_seconds,
+    ttl_seconds,
+    utf8_text,
 )
 from etcdlock.etcd import (
     EtcdClient,
@@ -47,20 +50,22 @@ def add_parser(commands: Any) -> None:
     parser.add_argument(
         "name", metavar="NAME", type=lock_name, help="lock name (the same NAME as `etcdctl lock NAME`)"
     )
-    parser.add_argument("--ttl", type=positive_int, default=DEFAULT_TTL, help="session TTL in seconds (10)")
+    parser.add_argument("--ttl", type=ttl_seconds, default=DEFAULT_TTL, help="session TTL in seconds (10)")
     parser.add_argument(
         "--timeout",
-        type=non_negative_float,
+        type=timeout_seconds,
         default=None,
-        help="give up after S seconds, exit 2 (0 = try once)",
+        help="give up after S seconds, exit 2 (0 = try once; inf = wait for ever, the default)",
     )
-    parser.add_argument("--permits", type=positive_int, default=1, help="holders allowed at once (1)")
-    parser.add_argument("--holder", default=None, help="holder identity written into the key (host/pid)")
+    parser.add_argument("--permits", type=permit_count, default=1, help="holders allowed at once (1)")
+    parser.add_argument(
+        "--holder", type=utf8_text, default=None, help="holder identity written into the key (host/pid)"
+    )
     parser.add_argument(
         "--kill-grace",
         type=non_negative_float,
         default=DEFAULT_KILL_GRACE,
-        help="seconds between SIGTERM and SIGKILL when the lock is lost (5)",
+        help="seconds between SIGTERM and SIGKILL when the lock is lost (5; inf = never SIGKILL)",
     )
     parser.add_argument(
         "cmd", nargs="*", default=[], metavar="CMD", help="command to run, after --: lock NAME -- CMD ARGS..."

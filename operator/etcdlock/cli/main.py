@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from etcdlock.cli import elect, lock, operator, sandbox, status
-from etcdlock.cli.common import positive_float
+from etcdlock.cli.common import request_timeout
 from etcdlock.etcd import EtcdConfig, EtcdLockError, LockLost, LockTimeout, SessionLost
 from etcdlock.etcd.config import DEFAULT_ENDPOINT
 
@@ -66,9 +66,9 @@ def _add_connection_options(parser: argparse.ArgumentParser, *, after_command: b
     )
     parser.add_argument(
         "--request-timeout",
-        type=positive_float,
+        type=request_timeout,
         default=default(5.0),
-        help="seconds per etcd request (default 5)",
+        help="seconds per etcd request (default 5, at most 86400)",
     )
     parser.add_argument(
         "-v", "--verbose", action="store_true", default=default(False), help="log what the engine does"

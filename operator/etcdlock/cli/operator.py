@@ -8,7 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from etcdlock.cli.common import positive_int
+from etcdlock.cli.common import ttl_seconds
 from etcdlock.etcd import EtcdConfig, EtcdLockError
 
 DEFAULT_CERT_DIR = "/etc/etcdlock/webhook"
@@ -48,7 +48,7 @@ def add_parser(commands: Any) -> None:
     )
     parser.add_argument(
         "--leader-ttl",
-        type=positive_int,
+        type=ttl_seconds,
         default=DEFAULT_TTL,
         help=f"seconds within which a crashed leader is replaced (session TTL, default {DEFAULT_TTL})",
     )

@@ -7,7 +7,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from etcdlock.cli.common import positive_int
+from etcdlock.cli.common import port_number
 from etcdlock.etcd import EtcdConfig, EtcdLockError
 
 
@@ -20,7 +20,7 @@ def add_parser(commands: Any) -> None:
     )
     parser.add_argument("action", choices=("up", "down"))
     parser.add_argument("--dir", default=".sandbox", help="state folder (default .sandbox)")
-    parser.add_argument("--port", type=positive_int, default=None, help="API port (default: a free one)")
+    parser.add_argument("--port", type=port_number, default=None, help="API port (default: a free one)")
     parser.add_argument(
         "--operator",
         action="store_true",

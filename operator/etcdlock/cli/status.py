@@ -8,7 +8,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from etcdlock.cli.common import lock_name, positive_int
+from etcdlock.cli.common import lock_name, permit_count
 from etcdlock.etcd import Contender, EtcdClient, EtcdConfig, read_contenders
 
 
@@ -22,7 +22,7 @@ def add_parser(commands: Any) -> None:
     parser.add_argument("-o", "--output", choices=("table", "json"), default="table", help="output format")
     parser.add_argument(
         "--permits",
-        type=positive_int,
+        type=permit_count,
         default=None,
         help="permits of the semaphore (default: as written by its holders, else 1)",
     )

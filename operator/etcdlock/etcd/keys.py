@@ -18,10 +18,29 @@ if TYPE_CHECKING:
     from etcdlock.etcd.client import EtcdClient
 
 
+def non_utf8(text: str) -> bytes | None:
+    """The bytes behind ``text`` if it is not valid UTF-8 (to show the user), else None.
+
+    Python hands over a command-line argument or an environment value that is not UTF-8 as a str with
+    surrogate escapes. Such a str has no UTF-8 form, so it can be neither an etcd key nor part of a request.
+    """
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        try:
+            return text.encode(errors="surrogateescape")
+        except UnicodeEncodeError:  # a lone surrogate that did not come from a byte
+            return text.encode(errors="backslashreplace")
+    return None
+
+
 def prefix(name: str) -> bytes:
     """The range every contender key of NAME lives under (NAME plus a slash, as etcd does)."""
     if not name:
         raise ValueError("a lock name must not be empty")
+    raw = non_utf8(name)
+    if raw is not None:
+        raise ValueError(f"a lock name must be valid UTF-8, not {raw!r}")
     return name.encode() + b"/"
 
 
