@@ -28,7 +28,9 @@ from etcdlock.etcd import (
     EtcdConfig,
     EtcdLockError,
     EtcdUnavailable,
+    EtcdUnreachable,
     LockLost,
+    LockTimeout,
     Semaphore,
     Session,
     SessionLost,
@@ -37,6 +39,7 @@ from etcdlock.etcd.session import DEFAULT_TTL
 
 EXIT_LOST = 3
 DEFAULT_KILL_GRACE = 5.0
+_RETRY_PAUSE = 0.2
 
 
 def add_parser(commands: Any) -> None:
@@ -77,19 +80,72 @@ async def run_lock(args: argparse.Namespace, config: EtcdConfig) -> int:
     command: list[str] = args.cmd
     signals = Signals()
     try:
-        async with EtcdClient(config) as client, Session(client, ttl=args.ttl) as session:
-            lock = Semaphore(session, args.name, args.permits, holder=args.holder)
-            try:
-                acquired = await first_or_interrupted(lock.acquire(args.timeout), signals.received.wait())
-            except (LockLost, SessionLost) as exc:
-                raise EtcdLockError(f"gave up waiting for {args.name}: {exc}") from None
-            if acquired is None:
+        async with contextlib.AsyncExitStack() as stack:
+            client = EtcdClient(config)
+            stack.push_async_callback(client.close)
+            acquiring = _acquire(client, args, stack)
+            lock = await first_or_interrupted(acquiring, signals.received.wait())
+            if lock is None:
                 raise EtcdLockError(f"interrupted while waiting for {args.name}")
             if not command:
                 return await _hold(lock, signals)
             return await _run_under_lock(lock, command, signals, args.kill_grace)
     finally:
         signals.close()
+
+
+async def _acquire(
+    client: EtcdClient, args: argparse.Namespace, stack: contextlib.AsyncExitStack
+) -> Semaphore:
+    """Acquire NAME within ``--timeout`` (for ever without one), riding out etcd being unavailable or
+    without quorum, even for longer than a session lives (a lost session is replaced by a new one).
+
+    An etcd that cannot be reached at all at the start, or that refuses this client, is an error at once;
+    so is any failure of a try-once acquire (``--timeout 0``).
+    """
+    try_once = args.timeout == 0
+    loop = asyncio.get_running_loop()
+    deadline = None if args.timeout is None else loop.time() + args.timeout
+    try:
+        await client.reachable()
+    except EtcdUnavailable as exc:
+        if try_once or isinstance(exc, EtcdUnreachable):
+            raise
+    why = "etcd did not answer"
+    while True:
+        remaining = None if deadline is None else deadline - loop.time()
+        if remaining is not None and remaining <= 0 and not try_once:
+            raise LockTimeout(f"{args.name} not acquired within {args.timeout:g}s; {why}", seen=False)
+        try:
+            async with asyncio.timeout(None if try_once else remaining):
+                session = await Session(client, ttl=args.ttl).start()
+        except (EtcdUnavailable, TimeoutError) as exc:
+            if try_once:
+                raise
+            why = f"etcd is unavailable ({str(exc) or 'no answer in time'})"
+            await asyncio.sleep(_RETRY_PAUSE)
+            continue
+        lock = Semaphore(session, args.name, args.permits, holder=args.holder)
+        try:
+            await lock.acquire(0 if try_once else remaining)
+        except SessionLost as exc:
+            await session.close()
+            why = f"its etcd session was lost ({exc})"
+            continue
+        except LockTimeout as exc:
+            await session.close()
+            if try_once:
+                raise
+            holders = exc.holders if exc.seen else None
+            raise LockTimeout.naming(f"{args.name} not acquired within {args.timeout:g}s", holders) from None
+        except LockLost as exc:
+            await session.close()
+            raise EtcdLockError(f"gave up waiting for {args.name}: {exc}") from None
+        except BaseException:
+            await session.close()
+            raise
+        stack.push_async_callback(session.close)
+        return lock
 
 
 async def _hold(lock: Semaphore, signals: Signals) -> int:

@@ -40,6 +40,7 @@ from etcdlock.etcd.errors import (
     EtcdDenied,
     EtcdError,
     EtcdUnavailable,
+    EtcdUnreachable,
     Fenced,
     LeaseNotFound,
 )
@@ -346,7 +347,7 @@ class EtcdClient:
                 refusal = await _tls_refusal(member.endpoint, self.config)
                 if refusal is not None:
                     return EtcdDenied(f"cannot reach etcd at {member}: {refusal}", code.name)
-            return EtcdUnavailable(f"cannot reach etcd at {member}: {details or code.name}", code.name)
+            return EtcdUnreachable(f"cannot reach etcd at {member}: {details or code.name}", code.name)
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
             return EtcdUnavailable(f"etcd at {member} did not answer in time", code.name)
         return classify(code, details, str(member))
@@ -533,8 +534,8 @@ class EtcdClient:
             except EtcdError as exc:
                 first = first or exc
         assert first is not None
-        if isinstance(first, EtcdUnavailable) and len(self._members) > 1:
-            raise EtcdUnavailable(
+        if isinstance(first, EtcdUnreachable) and len(self._members) > 1:
+            raise EtcdUnreachable(
                 f"cannot reach etcd at {self.config.describe()}: no endpoint answers", first.code
             )
         raise first

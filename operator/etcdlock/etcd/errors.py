@@ -43,6 +43,11 @@ class EtcdUnavailable(EtcdError):
     restarting). The same request may succeed later, on this member or another."""
 
 
+class EtcdUnreachable(EtcdUnavailable):
+    """No connection to etcd at all (refused, no route, a name that does not resolve): transient too, but
+    at start-up it more likely means a wrong endpoint than an outage."""
+
+
 class EtcdDenied(EtcdError):
     """etcd refuses this client: permission denied, authentication failed, no credentials where they are
     needed, or a TLS handshake it (or we) refused. Retrying does not help; the user must act."""
@@ -119,8 +124,19 @@ class NotHeld(EtcdLockError):
 
 
 class LockTimeout(EtcdLockError):
-    """The lock was not acquired within the timeout. ``holders`` names who held it at the last look."""
+    """The lock was not acquired within the timeout. ``holders`` names who held it at the last look;
+    ``seen`` is False when etcd did not answer that look (then nobody can tell who holds it)."""
 
-    def __init__(self, message: str, holders: tuple[Contender, ...] = ()) -> None:
+    def __init__(self, message: str, holders: tuple[Contender, ...] = (), *, seen: bool = True) -> None:
         super().__init__(message)
         self.holders = holders
+        self.seen = seen
+
+    @classmethod
+    def naming(cls, what: str, holders: tuple[Contender, ...] | None) -> LockTimeout:
+        """``what`` happened (``"jobs not acquired within 5s"``), and who holds the lock: ``holders`` as
+        last read, None when etcd did not answer."""
+        if holders is None:
+            return cls(f"{what}; holders unknown (etcd did not answer)", seen=False)
+        names = ", ".join(h.describe() for h in holders) or "nobody"
+        return cls(f"{what}; held by {names}", holders)

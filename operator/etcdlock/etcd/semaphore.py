@@ -106,8 +106,7 @@ class Semaphore:
         except TimeoutError:
             await self._abandon()
             seen = await self._holders_quietly()
-            who = "holders unknown (etcd did not answer)" if seen is None else f"held by {_names(seen)}"
-            raise LockTimeout(f"{self.name} not acquired within {timeout}s; {who}", seen or ()) from None
+            raise LockTimeout.naming(f"{self.name} not acquired within {timeout:g}s", seen) from None
         except BaseException:
             await self._abandon()
             raise
