@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from etcdlock.cli.main import build_parser
-from etcdlock.operator.names import WEBHOOK_PATH
+from etcdlock.operator.names import LOCK_CHECK_PATH, WEBHOOK_PATH
 
 ROOT = Path(__file__).resolve().parents[1]
 KUBECTL = shutil.which("kubectl") or "/usr/bin/kubectl"
@@ -61,7 +61,12 @@ def test_every_object_validates_against_the_kubernetes_schemas(overlay: str, ver
             continue
         assert kubernetes_validate.validate(doc, version, strict=True) == version, doc["metadata"]["name"]
     namespaced = [d for d in docs if d["kind"] not in ("Namespace", "CustomResourceDefinition")]
-    cluster_scoped = ("ClusterRole", "ClusterRoleBinding", "MutatingWebhookConfiguration")
+    cluster_scoped = (
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "MutatingWebhookConfiguration",
+        "ValidatingWebhookConfiguration",
+    )
     for doc in namespaced:
         if doc["kind"] not in cluster_scoped:
             assert doc["metadata"]["namespace"] == "etcdlock-system", doc["metadata"]["name"]
@@ -99,6 +104,16 @@ def test_the_webhook_reaches_the_operator_and_never_blocks_pods(installed: Docs)
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert service["spec"]["ports"][0]["targetPort"] == "webhook" and ports["webhook"] == 9443
+
+
+def test_lock_keys_are_checked_at_admission_and_nothing_unchecked_is_let_through(installed: Docs) -> None:
+    (hook,) = one(installed, "ValidatingWebhookConfiguration", "etcdlock.io")["webhooks"]
+    assert hook["failurePolicy"] == "Fail" and hook["sideEffects"] == "None"
+    (rule,) = hook["rules"]
+    assert (rule["resources"], sorted(rule["operations"])) == (["distributedlocks"], ["CREATE", "UPDATE"])
+    service_ref = hook["clientConfig"]["service"]
+    assert service_ref["path"] == LOCK_CHECK_PATH
+    assert one(installed, "Service", service_ref["name"])["metadata"]["namespace"] == service_ref["namespace"]
 
 
 def test_the_operator_deployment_is_highly_available_and_locked_down(installed: Docs) -> None:

@@ -206,7 +206,15 @@ def test_the_schema_is_structural_and_describes_every_field() -> None:
         if "pattern" in node:
             re.compile(node["pattern"])
     status = LOCK_SCHEMA["properties"]["status"]["properties"]
-    assert set(status) == {"phase", "holders", "waiters", "waiterCount", "observedGeneration", "conditions"}
+    assert set(status) == {
+        "phase",
+        "holders",
+        "waiters",
+        "waiterCount",
+        "podLeaseTTLSeconds",
+        "observedGeneration",
+        "conditions",
+    }
     assert set(status["holders"]["items"]["properties"]) == {
         "holder",
         "key",
@@ -336,6 +344,7 @@ def operator_status() -> dict[str, Any]:
             {"holder": f"{key}/2d", "key": f"{key}/2d", "fencingToken": 57, "leaseID": "2d"},
         ],
         "waiterCount": 1,
+        "podLeaseTTLSeconds": 30,
         "observedGeneration": 1,
         "conditions": [
             {

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
@@ -96,13 +95,8 @@ class Holds:
 
 
 async def leader_of(cluster: LocalEtcd) -> Member:
-    """The member that is the raft leader now, as etcd reports it (``etcdctl endpoint status``)."""
-    result = await asyncio.to_thread(cluster.etcdctl, "endpoint", "status", "-w", "json")
-    assert result.returncode == 0, result.stderr
-    for entry in json.loads(result.stdout):
-        if entry["Status"]["header"]["member_id"] == entry["Status"]["leader"]:
-            return next(m for m in cluster.members if m.client_url == entry["Endpoint"])
-    raise AssertionError(f"no leader in {result.stdout}")
+    """The member that is the raft leader now."""
+    return await asyncio.to_thread(cluster.leader)
 
 
 @contextlib.asynccontextmanager

@@ -11,9 +11,9 @@ import kubernetes
 import pytest
 import yaml
 from kubernetes.client import ApiClient
-from operator_support import OperatorThread, tolerating
+from operator_support import OperatorThread, tolerating, webhooks_registered
 
-from etcdlock.operator.webhook import WebhookSettings, configuration
+from etcdlock.operator.webhook import WebhookSettings
 from etcdlock.sandbox.certs import write_webhook_certs
 from etcdlock.sandbox.etcd import LocalEtcd, free_port
 
@@ -52,14 +52,10 @@ def webhook_certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def webhook(api: ApiClient, namespace: str, webhook_certs: Path) -> Iterator[WebhookSettings]:
-    """Where the operator serves the webhook, registered for the test's namespace only, as the shipped
-    configuration registers it (by URL here: there is no Service network in the sandbox)."""
+    """Where the operator serves the webhooks, registered for the test's namespace only."""
     settings = WebhookSettings("127.0.0.1", free_port(), webhook_certs)
-    registrations = kubernetes.client.AdmissionregistrationV1Api(api)
-    name = f"etcdlock-{namespace}"
-    registrations.create_mutating_webhook_configuration(configuration(settings, name, namespace))
-    yield settings
-    registrations.delete_mutating_webhook_configuration(name)
+    with webhooks_registered(api, settings, namespace):
+        yield settings
 
 
 @pytest.fixture

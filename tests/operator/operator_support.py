@@ -18,8 +18,9 @@ from kubernetes.client import ApiClient
 
 from etcdlock.etcd import EtcdConfig
 from etcdlock.operator.leadership import ElectionSettings
+from etcdlock.operator.names import WEBHOOK_CONFIGURATION
 from etcdlock.operator.run import run_operator
-from etcdlock.operator.webhook import WebhookSettings
+from etcdlock.operator.webhook import WebhookSettings, configuration, validation
 
 GROUP, VERSION, PLURAL = "etcdlock.io", "v1alpha1", "distributedlocks"
 BOUND = 15.0
@@ -45,6 +46,31 @@ def tolerating(status: int) -> Iterator[None]:
     except kubernetes.client.ApiException as exc:
         if exc.status != status:
             raise
+
+
+@contextlib.contextmanager
+def webhooks_registered(api: ApiClient, settings: WebhookSettings, namespace: str) -> Iterator[None]:
+    """Pods created in ``namespace`` gated, and its DistributedLocks checked, by the webhook server of
+    ``settings``, as the shipped configurations send them to the operator's Service (by URL here: there is
+    no Service network in the sandbox)."""
+    registrations = kubernetes.client.AdmissionregistrationV1Api(api)
+    name = f"etcdlock-{namespace}"
+    registrations.create_mutating_webhook_configuration(configuration(settings, name, namespace))
+    registrations.create_validating_webhook_configuration(validation(settings, name, namespace))
+    try:
+        yield
+    finally:
+        registrations.delete_validating_webhook_configuration(name)
+        registrations.delete_mutating_webhook_configuration(name)
+
+
+def forget_self_registered_webhooks(api: ApiClient) -> None:
+    """Delete the webhook configurations replicas started with --webhook-configure wrote."""
+    registrations = kubernetes.client.AdmissionregistrationV1Api(api)
+    with tolerating(404):
+        registrations.delete_mutating_webhook_configuration(WEBHOOK_CONFIGURATION)
+    with tolerating(404):
+        registrations.delete_validating_webhook_configuration(WEBHOOK_CONFIGURATION)
 
 
 def wait_listening(host: str, port: int) -> None:

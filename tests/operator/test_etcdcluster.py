@@ -25,13 +25,13 @@ from typing import Any
 import kubernetes
 import pytest
 from kubernetes.client import ApiClient
-from operator_support import create_lock, eventually, status_of
+from operator_support import create_lock, eventually, status_of, webhooks_registered
 from test_pods import create_pod, finish, held, note, read_pod
 
 from etcdlock.etcd import EtcdClient, EtcdConfig, EtcdUnavailable
 from etcdlock.etcd.client import put_op
 from etcdlock.operator.names import CLUSTER_ANNOTATION, TOKEN_ANNOTATION
-from etcdlock.operator.webhook import WebhookSettings, configuration
+from etcdlock.operator.webhook import WebhookSettings
 from etcdlock.sandbox.cluster import SandboxThread
 from etcdlock.sandbox.etcd import LocalEtcd, free_port
 from etcdlock.sandbox.replicas import OperatorProcess
@@ -118,28 +118,24 @@ def env(
     core = kubernetes.client.CoreV1Api(api)
     core.create_namespace({"metadata": {"name": namespace}})
     settings = WebhookSettings("127.0.0.1", free_port(), webhook_certs)
-    registrations = kubernetes.client.AdmissionregistrationV1Api(api)
-    registrations.create_mutating_webhook_configuration(
-        configuration(settings, f"etcdlock-{namespace}", namespace)
-    )
     logs = tmp_path_factory.mktemp("etcdcluster")
-    operator = OperatorProcess(
-        etcd.endpoint_list,
-        kubeconfig,
-        webhook_certs,
-        logs / "operator.log",
-        namespaces=(namespace,),
-        configure_webhook=False,
-        webhook_port=settings.port,
-        cluster_dns=k8s_sandbox.hosts,
-    ).start()
-    try:
-        operator.wait("ready", 30)
-        yield Env(api, namespace)
-    finally:
-        operator.stop()
-        registrations.delete_mutating_webhook_configuration(f"etcdlock-{namespace}")
-        core.delete_namespace(namespace)
+    with webhooks_registered(api, settings, namespace):
+        operator = OperatorProcess(
+            etcd.endpoint_list,
+            kubeconfig,
+            webhook_certs,
+            logs / "operator.log",
+            namespaces=(namespace,),
+            configure_webhook=False,
+            webhook_port=settings.port,
+            cluster_dns=k8s_sandbox.hosts,
+        ).start()
+        try:
+            operator.wait("ready", 30)
+            yield Env(api, namespace)
+        finally:
+            operator.stop()
+    core.delete_namespace(namespace)
 
 
 @pytest.fixture(scope="module")

@@ -10,18 +10,25 @@ moved and that the queue kept its order.
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-import kubernetes
 import pytest
 from kubernetes.client import ApiClient
-from operator_support import BOUND, create_lock, events_of, eventually, tolerating
+from operator_support import (
+    BOUND,
+    create_lock,
+    events_of,
+    eventually,
+    forget_self_registered_webhooks,
+    status_of,
+)
 from test_pods import PodWatch, create_pod, finish, gated, held, note, read_pod, take_turns
 
-from etcdlock.operator.names import STATE_ANNOTATION, WEBHOOK_CONFIGURATION
+from etcdlock.operator.names import LEASE_ANNOTATION, STATE_ANNOTATION
 from etcdlock.operator.webhook import WebhookSettings, register, registered_urls
 from etcdlock.sandbox.etcd import LocalEtcd
 from etcdlock.sandbox.replicas import OperatorProcess
@@ -33,7 +40,9 @@ FAILOVER_BOUND = TTL + 10.0
 class Replicas:
     """Three replicas of the operator sharing one election, watching one namespace."""
 
-    def __init__(self, etcd: LocalEtcd, kubeconfig: Path, certs: Path, namespace: str, logs: Path) -> None:
+    def __init__(
+        self, etcd: LocalEtcd, kubeconfig: Path, certs: Path, namespace: str, logs: Path, ttl: int = TTL
+    ) -> None:
         self.all = [
             OperatorProcess(
                 etcd.endpoint_list,
@@ -42,7 +51,7 @@ class Replicas:
                 logs / f"replica-{i}.log",
                 namespaces=(namespace,),
                 election=f"/etcdlock/test/{namespace}/leader",
-                leader_ttl=TTL,
+                leader_ttl=ttl,
             )
             for i in range(3)
         ]
@@ -81,9 +90,7 @@ def replicas(
         yield running
     finally:
         running.stop()
-        with tolerating(404):
-            registrations = kubernetes.client.AdmissionregistrationV1Api(api)
-            registrations.delete_mutating_webhook_configuration(WEBHOOK_CONFIGURATION)
+        forget_self_registered_webhooks(api)
     for replica in running.all:
         assert "Traceback" not in replica.log_path.read_text(), replica.log_path.read_text()
 
@@ -235,3 +242,57 @@ def test_replicas_ride_out_a_member_loss_stop_without_quorum_and_lead_again_afte
         take_turns(api, namespace, names, pods)
     finally:
         running.stop()
+
+
+def lease_remaining(etcd: LocalEtcd, lease: str) -> int:
+    """Seconds the lease has left, as etcd says (``etcdctl lease timetolive``); -1 once it is gone."""
+    done = etcd.etcdctl("lease", "timetolive", lease, "-w", "json")
+    return int(json.loads(done.stdout)["ttl"]) if done.returncode == 0 else -1
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGKILL, signal.SIGSTOP], ids=["sigkill", "sigstop"])
+def test_a_hold_with_the_shortest_ttl_outlives_a_leader_crash(
+    etcd: LocalEtcd,
+    kubeconfig: Path,
+    webhook_certs: Path,
+    namespace: str,
+    api: ApiClient,
+    tmp_path: Path,
+    pods: PodWatch,
+    stop_signal: signal.Signals,
+) -> None:
+    """ttlSeconds: 5, the schema's minimum, with the default leader TTL (5 s): a failover takes longer than
+    5 s, so pods' leases get three leader TTLs, and the new leader renews them as it takes over."""
+    running = Replicas(etcd, kubeconfig, webhook_certs, namespace, tmp_path, ttl=5).start()
+    try:
+        leader = running.leader()
+        ports = {f":{replica.webhook_port}/" for replica in running.all}
+        eventually(
+            lambda: registered_urls(api),
+            lambda found: any(port in url for url in found for port in ports),
+            "the webhook registration",
+        )
+        create_lock(api, namespace, "brief", {"ttlSeconds": 5})
+        for name in ("first", "second"):
+            create_pod(api, namespace, name, "brief")
+        first = eventually(lambda: read_pod(api, namespace, "first"), held, "first holding")
+        status = eventually(
+            lambda: status_of(api, namespace, "brief"), lambda s: s.get("waiterCount") == 1, "1"
+        )
+        assert status["podLeaseTTLSeconds"] == 15
+        assert "a pod's hold must outlive an operator failover" in status["conditions"][0]["message"]
+        lease = note(first, LEASE_ANNOTATION) or ""
+        leader.signal(stop_signal)
+        try:
+            running.leader(5 + 10.0, other_than=leader)
+            # Renewed by the new leader: more left than 15 s minus the failover, had nobody renewed it.
+            eventually(lambda: lease_remaining(etcd, lease), lambda left: left >= 12, "the lease renewed")
+        finally:
+            if stop_signal == signal.SIGSTOP:
+                leader.signal(signal.SIGCONT)
+        assert note(read_pod(api, namespace, "first"), STATE_ANNOTATION) == "Held"
+        assert gated(read_pod(api, namespace, "second"))
+        take_turns(api, namespace, ["first", "second"], pods)
+    finally:
+        running.stop()
+        forget_self_registered_webhooks(api)

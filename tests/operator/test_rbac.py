@@ -18,13 +18,13 @@ import kubernetes
 import pytest
 import yaml
 from kubernetes.client import ApiClient
-from operator_support import create_lock, delete_lock, events_of, eventually
+from operator_support import create_lock, delete_lock, events_of, eventually, webhooks_registered
 from test_etcdcluster import SLOW, Env, settled
 from test_pods import create_pod, finish, held, note, read_pod
 
 from etcdlock.operator.handlers import USER_AGENT
 from etcdlock.operator.names import STATE_ANNOTATION
-from etcdlock.operator.webhook import WebhookSettings, configuration
+from etcdlock.operator.webhook import WebhookSettings
 from etcdlock.sandbox.apiserver.server import AuditRecord
 from etcdlock.sandbox.cluster import SandboxThread
 from etcdlock.sandbox.etcd import LocalEtcd, free_port
@@ -122,26 +122,23 @@ def test_the_cluster_role_allows_every_call_of_the_operator_and_grants_nothing_u
     for name in (namespace, loose):
         core.create_namespace({"metadata": {"name": name}})
     webhook = WebhookSettings("127.0.0.1", free_port(), webhook_certs)
-    registrations = kubernetes.client.AdmissionregistrationV1Api(api)
-    registrations.create_mutating_webhook_configuration(
-        configuration(webhook, f"etcdlock-{namespace}", namespace)
-    )
-    running = OperatorProcess(
-        etcd.endpoint_list,
-        kubeconfig,
-        webhook_certs,
-        tmp_path / "operator.log",
-        election=f"/etcdlock/test/{namespace}/leader",
-        leader_ttl=5,
-        configure_webhook=False,
-        webhook_port=webhook.port,
-        cluster_dns=audited.hosts,
-    ).start()
-    try:
-        running.wait("ready", 30)
-        exercise(api, namespace, loose)
-    finally:
-        running.stop()
+    with webhooks_registered(api, webhook, namespace):
+        running = OperatorProcess(
+            etcd.endpoint_list,
+            kubeconfig,
+            webhook_certs,
+            tmp_path / "operator.log",
+            election=f"/etcdlock/test/{namespace}/leader",
+            leader_ttl=5,
+            configure_webhook=False,
+            webhook_port=webhook.port,
+            cluster_dns=audited.hosts,
+        ).start()
+        try:
+            running.wait("ready", 30)
+            exercise(api, namespace, loose)
+        finally:
+            running.stop()
     calls = [r for r in audited.audit if is_operator(r)]
     assert calls, "the operator's requests were recorded"
     used = {(r.group, r.resource, r.verb) for r in calls}

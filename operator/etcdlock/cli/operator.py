@@ -53,6 +53,15 @@ def add_parser(commands: Any) -> None:
         help=f"seconds within which a crashed leader is replaced (session TTL, default {DEFAULT_TTL})",
     )
     parser.add_argument(
+        "--shared-key-prefix",
+        action="append",
+        default=_env_list("ETCDLOCK_SHARED_KEY_PREFIXES"),
+        metavar="PREFIX",
+        help="let DistributedLocks of any namespace keep their key under PREFIX too, for locks shared with "
+        "programs outside the cluster (repeatable; env ETCDLOCK_SHARED_KEY_PREFIXES, comma-separated; "
+        "default: only /etcdlock/locks/<namespace>/)",
+    )
+    parser.add_argument(
         "--webhook",
         default="0.0.0.0:9443",
         help="HOST:PORT of the pod-gating admission webhook (HTTPS), or off (default 0.0.0.0:9443)",
@@ -68,6 +77,10 @@ def add_parser(commands: Any) -> None:
         help="create the MutatingWebhookConfiguration pointing at this process (local development)",
     )
     parser.set_defaults(handler=run)
+
+
+def _env_list(name: str) -> list[str]:
+    return [item for item in (os.environ.get(name) or "").split(",") if item.strip()]
 
 
 def host_port(option: str, value: str) -> tuple[str, int]:
@@ -101,5 +114,6 @@ async def run(args: argparse.Namespace, config: EtcdConfig) -> int:
         webhook=webhook,
         election=election,
         exit_if_stuck=True,
+        shared_key_prefixes=args.shared_key_prefix,
     )
     return 0

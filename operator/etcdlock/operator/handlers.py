@@ -26,6 +26,7 @@ from etcdlock.etcd.keys import Contender
 from etcdlock.operator import events
 from etcdlock.operator.clusters import RECONCILE_PERIOD, Clusters
 from etcdlock.operator.errors import LockNotFound
+from etcdlock.operator.kubeapi import PodApi, list_locks
 from etcdlock.operator.leadership import Leadership
 from etcdlock.operator.locks import LockRules, Locks, LockSpec
 from etcdlock.operator.metrics import Metrics, QueueMetrics
@@ -38,7 +39,6 @@ from etcdlock.operator.names import (
     LOCKS,
     VERSION,
 )
-from etcdlock.operator.podapi import PodApi
 from etcdlock.operator.podhold import PodContext
 from etcdlock.operator.pods import PodHolds
 from etcdlock.operator.stores import Store, Stores
@@ -151,7 +151,7 @@ def build_registry(
         memo.stores = Stores(Store(memo.etcd, lead.fence, lead), kube)
         memo.takeover = Takeover(memo.stores, lock_rules.pod_ttl_floor / 3)
         memo.locks = Locks(lock_rules)
-        memo.locks.remember(await asyncio.to_thread(_list_locks, kube, namespaces))
+        memo.locks.remember(await asyncio.to_thread(list_locks, kube, namespaces))
         kept = await memo.takeover.start(kube, namespaces)
         if kept:
             log.info("keeping the leases of %d pods alive until their holds take them over", kept)
@@ -251,19 +251,6 @@ async def serve(memo: Any, body: kopf.Body) -> None:
     changes = memo.pods.changes
     serving = serve_lock(snapshot, memo.locks, memo.stores, changes, publish, observers)
     memo.services.start(ref, snapshot["spec"], asyncio.create_task(serving, name=f"lock-{ref[0]}/{ref[1]}"))
-
-
-def _list_locks(kube: kubernetes.client.ApiClient, namespaces: Sequence[str]) -> list[dict[str, Any]]:
-    """Every DistributedLock the operator serves (in ``namespaces``; none: all)."""
-    objects = kubernetes.client.CustomObjectsApi(kube)
-    if not namespaces:
-        everywhere: Any = objects.list_cluster_custom_object(GROUP, VERSION, LOCKS)
-        return list(everywhere.get("items") or [])
-    found: list[dict[str, Any]] = []
-    for namespace in namespaces:
-        listed: Any = objects.list_namespaced_custom_object(GROUP, VERSION, namespace, LOCKS)
-        found.extend(listed.get("items") or [])
-    return found
 
 
 def _publisher(api: kubernetes.client.ApiClient, namespace: str, name: str) -> Any:

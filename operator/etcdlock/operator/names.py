@@ -27,4 +27,6 @@ CLUSTER_ANNOTATION = (
 WAITING, HELD, RELEASED, ERROR = "Waiting", "Held", "Released", "Error"
 
 WEBHOOK_PATH = "/pod-gate"
+# DistributedLocks are checked here at admission (their key: see etcdlock.operator.lockkeys).
+LOCK_CHECK_PATH = "/lock-keys"
 WEBHOOK_CONFIGURATION = "etcdlock.io"

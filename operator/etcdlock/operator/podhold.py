@@ -29,6 +29,16 @@ from etcdlock.etcd import (
 )
 from etcdlock.operator import events
 from etcdlock.operator.errors import OperatorError
+from etcdlock.operator.kubeapi import (
+    ApiUnavailable,
+    Pod,
+    PodApi,
+    PodChanged,
+    annotations_of,
+    is_gated,
+    parse_lease,
+    pod_ref,
+)
 from etcdlock.operator.locks import LockChanges, LockRules, LockSpec
 from etcdlock.operator.names import (
     CLUSTER_ANNOTATION,
@@ -41,15 +51,6 @@ from etcdlock.operator.names import (
     STATE_ANNOTATION,
     TOKEN_ANNOTATION,
     WAITING,
-)
-from etcdlock.operator.podapi import (
-    ApiUnavailable,
-    Pod,
-    PodApi,
-    annotations_of,
-    is_gated,
-    parse_lease,
-    pod_ref,
 )
 from etcdlock.operator.stores import Store, Stores
 
@@ -129,6 +130,7 @@ class PodHold:
         self._session: Session | None = None
         self._waiter: Waiter | None = None
         self._stopping = False
+        self._versions = asyncio.Event()
         namespace, name = self.ref
         self.holder = f"pod/{namespace}/{name}"
         self._task = asyncio.create_task(self._run(after), name=f"pod-{namespace}/{name}")
@@ -138,7 +140,10 @@ class PodHold:
         return self._lease
 
     def seen(self, pod: Pod) -> None:
+        """The pod as its latest watch event shows it."""
         self.pod = pod
+        self._versions.set()
+        self._versions = asyncio.Event()
 
     async def release(self, reason: str, *, write: bool, ungate: bool = False) -> None:
         """Leave the queue or give the permit back (the key is deleted, fenced, then the lease revoked);
@@ -340,8 +345,14 @@ class PodHold:
                 events.info(self.pod, "Acquired", message)
                 announced = True
             self.held = True
+            versions = self._versions
             try:
                 written = await self._context.api.ungate(self.pod, self.lock_name, annotations)
+            except PodChanged:
+                # Decide again on the pod's next version (its watch event comes within a moment).
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(versions.wait(), RETRY_PAUSE * 5)
+                continue
             except ApiUnavailable as exc:
                 log.warning("pod %s/%s: not ungated yet (%s); retrying", *self.ref, exc)
                 await asyncio.sleep(RETRY_PAUSE)

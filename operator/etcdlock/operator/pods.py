@@ -18,6 +18,7 @@ from collections.abc import Awaitable
 from typing import Any
 
 from etcdlock.operator import events
+from etcdlock.operator.kubeapi import Pod, annotations_of, is_gated, parse_lease, pod_ref
 from etcdlock.operator.locks import LockChanges
 from etcdlock.operator.names import (
     ERROR,
@@ -30,7 +31,6 @@ from etcdlock.operator.names import (
     STATE_ANNOTATION,
     WAITING,
 )
-from etcdlock.operator.podapi import Pod, annotations_of, is_gated, parse_lease, pod_ref
 from etcdlock.operator.podhold import Line, PodContext, PodHold
 
 log = logging.getLogger(__name__)

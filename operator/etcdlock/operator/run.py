@@ -26,13 +26,13 @@ from kubernetes.client.exceptions import ApiException
 
 from etcdlock.etcd import Election, EtcdClient, EtcdConfig, EtcdLockError, Session
 from etcdlock.operator.handlers import build_registry, kubernetes_api
+from etcdlock.operator.kubeapi import PodApi
 from etcdlock.operator.leadership import ElectionSettings, Leadership, ReplicaStatus
 from etcdlock.operator.lockkeys import KeyPolicy
 from etcdlock.operator.locks import MIN_TTL, LockRules
 from etcdlock.operator.metrics import Metrics
 from etcdlock.operator.names import CLUSTERS, GROUP, LOCKS
-from etcdlock.operator.podapi import PodApi
-from etcdlock.operator.webhook import WebhookServer, WebhookSettings, register
+from etcdlock.operator.webhook import LockCheck, WebhookServer, WebhookSettings, register
 
 log = logging.getLogger(__name__)
 
@@ -123,11 +123,13 @@ async def run_operator(
     stop = asyncio.Event()
     bridge = asyncio.create_task(_follow_flag(stop_flag, stop)) if stop_flag is not None else None
     _on_signals(stop)
-    operator = _Kopf(etcd, api, collected, namespaces, PodApi(api), lock_rules(shared_key_prefixes, election))
+    rules = lock_rules(shared_key_prefixes, election)
+    operator = _Kopf(etcd, api, collected, namespaces, PodApi(api), rules)
     try:
         async with contextlib.AsyncExitStack() as serving:
             if webhook is not None:
-                await serving.enter_async_context(WebhookServer(webhook))
+                locks = LockCheck(api, rules, list(namespaces))
+                await serving.enter_async_context(WebhookServer(webhook, locks))
                 if webhook.configure:
                     await register(api, webhook)
             if metrics is not None:

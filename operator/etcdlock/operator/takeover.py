@@ -12,16 +12,15 @@ must then expire).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Sequence
-from typing import Any
 
 import kubernetes
 
 from etcdlock.etcd import Fenced
 from etcdlock.etcd.keeper import LeaseKeeper
 from etcdlock.operator.errors import OperatorError
+from etcdlock.operator.kubeapi import annotations_of, list_pods, parse_lease
 from etcdlock.operator.names import (
     CLUSTER_ANNOTATION,
     HELD,
@@ -30,7 +29,6 @@ from etcdlock.operator.names import (
     STATE_ANNOTATION,
     WAITING,
 )
-from etcdlock.operator.podapi import annotations_of, parse_lease
 from etcdlock.operator.stores import Stores
 
 log = logging.getLogger(__name__)
@@ -50,7 +48,7 @@ class Takeover:
 
     async def start(self, kube: kubernetes.client.ApiClient, namespaces: Sequence[str]) -> int:
         """Renew the lease of every pod that waits for or holds a lock; how many were found."""
-        pods = await asyncio.to_thread(_list_pods, kube, namespaces)
+        pods = await asyncio.to_thread(list_pods, kube, namespaces)
         for pod in pods:
             annotations = annotations_of(pod)
             lease = parse_lease(annotations.get(LEASE_ANNOTATION))
@@ -100,15 +98,3 @@ class Takeover:
                 return None
             self._keepers[place] = LeaseKeeper(store.etcd, self._interval)
         return self._keepers[place]
-
-
-def _list_pods(kube: kubernetes.client.ApiClient, namespaces: Sequence[str]) -> list[dict[str, Any]]:
-    core = kubernetes.client.CoreV1Api(kube)
-    if not namespaces:
-        response: Any = core.list_pod_for_all_namespaces(_preload_content=False)
-        return list(json.loads(response.data).get("items") or [])
-    pods: list[dict[str, Any]] = []
-    for namespace in namespaces:
-        listed: Any = core.list_namespaced_pod(namespace, _preload_content=False)
-        pods.extend(json.loads(listed.data).get("items") or [])
-    return pods

@@ -1,13 +1,18 @@
-"""The mutating admission webhook: pods annotated ``etcdlock.io/lock`` are created with a scheduling gate.
+"""The admission webhooks: pods annotated ``etcdlock.io/lock`` are created with a scheduling gate, and a
+DistributedLock whose etcd key its namespace may not use is refused.
 
-Every replica serves it, leader or standby: adding the gate needs no lock state, so pods created while
-leadership moves are still held back (the leader queues them once it runs). It listens over HTTPS with
-the certificate in ``cert_dir`` (``tls.crt``, ``tls.key`` and, if present, ``ca.crt`` for the caBundle:
-the layout of a cert-manager Secret), and picks up renewed files without a restart. The
-MutatingWebhookConfiguration comes with the manifests or, with ``configure``, is written by the operator
-itself pointing at this process (for the sandbox and local development). Its failurePolicy is Ignore: it
-sees every pod creation, and etcdlock must never stop unrelated pods; a pod that got through ungated is
-flagged by the operator instead (state Error, a Warning event).
+Every replica serves them, leader or standby: adding the gate needs no lock state, so pods created while
+leadership moves are still held back (the leader queues them once it runs); checking a lock's key needs
+the key rules (every replica has the same flags) and the locks stored, read from the API at each check.
+Both listen over HTTPS with the certificate in ``cert_dir`` (``tls.crt``, ``tls.key`` and, if present,
+``ca.crt`` for the caBundle: the layout of a cert-manager Secret), and pick up renewed files without a
+restart. The webhook configurations come with the manifests or, with ``configure``, are written by the
+operator itself pointing at this process (for the sandbox and local development).
+
+The pod gate's failurePolicy is Ignore: it sees every pod creation, and etcdlock must never stop unrelated
+pods; a pod that got through ungated is flagged by the operator instead (state Error, a Warning event).
+The lock check's failurePolicy is Fail: a key that crosses namespaces must not be stored because the
+operator was unreachable (and the operator checks every lock again, and serves none that breaks the rules).
 """
 
 from __future__ import annotations
@@ -26,13 +31,31 @@ from aiohttp import web
 from kubernetes.client.exceptions import ApiException
 
 from etcdlock.etcd import EtcdLockError
-from etcdlock.operator.names import LOCK_ANNOTATION, SCHEDULING_GATE, WEBHOOK_CONFIGURATION, WEBHOOK_PATH
+from etcdlock.operator.errors import InvalidSpec
+from etcdlock.operator.kubeapi import list_locks
+from etcdlock.operator.locks import LockRules, Locks
+from etcdlock.operator.names import (
+    GROUP,
+    LOCK_ANNOTATION,
+    LOCK_CHECK_PATH,
+    LOCKS,
+    SCHEDULING_GATE,
+    VERSION,
+    WEBHOOK_CONFIGURATION,
+    WEBHOOK_PATH,
+)
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CERT_DIR = Path("/etc/etcdlock/webhook")
 RELOAD_INTERVAL = 10.0
 POD_CREATE = {"apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"], "operations": ["CREATE"]}
+LOCK_WRITES = {
+    "apiGroups": [GROUP],
+    "apiVersions": [VERSION],
+    "resources": [LOCKS],
+    "operations": ["CREATE", "UPDATE"],
+}
 
 
 @dataclass(frozen=True)
@@ -61,11 +84,11 @@ class WebhookSettings:
                     "pass --webhook-cert-dir, or --webhook off"
                 )
 
-    @property
-    def url(self) -> str:
-        """How the API server reaches this process (``configure`` only: loopback for a wildcard address)."""
+    def url(self, path: str = WEBHOOK_PATH) -> str:
+        """How the API server reaches ``path`` of this process (``configure`` only: loopback for a wildcard
+        address)."""
         host = "127.0.0.1" if self.host in ("", "0.0.0.0") else self.host
-        return f"https://{host}:{self.port}{WEBHOOK_PATH}"
+        return f"https://{host}:{self.port}{path}"
 
     def ca_bundle(self) -> bytes:
         ca = self.cert_dir / "ca.crt"
@@ -85,18 +108,14 @@ def gate_patch(pod: dict[str, Any]) -> list[dict[str, Any]]:
     return [{"op": "add", "path": "/spec/schedulingGates/-", "value": {"name": SCHEDULING_GATE}}]
 
 
-def review(body: Any) -> dict[str, Any]:
-    """The AdmissionReview answer to one request: always allowed, with the gate patch for annotated pods."""
+def _request(body: Any) -> dict[str, Any]:
     request = body.get("request") if isinstance(body, dict) else None
     if not isinstance(request, dict) or "uid" not in request:
         raise web.HTTPBadRequest(text="not an AdmissionReview request\n")
-    response: dict[str, Any] = {"uid": request["uid"], "allowed": True}
-    pod = request.get("object")
-    if request.get("operation") == "CREATE" and isinstance(pod, dict):
-        patch = gate_patch(pod)
-        if patch:
-            response["patchType"] = "JSONPatch"
-            response["patch"] = base64.b64encode(json.dumps(patch).encode()).decode()
+    return request
+
+
+def _answer(body: Any, response: dict[str, Any]) -> dict[str, Any]:
     return {
         "apiVersion": body.get("apiVersion", "admission.k8s.io/v1"),
         "kind": "AdmissionReview",
@@ -104,11 +123,76 @@ def review(body: Any) -> dict[str, Any]:
     }
 
 
+def review(body: Any) -> dict[str, Any]:
+    """The AdmissionReview answer to one request: always allowed, with the gate patch for annotated pods."""
+    request = _request(body)
+    response: dict[str, Any] = {"uid": request["uid"], "allowed": True}
+    pod = request.get("object")
+    if request.get("operation") == "CREATE" and isinstance(pod, dict):
+        patch = gate_patch(pod)
+        if patch:
+            response["patchType"] = "JSONPatch"
+            response["patch"] = base64.b64encode(json.dumps(patch).encode()).decode()
+    return _answer(body, response)
+
+
+def _ref(obj: dict[str, Any]) -> tuple[str, str]:
+    meta = obj.get("metadata") or {}
+    return str(meta.get("namespace") or ""), str(meta.get("name") or "")
+
+
+def lock_refusal(lock: dict[str, Any], namespace: str, rules: LockRules, stored: list[dict[str, Any]]) -> str:
+    """Why the DistributedLock ``lock`` may not be stored in ``namespace`` ("" if it may): its spec, its
+    key against the rules, and against the key of every lock ``stored`` (older than it, by definition)."""
+    meta = lock.get("metadata") or {}
+    name = str(meta.get("name") or "")
+    locks = Locks(rules)
+    locks.remember(
+        o for o in stored if (o["metadata"].get("namespace"), o["metadata"]["name"]) != (namespace, name)
+    )
+    newest = {**lock, "metadata": {**meta, "namespace": namespace, "name": name, "creationTimestamp": "~"}}
+    try:
+        locks.served(newest)
+    except InvalidSpec as exc:
+        return str(exc)
+    return ""
+
+
+class LockCheck:
+    """The lock webhook: a DistributedLock created or changed is checked against the locks stored now."""
+
+    def __init__(self, kube: kubernetes.client.ApiClient, rules: LockRules, namespaces: list[str]) -> None:
+        self._kube = kube
+        self._rules = rules
+        self._namespaces = namespaces
+
+    async def review(self, body: Any) -> dict[str, Any]:
+        request = _request(body)
+        lock = request.get("object")
+        response: dict[str, Any] = {"uid": request["uid"], "allowed": True}
+        if request.get("operation") in ("CREATE", "UPDATE") and isinstance(lock, dict):
+            stored = await asyncio.to_thread(list_locks, self._kube, self._namespaces)
+            why = lock_refusal(lock, str(request.get("namespace") or ""), self._rules, stored)
+            if why:
+                response = {
+                    **response,
+                    "allowed": False,
+                    "status": {"code": 403, "reason": "Forbidden", "message": why},
+                }
+        return _answer(body, response)
+
+
 class WebhookServer:
     """The HTTPS server of the webhook, for the life of the process (``async with``)."""
 
-    def __init__(self, settings: WebhookSettings, reload_interval: float = RELOAD_INTERVAL) -> None:
+    def __init__(
+        self,
+        settings: WebhookSettings,
+        locks: LockCheck | None = None,
+        reload_interval: float = RELOAD_INTERVAL,
+    ) -> None:
         self._settings = settings
+        self._locks = locks
         self._reload_interval = reload_interval
         self._context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self._loaded: tuple[float, float] | None = None
@@ -120,6 +204,8 @@ class WebhookServer:
         self._reload()
         app = web.Application()
         app.router.add_post(WEBHOOK_PATH, self._serve)
+        if self._locks is not None:
+            app.router.add_post(LOCK_CHECK_PATH, self._check_lock)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(
@@ -137,11 +223,11 @@ class WebhookServer:
             await self._runner.cleanup()
 
     async def _serve(self, request: web.Request) -> web.Response:
-        try:
-            body = await request.json()
-        except ValueError:
-            raise web.HTTPBadRequest(text="the body is not JSON\n") from None
-        return web.json_response(review(body))
+        return web.json_response(review(await _body(request)))
+
+    async def _check_lock(self, request: web.Request) -> web.Response:
+        assert self._locks is not None
+        return web.json_response(await self._locks.review(await _body(request)))
 
     def _reload(self) -> None:
         """Load the certificate files if they changed (new connections use them; open ones keep theirs)."""
@@ -162,23 +248,52 @@ class WebhookServer:
                 log.warning("webhook certificate in %s not reloaded: %s", self._settings.cert_dir, exc)
 
 
+async def _body(request: web.Request) -> Any:
+    try:
+        return await request.json()
+    except ValueError:
+        raise web.HTTPBadRequest(text="the body is not JSON\n") from None
+
+
 def configuration(settings: WebhookSettings, name: str = WEBHOOK_CONFIGURATION, namespace: str = "") -> Any:
     """A MutatingWebhookConfiguration sending pod creations to this process (in ``namespace`` only, if
     given), as the shipped one sends them to the operator's Service."""
+    hook = _hook(settings, f"pod-gate.{WEBHOOK_CONFIGURATION}", WEBHOOK_PATH, POD_CREATE, namespace)
+    hook["failurePolicy"] = "Ignore"
+    return _webhooks("MutatingWebhookConfiguration", name, hook)
+
+
+def validation(settings: WebhookSettings, name: str = WEBHOOK_CONFIGURATION, namespace: str = "") -> Any:
+    """A ValidatingWebhookConfiguration sending DistributedLocks created or changed (in ``namespace`` only,
+    if given) to this process's lock check, as the shipped one sends them to the operator's Service."""
+    hook = _hook(settings, f"lock-keys.{WEBHOOK_CONFIGURATION}", LOCK_CHECK_PATH, LOCK_WRITES, namespace)
+    hook["failurePolicy"] = "Fail"
+    return _webhooks("ValidatingWebhookConfiguration", name, hook)
+
+
+def _hook(
+    settings: WebhookSettings, name: str, path: str, rule: dict[str, Any], namespace: str
+) -> dict[str, Any]:
     hook: dict[str, Any] = {
-        "name": f"pod-gate.{WEBHOOK_CONFIGURATION}",
-        "clientConfig": {"url": settings.url, "caBundle": base64.b64encode(settings.ca_bundle()).decode()},
-        "rules": [POD_CREATE],
-        "failurePolicy": "Ignore",
+        "name": name,
+        "clientConfig": {
+            "url": settings.url(path),
+            "caBundle": base64.b64encode(settings.ca_bundle()).decode(),
+        },
+        "rules": [rule],
         "sideEffects": "None",
         "admissionReviewVersions": ["v1"],
         "timeoutSeconds": 5,
     }
     if namespace:
         hook["namespaceSelector"] = {"matchLabels": {"kubernetes.io/metadata.name": namespace}}
+    return hook
+
+
+def _webhooks(kind: str, name: str, hook: dict[str, Any]) -> dict[str, Any]:
     return {
         "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "MutatingWebhookConfiguration",
+        "kind": kind,
         "metadata": {"name": name},
         "webhooks": [hook],
     }
@@ -197,22 +312,35 @@ def registered_urls(api: kubernetes.client.ApiClient) -> list[str]:
 
 
 async def register(api: kubernetes.client.ApiClient, settings: WebhookSettings) -> None:
-    """Write the MutatingWebhookConfiguration that sends pod creations to this process (``configure``)."""
+    """Write the webhook configurations that send pod creations and lock changes to this process
+    (``configure``)."""
     registrations = kubernetes.client.AdmissionregistrationV1Api(api)
-    body = configuration(settings)
-
-    def replace() -> None:
-        registrations.patch_mutating_webhook_configuration(
-            WEBHOOK_CONFIGURATION, body, _content_type="application/merge-patch+json"
-        )
-
+    merge = "application/merge-patch+json"
+    writes: list[tuple[Any, Any, Any]] = [
+        (
+            configuration(settings),
+            registrations.create_mutating_webhook_configuration,
+            registrations.patch_mutating_webhook_configuration,
+        ),
+        (
+            validation(settings),
+            registrations.create_validating_webhook_configuration,
+            registrations.patch_validating_webhook_configuration,
+        ),
+    ]
     try:
-        try:
-            await asyncio.to_thread(registrations.create_mutating_webhook_configuration, body)
-        except ApiException as exc:
-            if exc.status != 409:
-                raise
-            await asyncio.to_thread(replace)
+        for body, create, patch in writes:
+            try:
+                await asyncio.to_thread(create, body)
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise
+                await asyncio.to_thread(patch, WEBHOOK_CONFIGURATION, body, _content_type=merge)
     except ApiException as exc:
         raise EtcdLockError(f"cannot register the webhook: {exc.status} {exc.reason}") from None
-    log.info("webhook registered: MutatingWebhookConfiguration %s -> %s", WEBHOOK_CONFIGURATION, settings.url)
+    log.info(
+        "webhooks registered (%s): pods -> %s, locks -> %s",
+        WEBHOOK_CONFIGURATION,
+        settings.url(),
+        settings.url(LOCK_CHECK_PATH),
+    )

@@ -8,6 +8,7 @@ HTTP unless given :class:`LocalTls` (peers always talk plain HTTP). Every proces
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -208,6 +209,15 @@ class LocalEtcd:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"etcd members {[m.name for m in pending]} not healthy in {timeout}s")
                 time.sleep(0.05)
+
+    def leader(self) -> Member:
+        """The member that is the raft leader now, as etcd reports it (``etcdctl endpoint status``)."""
+        result = self.etcdctl("endpoint", "status", "-w", "json")
+        if result.returncode == 0:
+            for entry in json.loads(result.stdout):
+                if entry["Status"]["header"]["member_id"] == entry["Status"]["leader"]:
+                    return next(m for m in self.members if m.client_url == entry["Endpoint"])
+        raise RuntimeError(f"no raft leader found: {result.stdout or result.stderr}")
 
     def kill(self, member: Member) -> None:
         """SIGKILL a member (its data stays, :meth:`start_member` brings it back)."""

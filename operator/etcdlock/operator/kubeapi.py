@@ -1,8 +1,10 @@
-"""The pod writes and lock reads of the pod flow, through the kubernetes client (in threads).
+"""The operator's reads and writes of pods and DistributedLocks, through the kubernetes client (in
+threads): what the pod flow, the takeover and the lock webhook need.
 
 Writes return the pod as written, so the next conditional write can name its resourceVersion. The one
-write that lets a pod run, :meth:`PodApi.ungate`, is conditional on the pod still asking for the lock it
-was granted: a pod whose annotation changed meanwhile is never ungated for the old lock.
+write that lets a pod run, :meth:`PodApi.ungate`, is conditional on the pod being the version the decision
+was taken on, and that version asking for the lock granted: a pod whose annotation changed meanwhile is
+never ungated for the old lock.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import asyncio
 import functools
 import json
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import kubernetes
@@ -31,6 +33,12 @@ _STRATEGIC_MERGE = "application/strategic-merge-patch+json"
 RETRY_PAUSE = 1.0
 # Bounds each Kubernetes API call (well below any lease TTL), so that a retried ungate is re-checked.
 REQUEST_TIMEOUT = 5.0
+
+
+class PodChanged(OperatorError):
+    """A conditional pod write found a newer version of the pod than the one it was decided on."""
+
+    reason = "PodChanged"
 
 
 class ApiUnavailable(OperatorError):
@@ -91,32 +99,26 @@ class PodApi:
         return await _retrying(f"pod {ref[0]}/{ref[1]}", lambda: self._patch(ref, body), attempts)
 
     async def ungate(self, pod: Pod, lock: str, annotations: Mapping[str, str | None]) -> Pod | None:
-        """Remove the gate and write ``annotations``, only while the pod still asks for ``lock``.
+        """Remove the gate and write ``annotations``, only if the pod is still the version ``pod`` was
+        (its resourceVersion is a precondition of the write) and that version asks for ``lock``.
 
-        The write names the resourceVersion it was decided on; if the pod changed since, it is read
-        again and the decision taken again. Returns the pod as written, or None (nothing written) if the
-        pod is gone or asks for another lock now. One attempt per version: :class:`ApiUnavailable` if the
-        API fails.
+        Returns the pod as written, or None (nothing written) if the pod is gone or asks for another lock.
+        Raises :class:`PodChanged` if the pod changed since ``pod`` (decide again on its new version), and
+        :class:`ApiUnavailable` if the API fails.
         """
-        ref = pod_ref(pod)
-        current: Pod | None = pod
-        while current is not None and annotations_of(current).get(LOCK_ANNOTATION) == lock:
-            body = {
-                "metadata": {
-                    "resourceVersion": current["metadata"]["resourceVersion"],
-                    "annotations": dict(annotations),
-                },
-                "spec": {"schedulingGates": [{"$patch": "delete", "name": SCHEDULING_GATE}]},
-            }
-            try:
-                return await _one_call(functools.partial(self._patch, ref, body))
-            except _Conflict:
-                current = await _one_call(lambda: self._read_pod(ref))
-        return None
-
-    async def read_pod(self, ref: Ref) -> Pod | None:
-        """The pod now, or None if it is gone; API failures retried until it answers."""
-        return await _retrying(f"pod {ref[0]}/{ref[1]}", lambda: self._read_pod(ref))
+        if annotations_of(pod).get(LOCK_ANNOTATION) != lock:
+            return None
+        body = {
+            "metadata": {
+                "resourceVersion": pod["metadata"]["resourceVersion"],
+                "annotations": dict(annotations),
+            },
+            "spec": {"schedulingGates": [{"$patch": "delete", "name": SCHEDULING_GATE}]},
+        }
+        try:
+            return await _one_call(functools.partial(self._patch, pod_ref(pod), body))
+        except _Conflict:
+            raise PodChanged(f"pod {pod_ref(pod)[0]}/{pod_ref(pod)[1]} changed") from None
 
     async def read_lock(self, namespace: str, name: str) -> Pod | None:
         """The DistributedLock, or None if it does not exist or is being deleted."""
@@ -147,18 +149,6 @@ class PodApi:
             return written
 
         return await asyncio.to_thread(patch)
-
-    async def _read_pod(self, ref: Ref) -> Pod:
-        namespace, name = ref
-
-        def read() -> Pod:
-            response: Any = self._core.read_namespaced_pod(
-                name, namespace, _request_timeout=REQUEST_TIMEOUT, _preload_content=False
-            )
-            pod: Pod = json.loads(response.data)
-            return pod
-
-        return await asyncio.to_thread(read)
 
 
 class _Conflict(Exception):
@@ -192,3 +182,29 @@ async def _retrying(what: str, call: Callable[[], Awaitable[T]], attempts: int |
                 raise ApiUnavailable(f"{what}: {exc}") from None
             log.warning("%s: %s; retrying", what, exc or "conflict")
         await asyncio.sleep(RETRY_PAUSE)
+
+
+def list_locks(kube: kubernetes.client.ApiClient, namespaces: Sequence[str]) -> list[dict[str, Any]]:
+    """Every DistributedLock in ``namespaces`` (none: in all). Blocking: call it in a thread."""
+    objects = kubernetes.client.CustomObjectsApi(kube)
+    if not namespaces:
+        everywhere: Any = objects.list_cluster_custom_object(GROUP, VERSION, LOCKS)
+        return list(everywhere.get("items") or [])
+    found: list[dict[str, Any]] = []
+    for namespace in namespaces:
+        listed: Any = objects.list_namespaced_custom_object(GROUP, VERSION, namespace, LOCKS)
+        found.extend(listed.get("items") or [])
+    return found
+
+
+def list_pods(kube: kubernetes.client.ApiClient, namespaces: Sequence[str]) -> list[dict[str, Any]]:
+    """Every pod in ``namespaces`` (none: in all). Blocking: call it in a thread."""
+    core = kubernetes.client.CoreV1Api(kube)
+    if not namespaces:
+        response: Any = core.list_pod_for_all_namespaces(_preload_content=False)
+        return list(json.loads(response.data).get("items") or [])
+    pods: list[dict[str, Any]] = []
+    for namespace in namespaces:
+        listed: Any = core.list_namespaced_pod(namespace, _preload_content=False)
+        pods.extend(json.loads(listed.data).get("items") or [])
+    return pods

@@ -1,0 +1,104 @@
+"""The client moves off a dead or hung member before any session's deadline, resends what an etcd leader
+failure lost, and keeps etcd's answers as types. Real etcd processes; SIGKILL and SIGSTOP are real."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from engine_support import bounded
+
+from etcdlock.etcd import (
+    EtcdClient,
+    EtcdConfig,
+    EtcdRefused,
+    LeaseNotFound,
+    MemberNotFound,
+    Mutex,
+    NotLeader,
+    Session,
+    SessionLost,
+)
+from etcdlock.etcd.client import put_op
+from etcdlock.sandbox.etcd import LocalEtcd, Member
+
+TTL = 5
+
+
+@pytest.fixture
+async def client3(etcd_cluster: LocalEtcd) -> AsyncIterator[EtcdClient]:
+    async with EtcdClient(EtcdConfig.parse(etcd_cluster.endpoints)) as client:
+        yield client
+
+
+def member_at(cluster: LocalEtcd, client: EtcdClient) -> Member:
+    """The member the client talks to now."""
+    return next(m for m in cluster.members if m.client_url == str(client.current))
+
+
+async def test_a_holder_on_a_hung_member_keeps_its_lock_past_its_session_deadline(
+    etcd_cluster: LocalEtcd, client3: EtcdClient, name: str
+) -> None:
+    async with Session(client3, ttl=TTL) as session:
+        lock = await bounded(Mutex(session, name).acquire())
+        hung = member_at(etcd_cluster, client3)
+        deadline = session.deadline
+        etcd_cluster.pause(hung)
+        try:
+            # Past the deadline the session had when the member hung: renewed elsewhere meanwhile.
+            remaining = deadline - asyncio.get_running_loop().time() + 1.0
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(session.wait_lost(), remaining)
+            assert str(client3.current) != hung.client_url
+            assert not lock.is_lost
+            assert await bounded(lock.release())
+        finally:
+            etcd_cluster.resume(hung)
+
+
+async def test_a_write_lost_with_a_killed_raft_leader_is_sent_again_after_the_election(
+    etcd_cluster: LocalEtcd, name: str
+) -> None:
+    leader = await asyncio.to_thread(etcd_cluster.leader)
+    endpoints = [leader.client_url, *(m.client_url for m in etcd_cluster.members if m is not leader)]
+    async with EtcdClient(EtcdConfig.parse(endpoints)) as client:
+        await client.txn([], [put_op(f"{name}/before".encode(), b"x")])
+        etcd_cluster.kill(leader)
+        # Within its request timeout: the first attempts are lost with the leader, a later one lands.
+        await bounded(client.txn([], [put_op(f"{name}/after".encode(), b"x")]), 15)
+        response = await client.range(f"{name}/after".encode())
+        assert [kv.value for kv in response.kvs] == [b"x"]
+
+
+async def test_a_session_lives_through_the_loss_of_the_raft_leader(
+    etcd_cluster: LocalEtcd, client3: EtcdClient, name: str
+) -> None:
+    async with Session(client3, ttl=TTL) as session:
+        lock = await bounded(Mutex(session, name).acquire())
+        etcd_cluster.kill(await asyncio.to_thread(etcd_cluster.leader))
+        deadline = session.deadline
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(session.wait_lost(), deadline - asyncio.get_running_loop().time() + 1.0)
+        assert await bounded(lock.release(), 15)
+
+
+async def test_etcd_answers_keep_their_kind(etcd_cluster: LocalEtcd, client3: EtcdClient) -> None:
+    with pytest.raises(MemberNotFound):
+        await client3.promote(0x1234)
+    with pytest.raises(EtcdRefused) as too_long:
+        await client3.grant(10**12)
+    assert too_long.value.code == "OUT_OF_RANGE"
+    leader = await asyncio.to_thread(etcd_cluster.leader)
+    follower = next(m for m in etcd_cluster.members if m is not leader)
+    async with EtcdClient(EtcdConfig.parse(follower.client_url)) as direct:
+        members = await direct.members()
+        with pytest.raises(NotLeader):
+            await direct.move_leader(next(m.ID for m in members if m.clientURLs[0] != leader.client_url))
+    lease, _ = await client3.grant(5)
+    assert await client3.revoke(lease)
+    assert not await client3.revoke(lease), "revoking a lease that is gone says so (LeaseNotFound inside)"
+    assert issubclass(LeaseNotFound, EtcdRefused)
+    session = Session(client3, ttl=TTL, lease_id=lease)
+    with pytest.raises(SessionLost):
+        await session.start()
