@@ -1197,6 +1197,33 @@ def test_webhook_failure_policy_decides_when_the_webhook_is_unreachable(
     _assert_failure_policy_decides(api, core, namespace, "validating", webhook)
 
 
+def test_a_webhook_rule_for_a_resource_does_not_match_its_status_subresource(
+    api: ApiClient, core: client.CoreV1Api, namespace: str, webhook_server: WebhookServer
+) -> None:
+    """As in kube-apiserver: ``pods`` matches writes of pods, not of ``pods/status`` (a rule must name it)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        unreachable = f"https://127.0.0.1:{probe.getsockname()[1]}/validate"
+    webhook = _webhook("pods.conformance.etcdlock.io", unreachable, webhook_server.ca_bundle, namespace)
+    webhook["rules"][0]["resources"] = ["pods"]
+    pod = {"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "busybox"}]}}
+    core.create_namespaced_pod(namespace, pod)
+    admission = client.AdmissionregistrationV1Api(api)
+    config = {"metadata": {"name": f"pods-{namespace}"}, "webhooks": [webhook]}
+    admission.create_validating_webhook_configuration(config)
+    try:
+        core.patch_namespaced_pod_status("p", namespace, {"status": {"phase": "Succeeded"}})
+        with pytest.raises(ApiException) as exc:
+            core.patch_namespaced_pod("p", namespace, {"metadata": {"labels": {"x": "y"}}})
+        assert exc.value.status == 500 and "failed calling webhook" in status_of(exc)["message"]
+        webhook["rules"][0]["resources"] = ["pods/status"]
+        admission.replace_validating_webhook_configuration(config["metadata"]["name"], config)
+        with pytest.raises(ApiException):
+            core.patch_namespaced_pod_status("p", namespace, {"status": {"phase": "Failed"}})
+    finally:
+        admission.delete_validating_webhook_configuration(config["metadata"]["name"])
+
+
 def test_a_service_webhook_is_called_at_the_service_endpoints_and_verified_for_the_service_name(
     api: ApiClient, core: client.CoreV1Api, namespace: str
 ) -> None:

@@ -11,11 +11,9 @@ from typing import Any
 
 from etcdlock.etcd.config import MAX_REQUEST_TIMEOUT
 from etcdlock.etcd.keys import non_utf8
+from etcdlock.etcd.session import MAX_LEASE_TTL
+from etcdlock.etcd.waiter import MAX_PERMITS
 
-MAX_LEASE_TTL = 9_000_000_000
-"""etcd's largest lease TTL in seconds (its ``MaxLeaseTTL``): beyond it etcd answers "too large lease TTL"."""
-MAX_INT64 = 2**63 - 1
-"""etcd reads at most this many keys at once (a range limit is an int64): the most permits a lock can have."""
 MAX_PORT = 65535
 
 
@@ -42,7 +40,7 @@ def _positive_int_at_most(high: int, why: str) -> Callable[[str], int]:
 
 
 ttl_seconds = _positive_int_at_most(MAX_LEASE_TTL, "etcd's maximum lease TTL")
-permit_count = _positive_int_at_most(MAX_INT64, "etcd's int64 limit")
+permit_count = _positive_int_at_most(MAX_PERMITS, "etcd's int64 limit")
 port_number = _positive_int_at_most(MAX_PORT, "the largest TCP port")
 
 

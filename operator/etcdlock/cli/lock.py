@@ -211,7 +211,8 @@ async def _terminate(child: asyncio.subprocess.Process, grace: float) -> None:
     with contextlib.suppress(ProcessLookupError):
         child.terminate()
     try:
-        await asyncio.wait_for(child.wait(), grace)
+        async with asyncio.timeout(grace):
+            await child.wait()
     except TimeoutError:
         with contextlib.suppress(ProcessLookupError):
             child.kill()

@@ -61,7 +61,7 @@ class Election:
         etcd outages while campaigning are waited out. On timeout (:class:`LockTimeout` is not used here:
         ``TimeoutError``), cancellation or error the candidate key is removed, as for a lock.
         """
-        value = proposal.encode() if isinstance(proposal, str) else proposal
+        value = _encoded(proposal)
         if self._leading:
             raise RuntimeError(f"already leader of {self.name}")
         self.session.check()
@@ -88,7 +88,7 @@ class Election:
     async def proclaim(self, proposal: bytes | str) -> None:
         """Change the leader's value without an election; fenced on still being leader."""
         self.token  # noqa: B018 (raises NotHeld when not leading)
-        value = proposal.encode() if isinstance(proposal, str) else proposal
+        value = _encoded(proposal)
         if not await self._waiter.rewrite(value):
             raise NotHeld(f"no longer leader of {self.name}")
 
@@ -108,6 +108,15 @@ class Election:
         """The current leader's key and proposal, or None."""
         _, contenders = await read_contenders(self.session.client, self.name)
         return contenders[0] if contenders else None
+
+
+def _encoded(proposal: bytes | str) -> bytes:
+    if isinstance(proposal, bytes):
+        return proposal
+    try:
+        return proposal.encode()
+    except UnicodeEncodeError:
+        raise ValueError(f"a proposal must be valid UTF-8 text or bytes, not {proposal!r}") from None
 
 
 async def observe(client: EtcdClient, name: str) -> AsyncIterator[Contender]:

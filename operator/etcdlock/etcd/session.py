@@ -22,6 +22,8 @@ from etcdlock.etcd.fence import Fence
 log = logging.getLogger(__name__)
 
 DEFAULT_TTL = 10
+# etcd refuses longer leases ("too large lease TTL").
+MAX_LEASE_TTL = 9_000_000_000
 # A renewal is sent every TTL/3; one not answered within this (or TTL/3, if shorter) tries another member.
 ANSWER_WITHIN = 1.0
 _RETRY_DELAY = 0.2
@@ -45,8 +47,8 @@ class Session:
         lease_id: int | None = None,
         fence: Fence | None = None,
     ) -> None:
-        if ttl < 1:
-            raise ValueError("session TTL must be at least 1 second")
+        if not 1 <= ttl <= MAX_LEASE_TTL:
+            raise ValueError(f"session TTL must be from 1 to {MAX_LEASE_TTL} seconds, not {ttl}")
         self.client = client
         self.ttl = ttl
         self.fence = fence

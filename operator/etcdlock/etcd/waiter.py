@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 RETRY_PAUSE = 0.2
+# The count of keys read ahead of a waiter is an int64 in etcd's requests.
+MAX_PERMITS = 2**63 - 1
 # How long a failed acquire waits for its key's removal before it returns: plenty for a healthy etcd, and
 # short enough that ``timeout=S`` gives up after about S seconds even without quorum (the removal then
 # goes on in the background).
@@ -46,8 +48,8 @@ class Waiter:
     """The key of ``session`` under NAME, in a queue where ``permits`` keys hold at once."""
 
     def __init__(self, session: Session, name: str, permits: int = 1) -> None:
-        if permits < 1:
-            raise ValueError("permits must be at least 1")
+        if not 1 <= permits <= MAX_PERMITS:
+            raise ValueError(f"permits must be from 1 to {MAX_PERMITS} (etcd's int64 limit), not {permits}")
         self.session = session
         self.name = name
         self.permits = permits
@@ -186,7 +188,8 @@ class Waiter:
         self._may_exist = False
         task = self.session.spawn(self._remove_quietly(token), name=f"abandon-{self.key}")
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(task), GIVE_UP_GRACE)
+            async with asyncio.timeout(GIVE_UP_GRACE):
+                await asyncio.shield(task)
 
     async def _remove_quietly(self, token: int | None) -> None:
         with contextlib.suppress(SessionLost, Fenced):

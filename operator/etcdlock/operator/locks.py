@@ -178,5 +178,8 @@ class LockChanges:
 
     async def wait(self, ref: tuple[str, str], timeout: float) -> None:
         event = self._events.setdefault(ref, asyncio.Event())
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for drops a cancellation that arrives as the
+        # event is set, and the waiter's task would then never stop.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await event.wait()

@@ -351,7 +351,8 @@ class PodHold:
             except PodChanged:
                 # Decide again on the pod's next version (its watch event comes within a moment).
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(versions.wait(), RETRY_PAUSE * 5)
+                    async with asyncio.timeout(RETRY_PAUSE * 5):
+                        await versions.wait()
                 continue
             except ApiUnavailable as exc:
                 log.warning("pod %s/%s: not ungated yet (%s); retrying", *self.ref, exc)

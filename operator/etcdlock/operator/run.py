@@ -316,4 +316,5 @@ def _on_signals(stop: asyncio.Event) -> None:
 
 async def _sleep_unless(stop: asyncio.Event, delay: float) -> None:
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), delay)
+        async with asyncio.timeout(delay):
+            await stop.wait()

@@ -11,8 +11,9 @@ operator itself pointing at this process (for the sandbox and local development)
 
 The pod gate's failurePolicy is Ignore: it sees every pod creation, and etcdlock must never stop unrelated
 pods; a pod that got through ungated is flagged by the operator instead (state Error, a Warning event).
-The lock check's failurePolicy is Fail: a key that crosses namespaces must not be stored because the
-operator was unreachable (and the operator checks every lock again, and serves none that breaks the rules).
+The lock check's failurePolicy is Ignore too: the operator checks every lock again and serves none that
+breaks the rules, so a lock stored while the webhook was unreachable gains nothing, and editing or deleting
+locks (kopf's own finalizer) never depends on the operator being reachable.
 """
 
 from __future__ import annotations
@@ -141,6 +142,16 @@ def _ref(obj: dict[str, Any]) -> tuple[str, str]:
     return str(meta.get("namespace") or ""), str(meta.get("name") or "")
 
 
+def _moves(request: dict[str, Any]) -> bool:
+    """Whether the request may put the lock's key somewhere new (a creation, or a spec change of where the
+    key is); kopf's own updates (finalizer, annotations) do not, and need no list of every lock."""
+    old = request.get("oldObject")
+    if request.get("operation") != "UPDATE" or not isinstance(old, dict):
+        return True
+    new_spec, old_spec = (request.get("object") or {}).get("spec") or {}, old.get("spec") or {}
+    return any(new_spec.get(field) != old_spec.get(field) for field in ("key", "clusterRef"))
+
+
 def lock_refusal(lock: dict[str, Any], namespace: str, rules: LockRules, stored: list[dict[str, Any]]) -> str:
     """Why the DistributedLock ``lock`` may not be stored in ``namespace`` ("" if it may): its spec, its
     key against the rules, and against the key of every lock ``stored`` (older than it, by definition)."""
@@ -170,7 +181,7 @@ class LockCheck:
         request = _request(body)
         lock = request.get("object")
         response: dict[str, Any] = {"uid": request["uid"], "allowed": True}
-        if request.get("operation") in ("CREATE", "UPDATE") and isinstance(lock, dict):
+        if request.get("operation") in ("CREATE", "UPDATE") and isinstance(lock, dict) and _moves(request):
             stored = await asyncio.to_thread(list_locks, self._kube, self._namespaces)
             why = lock_refusal(lock, str(request.get("namespace") or ""), self._rules, stored)
             if why:
@@ -267,7 +278,7 @@ def validation(settings: WebhookSettings, name: str = WEBHOOK_CONFIGURATION, nam
     """A ValidatingWebhookConfiguration sending DistributedLocks created or changed (in ``namespace`` only,
     if given) to this process's lock check, as the shipped one sends them to the operator's Service."""
     hook = _hook(settings, f"lock-keys.{WEBHOOK_CONFIGURATION}", LOCK_CHECK_PATH, LOCK_WRITES, namespace)
-    hook["failurePolicy"] = "Fail"
+    hook["failurePolicy"] = "Ignore"
     return _webhooks("ValidatingWebhookConfiguration", name, hook)
 
 

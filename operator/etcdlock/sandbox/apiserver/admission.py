@@ -34,8 +34,13 @@ class Admission:
     def __init__(self, api: Api) -> None:
         self._api = api
 
-    async def mutate(self, operation: str, rtype: ResourceType, obj: Obj, old: Obj | None) -> Obj:
-        for webhook in await self._matching("mutatingwebhookconfigurations", operation, rtype, obj):
+    async def mutate(
+        self, operation: str, rtype: ResourceType, obj: Obj, old: Obj | None, subresource: str | None = None
+    ) -> Obj:
+        """Run the mutating webhooks whose rules name the resource written (``subresource``: e.g. status,
+        which a rule for the resource alone does not match, as in kube-apiserver)."""
+        hooks = await self._matching("mutatingwebhookconfigurations", operation, rtype, obj, subresource)
+        for webhook in hooks:
             response = await self._call(webhook, operation, rtype, obj, old)
             if response is None:
                 continue
@@ -49,18 +54,23 @@ class Admission:
                     ) from None
         return obj
 
-    async def validate(self, operation: str, rtype: ResourceType, obj: Obj, old: Obj | None) -> None:
-        for webhook in await self._matching("validatingwebhookconfigurations", operation, rtype, obj):
+    async def validate(
+        self, operation: str, rtype: ResourceType, obj: Obj, old: Obj | None, subresource: str | None = None
+    ) -> None:
+        hooks = await self._matching("validatingwebhookconfigurations", operation, rtype, obj, subresource)
+        for webhook in hooks:
             await self._call(webhook, operation, rtype, obj, old)
 
-    async def _matching(self, plural: str, operation: str, rtype: ResourceType, obj: Obj) -> list[Obj]:
+    async def _matching(
+        self, plural: str, operation: str, rtype: ResourceType, obj: Obj, subresource: str | None = None
+    ) -> list[Obj]:
         if rtype.group == _GROUP:
             return []
         configs, _ = await self._api.storage.list(self._api.resolve(_GROUP, "v1", plural), None)
         found = []
         for config in configs:
             for webhook in config.get("webhooks") or ():
-                if _rules_match(webhook, operation, rtype) and await self._selectors_match(
+                if _rules_match(webhook, operation, rtype, subresource) and await self._selectors_match(
                     webhook, rtype, obj
                 ):
                     found.append(webhook)
@@ -136,20 +146,30 @@ class Admission:
         raise RuntimeError(f'service "{namespace}/{name}" has no ready endpoints')
 
 
-def _rules_match(webhook: Obj, operation: str, rtype: ResourceType) -> bool:
+def _rules_match(webhook: Obj, operation: str, rtype: ResourceType, subresource: str | None) -> bool:
     for rule in webhook.get("rules") or ():
         operations = rule.get("operations") or []
         if "*" not in operations and operation not in operations:
             continue
         if not _any(rule.get("apiGroups"), rtype.group) or not _any(rule.get("apiVersions"), rtype.version):
             continue
-        if not _any(rule.get("resources"), rtype.plural):
+        if not any(_resource_matches(p, rtype.plural, subresource) for p in rule.get("resources") or ()):
             continue
         scope = rule.get("scope", "*")
         if (scope == "Namespaced" and not rtype.namespaced) or (scope == "Cluster" and rtype.namespaced):
             continue
         return True
     return False
+
+
+def _resource_matches(pattern: str, plural: str, subresource: str | None) -> bool:
+    """A rule's resource: ``pods`` (not its subresources), ``pods/status``, ``*``, ``*/status``, ``*/*``."""
+    resource, _, sub = pattern.partition("/")
+    if resource not in ("*", plural):
+        return False
+    if subresource is None:
+        return not sub
+    return sub in ("*", subresource)
 
 
 def _any(patterns: list[str] | None, value: str) -> bool:

@@ -317,17 +317,23 @@ class Api:
         expected = int(given) if given else int(current["metadata"]["resourceVersion"])
         if given and given != current["metadata"]["resourceVersion"]:
             raise errors.conflict(rtype.plural, rtype.group, name)
-        return await self._replace(
-            rtype, namespace, current, self._merged_update(rtype, current, new, subresource), expected
-        )
+        obj = self._merged_update(rtype, current, new, subresource)
+        return await self._replace(rtype, namespace, current, obj, expected, subresource)
 
     async def _replace(
-        self, rtype: ResourceType, namespace: str | None, current: Obj, obj: Obj, expected: int
+        self,
+        rtype: ResourceType,
+        namespace: str | None,
+        current: Obj,
+        obj: Obj,
+        expected: int,
+        subresource: str | None = None,
     ) -> Obj:
-        """Store an update: admission, schema, then either the new object or its removal (last finalizer)."""
-        obj = await self.admission.mutate("UPDATE", rtype, obj, current)
+        """Store an update: admission (of the subresource written, if one), schema, then either the new
+        object or its removal (last finalizer)."""
+        obj = await self.admission.mutate("UPDATE", rtype, obj, current, subresource)
         obj = self._custom_schema(rtype, obj)
-        await self.admission.validate("UPDATE", rtype, obj, current)
+        await self.admission.validate("UPDATE", rtype, obj, current, subresource)
         if obj["metadata"].get("deletionTimestamp") and not obj["metadata"].get("finalizers"):
             removed = await self.storage.delete(rtype, namespace, obj["metadata"]["name"], expected)
             self._after_removal(rtype, removed)
@@ -361,7 +367,7 @@ class Api:
                 raise errors.conflict(rtype.plural, rtype.group, name)
             obj = self._merged_update(rtype, current, new, subresource)
             try:
-                return await self._replace(rtype, namespace, current, obj, int(current_version))
+                return await self._replace(rtype, namespace, current, obj, int(current_version), subresource)
             except ApiError as exc:
                 if exc.reason != "Conflict" or _pins_version(media, patch):
                     raise
@@ -406,7 +412,7 @@ class Api:
             obj = self._merged_update(rtype, current, new, None)
             try:
                 stored = await self._replace(
-                    rtype, namespace, current, obj, int(current["metadata"]["resourceVersion"])
+                    rtype, namespace, current, obj, int(current["metadata"]["resourceVersion"]), "scale"
                 )
             except ApiError as exc:
                 if exc.reason != "Conflict" or not retry:
