@@ -84,5 +84,6 @@ class InstalledOperator:
                     extensions.create_custom_resource_definition(document)
 
     def _stop(self) -> None:
+        (self._directory / "metrics-url").unlink(missing_ok=True)
         if self._replica is not None:
             self._replica.stop(STOP_TIMEOUT)
