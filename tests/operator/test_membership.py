@@ -244,6 +244,17 @@ def test_a_member_whose_data_is_gone_is_removed_before_it_is_added_again() -> No
     assert (next_step(after, WANTED3).action, next_step(after, WANTED3).member) == ("add-learner", "m2")
 
 
+def test_no_change_is_made_from_a_member_list_read_without_quorum() -> None:
+    """A list one member answered from its own memory may be stale: wait, but still say what is wrong."""
+    stale = ClusterView((member(0, leader=True), member(1)), linearizable=False)
+    assert next_step(stale, WANTED3).action == "wait"
+    assert next_step(stale, {"m0": "http://p0", "m1": "http://p1"}).action == "done"
+    no_quorum = ClusterView(
+        (member(0), member(1, healthy=False), member(2, healthy=False)), linearizable=False
+    )
+    assert next_step(no_quorum, WANTED3).action == "refuse"
+
+
 def test_one_learner_at_a_time_and_an_unwanted_learner_goes() -> None:
     catching_up = ClusterView((member(0, leader=True), member(1, learner=True, healthy=False)))
     assert next_step(catching_up, WANTED3).action == "wait"
