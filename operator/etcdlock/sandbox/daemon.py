@@ -72,18 +72,16 @@ def _answers(kubeconfig: Path) -> bool:
         return False
 
 
-def _metrics_file(directory: Path) -> Path:
-    """Written by the sandbox's operator once it is ready (see InstalledOperator), removed as it stops."""
-    return directory / "metrics-url"
+def _operator_pid_file(directory: Path) -> Path:
+    """Written by the sandbox's operator as it starts (see InstalledOperator), removed as it stops."""
+    return directory / "operator.pid"
 
 
 def runs_operator(directory: Path) -> bool:
-    """The sandbox serving ``directory`` was started with the operator, and the operator answers."""
+    """The sandbox serving ``directory`` was started with the operator, and its process is alive."""
     try:
-        metrics = _metrics_file(directory).read_text()
-        with urllib.request.urlopen(metrics.replace("/metrics", "/healthz"), timeout=1) as response:
-            return bool(response.status == 200)
-    except (OSError, ValueError, urllib.error.URLError):
+        return not _exited(int(_operator_pid_file(directory).read_text()))
+    except (OSError, ValueError):
         return False
 
 
@@ -94,8 +92,8 @@ def _no_operator(directory: Path) -> str:
     the sandbox silently would drop every object in it.
     """
     why = (
-        f"its operator does not answer (see {directory / 'operator.log'})"
-        if _metrics_file(directory).exists()
+        f"its operator exited: see {directory / 'operator.log'}"
+        if _operator_pid_file(directory).exists()
         else "it was started without --operator"
     )
     return (
@@ -120,7 +118,7 @@ def up(directory: Path, port: int = 0, crds: Path | None = None) -> Path:
     if crds is not None and not sorted(crds.glob("*.yaml")):
         raise SandboxError(f"no CRD files (*.yaml) in {crds}: run from an etcdlock checkout or pass --crds")
     kubeconfig.unlink(missing_ok=True)
-    _metrics_file(directory).unlink(missing_ok=True)
+    _operator_pid_file(directory).unlink(missing_ok=True)
     log = (directory / "sandbox.log").open("ab")
     operator = ["--operator", str(crds.resolve())] if crds is not None else []
     process = subprocess.Popen(
