@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ETCDLOCK = str(Path(sys.executable).with_name("etcdlock"))
@@ -58,6 +59,13 @@ def exited(pid: int) -> bool:
     except FileNotFoundError:
         return True
     return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+
+
+def wait_exited(pid: int, bound: float = TIMEOUT) -> None:
+    deadline = time.monotonic() + bound
+    while not exited(pid):
+        assert time.monotonic() < deadline, f"process {pid} still runs after {bound}s"
+        time.sleep(0.05)
 
 
 def session_members(session: int) -> list[int]:
@@ -141,6 +149,56 @@ def test_sandbox_up_serves_kubectl_and_down_stops_every_process(tmp_path: Path) 
     finally:  # never leave a sandbox behind, whatever failed above
         with contextlib.suppress(OSError, ValueError):
             pid = pid or int((state / "sandbox.pid").read_text())
+        if pid is not None and not exited(pid):
+            etcdlock("sandbox", "down", "--dir", str(state))
+            if not exited(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGKILL)
+
+
+def test_sandbox_up_operator_refuses_a_running_sandbox_without_it_and_says_what_to_do(tmp_path: Path) -> None:
+    """``up --operator`` never reports an operator that does not run: a sandbox started without one, or
+    whose operator exited, is left as it is (its objects kept) with one line saying why and to take it
+    down first; after that, ``up --operator`` starts one, and ``up`` again says it runs."""
+    state = tmp_path / "state"
+    crds = str(Path(__file__).resolve().parents[2] / "crds")
+    pid: int | None = None
+    try:
+        plain = etcdlock("sandbox", "up", "--dir", str(state))
+        assert plain.returncode == 0, plain.stderr
+        assert "the etcdlock operator runs in it" not in plain.stdout
+        pid = int((state / "sandbox.pid").read_text())
+
+        refused = etcdlock("sandbox", "up", "--operator", "--crds", crds, "--dir", str(state))
+        assert refused.returncode == 1
+        assert refused.stdout == ""
+        assert len(refused.stderr.splitlines()) == 1, refused.stderr
+        assert "it was started without --operator" in refused.stderr
+        assert f"etcdlock sandbox down --dir {state.resolve()}" in refused.stderr
+        assert int((state / "sandbox.pid").read_text()) == pid and not exited(pid), "the sandbox kept running"
+
+        assert etcdlock("sandbox", "down", "--dir", str(state)).returncode == 0
+        started = etcdlock("sandbox", "up", "--operator", "--crds", crds, "--dir", str(state))
+        assert started.returncode == 0, started.stderr
+        assert "the etcdlock operator runs in it" in started.stdout
+        pid = int((state / "sandbox.pid").read_text())
+        for again in (("--operator", "--crds", crds), ()):
+            done = etcdlock("sandbox", "up", *again, "--dir", str(state))
+            assert done.returncode == 0, done.stderr
+            assert "the etcdlock operator runs in it" in done.stdout
+            assert int((state / "sandbox.pid").read_text()) == pid
+
+        operator = int((state / "operator.pid").read_text())
+        os.kill(operator, signal.SIGKILL)
+        wait_exited(operator)
+        crashed = etcdlock("sandbox", "up", "--operator", "--crds", crds, "--dir", str(state))
+        assert crashed.returncode == 1 and crashed.stdout == ""
+        assert f"its operator exited: see {state.resolve() / 'operator.log'}" in crashed.stderr
+        plain = etcdlock("sandbox", "up", "--dir", str(state))
+        assert plain.returncode == 0 and "the etcdlock operator runs in it" not in plain.stdout
+    finally:  # never leave a sandbox behind, whatever failed above
+        with contextlib.suppress(OSError, ValueError):
+            pid = int((state / "sandbox.pid").read_text())
         if pid is not None and not exited(pid):
             etcdlock("sandbox", "down", "--dir", str(state))
             if not exited(pid):

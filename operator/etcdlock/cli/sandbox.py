@@ -51,7 +51,7 @@ def _run(args: argparse.Namespace) -> int:
             kubeconfig = daemon.up(directory, args.port or 0, crds)
             endpoints = (directory / "etcd-endpoints").read_text()
             print(f"sandbox running; its kubeconfig is {kubeconfig}")
-            if args.operator:
+            if daemon.runs_operator(directory):
                 print(f"the etcdlock operator runs in it (log: {directory / 'operator.log'})")
             print(f"  export KUBECONFIG={kubeconfig} ETCDLOCK_ENDPOINTS={endpoints}")
             print("  kubectl get namespaces")

@@ -11,7 +11,8 @@ now, or why none is safe; :func:`apply` takes it. The rules are etcd's own guida
   from its highest ordinal, so the pod it deletes next is always that of a member already removed;
 - a member to be removed that leads hands leadership to a healthy voter first;
 - a removal that would leave fewer healthy voters than the new quorum is refused;
-- a member whose data is gone is removed before it is added again (never add while one is down).
+- a member whose data is gone is removed before it is added again (never add while one is down);
+- no change is made from a member list read without a quorum (it may be stale): wait for a quorum.
 
 Members are matched by peer URL: a member added with MemberAdd has no name until its process starts.
 """
@@ -93,6 +94,13 @@ def next_step(view: ClusterView, wanted: dict[str, str], lost: frozenset[str] = 
     ``lost`` names members whose data is known to be gone (their volume was lost): they are removed,
     then added again as new members.
     """
+    step = _step_towards(view, wanted, lost)
+    if not view.linearizable and step.action not in ("refuse", "wait", "done"):
+        return Step("wait", "etcd answered without a quorum; its member list may be stale")
+    return step
+
+
+def _step_towards(view: ClusterView, wanted: dict[str, str], lost: frozenset[str]) -> Step:
     voters = view.voters
     healthy = [m for m in voters if m.healthy]
     if len(healthy) < quorum(len(voters)):

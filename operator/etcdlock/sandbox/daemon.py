@@ -2,7 +2,8 @@
 
 ``up`` starts ``python -m etcdlock.sandbox.daemon DIR PORT [--operator CRDS]`` in a new session, waits
 until it answers and has written ``DIR/kubeconfig`` (and, with the operator, until that is ready too),
-and returns. ``down`` stops it (SIGTERM, SIGKILL after a grace period);
+and returns; on a sandbox already running it returns at once, or refuses ``--operator`` if that sandbox
+runs no operator. ``down`` stops it (SIGTERM, SIGKILL after a grace period);
 the process then stops the API and etcd and deletes etcd's data: the sandbox starts empty every time.
 """
 
@@ -71,19 +72,53 @@ def _answers(kubeconfig: Path) -> bool:
         return False
 
 
+def _operator_pid_file(directory: Path) -> Path:
+    """Written by the sandbox's operator as it starts (see InstalledOperator), removed as it stops."""
+    return directory / "operator.pid"
+
+
+def runs_operator(directory: Path) -> bool:
+    """The sandbox serving ``directory`` was started with the operator, and its process is alive."""
+    try:
+        return not _exited(int(_operator_pid_file(directory).read_text()))
+    except (OSError, ValueError):
+        return False
+
+
+def _no_operator(directory: Path) -> str:
+    """Why ``up --operator`` cannot use the sandbox running in ``directory``, and what to run instead.
+
+    A running sandbox keeps what it was started with: the operator cannot join it later, and stopping
+    the sandbox silently would drop every object in it.
+    """
+    why = (
+        f"its operator exited: see {directory / 'operator.log'}"
+        if _operator_pid_file(directory).exists()
+        else "it was started without --operator"
+    )
+    return (
+        f"a sandbox already runs in {directory} and the operator does not run in it ({why}); "
+        f"run `etcdlock sandbox down --dir {directory}` first (its objects go), then `up --operator` again"
+    )
+
+
 def up(directory: Path, port: int = 0, crds: Path | None = None) -> Path:
     """Start the sandbox in the background (unless it runs already); returns the kubeconfig path.
 
     With ``crds`` (a folder of CRD YAML files) the CRDs are installed and the etcdlock operator runs in the
-    sandbox too, with its webhook registered.
+    sandbox too, with its webhook registered. A sandbox already running without a working operator is
+    refused (SandboxError), not reported as running one.
     """
     directory.mkdir(parents=True, exist_ok=True)
     kubeconfig = directory / "kubeconfig"
     if running_pid(directory) is not None and _answers(kubeconfig):
+        if crds is not None and not runs_operator(directory):
+            raise SandboxError(_no_operator(directory))
         return kubeconfig
     if crds is not None and not sorted(crds.glob("*.yaml")):
         raise SandboxError(f"no CRD files (*.yaml) in {crds}: run from an etcdlock checkout or pass --crds")
     kubeconfig.unlink(missing_ok=True)
+    _operator_pid_file(directory).unlink(missing_ok=True)
     log = (directory / "sandbox.log").open("ab")
     operator = ["--operator", str(crds.resolve())] if crds is not None else []
     process = subprocess.Popen(

@@ -4,34 +4,43 @@ It starts a fresh ``etcdlock sandbox up --operator`` in ``.sandbox/``, applies t
 ``examples/distributedlock.yaml``, and lines up five contenders for it, one after another: ``etcdctl
 lock`` from outside the cluster, two annotated pods, ``etcdlock lock`` from outside again, and a third
 pod. Each holds the lock for a moment (the pods "run" in the sandbox's pretend kubelet), then the next
-takes over; the demo prints every hand-off with its fencing token as the operator reports it (pod
-annotations, lock status). Then it applies ``examples/etcdcluster.yaml``: an EtcdCluster of three members,
-which the sandbox runs as real etcd processes; it prints the cluster's status as the operator brings it up,
-and a pod takes ``examples/distributedlock-on-cluster.yaml``, a lock kept in that cluster. The sandbox
-keeps running afterwards, to explore with kubectl, unless ``--down`` is given.
+takes over; the demo prints every hand-off with its fencing token, in the order etcd served them, from
+each contender's own signs (an outside command's output and exit, a pod's annotations). Then it applies
+``examples/etcdcluster.yaml``: an EtcdCluster of three members, which the sandbox runs as real etcd
+processes; it prints the cluster's status as the operator brings it up, and a pod takes
+``examples/distributedlock-on-cluster.yaml``, a lock kept in that cluster. The sandbox keeps running
+afterwards, to explore with kubectl, unless ``--down`` is given.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
+import queue
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import kubernetes
 import yaml
 
+from etcdlock.etcd import EtcdClient, EtcdConfig, read_contenders
 from etcdlock.operator.names import (
     CLUSTERS,
     GROUP,
+    HELD,
     LOCK_ANNOTATION,
     LOCKS,
+    RELEASED,
     STATE_ANNOTATION,
     TOKEN_ANNOTATION,
     VERSION,
+    WAITING,
 )
 from etcdlock.sandbox import daemon
 from etcdlock.sandbox.etcd import etcd_binary
@@ -42,19 +51,156 @@ LOCK = "nightly-report"
 KEY = f"/etcdlock/locks/default/{LOCK}"
 HOLD_SECONDS = 1.5
 BOUND = 60.0
+POLL = 0.1
 CLUSTER = "locks-etcd"
 CLUSTER_LOCK = "schema-migration"
+
+T = TypeVar("T")
 
 
 def say(text: str) -> None:
     print(f"\n== {text}", flush=True)
 
 
+def wait_for(failure: str, check: Callable[[], T | None]) -> T:
+    """Poll ``check`` until it returns something, for at most BOUND seconds; else stop with ``failure``."""
+    deadline = time.monotonic() + BOUND
+    while (found := check()) is None:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"demo: {failure} within {BOUND:.0f}s")
+        time.sleep(POLL)
+    return found
+
+
+class Contender(Protocol):
+    """One contender for the lock, followed through its own observable state.
+
+    Each check returns the line to print once the event happened, or None while it has not. The demo
+    never reads how many contenders the lock's status counts: a contender that holds only a moment can
+    come and go between two reads of a count.
+    """
+
+    name: str
+
+    def joined(self) -> str | None: ...
+
+    def held(self) -> str | None: ...
+
+    def released(self) -> str | None: ...
+
+
+class Outside:
+    """``etcdctl lock`` or ``etcdlock lock`` from outside the cluster, with a command run under the lock.
+
+    Both run the command only while holding and release before they exit, so the command's own output
+    line says "holds" and the process's exit says "released". While it waits in line it prints nothing:
+    its key in etcd (its holder name in the value) says it joined.
+    """
+
+    def __init__(self, name: str, program: str, command: list[str], env: dict[str, str]) -> None:
+        self.name = name
+        self._program = program
+        self._endpoints = env["ETCDLOCK_ENDPOINTS"]
+        self._process = subprocess.Popen(command, env=env, text=True, stdout=subprocess.PIPE)
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        self._holds: str | None = None
+        threading.Thread(target=self._read, name=f"output-{name}", daemon=True).start()
+
+    def _read(self) -> None:
+        assert self._process.stdout is not None
+        for line in self._process.stdout:
+            self._lines.put(line.rstrip("\n"))
+        self._lines.put(None)
+
+    def joined(self) -> str | None:
+        if self.held() is not None or self.name in asyncio.run(_holders(self._endpoints)):
+            return f"  [{self.name}] joined the queue"
+        return None
+
+    def held(self) -> str | None:
+        while self._holds is None:
+            try:
+                line = self._lines.get_nowait()
+            except queue.Empty:
+                return None
+            if line is None:
+                code = self._process.wait()
+                raise SystemExit(f"demo: {self._program} for {self.name} exited ({code}) without holding")
+            if "holds the lock" in line:
+                self._holds = line
+        return self._holds
+
+    def released(self) -> str | None:
+        code = self._process.poll()
+        return None if code is None else f"  [{self.name}] released the lock ({self._program} exited {code})"
+
+    def stop(self) -> None:
+        if self._process.poll() is None:
+            self._process.kill()
+        self._process.wait()
+
+
+async def _holders(endpoints: str) -> list[str | None]:
+    """The holder names written in the lock's keys, in queue order (None for etcdctl's empty values)."""
+    async with EtcdClient(EtcdConfig.parse(endpoints)) as client:
+        _, contenders = await read_contenders(client, KEY)
+    return [contender.info.holder for contender in contenders]
+
+
+class AnnotatedPod:
+    """A pod annotated with the lock, followed through the annotations the operator writes on it.
+
+    ``etcdlock.io/state`` is Waiting once the pod's key is in the queue, Held once it holds (with its
+    fencing token, which stays after the release), Released once the pod finished and its lease is gone.
+    """
+
+    def __init__(self, core: kubernetes.client.CoreV1Api, name: str) -> None:
+        self.name = name
+        self._core = core
+        pod: Any = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": name,
+                "annotations": {LOCK_ANNOTATION: LOCK, RUN_SECONDS: str(HOLD_SECONDS)},
+            },
+            "spec": {
+                "restartPolicy": "Never",
+                "containers": [{"name": "report", "image": "busybox:1.36", "command": ["sleep", "1"]}],
+            },
+        }
+        core.create_namespaced_pod("default", pod)
+
+    def _read(self) -> tuple[dict[str, str], str]:
+        pod = self._core.read_namespaced_pod(self.name, "default")
+        notes = (pod.metadata.annotations if pod.metadata else None) or {}
+        return notes, (pod.status.phase if pod.status else None) or "Pending"
+
+    def joined(self) -> str | None:
+        state = self._read()[0].get(STATE_ANNOTATION)
+        gated = " (held back by the scheduling gate)" if state == WAITING else ""
+        return f"  [{self.name}] joined the queue{gated}" if state in (WAITING, HELD, RELEASED) else None
+
+    def held(self) -> str | None:
+        notes, _ = self._read()
+        token = notes.get(TOKEN_ANNOTATION)
+        if notes.get(STATE_ANNOTATION) not in (HELD, RELEASED):
+            return None
+        if token is None:
+            raise SystemExit(f"demo: pod {self.name} left the queue without holding the lock")
+        return f"  [{self.name}] lock state Held with fencing token {token}: the pod runs"
+
+    def released(self) -> str | None:
+        notes, phase = self._read()
+        if notes.get(STATE_ANNOTATION) == RELEASED and phase in ("Succeeded", "Failed"):
+            return f"  [{self.name}] lock state Released, pod {phase}"
+        return None
+
+
 class Demo:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self.started = time.monotonic()
-        self.outside: list[subprocess.Popen[str]] = []
+        self.outside: list[Outside] = []
         self.api: kubernetes.client.ApiClient | None = None
         self.env = dict(os.environ)
 
@@ -81,87 +227,58 @@ class Demo:
         lock: Any = objects.get_namespaced_custom_object(GROUP, VERSION, "default", LOCKS, LOCK)
         return dict(lock.get("status") or {})
 
-    def queued(self) -> int:
-        status = self.status()
-        return len(status.get("holders") or []) + int(status.get("waiterCount") or 0)
-
-    def wait_queued(self, count: int, who: str) -> None:
-        deadline = time.monotonic() + BOUND
-        while self.queued() < count:
-            if time.monotonic() > deadline:
-                raise SystemExit(f"demo: {who} never showed up in the lock's status")
-            time.sleep(0.05)
-
-    def etcdctl(self) -> None:
+    def etcdctl(self) -> Outside:
         command = [etcd_binary("etcdctl"), f"--endpoints={self.env['ETCDLOCK_ENDPOINTS']}", "lock", KEY]
         work = 'echo "  [etcdctl] holds the lock with revision $ETCD_LOCK_REV"; sleep {s}'
         shell = ["--", "sh", "-c", work.format(s=HOLD_SECONDS)]
-        self.outside.append(subprocess.Popen([*command, *shell], env=self.env, text=True))
+        self.outside.append(Outside("etcdctl", "etcdctl lock", [*command, *shell], self.env))
+        return self.outside[-1]
 
-    def cli(self, holder: str) -> None:
+    def cli(self, holder: str) -> Outside:
         report = f'echo "  [{holder}] holds the lock with fencing token $ETCDLOCK_FENCING_TOKEN"'
         work = f"{report}; sleep {HOLD_SECONDS}"
         command = [sys.executable, "-m", "etcdlock", "lock", KEY, "--holder", holder, "--", "sh", "-c", work]
-        self.outside.append(subprocess.Popen(command, env=self.env, text=True))
+        self.outside.append(Outside(holder, "etcdlock lock", command, self.env))
+        return self.outside[-1]
 
-    def pod(self, name: str) -> None:
-        pod: Any = {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {
-                "name": name,
-                "annotations": {LOCK_ANNOTATION: LOCK, RUN_SECONDS: str(HOLD_SECONDS)},
-            },
-            "spec": {
-                "restartPolicy": "Never",
-                "containers": [{"name": "report", "image": "busybox:1.36", "command": ["sleep", "1"]}],
-            },
-        }
-        self.core.create_namespaced_pod("default", pod)
+    def line_up(self) -> list[Contender]:
+        """Start the contenders one at a time, each once the one before it is in the queue."""
+        starts: list[Callable[[], Contender]] = [
+            self.etcdctl,
+            lambda: AnnotatedPod(self.core, "report-1"),
+            lambda: AnnotatedPod(self.core, "report-2"),
+            lambda: self.cli("laptop"),
+            lambda: AnnotatedPod(self.core, "report-3"),
+        ]
+        contenders = []
+        for start in starts:
+            contender = start()
+            print(wait_for(f"{contender.name} did not join the queue", contender.joined), flush=True)
+            contenders.append(contender)
+        return contenders
 
-    def follow(self, pods: list[str]) -> None:
-        """Print every change of the pods' lock state until all of them are done."""
-        seen: dict[str, tuple[str, str]] = {}
-        deadline = time.monotonic() + BOUND
-        while True:
-            listed = self.core.list_namespaced_pod("default")
-            for pod in kubernetes.client.ApiClient().sanitize_for_serialization(listed)["items"]:
-                name = pod["metadata"]["name"]
-                notes = pod["metadata"].get("annotations") or {}
-                now = (notes.get(STATE_ANNOTATION) or "-", pod["status"].get("phase") or "Pending")
-                if seen.get(name) != now:
-                    seen[name] = now
-                    token = notes.get(TOKEN_ANNOTATION)
-                    extra = f" with fencing token {token}" if now[0] == "Held" else ""
-                    print(f"  [{name}] lock state {now[0]}{extra}, pod {now[1]}", flush=True)
-            if all(seen.get(name) in (("Released", "Succeeded"), ("Released", "Failed")) for name in pods):
-                break
-            if time.monotonic() > deadline:
-                raise SystemExit("demo: the pods did not all finish in time")
-            time.sleep(0.1)
-        for process in self.outside:
-            process.wait(BOUND)
+    @staticmethod
+    def hand_offs(contenders: list[Contender]) -> None:
+        """Print each holder's turn in queue order, the release of one before the next one holds.
+
+        That is the order etcd serves them in; a later contender's news (an outside command's line comes
+        at once, a pod's annotations a moment after) waits here until the one before it is released.
+        """
+        for contender in contenders:
+            print(wait_for(f"{contender.name} did not hold the lock", contender.held), flush=True)
+            print(wait_for(f"{contender.name} did not release the lock", contender.released), flush=True)
 
     def run(self) -> None:
         self.up()
         self.apply_lock()
         say("five contenders line up: etcdctl, pod report-1, pod report-2, the etcdlock CLI, pod report-3")
-        self.etcdctl()
-        self.wait_queued(1, "etcdctl")
-        pods = ["report-1", "report-2", "report-3"]
-        self.pod(pods[0])
-        self.wait_queued(2, pods[0])
-        self.pod(pods[1])
-        self.wait_queued(3, pods[1])
-        self.cli("laptop")
-        self.wait_queued(4, "the CLI")
-        self.pod(pods[2])
-        self.wait_queued(5, pods[2])
-        holders = [h["holder"] for h in self.status().get("holders") or []]
-        waiters = [w["holder"] for w in self.status().get("waiters") or []]
-        print(f"  kubectl get dlock {LOCK}: holder {holders}, waiting {waiters}", flush=True)
+        contenders = self.line_up()
+        status = self.status()
+        holders = [h["holder"] for h in status.get("holders") or []]
+        waiters = [w["holder"] for w in status.get("waiters") or []]
+        print(f"  kubectl get dlock {LOCK} now: holder {holders}, waiting {waiters}", flush=True)
         say("they take the lock one after another (pods are held back by the scheduling gate until then)")
-        self.follow(pods)
+        self.hand_offs(contenders)
         say("all done; the lock is free again")
         self.etcd_cluster()
         self.lock_on_cluster()
@@ -176,23 +293,22 @@ class Demo:
         self.apply("examples/etcdcluster.yaml", CLUSTERS)
         say(f"applied examples/etcdcluster.yaml: EtcdCluster {CLUSTER}, three members (etcd processes here)")
         objects = kubernetes.client.CustomObjectsApi(self.api)
-        seen: tuple[Any, ...] = ()
-        deadline = time.monotonic() + BOUND
-        while True:
+        seen: list[tuple[Any, ...]] = [()]
+
+        def running() -> dict[str, Any] | None:
             cluster: Any = objects.get_namespaced_custom_object(GROUP, VERSION, "default", CLUSTERS, CLUSTER)
-            status = cluster.get("status") or {}
+            status: dict[str, Any] = cluster.get("status") or {}
             now = (status.get("phase"), status.get("ready"), status.get("leader"))
-            if now != seen and now[0]:
-                seen = now
+            if now != seen[-1] and now[0]:
+                seen.append(now)
                 print(f"  [{CLUSTER}] phase {now[0]}, ready {now[1]}, leader {now[2] or '-'}", flush=True)
-            if status.get("phase") == "Running":
-                break
-            if time.monotonic() > deadline:
-                raise SystemExit(f"demo: EtcdCluster {CLUSTER} did not start in time")
-            time.sleep(0.2)
+            return status if now[0] == "Running" else None
+
+        status = wait_for(f"EtcdCluster {CLUSTER} did not start", running)
         for member in status.get("members") or []:
             role = "leader" if member["leader"] else "learner" if member["learner"] else "follower"
-            print(f"  [{CLUSTER}] member {member['name']} id {member['id']}: {role}, healthy", flush=True)
+            health = "healthy" if member["healthy"] else "not answering"
+            print(f"  [{CLUSTER}] member {member['name']} id {member['id']}: {role}, {health}", flush=True)
 
     def lock_on_cluster(self) -> None:
         self.apply("examples/distributedlock-on-cluster.yaml", LOCKS)
@@ -204,23 +320,18 @@ class Demo:
             "spec": {"containers": [{"name": "migrate", "image": "busybox:1.36"}]},
         }
         self.core.create_namespaced_pod("default", pod)
-        deadline = time.monotonic() + BOUND
-        while True:
+
+        def held() -> str | None:
             meta = self.core.read_namespaced_pod("migrate", "default").metadata
             notes = (meta.annotations if meta else None) or {}
-            if notes.get(STATE_ANNOTATION) == "Held":
-                token = notes.get(TOKEN_ANNOTATION)
-                print(f"  [migrate] lock state Held with fencing token {token} (in {CLUSTER})", flush=True)
-                return
-            if time.monotonic() > deadline:
-                raise SystemExit(f"demo: pod migrate never held {CLUSTER_LOCK}")
-            time.sleep(0.1)
+            return notes.get(TOKEN_ANNOTATION) if notes.get(STATE_ANNOTATION) == HELD else None
+
+        token = wait_for(f"pod migrate did not hold {CLUSTER_LOCK}", held)
+        print(f"  [migrate] lock state Held with fencing token {token} (in {CLUSTER})", flush=True)
 
     def stop_outside(self) -> None:
-        for process in self.outside:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+        for contender in self.outside:
+            contender.stop()
 
 
 def main() -> int:

@@ -3,7 +3,8 @@
 The operator runs as its own process (the real CLI) with the sandbox's cluster DNS, as a pod there would,
 against the sandbox's API and etcd, serving its webhook on loopback with certificates made here and
 registering the webhook itself (``--webhook-configure``). It is ready once it leads (``/readyz``) and
-the webhook is registered, so pods created from then on are gated. Its log is ``DIR/operator.log``.
+the webhook is registered, so pods created from then on are gated. Its log is ``DIR/operator.log``; its
+pid is in ``DIR/operator.pid`` while it runs (``etcdlock sandbox up`` reads it).
 """
 
 from __future__ import annotations
@@ -66,6 +67,8 @@ class InstalledOperator:
         ).start()
         self.metrics_url = f"{self._replica.url}/metrics"
         (self._directory / "metrics-url").write_text(self.metrics_url)
+        assert self._replica.process is not None
+        (self._directory / "operator.pid").write_text(str(self._replica.process.pid))
         deadline = time.monotonic() + START_TIMEOUT
         registered = f":{self._replica.webhook_port}/"
         while not (self._replica.ready() and any(registered in url for url in registered_urls(api))):
@@ -84,5 +87,6 @@ class InstalledOperator:
                     extensions.create_custom_resource_definition(document)
 
     def _stop(self) -> None:
+        (self._directory / "operator.pid").unlink(missing_ok=True)
         if self._replica is not None:
             self._replica.stop(STOP_TIMEOUT)
