@@ -224,6 +224,8 @@ class KeyGuard:
         self._my_rev = my_rev
         self._delay = delay
         self._gone = asyncio.Event()
+        # Set once the watch exists (its stream's tasks too): see Waiter.watching.
+        self.watching = asyncio.Event()
         self.reason: str | None = None
         self._task = queue.session.spawn(self._run(), name=f"guard-{queue.key.decode()}")
 
@@ -293,6 +295,7 @@ class KeyGuard:
                 async with queue.client.watch_events(
                     queue.key, start_revision=start, deletes_only=True
                 ) as events:
+                    self.watching.set()
                     async for _ in events:
                         self._report(f"key {queue.key.decode()} was deleted (lease revoked or key removed)")
                         return

@@ -559,9 +559,13 @@ class EtcdClient:
 
     async def time_to_live(self, lease_id: int) -> int:
         """Seconds the lease has left (-1 when it does not exist)."""
+        return (await self.lease_ttls(lease_id))[0]
+
+    async def lease_ttls(self, lease_id: int) -> tuple[int, int]:
+        """Seconds the lease has left (-1 when it does not exist), and the TTL it was granted with."""
         request = rpc.LeaseTimeToLiveRequest(ID=lease_id)
         response = await self._unary("Lease", "LeaseTimeToLive", request, retry=True)
-        return int(response.TTL)
+        return int(response.TTL), int(response.grantedTTL)
 
     async def lease_stream(self) -> LeaseStream:
         """A LeaseKeepAlive stream on the current member, cancelled by a member that loses its leader."""

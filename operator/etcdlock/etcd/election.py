@@ -55,6 +55,10 @@ class Election:
         """Wait until leadership is lost (the key deleted or the session lost); returns why."""
         return await self._waiter.wait_lost()
 
+    async def watching(self) -> None:
+        """Wait until the leader key is watched (see :meth:`Waiter.watching`)."""
+        await self._waiter.watching()
+
     async def campaign(self, proposal: bytes | str, timeout: float | None = None) -> Election:
         """Become leader with ``proposal`` as value; returns (itself) once leader.
 

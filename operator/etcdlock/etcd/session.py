@@ -97,9 +97,11 @@ class Session:
         if self._lease_id is None:
             self._lease_id, granted = await self.client.grant(self.ttl)
         else:
-            granted = await self.client.time_to_live(self._lease_id)
+            granted, ttl = await self.client.lease_ttls(self._lease_id)
             if granted <= 0:
                 raise SessionLost(f"lease {self._lease_id:x} no longer exists")
+            # Renewals follow the lease's own TTL (it was granted by another process, maybe another way).
+            self.ttl = ttl or self.ttl
         self._deadline = sent + granted
         self._keepalive = asyncio.create_task(self._keep_alive(), name=f"keepalive-{self._lease_id:x}")
         return self

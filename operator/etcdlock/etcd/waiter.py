@@ -92,6 +92,14 @@ class Waiter:
             raise NotHeld(f"{self.name} is not held")
         return await self._guard.wait_lost()
 
+    async def watching(self) -> None:
+        """Wait until the held key is watched (its loss will be seen as it happens). The watch is set up
+        in the background; a caller about to start work whose end cancels every task started meanwhile
+        (kopf does) waits for it first."""
+        if self._guard is None:
+            raise NotHeld(f"{self.name} is not held")
+        await self._guard.watching.wait()
+
     async def join(self, value: bytes, *, persist: bool = True) -> bool:
         """Write the own key with ``value`` unless it is there already; True if it holds a permit now.
 

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
-from etcdlock.etcd import EtcdClient, EtcdError, read_contenders
+from etcdlock.etcd import EtcdClient, EtcdError, EtcdUnavailable, read_contenders
 from etcdlock.etcd.errors import Compacted
 from etcdlock.etcd.keys import Contender, prefix, range_end
 from etcdlock.operator import events
@@ -33,6 +33,9 @@ class QueueObserver(Protocol):
 
 
 _RETRY_DELAY = 1.0
+_QUICK_RETRY = 0.05
+# How long etcd may be unavailable to the mirror before the lock's status says so.
+OUTAGE_GRACE = 5.0
 # A lock whose EtcdCluster is not available yet is tried again this often; one refused for its key or spec
 # when another lock changes (or this often at the latest).
 CLUSTER_RETRY = 3.0
@@ -59,8 +62,8 @@ async def serve_lock(
         except OperatorError as exc:
             if str(exc) != told:
                 events.warn(body, exc.reason, str(exc))
+                await publish(error_status(exc.reason, str(exc), generation))
                 told = str(exc)
-            await publish(error_status(exc.reason, str(exc), generation))
             await changes.wait(ref, CLUSTER_RETRY if isinstance(exc, ClusterNotReady) else RECHECK)
             continue
         pod_ttl = spec.pod_ttl(locks.rules)
@@ -79,11 +82,21 @@ async def mirror_lock(
 
     The queue is read once, then kept up to date by applying every watch event in revision order, so
     no holder is missed however briefly it held (a re-read after each change would skip fast hand-offs).
-    It is read again after an etcd outage or a compaction.
+    A watch that ends (an etcd member failed) starts again from the last revision seen; the queue is
+    read again after a compaction or an error that is not transient.
     """
     start = prefix(spec.key)
     since: dict[str, str] = {}
     last: dict[str, Any] | None = None
+
+    async def say_unavailable(exc: EtcdError) -> None:
+        nonlocal last
+        log.warning("lock %s: %s", spec.key, exc)
+        status = _keep_transition_times(error_status(type(exc).__name__, str(exc), generation), last)
+        if last is None or _differs(status, last):
+            await publish(status)
+            last = status
+        await asyncio.sleep(_RETRY_DELAY)
 
     async def show(contenders: list[Contender]) -> None:
         nonlocal last
@@ -95,25 +108,35 @@ async def mirror_lock(
             await publish(status)
             last = status
 
+    loop = asyncio.get_running_loop()
+    revision: int | None = None
+    contenders: list[Contender] = []
+    healthy_at = loop.time()
     while True:
         try:
-            revision, contenders = await read_contenders(client, spec.key)
-            await show(contenders)
+            if revision is None:
+                revision, contenders = await read_contenders(client, spec.key)
+                await show(contenders)
             async with client.watch_events(start, range_end(start), start_revision=revision + 1) as events:
+                healthy_at = loop.time()
                 async for event in events:
                     contenders = _apply(contenders, event)
+                    revision = int(event.kv.mod_revision)
                     await show(contenders)
         except Compacted:
-            continue
+            revision = None
+        except EtcdUnavailable as exc:
+            # A member dying or hanging ends the watch (the client moves to another member): watch again from
+            # the revision seen, quietly; the status says etcd is unavailable only if that lasts.
+            if loop.time() - healthy_at < OUTAGE_GRACE:
+                log.debug("lock %s: %s; watching again", spec.key, exc)
+                await asyncio.sleep(_QUICK_RETRY)
+                continue
+            await say_unavailable(exc)
         except EtcdError as exc:
-            # Transient (EtcdUnavailable) or not (EtcdDenied: an admin must act), the mirror tries again.
-            log.warning("lock %s: %s", spec.key, exc)
-            status = error_status(type(exc).__name__, str(exc), generation)
-            status = _keep_transition_times(status, last)
-            if last is None or _differs(status, last):
-                await publish(status)
-                last = status
-            await asyncio.sleep(_RETRY_DELAY)
+            # Not transient (EtcdDenied: an admin must act): the mirror tries again, reading afresh.
+            revision = None
+            await say_unavailable(exc)
 
 
 def _apply(contenders: list[Contender], event: Any) -> list[Contender]:

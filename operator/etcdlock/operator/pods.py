@@ -17,6 +17,7 @@ import logging
 from collections.abc import Awaitable
 from typing import Any
 
+from etcdlock.etcd import Fenced
 from etcdlock.operator import events
 from etcdlock.operator.kubeapi import Pod, annotations_of, is_gated, parse_lease, pod_ref
 from etcdlock.operator.locks import LockChanges
@@ -157,6 +158,7 @@ class PodHolds:
         task = asyncio.ensure_future(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        task.add_done_callback(_told)
         return task
 
     async def _not_gated(self, pod: Pod) -> None:
@@ -180,8 +182,22 @@ class PodHolds:
         if not await store.confirmed():
             return
         if lease is not None:
-            await store.persist(lambda: store.etcd.revoke(lease))
+            try:
+                await store.persist(lambda: store.etcd.revoke(lease))
+            except Fenced:
+                return  # deposed meanwhile: the next leader sees the pod finished, too
         message = f"released: {reason}"
         events.info(pod, "Released", message)
         notes = {STATE_ANNOTATION: RELEASED, MESSAGE_ANNOTATION: message}
         await self._context.api.annotate(pod_ref(pod), notes, ungate=is_gated(pod))
+
+
+def _told(task: asyncio.Future[Any]) -> None:
+    """A background write for a pod ended: say how, if it failed (a deposed replica's end is expected)."""
+    if task.cancelled():
+        return
+    error = task.exception()
+    if isinstance(error, Fenced):
+        log.info("a pod write was not made: this replica no longer leads")
+    elif error is not None:
+        log.error("a pod write failed", exc_info=error)

@@ -213,7 +213,12 @@ async def _lead(
 ) -> bool:
     """Run kopf while leading; True if the operator is to stop, False if leadership was lost."""
     kopf_stop, kopf_ready = asyncio.Event(), asyncio.Event()
-    # Our own tasks start before kopf does: kopf cancels, as it stops, the tasks started while it ran.
+    # Our own tasks start before kopf does: kopf waits 5 s for the tasks started while it ran, then cancels
+    # them, as it stops. The watch on the leader key is one of ours.
+    if candidate is not None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(candidate.session.client.config.request_timeout):
+                await candidate.watching()
     stopping = asyncio.ensure_future(stop.wait())
     lost = asyncio.ensure_future(candidate.wait_lost()) if candidate else None
     ready = asyncio.create_task(_when_ready(kopf_ready, stop, replica, ready_flag))
