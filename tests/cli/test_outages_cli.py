@@ -51,10 +51,10 @@ def test_an_acquire_without_a_timeout_waits_out_a_quorum_loss_longer_than_its_se
     cluster: LocalEtcd, cli3: Cli, name: str
 ) -> None:
     lose_quorum(cluster)
-    proc = cli3.etcdlock("lock", name, "--ttl", "3", "--", "echo", "acquired")
+    proc = cli3.etcdlock("lock", name, "--ttl", "5", "--", "echo", "acquired")
     # Longer than the session's TTL: its first session is lost (locally) and replaced.
     with pytest.raises(AssertionError, match="no output line"):
-        proc.readline(timeout=5)
+        proc.readline(timeout=7)
     proc.assert_waiting()
     first = cluster.members[0]
     cluster.start_member(first)

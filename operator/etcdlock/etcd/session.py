@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 DEFAULT_TTL = 10
 # etcd refuses longer leases ("too large lease TTL").
 MAX_LEASE_TTL = 9_000_000_000
-# A renewal is sent every TTL/3; one not answered within this (or TTL/3, if shorter) tries another member.
+# A renewal is sent every TTL/3; one not answered within half the time left before the local deadline (at
+# least this, or TTL/3 if shorter) tries another member.
 ANSWER_WITHIN = 1.0
 _RETRY_DELAY = 0.2
 
@@ -185,9 +186,9 @@ class Session:
     async def _keep_alive(self) -> None:
         """Renew until the lease is gone or the deadline passes; whatever ends this loop loses the session.
 
-        A renewal not answered within a third of the TTL (at most :data:`ANSWER_WITHIN`) gives up that
-        member: the next stream goes to another one, so a hung or dead member costs a renewal or two, not
-        the session.
+        A renewal not answered in time (half the time left before the deadline, at least
+        :data:`ANSWER_WITHIN`) gives up that member: the next stream goes to another one, so a hung or dead
+        member costs a renewal or two, not the session.
         """
         loop = asyncio.get_running_loop()
         interval = self.ttl / 3
@@ -225,7 +226,10 @@ class Session:
         try:
             while True:
                 sent = loop.time()
-                ttl = await stream.renew(self.lease_id, min(interval, ANSWER_WITHIN))
+                # Half the time left, but never less than ANSWER_WITHIN (or TTL/3): a hung member leaves
+                # time for a try on another, a leader still settling after an election gets its time.
+                wait = max(min(interval, ANSWER_WITHIN), (self._deadline - sent) / 2)
+                ttl = await stream.renew(self.lease_id, wait)
                 if ttl <= 0:
                     self._lose("lease expired or was revoked")
                     return
