@@ -109,15 +109,20 @@ def gauge(replica: OperatorProcess, name: str) -> float:
     raise AssertionError(f"{name} not in the metrics of {replica.url}")
 
 
-def queue_three(api: ApiClient, namespace: str, replicas: Replicas) -> list[str]:
-    """A lock and three pods: the first holds, two wait (every replica serves the webhook; the one that
-    registered itself last is the one called)."""
+def webhook_of_a_replica(api: ApiClient, replicas: Replicas) -> None:
+    """Wait until the webhooks are registered by one of the replicas (each registers itself as it starts;
+    the last one to do so is the one called)."""
     ports = {f":{replica.webhook_port}/" for replica in replicas.all}
     eventually(
         lambda: registered_urls(api),
         lambda found: any(port in url for url in found for port in ports),
         "the webhook registration",
     )
+
+
+def queue_three(api: ApiClient, namespace: str, replicas: Replicas) -> list[str]:
+    """A lock and three pods: the first holds, two wait."""
+    webhook_of_a_replica(api, replicas)
     create_lock(api, namespace, "ha", {"ttlSeconds": 30})
     names = ["first", "second", "third"]
     for name in names:
@@ -266,12 +271,7 @@ def test_a_hold_with_the_shortest_ttl_outlives_a_leader_crash(
     running = Replicas(etcd, kubeconfig, webhook_certs, namespace, tmp_path, ttl=5).start()
     try:
         leader = running.leader()
-        ports = {f":{replica.webhook_port}/" for replica in running.all}
-        eventually(
-            lambda: registered_urls(api),
-            lambda found: any(port in url for url in found for port in ports),
-            "the webhook registration",
-        )
+        webhook_of_a_replica(api, running)
         create_lock(api, namespace, "brief", {"ttlSeconds": 5})
         for name in ("first", "second"):
             create_pod(api, namespace, name, "brief")

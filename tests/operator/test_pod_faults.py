@@ -16,7 +16,7 @@ import kubernetes
 import pytest
 from kubernetes.client import ApiClient
 from operator_support import OperatorThread, create_lock, event_reasons, eventually, status_of
-from test_pods import PodWatch, create_pod, finish, gated, held, note, read_pod, take_turns
+from test_pods import PodWatch, create_pod, finish, gated, held, note, read_pod
 
 from etcdlock.operator.leadership import ElectionSettings
 from etcdlock.operator.names import LOCK_ANNOTATION, MESSAGE_ANNOTATION, RELEASED, STATE_ANNOTATION, WAITING
@@ -98,7 +98,7 @@ def fail(etcd3: LocalEtcd, member: Member, how: str) -> None:
         etcd3.pause(member)
 
 
-def test_a_release_lands_when_an_etcd_member_fails_in_the_middle(
+def test_a_member_failing_mid_release_and_mid_queueing_stalls_no_pod_and_keeps_the_order(
     api: ApiClient,
     namespace: str,
     etcd3: LocalEtcd,
@@ -106,54 +106,36 @@ def test_a_release_lands_when_an_etcd_member_fails_in_the_middle(
     faulted_operator: OperatorThread,
     pods: PodWatch,
 ) -> None:
+    """At the moment the member fails, the holder finishes (a release) and three pods are created (three
+    enqueues): the next pod holds within etcd's election, and the new ones wait in creation order."""
     create_lock(api, namespace, "payroll", HOUR)
     for name in ("first", "second"):
         create_pod(api, namespace, name, "payroll")
     eventually(lambda: read_pod(api, namespace, "first"), held, "first holding")
     eventually(lambda: read_pod(api, namespace, "second"), waiting, "second waiting")
     member, how = fault
+    late = ["next-1", "next-2", "next-3"]
     try:
         fail(etcd3, member, how)
         finish(api, namespace, "first")
+        for name in late:
+            create_pod(api, namespace, name, "payroll")
+        eventually(lambda: read_pod(api, namespace, "second"), held, "second holding after it", BOUND)
+        expected = [f"pod/{namespace}/{n}" for n in late]
         eventually(
-            lambda: read_pod(api, namespace, "second"), held, "second holding after the release", BOUND
+            lambda: waiters_of(api, namespace, "payroll"),
+            lambda found: found == expected,
+            "the new pods queued, in creation order",
+            BOUND,
         )
     finally:
         etcd3.resume(member)
     assert note(read_pod(api, namespace, "first"), STATE_ANNOTATION) == RELEASED
-    pods.ungated_in(["first", "second"])
+    for name in ["second", *late]:
+        eventually(lambda n=name: read_pod(api, namespace, n), held, f"{name} holding in its turn")
+        finish(api, namespace, name)
+    pods.ungated_in(["first", "second", *late])
     assert pods.most_running == 1
-
-
-def test_pods_queued_while_an_etcd_member_fails_keep_their_order(
-    api: ApiClient,
-    namespace: str,
-    etcd3: LocalEtcd,
-    fault: tuple[Member, str],
-    faulted_operator: OperatorThread,
-    pods: PodWatch,
-) -> None:
-    create_lock(api, namespace, "ledger", HOUR)
-    create_pod(api, namespace, "holder", "ledger")
-    eventually(lambda: read_pod(api, namespace, "holder"), held, "holder holding")
-    member, how = fault
-    names = ["holder", "next-1", "next-2", "next-3"]
-    try:
-        fail(etcd3, member, how)
-        for name in names[1:]:
-            create_pod(api, namespace, name, "ledger")
-        status = eventually(
-            lambda: status_of(api, namespace, "ledger"),
-            lambda s: (
-                [w["holder"] for w in s.get("waiters", [])] == [f"pod/{namespace}/{n}" for n in names[1:]]
-            ),
-            "every new pod queued, in creation order",
-            BOUND,
-        )
-        assert status["waiterCount"] == 3
-    finally:
-        etcd3.resume(member)
-    take_turns(api, namespace, names, pods)
 
 
 def test_a_waiting_pod_switched_to_another_lock_leaves_then_joins_and_is_never_let_go_unheld(
