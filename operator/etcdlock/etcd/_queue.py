@@ -128,27 +128,28 @@ class Queue:
                 await asyncio.sleep(_RETRY_DELAY)
 
     async def _read_ahead(self, my_rev: int, limit: int) -> tuple[int, list[Any]]:
-        """Read the keys ahead (newest first, up to ``limit``; 0 = all) and re-check the own key."""
-        response = await self.client.txn(
-            [],
-            [
-                range_op(
-                    self.prefix,
-                    self.end,
-                    by_create=True,
-                    descending=True,
-                    limit=limit,
-                    max_create_revision=my_rev - 1,
-                    keys_only=True,
-                ),
-                range_op(self.key, keys_only=True),
-            ],
+        """Read the keys ahead (newest first, up to ``limit``; 0 = all) and re-check the own key, both at
+        one revision.
+
+        Two ranges, not one read-only transaction: etcd up to 3.5.4 panics when the client's deadline
+        cancels a read-only transaction while it is being applied (etcd #14110), and a request that ran
+        out of its attempt time is exactly that; a range just fails.
+        """
+        ahead = await self.client.range(
+            self.prefix,
+            self.end,
+            by_create=True,
+            descending=True,
+            limit=limit,
+            max_create_revision=my_rev - 1,
+            keys_only=True,
         )
-        mine = response.responses[1].response_range.kvs
+        revision = int(ahead.header.revision)
+        mine = (await self.client.range(self.key, keys_only=True, revision=revision)).kvs
         if not mine or mine[0].create_revision != my_rev:
             self.session.check()
             raise LockLost(f"own key {self.key.decode()} was deleted while waiting")
-        return response.header.revision, list(response.responses[0].response_range.kvs)
+        return revision, list(ahead.kvs)
 
     async def _predecessors_gone(self, my_rev: int, permits: int) -> int | None:
         """One attempt, one permit: the revision if nobody is ahead, else None once the predecessor went."""
