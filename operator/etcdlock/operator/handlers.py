@@ -26,7 +26,7 @@ from etcdlock.etcd.keys import Contender
 from etcdlock.operator import events
 from etcdlock.operator.clusters import RECONCILE_PERIOD, Clusters
 from etcdlock.operator.errors import LockNotFound
-from etcdlock.operator.kubeapi import PodApi, list_locks
+from etcdlock.operator.kubeapi import PodApi, list_locks, retrying
 from etcdlock.operator.leadership import Leadership
 from etcdlock.operator.locks import LockRules, Locks, LockSpec
 from etcdlock.operator.metrics import Metrics, QueueMetrics
@@ -257,16 +257,13 @@ def _publisher(api: kubernetes.client.ApiClient, namespace: str, name: str) -> A
     objects = kubernetes.client.CustomObjectsApi(api)
 
     async def publish(status: dict[str, Any]) -> None:
-        """Patch the status; a lock deleted meanwhile is fine, other failures are logged (the mirror goes on
-        and the next change writes the status again)."""
+        """Patch the status, again until it is written (the status must not stay stale after an API outage
+        when etcd then changes nothing); a lock deleted meanwhile is fine."""
         patch = objects.patch_namespaced_custom_object_status
-        try:
-            await asyncio.to_thread(patch, GROUP, VERSION, namespace, LOCKS, name, {"status": status})
-        except ApiException as exc:
-            if exc.status != 404:
-                log.error("status of %s/%s not written: %s %s", namespace, name, exc.status, exc.reason)
-        except (OSError, urllib3.exceptions.HTTPError) as exc:
-            log.error("status of %s/%s not written: %s", namespace, name, exc)
+        await retrying(
+            f"status of DistributedLock {namespace}/{name}",
+            lambda: asyncio.to_thread(patch, GROUP, VERSION, namespace, LOCKS, name, {"status": status}),
+        )
 
     return publish
 

@@ -96,7 +96,7 @@ class PodApi:
         body: dict[str, Any] = {"metadata": {"annotations": dict(annotations)}}
         if ungate:
             body["spec"] = {"schedulingGates": [{"$patch": "delete", "name": SCHEDULING_GATE}]}
-        return await _retrying(f"pod {ref[0]}/{ref[1]}", lambda: self._patch(ref, body), attempts)
+        return await retrying(f"pod {ref[0]}/{ref[1]}", lambda: self._patch(ref, body), attempts)
 
     async def ungate(self, pod: Pod, lock: str, annotations: Mapping[str, str | None]) -> Pod | None:
         """Remove the gate and write ``annotations``, only if the pod is still the version ``pod`` was
@@ -128,7 +128,7 @@ class PodApi:
                 GROUP, VERSION, namespace, LOCKS, name, _request_timeout=REQUEST_TIMEOUT
             )
 
-        lock = await _retrying(f"DistributedLock {namespace}/{name}", lambda: asyncio.to_thread(get))
+        lock = await retrying(f"DistributedLock {namespace}/{name}", lambda: asyncio.to_thread(get))
         if lock is None or lock.get("metadata", {}).get("deletionTimestamp"):
             return None
         return dict(lock)
@@ -169,7 +169,7 @@ async def _one_call(call: Callable[[], Awaitable[T]]) -> T | None:
         raise ApiUnavailable(f"API unreachable ({exc})") from None
 
 
-async def _retrying(what: str, call: Callable[[], Awaitable[T]], attempts: int | None = None) -> T | None:
+async def retrying(what: str, call: Callable[[], Awaitable[T]], attempts: int | None = None) -> T | None:
     """Run an API call until it succeeds (its result) or answers 404 (None); log and retry other
     failures, ``attempts`` times at most (then :class:`ApiUnavailable`)."""
     attempt = 0

@@ -230,7 +230,7 @@ async def _lead(
     try:
         await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
         if lost is not None and lost.done() and not stop.is_set():
-            log.error("leadership lost: %s; stopping kopf", lost.result())
+            log.warning("leadership lost: %s; stopping kopf", lost.result())
             replica.stopped_leading("lost")
             kopf_stop.set()
             await _bounded_stop(kopf_task, exit_if_stuck)
