@@ -28,7 +28,7 @@ from etcdlock.etcd import (
     Waiter,
 )
 from etcdlock.operator import events
-from etcdlock.operator.errors import OperatorError
+from etcdlock.operator.errors import LockNotFound, OperatorError
 from etcdlock.operator.kubeapi import (
     ApiUnavailable,
     Pod,
@@ -151,15 +151,21 @@ class PodHold:
         back is let go as well."""
         self._stopping = True
         await self._stop_task()
+        was = "released the lock" if self.held else "left the queue"
         try:
             if not await self._give_back():
                 return
         except Fenced:
             log.info("pod %s/%s: not released here: this replica no longer leads", *self.ref)
             return
+        except EtcdError as exc:
+            # Refused, not transient (those are waited out): the key goes when the lease expires.
+            log.warning(
+                "pod %s/%s: etcd refused the release (%s); its lease expires by itself", *self.ref, exc
+            )
+            reason += f" (etcd refused to delete its key: {exc}; it goes when its lease expires)"
         if not write:
             return
-        was = "released the lock" if self.held else "left the queue"
         await self._write({STATE_ANNOTATION: RELEASED, MESSAGE_ANNOTATION: f"{was}: {reason}"}, ungate=ungate)
         events.info(self.pod, "Released", f"{was} {self.lock_name}: {reason}")
 
@@ -239,6 +245,8 @@ class PodHold:
                 lock = await self._context.resolve(namespace, self.lock_name)
                 self._store = await self._context.stores.for_lock(namespace, lock)
                 return lock
+            except LockNotFound as exc:
+                await self._say_waiting(f"{exc}; the pod waits until it is created", "LockNotReady")
             except OperatorError as exc:
                 why = f"DistributedLock {self.lock_name}: {exc}; the pod waits until it can be served"
                 await self._say_waiting(why, "LockNotReady")
