@@ -74,9 +74,10 @@ class Ungated:
         self._watch.stop()
 
 
-def create_pod(core: kubernetes.client.CoreV1Api, name: str) -> None:
+def create_pod(core: kubernetes.client.CoreV1Api, name: str, lock: str = "bench") -> None:
+    """A pod that takes ``lock`` (through the annotation; the webhook gates it)."""
     body: Any = {
-        "metadata": {"name": name, "annotations": {LOCK_ANNOTATION: "bench"}},
+        "metadata": {"name": name, "annotations": {LOCK_ANNOTATION: lock}},
         "spec": {"containers": [{"name": "c", "image": "busybox"}]},
     }
     core.create_namespaced_pod(NAMESPACE, body)
