@@ -27,6 +27,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/locks.py
 	$(BIN)/python bench/failover.py
 	$(BIN)/python bench/etcdcluster.py
+	$(BIN)/python bench/faults.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
