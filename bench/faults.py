@@ -760,9 +760,15 @@ async def after_the_kill(
 
 
 async def expired_leases(endpoints: str, leases: Iterable[int]) -> set[int]:
+    limit = asyncio.Semaphore(POLL_CONCURRENCY)
+
+    async def expired(client: EtcdClient, lease: int) -> bool:
+        async with limit:
+            return await client.time_to_live(lease) < 0
+
     async with EtcdClient(EtcdConfig.parse(endpoints)) as client:
-        remaining = await asyncio.gather(*(client.time_to_live(lease) for lease in leases))
-    return {lease for lease, ttl in zip(leases, remaining, strict=True) if ttl < 0}
+        found = await asyncio.gather(*(expired(client, lease) for lease in leases))
+    return {lease for lease, gone in zip(leases, found, strict=True) if gone}
 
 
 def places_lost(before: list[int], after: list[int]) -> int:
@@ -856,7 +862,8 @@ def report_scale(results: list[ScaleResult]) -> None:
     for r in results:
         renewed = sorted(r.renewals.renewed.values())
         if renewed and not r.renewals.pending and not r.renewals.expired:
-            when = f"{renewed[0]:.1f} s, {renewed[-1]:.1f} s (poll ≤ {r.renewals.longest_sweep:.1f} s)"
+            every = r.renewals.longest_sweep + POLL_PAUSE
+            when = f"{renewed[0]:.1f} s, {renewed[-1]:.1f} s (polled every ≤ {every:.1f} s)"
         else:
             when = (
                 f"{len(renewed)} renewed, {len(r.renewals.expired)} expired, "
@@ -887,6 +894,8 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.WARNING)
     parts = {part.upper() for part in argv} or {"A", "B", "C"}
     started = time.monotonic()
+    load = os.getloadavg()[0]
+    print(f"etcdlock fault benchmark: {os.cpu_count()} cores, load average {load:.2f} at the start\n")
     with tempfile.TemporaryDirectory(prefix="etcdlock-faults-") as workdir:
         if "A" in parts:
             part_a()
@@ -894,7 +903,7 @@ def main(argv: list[str]) -> int:
             part_b(Path(workdir))
         if "C" in parts:
             part_c(Path(workdir))
-    print(f"\n(total {time.monotonic() - started:.0f} s)")
+    print(f"\n(total {time.monotonic() - started:.0f} s; load average {os.getloadavg()[0]:.2f} at the end)")
     return 0
 
 
