@@ -19,8 +19,9 @@ B. The pod queue through a failure of one member of the operator's own three-mem
 
 C. The operator's leader crashing (SIGKILL) at scale, with every pod queued: a thousand pods spread over
    many locks with the shortest TTL, and thousands of pods in one queue. Measured: kill -> a new replica
-   ready; kill -> every pod's lease renewed again, observed in etcd; and, after the takeover window,
-   how many pods lost their lease and how many waiters their place in the queue.
+   ready (and how many new leaders the election saw: more than one means the new leader failed too);
+   kill -> every pod's lease renewed again, observed in etcd; and, once a lease kept only by the takeover
+   would have expired, how many pods lost their lease or key and how many waiters their place.
 
 A report, not a test: no time is asserted. A stall beyond a bound ends the run with a message saying what
 stalled. ``python bench/faults.py [A] [B] [C]`` runs some parts only; the scales are the constants below.
@@ -52,6 +53,7 @@ import yaml
 
 from etcdlock.etcd import EtcdClient, EtcdConfig, EtcdLockError, Mutex, Session, read_contenders
 from etcdlock.operator.kubeapi import parse_lease
+from etcdlock.operator.leadership import DEFAULT_ELECTION
 from etcdlock.operator.names import (
     GROUP,
     HELD,
@@ -101,6 +103,7 @@ QUEUE_BOUND = 1200.0  # creating and queueing every pod
 ELECTION_BOUND = 60.0
 STATUS_POLL = 1.0
 SETTLE_MARGIN = 5.0  # beyond the takeover window and a lease TTL, before the final look
+SETTLE_BOUND = 600.0  # the final look comes by then in any case
 # Lease polling: a sample until the first renewal shows (so the poller does not slow the election
 # down), then every lease not yet seen renewed, at most this many calls in flight, with a pause between
 # sweeps. The longest sweep is the resolution of the all-renewed time; it is printed.
@@ -427,18 +430,23 @@ def operator_replicas(
 
 
 @contextlib.contextmanager
-def webhooks_of(api: kubernetes.client.ApiClient, replica: OperatorProcess, certs: Path) -> Iterator[None]:
-    """The pod gate and the lock check, served by ``replica`` (there is no Service in the sandbox); removed
-    before the replicas stop, so that the last ones' status writes do not fail on a webhook gone away."""
+def webhooks_of(
+    api: kubernetes.client.ApiClient, replica: OperatorProcess, certs: Path, *, lock_check: bool = True
+) -> Iterator[None]:
+    """The pod gate and (``lock_check``) the lock check, served by ``replica`` (there is no Service in the
+    sandbox); removed before the replicas stop, so that the last ones' writes do not fail on a webhook that
+    went away."""
     settings = WebhookSettings("127.0.0.1", replica.webhook_port, certs)
     registrations = kubernetes.client.AdmissionregistrationV1Api(api)
     gate, check = configuration(settings), validation(settings)
     registrations.create_mutating_webhook_configuration(gate)
-    registrations.create_validating_webhook_configuration(check)
+    if lock_check:
+        registrations.create_validating_webhook_configuration(check)
     try:
         yield
     finally:
-        registrations.delete_validating_webhook_configuration(check["metadata"]["name"])
+        if lock_check:
+            registrations.delete_validating_webhook_configuration(check["metadata"]["name"])
         registrations.delete_mutating_webhook_configuration(gate["metadata"]["name"])
 
 
@@ -577,14 +585,16 @@ SCENARIOS = (
     Scenario(f"1 lock x {CROWD_PODS} pods", 1, CROWD_PODS, CROWD_TTL),
 )
 
+# A contender key of a lock's queue: its lease and its create revision (a key written anew has a new one).
+Key = tuple[int, int]
+
 
 @dataclass
-class Queues:
-    """What the pods and etcd show at one moment."""
+class Pods:
+    """What the pods say of themselves (their annotations)."""
 
     leases: dict[str, int | None]  # pod -> the lease named on it
     states: dict[str, str | None]  # pod -> its etcdlock.io/state
-    order: dict[str, list[int]]  # lock -> the leases of its contenders, oldest key first (holder first)
 
 
 @dataclass
@@ -598,13 +608,23 @@ class Renewals:
 
 
 @dataclass
+class Aftermath:
+    """What etcd showed from the kill until things settled."""
+
+    ready: float | None  # kill -> a surviving replica answers /readyz
+    leaders: list[float]  # kill -> each new head of the operator's election (more than one: it failed again)
+    renewals: Renewals
+    expired: set[int]  # recorded leases seen gone, during the watch or at the final look
+    queues: dict[str, list[Key]]  # at the final look
+
+
+@dataclass
 class ScaleResult:
     scenario: Scenario
     created: float
     queued: float
     pod_lease_ttl: int
-    election: float | None
-    renewals: Renewals
+    aftermath: Aftermath
     leases_lost: int
     places_lost: int
 
@@ -624,49 +644,45 @@ def lock_statuses(api: kubernetes.client.ApiClient) -> dict[str, dict[str, Any]]
     return {item["metadata"]["name"]: item.get("status") or {} for item in found["items"]}
 
 
-def all_queued(statuses: dict[str, dict[str, Any]], scenario: Scenario) -> bool:
-    """Every lock shows one holder and all its other pods waiting."""
-    return len(statuses) == scenario.locks and all(
-        len(s.get("holders") or []) == 1 and s.get("waiterCount") == scenario.pods_per_lock - 1
-        for s in statuses.values()
-    )
-
-
-def pods(api: kubernetes.client.ApiClient) -> list[dict[str, Any]]:
-    """Every pod of the namespace as plain JSON (much faster than the client's models for thousands)."""
-    core = kubernetes.client.CoreV1Api(api)
-    response: Any = core.list_namespaced_pod(NAMESPACE, _preload_content=False)
-    items: list[dict[str, Any]] = json.loads(response.data)["items"]
-    return items
-
-
-def pod_notes(api: kubernetes.client.ApiClient) -> tuple[dict[str, int | None], dict[str, str | None]]:
-    """Per pod: the lease named on it, its state."""
-    leases: dict[str, int | None] = {}
-    states: dict[str, str | None] = {}
-    for pod in pods(api):
+def read_pods(api: kubernetes.client.ApiClient) -> Pods:
+    """Every pod's lease and state, read as plain JSON (much faster than the client's models)."""
+    response: Any = kubernetes.client.CoreV1Api(api).list_namespaced_pod(NAMESPACE, _preload_content=False)
+    pods = Pods({}, {})
+    for pod in json.loads(response.data)["items"]:
         annotations = pod["metadata"].get("annotations") or {}
         name = pod["metadata"]["name"]
-        leases[name] = parse_lease(annotations.get(LEASE_ANNOTATION))
-        states[name] = annotations.get(STATE_ANNOTATION)
-    return leases, states
-
-
-def wait_until(check: Callable[[], bool], bound: float, what: str, poll: float = STATUS_POLL) -> None:
-    deadline = time.monotonic() + bound
-    while not check():
-        if time.monotonic() > deadline:
-            raise SystemExit(f"bench: {what} not reached within {bound:.0f} s")
-        time.sleep(poll)
+        pods.leases[name] = parse_lease(annotations.get(LEASE_ANNOTATION))
+        pods.states[name] = annotations.get(STATE_ANNOTATION)
+    return pods
 
 
 def every_pod_queued(api: kubernetes.client.ApiClient, scenario: Scenario) -> bool:
-    if not all_queued(lock_statuses(api), scenario):
+    """Every lock shows one holder and its other pods waiting, and every pod names its lease."""
+    statuses = lock_statuses(api)
+    if len(statuses) != scenario.locks or not all(
+        len(s.get("holders") or []) == 1 and s.get("waiterCount") == scenario.pods_per_lock - 1
+        for s in statuses.values()
+    ):
         return False
-    leases, states = pod_notes(api)
-    return len(leases) == scenario.pods and all(
-        leases[pod] is not None and states[pod] in (WAITING, HELD) for pod in leases
+    pods = read_pods(api)
+    return len(pods.leases) == scenario.pods and all(
+        pods.leases[pod] is not None and pods.states[pod] in (WAITING, HELD) for pod in pods.leases
     )
+
+
+def queue_every_pod(api: kubernetes.client.ApiClient, scenario: Scenario) -> tuple[float, float]:
+    """Create the locks and pods; seconds until every pod was created, and until every pod was queued."""
+    started = time.monotonic()
+    create_everything(api, scenario)
+    created_after = time.monotonic() - started
+    deadline = started + QUEUE_BOUND
+    while not every_pod_queued(api, scenario):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"bench: {scenario.pods} pods not all queued within {QUEUE_BOUND:.0f} s")
+        time.sleep(STATUS_POLL)
+    queued_after = time.monotonic() - started
+    print(f"  {scenario.pods} pods created in {created_after:.0f} s, all queued after {queued_after:.0f} s")
+    return created_after, queued_after
 
 
 def lock_keys(api: kubernetes.client.ApiClient) -> dict[str, str]:
@@ -676,25 +692,33 @@ def lock_keys(api: kubernetes.client.ApiClient) -> dict[str, str]:
     }
 
 
-async def queue_orders(endpoints: str, keys: dict[str, str]) -> dict[str, list[int]]:
+async def read_queues(client: EtcdClient, keys: dict[str, str]) -> dict[str, list[Key]]:
+    """Each lock's contender keys in queue order (the holder first)."""
+    queues = {}
+    for lock, key in keys.items():
+        _, contenders = await read_contenders(client, key)
+        queues[lock] = [(c.lease, c.create_revision) for c in contenders]
+    return queues
+
+
+async def election_head(client: EtcdClient) -> int | None:
+    """The create revision of the operator's leader key (the head of its election), None if none."""
+    _, candidates = await read_contenders(client, DEFAULT_ELECTION)
+    return candidates[0].create_revision if candidates else None
+
+
+async def before_the_kill(endpoints: str, keys: dict[str, str]) -> tuple[dict[str, list[Key]], int | None]:
     async with EtcdClient(EtcdConfig.parse(endpoints)) as client:
-        return {
-            lock: [c.lease for c in (await read_contenders(client, key))[1]] for lock, key in keys.items()
-        }
+        return await read_queues(client, keys), await election_head(client)
 
 
-def look(api: kubernetes.client.ApiClient, endpoints: str, keys: dict[str, str]) -> Queues:
-    leases, states = pod_notes(api)
-    return Queues(leases, states, asyncio.run(queue_orders(endpoints, keys)))
-
-
-def pod_lease_ttl(api: kubernetes.client.ApiClient, cluster: LocalEtcd, queues: Queues) -> int:
+def pod_lease_ttl(api: kubernetes.client.ApiClient, cluster: LocalEtcd, pods: Pods) -> int:
     """The TTL every pod's lease was granted: the locks' status.podLeaseTTLSeconds, checked against what
     etcd says (``etcdctl lease timetolive``) for a sample of the leases."""
     announced = {s.get("podLeaseTTLSeconds") for s in lock_statuses(api).values()}
     if len(announced) != 1 or not isinstance(ttl := announced.pop(), int):
         raise SystemExit(f"bench: the locks announce different pod lease TTLs: {announced}")
-    leases = [lease for lease in queues.leases.values() if lease is not None]
+    leases = [lease for lease in pods.leases.values() if lease is not None]
     for lease in random.sample(leases, min(GRANTED_SAMPLE, len(leases))):
         result = cluster.etcdctl("lease", "timetolive", format(lease, "x"), "-w", "json")
         granted = json.loads(result.stdout)["granted-ttl"]
@@ -703,7 +727,7 @@ def pod_lease_ttl(api: kubernetes.client.ApiClient, cluster: LocalEtcd, queues: 
     return ttl
 
 
-async def watch_renewals(endpoints: str, leases: set[int], granted: int, killed: float) -> Renewals:
+async def watch_renewals(client: EtcdClient, leases: set[int], granted: int, killed: float) -> Renewals:
     """Poll every lease until it is seen renewed since ``killed`` (or gone), for one TTL plus a margin.
 
     Renewed means its remaining TTL exceeds what it could have without a renewal after the kill:
@@ -713,7 +737,7 @@ async def watch_renewals(endpoints: str, leases: set[int], granted: int, killed:
     result = Renewals(pending=set(leases))
     limit = asyncio.Semaphore(POLL_CONCURRENCY)
 
-    async def check(client: EtcdClient, lease: int) -> None:
+    async def check(lease: int) -> None:
         async with limit:
             sent = time.monotonic()
             try:
@@ -729,15 +753,14 @@ async def watch_renewals(endpoints: str, leases: set[int], granted: int, killed:
             return
         result.pending.discard(lease)
 
-    async with EtcdClient(EtcdConfig.parse(endpoints)) as client:
-        while result.pending and time.monotonic() < killed + granted + ELECTION_BOUND:
-            began = time.monotonic()
-            batch = sorted(result.pending)
-            if not result.renewed and not result.expired:
-                batch = random.sample(batch, min(POLL_SAMPLE, len(batch)))
-            await asyncio.gather(*(check(client, lease) for lease in batch))
-            result.longest_sweep = max(result.longest_sweep, time.monotonic() - began)
-            await asyncio.sleep(POLL_PAUSE)
+    while result.pending and time.monotonic() < killed + granted + ELECTION_BOUND:
+        began = time.monotonic()
+        batch = sorted(result.pending)
+        if not result.renewed and not result.expired:
+            batch = random.sample(batch, min(POLL_SAMPLE, len(batch)))
+        await asyncio.gather(*(check(lease) for lease in batch))
+        result.longest_sweep = max(result.longest_sweep, time.monotonic() - began)
+        await asyncio.sleep(POLL_PAUSE)
     return result
 
 
@@ -750,70 +773,100 @@ async def first_ready(replicas: list[OperatorProcess], killed: float) -> float |
     return None
 
 
-async def after_the_kill(
-    survivors: list[OperatorProcess], endpoints: str, leases: set[int], granted: int, killed: float
-) -> tuple[float | None, Renewals]:
-    election, renewals = await asyncio.gather(
-        first_ready(survivors, killed), watch_renewals(endpoints, leases, granted, killed)
-    )
-    return election, renewals
+async def follow_leaders(client: EtcdClient, head: int | None, killed: float, leaders: list[float]) -> None:
+    """Append to ``leaders`` the moment (after the kill) each new key heads the operator's election."""
+    while True:
+        with contextlib.suppress(EtcdLockError):
+            now = await election_head(client)
+            if now is not None and now != head:
+                leaders.append(time.monotonic() - killed)
+                head = now
+        await asyncio.sleep(0.1)
 
 
-async def expired_leases(endpoints: str, leases: Iterable[int]) -> set[int]:
+async def settled(leaders: list[float], killed: float, granted: int) -> None:
+    """Once a lease renewed at the last takeover but adopted by no pod's hold would have expired: the
+    takeover's window and one lease TTL after the last new leader (bounded)."""
+    while True:
+        last = killed + (leaders[-1] if leaders else 0.0)
+        if time.monotonic() > min(last + TAKEOVER_WINDOW + granted + SETTLE_MARGIN, killed + SETTLE_BOUND):
+            return
+        await asyncio.sleep(1)
+
+
+async def expired_leases(client: EtcdClient, leases: Iterable[int]) -> set[int]:
     limit = asyncio.Semaphore(POLL_CONCURRENCY)
 
-    async def expired(client: EtcdClient, lease: int) -> bool:
+    async def expired(lease: int) -> bool:
         async with limit:
             return await client.time_to_live(lease) < 0
 
+    asked = list(leases)
+    found = await asyncio.gather(*(expired(lease) for lease in asked))
+    return {lease for lease, gone in zip(asked, found, strict=True) if gone}
+
+
+async def after_the_kill(
+    survivors: list[OperatorProcess],
+    endpoints: str,
+    keys: dict[str, str],
+    head: int | None,
+    leases: set[int],
+    granted: int,
+    killed: float,
+) -> Aftermath:
+    """Watch the takeover from etcd (leader keys, leases), wait until things settle, look at the queues."""
     async with EtcdClient(EtcdConfig.parse(endpoints)) as client:
-        found = await asyncio.gather(*(expired(client, lease) for lease in leases))
-    return {lease for lease, gone in zip(leases, found, strict=True) if gone}
+        leaders: list[float] = []
+        following = asyncio.create_task(follow_leaders(client, head, killed, leaders))
+        try:
+            ready, renewals = await asyncio.gather(
+                first_ready(survivors, killed), watch_renewals(client, leases, granted, killed)
+            )
+            print(f"  {len(renewals.renewed)} of {len(leases)} leases seen renewed; settling", flush=True)
+            await settled(leaders, killed, granted)
+        finally:
+            following.cancel()
+        expired = await expired_leases(client, leases) | set(renewals.expired)
+        return Aftermath(ready, leaders, renewals, expired, await read_queues(client, keys))
 
 
-def places_lost(before: list[int], after: list[int]) -> int:
-    """Waiters (all but the first key before) no longer queued, or with a key ahead of them now that
-    was not ahead before (a newcomer, or one that was behind)."""
-    ahead_before = {lease: set(before[:i]) for i, lease in enumerate(before)}
-    position = {lease: i for i, lease in enumerate(after)}
-    lost = 0
-    for lease in before[1:]:
-        if lease not in position:
-            lost += 1
-        elif not set(after[: position[lease]]) <= ahead_before[lease]:
-            lost += 1
-    return lost
+def places_lost(before: list[Key], after: list[Key]) -> int:
+    """Waiters (every key but the first, before) no longer in the queue with the same key, or with a key
+    ahead of them now that was not ahead before (a newcomer, or one that was behind)."""
+    rank = {key: i for i, key in enumerate(before)}
+    kept = 0
+    furthest_ahead = -1.0
+    for key in after:
+        mine = rank.get(key)
+        if mine is not None and mine > 0 and furthest_ahead < mine:
+            kept += 1
+        furthest_ahead = max(furthest_ahead, math.inf if mine is None else mine)
+    return len(before) - 1 - kept
 
 
-def leases_lost(before: Queues, after: Queues, expired: set[int]) -> int:
-    """Pods whose lease expired, or that name another lease (or none) now, or no longer wait or hold."""
+def leases_lost(before: Pods, queued: dict[str, list[Key]], after: Pods, aftermath: Aftermath) -> int:
+    """Pods whose lease expired, whose key left its queue or was written anew, that name another lease
+    (or none) now, or that no longer wait or hold."""
+    keys_before = {lease: revision for queue in queued.values() for lease, revision in queue}
+    keys_after = {lease: revision for queue in aftermath.queues.values() for lease, revision in queue}
     return sum(
-        lease in expired or after.leases.get(pod) != lease or after.states.get(pod) not in (WAITING, HELD)
+        lease is None
+        or lease in aftermath.expired
+        or keys_after.get(lease) != keys_before.get(lease)
+        or after.leases.get(pod) != lease
+        or after.states.get(pod) not in (WAITING, HELD)
         for pod, lease in before.leases.items()
     )
-
-
-def queue_every_pod(api: kubernetes.client.ApiClient, scenario: Scenario) -> tuple[float, float]:
-    """Create the locks and pods; seconds until every pod was created, and until every pod was queued."""
-    started = time.monotonic()
-    create_everything(api, scenario)
-    created_after = time.monotonic() - started
-    wait_until(
-        lambda: every_pod_queued(api, scenario), QUEUE_BOUND, f"every one of {scenario.pods} pods queued"
-    )
-    queued_after = time.monotonic() - started
-    print(
-        f"  {scenario.pods} pods created in {created_after:.0f} s, all queued after {queued_after:.0f} s",
-        flush=True,
-    )
-    return created_after, queued_after
 
 
 def crash_at_scale(scenario: Scenario, workdir: Path) -> ScaleResult:
     """Queue every pod, SIGKILL the leading replica, watch the takeover, then count what was lost.
 
-    The final look comes once a lease renewed at the takeover but adopted by no pod's hold would have
-    expired: after the takeover's window and one lease TTL.
+    Only the pod gate is registered here, not the lock check: the sandbox's API emulator sends every
+    status write of a lock through the lock check too (Kubernetes does not: its rule names
+    distributedlocks, not distributedlocks/status), and each check lists every lock; with hundreds of
+    locks the checks outlast the webhook's 5 s timeout and lock creations and status writes fail (500).
     """
     with SandboxThread() as sandbox:
         api, kubeconfig = kube_client(sandbox, workdir)
@@ -822,58 +875,49 @@ def crash_at_scale(scenario: Scenario, workdir: Path) -> ScaleResult:
         with operator_replicas(endpoints, kubeconfig, certs, workdir / "logs") as replicas:
             old = leader(replicas)
             survivors = [r for r in replicas if r is not old]
-            with webhooks_of(api, survivors[0], certs):
+            with webhooks_of(api, survivors[0], certs, lock_check=False):
                 created_after, queued_after = queue_every_pod(api, scenario)
                 keys = lock_keys(api)
-                before = look(api, endpoints, keys)
-                granted = pod_lease_ttl(api, sandbox.etcd, before)
-                leases = {lease for lease in before.leases.values() if lease is not None}
+                pods_before = read_pods(api)
+                queues_before, head = asyncio.run(before_the_kill(endpoints, keys))
+                granted = pod_lease_ttl(api, sandbox.etcd, pods_before)
+                leases = {lease for lease in pods_before.leases.values() if lease is not None}
                 killed = time.monotonic()
                 old.signal(signal.SIGKILL)
-                election, renewals = asyncio.run(
-                    after_the_kill(survivors, endpoints, leases, granted, killed)
+                aftermath = asyncio.run(
+                    after_the_kill(survivors, endpoints, keys, head, leases, granted, killed)
                 )
-                print(
-                    f"  leader killed; {len(renewals.renewed)} of {len(leases)} leases seen renewed",
-                    flush=True,
-                )
-                time.sleep(max(0.0, killed + TAKEOVER_WINDOW + granted + SETTLE_MARGIN - time.monotonic()))
-                after = look(api, endpoints, keys)
-                expired = asyncio.run(expired_leases(endpoints, sorted(leases)))
-    return ScaleResult(
-        scenario,
-        created_after,
-        queued_after,
-        granted,
-        election,
-        renewals,
-        leases_lost(before, after, expired),
-        sum(places_lost(before.order[lock], after.order[lock]) for lock in before.order),
+                pods_after = read_pods(api)
+    lost_places = sum(
+        places_lost(queues_before[lock], aftermath.queues.get(lock, [])) for lock in queues_before
     )
+    lost_leases = leases_lost(pods_before, queues_before, pods_after, aftermath)
+    return ScaleResult(scenario, created_after, queued_after, granted, aftermath, lost_leases, lost_places)
+
+
+def renewal_summary(renewals: Renewals) -> str:
+    renewed = sorted(renewals.renewed.values())
+    if renewed and not renewals.pending and not renewals.expired:
+        every = renewals.longest_sweep + POLL_PAUSE
+        return f"{renewed[0]:.1f} s, {renewed[-1]:.1f} s (polled every ≤ {every:.1f} s)"
+    return f"{len(renewed)} renewed, {len(renewals.expired)} expired, {len(renewals.pending)} neither"
 
 
 def report_scale(results: list[ScaleResult]) -> None:
     print(f"\nC. Operator leader SIGKILL at scale (three replicas, leader TTL {LEADER_TTL} s)\n")
     print(
         "| scenario | pods | pod lease TTL | created, all queued after | kill → new leader ready "
-        "| kill → every lease renewed (first, last) | leases lost | places lost |"
+        "| new leaders after the kill | every lease renewed after (first, last) | leases lost | places lost |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in results:
-        renewed = sorted(r.renewals.renewed.values())
-        if renewed and not r.renewals.pending and not r.renewals.expired:
-            every = r.renewals.longest_sweep + POLL_PAUSE
-            when = f"{renewed[0]:.1f} s, {renewed[-1]:.1f} s (polled every ≤ {every:.1f} s)"
-        else:
-            when = (
-                f"{len(renewed)} renewed, {len(r.renewals.expired)} expired, "
-                f"{len(r.renewals.pending)} neither"
-            )
-        election = "> bound" if r.election is None else f"{r.election:.2f} s"
+        after = r.aftermath
+        ready = "> bound" if after.ready is None else f"{after.ready:.2f} s"
+        leaders = f"{len(after.leaders)} (at {', '.join(f'{s:.1f}' for s in after.leaders)} s)"
         scenario = f"{r.scenario.title}, ttlSeconds {r.scenario.ttl_seconds}"
         print(
             f"| {scenario} | {r.scenario.pods} | {r.pod_lease_ttl} s | {r.created:.0f} s, {r.queued:.0f} s "
-            f"| {election} | {when} | {r.leases_lost} | {r.places_lost} |"
+            f"| {ready} | {leaders} | {renewal_summary(after.renewals)} | {r.leases_lost} | {r.places_lost} |"
         )
 
 
