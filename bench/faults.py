@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 import kubernetes
+import urllib3
 import yaml
 
 from etcdlock.etcd import EtcdClient, EtcdConfig, EtcdLockError, Mutex, Session, read_contenders
@@ -445,9 +446,11 @@ def webhooks_of(
     try:
         yield
     finally:
-        if lock_check:
-            registrations.delete_validating_webhook_configuration(check["metadata"]["name"])
-        registrations.delete_mutating_webhook_configuration(gate["metadata"]["name"])
+        # Best effort: an API whose etcd died cannot delete anything, and the error would hide why.
+        with contextlib.suppress(kubernetes.client.ApiException, urllib3.exceptions.HTTPError):
+            if lock_check:
+                registrations.delete_validating_webhook_configuration(check["metadata"]["name"])
+            registrations.delete_mutating_webhook_configuration(gate["metadata"]["name"])
 
 
 def create_lock(api: kubernetes.client.ApiClient, name: str, ttl_seconds: int) -> None:
@@ -557,6 +560,27 @@ def part_b(workdir: Path) -> None:
 
 
 # --- C. operator leader crash at scale --------------------------------------------------------------------
+
+
+class EtcdDied(Exception):
+    """A member of an etcd started here exited on its own: etcd 3.5.1, for one, panics on a read-only
+    transaction whose client gave up on it (etcd-io/etcd#14110, fixed in 3.5.5)."""
+
+
+def ensure_running(cluster: LocalEtcd) -> None:
+    """Raise :class:`EtcdDied` with the member's last panic or fatal message if one exited on its own."""
+    for member in cluster.members:
+        if member.process is None or member.process.poll() is None:
+            continue
+        last = ""
+        for line in member.log_path.read_text(errors="replace").splitlines():
+            if line.startswith("{") and ('"level":"panic"' in line or '"level":"fatal"' in line):
+                with contextlib.suppress(ValueError):
+                    entry = json.loads(line)
+                    last = f"{entry.get('msg')} ({entry.get('error')})"
+        raise EtcdDied(
+            f"etcd {member.name} exited with code {member.process.returncode}{last and ': '}{last}"
+        )
 
 
 @dataclass(frozen=True)
@@ -670,13 +694,16 @@ def every_pod_queued(api: kubernetes.client.ApiClient, scenario: Scenario) -> bo
     )
 
 
-def queue_every_pod(api: kubernetes.client.ApiClient, scenario: Scenario) -> tuple[float, float]:
+def queue_every_pod(
+    api: kubernetes.client.ApiClient, scenario: Scenario, etcd: LocalEtcd
+) -> tuple[float, float]:
     """Create the locks and pods; seconds until every pod was created, and until every pod was queued."""
     started = time.monotonic()
     create_everything(api, scenario)
     created_after = time.monotonic() - started
     deadline = started + QUEUE_BOUND
     while not every_pod_queued(api, scenario):
+        ensure_running(etcd)
         if time.monotonic() > deadline:
             raise SystemExit(f"bench: {scenario.pods} pods not all queued within {QUEUE_BOUND:.0f} s")
         time.sleep(STATUS_POLL)
@@ -727,7 +754,9 @@ def pod_lease_ttl(api: kubernetes.client.ApiClient, cluster: LocalEtcd, pods: Po
     return ttl
 
 
-async def watch_renewals(client: EtcdClient, leases: set[int], granted: int, killed: float) -> Renewals:
+async def watch_renewals(
+    client: EtcdClient, etcd: LocalEtcd, leases: set[int], granted: int, killed: float
+) -> Renewals:
     """Poll every lease until it is seen renewed since ``killed`` (or gone), for one TTL plus a margin.
 
     Renewed means its remaining TTL exceeds what it could have without a renewal after the kill:
@@ -754,6 +783,7 @@ async def watch_renewals(client: EtcdClient, leases: set[int], granted: int, kil
         result.pending.discard(lease)
 
     while result.pending and time.monotonic() < killed + granted + ELECTION_BOUND:
+        ensure_running(etcd)
         began = time.monotonic()
         batch = sorted(result.pending)
         if not result.renewed and not result.expired:
@@ -784,10 +814,11 @@ async def follow_leaders(client: EtcdClient, head: int | None, killed: float, le
         await asyncio.sleep(0.1)
 
 
-async def settled(leaders: list[float], killed: float, granted: int) -> None:
+async def settled(etcd: LocalEtcd, leaders: list[float], killed: float, granted: int) -> None:
     """Once a lease renewed at the last takeover but adopted by no pod's hold would have expired: the
     takeover's window and one lease TTL after the last new leader (bounded)."""
     while True:
+        ensure_running(etcd)
         last = killed + (leaders[-1] if leaders else 0.0)
         if time.monotonic() > min(last + TAKEOVER_WINDOW + granted + SETTLE_MARGIN, killed + SETTLE_BOUND):
             return
@@ -808,7 +839,7 @@ async def expired_leases(client: EtcdClient, leases: Iterable[int]) -> set[int]:
 
 async def after_the_kill(
     survivors: list[OperatorProcess],
-    endpoints: str,
+    etcd: LocalEtcd,
     keys: dict[str, str],
     head: int | None,
     leases: set[int],
@@ -816,17 +847,18 @@ async def after_the_kill(
     killed: float,
 ) -> Aftermath:
     """Watch the takeover from etcd (leader keys, leases), wait until things settle, look at the queues."""
-    async with EtcdClient(EtcdConfig.parse(endpoints)) as client:
+    async with EtcdClient(EtcdConfig.parse(etcd.endpoints)) as client:
         leaders: list[float] = []
         following = asyncio.create_task(follow_leaders(client, head, killed, leaders))
         try:
             ready, renewals = await asyncio.gather(
-                first_ready(survivors, killed), watch_renewals(client, leases, granted, killed)
+                first_ready(survivors, killed), watch_renewals(client, etcd, leases, granted, killed)
             )
             print(f"  {len(renewals.renewed)} of {len(leases)} leases seen renewed; settling", flush=True)
-            await settled(leaders, killed, granted)
+            await settled(etcd, leaders, killed, granted)
         finally:
             following.cancel()
+        ensure_running(etcd)
         expired = await expired_leases(client, leases) | set(renewals.expired)
         return Aftermath(ready, leaders, renewals, expired, await read_queues(client, keys))
 
@@ -871,22 +903,20 @@ def crash_at_scale(scenario: Scenario, workdir: Path) -> ScaleResult:
     with SandboxThread() as sandbox:
         api, kubeconfig = kube_client(sandbox, workdir)
         certs = write_webhook_certs(workdir / "certs")
-        endpoints = sandbox.etcd.endpoint_list
-        with operator_replicas(endpoints, kubeconfig, certs, workdir / "logs") as replicas:
+        etcd = sandbox.etcd
+        with operator_replicas(etcd.endpoint_list, kubeconfig, certs, workdir / "logs") as replicas:
             old = leader(replicas)
             survivors = [r for r in replicas if r is not old]
             with webhooks_of(api, survivors[0], certs, lock_check=False):
-                created_after, queued_after = queue_every_pod(api, scenario)
+                created_after, queued_after = queue_every_pod(api, scenario, etcd)
                 keys = lock_keys(api)
                 pods_before = read_pods(api)
-                queues_before, head = asyncio.run(before_the_kill(endpoints, keys))
-                granted = pod_lease_ttl(api, sandbox.etcd, pods_before)
+                queues_before, head = asyncio.run(before_the_kill(etcd.endpoint_list, keys))
+                granted = pod_lease_ttl(api, etcd, pods_before)
                 leases = {lease for lease in pods_before.leases.values() if lease is not None}
                 killed = time.monotonic()
                 old.signal(signal.SIGKILL)
-                aftermath = asyncio.run(
-                    after_the_kill(survivors, endpoints, keys, head, leases, granted, killed)
-                )
+                aftermath = asyncio.run(after_the_kill(survivors, etcd, keys, head, leases, granted, killed))
                 pods_after = read_pods(api)
     lost_places = sum(
         places_lost(queues_before[lock], aftermath.queues.get(lock, [])) for lock in queues_before
@@ -903,35 +933,44 @@ def renewal_summary(renewals: Renewals) -> str:
     return f"{len(renewed)} renewed, {len(renewals.expired)} expired, {len(renewals.pending)} neither"
 
 
-def report_scale(results: list[ScaleResult]) -> None:
+def report_scale(outcomes: dict[Scenario, ScaleResult | str]) -> None:
+    """One row per scenario: what was measured, or why it could not be."""
     print(f"\nC. Operator leader SIGKILL at scale (three replicas, leader TTL {LEADER_TTL} s)\n")
     print(
         "| scenario | pods | pod lease TTL | created, all queued after | kill → new leader ready "
         "| new leaders after the kill | every lease renewed after (first, last) | leases lost | places lost |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
-    for r in results:
+    for scenario, r in outcomes.items():
+        if isinstance(r, str):
+            print(f"| {scenario.title}, ttlSeconds {scenario.ttl_seconds} | {scenario.pods} | {r} |||||||")
+            continue
         after = r.aftermath
         ready = "> bound" if after.ready is None else f"{after.ready:.2f} s"
-        leaders = f"{len(after.leaders)} (at {', '.join(f'{s:.1f}' for s in after.leaders)} s)"
-        scenario = f"{r.scenario.title}, ttlSeconds {r.scenario.ttl_seconds}"
+        leaders = f"{len(after.leaders)}"
+        if after.leaders:
+            leaders += f" (first at {after.leaders[0]:.1f} s, last at {after.leaders[-1]:.1f} s)"
+        title = f"{r.scenario.title}, ttlSeconds {r.scenario.ttl_seconds}"
         print(
-            f"| {scenario} | {r.scenario.pods} | {r.pod_lease_ttl} s | {r.created:.0f} s, {r.queued:.0f} s "
+            f"| {title} | {r.scenario.pods} | {r.pod_lease_ttl} s | {r.created:.0f} s, {r.queued:.0f} s "
             f"| {ready} | {leaders} | {renewal_summary(after.renewals)} | {r.leases_lost} | {r.places_lost} |"
         )
 
 
 def part_c(workdir: Path) -> None:
     print(f"\nC. Operator leader SIGKILL at scale: {', '.join(s.title for s in SCENARIOS)}")
-    results = []
+    outcomes: dict[Scenario, ScaleResult | str] = {}
     for index, scenario in enumerate(SCENARIOS):
         print(f" {scenario.title}", flush=True)
         folder = workdir / f"c{index + 1}"
         try:
-            results.append(crash_at_scale(scenario, folder))
+            outcomes[scenario] = crash_at_scale(scenario, folder)
+        except EtcdDied as exc:
+            outcomes[scenario] = f"not measured: the sandbox's {exc}"
+            print(f"  {outcomes[scenario]}", flush=True)
         finally:
             report_log_problems(f"C, {scenario.title}", sorted((folder / "logs").glob("*.log")))
-    report_scale(results)
+    report_scale(outcomes)
 
 
 def main(argv: list[str]) -> int:
