@@ -129,17 +129,20 @@ def median_and_max(seconds: Iterable[float | None], bound: float) -> str:
 
 
 def log_problems(paths: Iterable[Path]) -> list[str]:
-    """Every WARNING/ERROR line of the replicas' logs, and each traceback's last line, verbatim."""
+    """Every WARNING/ERROR line of the replicas' logs verbatim, and each traceback as its last line (the
+    exception) after the place that raised it."""
     problems: list[str] = []
     for path in paths:
-        in_traceback = False
+        raised_at = None
         for line in path.read_text(errors="replace").splitlines():
             if line.startswith("Traceback"):
-                in_traceback = True
-                problems.append(f"{path.stem}: {line}")
-            elif in_traceback and line and not line[0].isspace():
-                in_traceback = False
-                problems.append(f"{path.stem}: {line}")
+                raised_at = ""
+            elif raised_at is not None and line.startswith("  File "):
+                raised_at = line.strip()
+            elif raised_at is not None and line and not line[0].isspace():
+                if not line.startswith("During handling"):
+                    problems.append(f"{path.stem}: Traceback, {raised_at}: {line}")
+                    raised_at = None
             elif re.search(r"\b(WARNING|ERROR|CRITICAL)\b", line):
                 problems.append(f"{path.stem}: {line}")
     return problems
@@ -147,11 +150,11 @@ def log_problems(paths: Iterable[Path]) -> list[str]:
 
 def kind_of(problem: str) -> str:
     """A problem line without its replica and time, and its numbers and IDs blanked: what kind it is."""
-    message = re.sub(r"^replica-\d+: \d{4}-\S+ \S+ ", "", problem)
-    return re.sub(r"[0-9a-f]{8,}|\d+", "#", message)
+    message = re.sub(r"^replica-\d+: (\d{4}-\S+ \S+ )?", "", problem)
+    return re.sub(r"[0-9a-f]{8,}|\d+", "#", message)[:100]
 
 
-def report_log_problems(title: str, paths: Iterable[Path], kinds: int = 15) -> None:
+def report_log_problems(title: str, paths: Iterable[Path], kinds: int = 20) -> None:
     """How many problem lines the replicas logged, by kind, each kind with its first line verbatim."""
     by_kind: dict[str, list[str]] = {}
     for line in log_problems(paths):
