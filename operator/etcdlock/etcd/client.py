@@ -1,11 +1,13 @@
 """The one place etcd is spoken to: a connection to every member, failover between them, typed errors.
 
-A client talks to one member at a time (the *current* one) and moves to the next when it fails: an
-answer that says it cannot serve, an attempt that does not finish in :data:`ATTEMPT_TIMEOUT`, or, with
-several endpoints, a heartbeat it does not answer (a paused or hung member keeps its TCP connection open,
-and gRPC's own keepalive, which etcd allows at most every 5 s, would notice only after 15 s). Moving off a
-member ends the watches on it (their owners watch again, on the next member); requests in flight there
-end by their own deadlines, since a channel is never closed under them (gRPC would cancel them).
+A client talks to one member at a time (the *current* one) and moves to the next when that one fails: it
+cannot be reached, it answers that it has no leader, or, with several endpoints, it does not answer a
+heartbeat (a paused or hung member keeps its TCP connection open, and gRPC's own keepalive, which etcd
+allows at most every 5 s, would notice only after 15 s). A request that is merely slow does not move the
+client (under load that would churn every watch); the heartbeat, a status request etcd answers from the
+member's memory, tells a hung member from a busy one. Moving off a member ends the watches on it (their
+owners watch again, on the next member); requests in flight there end by their own deadlines, since a
+channel is never closed under them (gRPC would cancel them).
 
 Requests that give the same outcome when repeated (reads, the engine's conditional transactions, lease
 grants, renewals and revocations) are retried within the request timeout, ``retry=True``: an attempt that
@@ -43,6 +45,7 @@ from etcdlock.etcd.errors import (
     EtcdUnreachable,
     Fenced,
     LeaseNotFound,
+    NoLeader,
 )
 from etcdlock.etcd.grpc_errors import INVALID_AUTH_TOKEN, classify, refused_watch
 
@@ -60,6 +63,8 @@ _MAX_PAUSE = 0.5
 # A restarted member is reconnected within about a second instead of gRPC's default backoff of up to two
 # minutes. HTTP/2 pings find dead connections of idle clients (etcd allows one every 5 s).
 _CHANNEL_OPTIONS: list[tuple[str, Any]] = [
+    # etcd answers ranges of any size (its Go client receives up to 2 GiB); gRPC's default stops at 4 MiB.
+    ("grpc.max_receive_message_length", 2**31 - 1),
     ("grpc.keepalive_time_ms", 10_000),
     ("grpc.keepalive_timeout_ms", 5_000),
     ("grpc.keepalive_permit_without_calls", 1),
@@ -202,20 +207,17 @@ class LeaseStream:
                 await self._call.write(rpc.LeaseKeepAliveRequest(ID=lease_id))
                 response = await self._call.read()
         except TimeoutError:
-            self._client.move_off(self._member)
             why = f"etcd at {self._member} did not renew the lease within {timeout:.1f}s"
             raise EtcdUnavailable(why) from None
         except grpc.aio.AioRpcError as exc:
             raise await self._client.failure(self._member, exc) from None
         except asyncio.InvalidStateError:
             # The stream had already ended (the member closed it) when the renewal was written.
-            self._client.move_off(self._member)
             code = await self._call.code()
             raise EtcdUnavailable(
                 f"etcd at {self._member} ended the keepalive stream ({code.name})"
             ) from None
         if response is grpc.aio.EOF:
-            self._client.move_off(self._member)
             raise EtcdUnavailable(f"etcd at {self._member} closed the keepalive stream")
         return int(response.TTL)
 
@@ -232,14 +234,12 @@ class LeaseStream:
                         raise EtcdUnavailable(f"etcd at {self._member} closed the keepalive stream")
                     ttls[int(response.ID)] = int(response.TTL)
         except TimeoutError:
-            self._client.move_off(self._member)
             raise EtcdUnavailable(
                 f"etcd at {self._member} did not renew leases within {timeout:.1f}s"
             ) from None
         except grpc.aio.AioRpcError as exc:
             raise await self._client.failure(self._member, exc) from None
         except asyncio.InvalidStateError:
-            self._client.move_off(self._member)
             raise EtcdUnavailable(f"etcd at {self._member} ended the keepalive stream") from None
         return ttls
 
@@ -325,18 +325,29 @@ class EtcdClient:
             self._spawn(watcher.close(reason))
 
     async def _keep_checking(self) -> None:
-        """Ask the current member for its status every :data:`HEARTBEAT_INTERVAL`; move off if it does not
-        answer (a hung member fails nothing on its own: its requests just never finish)."""
+        """Ask the current member for its status every :data:`HEARTBEAT_INTERVAL` (etcd answers it from the
+        member's memory, quickly, even when the cluster is busy); move off if it does not answer within
+        :data:`ATTEMPT_TIMEOUT` (a hung member fails nothing on its own: its requests just never finish)
+        or has no leader (cut off from the others)."""
         while True:
             await asyncio.sleep(HEARTBEAT_INTERVAL)
             member = self._members[self._current]
-            with contextlib.suppress(EtcdError, _TokenExpired):
-                await self._call_once(member, "Maintenance", "Status", rpc.StatusRequest(), ATTEMPT_TIMEOUT)
+            try:
+                status = await self._call_once(
+                    member, "Maintenance", "Status", rpc.StatusRequest(), ATTEMPT_TIMEOUT
+                )
+            except (EtcdError, _TokenExpired):
+                self.move_off(member)
+                continue
+            if not status.leader:
+                self.move_off(member)
 
     async def failure(self, member: _Member, exc: grpc.aio.AioRpcError) -> EtcdError:
-        """The typed error for a failed call on ``member``; a transient one moves the client off it."""
+        """The typed error for a failed call on ``member``. The client moves off a member it cannot reach or
+        that says it has no leader; a request that is merely slow (etcd busy, or electing a leader) does
+        not move it: the heartbeat tells a hung member from a busy one."""
         error = await self._classify(member, exc)
-        if isinstance(error, EtcdUnavailable):
+        if isinstance(error, (EtcdUnreachable, NoLeader)):
             self.move_off(member)
         return error
 
@@ -621,9 +632,7 @@ class EtcdClient:
     def _watcher(self, member: _Member) -> _Watcher:
         if member.watcher is None:
             stub = member.stub("Watch")
-            member.watcher = _Watcher(
-                stub, timeout=self.config.request_timeout, metadata=self._metadata("Watch")
-            )
+            member.watcher = _Watcher(stub, timeout=None, metadata=self._metadata("Watch"))
         return member.watcher
 
     async def _create_watch(self, key: bytes, **options: Any) -> _Watch:
@@ -631,8 +640,8 @@ class EtcdClient:
 
         A refused creation, when this client authenticates, gets a new token and stream and one more try:
         the refusal may come from the stream's token having expired (etcd 3.5 says "permission denied").
-        A creation that times out ends the whole stream, so that its late answer cannot be paired with the
-        next creation.
+        A creation waits as long as its stream lives (no timeout of its own: aetcd would pair its late
+        answer with the next creation); a hung member's stream is ended when the client moves off it.
         """
         for attempt in range(2):
             member = self._members[self._current]
@@ -648,10 +657,6 @@ class EtcdClient:
                 raise error from None
             except grpc.aio.AioRpcError as exc:
                 raise await self.failure(member, exc) from None
-            except EtcdUnavailable:
-                self._restart_watches(member, EtcdUnavailable(f"watch creation on {member} timed out"))
-                self.move_off(member)
-                raise
         raise AssertionError("unreachable")
 
     def _spawn(self, coro: Any) -> None:

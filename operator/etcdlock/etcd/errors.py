@@ -43,6 +43,10 @@ class EtcdUnavailable(EtcdError):
     restarting). The same request may succeed later, on this member or another."""
 
 
+class NoLeader(EtcdUnavailable):
+    """The member answering has no leader (an election is on, or it is cut off from the others)."""
+
+
 class EtcdUnreachable(EtcdUnavailable):
     """No connection to etcd at all (refused, no route, a name that does not resolve): transient too, but
     at start-up it more likely means a wrong endpoint than an outage."""

@@ -18,6 +18,7 @@ from etcdlock.etcd.errors import (
     LearnerNotReady,
     LeaseNotFound,
     MemberNotFound,
+    NoLeader,
     NoSpace,
     NotEnoughStarted,
     NotLeader,
@@ -41,6 +42,7 @@ _DESCRIBED: dict[str, tuple[type[EtcdError], str]] = {
     USER_EMPTY: (EtcdDenied, " (etcd has authentication enabled: give --user NAME:PASSWORD)"),
     INVALID_AUTH_TOKEN: (EtcdDenied, ""),
     "etcdserver: too many requests": (EtcdUnavailable, ""),
+    "etcdserver: no leader": (NoLeader, ""),
 }
 
 # The reason etcd gives when it creates a watch and cancels it at once because the user may not read there.
