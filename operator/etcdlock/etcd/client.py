@@ -51,8 +51,8 @@ from etcdlock.etcd.grpc_errors import INVALID_AUTH_TOKEN, classify, refused_watc
 
 log = logging.getLogger(__name__)
 
-# One attempt of a retried request: ample for a member that works, and short enough that a request lost
-# with a dead raft leader is sent again soon after etcd's election (about 1-2 s).
+# The first attempt of a retried request: ample for a member that works, and short enough that a request
+# lost with a dead raft leader is sent again soon after etcd's election (about 1-2 s).
 ATTEMPT_TIMEOUT = 0.5
 # With several endpoints, the current member is asked for its status this often; no answer within an
 # attempt moves the client on.
@@ -387,28 +387,34 @@ class EtcdClient:
         self, service: str, method: str, request: Any, *, retry: bool, timeout: float | None = None
     ) -> Any:
         """``service.method(request)`` on the current member, within ``timeout`` (default: the request
-        timeout). With ``retry``, transient failures are tried again, on whichever member is current then,
-        each attempt bounded by :data:`ATTEMPT_TIMEOUT`. An expired auth token is renewed once."""
+        timeout). With ``retry``, transient failures are tried again, on whichever member is current then;
+        the first attempt is bounded by :data:`ATTEMPT_TIMEOUT`, and each attempt that ran out of time
+        doubles the next one's: a request lost with a dead raft leader is soon sent again, while a slow,
+        overloaded etcd gets longer attempts rather than more of them. An expired auth token is renewed
+        once."""
         await self.connect()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (timeout if timeout is not None else self.config.request_timeout)
         pause = _FIRST_PAUSE
+        attempt = ATTEMPT_TIMEOUT
         renewed = False
         while True:
             remaining = max(deadline - loop.time(), 0.001)
             token = self.metadata
             try:
                 member = self._members[self._current]
-                limit = min(remaining, ATTEMPT_TIMEOUT) if retry else remaining
+                limit = min(remaining, attempt) if retry else remaining
                 return await self._call_once(member, service, method, request, limit)
             except _TokenExpired:
                 if renewed or self.config.username is None:
                     raise EtcdDenied(f"etcd at {self.current}: the auth token was refused") from None
                 renewed = True
                 await self._reauthenticate(token)
-            except EtcdUnavailable:
+            except EtcdUnavailable as exc:
                 if not retry or loop.time() + pause >= deadline:
                     raise
+                if exc.code == grpc.StatusCode.DEADLINE_EXCEEDED.name:
+                    attempt *= 2
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, _MAX_PAUSE)
 

@@ -65,34 +65,37 @@ class Line:
     """The order in which pods of one lock join its etcd queue: the order the operator saw them.
 
     Each new pod takes a ticket when it is seen; it joins the queue when every earlier ticket has joined
-    or left. Waiting for the lock to be usable happens before, each pod on its own (and saying so).
+    or left. Waiting for the lock to be usable happens before, each pod on its own (and saying so). Only
+    the ticket at the head is woken when the one before it goes (thousands may wait in one line).
     """
 
     def __init__(self) -> None:
         self._next = 0
-        self._waiting: list[int] = []
-        self._moved = asyncio.Condition()
+        # Tickets in line, in order (dicts keep insertion order), each with the event that lets it go.
+        self._waiting: dict[int, asyncio.Event] = {}
 
     def ticket(self) -> int:
         ticket, self._next = self._next, self._next + 1
-        self._waiting.append(ticket)
+        self._waiting[ticket] = asyncio.Event()
+        self._wake_head()
         return ticket
 
     @contextlib.asynccontextmanager
     async def turn(self, ticket: int) -> Any:
         """The block runs once ``ticket`` is first in line; the ticket leaves the line with the block."""
         try:
-            async with self._moved:
-                await self._moved.wait_for(lambda: self._waiting[0] == ticket)
+            await self._waiting[ticket].wait()
             yield
         finally:
-            await self.leave(ticket)
+            self.leave(ticket)
 
-    async def leave(self, ticket: int) -> None:
-        async with self._moved:
-            if ticket in self._waiting:
-                self._waiting.remove(ticket)
-                self._moved.notify_all()
+    def leave(self, ticket: int) -> None:
+        if self._waiting.pop(ticket, None) is not None:
+            self._wake_head()
+
+    def _wake_head(self) -> None:
+        if self._waiting:
+            next(iter(self._waiting.values())).set()
 
 
 class _PlaceLost(Exception):
@@ -181,7 +184,7 @@ class PodHold:
         self._task.cancel()
         await asyncio.gather(self._task, return_exceptions=True)
         if self._ticket is not None:
-            await self._line.leave(self._ticket)
+            self._line.leave(self._ticket)
 
     # The flow
 
