@@ -12,6 +12,7 @@ not a kopf handler: every replica serves it, see :mod:`etcdlock.operator.webhook
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -47,6 +48,8 @@ from etcdlock.operator.takeover import Takeover
 log = logging.getLogger(__name__)
 
 USER_AGENT = "etcdlock-operator"
+# How long a new leader waits, at most, for the first renewal of the pods' leases before it starts.
+TAKEOVER_WAIT = 2.0
 
 
 class RoutineSuccess(logging.Filter):
@@ -152,9 +155,17 @@ def build_registry(
         memo.takeover = Takeover(memo.stores, lock_rules.pod_ttl_floor / 3)
         memo.locks = Locks(lock_rules)
         memo.locks.remember(await asyncio.to_thread(list_locks, kube, namespaces))
+        started = asyncio.get_running_loop().time()
         kept = await memo.takeover.start(kube, namespaces)
         if kept:
-            log.info("keeping the leases of %d pods alive until their holds take them over", kept)
+            # Renewed before any pod is handled (bounded: an etcd that does not answer must not hold kopf).
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(TAKEOVER_WAIT):
+                    await memo.takeover.renewed()
+            took = asyncio.get_running_loop().time() - started
+            log.info(
+                "renewed the leases of %d pods in %.2fs; kept alive until their holds adopt them", kept, took
+            )
 
         async def resolve(namespace: str, name: str) -> LockSpec:
             body = await api.read_lock(namespace, name)
