@@ -15,10 +15,13 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Collection, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import aetcd
+import grpc
 import kopf
 import kubernetes
 from aiohttp import web
@@ -83,7 +86,7 @@ class _Kopf:
         registry = build_registry(
             self.etcd, self.api, self.metrics, leadership, self.pod_api, self.rules, self.namespaces
         )
-        running = kopf.operator(
+        running = _kopf_operator(
             registry=registry,
             standalone=True,
             clusterwide=not self.namespaces,
@@ -92,6 +95,43 @@ class _Kopf:
             ready_flag=ready,
         )
         return asyncio.create_task(running, name="kopf")
+
+
+async def _kopf_operator(**options: Any) -> None:
+    """``kopf.operator``, except that the etcd clients' transport tasks are not counted as kopf's.
+
+    As it stops, kopf waits 5 s for every task started while it ran, then cancels them. A gRPC stream or
+    an aetcd watch stream re-opened on another member during the run (after a member failure) is such a
+    task, but it belongs to an etcd client that its owner closes: waiting for it only delayed every stop.
+    """
+    existing = _NotKopfs(asyncio.all_tasks())
+    await kopf.run_tasks(await kopf.spawn_tasks(**options), ignored=existing)
+
+
+class _NotKopfs(Collection["asyncio.Task[Any]"]):
+    """The tasks kopf must leave alone: those from before it started, and the etcd clients' transport."""
+
+    # Python sources of aetcd and grpc, and grpc's Cython ones (named as in grpc's repository).
+    _TRANSPORT = (
+        *(str(Path(module.__file__ or "").parent) for module in (aetcd, grpc)),
+        "src/python/grpcio/",
+    )
+
+    def __init__(self, before: Collection[asyncio.Task[Any]]) -> None:
+        self.before = frozenset(before)
+
+    def __contains__(self, task: object) -> bool:
+        return task in self.before or (isinstance(task, asyncio.Task) and self._is_transport(task))
+
+    def __iter__(self) -> Iterator[asyncio.Task[Any]]:
+        return iter(self.before)
+
+    def __len__(self) -> int:
+        return len(self.before)
+
+    def _is_transport(self, task: asyncio.Task[Any]) -> bool:
+        code = getattr(task.get_coro(), "cr_code", None)
+        return code is not None and code.co_filename.startswith(self._TRANSPORT)
 
 
 async def run_operator(
@@ -213,8 +253,7 @@ async def _lead(
 ) -> bool:
     """Run kopf while leading; True if the operator is to stop, False if leadership was lost."""
     kopf_stop, kopf_ready = asyncio.Event(), asyncio.Event()
-    # Our own tasks start before kopf does: kopf waits 5 s for the tasks started while it ran, then cancels
-    # them, as it stops. The watch on the leader key is one of ours.
+    # Our own tasks start before kopf does (see _kopf_operator). The watch on the leader key is one of ours.
     if candidate is not None:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(candidate.session.client.config.request_timeout):
