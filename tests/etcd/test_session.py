@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 from engine_support import bounded, eventually, private_etcd, queue_keys
@@ -32,6 +33,21 @@ async def test_session_is_lost_at_its_local_deadline_when_etcd_stops_answering(n
         assert lock.is_lost
         assert lock_reason == reason
         with pytest.raises(SessionLost, match="keepalive"):
+            session.check()
+
+
+async def test_a_process_resumed_after_its_deadline_sees_its_session_lost_before_anything_else_runs(
+    client: EtcdClient, name: str
+) -> None:
+    async with Session(client, ttl=2) as session:
+        lock = await Mutex(session, name).acquire(timeout=0)
+        assert not session.is_lost
+        # The event loop is held, as a paused process's is (SIGSTOP, a frozen VM): the keepalive task cannot
+        # run, and etcd may expire the lease meanwhile. The first look after resuming must say lost.
+        time.sleep(session.deadline - asyncio.get_running_loop().time() + 0.2)  # noqa: ASYNC251
+        assert session.is_lost
+        assert lock.is_lost
+        with pytest.raises(SessionLost, match="paused"):
             session.check()
 
 

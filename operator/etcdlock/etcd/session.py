@@ -75,6 +75,11 @@ class Session:
 
     @property
     def is_lost(self) -> bool:
+        """Lost, or past the local deadline with no renewal acknowledged. The clock is read here, not left
+        to the keepalive task: a process resumed after a pause (SIGSTOP, a frozen VM) runs whatever was
+        queued before that task can tell, and must not act on a lease etcd may have expired meanwhile."""
+        if not self._lost.is_set() and self._past_deadline():
+            self._lose(f"no keepalive acknowledged for {self.ttl}s (the process was paused or etcd silent)")
         return self._lost.is_set()
 
     @property
@@ -88,7 +93,7 @@ class Session:
 
     def check(self) -> None:
         """Raise :class:`SessionLost` if the session can no longer protect keys."""
-        if self._lost.is_set():
+        if self.is_lost:
             raise SessionLost(self._lost_reason or "session closed")
 
     async def start(self) -> Session:
@@ -159,6 +164,10 @@ class Session:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
         return task
+
+    def _past_deadline(self) -> bool:
+        keepalive = self._keepalive
+        return keepalive is not None and not self._closed and keepalive.get_loop().time() >= self._deadline
 
     def _mark_lost(self, reason: str) -> None:
         if not self._lost.is_set():
@@ -233,6 +242,8 @@ class Session:
                 if ttl <= 0:
                     self._lose("lease expired or was revoked")
                     return
+                if self._lost.is_set():
+                    return  # lost by the clock while this renewal was on its way: too late to count
                 self._deadline = sent + ttl
                 watchdog.reschedule(self._deadline)
                 await asyncio.sleep(interval)

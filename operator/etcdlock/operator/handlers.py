@@ -257,24 +257,26 @@ async def serve(memo: Any, body: kopf.Body) -> None:
     if memo.services.running(ref, snapshot["spec"]):
         return
     await memo.services.stop(ref)
-    publish = _publisher(memo.kube, *ref)
+    publish = _publisher(memo.kube, memo.stores.leadership, *ref)
     observers: list[QueueObserver] = [Announcer(snapshot), QueueMetrics(memo.metrics, *ref)]
     changes = memo.pods.changes
     serving = serve_lock(snapshot, memo.locks, memo.stores, changes, publish, observers)
     memo.services.start(ref, snapshot["spec"], asyncio.create_task(serving, name=f"lock-{ref[0]}/{ref[1]}"))
 
 
-def _publisher(api: kubernetes.client.ApiClient, namespace: str, name: str) -> Any:
+def _publisher(api: kubernetes.client.ApiClient, leadership: Leadership, namespace: str, name: str) -> Any:
     objects = kubernetes.client.CustomObjectsApi(api)
+    patch = objects.patch_namespaced_custom_object_status
+
+    async def attempt(status: dict[str, Any]) -> object:
+        if leadership.is_lost:
+            return None  # deposed (maybe while paused): what it saw is stale, the next leader publishes
+        return await asyncio.to_thread(patch, GROUP, VERSION, namespace, LOCKS, name, {"status": status})
 
     async def publish(status: dict[str, Any]) -> None:
         """Patch the status, again until it is written (the status must not stay stale after an API outage
         when etcd then changes nothing); a lock deleted meanwhile is fine."""
-        patch = objects.patch_namespaced_custom_object_status
-        await retrying(
-            f"status of DistributedLock {namespace}/{name}",
-            lambda: asyncio.to_thread(patch, GROUP, VERSION, namespace, LOCKS, name, {"status": status}),
-        )
+        await retrying(f"status of DistributedLock {namespace}/{name}", lambda: attempt(status))
 
     return publish
 

@@ -443,11 +443,13 @@ class PodHold:
     async def _write(self, annotations: Mapping[str, str | None], *, ungate: bool = False) -> bool:
         """Write the annotations that differ from what the pod already says (and remove the gate).
 
-        False if the pod is gone.
+        False if the pod is gone; :class:`Fenced` if this replica no longer leads (a replica resumed after a
+        pause must not write what it saw before: the next leader may have moved the pod on).
         """
         changed = {k: v for k, v in annotations.items() if self._written.get(k) != v}
         if not changed and not ungate:
             return True
+        self._context.stores.leadership.check()
         written = await self._context.api.annotate(self.ref, changed, ungate=ungate)
         if written is None:
             return False
