@@ -29,6 +29,7 @@ from etcdlock.sandbox.certs import write_webhook_certs
 from etcdlock.sandbox.cluster import SandboxThread
 from etcdlock.sandbox.etcd import LocalEtcd
 from etcdlock.sandbox.replicas import OperatorProcess
+from interrupts import stop_on_sigterm
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMESPACE = "default"
@@ -103,6 +104,7 @@ def member_pid(member: str) -> int:
 
 
 def main() -> int:
+    stop_on_sigterm()
     rows: list[tuple[str, float]] = []
     with tempfile.TemporaryDirectory() as tmp, LocalEtcd(size=1) as etcd, SandboxThread() as sandbox:
         directory = Path(tmp)

@@ -29,6 +29,7 @@ from etcdlock.operator.webhook import WebhookSettings, configuration
 from etcdlock.sandbox.certs import write_webhook_certs
 from etcdlock.sandbox.cluster import SandboxThread
 from etcdlock.sandbox.replicas import OperatorProcess
+from interrupts import stop_on_sigterm
 
 ROOT = Path(__file__).resolve().parents[1]
 TTL = 5
@@ -183,6 +184,7 @@ def measure(workdir: Path) -> dict[signal.Signals, list[float]]:
 
 
 def main() -> int:
+    stop_on_sigterm()
     logging.basicConfig(level=logging.WARNING)
     print(f"Failover: leader signalled while a pod hands the lock over ({ROUNDS} rounds, leader TTL {TTL} s)")
     with tempfile.TemporaryDirectory(prefix="etcdlock-failover-") as workdir:

@@ -71,6 +71,7 @@ from etcdlock.sandbox.cluster import SandboxThread
 from etcdlock.sandbox.etcd import LocalEtcd, Member, etcd_binary
 from etcdlock.sandbox.replicas import OperatorProcess
 from failover import ROOT, Ungated, create_pod, leader, queued
+from interrupts import stop_on_sigterm
 
 # A. engine hand-off through a raft-leader kill
 HANDOFF_ROUNDS = 5
@@ -992,6 +993,7 @@ def part_c(workdir: Path) -> None:
 
 
 def main(argv: list[str]) -> int:
+    stop_on_sigterm()
     logging.basicConfig(level=logging.WARNING)
     parts = {part.upper() for part in argv} or {"A", "B", "C"}
     started = time.monotonic()

@@ -33,6 +33,7 @@ from etcdlock.etcd import EtcdClient, EtcdConfig, Mutex, Session
 from etcdlock.etcd.client import create_revision_is, delete_op, put_op, range_op
 from etcdlock.etcd.keys import prefix, range_end
 from etcdlock.sandbox.etcd import LocalEtcd, etcd_binary
+from interrupts import stop_on_sigterm
 
 CYCLES = 300
 CYCLE_WARMUP = 30
@@ -456,6 +457,7 @@ async def run(cluster: LocalEtcd) -> None:
 
 
 def main() -> int:
+    stop_on_sigterm()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     with LocalEtcd(size=1) as cluster:
         asyncio.run(run(cluster))

@@ -28,6 +28,9 @@ MAX_LEASE_TTL = 9_000_000_000
 # least this, or TTL/3 if shorter) tries another member.
 ANSWER_WITHIN = 1.0
 _RETRY_DELAY = 0.2
+# How often ``assured`` looks again for the keepalive's verdict, once past the deadline (it comes as soon
+# as the keepalive task runs: its watchdog is due).
+_VERDICT_POLL = 0.01
 
 
 class Session:
@@ -75,11 +78,6 @@ class Session:
 
     @property
     def is_lost(self) -> bool:
-        """Lost, or past the local deadline with no renewal acknowledged. The clock is read here, not left
-        to the keepalive task: a process resumed after a pause (SIGSTOP, a frozen VM) runs whatever was
-        queued before that task can tell, and must not act on a lease etcd may have expired meanwhile."""
-        if not self._lost.is_set() and self._past_deadline():
-            self._lose(f"no keepalive acknowledged for {self.ttl}s (the process was paused or etcd silent)")
         return self._lost.is_set()
 
     @property
@@ -93,8 +91,26 @@ class Session:
 
     def check(self) -> None:
         """Raise :class:`SessionLost` if the session can no longer protect keys."""
-        if self.is_lost:
+        if self._lost.is_set():
             raise SessionLost(self._lost_reason or "session closed")
+
+    async def assured(self) -> None:
+        """Return once the lease is known to be alive now (its local deadline ahead); :class:`SessionLost`
+        once it is lost.
+
+        Past the deadline only the keepalive task can tell which it is: a renewal answered meanwhile, or the
+        loss. That is the state of a process resumed after a pause (SIGSTOP, a frozen VM), which runs what it
+        had queued before the keepalive task runs, and of an event loop that lagged: an act that must not
+        outlive the lease (a leader's write elsewhere than etcd) waits here for the keepalive's verdict.
+        """
+        if self._keepalive is None:
+            raise RuntimeError("session not started")
+        loop = asyncio.get_running_loop()
+        while True:
+            self.check()
+            if loop.time() < self._deadline:
+                return
+            await asyncio.sleep(_VERDICT_POLL)
 
     async def start(self) -> Session:
         """Grant the lease (or adopt ``lease_id``) and start renewing it."""
@@ -164,10 +180,6 @@ class Session:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
         return task
-
-    def _past_deadline(self) -> bool:
-        keepalive = self._keepalive
-        return keepalive is not None and not self._closed and keepalive.get_loop().time() >= self._deadline
 
     def _mark_lost(self, reason: str) -> None:
         if not self._lost.is_set():
@@ -242,8 +254,6 @@ class Session:
                 if ttl <= 0:
                     self._lose("lease expired or was revoked")
                     return
-                if self._lost.is_set():
-                    return  # lost by the clock while this renewal was on its way: too late to count
                 self._deadline = sent + ttl
                 watchdog.reschedule(self._deadline)
                 await asyncio.sleep(interval)

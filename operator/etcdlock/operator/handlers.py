@@ -22,7 +22,7 @@ import kubernetes
 import urllib3
 from kubernetes.client.exceptions import ApiException
 
-from etcdlock.etcd import EtcdClient, EtcdConfig
+from etcdlock.etcd import EtcdClient, EtcdConfig, Fenced
 from etcdlock.etcd.keys import Contender
 from etcdlock.operator import events
 from etcdlock.operator.clusters import RECONCILE_PERIOD, Clusters
@@ -269,7 +269,9 @@ def _publisher(api: kubernetes.client.ApiClient, leadership: Leadership, namespa
     patch = objects.patch_namespaced_custom_object_status
 
     async def attempt(status: dict[str, Any]) -> object:
-        if leadership.is_lost:
+        try:
+            await leadership.assured()
+        except Fenced:
             return None  # deposed (maybe while paused): what it saw is stale, the next leader publishes
         return await asyncio.to_thread(patch, GROUP, VERSION, namespace, LOCKS, name, {"status": status})
 

@@ -22,7 +22,7 @@ from typing import TypeVar
 from aiohttp import web
 from prometheus_client import Counter, Gauge
 
-from etcdlock.etcd import Election, EtcdClient, EtcdUnavailable, Fence, Fenced
+from etcdlock.etcd import Election, EtcdClient, EtcdUnavailable, Fence, Fenced, SessionLost
 from etcdlock.operator.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -68,6 +68,18 @@ class Leadership:
         """Raise :class:`Fenced` if this replica no longer leads."""
         if self.is_lost:
             raise Fenced("this replica no longer leads")
+
+    async def assured(self) -> None:
+        """Return once this replica is known to lead now; :class:`Fenced` once it does not. Before a write
+        that no fence guards (to Kubernetes): a replica resumed after a pause, or whose event loop lagged
+        past its session's deadline, waits for its keepalive's verdict instead of writing what it saw."""
+        if self._election is None:
+            return
+        try:
+            await self._election.session.assured()
+        except SessionLost:
+            raise Fenced("this replica no longer leads") from None
+        self.check()
 
     async def persist(self, call: Callable[[], Awaitable[T]]) -> T:
         """``call()``, again after every transient etcd error, until it lands or leadership is lost."""

@@ -156,17 +156,21 @@ class PodHold:
         await self._stop_task()
         was = "released the lock" if self.held else "left the queue"
         try:
-            if not await self._give_back():
-                return
+            given_back = await self._give_back()
         except Fenced:
-            log.info("pod %s/%s: not released here: this replica no longer leads", *self.ref)
-            return
+            given_back = False
         except EtcdError as exc:
             # Refused, not transient (those are waited out): the key goes when the lease expires.
             log.warning(
                 "pod %s/%s: etcd refused the release (%s); its lease expires by itself", *self.ref, exc
             )
             reason += f" (etcd refused to delete its key: {exc}; it goes when its lease expires)"
+            await self._orphan()
+            given_back = True
+        if not given_back:
+            log.info("pod %s/%s: not released here: this replica no longer leads", *self.ref)
+            await self._orphan()  # the lease is the next leader's to renew or revoke
+            return
         if not write:
             return
         await self._write({STATE_ANNOTATION: RELEASED, MESSAGE_ANNOTATION: f"{was}: {reason}"}, ungate=ungate)
@@ -176,8 +180,7 @@ class PodHold:
         """Stop without revoking: the key keeps its place while the lease lives (the next leader adopts it).
         Also ends a release under way: a replica that stops leading writes nothing more."""
         self._stopping = True
-        if self._session is not None:
-            await self._session.orphan()
+        await self._orphan()
         await self._stop_task()
 
     async def _stop_task(self) -> None:
@@ -199,12 +202,10 @@ class PodHold:
             raise
         except Fenced:
             log.info("pod %s/%s: this replica no longer leads; the next leader takes over", *self.ref)
-            if self._session is not None:
-                await self._session.orphan()
+            await self._orphan()
         except Exception:
             log.exception("pod %s/%s: the lock flow failed", *self.ref)
-            if self._session is not None:
-                await self._session.orphan()
+            await self._orphan()
             if await self._context.stores.default.confirmed():
                 message = "internal error, see the operator log"
                 await self._write({STATE_ANNOTATION: ERROR, MESSAGE_ANNOTATION: message})
@@ -398,11 +399,15 @@ class PodHold:
         await self._revoke(store)
         return True
 
+    async def _orphan(self) -> None:
+        """Stop renewing the pod's lease without revoking it (the next leader adopts it)."""
+        if self._session is not None:
+            await self._session.orphan()
+
     async def _revoke(self, store: Store) -> None:
         lease = self._lease
         assert lease is not None
-        if self._session is not None:
-            await self._session.orphan()
+        await self._orphan()
         with contextlib.suppress(LeaseNotFound):
             await store.persist(lambda: store.etcd.revoke(lease))
         self._session = self._waiter = None
@@ -449,7 +454,7 @@ class PodHold:
         changed = {k: v for k, v in annotations.items() if self._written.get(k) != v}
         if not changed and not ungate:
             return True
-        self._context.stores.leadership.check()
+        await self._context.stores.leadership.assured()
         written = await self._context.api.annotate(self.ref, changed, ungate=ungate)
         if written is None:
             return False
