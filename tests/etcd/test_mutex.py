@@ -16,6 +16,7 @@ from engine_support import (
     bounded,
     create_revision,
     eventually,
+    private_etcd,
     queue_keys,
     raw_delete,
     sessions,
@@ -26,6 +27,8 @@ from engine_support import (
 from etcdlock.etcd import (
     AlreadyAcquiring,
     EtcdClient,
+    EtcdConfig,
+    EtcdUnavailable,
     LockLost,
     LockTimeout,
     Mutex,
@@ -368,3 +371,40 @@ async def test_releasing_right_after_the_grant_never_hangs(
             await bounded(task)
             assert await bounded(waiter.release())
         assert await queue_keys(client, name) == []
+
+
+@pytest.mark.parametrize("how", ["timeout", "cancel"])
+async def test_a_release_not_confirmed_in_time_deletes_the_key_once_etcd_answers_and_keeps_the_name_meanwhile(
+    name: str, how: str
+) -> None:
+    async with (
+        private_etcd() as local,
+        EtcdClient(EtcdConfig.parse(local.endpoints, request_timeout=0.5)) as client,
+        Session(client, ttl=30) as session,
+    ):
+        lock = await Mutex(session, name).acquire(timeout=0)
+        member = local.members[0]
+        local.pause(member)
+        try:
+            if how == "timeout":
+                with pytest.raises(EtcdUnavailable, match="not confirmed"):
+                    await lock.release()
+            else:
+                releasing = asyncio.create_task(lock.release())
+                await asyncio.sleep(0.2)
+                releasing.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await releasing
+            # The fenced delete is still on its way: this session may not take the name again meanwhile
+            # (both would be the one key the delete is about to remove).
+            with pytest.raises(AlreadyAcquiring):
+                await Mutex(session, name).acquire(timeout=0)
+        finally:
+            local.resume(member)
+
+        async def deleted() -> bool:
+            return await queue_keys(client, name) == []
+
+        await eventually(deleted, "the key deleted once etcd answers")
+        again = await bounded(Mutex(session, name).acquire(timeout=BOUND))
+        assert again.is_held

@@ -223,12 +223,22 @@ class KeyGuard:
     def __init__(self, queue: Queue, my_rev: int, delay: float = 0.0) -> None:
         self._queue = queue
         self._my_rev = my_rev
-        self._delay = delay
         self._gone = asyncio.Event()
         # Set once the watch exists (its stream's tasks too): see Waiter.watching.
         self.watching = asyncio.Event()
         self.reason: str | None = None
-        self._task = queue.session.spawn(self._run(), name=f"guard-{queue.key.decode()}")
+        self._task: asyncio.Task[None] | None = None
+        # A timer, not a task that sleeps: a hold released within the delay costs no task at all.
+        self._timer: asyncio.TimerHandle | None = None
+        if delay:
+            self._timer = asyncio.get_running_loop().call_later(delay, self._start)
+        else:
+            self._start()
+
+    def _start(self) -> None:
+        self._timer = None
+        if not self._queue.session.is_lost:
+            self._task = self._queue.session.spawn(self._run(), name=f"guard-{self._queue.key.decode()}")
 
     @property
     def is_gone(self) -> bool:
@@ -266,13 +276,18 @@ class KeyGuard:
 
         The watch itself is torn down in the background; :meth:`stop` waits for that.
         """
-        self._task.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._task is not None:
+            self._task.cancel()
 
     async def stop(self) -> None:
-        self._task.cancel()
+        self.cancel()
         # asyncio.wait, not ``await task`` under suppress(CancelledError): that would also swallow a
         # cancellation of the caller itself (a release or resign being cancelled) while it waits here.
-        await asyncio.wait([self._task])
+        if self._task is not None:
+            await asyncio.wait([self._task])
 
     def _report(self, reason: str) -> None:
         self.reason = reason
@@ -280,8 +295,6 @@ class KeyGuard:
 
     async def _run(self) -> None:
         queue = self._queue
-        if self._delay:
-            await asyncio.sleep(self._delay)
         start: int | None = self._my_rev + 1
         while not queue.session.is_lost:
             try:

@@ -156,13 +156,24 @@ class Semaphore:
         if not self._held:
             raise NotHeld(f"{self.name} is not held")
         self._held = False
-        task = self.session.spawn(self._give_back(), name=f"release-{self.key}")
         bound = self.session.client.config.request_timeout
         try:
             async with asyncio.timeout(bound):
-                deleted: bool = await asyncio.shield(task)
-        except TimeoutError:
-            raise EtcdUnavailable(f"release of {self.name} not confirmed within {bound}s; retrying") from None
+                deleted = await self._waiter.give_back()
+        except SessionLost:
+            deleted = False
+        except (TimeoutError, asyncio.CancelledError) as exc:
+            # Not confirmed in time, or the caller gave up: the fenced delete goes on in the background (the
+            # name stays claimed in this session until it lands).
+            self.session.spawn(self._give_back(), name=f"release-{self.key}")
+            if isinstance(exc, TimeoutError):
+                message = f"release of {self.name} not confirmed within {bound}s; retrying"
+                raise EtcdUnavailable(message) from None
+            raise
+        except BaseException:
+            self.session.unclaim(self.name)
+            raise
+        self.session.unclaim(self.name)
         if not deleted:
             log.warning("gave back %s, but its key was already gone: the hold had been lost", self.name)
         return deleted
