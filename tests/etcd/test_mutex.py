@@ -391,7 +391,12 @@ async def test_a_release_not_confirmed_in_time_deletes_the_key_once_etcd_answers
                     await lock.release()
             else:
                 releasing = asyncio.create_task(lock.release())
-                await asyncio.sleep(0.2)
+
+                async def under_way() -> bool:
+                    return not lock.is_held
+
+                # The member is paused: once under way, the release's delete cannot have landed.
+                await eventually(under_way, "the release under way")
                 releasing.cancel()
                 with pytest.raises(asyncio.CancelledError):
                     await releasing

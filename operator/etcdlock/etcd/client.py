@@ -336,9 +336,11 @@ class EtcdClient:
                 status = await self._call_once(
                     member, "Maintenance", "Status", rpc.StatusRequest(), ATTEMPT_TIMEOUT
                 )
-            except (EtcdError, _TokenExpired):
+            except EtcdUnavailable:
                 self.move_off(member)
                 continue
+            except (EtcdError, _TokenExpired):
+                continue  # it answered (refusing, or with an expired token): it is alive
             if not status.leader:
                 self.move_off(member)
 

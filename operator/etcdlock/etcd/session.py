@@ -25,12 +25,10 @@ DEFAULT_TTL = 10
 # etcd refuses longer leases ("too large lease TTL").
 MAX_LEASE_TTL = 9_000_000_000
 # A renewal is sent every TTL/3; one not answered within half the time left before the local deadline (at
-# least this, or TTL/3 if shorter) tries another member.
+# least this, or TTL/3 if shorter) is sent again on a new stream (on another member, if the client's
+# heartbeat has found this one hung).
 ANSWER_WITHIN = 1.0
 _RETRY_DELAY = 0.2
-# How often ``assured`` looks again for the keepalive's verdict, once past the deadline (it comes as soon
-# as the keepalive task runs: its watchdog is due).
-_VERDICT_POLL = 0.01
 
 
 class Session:
@@ -60,6 +58,8 @@ class Session:
         self._deadline = 0.0
         self._lost = asyncio.Event()
         self._lost_reason: str | None = None
+        # Set (and replaced) whenever the keepalive moves the deadline or the session is lost: see assured.
+        self._verdict = asyncio.Event()
         self._keepalive: asyncio.Task[None] | None = None
         self._claims: set[str] = set()
         self._background: set[asyncio.Task[Any]] = set()
@@ -110,7 +110,7 @@ class Session:
             self.check()
             if loop.time() < self._deadline:
                 return
-            await asyncio.sleep(_VERDICT_POLL)
+            await self._verdict.wait()
 
     async def start(self) -> Session:
         """Grant the lease (or adopt ``lease_id``) and start renewing it."""
@@ -185,6 +185,11 @@ class Session:
         if not self._lost.is_set():
             self._lost_reason = reason
             self._lost.set()
+            self._tell_verdict()
+
+    def _tell_verdict(self) -> None:
+        verdict, self._verdict = self._verdict, asyncio.Event()
+        verdict.set()
 
     def _lose(self, reason: str) -> None:
         """The lease can no longer be trusted: tell everyone, then revoke it so its keys go now.
@@ -208,8 +213,9 @@ class Session:
         """Renew until the lease is gone or the deadline passes; whatever ends this loop loses the session.
 
         A renewal not answered in time (half the time left before the deadline, at least
-        :data:`ANSWER_WITHIN`) gives up that member: the next stream goes to another one, so a hung or dead
-        member costs a renewal or two, not the session.
+        :data:`ANSWER_WITHIN`) gives up that stream; the next one goes to the client's current member, which
+        its heartbeat moves off a hung or dead member within about a second: that costs a renewal or two,
+        not the session.
         """
         loop = asyncio.get_running_loop()
         interval = self.ttl / 3
@@ -255,6 +261,7 @@ class Session:
                     self._lose("lease expired or was revoked")
                     return
                 self._deadline = sent + ttl
+                self._tell_verdict()
                 watchdog.reschedule(self._deadline)
                 await asyncio.sleep(interval)
         finally:

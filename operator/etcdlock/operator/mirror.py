@@ -89,7 +89,7 @@ async def mirror_lock(
     since: dict[str, str] = {}
     last: dict[str, Any] | None = None
 
-    async def say_unavailable(exc: EtcdError) -> None:
+    async def say_failing(exc: EtcdError) -> None:
         nonlocal last
         log.warning("lock %s: %s", spec.key, exc)
         status = _keep_transition_times(error_status(type(exc).__name__, str(exc), generation), last)
@@ -132,11 +132,11 @@ async def mirror_lock(
                 log.debug("lock %s: %s; watching again", spec.key, exc)
                 await asyncio.sleep(_QUICK_RETRY)
                 continue
-            await say_unavailable(exc)
+            await say_failing(exc)
         except EtcdError as exc:
             # Not transient (EtcdDenied: an admin must act): the mirror tries again, reading afresh.
             revision = None
-            await say_unavailable(exc)
+            await say_failing(exc)
 
 
 def _apply(contenders: list[Contender], event: Any) -> list[Contender]:

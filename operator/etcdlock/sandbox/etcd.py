@@ -315,20 +315,21 @@ class LocalEtcd:
         )
 
 
-def _last_line(member: Member) -> str:
+def _log_tail(member: Member, count: int) -> list[str]:
     try:
-        lines = member.log_path.read_text(errors="replace").splitlines()
+        return member.log_path.read_text(errors="replace").splitlines()[-count:]
     except OSError:
-        return "no log"
-    return lines[-1][:300] if lines else "empty log"
+        return []
+
+
+def _last_line(member: Member) -> str:
+    tail = _log_tail(member, 1)
+    return tail[0][:300] if tail else "empty log"
 
 
 def _report_death(member: Member) -> None:
     assert member.process is not None
-    try:
-        tail = member.log_path.read_text(errors="replace").splitlines()[-20:]
-    except OSError:
-        tail = []
+    tail = _log_tail(member, 20)
     print(f"etcd {member.name} had exited on its own with code {member.process.returncode}:", file=sys.stderr)
     for line in tail:
         print(f"  {line}", file=sys.stderr)
