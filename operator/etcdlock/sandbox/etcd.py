@@ -26,6 +26,7 @@ from pathlib import Path
 from types import TracebackType
 
 START_TIMEOUT = 30.0
+PAUSE_TIMEOUT = 5.0
 
 
 def etcd_binary(name: str = "etcd") -> str:
@@ -273,8 +274,14 @@ class LocalEtcd:
             member.process = None
 
     def pause(self, member: Member) -> None:
-        if member.process is not None:
-            member.process.send_signal(signal.SIGSTOP)
+        """SIGSTOP the member and return once every one of its threads has stopped: a signal is delivered
+        asynchronously, and on a busy machine a thread still running could answer one more request."""
+        if member.process is None:
+            return
+        member.process.send_signal(signal.SIGSTOP)
+        deadline = time.monotonic() + PAUSE_TIMEOUT
+        while not _all_threads_stopped(member.process.pid) and time.monotonic() < deadline:
+            time.sleep(0.005)
 
     def resume(self, member: Member) -> None:
         if member.process is not None:
@@ -313,6 +320,23 @@ class LocalEtcd:
             env=env,
             check=False,
         )
+
+
+def _all_threads_stopped(pid: int) -> bool:
+    """Every thread of ``pid`` is in state T (stopped), as /proc tells; a thread or process gone counts."""
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return True
+    for task in tasks:
+        try:
+            # The state follows the command name, which is in parentheses and may contain spaces.
+            state = (task / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state not in ("T", "t"):
+            return False
+    return True
 
 
 def _log_tail(member: Member, count: int) -> list[str]:
