@@ -6,19 +6,21 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test lint bench clean
 
-$(STAMP): pyproject.toml
+# The product with its operator extra, the test tools, and the sandbox (its own distribution, sandbox/).
+$(STAMP): pyproject.toml sandbox/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[operator,test]' -e './sandbox[pytest]'
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/python -m etcdlock.sandbox.demo
+	$(BIN)/python -m etcdlock_sandbox.demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 # Two workers: most tests wait on etcd, kopf or a fault, so two overlap well on two cores.
 test: lint

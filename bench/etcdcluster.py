@@ -25,10 +25,10 @@ import kubernetes
 import yaml
 
 from etcdlock.operator.names import CLUSTERS, GROUP, VERSION
-from etcdlock.sandbox.certs import write_webhook_certs
-from etcdlock.sandbox.cluster import SandboxThread
-from etcdlock.sandbox.etcd import LocalEtcd
-from etcdlock.sandbox.replicas import OperatorProcess
+from etcdlock_sandbox.certs import write_webhook_certs
+from etcdlock_sandbox.cluster import SandboxThread
+from etcdlock_sandbox.etcd import LocalEtcd
+from etcdlock_sandbox.replicas import OperatorProcess
 from interrupts import stop_on_sigterm
 
 ROOT = Path(__file__).resolve().parents[1]

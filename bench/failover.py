@@ -26,9 +26,9 @@ import yaml
 
 from etcdlock.operator.names import GROUP, LOCK_ANNOTATION, LOCKS, SCHEDULING_GATE, VERSION
 from etcdlock.operator.webhook import WebhookSettings, configuration
-from etcdlock.sandbox.certs import write_webhook_certs
-from etcdlock.sandbox.cluster import SandboxThread
-from etcdlock.sandbox.replicas import OperatorProcess
+from etcdlock_sandbox.certs import write_webhook_certs
+from etcdlock_sandbox.cluster import SandboxThread
+from etcdlock_sandbox.replicas import OperatorProcess
 from interrupts import stop_on_sigterm
 
 ROOT = Path(__file__).resolve().parents[1]

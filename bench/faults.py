@@ -66,10 +66,10 @@ from etcdlock.operator.names import (
 )
 from etcdlock.operator.takeover import WINDOW as TAKEOVER_WINDOW
 from etcdlock.operator.webhook import WebhookSettings, configuration, validation
-from etcdlock.sandbox.certs import write_webhook_certs
-from etcdlock.sandbox.cluster import SandboxThread
-from etcdlock.sandbox.etcd import LocalEtcd, Member, etcd_binary
-from etcdlock.sandbox.replicas import OperatorProcess
+from etcdlock_sandbox.certs import write_webhook_certs
+from etcdlock_sandbox.cluster import SandboxThread
+from etcdlock_sandbox.etcd import LocalEtcd, Member, etcd_binary
+from etcdlock_sandbox.replicas import OperatorProcess
 from failover import ROOT, Ungated, create_pod, leader, queued
 from interrupts import stop_on_sigterm
 

@@ -10,12 +10,12 @@ import trustme
 from cryptography.hazmat.primitives import serialization
 
 from etcdlock.etcd import EtcdClient, EtcdConfig, Session
-from etcdlock.sandbox.cluster import SandboxThread
-from etcdlock.sandbox.etcd import LocalEtcd, LocalTls
+from etcdlock_sandbox.cluster import SandboxThread
+from etcdlock_sandbox.etcd import LocalEtcd, LocalTls
 
 AUTH_TOKEN_TTL = 2
 
-pytest_plugins = ["etcdlock.sandbox.pytest_plugin"]
+pytest_plugins = ["etcdlock_sandbox.pytest_plugin"]
 
 
 @pytest.fixture(scope="session")
@@ -52,7 +52,7 @@ async def session(client: EtcdClient) -> AsyncIterator[Session]:
 
 @pytest.fixture(scope="session")
 def sandbox(k8s_sandbox: SandboxThread) -> SandboxThread:
-    """The Kubernetes API emulator of etcdlock.sandbox.pytest_plugin, shared by the whole run."""
+    """The Kubernetes API emulator of etcdlock_sandbox.pytest_plugin, shared by the whole run."""
     return k8s_sandbox
 
 

@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from etcdlock.sandbox import daemon
+from etcdlock_sandbox import daemon
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_demo_serves_pods_etcdctl_and_the_cli_in_turn(tmp_path: Path) -> None:
     directory = tmp_path / "sandbox"
     done = subprocess.run(
-        [sys.executable, "-m", "etcdlock.sandbox.demo", "--dir", str(directory), "--down"],
+        [sys.executable, "-m", "etcdlock_sandbox.demo", "--dir", str(directory), "--down"],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -24,7 +24,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from etcdlock.sandbox.apiserver import schema
+from etcdlock_sandbox.apiserver import schema
 
 ROOT = Path(__file__).resolve().parents[1]
 CRDS = ROOT / "crds"

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from etcdlock.sandbox.etcd import etcd_binary
+from etcdlock_sandbox.etcd import etcd_binary
 
 ETCDLOCK = str(Path(sys.executable).with_name("etcdlock"))
 ETCDCTL = etcd_binary("etcdctl")

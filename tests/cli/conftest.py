@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from cli_support import Cli
 
-from etcdlock.sandbox.etcd import LocalEtcd
+from etcdlock_sandbox.etcd import LocalEtcd
 
 
 @pytest.fixture

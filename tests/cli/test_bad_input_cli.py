@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from cli_support import Cli, assert_one_line_error, clean_env, pid_alive, queue_keys
 
-from etcdlock.sandbox.etcd import LocalEtcd, LocalTls
+from etcdlock_sandbox.etcd import LocalEtcd, LocalTls
 
 EP = "{endpoints}"
 NAME = "{name}"

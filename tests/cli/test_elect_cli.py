@@ -6,7 +6,7 @@ import signal
 
 from cli_support import Cli, queue_keys
 
-from etcdlock.sandbox.etcd import LocalEtcd
+from etcdlock_sandbox.etcd import LocalEtcd
 
 
 def test_etcdctl_listener_sees_the_etcdlock_leader(cli: Cli, name: str) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from cli_support import ETCDLOCK, Cli, clean_env, pid_alive, queue_keys
 
-from etcdlock.sandbox.etcd import LocalEtcd
+from etcdlock_sandbox.etcd import LocalEtcd
 
 
 def _lease_of(key: str) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from cli_support import Cli, assert_one_line_error
 
-from etcdlock.sandbox.etcd import LocalEtcd
+from etcdlock_sandbox.etcd import LocalEtcd
 
 
 @pytest.fixture

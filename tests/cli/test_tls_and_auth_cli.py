@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed448
 from cryptography.x509.oid import NameOID
 
-from etcdlock.sandbox.etcd import LocalEtcd, LocalTls
+from etcdlock_sandbox.etcd import LocalEtcd, LocalTls
 
 
 @pytest.fixture

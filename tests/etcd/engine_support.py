@@ -15,7 +15,7 @@ import pytest
 
 from etcdlock.etcd import Contender, EtcdClient, Session, read_contenders
 from etcdlock.etcd.client import delete_op
-from etcdlock.sandbox.etcd import LocalEtcd, etcd_binary
+from etcdlock_sandbox.etcd import LocalEtcd, etcd_binary
 
 T = TypeVar("T")
 

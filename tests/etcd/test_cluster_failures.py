@@ -31,7 +31,7 @@ from etcdlock.etcd import (
     keys,
     read_contenders,
 )
-from etcdlock.sandbox.etcd import LocalEtcd, Member
+from etcdlock_sandbox.etcd import LocalEtcd, Member
 
 TTL = 5
 CONTENDERS = 4

@@ -8,7 +8,7 @@ import pytest
 from engine_support import BOUND, bounded, etcdctl, queue_keys, raw_delete, sessions, wait_for_key
 
 from etcdlock.etcd import Election, EtcdClient, LockLost, NotHeld, Session, observe
-from etcdlock.sandbox.etcd import LocalEtcd
+from etcdlock_sandbox.etcd import LocalEtcd
 
 
 async def test_campaign_returns_once_leader_and_leader_shows_key_and_proposal(

@@ -21,7 +21,7 @@ from etcdlock.etcd import (
     SessionLost,
 )
 from etcdlock.etcd.client import put_op
-from etcdlock.sandbox.etcd import LocalEtcd, Member
+from etcdlock_sandbox.etcd import LocalEtcd, Member
 
 TTL = 5
 

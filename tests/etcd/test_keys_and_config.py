@@ -29,7 +29,7 @@ from etcdlock.etcd import (
     read_contenders,
 )
 from etcdlock.etcd.keys import contender_key, prefix, range_end
-from etcdlock.sandbox.etcd import LocalEtcd, LocalTls, free_port
+from etcdlock_sandbox.etcd import LocalEtcd, LocalTls, free_port
 
 # --- key layout -------------------------------------------------------------------------------------------
 

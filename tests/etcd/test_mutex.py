@@ -39,7 +39,7 @@ from etcdlock.etcd import (
 )
 from etcdlock.etcd.client import put_op
 from etcdlock.etcd.keys import now_iso
-from etcdlock.sandbox.etcd import LocalEtcd
+from etcdlock_sandbox.etcd import LocalEtcd
 
 
 def key_of(session: Session, name: str) -> str:

@@ -9,7 +9,7 @@ import pytest
 from engine_support import bounded, eventually, private_etcd, queue_keys
 
 from etcdlock.etcd import EtcdClient, EtcdConfig, Mutex, Session, SessionLost
-from etcdlock.sandbox.etcd import LocalEtcd
+from etcdlock_sandbox.etcd import LocalEtcd
 
 
 async def test_session_is_lost_at_its_local_deadline_when_etcd_stops_answering(name: str) -> None:

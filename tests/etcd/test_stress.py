@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from engine_support import queue_keys
 
 from etcdlock.etcd import EtcdClient, EtcdConfig, Mutex, Session, read_contenders
-from etcdlock.sandbox.etcd import LocalEtcd
+from etcdlock_sandbox.etcd import LocalEtcd
 
 CONTENDERS = 20
 ROUNDS = 20

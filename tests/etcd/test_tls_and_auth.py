@@ -14,7 +14,7 @@ from engine_support import bounded, eventually, raw_delete
 
 from etcdlock.etcd import EtcdClient, EtcdConfig, EtcdDenied, Mutex, Session
 from etcdlock.etcd.client import put_op
-from etcdlock.sandbox.etcd import LocalEtcd, LocalTls
+from etcdlock_sandbox.etcd import LocalEtcd, LocalTls
 
 ROOT = "root:rootpw"
 ALICE = "alice:alicepw"  # may read and write under locks/ only

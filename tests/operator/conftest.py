@@ -14,8 +14,8 @@ from kubernetes.client import ApiClient
 from operator_support import OperatorThread, tolerating, webhooks_registered
 
 from etcdlock.operator.webhook import WebhookSettings
-from etcdlock.sandbox.certs import write_webhook_certs
-from etcdlock.sandbox.etcd import LocalEtcd, free_port
+from etcdlock_sandbox.certs import write_webhook_certs
+from etcdlock_sandbox.etcd import LocalEtcd, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 

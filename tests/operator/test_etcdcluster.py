@@ -32,9 +32,9 @@ from etcdlock.etcd import EtcdClient, EtcdConfig, EtcdUnavailable
 from etcdlock.etcd.client import put_op
 from etcdlock.operator.names import CLUSTER_ANNOTATION, TOKEN_ANNOTATION
 from etcdlock.operator.webhook import WebhookSettings
-from etcdlock.sandbox.cluster import SandboxThread
-from etcdlock.sandbox.etcd import LocalEtcd, free_port
-from etcdlock.sandbox.replicas import OperatorProcess
+from etcdlock_sandbox.cluster import SandboxThread
+from etcdlock_sandbox.etcd import LocalEtcd, free_port
+from etcdlock_sandbox.replicas import OperatorProcess
 
 GROUP, VERSION, CLUSTERS = "etcdlock.io", "v1alpha1", "etcdclusters"
 SLOW = 90.0  # bound for membership changes: each member start, learner catch-up and promotion

@@ -30,8 +30,8 @@ from test_pods import PodWatch, create_pod, finish, gated, held, note, read_pod,
 
 from etcdlock.operator.names import LEASE_ANNOTATION, STATE_ANNOTATION
 from etcdlock.operator.webhook import WebhookSettings, register, registered_urls
-from etcdlock.sandbox.etcd import LocalEtcd
-from etcdlock.sandbox.replicas import OperatorProcess
+from etcdlock_sandbox.etcd import LocalEtcd
+from etcdlock_sandbox.replicas import OperatorProcess
 
 TTL = 3
 FAILOVER_BOUND = TTL + 10.0

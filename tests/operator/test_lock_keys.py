@@ -26,7 +26,7 @@ from etcdlock.operator.errors import KeyConflict, KeyNotAllowed
 from etcdlock.operator.lockkeys import KeyPolicy, LockKey, LockKeys, overlaps
 from etcdlock.operator.names import MESSAGE_ANNOTATION, STATE_ANNOTATION, WAITING
 from etcdlock.operator.webhook import WebhookSettings, configuration
-from etcdlock.sandbox.etcd import LocalEtcd, free_port
+from etcdlock_sandbox.etcd import LocalEtcd, free_port
 
 # The rules, as plain functions
 

@@ -31,8 +31,8 @@ from operator_support import (
 
 from etcdlock.etcd import EtcdClient, EtcdConfig, EtcdLockError, Mutex, Session
 from etcdlock.operator.run import run_operator
-from etcdlock.sandbox.cluster import SandboxThread
-from etcdlock.sandbox.etcd import LocalEtcd, etcd_binary
+from etcdlock_sandbox.cluster import SandboxThread
+from etcdlock_sandbox.etcd import LocalEtcd, etcd_binary
 
 ROOT = Path(__file__).resolve().parents[2]
 

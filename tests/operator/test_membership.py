@@ -28,7 +28,7 @@ from etcdlock.operator.membership import (
     next_step,
     observe,
 )
-from etcdlock.sandbox.etcd import LocalEtcd
+from etcdlock_sandbox.etcd import LocalEtcd
 
 BOUND = 60.0
 

@@ -21,7 +21,7 @@ from test_pods import PodWatch, create_pod, finish, gated, held, note, read_pod
 from etcdlock.operator.leadership import ElectionSettings
 from etcdlock.operator.names import LOCK_ANNOTATION, MESSAGE_ANNOTATION, RELEASED, STATE_ANNOTATION, WAITING
 from etcdlock.operator.webhook import WebhookSettings
-from etcdlock.sandbox.etcd import LocalEtcd, Member
+from etcdlock_sandbox.etcd import LocalEtcd, Member
 
 HOUR = {"ttlSeconds": 3600}
 # Ample for etcd's election (1-2 s) and a retry; far below the lock's TTL.

@@ -46,8 +46,8 @@ from etcdlock.operator.names import (
     WAITING,
 )
 from etcdlock.operator.webhook import WebhookSettings
-from etcdlock.sandbox.etcd import LocalEtcd
-from etcdlock.sandbox.replicas import OperatorProcess
+from etcdlock_sandbox.etcd import LocalEtcd
+from etcdlock_sandbox.replicas import OperatorProcess
 
 Pod = dict[str, Any]
 

@@ -25,10 +25,10 @@ from test_pods import create_pod, finish, held, note, read_pod
 from etcdlock.operator.handlers import USER_AGENT
 from etcdlock.operator.names import STATE_ANNOTATION
 from etcdlock.operator.webhook import WebhookSettings
-from etcdlock.sandbox.apiserver.server import AuditRecord
-from etcdlock.sandbox.cluster import SandboxThread
-from etcdlock.sandbox.etcd import LocalEtcd, free_port
-from etcdlock.sandbox.replicas import OperatorProcess
+from etcdlock_sandbox.apiserver.server import AuditRecord
+from etcdlock_sandbox.cluster import SandboxThread
+from etcdlock_sandbox.etcd import LocalEtcd, free_port
+from etcdlock_sandbox.replicas import OperatorProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 Triple = tuple[str, str, str]

@@ -14,8 +14,8 @@ import pytest
 
 from etcdlock.operator.names import SCHEDULING_GATE, WEBHOOK_PATH
 from etcdlock.operator.webhook import WebhookServer, WebhookSettings, gate_patch, review
-from etcdlock.sandbox.certs import write_webhook_certs
-from etcdlock.sandbox.etcd import free_port
+from etcdlock_sandbox.certs import write_webhook_certs
+from etcdlock_sandbox.etcd import free_port
 
 ANNOTATED = {"etcdlock.io/lock": "nightly"}
 

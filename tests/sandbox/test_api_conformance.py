@@ -29,7 +29,7 @@ from kubernetes import client
 from kubernetes.client import ApiClient, ApiException
 from kubernetes.watch import Watch
 
-from etcdlock.sandbox.cluster import SandboxThread
+from etcdlock_sandbox.cluster import SandboxThread
 
 GROUP = "conformance.etcdlock.io"
 VERSION = "v1"

@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from etcdlock.operator.etcdcluster import ClusterSpec, statefulset
-from etcdlock.sandbox.containers import command_line, environment, runs_etcd
-from etcdlock.sandbox.etcd import etcd_binary
-from etcdlock.sandbox.network import dns_names
-from etcdlock.sandbox.statefulsets import pod_for
+from etcdlock_sandbox.containers import command_line, environment, runs_etcd
+from etcdlock_sandbox.etcd import etcd_binary
+from etcdlock_sandbox.network import dns_names
+from etcdlock_sandbox.statefulsets import pod_for
 
 
 def pod(image: str) -> dict[str, Any]:

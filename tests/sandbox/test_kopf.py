@@ -30,7 +30,7 @@ import pytest
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from etcdlock.sandbox.cluster import SandboxThread
+from etcdlock_sandbox.cluster import SandboxThread
 
 GROUP, VERSION, PLURAL, KIND = "kopf.etcdlock.test", "v1", "kopfexamples", "KopfExample"
 FINALIZER = "kopf.zalando.org/KopfFinalizerMarker"

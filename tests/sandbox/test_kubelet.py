@@ -13,7 +13,7 @@ from typing import Any
 import kubernetes
 import pytest
 
-from etcdlock.sandbox.kubelet import EXIT_CODE, RUN_SECONDS
+from etcdlock_sandbox.kubelet import EXIT_CODE, RUN_SECONDS
 
 BOUND = 10.0
 KUBECTL = shutil.which("kubectl") or "/usr/bin/kubectl"

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from etcdlock.sandbox.apiserver.patches import (
+from etcdlock_sandbox.apiserver.patches import (
     PatchError,
     PatchTestFailed,
     apply_json_patch,

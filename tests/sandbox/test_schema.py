@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from etcdlock.sandbox.apiserver.schema import apply_defaults, prune, unknown_fields, validate
+from etcdlock_sandbox.apiserver.schema import apply_defaults, prune, unknown_fields, validate
 
 # The shape of the DistributedLock CRD's openAPIV3Schema.
 LOCK_SCHEMA: dict[str, Any] = {

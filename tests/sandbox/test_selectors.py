@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from etcdlock.sandbox.apiserver.selectors import (
+from etcdlock_sandbox.apiserver.selectors import (
     SelectorError,
     label_selector_from_dict,
     parse_field_selector,

@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
 import logging
 import os
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from etcdlock.cli import elect, lock, operator, sandbox, status
+from etcdlock import __version__
+from etcdlock.cli import elect, lock, operator, status
 from etcdlock.cli.common import request_timeout
 from etcdlock.etcd import EtcdConfig, EtcdLockError, LockLost, LockTimeout, SessionLost
 from etcdlock.etcd.config import DEFAULT_ENDPOINT
@@ -24,6 +26,9 @@ EXIT_TIMEOUT = 2
 EXIT_LOST = 3
 
 ENV_PREFIX = "ETCDLOCK_"
+# Commands that other distributions add (the sandbox's ``etcdlock sandbox``): entry points in this group
+# name a module with ``add_parser(commands)``, as the built-in commands have.
+PLUGIN_GROUP = "etcdlock.commands"
 
 
 class UsageError(Exception):
@@ -80,13 +85,15 @@ def build_parser() -> argparse.ArgumentParser:
         prog="etcdlock",
         description="Distributed locks on etcd, compatible with `etcdctl lock` and `etcdctl elect`.",
     )
+    parser.add_argument("--version", action="version", version=f"etcdlock {__version__}")
     _add_connection_options(parser, after_command=False)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
     lock.add_parser(commands)
     status.add_parser(commands)
     elect.add_parser(commands)
-    sandbox.add_parser(commands)
     operator.add_parser(commands)
+    for plugin in importlib.metadata.entry_points(group=PLUGIN_GROUP):
+        plugin.load().add_parser(commands)
     for command in commands.choices.values():
         _add_connection_options(command, after_command=True)
     return parser

@@ -91,9 +91,14 @@ def host_port(option: str, value: str) -> tuple[str, int]:
 
 
 async def run(args: argparse.Namespace, config: EtcdConfig) -> int:
-    from etcdlock.operator.leadership import ElectionSettings
-    from etcdlock.operator.run import run_operator  # kopf is imported only by this command
-    from etcdlock.operator.webhook import WebhookSettings
+    try:  # kopf, kubernetes, aiohttp: etcdlock[operator], imported only by this command
+        from etcdlock.operator.leadership import ElectionSettings
+        from etcdlock.operator.run import run_operator
+        from etcdlock.operator.webhook import WebhookSettings
+    except ModuleNotFoundError as exc:
+        raise EtcdLockError(
+            f"the operator needs the operator extra (no module {exc.name}): pip install 'etcdlock[operator]'"
+        ) from None
 
     if args.etcd_endpoints:
         endpoints = EtcdConfig.parse(args.etcd_endpoints).endpoints

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -27,19 +28,19 @@ import kubernetes
 from aiohttp import web
 from kubernetes.client.exceptions import ApiException
 
+from etcdlock import __version__
 from etcdlock.etcd import Election, EtcdClient, EtcdConfig, EtcdLockError, Session
+from etcdlock.operator.definitions import crd_folder, crds, served_versions
 from etcdlock.operator.handlers import build_registry, kubernetes_api
 from etcdlock.operator.kubeapi import PodApi
 from etcdlock.operator.leadership import ElectionSettings, Leadership, ReplicaStatus
 from etcdlock.operator.lockkeys import KeyPolicy
 from etcdlock.operator.locks import MIN_TTL, LockRules
 from etcdlock.operator.metrics import Metrics
-from etcdlock.operator.names import CLUSTERS, GROUP, LOCKS
 from etcdlock.operator.webhook import LockCheck, WebhookServer, WebhookSettings, register
 
 log = logging.getLogger(__name__)
 
-CRD_NAMES = (f"{LOCKS}.{GROUP}", f"{CLUSTERS}.{GROUP}")
 STOP_BOUND = 10.0
 _RETRY_DELAY = 1.0
 
@@ -54,21 +55,38 @@ async def preflight(
         webhook.check()
     async with EtcdClient(etcd) as client:
         await client.range(b"/etcdlock/", limit=1)
-    crd = ""
     try:
         api = await asyncio.to_thread(kubernetes_api, kubeconfig)
-        extensions = kubernetes.client.ApiextensionsV1Api(api)
-        for crd in CRD_NAMES:
-            await asyncio.to_thread(extensions.read_custom_resource_definition, crd)
+        for shipped in crds():
+            await _check_crd(kubernetes.client.ApiextensionsV1Api(api), shipped)
     except kubernetes.config.ConfigException as exc:
         raise EtcdLockError(f"no Kubernetes configuration: {exc}") from None
     except ApiException as exc:
-        if exc.status == 404:
-            raise EtcdLockError(f"the CRD {crd} is not installed: kubectl apply -f crds/") from None
         raise EtcdLockError(f"Kubernetes API error {exc.status}: {exc.reason}") from None
     except OSError as exc:
         raise EtcdLockError(f"cannot reach the Kubernetes API: {exc}") from None
     return api
+
+
+async def _check_crd(extensions: Any, shipped: dict[str, Any]) -> None:
+    """The CRD this release ships is installed and serves its versions; a different schema is logged
+    (an older CRD still serves, but may lack fields this release writes)."""
+    name = shipped["metadata"]["name"]
+    fix = f"kubectl apply -f {crd_folder()}"
+    try:
+        response: Any = await asyncio.to_thread(
+            extensions.read_custom_resource_definition, name, _preload_content=False
+        )
+    except ApiException as exc:
+        if exc.status == 404:
+            raise EtcdLockError(f"the CRD {name} is not installed: {fix}") from None
+        raise
+    installed = json.loads(response.data)
+    missing = served_versions(shipped) - served_versions(installed)
+    if missing:
+        raise EtcdLockError(f"the CRD {name} does not serve {', '.join(sorted(missing))}: {fix}")
+    if installed["spec"].get("versions") != shipped["spec"]["versions"]:
+        log.warning("the installed CRD %s differs from the one etcdlock %s ships: %s", name, __version__, fix)
 
 
 @dataclass

@@ -12,9 +12,9 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from etcdlock.sandbox.apiserver import errors
-from etcdlock.sandbox.apiserver.resources import ResourceType
-from etcdlock.sandbox.apiserver.tables import evaluate
+from etcdlock_sandbox.apiserver import errors
+from etcdlock_sandbox.apiserver.resources import ResourceType
+from etcdlock_sandbox.apiserver.tables import evaluate
 
 Obj = dict[str, Any]
 

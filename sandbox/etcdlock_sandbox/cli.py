@@ -1,4 +1,9 @@
-"""``etcdlock sandbox up|down``: a local etcd and Kubernetes API emulator for trying etcdlock with kubectl."""
+"""``etcdlock sandbox up|down``: a local etcd and Kubernetes API emulator for trying etcdlock with kubectl.
+
+The ``etcdlock`` command finds this module through the ``etcdlock.commands`` entry point of this
+distribution; the product never imports it. Kept light (the sandbox is imported only when this command
+runs), since every ``etcdlock`` invocation loads it to build its parser.
+"""
 
 from __future__ import annotations
 
@@ -27,7 +32,9 @@ def add_parser(commands: Any) -> None:
         help="also install the CRDs (from --crds) and run the etcdlock operator with its webhook",
     )
     parser.add_argument(
-        "--crds", default="crds", help="folder of CRD YAML files for --operator (default crds)"
+        "--crds",
+        default=None,
+        help="folder of CRD YAML files for --operator (default: the CRDs the installed etcdlock ships)",
     )
     parser.set_defaults(handler=run_sandbox)
 
@@ -38,16 +45,13 @@ async def run_sandbox(args: argparse.Namespace, config: EtcdConfig) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     """Start or stop the background sandbox process (blocking: it waits for the process)."""
-    try:
-        from etcdlock.sandbox import daemon  # optional: etcdlock[sandbox]
-    except ImportError as exc:
-        raise EtcdLockError(
-            f"the sandbox needs extra packages ({exc.name}): pip install 'etcdlock[sandbox]'"
-        ) from None
+    from etcdlock.operator.definitions import crd_folder
+    from etcdlock_sandbox import daemon
+
     directory = Path(args.dir).resolve()
     try:
         if args.action == "up":
-            crds = Path(args.crds) if args.operator else None
+            crds = Path(args.crds or str(crd_folder())) if args.operator else None
             kubeconfig = daemon.up(directory, args.port or 0, crds)
             endpoints = (directory / "etcd-endpoints").read_text()
             print(f"sandbox running; its kubeconfig is {kubeconfig}")

@@ -14,10 +14,10 @@ from typing import Any
 
 from aiohttp import web
 
-from etcdlock.sandbox.apiserver import errors, protobuf, tables
-from etcdlock.sandbox.apiserver.api import Api
-from etcdlock.sandbox.apiserver.errors import ApiError
-from etcdlock.sandbox.apiserver.resources import ResourceType
+from etcdlock_sandbox.apiserver import errors, protobuf, tables
+from etcdlock_sandbox.apiserver.api import Api
+from etcdlock_sandbox.apiserver.errors import ApiError
+from etcdlock_sandbox.apiserver.resources import ResourceType
 
 log = logging.getLogger(__name__)
 

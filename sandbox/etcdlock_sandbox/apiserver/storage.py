@@ -15,8 +15,8 @@ from typing import Any
 from etcdlock.etcd.client import EtcdClient, create_revision_is, delete_op, mod_revision_is, put_op, range_op
 from etcdlock.etcd.errors import Compacted
 from etcdlock.etcd.keys import range_end
-from etcdlock.sandbox.apiserver import errors
-from etcdlock.sandbox.apiserver.resources import ResourceType
+from etcdlock_sandbox.apiserver import errors
+from etcdlock_sandbox.apiserver.resources import ResourceType
 
 PREFIX = "/registry/"
 

@@ -5,15 +5,15 @@ A pod whose container image is etcd's (``registry.k8s.io/etcd``, ``gcr.io/etcd-d
 container's command with the local etcd binary, as a container would:
 
 - ``$(VAR)`` references are expanded from the container's env (values and the downward API);
-- the pod has its own address (:class:`~etcdlock.sandbox.network.PodNetwork`): ``0.0.0.0`` in a URL means
-  that address, and the process sees cluster DNS names (:func:`~etcdlock.sandbox.network.with_cluster_dns`);
+- the pod has its own address (:class:`~etcdlock_sandbox.network.PodNetwork`): ``0.0.0.0`` in a URL means
+  that address, and the process sees cluster DNS names (:func:`~etcdlock_sandbox.network.with_cluster_dns`);
 - a volume mount path in an argument is the volume's folder: an emptyDir lives and dies with the pod, a
   PersistentVolumeClaim's folder with the claim (a pod waits until its claim exists);
 - the readiness probe (httpGet) is run every second and sets the pod's Ready condition;
 - a process that exits is started again (restartPolicy Always) after a back-off of up to 10 s, and its
   restart count goes up; a deleted pod's process gets SIGTERM, then SIGKILL after 5 s.
 
-Every other pod is left to the pretend kubelet (:mod:`etcdlock.sandbox.kubelet`).
+Every other pod is left to the pretend kubelet (:mod:`etcdlock_sandbox.kubelet`).
 """
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from etcdlock.sandbox.apiserver.api import MERGE_PATCH, Api, now
-from etcdlock.sandbox.apiserver.errors import ApiError
-from etcdlock.sandbox.etcd import etcd_binary
-from etcdlock.sandbox.network import PodNetwork, with_cluster_dns
+from etcdlock_sandbox.apiserver.api import MERGE_PATCH, Api, now
+from etcdlock_sandbox.apiserver.errors import ApiError
+from etcdlock_sandbox.etcd import etcd_binary
+from etcdlock_sandbox.network import PodNetwork, with_cluster_dns
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ __all__ = [
     "parse_label_selector",
 ]
 
-from etcdlock.sandbox.apiserver.gostrings import go_quote
+from etcdlock_sandbox.apiserver.gostrings import go_quote
 
 
 class SelectorError(ValueError):

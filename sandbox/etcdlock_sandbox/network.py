@@ -19,9 +19,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from etcdlock.sandbox.apiserver.api import Api
-from etcdlock.sandbox.apiserver.errors import ApiError
-from etcdlock.sandbox.statefulsets import pod_ready
+from etcdlock_sandbox.apiserver.api import Api
+from etcdlock_sandbox.apiserver.errors import ApiError
+from etcdlock_sandbox.statefulsets import pod_ready
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import base64
 from datetime import UTC, datetime
 from typing import Any
 
-from etcdlock.sandbox.apiserver.errors import ApiError
+from etcdlock_sandbox.apiserver.errors import ApiError
 
 MEDIA_TYPE = "application/vnd.kubernetes.protobuf"
 MAGIC = b"k8s\x00"

@@ -18,8 +18,8 @@ import kubernetes
 import yaml
 
 from etcdlock.operator.webhook import registered_urls
-from etcdlock.sandbox.certs import write_webhook_certs
-from etcdlock.sandbox.replicas import OperatorProcess
+from etcdlock_sandbox.certs import write_webhook_certs
+from etcdlock_sandbox.replicas import OperatorProcess
 
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 15.0

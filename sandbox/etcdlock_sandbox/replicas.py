@@ -17,8 +17,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from etcdlock.sandbox.etcd import free_port
-from etcdlock.sandbox.network import with_cluster_dns
+from etcdlock_sandbox.etcd import free_port
+from etcdlock_sandbox.network import with_cluster_dns
 
 
 class OperatorProcess:

@@ -1,7 +1,7 @@
 """A pretend kubelet for the sandbox: pods run nothing, but go through the phases a node would give them.
 
 There are no nodes and no containers here (pods of the etcd image are the exception: they run for real,
-see :mod:`etcdlock.sandbox.containers`). A pod without scheduling gates becomes Running at once (gated
+see :mod:`etcdlock_sandbox.containers`). A pod without scheduling gates becomes Running at once (gated
 pods stay Pending, as with a real scheduler); a pod annotated ``sandbox.etcdlock.io/run-seconds: N`` then
 finishes N seconds after it started: Succeeded, or Failed if ``sandbox.etcdlock.io/exit-code`` is not 0.
 Without that annotation it runs until it is deleted or its phase is patched
@@ -17,9 +17,9 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
-from etcdlock.sandbox.apiserver.api import JSON_PATCH, MERGE_PATCH, Api, now
-from etcdlock.sandbox.apiserver.errors import ApiError
-from etcdlock.sandbox.containers import runs_etcd
+from etcdlock_sandbox.apiserver.api import JSON_PATCH, MERGE_PATCH, Api, now
+from etcdlock_sandbox.apiserver.errors import ApiError
+from etcdlock_sandbox.containers import runs_etcd
 
 log = logging.getLogger(__name__)
 

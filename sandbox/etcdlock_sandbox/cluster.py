@@ -2,9 +2,9 @@
 
 ``async with Sandbox() as sandbox:`` gives ``sandbox.url`` (the API), ``sandbox.etcd`` (the etcd behind it)
 and ``sandbox.write_kubeconfig(path)`` for kubectl and the kubernetes client. Pods go through their
-phases by the pretend kubelet of :mod:`etcdlock.sandbox.kubelet`, except pods of the etcd image, which run
-as processes (:mod:`etcdlock.sandbox.containers`) with cluster DNS (``sandbox.hosts``, see
-:mod:`etcdlock.sandbox.network`); StatefulSets get their pods (:mod:`etcdlock.sandbox.statefulsets`).
+phases by the pretend kubelet of :mod:`etcdlock_sandbox.kubelet`, except pods of the etcd image, which run
+as processes (:mod:`etcdlock_sandbox.containers`) with cluster DNS (``sandbox.hosts``, see
+:mod:`etcdlock_sandbox.network`); StatefulSets get their pods (:mod:`etcdlock_sandbox.statefulsets`).
 """
 
 from __future__ import annotations
@@ -20,14 +20,14 @@ from types import TracebackType
 
 from etcdlock.etcd.client import EtcdClient
 from etcdlock.etcd.config import EtcdConfig
-from etcdlock.sandbox.apiserver.api import Api
-from etcdlock.sandbox.apiserver.server import ApiServer, AuditRecord
-from etcdlock.sandbox.apiserver.storage import Storage
-from etcdlock.sandbox.containers import ProcessKubelet
-from etcdlock.sandbox.etcd import LocalEtcd
-from etcdlock.sandbox.kubelet import PodLifecycle
-from etcdlock.sandbox.network import ClusterDns, PodNetwork
-from etcdlock.sandbox.statefulsets import StatefulSetController
+from etcdlock_sandbox.apiserver.api import Api
+from etcdlock_sandbox.apiserver.server import ApiServer, AuditRecord
+from etcdlock_sandbox.apiserver.storage import Storage
+from etcdlock_sandbox.containers import ProcessKubelet
+from etcdlock_sandbox.etcd import LocalEtcd
+from etcdlock_sandbox.kubelet import PodLifecycle
+from etcdlock_sandbox.network import ClusterDns, PodNetwork
+from etcdlock_sandbox.statefulsets import StatefulSetController
 
 CONTEXT = "etcdlock-sandbox"
 
@@ -150,7 +150,7 @@ class SandboxThread:
 
     @property
     def hosts(self) -> Path:
-        """The cluster DNS hosts file (see :mod:`etcdlock.sandbox.network`)."""
+        """The cluster DNS hosts file (see :mod:`etcdlock_sandbox.network`)."""
         return self.sandbox.hosts
 
     def write_kubeconfig(self, path: Path, namespace: str = "default") -> Path:

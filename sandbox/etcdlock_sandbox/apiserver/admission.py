@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
-from etcdlock.sandbox.apiserver import patches
-from etcdlock.sandbox.apiserver.errors import ApiError
-from etcdlock.sandbox.apiserver.resources import ResourceType
-from etcdlock.sandbox.apiserver.selectors import label_selector_from_dict
+from etcdlock_sandbox.apiserver import patches
+from etcdlock_sandbox.apiserver.errors import ApiError
+from etcdlock_sandbox.apiserver.resources import ResourceType
+from etcdlock_sandbox.apiserver.selectors import label_selector_from_dict
 
 if TYPE_CHECKING:
-    from etcdlock.sandbox.apiserver.api import Api
+    from etcdlock_sandbox.apiserver.api import Api
 
 Obj = dict[str, Any]
 _GROUP = "admissionregistration.k8s.io"

@@ -11,7 +11,7 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
-from etcdlock.sandbox.apiserver.resources import ResourceType
+from etcdlock_sandbox.apiserver.resources import ResourceType
 
 Obj = dict[str, Any]
 

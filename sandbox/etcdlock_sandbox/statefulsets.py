@@ -18,8 +18,8 @@ import json
 import logging
 from typing import Any
 
-from etcdlock.sandbox.apiserver.api import MERGE_PATCH, Api
-from etcdlock.sandbox.apiserver.errors import ApiError
+from etcdlock_sandbox.apiserver.api import MERGE_PATCH, Api
+from etcdlock_sandbox.apiserver.errors import ApiError
 
 log = logging.getLogger(__name__)
 

@@ -20,12 +20,12 @@ from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from etcdlock.sandbox.apiserver import errors, patches, scale, schema
-from etcdlock.sandbox.apiserver.admission import Admission
-from etcdlock.sandbox.apiserver.errors import ApiError
-from etcdlock.sandbox.apiserver.resources import CRD_TYPE, Catalog, ResourceType, from_crd
-from etcdlock.sandbox.apiserver.selectors import SelectorError, parse_field_selector, parse_label_selector
-from etcdlock.sandbox.apiserver.storage import Storage
+from etcdlock_sandbox.apiserver import errors, patches, scale, schema
+from etcdlock_sandbox.apiserver.admission import Admission
+from etcdlock_sandbox.apiserver.errors import ApiError
+from etcdlock_sandbox.apiserver.resources import CRD_TYPE, Catalog, ResourceType, from_crd
+from etcdlock_sandbox.apiserver.selectors import SelectorError, parse_field_selector, parse_label_selector
+from etcdlock_sandbox.apiserver.storage import Storage
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,7 @@ from collections.abc import Callable, Mapping
 from decimal import Decimal
 from typing import Any
 
-from etcdlock.sandbox.apiserver.gostrings import go_quote
+from etcdlock_sandbox.apiserver.gostrings import go_quote
 
 __all__ = ["apply_defaults", "prune", "unknown_fields", "validate"]
 

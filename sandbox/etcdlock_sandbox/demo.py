@@ -30,6 +30,7 @@ import kubernetes
 import yaml
 
 from etcdlock.etcd import EtcdClient, EtcdConfig, read_contenders
+from etcdlock.operator.definitions import crd_folder
 from etcdlock.operator.names import (
     CLUSTERS,
     GROUP,
@@ -42,9 +43,9 @@ from etcdlock.operator.names import (
     VERSION,
     WAITING,
 )
-from etcdlock.sandbox import daemon
-from etcdlock.sandbox.etcd import etcd_binary
-from etcdlock.sandbox.kubelet import RUN_SECONDS
+from etcdlock_sandbox import daemon
+from etcdlock_sandbox.etcd import etcd_binary
+from etcdlock_sandbox.kubelet import RUN_SECONDS
 
 ROOT = Path.cwd()
 LOCK = "nightly-report"
@@ -206,7 +207,7 @@ class Demo:
 
     def up(self) -> None:
         daemon.down(self.directory)
-        kubeconfig = daemon.up(self.directory, 0, ROOT / "crds")
+        kubeconfig = daemon.up(self.directory, 0, Path(str(crd_folder())))
         endpoints = (self.directory / "etcd-endpoints").read_text()
         self.env.update(KUBECONFIG=str(kubeconfig), ETCDLOCK_ENDPOINTS=endpoints, ETCDCTL_API="3")
         self.api = kubernetes.config.new_client_from_config(config_file=str(kubeconfig))

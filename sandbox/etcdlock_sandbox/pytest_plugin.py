@@ -1,7 +1,7 @@
 """pytest fixtures for a local Kubernetes API (the emulator) on a local etcd.
 
-Enable with ``pytest -p etcdlock.sandbox.pytest_plugin``, or in a conftest.py with
-``pytest_plugins = ["etcdlock.sandbox.pytest_plugin"]``. ``k8s_sandbox`` is one :class:`SandboxThread`
+Enable with ``pytest -p etcdlock_sandbox.pytest_plugin``, or in a conftest.py with
+``pytest_plugins = ["etcdlock_sandbox.pytest_plugin"]``. ``k8s_sandbox`` is one :class:`SandboxThread`
 for the whole run (tests keep apart by using their own namespaces); ``k8s_kubeconfig`` is a kubeconfig
 file for kubectl and the kubernetes client.
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from etcdlock.sandbox.cluster import SandboxThread
+from etcdlock_sandbox.cluster import SandboxThread
 
 
 @pytest.fixture(scope="session")

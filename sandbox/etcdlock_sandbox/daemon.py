@@ -1,6 +1,6 @@
 """``etcdlock sandbox up`` / ``down``: the sandbox as a background process with its state under a folder.
 
-``up`` starts ``python -m etcdlock.sandbox.daemon DIR PORT [--operator CRDS]`` in a new session, waits
+``up`` starts ``python -m etcdlock_sandbox.daemon DIR PORT [--operator CRDS]`` in a new session, waits
 until it answers and has written ``DIR/kubeconfig`` (and, with the operator, until that is ready too),
 and returns; on a sandbox already running it returns at once, or refuses ``--operator`` if that sandbox
 runs no operator. ``down`` stops it (SIGTERM, SIGKILL after a grace period);
@@ -22,8 +22,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from etcdlock.sandbox.cluster import Sandbox
-from etcdlock.sandbox.operator import InstalledOperator, OperatorError
+from etcdlock_sandbox.cluster import Sandbox
+from etcdlock_sandbox.operator import InstalledOperator, OperatorError
 
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0
@@ -116,13 +116,13 @@ def up(directory: Path, port: int = 0, crds: Path | None = None) -> Path:
             raise SandboxError(_no_operator(directory))
         return kubeconfig
     if crds is not None and not sorted(crds.glob("*.yaml")):
-        raise SandboxError(f"no CRD files (*.yaml) in {crds}: run from an etcdlock checkout or pass --crds")
+        raise SandboxError(f"no CRD files (*.yaml) in {crds}: pass --crds with a folder of CRD YAML files")
     kubeconfig.unlink(missing_ok=True)
     _operator_pid_file(directory).unlink(missing_ok=True)
     log = (directory / "sandbox.log").open("ab")
     operator = ["--operator", str(crds.resolve())] if crds is not None else []
     process = subprocess.Popen(
-        [sys.executable, "-m", "etcdlock.sandbox.daemon", str(directory), str(port), *operator],
+        [sys.executable, "-m", "etcdlock_sandbox.daemon", str(directory), str(port), *operator],
         stdin=subprocess.DEVNULL,
         stdout=log,
         stderr=log,

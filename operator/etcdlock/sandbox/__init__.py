@@ -1,4 +1,0 @@
-"""Local stand-ins for the infrastructure etcdlock runs on (etcd processes today), for tests and demos.
-
-Nothing in the product imports this package.
-"""
