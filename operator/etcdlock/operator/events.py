@@ -1,19 +1,32 @@
-"""Events about Kubernetes objects, through kopf's event poster (one place, so the domain modules name
-what happened and not how it is posted)."""
+"""Events about Kubernetes objects. The controllers name what happened through an :class:`EventRecorder`
+passed in, never through kopf, so they run (and are tested) without a live operator; the kopf layer
+(:mod:`etcdlock.operator.handlers`) passes one that posts through kopf."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, cast
+from typing import Any, Protocol
 
-import kopf
+
+class EventRecorder(Protocol):
+    """Records Events on ``obj`` (a pod or a custom object, as a dict with apiVersion, kind, metadata)."""
+
+    def info(self, obj: Mapping[str, Any], reason: str, message: str) -> None:
+        """A Normal Event."""
+
+    def warn(self, obj: Mapping[str, Any], reason: str, message: str) -> None:
+        """A Warning Event."""
 
 
 def info(obj: Mapping[str, Any], reason: str, message: str) -> None:
-    """A Normal Event on ``obj`` (a pod or a custom object, as a dict with apiVersion, kind, metadata)."""
-    kopf.info(cast(kopf.Body, obj), reason=reason, message=message)
+    """A Normal Event through kopf (until every controller takes a recorder)."""
+    import kopf
+
+    kopf.info(obj, reason=reason, message=message)  # type: ignore[arg-type]
 
 
 def warn(obj: Mapping[str, Any], reason: str, message: str) -> None:
-    """A Warning Event on ``obj``."""
-    kopf.warn(cast(kopf.Body, obj), reason=reason, message=message)
+    """A Warning Event through kopf (until every controller takes a recorder)."""
+    import kopf
+
+    kopf.warn(obj, reason=reason, message=message)  # type: ignore[arg-type]

@@ -1,0 +1,135 @@
+"""The operator's one way to the Kubernetes API: the synchronous kubernetes client, run in threads.
+
+Every call answers the same way: the object as a dict, None when it is not there (404), :class:`Conflict`
+when it changed since the version the write named or already exists (409), :class:`ApiUnavailable` for
+anything else (the API unreachable, or refusing). :func:`retrying` retries the last two with a growing
+pause, for writes that must land (a retried conditional write is re-decided by its caller instead).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import kubernetes
+import tenacity
+import urllib3
+from kubernetes.client.exceptions import ApiException
+
+from etcdlock.operator.errors import OperatorError
+from etcdlock.operator.names import GROUP, VERSION
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Obj = dict[str, Any]
+
+# Bounds each call (well below any lease TTL), so that a retried write is re-checked.
+REQUEST_TIMEOUT = 5.0
+# The pause between attempts doubles from the first to the longest.
+RETRY_FIRST = 0.25
+RETRY_LONGEST = 1.0
+
+
+class ApiUnavailable(OperatorError):
+    """The Kubernetes API did not take a call (unreachable, or an error other than 404/409)."""
+
+    reason = "ApiUnavailable"
+
+
+class Conflict(OperatorError):
+    """409: the object changed since the version the write named, or already exists."""
+
+    reason = "Conflict"
+
+
+class Kube:
+    """The API groups the operator uses, over one client (made once per process: the client's API modules
+    take half a second to load, which a new leader should not spend)."""
+
+    def __init__(self, api: kubernetes.client.ApiClient) -> None:
+        self.api = api
+        self.core = kubernetes.client.CoreV1Api(api)
+        self.apps = kubernetes.client.AppsV1Api(api)
+        self.policy = kubernetes.client.PolicyV1Api(api)
+        self.objects = kubernetes.client.CustomObjectsApi(api)
+        self.extensions = kubernetes.client.ApiextensionsV1Api(api)
+        self.admission = kubernetes.client.AdmissionregistrationV1Api(api)
+
+    async def call(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Obj | None:
+        """``method(*args, **kwargs)`` of one of the API groups, in a thread: the answer's body, or None
+        for 404; raises :class:`Conflict` or :class:`ApiUnavailable`."""
+
+        def run() -> Obj:
+            response = method(*args, _preload_content=False, _request_timeout=REQUEST_TIMEOUT, **kwargs)
+            body: Obj = json.loads(response.data or b"{}")
+            return body
+
+        try:
+            return await asyncio.to_thread(run)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            if exc.status == 409:
+                raise Conflict(f"conflict: {exc.reason}") from None
+            raise ApiUnavailable(f"API error {exc.status} {exc.reason}") from None
+        except (OSError, urllib3.exceptions.HTTPError) as exc:
+            raise ApiUnavailable(f"API unreachable ({exc})") from None
+
+    async def custom_object(self, plural: str, namespace: str, name: str) -> Obj | None:
+        return await self.call(
+            self.objects.get_namespaced_custom_object, GROUP, VERSION, namespace, plural, name
+        )
+
+    async def custom_objects(self, plural: str, namespaces: Sequence[str]) -> list[Obj]:
+        """Every object of the kind in ``namespaces`` (none: in all)."""
+        if not namespaces:
+            listed = await self.call(self.objects.list_cluster_custom_object, GROUP, VERSION, plural)
+            return list((listed or {}).get("items") or [])
+        found: list[Obj] = []
+        for namespace in namespaces:
+            listed = await self.call(
+                self.objects.list_namespaced_custom_object, GROUP, VERSION, namespace, plural
+            )
+            found.extend((listed or {}).get("items") or [])
+        return found
+
+    async def patch_status(self, plural: str, namespace: str, name: str, status: Obj) -> Obj | None:
+        patch = self.objects.patch_namespaced_custom_object_status
+        return await self.call(patch, GROUP, VERSION, namespace, plural, name, {"status": status})
+
+    async def pods(self, namespaces: Sequence[str], label_selector: str | None = None) -> list[Obj]:
+        """Every pod in ``namespaces`` (none: in all), of the selector if one is given."""
+        selector = {"label_selector": label_selector} if label_selector else {}
+        if not namespaces:
+            listed = await self.call(self.core.list_pod_for_all_namespaces, **selector)
+            return list((listed or {}).get("items") or [])
+        found: list[Obj] = []
+        for namespace in namespaces:
+            listed = await self.call(self.core.list_namespaced_pod, namespace, **selector)
+            found.extend((listed or {}).get("items") or [])
+        return found
+
+
+async def retrying(what: str, call: Callable[[], Awaitable[T]], attempts: int | None = None) -> T:
+    """``call()`` until it answers (None for 404 included): an unavailable API or a conflict is logged and
+    tried again, ``attempts`` times at most (then :class:`ApiUnavailable`); without ``attempts``, until it
+    lands or the caller is cancelled."""
+
+    def warn(state: tenacity.RetryCallState) -> None:
+        log.warning("%s: %s; retrying", what, state.outcome.exception() if state.outcome else "")
+
+    retry = tenacity.AsyncRetrying(
+        retry=tenacity.retry_if_exception_type((ApiUnavailable, Conflict)),
+        wait=tenacity.wait_exponential(multiplier=RETRY_FIRST, max=RETRY_LONGEST),
+        stop=tenacity.stop_after_attempt(attempts) if attempts else tenacity.stop_never,
+        before_sleep=warn,
+        reraise=True,
+    )
+    try:
+        return await retry(call)
+    except (ApiUnavailable, Conflict) as exc:
+        raise ApiUnavailable(f"{what}: {exc}") from None
