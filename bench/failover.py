@@ -24,8 +24,9 @@ import kubernetes
 import urllib3
 import yaml
 
+from etcdlock.operator.config import WebhookSettings
 from etcdlock.operator.names import GROUP, LOCK_ANNOTATION, LOCKS, SCHEDULING_GATE, VERSION
-from etcdlock.operator.webhook import WebhookSettings, configuration
+from etcdlock.operator.webhook import configuration
 from etcdlock_sandbox.certs import write_webhook_certs
 from etcdlock_sandbox.cluster import SandboxThread
 from etcdlock_sandbox.replicas import OperatorProcess

@@ -53,8 +53,8 @@ import urllib3
 import yaml
 
 from etcdlock.etcd import EtcdClient, EtcdConfig, EtcdLockError, Mutex, Session, read_contenders
+from etcdlock.operator.config import DEFAULT_ELECTION, WebhookSettings
 from etcdlock.operator.kubeapi import parse_lease
-from etcdlock.operator.leadership import DEFAULT_ELECTION
 from etcdlock.operator.names import (
     GROUP,
     HELD,
@@ -65,7 +65,7 @@ from etcdlock.operator.names import (
     WAITING,
 )
 from etcdlock.operator.takeover import WINDOW as TAKEOVER_WINDOW
-from etcdlock.operator.webhook import WebhookSettings, configuration, validation
+from etcdlock.operator.webhook import configuration, validation
 from etcdlock_sandbox.certs import write_webhook_certs
 from etcdlock_sandbox.cluster import SandboxThread
 from etcdlock_sandbox.etcd import LocalEtcd, Member, etcd_binary

@@ -13,7 +13,7 @@ import yaml
 from kubernetes.client import ApiClient
 from operator_support import OperatorThread, tolerating, webhooks_registered
 
-from etcdlock.operator.webhook import WebhookSettings
+from etcdlock.operator.config import WebhookSettings
 from etcdlock_sandbox.certs import write_webhook_certs
 from etcdlock_sandbox.etcd import LocalEtcd, free_port
 

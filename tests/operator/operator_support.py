@@ -17,10 +17,10 @@ import kubernetes
 from kubernetes.client import ApiClient
 
 from etcdlock.etcd import EtcdConfig
-from etcdlock.operator.leadership import ElectionSettings
+from etcdlock.operator.config import ElectionSettings, OperatorConfig, WebhookSettings
 from etcdlock.operator.names import WEBHOOK_CONFIGURATION
 from etcdlock.operator.run import run_operator
-from etcdlock.operator.webhook import WebhookSettings, configuration, validation
+from etcdlock.operator.webhook import configuration, validation
 
 GROUP, VERSION, PLURAL = "etcdlock.io", "v1alpha1", "distributedlocks"
 BOUND = 15.0
@@ -149,16 +149,15 @@ class OperatorThread:
     def _main(self) -> None:
         endpoints, namespace, kubeconfig, metrics, webhook = self._args
         try:
-            running = run_operator(
+            config = OperatorConfig(
                 EtcdConfig.parse(endpoints),
-                [namespace] if namespace else [],
+                (namespace,) if namespace else (),
                 kubeconfig=str(kubeconfig),
                 metrics=metrics,
                 webhook=webhook,
                 election=self._election,
-                stop_flag=self._stop,
-                ready_flag=self._ready,
             )
+            running = run_operator(config, stop_flag=self._stop, ready_flag=self._ready)
             asyncio.run(running)
         except BaseException as exc:  # reported by stop(), not lost in the thread
             self._failures.append(exc)

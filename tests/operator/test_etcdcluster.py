@@ -30,8 +30,8 @@ from test_pods import create_pod, finish, held, note, read_pod
 
 from etcdlock.etcd import EtcdClient, EtcdConfig, EtcdUnavailable
 from etcdlock.etcd.client import put_op
+from etcdlock.operator.config import WebhookSettings
 from etcdlock.operator.names import CLUSTER_ANNOTATION, TOKEN_ANNOTATION
-from etcdlock.operator.webhook import WebhookSettings
 from etcdlock_sandbox.cluster import SandboxThread
 from etcdlock_sandbox.etcd import LocalEtcd, free_port
 from etcdlock_sandbox.replicas import OperatorProcess

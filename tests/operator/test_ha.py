@@ -28,8 +28,9 @@ from operator_support import (
 )
 from test_pods import PodWatch, create_pod, finish, gated, held, note, read_pod, take_turns
 
+from etcdlock.operator.config import WebhookSettings
 from etcdlock.operator.names import LEASE_ANNOTATION, STATE_ANNOTATION
-from etcdlock.operator.webhook import WebhookSettings, register, registered_urls
+from etcdlock.operator.webhook import register, registered_urls
 from etcdlock_sandbox.etcd import LocalEtcd
 from etcdlock_sandbox.replicas import OperatorProcess
 

@@ -22,10 +22,11 @@ from operator_support import (
 )
 from test_pods import create_pod, gated, held, note, read_pod
 
+from etcdlock.operator.config import WebhookSettings
 from etcdlock.operator.errors import KeyConflict, KeyNotAllowed
 from etcdlock.operator.lockkeys import KeyPolicy, LockKey, LockKeys, overlaps
 from etcdlock.operator.names import MESSAGE_ANNOTATION, STATE_ANNOTATION, WAITING
-from etcdlock.operator.webhook import WebhookSettings, configuration
+from etcdlock.operator.webhook import configuration
 from etcdlock_sandbox.etcd import LocalEtcd, free_port
 
 # The rules, as plain functions

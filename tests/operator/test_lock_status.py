@@ -30,6 +30,7 @@ from operator_support import (
 )
 
 from etcdlock.etcd import EtcdClient, EtcdConfig, EtcdLockError, Mutex, Session
+from etcdlock.operator.config import OperatorConfig
 from etcdlock.operator.run import run_operator
 from etcdlock_sandbox.cluster import SandboxThread
 from etcdlock_sandbox.etcd import LocalEtcd, etcd_binary
@@ -128,13 +129,13 @@ def test_the_operator_refuses_to_start_without_its_crds(etcd: LocalEtcd, tmp_pat
         kubernetes.client.ApiextensionsV1Api(api).create_custom_resource_definition(crd)
         config = EtcdConfig.parse(etcd.endpoint_list)
         with pytest.raises(EtcdLockError, match=r"the CRD etcdclusters\.etcdlock\.io is not installed"):
-            asyncio.run(run_operator(config, kubeconfig=str(kubeconfig)))
+            asyncio.run(run_operator(OperatorConfig(config, kubeconfig=str(kubeconfig))))
 
 
 def test_the_operator_refuses_to_start_without_etcd(kubeconfig: Path) -> None:
     unreachable = EtcdConfig.parse("http://127.0.0.1:1", request_timeout=2)
     with pytest.raises(EtcdLockError, match=r"cannot reach etcd at http://127\.0\.0\.1:1"):
-        asyncio.run(run_operator(unreachable, kubeconfig=str(kubeconfig)))
+        asyncio.run(run_operator(OperatorConfig(unreachable, kubeconfig=str(kubeconfig))))
 
 
 def scrape(url: str) -> dict[str, float]:

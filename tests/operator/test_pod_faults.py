@@ -18,9 +18,8 @@ from kubernetes.client import ApiClient
 from operator_support import OperatorThread, create_lock, event_reasons, eventually, status_of
 from test_pods import PodWatch, create_pod, finish, gated, held, note, read_pod
 
-from etcdlock.operator.leadership import ElectionSettings
+from etcdlock.operator.config import ElectionSettings, WebhookSettings
 from etcdlock.operator.names import LOCK_ANNOTATION, MESSAGE_ANNOTATION, RELEASED, STATE_ANNOTATION, WAITING
-from etcdlock.operator.webhook import WebhookSettings
 from etcdlock_sandbox.etcd import LocalEtcd, Member
 
 HOUR = {"ttlSeconds": 3600}

@@ -34,6 +34,7 @@ from operator_support import (
     wait_listening,
 )
 
+from etcdlock.operator.config import WebhookSettings
 from etcdlock.operator.names import (
     HELD,
     LEASE_ANNOTATION,
@@ -45,7 +46,6 @@ from etcdlock.operator.names import (
     TOKEN_ANNOTATION,
     WAITING,
 )
-from etcdlock.operator.webhook import WebhookSettings
 from etcdlock_sandbox.etcd import LocalEtcd
 from etcdlock_sandbox.replicas import OperatorProcess
 

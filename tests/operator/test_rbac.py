@@ -22,9 +22,9 @@ from operator_support import create_lock, delete_lock, events_of, eventually, we
 from test_etcdcluster import SLOW, Env, settled
 from test_pods import create_pod, finish, held, note, read_pod
 
+from etcdlock.operator.config import WebhookSettings
 from etcdlock.operator.handlers import USER_AGENT
 from etcdlock.operator.names import STATE_ANNOTATION
-from etcdlock.operator.webhook import WebhookSettings
 from etcdlock_sandbox.apiserver.server import AuditRecord
 from etcdlock_sandbox.cluster import SandboxThread
 from etcdlock_sandbox.etcd import LocalEtcd, free_port

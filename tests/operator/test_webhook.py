@@ -12,8 +12,9 @@ from typing import Any
 import aiohttp
 import pytest
 
+from etcdlock.operator.config import WebhookSettings
 from etcdlock.operator.names import SCHEDULING_GATE, WEBHOOK_PATH
-from etcdlock.operator.webhook import WebhookServer, WebhookSettings, gate_patch, review
+from etcdlock.operator.webhook import WebhookServer, gate_patch, review
 from etcdlock_sandbox.certs import write_webhook_certs
 from etcdlock_sandbox.etcd import free_port
 

@@ -72,11 +72,15 @@ def _add_connection_options(parser: argparse.ArgumentParser, *, after_command: b
     parser.add_argument(
         "--request-timeout",
         type=request_timeout,
-        default=default(5.0),
-        help="seconds per etcd request (default 5, at most 86400)",
+        default=default(_env("REQUEST_TIMEOUT") or "5"),
+        help="seconds per etcd request (env ETCDLOCK_REQUEST_TIMEOUT; default 5, at most 86400)",
     )
     parser.add_argument(
-        "-v", "--verbose", action="store_true", default=default(False), help="log what the engine does"
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=default((_env("VERBOSE") or "").lower() in ("1", "true", "yes", "on")),
+        help="log what the engine does (env ETCDLOCK_VERBOSE=true)",
     )
 
 

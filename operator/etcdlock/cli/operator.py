@@ -1,4 +1,9 @@
-"""``etcdlock operator``: run the Kubernetes operator (DistributedLock status, pods that wait for locks)."""
+"""``etcdlock operator``: run the Kubernetes operator (DistributedLock status, pods that wait for locks,
+EtcdClusters).
+
+Every flag has an environment fallback named ``ETCDLOCK_<FLAG>`` (a flag given wins); the arguments are
+parsed once into a frozen :class:`~etcdlock.operator.config.OperatorConfig`.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +15,26 @@ from typing import Any
 
 from etcdlock.cli.common import ttl_seconds
 from etcdlock.etcd import EtcdConfig, EtcdLockError
+from etcdlock.operator.config import (
+    DEFAULT_CERT_DIR,
+    DEFAULT_ELECTION,
+    DEFAULT_LEADER_TTL,
+    ElectionSettings,
+    OperatorConfig,
+    WebhookSettings,
+    host_port,
+)
 
-DEFAULT_CERT_DIR = "/etc/etcdlock/webhook"
-DEFAULT_ELECTION = "/etcdlock/operator/leader"
-DEFAULT_TTL = 5
+ENV_PREFIX = "ETCDLOCK_"
+TRUE = ("1", "true", "yes", "on")
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(ENV_PREFIX + name) or default
+
+
+def _env_list(name: str) -> list[str]:
+    return [item.strip() for item in (_env(name) or "").split(",") if item.strip()]
 
 
 def add_parser(commands: Any) -> None:
@@ -21,41 +42,51 @@ def add_parser(commands: Any) -> None:
         "operator",
         help="run the Kubernetes operator",
         description="Serve DistributedLock resources (mirror each lock's holders and waiters from etcd "
-        "into its status) and pods annotated etcdlock.io/lock (hold them back until they hold the lock).",
+        "into its status), pods annotated etcdlock.io/lock (hold them back until they hold the lock) and "
+        "EtcdClusters. Every flag also reads ETCDLOCK_<FLAG> from the environment (e.g. "
+        "ETCDLOCK_LEADER_TTL); a flag given wins.",
     )
     parser.add_argument(
         "--etcd-endpoints",
-        default=os.environ.get("ETCDLOCK_ETCD_ENDPOINTS") or None,
+        default=_env("ETCD_ENDPOINTS"),
         help="the operator's etcd (env ETCDLOCK_ETCD_ENDPOINTS; default: --endpoints)",
     )
     parser.add_argument(
-        "-n", "--namespace", action="append", default=[], help="watch only this namespace (repeatable)"
+        "-n",
+        "--namespace",
+        action="append",
+        default=_env_list("NAMESPACES"),
+        help="watch only this namespace (repeatable; env ETCDLOCK_NAMESPACES, comma-separated)",
     )
     parser.add_argument(
         "--kubeconfig",
-        default=os.environ.get("KUBECONFIG") or None,
-        help="kubeconfig file (env KUBECONFIG; default: the in-cluster service account)",
+        default=_env("KUBECONFIG", os.environ.get("KUBECONFIG")),
+        help="kubeconfig file (env ETCDLOCK_KUBECONFIG or KUBECONFIG; default: the in-cluster service "
+        "account)",
     )
     parser.add_argument(
         "--metrics",
-        default="0.0.0.0:9090",
-        help="HOST:PORT serving /metrics, /healthz and /readyz, or off (default 0.0.0.0:9090)",
+        default=_env("METRICS", "0.0.0.0:9090"),
+        help="HOST:PORT serving /metrics, /healthz and /readyz, or off (env ETCDLOCK_METRICS; default "
+        "0.0.0.0:9090)",
     )
     parser.add_argument(
         "--election",
-        default=DEFAULT_ELECTION,
-        help=f"etcd election of the replicas, or off for a single replica (default {DEFAULT_ELECTION})",
+        default=_env("ELECTION", DEFAULT_ELECTION),
+        help="etcd election of the replicas, or off for a single replica (env ETCDLOCK_ELECTION; default "
+        f"{DEFAULT_ELECTION})",
     )
     parser.add_argument(
         "--leader-ttl",
         type=ttl_seconds,
-        default=DEFAULT_TTL,
-        help=f"seconds within which a crashed leader is replaced (session TTL, default {DEFAULT_TTL})",
+        default=_env("LEADER_TTL", str(DEFAULT_LEADER_TTL)),
+        help="seconds within which a crashed leader is replaced (session TTL; env ETCDLOCK_LEADER_TTL; "
+        f"default {DEFAULT_LEADER_TTL})",
     )
     parser.add_argument(
         "--shared-key-prefix",
         action="append",
-        default=_env_list("ETCDLOCK_SHARED_KEY_PREFIXES"),
+        default=_env_list("SHARED_KEY_PREFIXES"),
         metavar="PREFIX",
         help="let DistributedLocks of any namespace keep their key under PREFIX too, for locks shared with "
         "programs outside the cluster (repeatable; env ETCDLOCK_SHARED_KEY_PREFIXES, comma-separated; "
@@ -63,62 +94,54 @@ def add_parser(commands: Any) -> None:
     )
     parser.add_argument(
         "--webhook",
-        default="0.0.0.0:9443",
-        help="HOST:PORT of the pod-gating admission webhook (HTTPS), or off (default 0.0.0.0:9443)",
+        default=_env("WEBHOOK", "0.0.0.0:9443"),
+        help="HOST:PORT of the admission webhooks (HTTPS), or off (env ETCDLOCK_WEBHOOK; default "
+        "0.0.0.0:9443)",
     )
     parser.add_argument(
         "--webhook-cert-dir",
-        default=str(DEFAULT_CERT_DIR),
-        help=f"folder with the webhook's tls.crt, tls.key and optional ca.crt (default {DEFAULT_CERT_DIR})",
+        default=_env("WEBHOOK_CERT_DIR", str(DEFAULT_CERT_DIR)),
+        help="folder with the webhook's tls.crt, tls.key and optional ca.crt (env ETCDLOCK_WEBHOOK_CERT_DIR; "
+        f"default {DEFAULT_CERT_DIR})",
     )
     parser.add_argument(
         "--webhook-configure",
         action="store_true",
-        help="create the MutatingWebhookConfiguration pointing at this process (local development)",
+        default=(_env("WEBHOOK_CONFIGURE") or "").lower() in TRUE,
+        help="create the webhook configurations pointing at this process, for local development (env "
+        "ETCDLOCK_WEBHOOK_CONFIGURE=true)",
     )
     parser.set_defaults(handler=run)
 
 
-def _env_list(name: str) -> list[str]:
-    return [item for item in (os.environ.get(name) or "").split(",") if item.strip()]
+def operator_config(args: argparse.Namespace, etcd: EtcdConfig) -> OperatorConfig:
+    """The frozen configuration of the parsed arguments (bad values: :class:`EtcdLockError`)."""
+    if args.etcd_endpoints:
+        etcd = replace(etcd, endpoints=EtcdConfig.parse(args.etcd_endpoints).endpoints)
+    listen = host_port("--webhook", args.webhook)
+    webhook = (
+        WebhookSettings(*listen, Path(args.webhook_cert_dir), args.webhook_configure) if listen else None
+    )
+    election = ElectionSettings(name=args.election, ttl=args.leader_ttl) if args.election != "off" else None
+    return OperatorConfig(
+        etcd=etcd,
+        namespaces=tuple(args.namespace),
+        kubeconfig=args.kubeconfig or None,
+        metrics=host_port("--metrics", args.metrics),
+        webhook=webhook,
+        election=election,
+        shared_key_prefixes=tuple(args.shared_key_prefix),
+        exit_if_stuck=True,
+    )
 
 
-def host_port(option: str, value: str) -> tuple[str, int]:
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise EtcdLockError(f"{option} must be HOST:PORT or off, not {value!r}")
-    return host or "0.0.0.0", int(port)
-
-
-async def run(args: argparse.Namespace, config: EtcdConfig) -> int:
+async def run(args: argparse.Namespace, etcd: EtcdConfig) -> int:
+    config = operator_config(args, etcd)
     try:  # kopf, kubernetes, aiohttp: etcdlock[operator], imported only by this command
-        from etcdlock.operator.leadership import ElectionSettings
         from etcdlock.operator.run import run_operator
-        from etcdlock.operator.webhook import WebhookSettings
     except ModuleNotFoundError as exc:
         raise EtcdLockError(
             f"the operator needs the operator extra (no module {exc.name}): pip install 'etcdlock[operator]'"
         ) from None
-
-    if args.etcd_endpoints:
-        endpoints = EtcdConfig.parse(args.etcd_endpoints).endpoints
-        config = replace(config, endpoints=endpoints)
-    metrics = None if args.metrics == "off" else host_port("--metrics", args.metrics)
-    webhook = None
-    if args.webhook != "off":
-        host, port = host_port("--webhook", args.webhook)
-        webhook = WebhookSettings(host, port, Path(args.webhook_cert_dir), args.webhook_configure)
-    election = None
-    if args.election != "off":
-        election = ElectionSettings(name=args.election, ttl=args.leader_ttl)
-    await run_operator(
-        config,
-        namespaces=args.namespace,
-        kubeconfig=args.kubeconfig,
-        metrics=metrics,
-        webhook=webhook,
-        election=election,
-        exit_if_stuck=True,
-        shared_key_prefixes=args.shared_key_prefix,
-    )
+    await run_operator(config)
     return 0

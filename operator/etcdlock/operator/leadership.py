@@ -13,10 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import socket
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import TypeVar
 
 from aiohttp import web
@@ -29,22 +26,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 RETRY_PAUSE = 0.2
-
-DEFAULT_ELECTION = "/etcdlock/operator/leader"
-DEFAULT_TTL = 5
-
-
-def _identity() -> str:
-    return f"{socket.gethostname()}/{os.getpid()}"
-
-
-@dataclass(frozen=True)
-class ElectionSettings:
-    """Which election the replicas share, their session TTL, and this replica's name in it."""
-
-    name: str = DEFAULT_ELECTION
-    ttl: int = DEFAULT_TTL
-    identity: str = field(default_factory=_identity)
 
 
 class Leadership:

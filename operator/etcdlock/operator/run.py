@@ -30,14 +30,15 @@ from kubernetes.client.exceptions import ApiException
 
 from etcdlock import __version__
 from etcdlock.etcd import Election, EtcdClient, EtcdConfig, EtcdLockError, Session
+from etcdlock.operator.config import ElectionSettings, OperatorConfig, WebhookSettings
 from etcdlock.operator.definitions import crd_folder, crds, served_versions
 from etcdlock.operator.handlers import build_registry, kubernetes_api
 from etcdlock.operator.kubeapi import PodApi
-from etcdlock.operator.leadership import ElectionSettings, Leadership, ReplicaStatus
+from etcdlock.operator.leadership import Leadership, ReplicaStatus
 from etcdlock.operator.lockkeys import KeyPolicy
 from etcdlock.operator.locks import MIN_TTL, LockRules
 from etcdlock.operator.metrics import Metrics
-from etcdlock.operator.webhook import LockCheck, WebhookServer, WebhookSettings, register
+from etcdlock.operator.webhook import LockCheck, WebhookServer, register
 
 log = logging.getLogger(__name__)
 
@@ -153,25 +154,14 @@ class _NotKopfs(Collection["asyncio.Task[Any]"]):
 
 
 async def run_operator(
-    etcd: EtcdConfig,
-    namespaces: Sequence[str] = (),
-    kubeconfig: str | None = None,
-    metrics: tuple[str, int] | None = None,
-    webhook: WebhookSettings | None = None,
-    election: ElectionSettings | None = None,
-    stop_flag: Flag | None = None,
-    ready_flag: Flag | None = None,
-    exit_if_stuck: bool = False,
-    shared_key_prefixes: Sequence[str] = (),
+    config: OperatorConfig, stop_flag: Flag | None = None, ready_flag: Flag | None = None
 ) -> None:
     """Run until stopped (SIGINT/SIGTERM in the main thread, or ``stop_flag``).
 
-    ``kubeconfig`` names the cluster; without it the in-cluster service account is used. ``metrics``
-    (host, port) serves ``/metrics``, ``/healthz`` and ``/readyz`` there; ``webhook`` serves the
-    pod-gating admission webhook. Without ``election`` this process simply runs kopf (one replica).
     ``ready_flag`` is set each time this replica is leading with kopf running.
     """
-    api = await preflight(etcd, kubeconfig, webhook)
+    etcd, webhook, election = config.etcd, config.webhook, config.election
+    api = await preflight(etcd, config.kubeconfig, webhook)
     collected = Metrics()
     replica = ReplicaStatus(collected)
     app = collected.app()
@@ -181,18 +171,18 @@ async def run_operator(
     stop = asyncio.Event()
     bridge = asyncio.create_task(_follow_flag(stop_flag, stop)) if stop_flag is not None else None
     _on_signals(stop)
-    rules = lock_rules(shared_key_prefixes, election)
-    operator = _Kopf(etcd, api, collected, namespaces, PodApi(api), rules)
+    rules = lock_rules(config.shared_key_prefixes, election)
+    operator = _Kopf(etcd, api, collected, config.namespaces, PodApi(api), rules)
     try:
         async with contextlib.AsyncExitStack() as serving:
             if webhook is not None:
-                locks = LockCheck(api, rules, list(namespaces))
+                locks = LockCheck(api, rules, list(config.namespaces))
                 await serving.enter_async_context(WebhookServer(webhook, locks))
                 if webhook.configure:
                     await register(api, webhook)
-            if metrics is not None:
-                await web.TCPSite(runner, *metrics).start()
-            await _run(operator, etcd, election, stop, replica, ready_flag, exit_if_stuck)
+            if config.metrics is not None:
+                await web.TCPSite(runner, *config.metrics).start()
+            await _run(operator, etcd, election, stop, replica, ready_flag, config.exit_if_stuck)
     finally:
         if bridge is not None:
             bridge.cancel()

@@ -23,8 +23,6 @@ import base64
 import json
 import logging
 import ssl
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import kubernetes
@@ -32,6 +30,7 @@ from aiohttp import web
 from kubernetes.client.exceptions import ApiException
 
 from etcdlock.etcd import EtcdLockError
+from etcdlock.operator.config import WebhookSettings
 from etcdlock.operator.errors import InvalidSpec
 from etcdlock.operator.kubeapi import list_locks
 from etcdlock.operator.locks import LockRules, Locks
@@ -48,7 +47,6 @@ from etcdlock.operator.names import (
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CERT_DIR = Path("/etc/etcdlock/webhook")
 RELOAD_INTERVAL = 10.0
 POD_CREATE = {"apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"], "operations": ["CREATE"]}
 LOCK_WRITES = {
@@ -57,43 +55,6 @@ LOCK_WRITES = {
     "resources": [LOCKS],
     "operations": ["CREATE", "UPDATE"],
 }
-
-
-@dataclass(frozen=True)
-class WebhookSettings:
-    """Where the webhook listens, its certificate folder, and whether the operator registers it itself."""
-
-    host: str
-    port: int
-    cert_dir: Path = DEFAULT_CERT_DIR
-    configure: bool = False
-
-    @property
-    def cert_file(self) -> Path:
-        return self.cert_dir / "tls.crt"
-
-    @property
-    def key_file(self) -> Path:
-        return self.cert_dir / "tls.key"
-
-    def check(self) -> None:
-        """A clear error if the certificate is missing."""
-        for path in (self.cert_file, self.key_file):
-            if not path.is_file():
-                raise EtcdLockError(
-                    f"webhook certificate {path} not found: mount the webhook Secret there, "
-                    "pass --webhook-cert-dir, or --webhook off"
-                )
-
-    def url(self, path: str = WEBHOOK_PATH) -> str:
-        """How the API server reaches ``path`` of this process (``configure`` only: loopback for a wildcard
-        address)."""
-        host = "127.0.0.1" if self.host in ("", "0.0.0.0") else self.host
-        return f"https://{host}:{self.port}{path}"
-
-    def ca_bundle(self) -> bytes:
-        ca = self.cert_dir / "ca.crt"
-        return (ca if ca.is_file() else self.cert_file).read_bytes()
 
 
 def gate_patch(pod: dict[str, Any]) -> list[dict[str, Any]]:
