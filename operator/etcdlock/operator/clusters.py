@@ -26,6 +26,7 @@ from typing import Any
 
 import kopf
 import kubernetes
+import urllib3
 from kubernetes.client.exceptions import ApiException
 
 from etcdlock.etcd import EtcdClient, EtcdConfig, EtcdError
@@ -182,6 +183,21 @@ class Clusters:
         members = self._members.pop((namespace, name), None)
         if members is not None:
             await members.close()
+
+    async def reconcile_changes(self, body: kopf.Body) -> Obj:
+        """One pass; the status fields it changed (none if the API failed: the next pass tries again)."""
+        try:
+            status = await self.reconcile(body)
+        except ApiException as exc:
+            log.warning(
+                "EtcdCluster %s: API error %s %s; next pass", body["metadata"]["name"], exc.status, exc.reason
+            )
+            return {}
+        except (OSError, urllib3.exceptions.HTTPError) as exc:
+            log.warning("EtcdCluster %s: API unreachable (%s); next pass", body["metadata"]["name"], exc)
+            return {}
+        current = dict(body.get("status") or {})
+        return {key: value for key, value in status.items() if current.get(key) != value}
 
     async def reconcile(self, body: kopf.Body) -> Obj:
         """One pass over the cluster ``body``; returns its new status."""

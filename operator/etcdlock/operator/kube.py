@@ -129,7 +129,11 @@ async def retrying(what: str, call: Callable[[], Awaitable[T]], attempts: int | 
         before_sleep=warn,
         reraise=True,
     )
+
+    async def attempt() -> T:  # a coroutine function: tenacity awaits only those
+        return await call()
+
     try:
-        return await retry(call)
+        return await retry(attempt)
     except (ApiUnavailable, Conflict) as exc:
         raise ApiUnavailable(f"{what}: {exc}") from None

@@ -10,10 +10,11 @@ import asyncio
 import contextlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
+from etcdlock import clock
 from etcdlock.etcd.keys import Contender
+from etcdlock.operator.conditions import condition
 from etcdlock.operator.errors import InvalidSpec
 from etcdlock.operator.lockkeys import KeyPolicy, LockKey, LockKeys
 from etcdlock.operator.names import DEFAULT_KEY_PREFIX
@@ -84,7 +85,7 @@ def lock_status(
     """
     holders = contenders[: spec.permits]
     waiters = contenders[spec.permits :]
-    now = datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    now = clock.now()
     for key in [k for k in since if k not in {h.key for h in holders}]:
         del since[key]
     listed = []
@@ -105,7 +106,7 @@ def lock_status(
         "podLeaseTTLSeconds": pod_ttl,
         "phase": "Held" if held else "Free",
         "observedGeneration": generation,
-        "conditions": [ready_condition("True", "Held" if held else "Free", message, generation)],
+        "conditions": [condition("Ready", "True", "Held" if held else "Free", message, generation)],
     }
 
 
@@ -117,18 +118,7 @@ def error_status(reason: str, message: str, generation: int) -> dict[str, Any]:
         "waiterCount": 0,
         "phase": "Error",
         "observedGeneration": generation,
-        "conditions": [ready_condition("False", reason, message, generation)],
-    }
-
-
-def ready_condition(status: str, reason: str, message: str, generation: int) -> dict[str, Any]:
-    return {
-        "type": "Ready",
-        "status": status,
-        "reason": reason,
-        "message": message,
-        "observedGeneration": generation,
-        "lastTransitionTime": datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z"),
+        "conditions": [condition("Ready", "False", reason, message, generation)],
     }
 
 

@@ -16,8 +16,9 @@ from typing import Any, Protocol
 from etcdlock.etcd import EtcdClient, EtcdError, EtcdUnavailable, read_contenders
 from etcdlock.etcd.errors import Compacted
 from etcdlock.etcd.keys import Contender, prefix, range_end
-from etcdlock.operator import events
+from etcdlock.operator.conditions import carried_over, without_times
 from etcdlock.operator.errors import ClusterNotReady, OperatorError
+from etcdlock.operator.events import EventRecorder
 from etcdlock.operator.locks import LockChanges, Locks, LockSpec, error_status, lock_status
 from etcdlock.operator.stores import Stores
 
@@ -49,8 +50,10 @@ async def serve_lock(
     changes: LockChanges,
     publish: Publish,
     observers: Sequence[QueueObserver],
+    events: EventRecorder,
 ) -> None:
-    """Serve the lock ``body`` (a snapshot: a spec change starts a new task) until cancelled."""
+    """Serve the lock ``body`` (a snapshot: a spec change starts a new task) until cancelled; why it cannot
+    be served is an Event (once per reason) as well as its status."""
     meta = body["metadata"]
     ref = (meta["namespace"], meta["name"])
     generation = int(meta.get("generation") or 1)
@@ -92,8 +95,9 @@ async def mirror_lock(
     async def say_failing(exc: EtcdError) -> None:
         nonlocal last
         log.warning("lock %s: %s", spec.key, exc)
-        status = _keep_transition_times(error_status(type(exc).__name__, str(exc), generation), last)
-        if last is None or _differs(status, last):
+        status = error_status(type(exc).__name__, str(exc), generation)
+        status["conditions"] = carried_over(status["conditions"], last)
+        if last is None or without_times(status) != without_times(last):
             await publish(status)
             last = status
         await asyncio.sleep(_RETRY_DELAY)
@@ -103,8 +107,8 @@ async def mirror_lock(
         for observer in observers:
             observer.seen(contenders, spec.permits)
         status = lock_status(spec, contenders, generation, since, pod_ttl)
-        status = _keep_transition_times(status, last)
-        if last is None or _differs(status, last):
+        status["conditions"] = carried_over(status["conditions"], last)
+        if last is None or without_times(status) != without_times(last):
             await publish(status)
             last = status
 
@@ -147,25 +151,3 @@ def _apply(contenders: list[Contender], event: Any) -> list[Contender]:
     if any(c.key == changed.key for c in contenders):
         return [changed if c.key == changed.key else c for c in contenders]
     return [*contenders, changed]
-
-
-def _keep_transition_times(status: dict[str, Any], last: dict[str, Any] | None) -> dict[str, Any]:
-    """A condition whose status and reason did not change keeps its lastTransitionTime."""
-    before = {c["type"]: c for c in (last or {}).get("conditions", [])}
-    for condition in status.get("conditions", []):
-        old = before.get(condition["type"])
-        if old and (old["status"], old["reason"]) == (condition["status"], condition["reason"]):
-            condition["lastTransitionTime"] = old["lastTransitionTime"]
-    return status
-
-
-def _differs(new: dict[str, Any], old: dict[str, Any]) -> bool:
-    """True if anything but the conditions' transition times changed."""
-
-    def bare(status: dict[str, Any]) -> dict[str, Any]:
-        conditions = [
-            {k: v for k, v in c.items() if k != "lastTransitionTime"} for c in status.get("conditions", [])
-        ]
-        return {**status, "conditions": conditions}
-
-    return bare(new) != bare(old)

@@ -31,8 +31,10 @@ from kubernetes.client.exceptions import ApiException
 from etcdlock import __version__
 from etcdlock.etcd import Election, EtcdClient, EtcdConfig, EtcdLockError, Session
 from etcdlock.operator.config import ElectionSettings, OperatorConfig, WebhookSettings
+from etcdlock.operator.context import OperatorContext
 from etcdlock.operator.definitions import crd_folder, crds, served_versions
-from etcdlock.operator.handlers import build_registry, kubernetes_api
+from etcdlock.operator.handlers import KopfEvents, build_registry, kubernetes_api
+from etcdlock.operator.kube import Kube
 from etcdlock.operator.kubeapi import PodApi
 from etcdlock.operator.leadership import Leadership, ReplicaStatus
 from etcdlock.operator.lockkeys import KeyPolicy
@@ -92,28 +94,41 @@ async def _check_crd(extensions: Any, shipped: dict[str, Any]) -> None:
 
 @dataclass
 class _Kopf:
-    """What one kopf run needs; ``run`` returns once kopf has stopped."""
+    """What one kopf run needs; the task :meth:`start` returns ends once kopf has stopped."""
 
     etcd: EtcdConfig
-    api: kubernetes.client.ApiClient
+    kube: Kube
     metrics: Metrics
     namespaces: Sequence[str]
     pod_api: PodApi
     rules: LockRules
 
     def start(self, leadership: Leadership, stop: asyncio.Event, ready: asyncio.Event) -> asyncio.Task[None]:
-        registry = build_registry(
-            self.etcd, self.api, self.metrics, leadership, self.pod_api, self.rules, self.namespaces
+        return asyncio.create_task(self._run(leadership, stop, ready), name="kopf")
+
+    async def _run(self, leadership: Leadership, stop: asyncio.Event, ready: asyncio.Event) -> None:
+        context = await OperatorContext.open(
+            self.etcd,
+            self.kube,
+            KopfEvents(),
+            self.metrics,
+            leadership,
+            self.pod_api,
+            self.rules,
+            self.namespaces,
         )
-        running = _kopf_operator(
-            registry=registry,
-            standalone=True,
-            clusterwide=not self.namespaces,
-            namespaces=list(self.namespaces),
-            stop_flag=stop,
-            ready_flag=ready,
-        )
-        return asyncio.create_task(running, name="kopf")
+        try:
+            await _kopf_operator(
+                registry=build_registry(self.kube.api),
+                memo=context,
+                standalone=True,
+                clusterwide=not self.namespaces,
+                namespaces=list(self.namespaces),
+                stop_flag=stop,
+                ready_flag=ready,
+            )
+        finally:
+            await context.close()
 
 
 async def _kopf_operator(**options: Any) -> None:
@@ -172,7 +187,7 @@ async def run_operator(
     bridge = asyncio.create_task(_follow_flag(stop_flag, stop)) if stop_flag is not None else None
     _on_signals(stop)
     rules = lock_rules(config.shared_key_prefixes, election)
-    operator = _Kopf(etcd, api, collected, config.namespaces, PodApi(api), rules)
+    operator = _Kopf(etcd, Kube(api), collected, config.namespaces, PodApi(api), rules)
     try:
         async with contextlib.AsyncExitStack() as serving:
             if webhook is not None:

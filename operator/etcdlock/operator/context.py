@@ -1,0 +1,112 @@
+"""What the kopf handlers reach: one typed context per term of leadership, kopf's memo.
+
+It is opened before kopf starts (so kopf never waits for its tasks as if they were kopf's own) and closed by
+kopf's cleanup handler: it learns the keys of every lock, renews every pod's lease before any pod is
+handled (:mod:`etcdlock.operator.takeover`), and builds the controllers. kopf copies its memo shallowly
+for every object, so every field is shared by all of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from etcdlock.etcd import EtcdClient, EtcdConfig
+from etcdlock.operator.clusters import Clusters
+from etcdlock.operator.errors import LockNotFound
+from etcdlock.operator.events import EventRecorder
+from etcdlock.operator.kube import Kube, retrying
+from etcdlock.operator.kubeapi import PodApi
+from etcdlock.operator.leadership import Leadership
+from etcdlock.operator.locks import LockRules, Locks, LockSpec
+from etcdlock.operator.lockservice import LockServices
+from etcdlock.operator.metrics import Metrics
+from etcdlock.operator.names import LOCKS
+from etcdlock.operator.podhold import PodContext
+from etcdlock.operator.pods import PodHolds
+from etcdlock.operator.stores import Store, Stores
+from etcdlock.operator.takeover import Takeover
+
+log = logging.getLogger(__name__)
+
+# How long a new leader waits, at most, for the first renewal of the pods' leases before it starts.
+TAKEOVER_WAIT = 2.0
+
+
+@dataclass
+class OperatorContext:
+    """The operator's parts for one term: its etcd client, the Kubernetes adapter, the event recorder, the
+    lock stores and the controllers of locks, pods and EtcdClusters."""
+
+    etcd: EtcdClient
+    kube: Kube
+    events: EventRecorder
+    stores: Stores
+    takeover: Takeover
+    locks: Locks
+    services: LockServices
+    pods: PodHolds
+    clusters: Clusters
+    closed: bool = False
+
+    @classmethod
+    async def open(
+        cls,
+        etcd: EtcdConfig,
+        kube: Kube,
+        events: EventRecorder,
+        metrics: Metrics,
+        leadership: Leadership,
+        pod_api: PodApi,
+        rules: LockRules,
+        namespaces: Sequence[str],
+    ) -> OperatorContext:
+        """The context of a new term (API outages waited out: a new leader must not give up)."""
+        client = EtcdClient(etcd)
+        stores = Stores(Store(client, leadership.fence, leadership), kube.api)
+        takeover = Takeover(stores, rules.pod_ttl_floor / 3)
+        locks = Locks(rules)
+        listed = await retrying("listing DistributedLocks", lambda: kube.custom_objects(LOCKS, namespaces))
+        locks.remember(listed)
+        await _take_over(takeover, kube, namespaces)
+
+        async def resolve(namespace: str, name: str) -> LockSpec:
+            body = await pod_api.read_lock(namespace, name)
+            if body is None:
+                raise LockNotFound(f"DistributedLock {name} does not exist")
+            return locks.served(body)
+
+        pods = PodHolds(PodContext(stores, pod_api, rules, resolve, takeover.adopted))
+        services = LockServices(kube, locks, stores, pods.changes, metrics, events)
+        clusters = Clusters(kube.api, stores.default)
+        return cls(client, kube, events, stores, takeover, locks, services, pods, clusters)
+
+    async def close(self) -> None:
+        """Stop every controller's tasks and close the clients (once; again does nothing)."""
+        if self.closed:
+            return
+        self.closed = True
+        await self.pods.stop_all()
+        await self.services.stop_all()
+        await self.takeover.close()
+        await self.clusters.close()
+        await self.stores.close()
+        await self.etcd.close()
+
+
+async def _take_over(takeover: Takeover, kube: Kube, namespaces: Sequence[str]) -> None:
+    """Renew every pod's lease once before any pod is handled (bounded: an etcd that does not answer must
+    not hold the new leader back)."""
+    started = asyncio.get_running_loop().time()
+    kept = await takeover.start(kube.api, namespaces)
+    if kept:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(TAKEOVER_WAIT):
+                await takeover.renewed()
+        took = asyncio.get_running_loop().time() - started
+        log.info(
+            "renewed the leases of %d pods in %.2fs; kept alive until their holds adopt them", kept, took
+        )
