@@ -31,10 +31,10 @@ from typing import Any
 
 import aetcd
 import aetcd.exceptions
-import aetcd.watcher
 import grpc
 from aetcd import rpc
 
+from etcdlock.etcd._watch import Watch, Watcher, WatchRefused, cancel_watch
 from etcdlock.etcd.config import Endpoint, EtcdConfig
 from etcdlock.etcd.errors import (
     Compacted,
@@ -102,64 +102,6 @@ _TLS_REASONS = {
 _HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 
-class _WatchRefused(Exception):
-    """etcd answered a watch creation with "created and cancelled"; ``reason`` is etcd's."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-class _Watcher(aetcd.watcher.Watcher):
-    """aetcd's multiplexed watch stream, except that a watch etcd refuses to create fails instead of hanging.
-
-    etcd refuses a watch (permission denied, or a stream whose auth token has expired) by answering
-    ``created`` and ``canceled`` at once; aetcd would register that as a live watch that never delivers.
-    """
-
-    async def _handle_response(self, response: Any) -> None:
-        if response.created and response.canceled:
-            async with self._lock:
-                if self._new_callback is not None:
-                    self._new_callback.error = _WatchRefused(response.cancel_reason)
-                    self._new_callback_ready.notify_all()
-            return
-        await super()._handle_response(response)
-
-    async def close(self, reason: Exception) -> None:
-        """End the stream: pending creations and every watch on it fail with ``reason``."""
-        await self._terminate_stream(reason)
-
-
-class _Watch:
-    """One watch and the stream it lives on: its events, or the error that ended it, come through a queue.
-
-    aetcd's own watch objects cancel on whatever stream the client has at that moment, which after a
-    restart may carry another watch with the same id.
-    """
-
-    def __init__(self, member: _Member, watcher: _Watcher, watch_id: int, events: asyncio.Queue[Any]) -> None:
-        self.member = member
-        self._watcher = watcher
-        self._watch_id = watch_id
-        self._events = events
-
-    @classmethod
-    async def create(cls, member: _Member, watcher: _Watcher, key: bytes, **options: Any) -> _Watch:
-        events: asyncio.Queue[Any] = asyncio.Queue()
-        callback = await watcher.add_callback(key, events.put, **options)
-        return cls(member, watcher, callback.watch_id, events)
-
-    async def __aiter__(self) -> AsyncIterator[Any]:
-        while (item := await self._events.get()) is not None:
-            if isinstance(item, Exception):
-                raise item
-            yield item
-
-    async def cancel(self) -> None:
-        await self._watcher.cancel(self._watch_id)
-
-
 class _Member:
     """The channel to one endpoint (connected on first use, then kept for the client's life) and its
     watch stream."""
@@ -168,7 +110,7 @@ class _Member:
         self.endpoint = endpoint
         self.channel = _channel(endpoint, config)
         self._stubs: dict[str, Any] = {}
-        self.watcher: _Watcher | None = None
+        self.watcher: Watcher | None = None
         # Set once a request got through: a later failure is not a TLS refusal.
         self.answered = False
 
@@ -636,15 +578,15 @@ class EtcdClient:
         try:
             yield self._translated(watch)
         finally:
-            await _cancel_watch(watch)
+            await cancel_watch(watch)
 
-    def _watcher(self, member: _Member) -> _Watcher:
+    def _watcher(self, member: _Member) -> Watcher:
         if member.watcher is None:
             stub = member.stub("Watch")
-            member.watcher = _Watcher(stub, timeout=None, metadata=self._metadata("Watch"))
+            member.watcher = Watcher(stub, timeout=None, metadata=self._metadata("Watch"))
         return member.watcher
 
-    async def _create_watch(self, key: bytes, **options: Any) -> _Watch:
+    async def _create_watch(self, key: bytes, **options: Any) -> Watch:
         """Create a watch on the current member's stream.
 
         A refused creation, when this client authenticates, gets a new token and stream and one more try:
@@ -657,8 +599,8 @@ class EtcdClient:
             token = self.metadata
             try:
                 with self._translate_errors():
-                    return await _Watch.create(member, self._watcher(member), key, **options)
-            except _WatchRefused as exc:
+                    return await Watch.create(member, self._watcher(member), key, **options)
+            except WatchRefused as exc:
                 error = refused_watch(exc.reason, str(member))
                 if attempt == 0 and self.config.username is not None:
                     await self._reauthenticate(token)
@@ -677,9 +619,9 @@ class EtcdClient:
 
     def _cancel_abandoned_watch(self, creating: asyncio.Future[Any]) -> None:
         if not creating.cancelled() and creating.exception() is None:
-            self._spawn(_cancel_watch(creating.result()))
+            self._spawn(cancel_watch(creating.result()))
 
-    async def _translated(self, watch: _Watch) -> AsyncIterator[Any]:
+    async def _translated(self, watch: Watch) -> AsyncIterator[Any]:
         try:
             with self._translate_errors():
                 async for event in watch:
@@ -691,11 +633,6 @@ class EtcdClient:
 
 class _TokenExpired(Exception):
     """etcd did not accept the auth token (it expires after idling): authenticate again."""
-
-
-async def _cancel_watch(watch: Any) -> None:
-    with contextlib.suppress(Exception):
-        await watch.cancel()
 
 
 def _channel(endpoint: Endpoint, config: EtcdConfig) -> grpc.aio.Channel:
