@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import aetcd.watcher
 
 if TYPE_CHECKING:
-    from etcdlock.etcd.client import _Member
+    from etcdlock.etcd._transport import Member
 
 
 class WatchRefused(Exception):
@@ -55,14 +55,14 @@ class Watch:
     restart may carry another watch with the same id.
     """
 
-    def __init__(self, member: _Member, watcher: Watcher, watch_id: int, events: asyncio.Queue[Any]) -> None:
+    def __init__(self, member: Member, watcher: Watcher, watch_id: int, events: asyncio.Queue[Any]) -> None:
         self.member = member
         self._watcher = watcher
         self._watch_id = watch_id
         self._events = events
 
     @classmethod
-    async def create(cls, member: _Member, watcher: Watcher, key: bytes, **options: Any) -> Watch:
+    async def create(cls, member: Member, watcher: Watcher, key: bytes, **options: Any) -> Watch:
         events: asyncio.Queue[Any] = asyncio.Queue()
         callback = await watcher.add_callback(key, events.put, **options)
         return cls(member, watcher, callback.watch_id, events)

@@ -22,11 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
-import ssl
 from collections.abc import AsyncIterator, Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import aetcd
@@ -34,11 +31,11 @@ import aetcd.exceptions
 import grpc
 from aetcd import rpc
 
+from etcdlock.etcd._transport import Member, tls_refusal
 from etcdlock.etcd._watch import Watch, Watcher, WatchRefused, cancel_watch
 from etcdlock.etcd.config import Endpoint, EtcdConfig
 from etcdlock.etcd.errors import (
     Compacted,
-    ConfigError,
     EtcdDenied,
     EtcdError,
     EtcdUnavailable,
@@ -61,71 +58,11 @@ HEARTBEAT_INTERVAL = 1.0
 _FIRST_PAUSE = 0.05
 _MAX_PAUSE = 0.5
 
-# A restarted member is reconnected within about a second instead of gRPC's default backoff of up to two
-# minutes. HTTP/2 pings find dead connections of idle clients (etcd allows one every 5 s).
-_CHANNEL_OPTIONS: list[tuple[str, Any]] = [
-    # etcd answers ranges of any size (its Go client receives up to 2 GiB); gRPC's default stops at 4 MiB.
-    ("grpc.max_receive_message_length", 2**31 - 1),
-    ("grpc.keepalive_time_ms", 10_000),
-    ("grpc.keepalive_timeout_ms", 5_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.max_pings_without_data", 0),
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 1_000),
-]
-
 # Requests and streams sent with this metadata are refused (or cancelled) by a member that has lost its
 # leader, instead of waiting or going silent (etcd's Go client: WithRequireLeader). Not on the cluster and
 # maintenance services: their answers without a quorum (member list, status) are wanted.
 _REQUIRE_LEADER = ("hasleader", "true")
 _LEADER_SERVICES = ("KV", "Lease", "Watch")
-
-_STUBS = {
-    "KV": rpc.KVStub,
-    "Lease": rpc.LeaseStub,
-    "Cluster": rpc.ClusterStub,
-    "Maintenance": rpc.MaintenanceStub,
-    "Auth": rpc.AuthStub,
-    "Watch": rpc.WatchStub,
-}
-
-# What the TLS library's reason for a failed handshake means for the user.
-_TLS_REASONS = {
-    "CERTIFICATE_VERIFY_FAILED": "etcd's certificate is not signed by a trusted CA (see --cacert)",
-    "SSLV3_ALERT_BAD_CERTIFICATE": "etcd rejected the client certificate (give --cert and --key signed by a "
-    "CA that etcd trusts)",
-    "TLSV13_ALERT_CERTIFICATE_REQUIRED": "etcd requires a client certificate (--cert and --key)",
-    "SSLV3_ALERT_HANDSHAKE_FAILURE": "etcd requires a client certificate (--cert and --key)",
-    "WRONG_VERSION_NUMBER": "etcd does not speak TLS there (use http://)",
-}
-_HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-
-
-class _Member:
-    """The channel to one endpoint (connected on first use, then kept for the client's life) and its
-    watch stream."""
-
-    def __init__(self, endpoint: Endpoint, config: EtcdConfig) -> None:
-        self.endpoint = endpoint
-        self.channel = _channel(endpoint, config)
-        self._stubs: dict[str, Any] = {}
-        self.watcher: Watcher | None = None
-        # Set once a request got through: a later failure is not a TLS refusal.
-        self.answered = False
-
-    def stub(self, service: str) -> Any:
-        if service not in self._stubs:
-            self._stubs[service] = _STUBS[service](self.channel)
-        return self._stubs[service]
-
-    def unreachable(self) -> bool:
-        """No connection to the member now (refused, or still being attempted)."""
-        state = self.channel.get_state(try_to_connect=False)
-        return state in (grpc.ChannelConnectivity.TRANSIENT_FAILURE, grpc.ChannelConnectivity.CONNECTING)
-
-    def __str__(self) -> str:
-        return str(self.endpoint)
 
 
 class LeaseStream:
@@ -135,7 +72,7 @@ class LeaseStream:
     stream goes to another member well before the lease's TTL runs out.
     """
 
-    def __init__(self, client: EtcdClient, member: _Member, call: Any) -> None:
+    def __init__(self, client: EtcdClient, member: Member, call: Any) -> None:
         self._client = client
         self._member = member
         self._call = call
@@ -200,7 +137,7 @@ class EtcdClient:
     def __init__(self, config: EtcdConfig | None = None) -> None:
         self.config = config or EtcdConfig()
         self.metadata: tuple[tuple[str, str], ...] | None = None
-        self._members: list[_Member] = []
+        self._members: list[Member] = []
         self._current = 0
         self._connect_lock = asyncio.Lock()
         self._auth_lock = asyncio.Lock()
@@ -226,7 +163,7 @@ class EtcdClient:
         async with self._connect_lock:
             if self._members:
                 return
-            members = [_Member(endpoint, self.config) for endpoint in self.config.endpoints]
+            members = [Member(endpoint, self.config) for endpoint in self.config.endpoints]
             self._members = members
             try:
                 if self.config.username is not None:
@@ -253,7 +190,7 @@ class EtcdClient:
 
     # Failover
 
-    def move_off(self, member: _Member) -> None:
+    def move_off(self, member: Member) -> None:
         """Stop using ``member``, if it is the current one: requests go to the next endpoint from now on,
         and its watches end (their owners watch again there)."""
         if len(self._members) < 2 or self._members[self._current] is not member:
@@ -262,7 +199,7 @@ class EtcdClient:
         log.debug("moving off etcd at %s to %s", member, self._members[self._current])
         self._restart_watches(member, EtcdUnavailable(f"moved off etcd at {member}"))
 
-    def _restart_watches(self, member: _Member, reason: Exception) -> None:
+    def _restart_watches(self, member: Member, reason: Exception) -> None:
         watcher, member.watcher = member.watcher, None
         if watcher is not None:
             self._spawn(watcher.close(reason))
@@ -287,7 +224,7 @@ class EtcdClient:
             if not status.leader:
                 self.move_off(member)
 
-    async def failure(self, member: _Member, exc: grpc.aio.AioRpcError) -> EtcdError:
+    async def failure(self, member: Member, exc: grpc.aio.AioRpcError) -> EtcdError:
         """The typed error for a failed call on ``member``. The client moves off a member it cannot reach or
         that says it has no leader; a request that is merely slow (etcd busy, or electing a leader) does
         not move it: the heartbeat tells a hung member from a busy one."""
@@ -296,11 +233,11 @@ class EtcdClient:
             self.move_off(member)
         return error
 
-    async def _classify(self, member: _Member, exc: grpc.aio.AioRpcError) -> EtcdError:
+    async def _classify(self, member: Member, exc: grpc.aio.AioRpcError) -> EtcdError:
         code, details = exc.code(), exc.details() or ""
         if code == grpc.StatusCode.UNAVAILABLE and member.unreachable():
             if self.config.uses_tls and not member.answered:
-                refusal = await _tls_refusal(member.endpoint, self.config)
+                refusal = await tls_refusal(member.endpoint, self.config)
                 if refusal is not None:
                     return EtcdDenied(f"cannot reach etcd at {member}: {refusal}", code.name)
             return EtcdUnreachable(f"cannot reach etcd at {member}: {details or code.name}", code.name)
@@ -315,7 +252,7 @@ class EtcdClient:
         return (*token, _REQUIRE_LEADER) if service in _LEADER_SERVICES else token
 
     async def _call_once(
-        self, member: _Member, service: str, method: str, request: Any, timeout: float
+        self, member: Member, service: str, method: str, request: Any, timeout: float
     ) -> Any:
         """One attempt on one member; a failure becomes a typed error (and moves off a failed member)."""
         call = getattr(member.stub(service), method)
@@ -580,7 +517,7 @@ class EtcdClient:
         finally:
             await cancel_watch(watch)
 
-    def _watcher(self, member: _Member) -> Watcher:
+    def _watcher(self, member: Member) -> Watcher:
         if member.watcher is None:
             stub = member.stub("Watch")
             member.watcher = Watcher(stub, timeout=None, metadata=self._metadata("Watch"))
@@ -633,68 +570,3 @@ class EtcdClient:
 
 class _TokenExpired(Exception):
     """etcd did not accept the auth token (it expires after idling): authenticate again."""
-
-
-def _channel(endpoint: Endpoint, config: EtcdConfig) -> grpc.aio.Channel:
-    """A channel to one endpoint: an IP address is dialled as is, a name through gRPC's resolver (which
-    looks it up again on every reconnect: a member's address may change)."""
-    try:
-        address = ipaddress.ip_address(endpoint.host)
-    except ValueError:
-        target = f"{endpoint.host}:{endpoint.port}"
-    else:
-        target = (
-            f"ipv6:[{address}]:{endpoint.port}" if address.version == 6 else f"ipv4:{address}:{endpoint.port}"
-        )
-    options = [*_CHANNEL_OPTIONS, ("grpc.default_authority", f"{endpoint.host}:{endpoint.port}")]
-    if not config.uses_tls:
-        return grpc.aio.insecure_channel(target, options=options)
-    options.append(("grpc.ssl_target_name_override", endpoint.host))
-    credentials = grpc.ssl_channel_credentials(
-        root_certificates=_read(config.ca_file),
-        private_key=_read(config.key_file),
-        certificate_chain=_read(config.cert_file),
-    )
-    return grpc.aio.secure_channel(target, credentials, options=options)
-
-
-async def _tls_refusal(endpoint: Endpoint, config: EtcdConfig) -> str | None:
-    """Why a TLS handshake with ``endpoint`` fails, asked of Python's TLS library (its reasons are typed,
-    gRPC's are text); None if it succeeds or the member cannot be reached at all."""
-    context = ssl.create_default_context(cafile=config.ca_file)
-    if config.cert_file is not None and config.key_file is not None:
-        context.load_cert_chain(config.cert_file, config.key_file)
-    context.set_alpn_protocols(["h2"])
-    writer = None
-    try:
-        async with asyncio.timeout(config.request_timeout):
-            reader, writer = await asyncio.open_connection(
-                endpoint.host, endpoint.port, ssl=context, server_hostname=endpoint.host
-            )
-            # With TLS 1.3 a refused client certificate is only told after the handshake: say something.
-            writer.write(_HTTP2_PREFACE)
-            await reader.read(1)
-    except ssl.SSLCertVerificationError as exc:
-        return (
-            f"TLS handshake failed (CERTIFICATE_VERIFY_FAILED: {exc.verify_message}): "
-            + _TLS_REASONS["CERTIFICATE_VERIFY_FAILED"]
-        )
-    except ssl.SSLError as exc:
-        reason = exc.reason or type(exc).__name__
-        meaning = _TLS_REASONS.get(reason)
-        return f"TLS handshake failed ({reason})" + (f": {meaning}" if meaning else "")
-    except (OSError, TimeoutError):
-        return None
-    finally:
-        if writer is not None:
-            writer.close()
-    return None
-
-
-def _read(path: str | None) -> bytes | None:
-    if path is None:
-        return None
-    try:
-        return Path(path).read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"cannot read TLS file {path}: {exc.strerror}") from None
