@@ -45,6 +45,7 @@ from etcdlock.etcd.errors import (
     NoLeader,
 )
 from etcdlock.etcd.grpc_errors import INVALID_AUTH_TOKEN, classify, refused_watch
+from etcdlock.etcd.leases import LeaseStream
 from etcdlock.etcd.requests import range_request
 
 log = logging.getLogger(__name__)
@@ -63,68 +64,6 @@ _MAX_PAUSE = 0.5
 # maintenance services: their answers without a quorum (member list, status) are wanted.
 _REQUIRE_LEADER = ("hasleader", "true")
 _LEADER_SERVICES = ("KV", "Lease", "Watch")
-
-
-class LeaseStream:
-    """A LeaseKeepAlive stream on one member, for one :class:`~etcdlock.etcd.session.Session`.
-
-    A member that does not answer a renewal in time, or breaks the stream, is moved off, so the next
-    stream goes to another member well before the lease's TTL runs out.
-    """
-
-    def __init__(self, client: EtcdClient, member: Member, call: Any) -> None:
-        self._client = client
-        self._member = member
-        self._call = call
-
-    async def renew(self, lease_id: int, timeout: float) -> int:
-        """Renew the lease once; its TTL as etcd granted it (0 or less: the lease is gone).
-
-        Raises :class:`EtcdUnavailable` if the member did not answer within ``timeout`` or the stream broke.
-        """
-        try:
-            async with asyncio.timeout(timeout):
-                await self._call.write(rpc.LeaseKeepAliveRequest(ID=lease_id))
-                response = await self._call.read()
-        except TimeoutError:
-            why = f"etcd at {self._member} did not renew the lease within {timeout:.1f}s"
-            raise EtcdUnavailable(why) from None
-        except grpc.aio.AioRpcError as exc:
-            raise await self._client.failure(self._member, exc) from None
-        except asyncio.InvalidStateError:
-            # The stream had already ended (the member closed it) when the renewal was written.
-            code = await self._call.code()
-            raise EtcdUnavailable(
-                f"etcd at {self._member} ended the keepalive stream ({code.name})"
-            ) from None
-        if response is grpc.aio.EOF:
-            raise EtcdUnavailable(f"etcd at {self._member} closed the keepalive stream")
-        return int(response.TTL)
-
-    async def renew_all(self, lease_ids: list[int], timeout: float) -> dict[int, int]:
-        """Renew several leases at once: each lease's TTL as etcd granted it (0 or less: gone)."""
-        ttls: dict[int, int] = {}
-        try:
-            async with asyncio.timeout(timeout):
-                for lease_id in lease_ids:
-                    await self._call.write(rpc.LeaseKeepAliveRequest(ID=lease_id))
-                while len(ttls) < len(set(lease_ids)):
-                    response = await self._call.read()
-                    if response is grpc.aio.EOF:
-                        raise EtcdUnavailable(f"etcd at {self._member} closed the keepalive stream")
-                    ttls[int(response.ID)] = int(response.TTL)
-        except TimeoutError:
-            raise EtcdUnavailable(
-                f"etcd at {self._member} did not renew leases within {timeout:.1f}s"
-            ) from None
-        except grpc.aio.AioRpcError as exc:
-            raise await self._client.failure(self._member, exc) from None
-        except asyncio.InvalidStateError:
-            raise EtcdUnavailable(f"etcd at {self._member} ended the keepalive stream") from None
-        return ttls
-
-    def close(self) -> None:
-        self._call.cancel()
 
 
 class EtcdClient:
