@@ -14,8 +14,9 @@ grants, renewals and revocations) are retried within the request timeout, ``retr
 reached a member whose leader just died is lost (etcd forwards it to the dead leader), and only a new
 attempt after etcd's election succeeds. Other requests (membership changes) get one attempt.
 
-aetcd gives the protocol stubs and the multiplexed watch stream; everything else is here, so the rest of
-the engine never touches gRPC.
+aetcd gives the protocol stubs and the multiplexed watch stream; everything else is here and in the
+modules beside it (the transport to one member, the watch workarounds, lease streams, request builders),
+so the rest of the engine never touches gRPC.
 """
 
 from __future__ import annotations
