@@ -30,8 +30,8 @@ from functools import partial
 from typing import Protocol, TypeVar
 
 from etcdlock.etcd import EtcdClient, EtcdConfig, Mutex, Session
-from etcdlock.etcd.client import create_revision_is, delete_op, put_op, range_op
 from etcdlock.etcd.keys import prefix, range_end
+from etcdlock.etcd.requests import create_revision_is, delete_op, put_op, range_op
 from etcdlock_sandbox.etcd import LocalEtcd, etcd_binary
 from interrupts import stop_on_sigterm
 

@@ -14,7 +14,7 @@ from typing import TypeVar
 import pytest
 
 from etcdlock.etcd import Contender, EtcdClient, Session, read_contenders
-from etcdlock.etcd.client import delete_op
+from etcdlock.etcd.requests import delete_op
 from etcdlock_sandbox.etcd import LocalEtcd, etcd_binary
 
 T = TypeVar("T")

@@ -20,7 +20,7 @@ from etcdlock.etcd import (
     Session,
     SessionLost,
 )
-from etcdlock.etcd.client import put_op
+from etcdlock.etcd.requests import put_op
 from etcdlock_sandbox.etcd import LocalEtcd, Member
 
 TTL = 5

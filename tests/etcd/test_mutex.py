@@ -37,8 +37,8 @@ from etcdlock.etcd import (
     SessionLost,
     read_contenders,
 )
-from etcdlock.etcd.client import put_op
 from etcdlock.etcd.keys import now_iso
+from etcdlock.etcd.requests import put_op
 from etcdlock_sandbox.etcd import LocalEtcd
 
 

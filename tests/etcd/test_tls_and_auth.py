@@ -13,7 +13,7 @@ import pytest
 from engine_support import bounded, eventually, raw_delete
 
 from etcdlock.etcd import EtcdClient, EtcdConfig, EtcdDenied, Mutex, Session
-from etcdlock.etcd.client import put_op
+from etcdlock.etcd.requests import put_op
 from etcdlock_sandbox.etcd import LocalEtcd, LocalTls
 
 ROOT = "root:rootpw"

@@ -9,7 +9,7 @@ import uuid
 import pytest
 
 from etcdlock.etcd import EtcdClient, Fence, Fenced
-from etcdlock.etcd.client import delete_op, put_op
+from etcdlock.etcd.requests import delete_op, put_op
 from etcdlock.operator.leadership import Leadership
 from etcdlock.operator.stores import EPOCH_KEY, Store, claim_epoch
 

@@ -29,7 +29,7 @@ from operator_support import create_lock, eventually, status_of, webhooks_regist
 from test_pods import create_pod, finish, held, note, read_pod
 
 from etcdlock.etcd import EtcdClient, EtcdConfig, EtcdUnavailable
-from etcdlock.etcd.client import put_op
+from etcdlock.etcd.requests import put_op
 from etcdlock.operator.config import WebhookSettings
 from etcdlock.operator.names import CLUSTER_ANNOTATION, TOKEN_ANNOTATION
 from etcdlock_sandbox.cluster import SandboxThread

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from etcdlock.etcd import EtcdClient, EtcdConfig, EtcdUnavailable
-from etcdlock.etcd.client import put_op
+from etcdlock.etcd.requests import put_op
 from etcdlock.operator.membership import (
     ClusterView,
     MemberClients,

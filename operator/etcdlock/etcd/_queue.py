@@ -20,15 +20,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from etcdlock.etcd import keys
-from etcdlock.etcd.client import (
-    EtcdClient,
-    create_revision_is,
-    delete_op,
-    put_op,
-    range_is_empty,
-    range_op,
-)
+from etcdlock.etcd.client import EtcdClient
 from etcdlock.etcd.errors import Compacted, EtcdError, EtcdUnavailable, Fenced, LockLost
+from etcdlock.etcd.requests import create_revision_is, delete_op, put_op, range_is_empty, range_op
 from etcdlock.etcd.session import Session
 
 log = logging.getLogger(__name__)

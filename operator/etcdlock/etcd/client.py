@@ -14,31 +14,29 @@ grants, renewals and revocations) are retried within the request timeout, ``retr
 reached a member whose leader just died is lost (etcd forwards it to the dead leader), and only a new
 attempt after etcd's election succeeds. Other requests (membership changes) get one attempt.
 
-aetcd gives the protocol stubs and the multiplexed watch stream; everything else is here, so the rest of
-the engine never touches gRPC.
+aetcd gives the protocol stubs and the multiplexed watch stream; everything else is here and in the
+modules beside it (the transport to one member, the watch workarounds, lease streams, request builders),
+so the rest of the engine never touches gRPC.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
-import ssl
 from collections.abc import AsyncIterator, Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import aetcd
 import aetcd.exceptions
-import aetcd.watcher
 import grpc
 from aetcd import rpc
 
+from etcdlock.etcd._transport import Member, tls_refusal
+from etcdlock.etcd._watch import Watch, Watcher, WatchRefused, cancel_watch
 from etcdlock.etcd.config import Endpoint, EtcdConfig
 from etcdlock.etcd.errors import (
     Compacted,
-    ConfigError,
     EtcdDenied,
     EtcdError,
     EtcdUnavailable,
@@ -48,6 +46,8 @@ from etcdlock.etcd.errors import (
     NoLeader,
 )
 from etcdlock.etcd.grpc_errors import INVALID_AUTH_TOKEN, classify, refused_watch
+from etcdlock.etcd.leases import LeaseStream
+from etcdlock.etcd.requests import range_request
 
 log = logging.getLogger(__name__)
 
@@ -60,191 +60,11 @@ HEARTBEAT_INTERVAL = 1.0
 _FIRST_PAUSE = 0.05
 _MAX_PAUSE = 0.5
 
-# A restarted member is reconnected within about a second instead of gRPC's default backoff of up to two
-# minutes. HTTP/2 pings find dead connections of idle clients (etcd allows one every 5 s).
-_CHANNEL_OPTIONS: list[tuple[str, Any]] = [
-    # etcd answers ranges of any size (its Go client receives up to 2 GiB); gRPC's default stops at 4 MiB.
-    ("grpc.max_receive_message_length", 2**31 - 1),
-    ("grpc.keepalive_time_ms", 10_000),
-    ("grpc.keepalive_timeout_ms", 5_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.max_pings_without_data", 0),
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 1_000),
-]
-
 # Requests and streams sent with this metadata are refused (or cancelled) by a member that has lost its
 # leader, instead of waiting or going silent (etcd's Go client: WithRequireLeader). Not on the cluster and
 # maintenance services: their answers without a quorum (member list, status) are wanted.
 _REQUIRE_LEADER = ("hasleader", "true")
 _LEADER_SERVICES = ("KV", "Lease", "Watch")
-
-_STUBS = {
-    "KV": rpc.KVStub,
-    "Lease": rpc.LeaseStub,
-    "Cluster": rpc.ClusterStub,
-    "Maintenance": rpc.MaintenanceStub,
-    "Auth": rpc.AuthStub,
-    "Watch": rpc.WatchStub,
-}
-
-# What the TLS library's reason for a failed handshake means for the user.
-_TLS_REASONS = {
-    "CERTIFICATE_VERIFY_FAILED": "etcd's certificate is not signed by a trusted CA (see --cacert)",
-    "SSLV3_ALERT_BAD_CERTIFICATE": "etcd rejected the client certificate (give --cert and --key signed by a "
-    "CA that etcd trusts)",
-    "TLSV13_ALERT_CERTIFICATE_REQUIRED": "etcd requires a client certificate (--cert and --key)",
-    "SSLV3_ALERT_HANDSHAKE_FAILURE": "etcd requires a client certificate (--cert and --key)",
-    "WRONG_VERSION_NUMBER": "etcd does not speak TLS there (use http://)",
-}
-_HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-
-
-class _WatchRefused(Exception):
-    """etcd answered a watch creation with "created and cancelled"; ``reason`` is etcd's."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-class _Watcher(aetcd.watcher.Watcher):
-    """aetcd's multiplexed watch stream, except that a watch etcd refuses to create fails instead of hanging.
-
-    etcd refuses a watch (permission denied, or a stream whose auth token has expired) by answering
-    ``created`` and ``canceled`` at once; aetcd would register that as a live watch that never delivers.
-    """
-
-    async def _handle_response(self, response: Any) -> None:
-        if response.created and response.canceled:
-            async with self._lock:
-                if self._new_callback is not None:
-                    self._new_callback.error = _WatchRefused(response.cancel_reason)
-                    self._new_callback_ready.notify_all()
-            return
-        await super()._handle_response(response)
-
-    async def close(self, reason: Exception) -> None:
-        """End the stream: pending creations and every watch on it fail with ``reason``."""
-        await self._terminate_stream(reason)
-
-
-class _Watch:
-    """One watch and the stream it lives on: its events, or the error that ended it, come through a queue.
-
-    aetcd's own watch objects cancel on whatever stream the client has at that moment, which after a
-    restart may carry another watch with the same id.
-    """
-
-    def __init__(self, member: _Member, watcher: _Watcher, watch_id: int, events: asyncio.Queue[Any]) -> None:
-        self.member = member
-        self._watcher = watcher
-        self._watch_id = watch_id
-        self._events = events
-
-    @classmethod
-    async def create(cls, member: _Member, watcher: _Watcher, key: bytes, **options: Any) -> _Watch:
-        events: asyncio.Queue[Any] = asyncio.Queue()
-        callback = await watcher.add_callback(key, events.put, **options)
-        return cls(member, watcher, callback.watch_id, events)
-
-    async def __aiter__(self) -> AsyncIterator[Any]:
-        while (item := await self._events.get()) is not None:
-            if isinstance(item, Exception):
-                raise item
-            yield item
-
-    async def cancel(self) -> None:
-        await self._watcher.cancel(self._watch_id)
-
-
-class _Member:
-    """The channel to one endpoint (connected on first use, then kept for the client's life) and its
-    watch stream."""
-
-    def __init__(self, endpoint: Endpoint, config: EtcdConfig) -> None:
-        self.endpoint = endpoint
-        self.channel = _channel(endpoint, config)
-        self._stubs: dict[str, Any] = {}
-        self.watcher: _Watcher | None = None
-        # Set once a request got through: a later failure is not a TLS refusal.
-        self.answered = False
-
-    def stub(self, service: str) -> Any:
-        if service not in self._stubs:
-            self._stubs[service] = _STUBS[service](self.channel)
-        return self._stubs[service]
-
-    def unreachable(self) -> bool:
-        """No connection to the member now (refused, or still being attempted)."""
-        state = self.channel.get_state(try_to_connect=False)
-        return state in (grpc.ChannelConnectivity.TRANSIENT_FAILURE, grpc.ChannelConnectivity.CONNECTING)
-
-    def __str__(self) -> str:
-        return str(self.endpoint)
-
-
-class LeaseStream:
-    """A LeaseKeepAlive stream on one member, for one :class:`~etcdlock.etcd.session.Session`.
-
-    A member that does not answer a renewal in time, or breaks the stream, is moved off, so the next
-    stream goes to another member well before the lease's TTL runs out.
-    """
-
-    def __init__(self, client: EtcdClient, member: _Member, call: Any) -> None:
-        self._client = client
-        self._member = member
-        self._call = call
-
-    async def renew(self, lease_id: int, timeout: float) -> int:
-        """Renew the lease once; its TTL as etcd granted it (0 or less: the lease is gone).
-
-        Raises :class:`EtcdUnavailable` if the member did not answer within ``timeout`` or the stream broke.
-        """
-        try:
-            async with asyncio.timeout(timeout):
-                await self._call.write(rpc.LeaseKeepAliveRequest(ID=lease_id))
-                response = await self._call.read()
-        except TimeoutError:
-            why = f"etcd at {self._member} did not renew the lease within {timeout:.1f}s"
-            raise EtcdUnavailable(why) from None
-        except grpc.aio.AioRpcError as exc:
-            raise await self._client.failure(self._member, exc) from None
-        except asyncio.InvalidStateError:
-            # The stream had already ended (the member closed it) when the renewal was written.
-            code = await self._call.code()
-            raise EtcdUnavailable(
-                f"etcd at {self._member} ended the keepalive stream ({code.name})"
-            ) from None
-        if response is grpc.aio.EOF:
-            raise EtcdUnavailable(f"etcd at {self._member} closed the keepalive stream")
-        return int(response.TTL)
-
-    async def renew_all(self, lease_ids: list[int], timeout: float) -> dict[int, int]:
-        """Renew several leases at once: each lease's TTL as etcd granted it (0 or less: gone)."""
-        ttls: dict[int, int] = {}
-        try:
-            async with asyncio.timeout(timeout):
-                for lease_id in lease_ids:
-                    await self._call.write(rpc.LeaseKeepAliveRequest(ID=lease_id))
-                while len(ttls) < len(set(lease_ids)):
-                    response = await self._call.read()
-                    if response is grpc.aio.EOF:
-                        raise EtcdUnavailable(f"etcd at {self._member} closed the keepalive stream")
-                    ttls[int(response.ID)] = int(response.TTL)
-        except TimeoutError:
-            raise EtcdUnavailable(
-                f"etcd at {self._member} did not renew leases within {timeout:.1f}s"
-            ) from None
-        except grpc.aio.AioRpcError as exc:
-            raise await self._client.failure(self._member, exc) from None
-        except asyncio.InvalidStateError:
-            raise EtcdUnavailable(f"etcd at {self._member} ended the keepalive stream") from None
-        return ttls
-
-    def close(self) -> None:
-        self._call.cancel()
 
 
 class EtcdClient:
@@ -257,7 +77,7 @@ class EtcdClient:
     def __init__(self, config: EtcdConfig | None = None) -> None:
         self.config = config or EtcdConfig()
         self.metadata: tuple[tuple[str, str], ...] | None = None
-        self._members: list[_Member] = []
+        self._members: list[Member] = []
         self._current = 0
         self._connect_lock = asyncio.Lock()
         self._auth_lock = asyncio.Lock()
@@ -283,7 +103,7 @@ class EtcdClient:
         async with self._connect_lock:
             if self._members:
                 return
-            members = [_Member(endpoint, self.config) for endpoint in self.config.endpoints]
+            members = [Member(endpoint, self.config) for endpoint in self.config.endpoints]
             self._members = members
             try:
                 if self.config.username is not None:
@@ -310,7 +130,7 @@ class EtcdClient:
 
     # Failover
 
-    def move_off(self, member: _Member) -> None:
+    def move_off(self, member: Member) -> None:
         """Stop using ``member``, if it is the current one: requests go to the next endpoint from now on,
         and its watches end (their owners watch again there)."""
         if len(self._members) < 2 or self._members[self._current] is not member:
@@ -319,7 +139,7 @@ class EtcdClient:
         log.debug("moving off etcd at %s to %s", member, self._members[self._current])
         self._restart_watches(member, EtcdUnavailable(f"moved off etcd at {member}"))
 
-    def _restart_watches(self, member: _Member, reason: Exception) -> None:
+    def _restart_watches(self, member: Member, reason: Exception) -> None:
         watcher, member.watcher = member.watcher, None
         if watcher is not None:
             self._spawn(watcher.close(reason))
@@ -344,7 +164,7 @@ class EtcdClient:
             if not status.leader:
                 self.move_off(member)
 
-    async def failure(self, member: _Member, exc: grpc.aio.AioRpcError) -> EtcdError:
+    async def failure(self, member: Member, exc: grpc.aio.AioRpcError) -> EtcdError:
         """The typed error for a failed call on ``member``. The client moves off a member it cannot reach or
         that says it has no leader; a request that is merely slow (etcd busy, or electing a leader) does
         not move it: the heartbeat tells a hung member from a busy one."""
@@ -353,11 +173,11 @@ class EtcdClient:
             self.move_off(member)
         return error
 
-    async def _classify(self, member: _Member, exc: grpc.aio.AioRpcError) -> EtcdError:
+    async def _classify(self, member: Member, exc: grpc.aio.AioRpcError) -> EtcdError:
         code, details = exc.code(), exc.details() or ""
         if code == grpc.StatusCode.UNAVAILABLE and member.unreachable():
             if self.config.uses_tls and not member.answered:
-                refusal = await _tls_refusal(member.endpoint, self.config)
+                refusal = await tls_refusal(member.endpoint, self.config)
                 if refusal is not None:
                     return EtcdDenied(f"cannot reach etcd at {member}: {refusal}", code.name)
             return EtcdUnreachable(f"cannot reach etcd at {member}: {details or code.name}", code.name)
@@ -372,7 +192,7 @@ class EtcdClient:
         return (*token, _REQUIRE_LEADER) if service in _LEADER_SERVICES else token
 
     async def _call_once(
-        self, member: _Member, service: str, method: str, request: Any, timeout: float
+        self, member: Member, service: str, method: str, request: Any, timeout: float
     ) -> Any:
         """One attempt on one member; a failure becomes a typed error (and moves off a failed member)."""
         call = getattr(member.stub(service), method)
@@ -635,15 +455,15 @@ class EtcdClient:
         try:
             yield self._translated(watch)
         finally:
-            await _cancel_watch(watch)
+            await cancel_watch(watch)
 
-    def _watcher(self, member: _Member) -> _Watcher:
+    def _watcher(self, member: Member) -> Watcher:
         if member.watcher is None:
             stub = member.stub("Watch")
-            member.watcher = _Watcher(stub, timeout=None, metadata=self._metadata("Watch"))
+            member.watcher = Watcher(stub, timeout=None, metadata=self._metadata("Watch"))
         return member.watcher
 
-    async def _create_watch(self, key: bytes, **options: Any) -> _Watch:
+    async def _create_watch(self, key: bytes, **options: Any) -> Watch:
         """Create a watch on the current member's stream.
 
         A refused creation, when this client authenticates, gets a new token and stream and one more try:
@@ -656,8 +476,8 @@ class EtcdClient:
             token = self.metadata
             try:
                 with self._translate_errors():
-                    return await _Watch.create(member, self._watcher(member), key, **options)
-            except _WatchRefused as exc:
+                    return await Watch.create(member, self._watcher(member), key, **options)
+            except WatchRefused as exc:
                 error = refused_watch(exc.reason, str(member))
                 if attempt == 0 and self.config.username is not None:
                     await self._reauthenticate(token)
@@ -676,9 +496,9 @@ class EtcdClient:
 
     def _cancel_abandoned_watch(self, creating: asyncio.Future[Any]) -> None:
         if not creating.cancelled() and creating.exception() is None:
-            self._spawn(_cancel_watch(creating.result()))
+            self._spawn(cancel_watch(creating.result()))
 
-    async def _translated(self, watch: _Watch) -> AsyncIterator[Any]:
+    async def _translated(self, watch: Watch) -> AsyncIterator[Any]:
         try:
             with self._translate_errors():
                 async for event in watch:
@@ -690,134 +510,3 @@ class EtcdClient:
 
 class _TokenExpired(Exception):
     """etcd did not accept the auth token (it expires after idling): authenticate again."""
-
-
-async def _cancel_watch(watch: Any) -> None:
-    with contextlib.suppress(Exception):
-        await watch.cancel()
-
-
-def _channel(endpoint: Endpoint, config: EtcdConfig) -> grpc.aio.Channel:
-    """A channel to one endpoint: an IP address is dialled as is, a name through gRPC's resolver (which
-    looks it up again on every reconnect: a member's address may change)."""
-    try:
-        address = ipaddress.ip_address(endpoint.host)
-    except ValueError:
-        target = f"{endpoint.host}:{endpoint.port}"
-    else:
-        target = (
-            f"ipv6:[{address}]:{endpoint.port}" if address.version == 6 else f"ipv4:{address}:{endpoint.port}"
-        )
-    options = [*_CHANNEL_OPTIONS, ("grpc.default_authority", f"{endpoint.host}:{endpoint.port}")]
-    if not config.uses_tls:
-        return grpc.aio.insecure_channel(target, options=options)
-    options.append(("grpc.ssl_target_name_override", endpoint.host))
-    credentials = grpc.ssl_channel_credentials(
-        root_certificates=_read(config.ca_file),
-        private_key=_read(config.key_file),
-        certificate_chain=_read(config.cert_file),
-    )
-    return grpc.aio.secure_channel(target, credentials, options=options)
-
-
-async def _tls_refusal(endpoint: Endpoint, config: EtcdConfig) -> str | None:
-    """Why a TLS handshake with ``endpoint`` fails, asked of Python's TLS library (its reasons are typed,
-    gRPC's are text); None if it succeeds or the member cannot be reached at all."""
-    context = ssl.create_default_context(cafile=config.ca_file)
-    if config.cert_file is not None and config.key_file is not None:
-        context.load_cert_chain(config.cert_file, config.key_file)
-    context.set_alpn_protocols(["h2"])
-    writer = None
-    try:
-        async with asyncio.timeout(config.request_timeout):
-            reader, writer = await asyncio.open_connection(
-                endpoint.host, endpoint.port, ssl=context, server_hostname=endpoint.host
-            )
-            # With TLS 1.3 a refused client certificate is only told after the handshake: say something.
-            writer.write(_HTTP2_PREFACE)
-            await reader.read(1)
-    except ssl.SSLCertVerificationError as exc:
-        return (
-            f"TLS handshake failed (CERTIFICATE_VERIFY_FAILED: {exc.verify_message}): "
-            + _TLS_REASONS["CERTIFICATE_VERIFY_FAILED"]
-        )
-    except ssl.SSLError as exc:
-        reason = exc.reason or type(exc).__name__
-        meaning = _TLS_REASONS.get(reason)
-        return f"TLS handshake failed ({reason})" + (f": {meaning}" if meaning else "")
-    except (OSError, TimeoutError):
-        return None
-    finally:
-        if writer is not None:
-            writer.close()
-    return None
-
-
-def _read(path: str | None) -> bytes | None:
-    if path is None:
-        return None
-    try:
-        return Path(path).read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"cannot read TLS file {path}: {exc.strerror}") from None
-
-
-def range_request(
-    key: bytes,
-    end: bytes = b"",
-    *,
-    limit: int = 0,
-    descending: bool = False,
-    by_create: bool = False,
-    max_create_revision: int = 0,
-    keys_only: bool = False,
-    count_only: bool = False,
-    revision: int = 0,
-) -> Any:
-    request = rpc.RangeRequest(
-        key=key,
-        range_end=end,
-        limit=limit,
-        max_create_revision=max_create_revision,
-        keys_only=keys_only,
-        count_only=count_only,
-        revision=revision,
-    )
-    if by_create:
-        request.sort_target = rpc.RangeRequest.CREATE
-        request.sort_order = rpc.RangeRequest.DESCEND if descending else rpc.RangeRequest.ASCEND
-    return request
-
-
-def range_op(key: bytes, end: bytes = b"", **options: Any) -> Any:
-    return rpc.RequestOp(request_range=range_request(key, end, **options))
-
-
-def put_op(key: bytes, value: bytes, lease: int = 0) -> Any:
-    return rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=value, lease=lease))
-
-
-def delete_op(key: bytes) -> Any:
-    return rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=key))
-
-
-def create_revision_is(key: bytes, revision: int) -> Any:
-    """Compare: the key's create revision equals ``revision`` (0 = the key does not exist)."""
-    return rpc.Compare(key=key, target=rpc.Compare.CREATE, result=rpc.Compare.EQUAL, create_revision=revision)
-
-
-def value_is_less(key: bytes, value: bytes) -> Any:
-    """Compare: the key exists and its value sorts before ``value`` (byte order)."""
-    return rpc.Compare(key=key, target=rpc.Compare.VALUE, result=rpc.Compare.LESS, value=value)
-
-
-def mod_revision_is(key: bytes, revision: int) -> Any:
-    """Compare: the key's mod revision equals ``revision`` (optimistic concurrency on a whole object)."""
-    return rpc.Compare(key=key, target=rpc.Compare.MOD, result=rpc.Compare.EQUAL, mod_revision=revision)
-
-
-def range_is_empty(key: bytes, end: bytes) -> Any:
-    """Compare: no key exists in ``[key, end)`` (every existing key has version >= 1)."""
-    return rpc.Compare(
-        key=key, range_end=end, target=rpc.Compare.VERSION, result=rpc.Compare.EQUAL, version=0
-    )

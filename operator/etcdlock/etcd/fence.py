@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from etcdlock.etcd.client import create_revision_is, mod_revision_is
+from etcdlock.etcd.requests import create_revision_is, mod_revision_is
 
 
 @dataclass(frozen=True)

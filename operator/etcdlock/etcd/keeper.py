@@ -12,8 +12,9 @@ import asyncio
 import logging
 from collections.abc import Iterable
 
-from etcdlock.etcd.client import EtcdClient, LeaseStream
+from etcdlock.etcd.client import EtcdClient
 from etcdlock.etcd.errors import EtcdError
+from etcdlock.etcd.leases import LeaseStream
 
 log = logging.getLogger(__name__)
 

@@ -26,9 +26,9 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from etcdlock.etcd._queue import KeyGuard, Queue, first_of
-from etcdlock.etcd.client import create_revision_is, put_op
 from etcdlock.etcd.errors import EtcdUnavailable, Fenced, LockLost, NotHeld, SessionLost
 from etcdlock.etcd.keys import Contender
+from etcdlock.etcd.requests import create_revision_is, put_op
 from etcdlock.etcd.session import Session
 
 log = logging.getLogger(__name__)

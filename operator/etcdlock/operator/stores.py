@@ -21,7 +21,7 @@ import kubernetes
 from kubernetes.client.exceptions import ApiException
 
 from etcdlock.etcd import EtcdClient, EtcdConfig, EtcdError, Fence, Fenced
-from etcdlock.etcd.client import create_revision_is, put_op, range_op, value_is_less
+from etcdlock.etcd.requests import create_revision_is, put_op, range_op, value_is_less
 from etcdlock.operator.errors import ClusterNotReady
 from etcdlock.operator.leadership import Leadership
 from etcdlock.operator.locks import LockSpec

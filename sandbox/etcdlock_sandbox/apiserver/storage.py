@@ -12,9 +12,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from etcdlock.etcd.client import EtcdClient, create_revision_is, delete_op, mod_revision_is, put_op, range_op
+from etcdlock.etcd.client import EtcdClient
 from etcdlock.etcd.errors import Compacted
 from etcdlock.etcd.keys import range_end
+from etcdlock.etcd.requests import create_revision_is, delete_op, mod_revision_is, put_op, range_op
 from etcdlock_sandbox.apiserver import errors
 from etcdlock_sandbox.apiserver.resources import ResourceType
 
