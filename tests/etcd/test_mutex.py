@@ -24,6 +24,7 @@ from engine_support import (
     wait_for_keys,
 )
 
+from etcdlock.clock import now
 from etcdlock.etcd import (
     AlreadyAcquiring,
     EtcdClient,
@@ -37,7 +38,6 @@ from etcdlock.etcd import (
     SessionLost,
     read_contenders,
 )
-from etcdlock.etcd.keys import now_iso
 from etcdlock.etcd.requests import put_op
 from etcdlock_sandbox.etcd import LocalEtcd
 
@@ -342,7 +342,7 @@ async def test_waiter_value_records_when_it_was_granted_not_when_it_queued(
         assert queued.acquired is not None
 
         async def next_second() -> bool:
-            return now_iso() > queued.acquired  # type: ignore[operator]
+            return now() > queued.acquired  # type: ignore[operator]
 
         await eventually(next_second, "the wall clock to pass the queueing second")
         await held.release()

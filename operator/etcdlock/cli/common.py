@@ -9,6 +9,7 @@ import signal
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from etcdlock.aio import race
 from etcdlock.etcd.config import MAX_REQUEST_TIMEOUT
 from etcdlock.etcd.keys import non_utf8
 from etcdlock.etcd.session import MAX_LEASE_TTL
@@ -114,12 +115,5 @@ class Signals:
 
 async def first_or_interrupted(main: Awaitable[Any], interrupt: Awaitable[Any]) -> Any:
     """Result of ``main``, or None if ``interrupt`` finished first (``main`` is then cancelled)."""
-    main_task = asyncio.ensure_future(main)
-    interrupt_task = asyncio.ensure_future(interrupt)
-    try:
-        done, _ = await asyncio.wait([main_task, interrupt_task], return_when=asyncio.FIRST_COMPLETED)
-        return main_task.result() if main_task in done else None
-    finally:
-        for task in (main_task, interrupt_task):
-            task.cancel()
-        await asyncio.gather(main_task, interrupt_task, return_exceptions=True)
+    index, result = await race(main, interrupt)
+    return None if index else result

@@ -19,6 +19,7 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
 
+from etcdlock.aio import race
 from etcdlock.etcd import keys
 from etcdlock.etcd.client import EtcdClient
 from etcdlock.etcd.errors import Compacted, EtcdError, EtcdUnavailable, Fenced, LockLost
@@ -254,16 +255,8 @@ class KeyGuard:
 
     async def wait_lost(self) -> str:
         """Wait until the key is gone or the session is lost; returns why."""
-        waits = [
-            asyncio.ensure_future(self._queue.session.wait_lost()),
-            asyncio.ensure_future(self.wait_gone()),
-        ]
-        try:
-            done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-            return done.pop().result()
-        finally:
-            for task in waits:
-                task.cancel()
+        _, reason = await race(self._queue.session.wait_lost(), self.wait_gone())
+        return str(reason)
 
     def cancel(self) -> None:
         """Stop watching now: from here on the guard never reports, even a deletion that follows at once.
@@ -323,15 +316,7 @@ async def first_of(main: Awaitable[Any], *losses: Awaitable[str], lost: type[Exc
 
     A loss cancels ``main`` and raises ``lost(reason)``.
     """
-    main_task = asyncio.ensure_future(main)
-    loss_tasks = [asyncio.ensure_future(loss) for loss in losses]
-    try:
-        done, _ = await asyncio.wait([main_task, *loss_tasks], return_when=asyncio.FIRST_COMPLETED)
-        if main_task in done:
-            return main_task.result()
-        reason = next(t for t in loss_tasks if t in done).result()
-        raise lost(reason)
-    finally:
-        for task in (main_task, *loss_tasks):
-            task.cancel()
-        await asyncio.gather(main_task, *loss_tasks, return_exceptions=True)
+    index, result = await race(main, *losses)
+    if index:
+        raise lost(result)
+    return result

@@ -11,8 +11,9 @@ import json
 import os
 import socket
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
+
+from etcdlock import clock
 
 if TYPE_CHECKING:
     from etcdlock.etcd.client import EtcdClient
@@ -59,11 +60,6 @@ def range_end(key_prefix: bytes) -> bytes:
     return b"\0"
 
 
-def now_iso() -> str:
-    """The current UTC time as an RFC 3339 string with second precision."""
-    return datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
-
-
 @dataclass(frozen=True)
 class HolderInfo:
     """Who wrote a contender key. All fields are None for keys written by etcdctl (empty value)."""
@@ -82,7 +78,7 @@ class HolderInfo:
             holder=holder or f"{host}/{pid}",
             host=host,
             pid=pid,
-            acquired=now_iso(),
+            acquired=clock.now(),
             permits=permits if permits and permits > 1 else None,
         )
 

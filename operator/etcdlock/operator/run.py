@@ -29,6 +29,7 @@ from aiohttp import web
 from kubernetes.client.exceptions import ApiException
 
 from etcdlock import __version__
+from etcdlock.aio import race
 from etcdlock.etcd import Election, EtcdClient, EtcdConfig, EtcdLockError, Session
 from etcdlock.operator.config import ElectionSettings, OperatorConfig, WebhookSettings
 from etcdlock.operator.context import OperatorContext
@@ -349,18 +350,8 @@ async def _bounded_stop(kopf_task: asyncio.Task[None], exit_if_stuck: bool) -> N
 
 async def _first(campaign: Awaitable[object], stop: asyncio.Event) -> bool:
     """Await the campaign unless ``stop`` is set first (the campaign is then cancelled: no key is left)."""
-    won = asyncio.ensure_future(campaign)
-    stopping = asyncio.ensure_future(stop.wait())
-    try:
-        await asyncio.wait([won, stopping], return_when=asyncio.FIRST_COMPLETED)
-        if won.done():
-            won.result()
-            return True
-        return False
-    finally:
-        for task in (won, stopping):
-            task.cancel()
-        await asyncio.gather(won, stopping, return_exceptions=True)
+    index, _ = await race(campaign, stop.wait())
+    return index == 0
 
 
 async def _follow_flag(flag: Flag, stop: asyncio.Event) -> None:
