@@ -16,8 +16,9 @@ from types import TracebackType
 
 import kubernetes
 import yaml
+from kubernetes.client.exceptions import ApiException
 
-from etcdlock.operator.webhook import registered_urls
+from etcdlock.operator.names import WEBHOOK_CONFIGURATION
 from etcdlock_sandbox.certs import write_webhook_certs
 from etcdlock_sandbox.replicas import OperatorProcess
 
@@ -90,3 +91,15 @@ class InstalledOperator:
         (self._directory / "operator.pid").unlink(missing_ok=True)
         if self._replica is not None:
             self._replica.stop(STOP_TIMEOUT)
+
+
+def registered_urls(api: kubernetes.client.ApiClient) -> list[str]:
+    """Where the MutatingWebhookConfiguration ``etcdlock.io`` sends pods now (none if it does not exist)."""
+    registrations = kubernetes.client.AdmissionregistrationV1Api(api)
+    try:
+        config = registrations.read_mutating_webhook_configuration(WEBHOOK_CONFIGURATION)
+    except ApiException as exc:
+        if exc.status == 404:
+            return []
+        raise
+    return [hook.client_config.url or "" for hook in config.webhooks or []]

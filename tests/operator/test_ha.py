@@ -29,9 +29,11 @@ from operator_support import (
 from test_pods import PodWatch, create_pod, finish, gated, held, note, read_pod, take_turns
 
 from etcdlock.operator.config import WebhookSettings
+from etcdlock.operator.kube import Kube
 from etcdlock.operator.names import LEASE_ANNOTATION, STATE_ANNOTATION
-from etcdlock.operator.webhook import register, registered_urls
+from etcdlock.operator.webhook import register
 from etcdlock_sandbox.etcd import LocalEtcd
+from etcdlock_sandbox.operator import registered_urls
 from etcdlock_sandbox.replicas import OperatorProcess
 
 TTL = 3
@@ -178,7 +180,7 @@ def test_pods_created_while_no_replica_leads_are_gated_by_a_standby(
     names = queue_three(api, namespace, replicas)
     standby = next(r for r in replicas.all if r is not leader)
     settings = WebhookSettings("127.0.0.1", standby.webhook_port, standby.cert_dir)
-    asyncio.run(register(api, settings))  # as a Service would: the webhook reaches a live replica
+    asyncio.run(register(Kube(api), settings))  # as a Service would: the webhook reaches a live replica
     leader.signal(signal.SIGKILL)
     create_pod(api, namespace, "during-failover", "ha")
     assert gated(read_pod(api, namespace, "during-failover")), "gated although nobody leads"

@@ -66,7 +66,7 @@ class OperatorContext:
     ) -> OperatorContext:
         """The context of a new term (API outages waited out: a new leader must not give up)."""
         client = EtcdClient(etcd)
-        stores = Stores(Store(client, leadership.fence, leadership), kube.api)
+        stores = Stores(Store(client, leadership.fence, leadership), kube)
         takeover = Takeover(stores, rules.pod_ttl_floor / 3)
         locks = Locks(rules)
         listed = await retrying("listing DistributedLocks", lambda: kube.custom_objects(LOCKS, namespaces))

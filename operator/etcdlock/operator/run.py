@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import signal
@@ -26,7 +25,6 @@ import grpc
 import kopf
 import kubernetes
 from aiohttp import web
-from kubernetes.client.exceptions import ApiException
 
 from etcdlock import __version__
 from etcdlock.aio import race
@@ -35,7 +33,7 @@ from etcdlock.operator.config import ElectionSettings, OperatorConfig, WebhookSe
 from etcdlock.operator.context import OperatorContext
 from etcdlock.operator.definitions import crd_folder, crds, served_versions
 from etcdlock.operator.handlers import KopfEvents, build_registry, kubernetes_api
-from etcdlock.operator.kube import Kube
+from etcdlock.operator.kube import ApiUnavailable, Kube
 from etcdlock.operator.kubeapi import PodApi
 from etcdlock.operator.leadership import Leadership, ReplicaStatus
 from etcdlock.operator.lockkeys import KeyPolicy
@@ -51,41 +49,32 @@ _RETRY_DELAY = 1.0
 Flag = threading.Event | asyncio.Event
 
 
-async def preflight(
-    etcd: EtcdConfig, kubeconfig: str | None, webhook: WebhookSettings | None
-) -> kubernetes.client.ApiClient:
+async def preflight(etcd: EtcdConfig, kubeconfig: str | None, webhook: WebhookSettings | None) -> Kube:
     """One clear message if etcd, the Kubernetes API, a CRD or the webhook certificate is missing."""
     if webhook is not None:
         webhook.check()
     async with EtcdClient(etcd) as client:
         await client.range(b"/etcdlock/", limit=1)
     try:
-        api = await asyncio.to_thread(kubernetes_api, kubeconfig)
-        for shipped in crds():
-            await _check_crd(kubernetes.client.ApiextensionsV1Api(api), shipped)
+        kube = Kube(await asyncio.to_thread(kubernetes_api, kubeconfig))
     except kubernetes.config.ConfigException as exc:
         raise EtcdLockError(f"no Kubernetes configuration: {exc}") from None
-    except ApiException as exc:
-        raise EtcdLockError(f"Kubernetes API error {exc.status}: {exc.reason}") from None
-    except OSError as exc:
-        raise EtcdLockError(f"cannot reach the Kubernetes API: {exc}") from None
-    return api
+    try:
+        for shipped in crds():
+            await _check_crd(kube, shipped)
+    except ApiUnavailable as exc:
+        raise EtcdLockError(f"cannot check the CRDs with the Kubernetes API: {exc}") from None
+    return kube
 
 
-async def _check_crd(extensions: Any, shipped: dict[str, Any]) -> None:
+async def _check_crd(kube: Kube, shipped: dict[str, Any]) -> None:
     """The CRD this release ships is installed and serves its versions; a different schema is logged
     (an older CRD still serves, but may lack fields this release writes)."""
     name = shipped["metadata"]["name"]
     fix = f"kubectl apply -f {crd_folder()}"
-    try:
-        response: Any = await asyncio.to_thread(
-            extensions.read_custom_resource_definition, name, _preload_content=False
-        )
-    except ApiException as exc:
-        if exc.status == 404:
-            raise EtcdLockError(f"the CRD {name} is not installed: {fix}") from None
-        raise
-    installed = json.loads(response.data)
+    installed = await kube.call(kube.extensions.read_custom_resource_definition, name)
+    if installed is None:
+        raise EtcdLockError(f"the CRD {name} is not installed: {fix}")
     missing = served_versions(shipped) - served_versions(installed)
     if missing:
         raise EtcdLockError(f"the CRD {name} does not serve {', '.join(sorted(missing))}: {fix}")
@@ -177,7 +166,7 @@ async def run_operator(
     ``ready_flag`` is set each time this replica is leading with kopf running.
     """
     etcd, webhook, election = config.etcd, config.webhook, config.election
-    api = await preflight(etcd, config.kubeconfig, webhook)
+    kube = await preflight(etcd, config.kubeconfig, webhook)
     collected = Metrics()
     replica = ReplicaStatus(collected)
     app = collected.app()
@@ -188,14 +177,14 @@ async def run_operator(
     bridge = asyncio.create_task(_follow_flag(stop_flag, stop)) if stop_flag is not None else None
     _on_signals(stop)
     rules = lock_rules(config.shared_key_prefixes, election)
-    operator = _Kopf(etcd, Kube(api), collected, config.namespaces, PodApi(api), rules)
+    operator = _Kopf(etcd, kube, collected, config.namespaces, PodApi(kube.api), rules)
     try:
         async with contextlib.AsyncExitStack() as serving:
             if webhook is not None:
-                locks = LockCheck(api, rules, list(config.namespaces))
+                locks = LockCheck(kube.api, rules, list(config.namespaces))
                 await serving.enter_async_context(WebhookServer(webhook, locks))
                 if webhook.configure:
-                    await register(api, webhook)
+                    await register(kube, webhook)
             if config.metrics is not None:
                 await web.TCPSite(runner, *config.metrics).start()
             await _run(operator, etcd, election, stop, replica, ready_flag, config.exit_if_stuck)

@@ -17,15 +17,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import kubernetes
-from kubernetes.client.exceptions import ApiException
-
 from etcdlock.etcd import EtcdClient, EtcdConfig, EtcdError, Fence, Fenced
 from etcdlock.etcd.requests import create_revision_is, put_op, range_op, value_is_less
-from etcdlock.operator.errors import ClusterNotReady
+from etcdlock.operator.conditions import find
+from etcdlock.operator.errors import ClusterNotReady, OperatorError
+from etcdlock.operator.kube import Kube
 from etcdlock.operator.leadership import Leadership
 from etcdlock.operator.locks import LockSpec
-from etcdlock.operator.names import CLUSTERS, GROUP, VERSION
+from etcdlock.operator.names import CLUSTERS
 
 EPOCH_KEY = b"/etcdlock/operator/epoch"
 
@@ -52,10 +51,10 @@ class Store:
 class Stores:
     """The store of every lock, one client per EtcdCluster (closed by :meth:`close`)."""
 
-    def __init__(self, default: Store, kube: kubernetes.client.ApiClient) -> None:
+    def __init__(self, default: Store, kube: Kube) -> None:
         self.default = default
         self.leadership = default.leadership
-        self._objects = kubernetes.client.CustomObjectsApi(kube)
+        self._kube = kube
         self._clusters: dict[tuple[str, str], tuple[str, Store]] = {}
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
 
@@ -83,8 +82,7 @@ class Stores:
 
     async def _connect(self, name: str, cluster: Any) -> Store:
         status = cluster.get("status") or {}
-        conditions = status.get("conditions") or []
-        available: dict[str, Any] = next((c for c in conditions if c.get("type") == "Available"), {})
+        available = find(status, "Available")
         if available.get("status") != "True" or not status.get("clientURL"):
             why = available.get("message") or "it is being created"
             raise ClusterNotReady(f"EtcdCluster {name} is not available yet ({why})")
@@ -98,16 +96,13 @@ class Stores:
             raise
 
     async def _read(self, namespace: str, name: str) -> Any:
-        def get() -> Any:
-            return self._objects.get_namespaced_custom_object(GROUP, VERSION, namespace, CLUSTERS, name)
-
         try:
-            return await asyncio.to_thread(get)
-        except ApiException as exc:
-            if exc.status == 404:
-                raise ClusterNotReady(f"EtcdCluster {name} does not exist in namespace {namespace}") from None
-            why = f"{exc.status} {exc.reason}"
-            raise ClusterNotReady(f"EtcdCluster {name} could not be read: {why}") from None
+            cluster = await self._kube.custom_object(CLUSTERS, namespace, name)
+        except OperatorError as exc:
+            raise ClusterNotReady(f"EtcdCluster {name} could not be read: {exc}") from None
+        if cluster is None:
+            raise ClusterNotReady(f"EtcdCluster {name} does not exist in namespace {namespace}")
+        return cluster
 
     async def close(self) -> None:
         for _, store in self._clusters.values():

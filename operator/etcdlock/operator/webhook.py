@@ -27,11 +27,11 @@ from typing import Any
 
 import kubernetes
 from aiohttp import web
-from kubernetes.client.exceptions import ApiException
 
 from etcdlock.etcd import EtcdLockError
 from etcdlock.operator.config import WebhookSettings
 from etcdlock.operator.errors import InvalidSpec
+from etcdlock.operator.kube import ApiUnavailable, Conflict, Kube
 from etcdlock.operator.kubeapi import list_locks
 from etcdlock.operator.locks import LockRules, Locks
 from etcdlock.operator.names import (
@@ -271,22 +271,10 @@ def _webhooks(kind: str, name: str, hook: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def registered_urls(api: kubernetes.client.ApiClient) -> list[str]:
-    """Where the MutatingWebhookConfiguration ``etcdlock.io`` sends pods now (none if it does not exist)."""
-    registrations = kubernetes.client.AdmissionregistrationV1Api(api)
-    try:
-        config = registrations.read_mutating_webhook_configuration(WEBHOOK_CONFIGURATION)
-    except ApiException as exc:
-        if exc.status == 404:
-            return []
-        raise
-    return [hook.client_config.url or "" for hook in config.webhooks or []]
-
-
-async def register(api: kubernetes.client.ApiClient, settings: WebhookSettings) -> None:
+async def register(kube: Kube, settings: WebhookSettings) -> None:
     """Write the webhook configurations that send pod creations and lock changes to this process
     (``configure``)."""
-    registrations = kubernetes.client.AdmissionregistrationV1Api(api)
+    registrations = kube.admission
     merge = "application/merge-patch+json"
     writes: list[tuple[Any, Any, Any]] = [
         (
@@ -303,13 +291,11 @@ async def register(api: kubernetes.client.ApiClient, settings: WebhookSettings) 
     try:
         for body, create, patch in writes:
             try:
-                await asyncio.to_thread(create, body)
-            except ApiException as exc:
-                if exc.status != 409:
-                    raise
-                await asyncio.to_thread(patch, WEBHOOK_CONFIGURATION, body, _content_type=merge)
-    except ApiException as exc:
-        raise EtcdLockError(f"cannot register the webhook: {exc.status} {exc.reason}") from None
+                await kube.call(create, body)
+            except Conflict:  # it exists: point it here
+                await kube.call(patch, WEBHOOK_CONFIGURATION, body, _content_type=merge)
+    except ApiUnavailable as exc:
+        raise EtcdLockError(f"cannot register the webhook: {exc}") from None
     log.info(
         "webhooks registered (%s): pods -> %s, locks -> %s",
         WEBHOOK_CONFIGURATION,
