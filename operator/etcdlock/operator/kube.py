@@ -129,7 +129,12 @@ async def retrying(what: str, call: Callable[[], Awaitable[T]], attempts: int | 
         before_sleep=warn,
         reraise=True,
     )
+
+    async def attempt() -> T:
+        # tenacity awaits only what it sees is a coroutine function: a lambda returning a coroutine is not.
+        return await call()
+
     try:
-        return await retry(call)
+        return await retry(attempt)
     except (ApiUnavailable, Conflict) as exc:
         raise ApiUnavailable(f"{what}: {exc}") from None
