@@ -53,7 +53,6 @@ import urllib3
 import yaml
 
 from etcdlock.etcd import EtcdClient, EtcdConfig, EtcdLockError, Mutex, Session, read_contenders
-from etcdlock.operator.kubeapi import parse_lease
 from etcdlock.operator.leadership import DEFAULT_ELECTION
 from etcdlock.operator.names import (
     GROUP,
@@ -64,6 +63,7 @@ from etcdlock.operator.names import (
     VERSION,
     WAITING,
 )
+from etcdlock.operator.pods import parse_lease
 from etcdlock.operator.takeover import WINDOW as TAKEOVER_WINDOW
 from etcdlock.operator.webhook import WebhookSettings, configuration, validation
 from etcdlock_sandbox.certs import write_webhook_certs

@@ -27,7 +27,8 @@ from etcdlock.etcd.keys import Contender
 from etcdlock.operator import events
 from etcdlock.operator.clusters import RECONCILE_PERIOD, Clusters
 from etcdlock.operator.errors import LockNotFound
-from etcdlock.operator.kubeapi import PodApi, list_locks, retrying
+from etcdlock.operator.kube import Kube
+from etcdlock.operator.kubeapi import list_locks, retrying
 from etcdlock.operator.leadership import Leadership
 from etcdlock.operator.locks import LockRules, Locks, LockSpec
 from etcdlock.operator.metrics import Metrics, QueueMetrics
@@ -40,8 +41,7 @@ from etcdlock.operator.names import (
     LOCKS,
     VERSION,
 )
-from etcdlock.operator.podhold import PodContext
-from etcdlock.operator.pods import PodHolds
+from etcdlock.operator.pods import PodApi, PodContext, PodHolds
 from etcdlock.operator.stores import Store, Stores
 from etcdlock.operator.takeover import Takeover
 
@@ -174,7 +174,7 @@ def build_registry(
             spec: LockSpec = memo.locks.served(body)
             return spec
 
-        api = pod_api or PodApi(kube)
+        api = pod_api or PodApi(Kube(kube))
         context = PodContext(memo.stores, api, lock_rules, resolve, memo.takeover.adopted)
         memo.pods = PodHolds(context)
         memo.clusters = Clusters(kube, memo.stores.default)

@@ -32,11 +32,12 @@ from etcdlock import __version__
 from etcdlock.etcd import Election, EtcdClient, EtcdConfig, EtcdLockError, Session
 from etcdlock.operator.definitions import crd_folder, crds, served_versions
 from etcdlock.operator.handlers import build_registry, kubernetes_api
-from etcdlock.operator.kubeapi import PodApi
+from etcdlock.operator.kube import Kube
 from etcdlock.operator.leadership import ElectionSettings, Leadership, ReplicaStatus
 from etcdlock.operator.lockkeys import KeyPolicy
 from etcdlock.operator.locks import MIN_TTL, LockRules
 from etcdlock.operator.metrics import Metrics
+from etcdlock.operator.pods import PodApi
 from etcdlock.operator.webhook import LockCheck, WebhookServer, WebhookSettings, register
 
 log = logging.getLogger(__name__)
@@ -182,7 +183,7 @@ async def run_operator(
     bridge = asyncio.create_task(_follow_flag(stop_flag, stop)) if stop_flag is not None else None
     _on_signals(stop)
     rules = lock_rules(shared_key_prefixes, election)
-    operator = _Kopf(etcd, api, collected, namespaces, PodApi(api), rules)
+    operator = _Kopf(etcd, api, collected, namespaces, PodApi(Kube(api)), rules)
     try:
         async with contextlib.AsyncExitStack() as serving:
             if webhook is not None:

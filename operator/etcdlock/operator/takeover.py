@@ -20,7 +20,7 @@ import kubernetes
 from etcdlock.etcd import Fenced
 from etcdlock.etcd.keeper import LeaseKeeper
 from etcdlock.operator.errors import OperatorError
-from etcdlock.operator.kubeapi import annotations_of, list_pods, parse_lease
+from etcdlock.operator.kubeapi import list_pods
 from etcdlock.operator.names import (
     CLUSTER_ANNOTATION,
     HELD,
@@ -29,6 +29,7 @@ from etcdlock.operator.names import (
     STATE_ANNOTATION,
     WAITING,
 )
+from etcdlock.operator.pods.api import annotations_of, parse_lease
 from etcdlock.operator.stores import Stores
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""Pods that wait for a lock: every annotated pod's :class:`~etcdlock.operator.podhold.PodHold`, started,
+"""Pods that wait for a lock: every annotated pod's :class:`~etcdlock.operator.pods.hold.PodHold`, started,
 switched and stopped from the pods' watch events.
 
 A pod annotated ``etcdlock.io/lock: NAME`` is created with the scheduling gate ``etcdlock.io/lock`` (added
@@ -19,7 +19,6 @@ from typing import Any
 
 from etcdlock.etcd import Fenced
 from etcdlock.operator import events
-from etcdlock.operator.kubeapi import Pod, annotations_of, is_gated, parse_lease, pod_ref
 from etcdlock.operator.locks import LockChanges
 from etcdlock.operator.names import (
     ERROR,
@@ -32,7 +31,9 @@ from etcdlock.operator.names import (
     STATE_ANNOTATION,
     WAITING,
 )
-from etcdlock.operator.podhold import Line, PodContext, PodHold
+from etcdlock.operator.pods.api import Pod, annotations_of, is_gated, parse_lease, pod_ref
+from etcdlock.operator.pods.context import PodContext
+from etcdlock.operator.pods.hold import Line, PodHold
 
 log = logging.getLogger(__name__)
 

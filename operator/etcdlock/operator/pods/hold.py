@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from etcdlock.etcd import (
@@ -29,17 +29,8 @@ from etcdlock.etcd import (
 )
 from etcdlock.operator import events
 from etcdlock.operator.errors import LockNotFound, OperatorError
-from etcdlock.operator.kubeapi import (
-    ApiUnavailable,
-    Pod,
-    PodApi,
-    PodChanged,
-    annotations_of,
-    is_gated,
-    parse_lease,
-    pod_ref,
-)
-from etcdlock.operator.locks import LockChanges, LockRules, LockSpec
+from etcdlock.operator.kube import ApiUnavailable
+from etcdlock.operator.locks import LockSpec
 from etcdlock.operator.names import (
     CLUSTER_ANNOTATION,
     ERROR,
@@ -52,7 +43,9 @@ from etcdlock.operator.names import (
     TOKEN_ANNOTATION,
     WAITING,
 )
-from etcdlock.operator.stores import Store, Stores
+from etcdlock.operator.pods.api import Pod, PodChanged, annotations_of, is_gated, parse_lease, pod_ref
+from etcdlock.operator.pods.context import PodContext
+from etcdlock.operator.stores import Store
 
 log = logging.getLogger(__name__)
 
@@ -474,30 +467,3 @@ class PodHold:
         if self._session is None:
             raise RuntimeError("the pod's session is not open")
         return self._session
-
-
-class PodContext:
-    """What every pod hold shares: the stores, the pod API, the lock rules and registry, the lock changes,
-    and the bridge that keeps adopted leases alive until their pods' sessions take them over."""
-
-    def __init__(
-        self,
-        stores: Stores,
-        api: PodApi,
-        rules: LockRules,
-        resolve: Callable[[str, str], Awaitable[LockSpec]],
-        adopted: Callable[[int], None],
-    ) -> None:
-        self.stores = stores
-        self.api = api
-        self.rules = rules
-        self.changes = LockChanges()
-        self.resolve = resolve
-        self.adopted = adopted
-
-    async def lease_store(self, namespace: str, annotations: Mapping[str, str | None]) -> Store | None:
-        """The store the pod's lease was granted in (its cluster annotation); None if it cannot be used."""
-        try:
-            return await self.stores.for_cluster(namespace, annotations.get(CLUSTER_ANNOTATION) or None)
-        except (OperatorError, Fenced):
-            return None
