@@ -27,8 +27,7 @@ from etcdlock.etcd.keys import Contender
 from etcdlock.operator import events
 from etcdlock.operator.clusters import RECONCILE_PERIOD, Clusters
 from etcdlock.operator.errors import LockNotFound
-from etcdlock.operator.kube import Kube
-from etcdlock.operator.kubeapi import list_locks, retrying
+from etcdlock.operator.kube import Kube, retrying
 from etcdlock.operator.leadership import Leadership
 from etcdlock.operator.locks import LockRules, Locks, LockSpec
 from etcdlock.operator.metrics import Metrics, QueueMetrics
@@ -154,9 +153,10 @@ def build_registry(
         memo.stores = Stores(Store(memo.etcd, lead.fence, lead), kube)
         memo.takeover = Takeover(memo.stores, lock_rules.pod_ttl_floor / 3)
         memo.locks = Locks(lock_rules)
-        memo.locks.remember(await asyncio.to_thread(list_locks, kube, namespaces))
+        adapter = Kube(kube)
+        memo.locks.remember(await adapter.custom_objects(LOCKS, namespaces))
         started = asyncio.get_running_loop().time()
-        kept = await memo.takeover.start(kube, namespaces)
+        kept = await memo.takeover.start(adapter, namespaces)
         if kept:
             # Renewed before any pod is handled (bounded: an etcd that does not answer must not hold kopf).
             with contextlib.suppress(TimeoutError):
@@ -174,7 +174,7 @@ def build_registry(
             spec: LockSpec = memo.locks.served(body)
             return spec
 
-        api = pod_api or PodApi(Kube(kube))
+        api = pod_api or PodApi(adapter)
         context = PodContext(memo.stores, api, lock_rules, resolve, memo.takeover.adopted)
         memo.pods = PodHolds(context)
         memo.clusters = Clusters(kube, memo.stores.default)
@@ -265,15 +265,14 @@ async def serve(memo: Any, body: kopf.Body) -> None:
 
 
 def _publisher(api: kubernetes.client.ApiClient, leadership: Leadership, namespace: str, name: str) -> Any:
-    objects = kubernetes.client.CustomObjectsApi(api)
-    patch = objects.patch_namespaced_custom_object_status
+    kube = Kube(api)
 
     async def attempt(status: dict[str, Any]) -> object:
         try:
             await leadership.assured()
         except Fenced:
             return None  # deposed (maybe while paused): what it saw is stale, the next leader publishes
-        return await asyncio.to_thread(patch, GROUP, VERSION, namespace, LOCKS, name, {"status": status})
+        return await kube.patch_status(LOCKS, namespace, name, status)
 
     async def publish(status: dict[str, Any]) -> None:
         """Patch the status, again until it is written (the status must not stay stale after an API outage

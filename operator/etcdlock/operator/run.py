@@ -183,11 +183,12 @@ async def run_operator(
     bridge = asyncio.create_task(_follow_flag(stop_flag, stop)) if stop_flag is not None else None
     _on_signals(stop)
     rules = lock_rules(shared_key_prefixes, election)
-    operator = _Kopf(etcd, api, collected, namespaces, PodApi(Kube(api)), rules)
+    kube = Kube(api)
+    operator = _Kopf(etcd, api, collected, namespaces, PodApi(kube), rules)
     try:
         async with contextlib.AsyncExitStack() as serving:
             if webhook is not None:
-                locks = LockCheck(api, rules, list(namespaces))
+                locks = LockCheck(kube, rules, list(namespaces))
                 await serving.enter_async_context(WebhookServer(webhook, locks))
                 if webhook.configure:
                     await register(api, webhook)
