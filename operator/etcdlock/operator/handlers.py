@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import kopf
@@ -87,6 +87,16 @@ class LockServices:
     async def stop_all(self) -> None:
         for ref in list(self._tasks):
             await self.stop(ref)
+
+
+class _KopfEvents:
+    """The pod flow's :class:`~etcdlock.operator.events.EventRecorder`: Events posted through kopf."""
+
+    def info(self, obj: Mapping[str, Any], reason: str, message: str) -> None:
+        events.info(obj, reason, message)
+
+    def warn(self, obj: Mapping[str, Any], reason: str, message: str) -> None:
+        events.warn(obj, reason, message)
 
 
 def kubernetes_api(kubeconfig: str | None) -> kubernetes.client.ApiClient:
@@ -175,7 +185,7 @@ def build_registry(
             return spec
 
         api = pod_api or PodApi(adapter)
-        context = PodContext(memo.stores, api, lock_rules, resolve, memo.takeover.adopted)
+        context = PodContext(memo.stores, api, lock_rules, resolve, memo.takeover.adopted, _KopfEvents())
         memo.pods = PodHolds(context)
         memo.clusters = Clusters(kube, memo.stores.default)
 

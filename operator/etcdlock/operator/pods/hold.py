@@ -27,7 +27,6 @@ from etcdlock.etcd import (
     SessionLost,
     Waiter,
 )
-from etcdlock.operator import events
 from etcdlock.operator.errors import LockNotFound, OperatorError
 from etcdlock.operator.kube import ApiUnavailable
 from etcdlock.operator.locks import LockSpec
@@ -167,7 +166,7 @@ class PodHold:
         if not write:
             return
         await self._write({STATE_ANNOTATION: RELEASED, MESSAGE_ANNOTATION: f"{was}: {reason}"}, ungate=ungate)
-        events.info(self.pod, "Released", f"{was} {self.lock_name}: {reason}")
+        self._context.events.info(self.pod, "Released", f"{was} {self.lock_name}: {reason}")
 
     async def abandon(self) -> None:
         """Stop without revoking: the key keeps its place while the lease lives (the next leader adopts it).
@@ -347,7 +346,7 @@ class PodHold:
             if not await waiter.still_holds():
                 raise _PlaceLost("its key was deleted before the pod could start")
             if not announced and (self._written.get(TOKEN_ANNOTATION) != token or is_gated(self.pod)):
-                events.info(self.pod, "Acquired", message)
+                self._context.events.info(self.pod, "Acquired", message)
                 announced = True
             self.held = True
             versions = self._versions
@@ -419,14 +418,15 @@ class PodHold:
             and self._written.get(STATE_ANNOTATION) == WAITING
         ):
             return
-        (events.warn if warn else events.info)(self.pod, reason, message)
+        recorder = self._context.events
+        (recorder.warn if warn else recorder.info)(self.pod, reason, message)
         await self._write({STATE_ANNOTATION: WAITING, MESSAGE_ANNOTATION: message})
 
     async def _place_lost(self, message: str) -> None:
         """A waiting pod's place is gone (nobody kept its lease alive long enough, or its key was deleted):
         never silently."""
         log.warning("pod %s/%s: lost its place in %s: %s", *self.ref, self.lock_name, message)
-        events.warn(self.pod, "PlaceLost", f"lost its place in {self.lock_name}: {message}")
+        self._context.events.warn(self.pod, "PlaceLost", f"lost its place in {self.lock_name}: {message}")
         await self._write({STATE_ANNOTATION: WAITING, MESSAGE_ANNOTATION: f"lost its place: {message}"})
 
     async def _lost(self, message: str) -> None:
@@ -435,7 +435,7 @@ class PodHold:
         if not await self._ready_store.confirmed():
             log.info("pod %s/%s: %s; left to the leader", *self.ref, message)
             return
-        events.warn(self.pod, "LockLost", message)
+        self._context.events.warn(self.pod, "LockLost", message)
         await self._write({STATE_ANNOTATION: ERROR, MESSAGE_ANNOTATION: message})
 
     async def _write(self, annotations: Mapping[str, str | None], *, ungate: bool = False) -> bool:

@@ -18,7 +18,6 @@ from collections.abc import Awaitable
 from typing import Any
 
 from etcdlock.etcd import Fenced
-from etcdlock.operator import events
 from etcdlock.operator.locks import LockChanges
 from etcdlock.operator.names import (
     ERROR,
@@ -119,7 +118,7 @@ class PodHolds:
                 f"the {LOCK_ANNOTATION} annotation changed to {wanted} after the pod started: a started pod "
                 f"cannot be held back again, so it does not wait for {wanted}"
             )
-            events.warn(pod, "LockChanged", message)
+            self._context.events.warn(pod, "LockChanged", message)
             self._stop(hold, message, write=True)
             return
         release = self._stop(hold, f"the {LOCK_ANNOTATION} annotation changed to {wanted}", write=False)
@@ -169,7 +168,7 @@ class PodHolds:
             f"the pod was not held back by the {SCHEDULING_GATE} scheduling gate (is the etcdlock webhook "
             "installed?): mutual exclusion is not enforced for it"
         )
-        events.warn(pod, "NotGated", message)
+        self._context.events.warn(pod, "NotGated", message)
         await self._context.api.annotate(pod_ref(pod), {STATE_ANNOTATION: ERROR, MESSAGE_ANNOTATION: message})
 
     async def _release_leftover(self, pod: Pod, reason: str) -> None:
@@ -188,7 +187,7 @@ class PodHolds:
             except Fenced:
                 return  # deposed meanwhile: the next leader sees the pod finished, too
         message = f"released: {reason}"
-        events.info(pod, "Released", message)
+        self._context.events.info(pod, "Released", message)
         notes = {STATE_ANNOTATION: RELEASED, MESSAGE_ANNOTATION: message}
         await self._context.api.annotate(pod_ref(pod), notes, ungate=is_gated(pod))
 
