@@ -27,7 +27,7 @@ from etcdlock.operator.names import (
     STATE_ANNOTATION,
     WAITING,
 )
-from etcdlock.operator.pods.api import annotations_of, parse_lease
+from etcdlock.operator.pods import annotations_of, parse_lease
 from etcdlock.operator.stores import Stores
 
 log = logging.getLogger(__name__)
