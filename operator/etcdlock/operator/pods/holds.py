@@ -29,14 +29,12 @@ from etcdlock.operator.names import (
     SCHEDULING_GATE,
     STATE_ANNOTATION,
 )
-from etcdlock.operator.pods.api import Pod, annotations_of, is_gated, parse_lease, pod_ref
+from etcdlock.operator.pods.api import Pod, Ref, annotations_of, is_gated, parse_lease, pod_ref
 from etcdlock.operator.pods.context import PodContext
 from etcdlock.operator.pods.decisions import Action, Decision, HoldView, Seen, decide, decide_lock_deleted
 from etcdlock.operator.pods.hold import Line, PodHold
 
 log = logging.getLogger(__name__)
-
-Ref = tuple[str, str]
 
 
 class PodHolds:
