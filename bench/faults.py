@@ -54,7 +54,6 @@ import yaml
 
 from etcdlock.etcd import EtcdClient, EtcdConfig, EtcdLockError, Mutex, Session, read_contenders
 from etcdlock.operator.config import DEFAULT_ELECTION, WebhookSettings
-from etcdlock.operator.kubeapi import parse_lease
 from etcdlock.operator.names import (
     GROUP,
     HELD,
@@ -64,6 +63,7 @@ from etcdlock.operator.names import (
     VERSION,
     WAITING,
 )
+from etcdlock.operator.pods import parse_lease
 from etcdlock.operator.takeover import WINDOW as TAKEOVER_WINDOW
 from etcdlock.operator.webhook import configuration, validation
 from etcdlock_sandbox.certs import write_webhook_certs

@@ -19,14 +19,12 @@ from etcdlock.operator.clusters import Clusters
 from etcdlock.operator.errors import LockNotFound
 from etcdlock.operator.events import EventRecorder
 from etcdlock.operator.kube import Kube, retrying
-from etcdlock.operator.kubeapi import PodApi
 from etcdlock.operator.leadership import Leadership
 from etcdlock.operator.locks import LockRules, Locks, LockSpec
 from etcdlock.operator.lockservice import LockServices
 from etcdlock.operator.metrics import Metrics
 from etcdlock.operator.names import LOCKS
-from etcdlock.operator.podhold import PodContext
-from etcdlock.operator.pods import PodHolds
+from etcdlock.operator.pods import PodApi, PodContext, PodHolds
 from etcdlock.operator.stores import Store, Stores
 from etcdlock.operator.takeover import Takeover
 
@@ -79,7 +77,7 @@ class OperatorContext:
                 raise LockNotFound(f"DistributedLock {name} does not exist")
             return locks.served(body)
 
-        pods = PodHolds(PodContext(stores, pod_api, rules, resolve, takeover.adopted))
+        pods = PodHolds(PodContext(stores, pod_api, rules, resolve, takeover.adopted, events))
         services = LockServices(kube, locks, stores, pods.changes, metrics, events)
         clusters = Clusters(kube.api, stores.default)
         return cls(client, kube, events, stores, takeover, locks, services, pods, clusters)
@@ -101,7 +99,7 @@ async def _take_over(takeover: Takeover, kube: Kube, namespaces: Sequence[str]) 
     """Renew every pod's lease once before any pod is handled (bounded: an etcd that does not answer must
     not hold the new leader back)."""
     started = asyncio.get_running_loop().time()
-    kept = await takeover.start(kube.api, namespaces)
+    kept = await takeover.start(kube, namespaces)
     if kept:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(TAKEOVER_WAIT):

@@ -130,7 +130,8 @@ async def retrying(what: str, call: Callable[[], Awaitable[T]], attempts: int | 
         reraise=True,
     )
 
-    async def attempt() -> T:  # a coroutine function: tenacity awaits only those
+    async def attempt() -> T:
+        # tenacity awaits only what it sees is a coroutine function: a lambda returning a coroutine is not.
         return await call()
 
     try:

@@ -34,11 +34,11 @@ from etcdlock.operator.context import OperatorContext
 from etcdlock.operator.definitions import crd_folder, crds, served_versions
 from etcdlock.operator.handlers import KopfEvents, build_registry, kubernetes_api
 from etcdlock.operator.kube import ApiUnavailable, Kube
-from etcdlock.operator.kubeapi import PodApi
 from etcdlock.operator.leadership import Leadership, ReplicaStatus
 from etcdlock.operator.lockkeys import KeyPolicy
 from etcdlock.operator.locks import MIN_TTL, LockRules
 from etcdlock.operator.metrics import Metrics
+from etcdlock.operator.pods import PodApi
 from etcdlock.operator.webhook import LockCheck, WebhookServer, register
 
 log = logging.getLogger(__name__)
@@ -177,11 +177,11 @@ async def run_operator(
     bridge = asyncio.create_task(_follow_flag(stop_flag, stop)) if stop_flag is not None else None
     _on_signals(stop)
     rules = lock_rules(config.shared_key_prefixes, election)
-    operator = _Kopf(etcd, kube, collected, config.namespaces, PodApi(kube.api), rules)
+    operator = _Kopf(etcd, kube, collected, config.namespaces, PodApi(kube), rules)
     try:
         async with contextlib.AsyncExitStack() as serving:
             if webhook is not None:
-                locks = LockCheck(kube.api, rules, list(config.namespaces))
+                locks = LockCheck(kube, rules, list(config.namespaces))
                 await serving.enter_async_context(WebhookServer(webhook, locks))
                 if webhook.configure:
                     await register(kube, webhook)

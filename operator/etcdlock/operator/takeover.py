@@ -15,12 +15,10 @@ import asyncio
 import logging
 from collections.abc import Sequence
 
-import kubernetes
-
 from etcdlock.etcd import Fenced
 from etcdlock.etcd.keeper import LeaseKeeper
 from etcdlock.operator.errors import OperatorError
-from etcdlock.operator.kubeapi import annotations_of, list_pods, parse_lease
+from etcdlock.operator.kube import Kube
 from etcdlock.operator.names import (
     CLUSTER_ANNOTATION,
     HELD,
@@ -29,6 +27,7 @@ from etcdlock.operator.names import (
     STATE_ANNOTATION,
     WAITING,
 )
+from etcdlock.operator.pods import annotations_of, parse_lease
 from etcdlock.operator.stores import Stores
 
 log = logging.getLogger(__name__)
@@ -46,9 +45,9 @@ class Takeover:
         self._kept: dict[int, LeaseKeeper] = {}
         self._expiry: asyncio.TimerHandle | None = None
 
-    async def start(self, kube: kubernetes.client.ApiClient, namespaces: Sequence[str]) -> int:
+    async def start(self, kube: Kube, namespaces: Sequence[str]) -> int:
         """Renew the lease of every pod that waits for or holds a lock; how many were found."""
-        pods = await asyncio.to_thread(list_pods, kube, namespaces)
+        pods = await kube.pods(namespaces)
         for pod in pods:
             annotations = annotations_of(pod)
             lease = parse_lease(annotations.get(LEASE_ANNOTATION))

@@ -25,14 +25,12 @@ import logging
 import ssl
 from typing import Any
 
-import kubernetes
 from aiohttp import web
 
 from etcdlock.etcd import EtcdLockError
 from etcdlock.operator.config import WebhookSettings
 from etcdlock.operator.errors import InvalidSpec
 from etcdlock.operator.kube import ApiUnavailable, Conflict, Kube
-from etcdlock.operator.kubeapi import list_locks
 from etcdlock.operator.locks import LockRules, Locks
 from etcdlock.operator.names import (
     GROUP,
@@ -133,7 +131,7 @@ def lock_refusal(lock: dict[str, Any], namespace: str, rules: LockRules, stored:
 class LockCheck:
     """The lock webhook: a DistributedLock created or changed is checked against the locks stored now."""
 
-    def __init__(self, kube: kubernetes.client.ApiClient, rules: LockRules, namespaces: list[str]) -> None:
+    def __init__(self, kube: Kube, rules: LockRules, namespaces: list[str]) -> None:
         self._kube = kube
         self._rules = rules
         self._namespaces = namespaces
@@ -143,7 +141,7 @@ class LockCheck:
         lock = request.get("object")
         response: dict[str, Any] = {"uid": request["uid"], "allowed": True}
         if request.get("operation") in ("CREATE", "UPDATE") and isinstance(lock, dict) and _moves(request):
-            stored = await asyncio.to_thread(list_locks, self._kube, self._namespaces)
+            stored = await self._kube.custom_objects(LOCKS, self._namespaces)
             why = lock_refusal(lock, str(request.get("namespace") or ""), self._rules, stored)
             if why:
                 response = {

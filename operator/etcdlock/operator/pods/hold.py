@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from etcdlock.etcd import (
@@ -27,19 +27,9 @@ from etcdlock.etcd import (
     SessionLost,
     Waiter,
 )
-from etcdlock.operator import events
 from etcdlock.operator.errors import LockNotFound, OperatorError
-from etcdlock.operator.kubeapi import (
-    ApiUnavailable,
-    Pod,
-    PodApi,
-    PodChanged,
-    annotations_of,
-    is_gated,
-    parse_lease,
-    pod_ref,
-)
-from etcdlock.operator.locks import LockChanges, LockRules, LockSpec
+from etcdlock.operator.kube import ApiUnavailable
+from etcdlock.operator.locks import LockSpec
 from etcdlock.operator.names import (
     CLUSTER_ANNOTATION,
     ERROR,
@@ -52,7 +42,9 @@ from etcdlock.operator.names import (
     TOKEN_ANNOTATION,
     WAITING,
 )
-from etcdlock.operator.stores import Store, Stores
+from etcdlock.operator.pods.api import Pod, PodChanged, annotations_of, is_gated, parse_lease, pod_ref
+from etcdlock.operator.pods.context import PodContext
+from etcdlock.operator.stores import Store
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +166,7 @@ class PodHold:
         if not write:
             return
         await self._write({STATE_ANNOTATION: RELEASED, MESSAGE_ANNOTATION: f"{was}: {reason}"}, ungate=ungate)
-        events.info(self.pod, "Released", f"{was} {self.lock_name}: {reason}")
+        self._context.events.info(self.pod, "Released", f"{was} {self.lock_name}: {reason}")
 
     async def abandon(self) -> None:
         """Stop without revoking: the key keeps its place while the lease lives (the next leader adopts it).
@@ -354,7 +346,7 @@ class PodHold:
             if not await waiter.still_holds():
                 raise _PlaceLost("its key was deleted before the pod could start")
             if not announced and (self._written.get(TOKEN_ANNOTATION) != token or is_gated(self.pod)):
-                events.info(self.pod, "Acquired", message)
+                self._context.events.info(self.pod, "Acquired", message)
                 announced = True
             self.held = True
             versions = self._versions
@@ -426,14 +418,15 @@ class PodHold:
             and self._written.get(STATE_ANNOTATION) == WAITING
         ):
             return
-        (events.warn if warn else events.info)(self.pod, reason, message)
+        recorder = self._context.events
+        (recorder.warn if warn else recorder.info)(self.pod, reason, message)
         await self._write({STATE_ANNOTATION: WAITING, MESSAGE_ANNOTATION: message})
 
     async def _place_lost(self, message: str) -> None:
         """A waiting pod's place is gone (nobody kept its lease alive long enough, or its key was deleted):
         never silently."""
         log.warning("pod %s/%s: lost its place in %s: %s", *self.ref, self.lock_name, message)
-        events.warn(self.pod, "PlaceLost", f"lost its place in {self.lock_name}: {message}")
+        self._context.events.warn(self.pod, "PlaceLost", f"lost its place in {self.lock_name}: {message}")
         await self._write({STATE_ANNOTATION: WAITING, MESSAGE_ANNOTATION: f"lost its place: {message}"})
 
     async def _lost(self, message: str) -> None:
@@ -442,7 +435,7 @@ class PodHold:
         if not await self._ready_store.confirmed():
             log.info("pod %s/%s: %s; left to the leader", *self.ref, message)
             return
-        events.warn(self.pod, "LockLost", message)
+        self._context.events.warn(self.pod, "LockLost", message)
         await self._write({STATE_ANNOTATION: ERROR, MESSAGE_ANNOTATION: message})
 
     async def _write(self, annotations: Mapping[str, str | None], *, ungate: bool = False) -> bool:
@@ -474,30 +467,3 @@ class PodHold:
         if self._session is None:
             raise RuntimeError("the pod's session is not open")
         return self._session
-
-
-class PodContext:
-    """What every pod hold shares: the stores, the pod API, the lock rules and registry, the lock changes,
-    and the bridge that keeps adopted leases alive until their pods' sessions take them over."""
-
-    def __init__(
-        self,
-        stores: Stores,
-        api: PodApi,
-        rules: LockRules,
-        resolve: Callable[[str, str], Awaitable[LockSpec]],
-        adopted: Callable[[int], None],
-    ) -> None:
-        self.stores = stores
-        self.api = api
-        self.rules = rules
-        self.changes = LockChanges()
-        self.resolve = resolve
-        self.adopted = adopted
-
-    async def lease_store(self, namespace: str, annotations: Mapping[str, str | None]) -> Store | None:
-        """The store the pod's lease was granted in (its cluster annotation); None if it cannot be used."""
-        try:
-            return await self.stores.for_cluster(namespace, annotations.get(CLUSTER_ANNOTATION) or None)
-        except (OperatorError, Fenced):
-            return None

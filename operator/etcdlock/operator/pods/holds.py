@@ -1,5 +1,6 @@
-"""Pods that wait for a lock: every annotated pod's :class:`~etcdlock.operator.podhold.PodHold`, started,
-switched and stopped from the pods' watch events.
+"""Pods that wait for a lock: every annotated pod's :class:`~etcdlock.operator.pods.hold.PodHold`, started,
+switched and stopped from the pods' watch events. What to do about each event is decided by
+:func:`~etcdlock.operator.pods.decisions.decide` (its rules are written there); :class:`PodHolds` applies it.
 
 A pod annotated ``etcdlock.io/lock: NAME`` is created with the scheduling gate ``etcdlock.io/lock`` (added
 by the webhook); its hold queues it and removes the gate once it holds. Its lease is revoked when the pod
@@ -15,30 +16,25 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable
-from typing import Any
+from typing import Any, assert_never
 
 from etcdlock.etcd import Fenced
-from etcdlock.operator import events
-from etcdlock.operator.kubeapi import Pod, annotations_of, is_gated, parse_lease, pod_ref
 from etcdlock.operator.locks import LockChanges
 from etcdlock.operator.names import (
     ERROR,
-    HELD,
     LEASE_ANNOTATION,
     LOCK_ANNOTATION,
     MESSAGE_ANNOTATION,
     RELEASED,
     SCHEDULING_GATE,
     STATE_ANNOTATION,
-    WAITING,
 )
-from etcdlock.operator.podhold import Line, PodContext, PodHold
+from etcdlock.operator.pods.api import Pod, Ref, annotations_of, is_gated, parse_lease, pod_ref
+from etcdlock.operator.pods.context import PodContext
+from etcdlock.operator.pods.decisions import Action, Decision, HoldView, Seen, decide, decide_lock_deleted
+from etcdlock.operator.pods.hold import Line, PodHold
 
 log = logging.getLogger(__name__)
-
-Ref = tuple[str, str]
-
-FINISHED = ("Succeeded", "Failed")
 
 
 class PodHolds:
@@ -60,83 +56,68 @@ class PodHolds:
 
     def observe(self, event_type: str | None, pod: Pod) -> None:
         """React to one watch event of a pod (any pod: most are not annotated and are ignored)."""
-        ref = pod_ref(pod)
-        uid = pod["metadata"].get("uid") or ""
-        hold = self._holds.get(ref)
-        if hold is not None and (event_type == "DELETED" or hold.uid != uid):
+        seen = Seen.of(event_type, pod)
+        hold = self._holds.get(pod_ref(pod))
+        decision = decide(seen, None if hold is None else _view(hold), seen.uid in self._released)
+        if hold is not None and decision.stale_hold:
             self._stop(hold, "the pod was deleted", write=False)
             hold = None
-        if event_type == "DELETED":
-            self._released.discard(uid)
-            return
-        if hold is None and uid in self._released:
-            return
-        annotations = annotations_of(pod)
-        wanted = annotations.get(LOCK_ANNOTATION)
-        phase = (pod.get("status") or {}).get("phase")
-        state = annotations.get(STATE_ANNOTATION)
         if hold is not None:
-            self._update(hold, pod, wanted, phase, state)
-            return
-        if state in (WAITING, HELD) and (not wanted or phase in FINISHED):
-            self._released.add(uid)
-            why = "the pod finished or left the lock while the operator was away"
-            self._spawn(self._release_leftover(pod, why))
-            return
-        if not wanted or phase in FINISHED or state in (RELEASED, ERROR):
-            return
-        if not is_gated(pod) and state != HELD:
-            self._released.add(uid)
-            self._spawn(self._not_gated(pod))
-            return
-        self._holds[ref] = self._hold(pod, adopt=True)
+            hold.seen(pod)
+        self._apply(decision, pod, seen.uid, hold)
 
-    def _update(
-        self, hold: PodHold, pod: Pod, wanted: str | None, phase: str | None, state: str | None
-    ) -> None:
-        hold.seen(pod)
-        if wanted != hold.lock_name:
-            self._lock_changed(hold, pod, wanted)
-        elif phase in FINISHED:
-            self._stop(hold, f"the pod {str(phase).lower()}", write=True)
-        elif not hold.held and not is_gated(pod) and state != HELD:
-            self._stop(hold, "the scheduling gate was removed by someone else", write=False)
-            self._released.add(hold.uid)
-            self._spawn(self._not_gated(pod))
-        elif not hold.held and state == HELD:
-            # Granted by a newer leader while this replica was paused: not ours to touch any more.
-            del self._holds[hold.ref]
-            self._spawn(hold.abandon())
+    def lock_deleted(self, namespace: str, name: str) -> None:
+        """Release the pods that hold the lock; the pods that wait for it go back to waiting for it."""
+        for hold in [h for h in self._holds.values() if h.ref[0] == namespace and h.lock_name == name]:
+            self._apply(decide_lock_deleted(_view(hold)), hold.pod, hold.uid, hold)
 
-    def _lock_changed(self, hold: PodHold, pod: Pod, wanted: str | None) -> None:
-        """Leave-then-join; see the module docstring."""
-        if not wanted:
-            self._stop(hold, f"the {LOCK_ANNOTATION} annotation was removed", write=True, ungate=True)
-            return
-        if not is_gated(pod):
-            message = (
-                f"the {LOCK_ANNOTATION} annotation changed to {wanted} after the pod started: a started pod "
-                f"cannot be held back again, so it does not wait for {wanted}"
-            )
-            events.warn(pod, "LockChanged", message)
-            self._stop(hold, message, write=True)
-            return
-        release = self._stop(hold, f"the {LOCK_ANNOTATION} annotation changed to {wanted}", write=False)
+    def _apply(self, decision: Decision, pod: Pod, uid: str, hold: PodHold | None) -> None:
+        """The effects of ``decision`` (see :mod:`~etcdlock.operator.pods.decisions`) for the pod ``uid``
+        whose latest version is ``pod``; ``hold``: its hold here, if it has one (the actions on a hold are
+        decided only for a pod that has one)."""
+        reason = decision.reason
+        match decision.action:
+            case Action.IGNORE | Action.KEEP:
+                pass
+            case Action.FORGET:
+                self._released.discard(uid)
+            case Action.HOLD:
+                self._holds[pod_ref(pod)] = self._hold(pod, adopt=True)
+            case Action.RELEASE | Action.RELEASE_UNGATE:
+                ungate = decision.action is Action.RELEASE_UNGATE
+                self._stop(_required(hold), reason, write=True, ungate=ungate)
+            case Action.REFUSE_SWITCH:
+                self._context.events.warn(pod, "LockChanged", reason)
+                self._stop(_required(hold), reason, write=True)
+            case Action.SWITCH | Action.REQUEUE:
+                self._rejoin(_required(hold), pod, reason)
+            case Action.NOT_GATED:
+                self._not_gated(pod, uid, hold, reason)
+            case Action.HAND_OVER:
+                del self._holds[_required(hold).ref]
+                self._spawn(_required(hold).abandon())
+            case Action.RELEASE_LEFTOVER:
+                self._released.add(uid)
+                self._spawn(self._release_leftover(pod, reason))
+            case _:
+                assert_never(decision.action)
+
+    def _rejoin(self, hold: PodHold, pod: Pod, reason: str) -> None:
+        """Leave the queue (writing nothing), then queue for the lock ``pod`` asks for, once left."""
+        release = self._stop(hold, reason, write=False)
         self._holds[hold.ref] = self._hold(pod, adopt=False, after=release)
+
+    def _not_gated(self, pod: Pod, uid: str, hold: PodHold | None, reason: str) -> None:
+        """Stop the pod's hold if it has one (writing nothing) and tell the pod it is not guarded."""
+        if hold is not None:
+            self._stop(hold, reason, write=False)
+        self._released.add(uid)
+        self._spawn(self._say_not_gated(pod))
 
     def _hold(self, pod: Pod, *, adopt: bool, after: asyncio.Future[Any] | None = None) -> PodHold:
         namespace, _ = pod_ref(pod)
         line = self._lines.setdefault((namespace, annotations_of(pod)[LOCK_ANNOTATION]), Line())
         return PodHold(self._context, line, pod, adopt=adopt, after=after)
-
-    def lock_deleted(self, namespace: str, name: str) -> None:
-        """Release the pods that hold the lock; the pods that wait for it go back to waiting for it."""
-        for hold in [h for h in self._holds.values() if h.ref[0] == namespace and h.lock_name == name]:
-            if hold.held:
-                self._stop(hold, f"DistributedLock {name} was deleted", write=True)
-            else:
-                release = self._stop(hold, f"DistributedLock {name} was deleted", write=False)
-                self._holds[hold.ref] = self._hold(hold.pod, adopt=False, after=release)
 
     async def stop_all(self) -> None:
         """Operator shutdown: keep every lease (the next operator adopts it) and finish pending writes."""
@@ -161,14 +142,14 @@ class PodHolds:
         task.add_done_callback(_told)
         return task
 
-    async def _not_gated(self, pod: Pod) -> None:
+    async def _say_not_gated(self, pod: Pod) -> None:
         if not await self._context.stores.default.confirmed():
             return
         message = (
             f"the pod was not held back by the {SCHEDULING_GATE} scheduling gate (is the etcdlock webhook "
             "installed?): mutual exclusion is not enforced for it"
         )
-        events.warn(pod, "NotGated", message)
+        self._context.events.warn(pod, "NotGated", message)
         await self._context.api.annotate(pod_ref(pod), {STATE_ANNOTATION: ERROR, MESSAGE_ANNOTATION: message})
 
     async def _release_leftover(self, pod: Pod, reason: str) -> None:
@@ -187,9 +168,20 @@ class PodHolds:
             except Fenced:
                 return  # deposed meanwhile: the next leader sees the pod finished, too
         message = f"released: {reason}"
-        events.info(pod, "Released", message)
+        self._context.events.info(pod, "Released", message)
         notes = {STATE_ANNOTATION: RELEASED, MESSAGE_ANNOTATION: message}
         await self._context.api.annotate(pod_ref(pod), notes, ungate=is_gated(pod))
+
+
+def _view(hold: PodHold) -> HoldView:
+    return HoldView(hold.uid, hold.lock_name, hold.held)
+
+
+def _required(hold: PodHold | None) -> PodHold:
+    """The hold an action on a hold is decided for (decide gives those only for a pod that has one)."""
+    if hold is None:
+        raise RuntimeError("an action on a hold was decided for a pod without one")
+    return hold
 
 
 def _told(task: asyncio.Future[Any]) -> None:

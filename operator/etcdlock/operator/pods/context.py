@@ -1,0 +1,44 @@
+"""What every pod hold shares (:class:`PodContext`): made once per leadership term by the kopf layer."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+
+from etcdlock.etcd import Fenced
+from etcdlock.operator.errors import OperatorError
+from etcdlock.operator.events import EventRecorder
+from etcdlock.operator.locks import LockChanges, LockRules, LockSpec
+from etcdlock.operator.names import CLUSTER_ANNOTATION
+from etcdlock.operator.pods.api import PodApi
+from etcdlock.operator.stores import Store, Stores
+
+
+class PodContext:
+    """What every pod hold shares: the stores, the pod API, the lock rules and registry, the lock changes,
+    the bridge that keeps adopted leases alive until their pods' sessions take them over, and where the
+    pods' Events go (``events``: the kopf layer passes one that posts through kopf, tests a recording
+    fake)."""
+
+    def __init__(
+        self,
+        stores: Stores,
+        api: PodApi,
+        rules: LockRules,
+        resolve: Callable[[str, str], Awaitable[LockSpec]],
+        adopted: Callable[[int], None],
+        events: EventRecorder,
+    ) -> None:
+        self.stores = stores
+        self.api = api
+        self.rules = rules
+        self.changes = LockChanges()
+        self.resolve = resolve
+        self.adopted = adopted
+        self.events = events
+
+    async def lease_store(self, namespace: str, annotations: Mapping[str, str | None]) -> Store | None:
+        """The store the pod's lease was granted in (its cluster annotation); None if it cannot be used."""
+        try:
+            return await self.stores.for_cluster(namespace, annotations.get(CLUSTER_ANNOTATION) or None)
+        except (OperatorError, Fenced):
+            return None
