@@ -4,7 +4,7 @@ One startup handler owns every setting, learns the keys of every lock, and keeps
 until its hold takes it over (:mod:`etcdlock.operator.takeover`); one ``reconcile`` is reached from
 create, resume and spec updates; every lock gets one service task (:mod:`etcdlock.operator.mirror`) kept
 in the operator's memo.
-Every EtcdCluster is reconciled by a timer (:mod:`etcdlock.operator.clusters`), which writes its status.
+Every EtcdCluster is reconciled by a timer (:mod:`etcdlock.operator.etcdcluster`), which writes its status.
 Every pod watch event goes to :class:`~etcdlock.operator.pods.PodHolds`. (The webhook that gates pods is
 not a kopf handler: every replica serves it, see :mod:`etcdlock.operator.webhook`.)
 """
@@ -25,8 +25,8 @@ from kubernetes.client.exceptions import ApiException
 from etcdlock.etcd import EtcdClient, EtcdConfig, Fenced
 from etcdlock.etcd.keys import Contender
 from etcdlock.operator import events
-from etcdlock.operator.clusters import RECONCILE_PERIOD, Clusters
 from etcdlock.operator.errors import LockNotFound
+from etcdlock.operator.etcdcluster import RECONCILE_PERIOD, Clusters
 from etcdlock.operator.kubeapi import PodApi, list_locks, retrying
 from etcdlock.operator.leadership import Leadership
 from etcdlock.operator.locks import LockRules, Locks, LockSpec

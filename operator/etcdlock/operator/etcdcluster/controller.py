@@ -1,6 +1,6 @@
 """The EtcdCluster controller: every few seconds, one reconcile pass per cluster.
 
-A pass makes sure the children exist (:mod:`.etcdcluster`), asks etcd itself how the members are
+A pass makes sure the children exist (:mod:`.rendering`), asks etcd itself how the members are
 (:func:`.membership.observe`), takes at most one membership step (:func:`.membership.next_step`), keeps
 the StatefulSet in step with the membership, and returns the status it saw. Between membership changes
 it does the slow work one member at a time, only while every member is healthy: restarting a member whose
@@ -30,15 +30,7 @@ from kubernetes.client.exceptions import ApiException
 
 from etcdlock.etcd import EtcdClient, EtcdConfig, EtcdError
 from etcdlock.operator.errors import InvalidSpec
-from etcdlock.operator.etcdcluster import (
-    SIZES,
-    TEMPLATE_HASH,
-    ClusterSpec,
-    children,
-    statefulset,
-    upgrade_allowed,
-)
-from etcdlock.operator.membership import (
+from etcdlock.operator.etcdcluster.membership import (
     ClusterView,
     MemberClients,
     MemberState,
@@ -48,6 +40,8 @@ from etcdlock.operator.membership import (
     observe,
     quorum,
 )
+from etcdlock.operator.etcdcluster.rendering import TEMPLATE_HASH, children, statefulset
+from etcdlock.operator.etcdcluster.spec import SIZES, ClusterSpec, upgrade_allowed
 from etcdlock.operator.stores import Store
 
 log = logging.getLogger(__name__)
