@@ -19,14 +19,13 @@ from typing import Any
 
 import kopf
 import kubernetes
-import urllib3
-from kubernetes.client.exceptions import ApiException
 
 from etcdlock.etcd import EtcdClient, EtcdConfig, Fenced
 from etcdlock.etcd.keys import Contender
 from etcdlock.operator import events
 from etcdlock.operator.errors import LockNotFound
 from etcdlock.operator.etcdcluster import RECONCILE_PERIOD, Clusters
+from etcdlock.operator.kube import ApiUnavailable, Conflict, Kube
 from etcdlock.operator.kubeapi import PodApi, list_locks, retrying
 from etcdlock.operator.leadership import Leadership
 from etcdlock.operator.locks import LockRules, Locks, LockSpec
@@ -177,7 +176,7 @@ def build_registry(
         api = pod_api or PodApi(kube)
         context = PodContext(memo.stores, api, lock_rules, resolve, memo.takeover.adopted)
         memo.pods = PodHolds(context)
-        memo.clusters = Clusters(kube, memo.stores.default)
+        memo.clusters = Clusters(Kube(kube), memo.stores.default, events)  # events: kopf-backed recorder
 
     @kopf.on.login(registry=registry)
     def login(**_: Any) -> kopf.ConnectionInfo:
@@ -223,13 +222,8 @@ def build_registry(
     async def etcd_cluster(body: kopf.Body, patch: kopf.Patch, memo: Any, **_: Any) -> None:
         try:
             status = await memo.clusters.reconcile(body)
-        except ApiException as exc:
-            log.warning(
-                "EtcdCluster %s: API error %s %s; next pass", body["metadata"]["name"], exc.status, exc.reason
-            )
-            return
-        except (OSError, urllib3.exceptions.HTTPError) as exc:
-            log.warning("EtcdCluster %s: API unreachable (%s); next pass", body["metadata"]["name"], exc)
+        except (ApiUnavailable, Conflict) as exc:
+            log.warning("EtcdCluster %s: %s; next pass", body["metadata"]["name"], exc)
             return
         current = dict(body.get("status") or {})
         changed = {key: value for key, value in status.items() if current.get(key) != value}

@@ -2,46 +2,51 @@
 
 A pass makes sure the children exist (:mod:`.rendering`), asks etcd itself how the members are
 (:func:`.membership.observe`), takes at most one membership step (:func:`.membership.next_step`), keeps
-the StatefulSet in step with the membership, and returns the status it saw. Between membership changes
-it does the slow work one member at a time, only while every member is healthy: restarting a member whose
-pod runs an older template (an upgrade, a changed resource request), and defragmenting a member whose
-last defragmentation is older than the spec's interval. Every membership change and every refusal is an
-Event on the EtcdCluster, and so is what happened to a member's process since the last pass (restarted by
-the kubelet, stopped answering, answering again).
+the StatefulSet in step with the membership, and returns the status it saw (:mod:`.status`). Between
+membership changes it does the slow work one member at a time, only while every member is healthy:
+restarting a member whose pod runs an older template (an upgrade, a changed resource request), and
+defragmenting a member whose last defragmentation is older than the spec's interval. Every membership
+change and every refusal is an Event on the EtcdCluster, and so is what happened to a member's process
+since the last pass (restarted by the kubelet, stopped answering, answering again).
 
 A member's data is gone when its pod was replaced while its data lived in an emptyDir (the pod is not the
 one it was last healthy in, and it is not healthy): such a member is removed and added again, and its pod
 is recreated to start empty, as a new member.
+
+It runs without kopf: Kubernetes through :class:`~etcdlock.operator.kube.Kube` (:mod:`.objects`),
+Events through an :class:`~etcdlock.operator.events.EventRecorder`, both passed in. A call the API does
+not take ends the pass with the adapter's error: :class:`~etcdlock.operator.kube.ApiUnavailable`, or
+:class:`~etcdlock.operator.kube.Conflict` for a child created since the pass read it (:mod:`.objects`
+says how each write meets a conflict). The next pass starts again from what is there.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import logging
-from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
-import kopf
-import kubernetes
-from kubernetes.client.exceptions import ApiException
-
+from etcdlock import clock
 from etcdlock.etcd import EtcdClient, EtcdConfig, EtcdError
+from etcdlock.operator.conditions import find
 from etcdlock.operator.errors import InvalidSpec
 from etcdlock.operator.etcdcluster.membership import (
     ClusterView,
     MemberClients,
-    MemberState,
     Step,
     apply,
     next_step,
     observe,
     quorum,
 )
-from etcdlock.operator.etcdcluster.rendering import TEMPLATE_HASH, children, statefulset
-from etcdlock.operator.etcdcluster.spec import SIZES, ClusterSpec, upgrade_allowed
+from etcdlock.operator.etcdcluster.objects import KubeObjects
+from etcdlock.operator.etcdcluster.rendering import TEMPLATE_HASH, children, digest, statefulset
+from etcdlock.operator.etcdcluster.spec import ClusterSpec, upgrade_allowed
+from etcdlock.operator.etcdcluster.status import Pass, invalid, member_events, status
+from etcdlock.operator.events import EventRecorder
+from etcdlock.operator.kube import Kube
 from etcdlock.operator.stores import Store
 
 log = logging.getLogger(__name__)
@@ -53,103 +58,6 @@ RECONCILE_PERIOD = 2.0
 OBSERVE_TIMEOUT = 8.0
 
 
-def _now() -> str:
-    return datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
-
-
-def _age(timestamp: str | None) -> float:
-    if not timestamp:
-        return float("inf")
-    return (datetime.now(UTC) - datetime.fromisoformat(timestamp.replace("Z", "+00:00"))).total_seconds()
-
-
-class KubeObjects:
-    """The few Kubernetes calls the controller makes, as dicts (None for 404), off the event loop."""
-
-    def __init__(self, api: kubernetes.client.ApiClient) -> None:
-        self.core = kubernetes.client.CoreV1Api(api)
-        self.apps = kubernetes.client.AppsV1Api(api)
-        self.policy = kubernetes.client.PolicyV1Api(api)
-
-    @staticmethod
-    async def _call(method: Any, *args: Any, **kwargs: Any) -> Obj | None:
-        def call() -> Obj | None:
-            try:
-                response = method(*args, _preload_content=False, **kwargs)
-            except ApiException as exc:
-                if exc.status == 404:
-                    return None
-                raise
-            data: Obj = json.loads(response.data or b"{}")
-            return data
-
-        return await asyncio.to_thread(call)
-
-    def _kind(self, kind: str) -> tuple[Any, Any, Any]:
-        """(read, create, patch) for a child kind."""
-        if kind == "Service":
-            c = self.core
-            return c.read_namespaced_service, c.create_namespaced_service, c.patch_namespaced_service
-        if kind == "StatefulSet":
-            a = self.apps
-            return (
-                a.read_namespaced_stateful_set,
-                a.create_namespaced_stateful_set,
-                a.patch_namespaced_stateful_set,
-            )
-        p = self.policy
-        return (
-            p.read_namespaced_pod_disruption_budget,
-            p.create_namespaced_pod_disruption_budget,
-            p.patch_namespaced_pod_disruption_budget,
-        )
-
-    async def read(self, kind: str, namespace: str, name: str) -> Obj | None:
-        return await self._call(self._kind(kind)[0], name, namespace)
-
-    async def create(self, obj: Obj) -> Obj | None:
-        return await self._call(self._kind(obj["kind"])[1], obj["metadata"]["namespace"], obj)
-
-    async def patch(self, kind: str, namespace: str, name: str, patch: Obj | list[Obj]) -> Obj | None:
-        return await self._call(self._kind(kind)[2], name, namespace, patch)
-
-    async def pods(self, namespace: str, labels: dict[str, str]) -> list[Obj]:
-        selector = ",".join(f"{k}={v}" for k, v in labels.items())
-        found = await self._call(self.core.list_namespaced_pod, namespace, label_selector=selector)
-        return list((found or {}).get("items") or [])
-
-    async def delete_pod(self, namespace: str, name: str, uid: str) -> None:
-        """Delete the pod if it is still the one with ``uid`` (not its successor of the same name)."""
-        body = {"preconditions": {"uid": uid}}
-        try:
-            await self._call(self.core.delete_namespaced_pod, name, namespace, body=body)
-        except ApiException as exc:
-            if exc.status != 409:
-                raise
-
-    async def delete_claim(self, namespace: str, name: str) -> None:
-        await self._call(self.core.delete_namespaced_persistent_volume_claim, name, namespace)
-
-
-@dataclass
-class Pass:
-    """What one reconcile pass saw and did, turned into the status at the end."""
-
-    spec: ClusterSpec
-    previous: Obj
-    view: ClusterView | None = None
-    step: Step | None = None
-    activity: str = ""
-    version: str = ""
-    problem: str = ""
-    problem_reason: str = ""
-    defragmented: str = ""
-    created: str = ""
-    pod_uids: dict[str, str] = field(default_factory=dict)
-    restarts: dict[str, int] = field(default_factory=dict)  # of the etcd container, by pod name
-    lost: set[str] = field(default_factory=set)
-
-
 class Clusters:
     """Reconciles EtcdClusters; keeps one etcd client per cluster, and one per member for status requests
     (closed by :meth:`forget`).
@@ -158,9 +66,10 @@ class Clusters:
     leads when it is about to (two replicas restarting members at once could cost a quorum).
     """
 
-    def __init__(self, kube: kubernetes.client.ApiClient, leadership: Store) -> None:
+    def __init__(self, kube: Kube, leadership: Store, events: EventRecorder) -> None:
         self._objects = KubeObjects(kube)
         self._leadership = leadership
+        self._events = events
         self._warned: dict[tuple[str, str], str] = {}  # the last defragmentation failure told, per cluster
         self._clients: dict[tuple[str, str], EtcdClient] = {}
         self._members: dict[tuple[str, str], MemberClients] = {}
@@ -177,8 +86,10 @@ class Clusters:
         if members is not None:
             await members.close()
 
-    async def reconcile(self, body: kopf.Body) -> Obj:
-        """One pass over the cluster ``body``; returns its new status."""
+    async def reconcile(self, body: Mapping[str, Any]) -> Obj:
+        """One pass over the cluster ``body`` (the EtcdCluster object); returns its new status. Raises
+        :class:`~etcdlock.operator.kube.ApiUnavailable` or :class:`Conflict` when the pass cannot go on
+        (see the module docstring); the next pass starts over."""
         meta = body["metadata"]
         namespace, name = meta["namespace"], meta["name"]
         previous = dict(body.get("status") or {})
@@ -186,10 +97,10 @@ class Clusters:
         try:
             spec = ClusterSpec.parse(namespace, name, dict(body.get("spec") or {}))
         except InvalidSpec as exc:
-            if _condition(previous, "Degraded").get("message") != str(exc):
-                kopf.warn(body, reason="InvalidSpec", message=str(exc))
-            return _invalid_status(previous, str(exc), generation)
-        run = Pass(spec, previous, version=previous.get("version") or spec.version)
+            if not _told(previous, str(exc)):
+                self._events.warn(body, "InvalidSpec", str(exc))
+            return invalid(previous, str(exc), generation)
+        run = Pass(spec, previous, generation, version=previous.get("version") or spec.version)
         run.created = str(meta.get("creationTimestamp") or "")
         found = await self._ensure_children(body, spec)
         sts = found["StatefulSet"]
@@ -199,17 +110,15 @@ class Clusters:
         run.view = await self._observe(spec, pods)
         await self._keep_budget(spec, found["PodDisruptionBudget"], run)
         if run.view is None:
-            return _status(run, generation)
+            return status(run)
         await self._converge(body, run, sts, pods)
-        status = _status(run, generation)
-        for kind, reason, message in _member_events(previous, status["members"], run.pod_uids):
-            if kind == "Warning":
-                kopf.warn(body, reason=reason, message=message)
-            else:
-                kopf.info(body, reason=reason, message=message)
-        return status
+        new = status(run)
+        for kind, reason, message in member_events(previous, new["members"], run.pod_uids):
+            record = self._events.warn if kind == "Warning" else self._events.info
+            record(body, reason, message)
+        return new
 
-    async def _ensure_children(self, body: kopf.Body, spec: ClusterSpec) -> dict[str, Obj]:
+    async def _ensure_children(self, body: Mapping[str, Any], spec: ClusterSpec) -> dict[str, Obj]:
         """Create what is missing. Returns the children by kind."""
         owner = {"apiVersion": body["apiVersion"], "kind": body["kind"], "metadata": dict(body["metadata"])}
         found: dict[str, Obj] = {}
@@ -218,7 +127,7 @@ class Clusters:
             current = await self._objects.read(kind, spec.namespace, child_name)
             if current is None:
                 current = await self._objects.create(child)
-                kopf.info(body, reason="Created", message=f"created {kind} {child_name}")
+                self._events.info(body, "Created", f"created {kind} {child_name}")
             if current is not None:
                 found[kind] = current
         return found
@@ -266,7 +175,7 @@ class Clusters:
             return None
         return view if view.members else None
 
-    async def _converge(self, body: kopf.Body, run: Pass, sts: Obj, pods: dict[str, Obj]) -> None:
+    async def _converge(self, body: Mapping[str, Any], run: Pass, sts: Obj, pods: dict[str, Obj]) -> None:
         spec, view = run.spec, run.view
         assert view is not None
         if not await self._leadership.confirmed():
@@ -276,7 +185,7 @@ class Clusters:
             return
         lost = self._lost(run, view, pods)
         run.lost = lost
-        names = _names(spec, view)
+        names = spec.names(view)
         effective = self._effective_spec(body, run, sts)
         step = next_step(view, spec.wanted(), frozenset(lost))
         if step.target is not None and not step.member:
@@ -291,20 +200,19 @@ class Clusters:
         ordinals = [o for name in listed if (o := spec.ordinal(name)) is not None]
         if ordinals and int(sts["spec"].get("replicas") or 0) <= max(ordinals):
             await self._scale(spec, sts, max(ordinals) + 1)
-        client = self._clients[(spec.namespace, spec.name)]
         if step.action in ("refuse", "wait"):
-            if step.action == "refuse" and _condition(run.previous, "Degraded").get("message") != step.reason:
-                kopf.warn(body, reason="MembershipRefused", message=step.reason)
+            if step.action == "refuse" and not _told(run.previous, step.reason):
+                self._events.warn(body, "MembershipRefused", step.reason)
             return
         if step.action == "done":
             await self._settle(body, run, sts, pods)
             return
         try:
-            taken = await apply(client, view, step)
+            taken = await apply(self._clients[(spec.namespace, spec.name)], view, step)
         except EtcdError as exc:
             run.problem, run.problem_reason = f"{step.action} {step.member} failed: {exc}", "ChangeFailed"
-            if _condition(run.previous, "Degraded").get("message") != run.problem:
-                kopf.warn(body, reason="MembershipChangeFailed", message=run.problem)
+            if not _told(run.previous, run.problem):
+                self._events.warn(body, "MembershipChangeFailed", run.problem)
             return
         if not taken:
             return
@@ -319,7 +227,7 @@ class Clusters:
         """
         if run.spec.storage_size is not None:
             return set()
-        names = _names(run.spec, view)
+        names = run.spec.names(view)
         recorded = {m.get("name"): m for m in run.previous.get("members") or []}
         lost = set()
         for member in view.members:
@@ -331,7 +239,7 @@ class Clusters:
                 lost.add(name)
         return lost
 
-    def _effective_spec(self, body: kopf.Body, run: Pass, sts: Obj) -> ClusterSpec:
+    def _effective_spec(self, body: Mapping[str, Any], run: Pass, sts: Obj) -> ClusterSpec:
         """The spec to render: a version change only if etcd's upgrade path allows it. Refused, the
         members keep the image they run now (the StatefulSet's), even part-way through an earlier upgrade."""
         spec = run.spec
@@ -339,8 +247,8 @@ class Clusters:
         if spec.version == current or upgrade_allowed(current, spec.version):
             return spec
         message = f"cannot go from etcd {current} to {spec.version}: one minor version at a time, never down"
-        if _condition(run.previous, "Degraded").get("message") != message:
-            kopf.warn(body, reason="UpgradeRefused", message=message)
+        if not _told(run.previous, message):
+            self._events.warn(body, "UpgradeRefused", message)
         run.problem, run.problem_reason = message, "Refused"
         containers = ((sts["spec"].get("template") or {}).get("spec") or {}).get("containers") or [{}]
         return replace(spec, version=current, image=containers[0].get("image") or spec.image)
@@ -352,7 +260,7 @@ class Clusters:
         so comparing templates would find a difference every time.
         """
         wanted = statefulset(spec, members=membership)["spec"]["template"]
-        rendered = hashlib.sha256(json.dumps(wanted, sort_keys=True).encode()).hexdigest()[:12]
+        rendered = digest(wanted)
         annotations = sts["metadata"].get("annotations")
         if (annotations or {}).get(RENDERED) == rendered:
             return
@@ -375,12 +283,12 @@ class Clusters:
             sts["spec"]["replicas"] = replicas
 
     async def _after_step(
-        self, body: kopf.Body, run: Pass, sts: Obj, pods: dict[str, Obj], step: Step, lost: set[str]
+        self, body: Mapping[str, Any], run: Pass, sts: Obj, pods: dict[str, Obj], step: Step, lost: set[str]
     ) -> None:
         spec = run.spec
         ordinal = spec.ordinal(step.member)
         if step.action == "add-learner":
-            kopf.info(body, reason="MemberAdded", message=f"added {step.member} as a learner ({step.reason})")
+            self._events.info(body, "MemberAdded", f"added {step.member} as a learner ({step.reason})")
             pod = pods.get(step.member)
             if pod is None and spec.storage_size is not None:
                 # A claim left from an earlier member of that name would start the new one on old data.
@@ -393,17 +301,13 @@ class Clusters:
                 if spec.storage_size is not None:
                     await self._objects.delete_claim(spec.namespace, f"data-{step.member}")
                 await self._objects.delete_pod(spec.namespace, step.member, pod["metadata"]["uid"])
-                kopf.info(
-                    body, reason="MemberReplaced", message=f"{step.member} starts again with empty data"
-                )
+                self._events.info(body, "MemberReplaced", f"{step.member} starts again with empty data")
         elif step.action == "promote":
-            kopf.info(body, reason="MemberPromoted", message=f"{step.member} is a voting member")
+            self._events.info(body, "MemberPromoted", f"{step.member} is a voting member")
         elif step.action == "move-leader":
-            kopf.info(
-                body, reason="LeaderMoved", message=f"leadership moved to {step.member} ({step.reason})"
-            )
+            self._events.info(body, "LeaderMoved", f"leadership moved to {step.member} ({step.reason})")
         elif step.action == "remove":
-            kopf.info(body, reason="MemberRemoved", message=f"removed {step.member or '?'} ({step.reason})")
+            self._events.info(body, "MemberRemoved", f"removed {step.member or '?'} ({step.reason})")
             if step.member in lost:
                 return
             if ordinal is not None and ordinal >= spec.replicas:
@@ -411,7 +315,7 @@ class Clusters:
                 if spec.storage_size is not None:
                     await self._objects.delete_claim(spec.namespace, f"data-{step.member}")
 
-    async def _settle(self, body: kopf.Body, run: Pass, sts: Obj, pods: dict[str, Obj]) -> None:
+    async def _settle(self, body: Mapping[str, Any], run: Pass, sts: Obj, pods: dict[str, Obj]) -> None:
         """Every wanted member votes: size the StatefulSet, then one restart or one defragmentation."""
         spec, view = run.spec, run.view
         assert view is not None
@@ -430,32 +334,29 @@ class Clusters:
         if not all_healthy or len(pods) != spec.replicas or not all(_ready(p) for p in pods.values()):
             return
         if stale:
-            names = _names(spec, view)
+            names = spec.names(view)
             leader = next((names.get(m.peer_url) for m in view.members if m.leader), None)
             stale.sort(key=lambda p: (p["metadata"]["name"] == leader, p["metadata"]["name"]))
             pod = stale[0]
-            kopf.info(
-                body,
-                reason="MemberRestarted",
-                message=f"restarting {pod['metadata']['name']} with the new template",
-            )
+            message = f"restarting {pod['metadata']['name']} with the new template"
+            self._events.info(body, "MemberRestarted", message)
             await self._objects.delete_pod(spec.namespace, pod["metadata"]["name"], pod["metadata"]["uid"])
             return
         run.version = spec.version if not run.problem else run.version
         await self._defragment_one(body, run)
 
-    async def _defragment_one(self, body: kopf.Body, run: Pass) -> None:
+    async def _defragment_one(self, body: Mapping[str, Any], run: Pass) -> None:
         spec, view = run.spec, run.view
         assert view is not None
         if spec.defragment_interval <= 0:
             return
-        names = _names(spec, view)
+        names = spec.names(view)
         last = {m.get("name"): m.get("lastDefragmentation") for m in run.previous.get("members") or []}
         created = run.created
         due = [
             m
             for m in view.members
-            if _age(last.get(names.get(m.peer_url)) or created) >= spec.defragment_interval
+            if clock.age(last.get(names.get(m.peer_url)) or created) >= spec.defragment_interval
         ]
         if not due:
             return
@@ -472,10 +373,10 @@ class Clusters:
             message = f"{names.get(member.peer_url)}: {exc}"
             if self._warned.get((spec.namespace, spec.name)) != message:
                 self._warned[(spec.namespace, spec.name)] = message
-                kopf.warn(body, reason="DefragmentationFailed", message=message)
+                self._events.warn(body, "DefragmentationFailed", message)
             return
         run.defragmented = names.get(member.peer_url, "")
-        kopf.info(body, reason="Defragmented", message=f"defragmented {run.defragmented}")
+        self._events.info(body, "Defragmented", f"defragmented {run.defragmented}")
 
 
 def _restarts(pod: Obj) -> int:
@@ -483,183 +384,11 @@ def _restarts(pod: Obj) -> int:
     return sum(int(s.get("restartCount") or 0) for s in statuses if s.get("name") == "etcd")
 
 
-def _member_events(previous: Obj, members: list[Obj], pod_uids: dict[str, str]) -> list[tuple[str, str, str]]:
-    """(type, reason, message) of what happened to members since the last pass, in the pod each was last
-    healthy in: its process exited and was restarted by the kubelet, it stopped answering, it answers
-    again. A new member, or one whose pod was replaced (deleted, upgraded), is left to the other Events.
-    """
-    before = {m.get("name"): m for m in previous.get("members") or []}
-    events = []
-    for member in members:
-        name, was = member["name"], before.get(member["name"]) or {}
-        if not was.get("podUID") or was["podUID"] != pod_uids.get(name):
-            continue
-        restarts = member.get("restarts", 0)
-        if restarts > was.get("restarts", 0):
-            message = f"{name}: its etcd process exited and the kubelet restarted it"
-            message += f" (restart count {restarts})"
-            events.append(("Warning", "MemberProcessRestarted", message))
-        if was.get("healthy") and not member["healthy"]:
-            events.append(("Warning", "MemberUnhealthy", f"{name} does not answer"))
-        elif not was.get("healthy") and member["healthy"]:
-            events.append(("Normal", "MemberRecovered", f"{name} answers again"))
-    return events
-
-
 def _ready(pod: Obj) -> bool:
     conditions = (pod.get("status") or {}).get("conditions") or []
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
 
 
-def _names(spec: ClusterSpec, view: ClusterView) -> dict[str, str]:
-    """Peer URL -> member name, by the spec's naming (a just-added learner has no name in etcd yet)."""
-    by_url = {spec.peer_url(i): spec.member(i) for i in range(max(SIZES))}
-    return {m.peer_url: by_url.get(m.peer_url, m.name) for m in view.members}
-
-
-def _condition(status: Obj, kind: str) -> Obj:
-    return next((c for c in status.get("conditions") or [] if c.get("type") == kind), {})
-
-
-def _conditions(previous: Obj, generation: int, *wanted: tuple[str, str, str, str]) -> list[Obj]:
-    """Conditions (type, status, reason, message), keeping lastTransitionTime while status is unchanged."""
-    result = []
-    for kind, state, reason, message in wanted:
-        before = _condition(previous, kind)
-        since = before.get("lastTransitionTime") if before.get("status") == state else None
-        result.append(
-            {
-                "type": kind,
-                "status": state,
-                "reason": reason,
-                "message": message,
-                "observedGeneration": generation,
-                "lastTransitionTime": since or _now(),
-            }
-        )
-    return result
-
-
-def _invalid_status(previous: Obj, message: str, generation: int) -> Obj:
-    return {
-        "phase": "Failed",
-        "observedGeneration": generation,
-        "conditions": _conditions(
-            previous,
-            generation,
-            ("Available", _condition(previous, "Available").get("status") or "False", "InvalidSpec", message),
-            ("Progressing", "False", "InvalidSpec", message),
-            ("Degraded", "True", "InvalidSpec", message),
-        ),
-    }
-
-
-def _member_status(run: Pass, member: MemberState, name: str, pods: dict[str, str]) -> Obj:
-    before: Obj = next((m for m in run.previous.get("members") or [] if m.get("name") == name), {})
-    entry: Obj = {
-        "name": name,
-        "id": format(member.id, "x"),
-        "peerURL": member.peer_url,
-        "clientURL": member.client_url,
-        "leader": member.leader,
-        "learner": member.learner,
-        "healthy": member.healthy,
-    }
-    # A lost member keeps the pod its data was in on record until it is replaced.
-    pod = pods.get(name) if member.healthy and name not in run.lost else before.get("podUID")
-    if pod:
-        entry["podUID"] = pod
-    if name in run.restarts:
-        entry["restarts"] = run.restarts[name]
-    since = _now() if run.defragmented == name else before.get("lastDefragmentation")
-    if since:
-        entry["lastDefragmentation"] = since
-    return entry
-
-
-def _status(run: Pass, generation: int) -> Obj:
-    spec, view, previous = run.spec, run.view, run.previous
-    status: Obj = {
-        "clientURL": spec.client_url,
-        "observedGeneration": generation,
-        "version": run.version,
-    }
-    if view is None:
-        created = _condition(previous, "Available").get("status") == "True" or previous.get("phase") not in (
-            None,
-            "Creating",
-        )
-        reason = "Unreachable" if created else "Creating"
-        message = (
-            "no member answers with a quorum"
-            if created
-            else "waiting for the members to start and elect a leader"
-        )
-        status.update(
-            phase="Degraded" if created else "Creating",
-            ready=f"0/{spec.replicas}",
-            readyMembers=0,
-            leader="",
-            # What etcd said last, marked unhealthy: the record of each member's pod (data loss) and of
-            # its defragmentation must survive a pass in which nobody answers.
-            members=[{**m, "healthy": False, "leader": False} for m in previous.get("members") or []],
-            conditions=_conditions(
-                previous,
-                generation,
-                ("Available", "False", reason, message),
-                ("Progressing", "True", reason, message),
-                ("Degraded", "True" if created else "False", reason, message),
-            ),
-        )
-        return status
-    names = _names(spec, view)
-    members = [_member_status(run, m, names.get(m.peer_url, m.name), run.pod_uids) for m in view.members]
-    members.sort(key=lambda m: m["name"])
-    ready = sum(1 for m in view.voters if m.healthy)
-    step = run.step
-    available = ready >= len(view.voters) // 2 + 1
-    done = step is not None and step.action == "done" and not run.activity
-    unhealthy = [m["name"] for m in members if not m["healthy"]]
-    if run.problem:
-        degraded = ("True", run.problem_reason, run.problem)
-    elif step is not None and step.action == "refuse":
-        degraded = ("True", "NoQuorum" if "quorum" in step.reason else "Refused", step.reason)
-    elif unhealthy:
-        degraded = ("True", "MembersUnhealthy", f"not healthy: {', '.join(unhealthy)}")
-    else:
-        degraded = ("False", "Healthy", "every member is healthy")
-    if done:
-        progressing = ("False", "Settled", f"{len(view.voters)} voting members as wanted")
-        phase = "Degraded" if degraded[0] == "True" else "Running"
-    else:
-        action = step.action if step is not None else "wait"
-        what = step.reason if step is not None else ""
-        reason = run.activity or {
-            "add-learner": "AddingMember",
-            "promote": "PromotingMember",
-            "remove": "RemovingMember",
-            "move-leader": "MovingLeader",
-        }.get(action, "Waiting")
-        progressing = ("True", reason, f"{action} {step.member if step else ''}: {what}".strip())
-        phase = run.activity or ("Degraded" if degraded[0] == "True" and not available else "Scaling")
-    leader = next((m["name"] for m in members if m["leader"]), "")
-    status.update(
-        phase=phase,
-        ready=f"{ready}/{spec.replicas}",
-        readyMembers=ready,
-        leader=leader,
-        members=members,
-        conditions=_conditions(
-            previous,
-            generation,
-            (
-                "Available",
-                "True" if available else "False",
-                "Quorum" if available else "NoQuorum",
-                f"{ready} of {len(view.voters)} voting members healthy",
-            ),
-            ("Progressing", *progressing),
-            ("Degraded", *degraded),
-        ),
-    )
-    return status
+def _told(previous: Obj, message: str) -> bool:
+    """Whether the last status already says ``message`` (its Event was recorded then)."""
+    return bool(find(previous, "Degraded").get("message") == message)

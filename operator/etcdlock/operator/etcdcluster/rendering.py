@@ -21,6 +21,7 @@ import hashlib
 import json
 from typing import Any
 
+from etcdlock.operator.etcdcluster.membership import quorum
 from etcdlock.operator.etcdcluster.spec import CLIENT_PORT, PEER_PORT, ClusterSpec
 
 METRICS_PORT = 2381
@@ -180,7 +181,12 @@ def template_hash(pod: Obj) -> str:
     relevant = json.loads(json.dumps(pod))
     for container in relevant["containers"]:
         container["command"] = [c for c in container["command"] if not c.startswith("--initial-cluster")]
-    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:12]
+    return digest(relevant)
+
+
+def digest(obj: Any) -> str:
+    """A short digest of a JSON value, the same for equal values whatever the order of their keys."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def _spread(spec: ClusterSpec) -> Obj:
@@ -199,7 +205,7 @@ def disruption_budget(spec: ClusterSpec, owner: Obj | None = None) -> Obj:
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
         "metadata": _meta(spec, spec.name, owner),
-        "spec": {"minAvailable": spec.quorum, "selector": {"matchLabels": dict(spec.labels)}},
+        "spec": {"minAvailable": quorum(spec.replicas), "selector": {"matchLabels": dict(spec.labels)}},
     }
 
 

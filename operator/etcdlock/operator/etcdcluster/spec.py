@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from etcdlock.operator.errors import InvalidSpec
+from etcdlock.operator.etcdcluster.membership import ClusterView
 
 SIZES = (1, 3, 5, 7)
 DEFAULT_VERSION = "3.5.21"
@@ -74,10 +75,6 @@ class ClusterSpec:
         )
 
     @property
-    def quorum(self) -> int:
-        return self.replicas // 2 + 1
-
-    @property
     def labels(self) -> dict[str, str]:
         return {"app.kubernetes.io/name": "etcd", "app.kubernetes.io/instance": self.name}
 
@@ -104,6 +101,11 @@ class ClusterSpec:
     def wanted(self) -> dict[str, str]:
         """The members this spec asks for: name -> peer URL."""
         return {self.member(i): self.peer_url(i) for i in range(self.replicas)}
+
+    def names(self, view: ClusterView) -> dict[str, str]:
+        """Peer URL -> member name, by this spec's naming (a just-added learner has no name in etcd yet)."""
+        by_url = {self.peer_url(i): self.member(i) for i in range(max(SIZES))}
+        return {m.peer_url: by_url.get(m.peer_url, m.name) for m in view.members}
 
 
 def seconds(duration: str) -> float:
