@@ -22,9 +22,10 @@ lint: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-# Two workers: most tests wait on etcd, kopf or a fault, so two overlap well on two cores.
+# Two workers: most tests wait on etcd, kopf or a fault, so two overlap well on two cores. loadgroup: a
+# module whose tests take one object through its life in order marks them xdist_group, one worker's.
 test: lint
-	$(BIN)/pytest -n 2
+	$(BIN)/pytest -n 2 --dist loadgroup
 
 bench: $(STAMP)
 	$(BIN)/python bench/locks.py

@@ -19,7 +19,7 @@ import pytest
 
 from etcdlock.etcd import EtcdClient, EtcdConfig, EtcdUnavailable
 from etcdlock.etcd.requests import put_op
-from etcdlock.operator.membership import (
+from etcdlock.operator.etcdcluster.membership import (
     ClusterView,
     MemberClients,
     MemberState,

@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from etcdlock.etcd import EtcdClient, EtcdConfig
-from etcdlock.operator.clusters import Clusters
 from etcdlock.operator.errors import LockNotFound
+from etcdlock.operator.etcdcluster import Clusters
 from etcdlock.operator.events import EventRecorder
 from etcdlock.operator.kube import Kube, retrying
 from etcdlock.operator.leadership import Leadership
@@ -79,7 +79,7 @@ class OperatorContext:
 
         pods = PodHolds(PodContext(stores, pod_api, rules, resolve, takeover.adopted, events))
         services = LockServices(kube, locks, stores, pods.changes, metrics, events)
-        clusters = Clusters(kube.api, stores.default)
+        clusters = Clusters(kube, stores.default, events)
         return cls(client, kube, events, stores, takeover, locks, services, pods, clusters)
 
     async def close(self) -> None:

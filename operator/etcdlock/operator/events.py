@@ -16,17 +16,3 @@ class EventRecorder(Protocol):
 
     def warn(self, obj: Mapping[str, Any], reason: str, message: str) -> None:
         """A Warning Event."""
-
-
-def info(obj: Mapping[str, Any], reason: str, message: str) -> None:
-    """A Normal Event through kopf (until every controller takes a recorder)."""
-    import kopf
-
-    kopf.info(obj, reason=reason, message=message)  # type: ignore[arg-type]
-
-
-def warn(obj: Mapping[str, Any], reason: str, message: str) -> None:
-    """A Warning Event through kopf (until every controller takes a recorder)."""
-    import kopf
-
-    kopf.warn(obj, reason=reason, message=message)  # type: ignore[arg-type]

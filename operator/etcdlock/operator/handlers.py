@@ -16,8 +16,8 @@ from typing import Any, cast
 import kopf
 import kubernetes
 
-from etcdlock.operator.clusters import RECONCILE_PERIOD
 from etcdlock.operator.context import OperatorContext
+from etcdlock.operator.etcdcluster import RECONCILE_PERIOD
 from etcdlock.operator.names import ANNOTATION_PREFIX, CLUSTERS, FINALIZER, GROUP, LOCKS, VERSION
 
 log = logging.getLogger(__name__)

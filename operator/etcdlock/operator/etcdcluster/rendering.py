@@ -1,4 +1,4 @@
-"""EtcdCluster: what its spec means and the Kubernetes objects that run it, as plain functions.
+"""The Kubernetes objects that run an EtcdCluster, rendered from its spec by plain functions.
 
 A cluster NAME is a StatefulSet NAME whose pods are the members (NAME-0, NAME-1, ...), a headless Service
 NAME (stable peer names NAME-i.NAME.NAMESPACE.svc, published before the pods are ready so that members
@@ -19,124 +19,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
-from dataclasses import dataclass, field
 from typing import Any
 
-from etcdlock.operator.errors import InvalidSpec
+from etcdlock.operator.etcdcluster.membership import quorum
+from etcdlock.operator.etcdcluster.spec import CLIENT_PORT, PEER_PORT, ClusterSpec
 
-SIZES = (1, 3, 5, 7)
-DEFAULT_VERSION = "3.5.21"
-IMAGE = "registry.k8s.io/etcd:{version}-0"
-CLIENT_PORT, PEER_PORT, METRICS_PORT = 2379, 2380, 2381
+METRICS_PORT = 2381
 QUOTA_BYTES = 2 * 1024**3
 DATA = "/var/lib/etcd"
 TEMPLATE_HASH = "etcdlock.io/template-hash"
-_VERSION = re.compile(r"^3\.(\d+)\.(\d+)$")
-_DURATION = re.compile(r"^(\d+)(s|m|h)$")
-_UNITS = {"s": 1, "m": 60, "h": 3600}
-DEFAULT_DEFRAGMENT_INTERVAL = "24h"
-DEFAULT_COMPACTION_RETENTION = "1h"
 
 Obj = dict[str, Any]
-
-
-@dataclass(frozen=True)
-class ClusterSpec:
-    """A validated EtcdCluster spec."""
-
-    namespace: str
-    name: str
-    replicas: int
-    version: str
-    image: str
-    storage_size: str | None = None
-    storage_class: str | None = None
-    resources: Obj = field(default_factory=dict)
-    pod_template: Obj = field(default_factory=dict)
-    defragment_interval: float = 24 * 3600.0
-    compaction_retention: str = DEFAULT_COMPACTION_RETENTION
-
-    @classmethod
-    def parse(cls, namespace: str, name: str, spec: Any) -> ClusterSpec:
-        """Check the spec as the CRD schema does (it may have been stored before the schema existed)."""
-        if not isinstance(spec, dict):
-            raise InvalidSpec("spec must be an object")
-        replicas = spec.get("replicas", 3)
-        if replicas not in SIZES or isinstance(replicas, bool):
-            raise InvalidSpec(f"spec.replicas must be one of {', '.join(map(str, SIZES))}, not {replicas!r}")
-        version = spec.get("version", DEFAULT_VERSION)
-        if not isinstance(version, str) or not _VERSION.match(version):
-            raise InvalidSpec(f"spec.version must look like 3.5.21, not {version!r}")
-        storage = spec.get("storage") or {}
-        maintenance = spec.get("maintenance") or {}
-        interval = maintenance.get("defragmentInterval", DEFAULT_DEFRAGMENT_INTERVAL)
-        retention = maintenance.get("compactionRetention", DEFAULT_COMPACTION_RETENTION)
-        for key, value in (("defragmentInterval", interval), ("compactionRetention", retention)):
-            if not isinstance(value, str) or not _DURATION.match(value):
-                raise InvalidSpec(f"spec.maintenance.{key} must look like 30s, 10m or 24h, not {value!r}")
-        return cls(
-            namespace=namespace,
-            name=name,
-            replicas=replicas,
-            version=version,
-            image=spec.get("image") or IMAGE.format(version=version),
-            storage_size=storage.get("size"),
-            storage_class=storage.get("storageClassName"),
-            resources=dict(spec.get("resources") or {}),
-            pod_template=dict(spec.get("podTemplate") or {}),
-            defragment_interval=seconds(interval),
-            compaction_retention=retention,
-        )
-
-    @property
-    def quorum(self) -> int:
-        return self.replicas // 2 + 1
-
-    @property
-    def labels(self) -> dict[str, str]:
-        return {"app.kubernetes.io/name": "etcd", "app.kubernetes.io/instance": self.name}
-
-    def member(self, index: int) -> str:
-        return f"{self.name}-{index}"
-
-    def ordinal(self, member: str) -> int | None:
-        head, _, index = member.rpartition("-")
-        return int(index) if head == self.name and index.isdigit() else None
-
-    def client_url_of(self, index: int) -> str:
-        return f"http://{self.member(index)}.{self.name}.{self.namespace}.svc:{CLIENT_PORT}"
-
-    def peer_url(self, index: int) -> str:
-        return f"http://{self.member(index)}.{self.name}.{self.namespace}.svc:{PEER_PORT}"
-
-    @property
-    def client_url(self) -> str:
-        return f"http://{self.name}-client.{self.namespace}.svc:{CLIENT_PORT}"
-
-    def initial_cluster(self) -> str:
-        return ",".join(f"{self.member(i)}={self.peer_url(i)}" for i in range(self.replicas))
-
-    def wanted(self) -> dict[str, str]:
-        """The members this spec asks for: name -> peer URL."""
-        return {self.member(i): self.peer_url(i) for i in range(self.replicas)}
-
-
-def seconds(duration: str) -> float:
-    """``30s``, ``10m``, ``24h`` in seconds (0 turns the schedule off)."""
-    match = _DURATION.match(duration)
-    if match is None:
-        raise InvalidSpec(f"{duration!r} is not a duration like 30s, 10m or 24h")
-    return float(int(match.group(1)) * _UNITS[match.group(2)])
-
-
-def upgrade_allowed(current: str, wanted: str) -> bool:
-    """etcd's upgrade path: any patch of the same minor, or the next minor; never down."""
-    now, then = _VERSION.match(current), _VERSION.match(wanted)
-    if now is None or then is None:
-        return False
-    (minor, patch), (new_minor, new_patch) = map(int, now.groups()), map(int, then.groups())
-    return (new_minor == minor and new_patch >= patch) or new_minor == minor + 1
 
 
 def _meta(spec: ClusterSpec, name: str, owner: Obj | None) -> Obj:
@@ -288,7 +181,12 @@ def template_hash(pod: Obj) -> str:
     relevant = json.loads(json.dumps(pod))
     for container in relevant["containers"]:
         container["command"] = [c for c in container["command"] if not c.startswith("--initial-cluster")]
-    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:12]
+    return digest(relevant)
+
+
+def digest(obj: Any) -> str:
+    """A short digest of a JSON value, the same for equal values whatever the order of their keys."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def _spread(spec: ClusterSpec) -> Obj:
@@ -307,7 +205,7 @@ def disruption_budget(spec: ClusterSpec, owner: Obj | None = None) -> Obj:
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
         "metadata": _meta(spec, spec.name, owner),
-        "spec": {"minAvailable": spec.quorum, "selector": {"matchLabels": dict(spec.labels)}},
+        "spec": {"minAvailable": quorum(spec.replicas), "selector": {"matchLabels": dict(spec.labels)}},
     }
 
 
