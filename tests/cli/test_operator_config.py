@@ -74,8 +74,13 @@ def test_every_flag_is_read_from_the_environment(monkeypatch: pytest.MonkeyPatch
 def test_a_flag_given_wins_over_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for name, value in ENVIRONMENT.items():
         monkeypatch.setenv(name, value)
-    config = _config("--leader-ttl", "9", "--metrics", "off", "--election", "off", "--webhook", "off")
+    config = _config("--metrics", "off", "--election", "off", "--webhook", "off")
     assert (config.metrics, config.election, config.webhook) == (None, None, None)
+    config = _config(
+        "-n", "team-c", "--shared-key-prefix", "/only/", "--leader-ttl", "9", "--kubeconfig", "k"
+    )
+    assert (config.namespaces, config.shared_key_prefixes) == (("team-c",), ("/only/",))
+    assert config.election is not None and config.election.ttl == 9 and config.kubeconfig == "k"
 
 
 def test_without_flags_or_environment_the_defaults_are_the_shipped_deployment(

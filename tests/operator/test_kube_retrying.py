@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import kubernetes
 import pytest
 
-from etcdlock.operator.kube import ApiUnavailable, Conflict, retrying
+from etcdlock.operator.kube import ApiUnavailable, Conflict, Kube, retrying
 
 
 async def test_a_call_given_as_a_lambda_is_awaited_and_its_answer_returned() -> None:
@@ -37,3 +38,29 @@ async def test_a_call_that_never_lands_fails_as_unavailable_after_its_attempts()
     with pytest.raises(ApiUnavailable, match="pod a/b: changed"):
         await retrying("pod a/b", lambda: call(), attempts=2)
     assert len(calls) == 2
+
+
+async def test_one_attempt_means_one_try() -> None:
+    calls: list[int] = []
+
+    async def call() -> None:
+        calls.append(1)
+        raise ApiUnavailable("down")
+
+    with pytest.raises(ApiUnavailable):
+        await retrying("pod a/b", lambda: call(), attempts=1)
+    assert len(calls) == 1
+
+
+async def test_an_unreachable_api_reads_the_same_every_time() -> None:
+    """Its text carries no object address, so a status or Event saying it is not written again each try."""
+    configuration = kubernetes.client.Configuration()
+    configuration.host = "http://127.0.0.1:9"
+    configuration.retries = False
+    kube = Kube(kubernetes.client.ApiClient(configuration))
+    messages = []
+    for _ in range(2):
+        with pytest.raises(ApiUnavailable) as failed:
+            await kube.custom_object("distributedlocks", "default", "nightly")
+        messages.append(str(failed.value))
+    assert messages[0] == messages[1] and "API unreachable" in messages[0] and " at 0x" not in messages[0]

@@ -6,15 +6,17 @@ import asyncio
 import base64
 import json
 import ssl
+import types
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
+from etcdlock.etcd import EtcdLockError
 from etcdlock.operator.config import WebhookSettings
 from etcdlock.operator.names import SCHEDULING_GATE, WEBHOOK_PATH
-from etcdlock.operator.webhook import WebhookServer, gate_patch, review
+from etcdlock.operator.webhook import WebhookServer, gate_patch, register, review
 from etcdlock_sandbox.certs import write_webhook_certs
 from etcdlock_sandbox.etcd import free_port
 
@@ -79,3 +81,27 @@ async def test_the_webhook_serves_https_and_picks_up_a_renewed_certificate(tmp_p
                     await asyncio.sleep(0.05)
         with pytest.raises(aiohttp.ClientConnectorCertificateError):
             await post(settings.port, first_ca, request)
+
+
+class _NoAdmissionApi:
+    """An adapter whose API serves no webhook configurations: every call answers 404 (None)."""
+
+    admission = types.SimpleNamespace(
+        create_mutating_webhook_configuration="create",
+        patch_mutating_webhook_configuration="patch",
+        create_validating_webhook_configuration="create",
+        patch_validating_webhook_configuration="patch",
+    )
+
+    async def call(self, method: object, *args: object, **kwargs: object) -> None:
+        return None
+
+
+async def test_registering_where_the_api_has_no_webhook_configurations_is_one_clear_error(
+    tmp_path: Path,
+) -> None:
+    settings = WebhookSettings("127.0.0.1", 9443, write_webhook_certs(tmp_path))
+    with pytest.raises(
+        EtcdLockError, match=r"cannot register the webhook: no MutatingWebhookConfiguration API"
+    ):
+        await register(_NoAdmissionApi(), settings)  # type: ignore[arg-type]

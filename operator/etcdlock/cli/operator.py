@@ -55,7 +55,6 @@ def add_parser(commands: Any) -> None:
         "-n",
         "--namespace",
         action="append",
-        default=_env_list("NAMESPACES"),
         help="watch only this namespace (repeatable; env ETCDLOCK_NAMESPACES, comma-separated)",
     )
     parser.add_argument(
@@ -86,7 +85,6 @@ def add_parser(commands: Any) -> None:
     parser.add_argument(
         "--shared-key-prefix",
         action="append",
-        default=_env_list("SHARED_KEY_PREFIXES"),
         metavar="PREFIX",
         help="let DistributedLocks of any namespace keep their key under PREFIX too, for locks shared with "
         "programs outside the cluster (repeatable; env ETCDLOCK_SHARED_KEY_PREFIXES, comma-separated; "
@@ -125,12 +123,12 @@ def operator_config(args: argparse.Namespace, etcd: EtcdConfig) -> OperatorConfi
     election = ElectionSettings(name=args.election, ttl=args.leader_ttl) if args.election != "off" else None
     return OperatorConfig(
         etcd=etcd,
-        namespaces=tuple(args.namespace),
+        namespaces=tuple(args.namespace or _env_list("NAMESPACES")),
         kubeconfig=args.kubeconfig or None,
         metrics=host_port("--metrics", args.metrics),
         webhook=webhook,
         election=election,
-        shared_key_prefixes=tuple(args.shared_key_prefix),
+        shared_key_prefixes=tuple(args.shared_key_prefix or _env_list("SHARED_KEY_PREFIXES")),
         exit_if_stuck=True,
     )
 

@@ -18,7 +18,7 @@ from etcdlock.etcd import EtcdClient, EtcdConfig
 from etcdlock.operator.errors import LockNotFound
 from etcdlock.operator.etcdcluster import Clusters
 from etcdlock.operator.events import EventRecorder
-from etcdlock.operator.kube import Kube, retrying
+from etcdlock.operator.kube import LIST_TIMEOUT, Kube, retrying
 from etcdlock.operator.leadership import Leadership
 from etcdlock.operator.locks import LockRules, Locks, LockSpec
 from etcdlock.operator.lockservice import LockServices
@@ -48,7 +48,7 @@ class OperatorContext:
     services: LockServices
     pods: PodHolds
     clusters: Clusters
-    closed: bool = False
+    exits: contextlib.AsyncExitStack
 
     @classmethod
     async def open(
@@ -62,37 +62,42 @@ class OperatorContext:
         rules: LockRules,
         namespaces: Sequence[str],
     ) -> OperatorContext:
-        """The context of a new term (API outages waited out: a new leader must not give up)."""
-        client = EtcdClient(etcd)
-        stores = Stores(Store(client, leadership.fence, leadership), kube)
-        takeover = Takeover(stores, rules.pod_ttl_floor / 3)
-        locks = Locks(rules)
-        listed = await retrying("listing DistributedLocks", lambda: kube.custom_objects(LOCKS, namespaces))
-        locks.remember(listed)
-        await _take_over(takeover, kube, namespaces)
+        """The context of a new term. API outages are waited out (a new leader must not give up); if it is
+        cancelled meanwhile (stopped, deposed), what it opened so far is closed."""
+        async with contextlib.AsyncExitStack() as opened:
+            client = EtcdClient(etcd)
+            opened.push_async_callback(client.close)
+            stores = Stores(Store(client, leadership.fence, leadership), kube)
+            opened.push_async_callback(stores.close)
+            locks = Locks(rules)
+            listed = await retrying(
+                "listing DistributedLocks",
+                lambda: kube.custom_objects(LOCKS, namespaces, timeout=LIST_TIMEOUT),
+            )
+            locks.remember(listed)
+            takeover = Takeover(stores, rules.pod_ttl_floor / 3)
+            opened.push_async_callback(takeover.close)
+            await _take_over(takeover, kube, namespaces)
 
-        async def resolve(namespace: str, name: str) -> LockSpec:
-            body = await pod_api.read_lock(namespace, name)
-            if body is None:
-                raise LockNotFound(f"DistributedLock {name} does not exist")
-            return locks.served(body)
+            async def resolve(namespace: str, name: str) -> LockSpec:
+                body = await pod_api.read_lock(namespace, name)
+                if body is None:
+                    raise LockNotFound(f"DistributedLock {name} does not exist")
+                return locks.served(body)
 
-        pods = PodHolds(PodContext(stores, pod_api, rules, resolve, takeover.adopted, events))
-        services = LockServices(kube, locks, stores, pods.changes, metrics, events)
-        clusters = Clusters(kube, stores.default, events)
-        return cls(client, kube, events, stores, takeover, locks, services, pods, clusters)
+            clusters = Clusters(kube, stores.default, events)
+            opened.push_async_callback(clusters.close)
+            pods = PodHolds(PodContext(stores, pod_api, rules, resolve, takeover.adopted, events))
+            services = LockServices(kube, locks, stores, pods.changes, metrics, events)
+            opened.push_async_callback(services.stop_all)
+            opened.push_async_callback(pods.stop_all)
+            exits = opened.pop_all()
+        return cls(client, kube, events, stores, takeover, locks, services, pods, clusters, exits)
 
     async def close(self) -> None:
-        """Stop every controller's tasks and close the clients (once; again does nothing)."""
-        if self.closed:
-            return
-        self.closed = True
-        await self.pods.stop_all()
-        await self.services.stop_all()
-        await self.takeover.close()
-        await self.clusters.close()
-        await self.stores.close()
-        await self.etcd.close()
+        """Stop the holds and the lock services, then close the takeover and the clients; every step runs
+        even if one before it fails. Closing again does nothing."""
+        await self.exits.aclose()
 
 
 async def _take_over(takeover: Takeover, kube: Kube, namespaces: Sequence[str]) -> None:

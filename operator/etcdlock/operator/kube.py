@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -29,6 +30,8 @@ Obj = dict[str, Any]
 
 # Bounds each call (well below any lease TTL), so that a retried write is re-checked.
 REQUEST_TIMEOUT = 5.0
+# Bounds a list of every pod or lock of the cluster, which a large cluster takes longer to answer.
+LIST_TIMEOUT = 60.0
 # The pause between attempts doubles from the first to the longest.
 RETRY_FIRST = 0.25
 RETRY_LONGEST = 1.0
@@ -59,12 +62,14 @@ class Kube:
         self.extensions = kubernetes.client.ApiextensionsV1Api(api)
         self.admission = kubernetes.client.AdmissionregistrationV1Api(api)
 
-    async def call(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Obj | None:
-        """``method(*args, **kwargs)`` of one of the API groups, in a thread: the answer's body, or None
-        for 404; raises :class:`Conflict` or :class:`ApiUnavailable`."""
+    async def call(
+        self, method: Callable[..., Any], *args: Any, timeout: float = REQUEST_TIMEOUT, **kwargs: Any
+    ) -> Obj | None:
+        """``method(*args, **kwargs)`` of one of the API groups, in a thread, answered within ``timeout``
+        seconds: the answer's body, or None for 404; raises :class:`Conflict` or :class:`ApiUnavailable`."""
 
         def run() -> Obj:
-            response = method(*args, _preload_content=False, _request_timeout=REQUEST_TIMEOUT, **kwargs)
+            response = method(*args, _preload_content=False, _request_timeout=timeout, **kwargs)
             body: Obj = json.loads(response.data or b"{}")
             return body
 
@@ -77,23 +82,27 @@ class Kube:
                 raise Conflict(f"conflict: {exc.reason}") from None
             raise ApiUnavailable(f"API error {exc.status} {exc.reason}") from None
         except (OSError, urllib3.exceptions.HTTPError) as exc:
-            raise ApiUnavailable(f"API unreachable ({exc})") from None
+            raise ApiUnavailable(f"API unreachable ({_without_addresses(exc)})") from None
 
     async def custom_object(self, plural: str, namespace: str, name: str) -> Obj | None:
         return await self.call(
             self.objects.get_namespaced_custom_object, GROUP, VERSION, namespace, plural, name
         )
 
-    async def custom_objects(self, plural: str, namespaces: Sequence[str]) -> list[Obj]:
+    async def custom_objects(
+        self, plural: str, namespaces: Sequence[str], timeout: float = REQUEST_TIMEOUT
+    ) -> list[Obj]:
         """Every object of the kind in ``namespaces`` (none: in all)."""
+        objects = self.objects
         if not namespaces:
-            listed = await self.call(self.objects.list_cluster_custom_object, GROUP, VERSION, plural)
+            listed = await self.call(
+                objects.list_cluster_custom_object, GROUP, VERSION, plural, timeout=timeout
+            )
             return list((listed or {}).get("items") or [])
         found: list[Obj] = []
         for namespace in namespaces:
-            listed = await self.call(
-                self.objects.list_namespaced_custom_object, GROUP, VERSION, namespace, plural
-            )
+            list_namespaced = objects.list_namespaced_custom_object
+            listed = await self.call(list_namespaced, GROUP, VERSION, namespace, plural, timeout=timeout)
             found.extend((listed or {}).get("items") or [])
         return found
 
@@ -101,15 +110,19 @@ class Kube:
         patch = self.objects.patch_namespaced_custom_object_status
         return await self.call(patch, GROUP, VERSION, namespace, plural, name, {"status": status})
 
-    async def pods(self, namespaces: Sequence[str], label_selector: str | None = None) -> list[Obj]:
+    async def pods(
+        self, namespaces: Sequence[str], label_selector: str | None = None, timeout: float = REQUEST_TIMEOUT
+    ) -> list[Obj]:
         """Every pod in ``namespaces`` (none: in all), of the selector if one is given."""
-        selector = {"label_selector": label_selector} if label_selector else {}
+        options: dict[str, Any] = {"timeout": timeout}
+        if label_selector:
+            options["label_selector"] = label_selector
         if not namespaces:
-            listed = await self.call(self.core.list_pod_for_all_namespaces, **selector)
+            listed = await self.call(self.core.list_pod_for_all_namespaces, **options)
             return list((listed or {}).get("items") or [])
         found: list[Obj] = []
         for namespace in namespaces:
-            listed = await self.call(self.core.list_namespaced_pod, namespace, **selector)
+            listed = await self.call(self.core.list_namespaced_pod, namespace, **options)
             found.extend((listed or {}).get("items") or [])
         return found
 
@@ -125,7 +138,7 @@ async def retrying(what: str, call: Callable[[], Awaitable[T]], attempts: int | 
     retry = tenacity.AsyncRetrying(
         retry=tenacity.retry_if_exception_type((ApiUnavailable, Conflict)),
         wait=tenacity.wait_exponential(multiplier=RETRY_FIRST, max=RETRY_LONGEST),
-        stop=tenacity.stop_after_attempt(attempts) if attempts else tenacity.stop_never,
+        stop=tenacity.stop_never if attempts is None else tenacity.stop_after_attempt(attempts),
         before_sleep=warn,
         reraise=True,
     )
@@ -138,3 +151,9 @@ async def retrying(what: str, call: Callable[[], Awaitable[T]], attempts: int | 
         return await retry(attempt)
     except (ApiUnavailable, Conflict) as exc:
         raise ApiUnavailable(f"{what}: {exc}") from None
+
+
+def _without_addresses(exc: BaseException) -> str:
+    """The error's text without the object addresses urllib3 puts in it, so that the same failure reads the
+    same every time (a status or an Event is written again only when its text changes)."""
+    return re.sub(r" object at 0x[0-9a-f]+", "", str(exc))

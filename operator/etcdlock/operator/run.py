@@ -97,7 +97,8 @@ class _Kopf:
         return asyncio.create_task(self._run(leadership, stop, ready), name="kopf")
 
     async def _run(self, leadership: Leadership, stop: asyncio.Event, ready: asyncio.Event) -> None:
-        context = await OperatorContext.open(
+        """Open the term's context (unless told to stop first), run kopf with it, close it."""
+        opening = OperatorContext.open(
             self.etcd,
             self.kube,
             KopfEvents(),
@@ -107,6 +108,9 @@ class _Kopf:
             self.rules,
             self.namespaces,
         )
+        index, context = await race(opening, stop.wait())
+        if index:
+            return  # stopped, or deposed, while opening: the context closed what it had opened
         try:
             await _kopf_operator(
                 registry=build_registry(self.kube.api),

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from etcdlock.etcd import Fenced
 from etcdlock.etcd.keeper import LeaseKeeper
 from etcdlock.operator.errors import OperatorError
-from etcdlock.operator.kube import Kube
+from etcdlock.operator.kube import LIST_TIMEOUT, Kube, retrying
 from etcdlock.operator.names import (
     CLUSTER_ANNOTATION,
     HELD,
@@ -46,8 +46,9 @@ class Takeover:
         self._expiry: asyncio.TimerHandle | None = None
 
     async def start(self, kube: Kube, namespaces: Sequence[str]) -> int:
-        """Renew the lease of every pod that waits for or holds a lock; how many were found."""
-        pods = await kube.pods(namespaces)
+        """Renew the lease of every pod that waits for or holds a lock; how many were found. (The pods are
+        listed until the API answers: a new leader must not give up.)"""
+        pods = await retrying("listing pods", lambda: kube.pods(namespaces, timeout=LIST_TIMEOUT))
         for pod in pods:
             annotations = annotations_of(pod)
             lease = parse_lease(annotations.get(LEASE_ANNOTATION))

@@ -289,9 +289,11 @@ async def register(kube: Kube, settings: WebhookSettings) -> None:
     try:
         for body, create, patch in writes:
             try:
-                await kube.call(create, body)
+                written = await kube.call(create, body)
             except Conflict:  # it exists: point it here
-                await kube.call(patch, WEBHOOK_CONFIGURATION, body, _content_type=merge)
+                written = await kube.call(patch, WEBHOOK_CONFIGURATION, body, _content_type=merge)
+            if written is None:
+                raise ApiUnavailable(f"no {body['kind']} API (404)")
     except ApiUnavailable as exc:
         raise EtcdLockError(f"cannot register the webhook: {exc}") from None
     log.info(
