@@ -22,10 +22,10 @@ lint: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-# Two workers: most tests wait on etcd, kopf or a fault, so two overlap well on two cores. loadgroup: a
-# module whose tests take one object through its life in order marks them xdist_group, one worker's.
+# Two workers: most tests wait on etcd, kopf or a fault, so two overlap well on two cores. loadfile: a
+# file's tests run in one worker, in order (test_etcdcluster.py takes one cluster through its life).
 test: lint
-	$(BIN)/pytest -n 2 --dist loadgroup
+	$(BIN)/pytest -n 2 --dist loadfile
 
 bench: $(STAMP)
 	$(BIN)/python bench/locks.py

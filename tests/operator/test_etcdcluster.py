@@ -37,9 +37,6 @@ from etcdlock_sandbox.etcd import LocalEtcd, free_port
 from etcdlock_sandbox.replicas import OperatorProcess
 
 GROUP, VERSION, CLUSTERS = "etcdlock.io", "v1alpha1", "etcdclusters"
-
-# The tests take one cluster through its life in order (scaled, upgraded, deleted): one worker runs them all.
-pytestmark = pytest.mark.xdist_group("etcdcluster-lifecycle")
 SLOW = 90.0  # bound for membership changes: each member start, learner catch-up and promotion
 
 
