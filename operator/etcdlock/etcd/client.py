@@ -432,11 +432,8 @@ class EtcdClient:
         or the client moving off the member, raises :class:`EtcdUnavailable`.
         """
         await self.connect()
-        # aetcd pairs each "watch created" answer with the oldest pending request, so a creation abandoned
-        # half-way would hand its watch (another key's events) to the next one; and on Python 3.11 its
-        # asyncio.wait_for drops a cancellation that arrives just as the watch is created. So the creation
-        # runs shielded: the caller's cancellation takes effect at once, and the watch, once created, is
-        # cancelled in the background.
+        # The creation runs shielded: the caller's cancellation takes effect at once, and the watch, once
+        # created, is cancelled in the background (a watch etcd creates for nobody would live on).
         creating = asyncio.ensure_future(
             self._create_watch(
                 key,
@@ -460,7 +457,7 @@ class EtcdClient:
     def _watcher(self, member: Member) -> Watcher:
         if member.watcher is None:
             stub = member.stub("Watch")
-            member.watcher = Watcher(stub, timeout=None, metadata=self._metadata("Watch"))
+            member.watcher = Watcher(stub, metadata=self._metadata("Watch"))
         return member.watcher
 
     async def _create_watch(self, key: bytes, **options: Any) -> Watch:
@@ -468,8 +465,8 @@ class EtcdClient:
 
         A refused creation, when this client authenticates, gets a new token and stream and one more try:
         the refusal may come from the stream's token having expired (etcd 3.5 says "permission denied").
-        A creation waits as long as its stream lives (no timeout of its own: aetcd would pair its late
-        answer with the next creation); a hung member's stream is ended when the client moves off it.
+        A creation waits as long as its stream lives (no timeout of its own); a hung member's stream is
+        ended when the client moves off it.
         """
         for attempt in range(2):
             member = self._members[self._current]
