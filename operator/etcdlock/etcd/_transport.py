@@ -11,7 +11,7 @@ import asyncio
 import ipaddress
 import ssl
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from aetcd import rpc
@@ -19,6 +19,9 @@ from aetcd import rpc
 from etcdlock.etcd._watch import Watcher
 from etcdlock.etcd.config import Endpoint, EtcdConfig
 from etcdlock.etcd.errors import ConfigError
+
+if TYPE_CHECKING:
+    from etcdlock.etcd.leases import LeaseStream
 
 # A restarted member is reconnected within about a second instead of gRPC's default backoff of up to two
 # minutes. HTTP/2 pings find dead connections of idle clients (etcd allows one every 5 s).
@@ -64,6 +67,7 @@ class Member:
         self.channel = _channel(endpoint, config)
         self._stubs: dict[str, Any] = {}
         self.watcher: Watcher | None = None
+        self.lease_stream: LeaseStream | None = None
         # Set once a request got through: a later failure is not a TLS refusal.
         self.answered = False
 

@@ -126,6 +126,8 @@ class EtcdClient:
         for member in members:
             if member.watcher is not None:
                 await member.watcher.close(EtcdUnavailable("client closed"))
+            if member.lease_stream is not None:
+                member.lease_stream.end(EtcdUnavailable("client closed"))
             await member.channel.close()
 
     # Failover
@@ -139,10 +141,12 @@ class EtcdClient:
         log.debug("moving off etcd at %s to %s", member, self._members[self._current])
         self._restart_watches(member, EtcdUnavailable(f"moved off etcd at {member}"))
 
-    def _restart_watches(self, member: Member, reason: Exception) -> None:
+    def _restart_watches(self, member: Member, reason: EtcdError) -> None:
         watcher, member.watcher = member.watcher, None
         if watcher is not None:
             self._spawn(watcher.close(reason))
+        if member.lease_stream is not None:
+            member.lease_stream.end(reason)
 
     async def _keep_checking(self) -> None:
         """Ask the current member for its status every :data:`HEARTBEAT_INTERVAL` (etcd answers it from the
@@ -407,12 +411,15 @@ class EtcdClient:
         return int(response.TTL), int(response.grantedTTL)
 
     async def lease_stream(self) -> LeaseStream:
-        """A LeaseKeepAlive stream on the current member, cancelled by a member that loses its leader."""
+        """The LeaseKeepAlive stream of the current member, shared by every session and keeper of this
+        client (opened again once it ended); a member that loses its leader cancels it."""
         await self.connect()
         member = self._members[self._current]
-        return LeaseStream(
-            self, member, member.stub("Lease").LeaseKeepAlive(metadata=self._metadata("Lease"))
-        )
+        if member.lease_stream is None or member.lease_stream.ended:
+            call = member.stub("Lease").LeaseKeepAlive(metadata=self._metadata("Lease"))
+            member.lease_stream = LeaseStream(self, member, call)
+            self._spawn(member.lease_stream.answers())
+        return member.lease_stream
 
     # Watches
 

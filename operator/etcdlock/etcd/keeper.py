@@ -58,12 +58,9 @@ class LeaseKeeper:
         while self._leases:
             try:
                 stream = await self._client.lease_stream()
-                try:
-                    while self._leases:
-                        await self._renew_once(stream)
-                        await asyncio.sleep(self._interval)
-                finally:
-                    stream.close()
+                while self._leases:
+                    await self._renew_once(stream)
+                    await asyncio.sleep(self._interval)
             except EtcdError as exc:
                 log.debug("keeping %d leases: %s; trying again", len(self._leases), exc)
                 await asyncio.sleep(RETRY_PAUSE)

@@ -1,8 +1,11 @@
-"""Lease keepalive streams: a session's (or a keeper's) renewals, on one member.
+"""Lease keepalive streams: one per member, shared by every session and keeper of a client.
 
-A stream is an object of its own, living as long as its owner renews through it, unlike the client's
-one-shot lease calls (grant, revoke, time to live). The client opens it (``EtcdClient.lease_stream``) and
-is told when its member fails, so that the next stream goes to another member.
+etcd's Go client carries all the leases of a client on one LeaseKeepAlive stream; so does this one, so a
+thousand sessions cost one stream, not a thousand. Renewals are written in turn; each answer carries its
+lease's ID and goes to the renewal that waits for it. A renewal not answered in time, or a stream that
+breaks, ends the stream for every lease on it: their owners renew again on the client's next stream (on
+another member if the client moved off this one), well before their TTLs run out. The client opens the
+stream (``EtcdClient.lease_stream``) and ends it when it moves off the member or closes.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from aetcd import rpc
 
-from etcdlock.etcd.errors import EtcdUnavailable
+from etcdlock.etcd.errors import EtcdError, EtcdUnavailable
 
 if TYPE_CHECKING:
     from etcdlock.etcd._transport import Member
@@ -21,62 +24,96 @@ if TYPE_CHECKING:
 
 
 class LeaseStream:
-    """A LeaseKeepAlive stream on one member, for one :class:`~etcdlock.etcd.session.Session`.
-
-    A member that does not answer a renewal in time, or breaks the stream, is moved off, so the next
-    stream goes to another member well before the lease's TTL runs out.
-    """
+    """The LeaseKeepAlive stream of one member; :meth:`answers` (run by the client) reads it."""
 
     def __init__(self, client: EtcdClient, member: Member, call: Any) -> None:
         self._client = client
         self._member = member
         self._call = call
+        self._writing = asyncio.Lock()
+        self._waiting: dict[int, list[asyncio.Future[int]]] = {}
+        self._ended: EtcdError | None = None
+
+    @property
+    def ended(self) -> bool:
+        return self._ended is not None
 
     async def renew(self, lease_id: int, timeout: float) -> int:
         """Renew the lease once; its TTL as etcd granted it (0 or less: the lease is gone).
 
-        Raises :class:`EtcdUnavailable` if the member did not answer within ``timeout`` or the stream broke.
+        Raises :class:`EtcdUnavailable` (or the stream's error) if the member did not answer within
+        ``timeout`` or the stream broke.
         """
-        try:
-            async with asyncio.timeout(timeout):
-                await self._call.write(rpc.LeaseKeepAliveRequest(ID=lease_id))
-                response = await self._call.read()
-        except TimeoutError:
-            why = f"etcd at {self._member} did not renew the lease within {timeout:.1f}s"
-            raise EtcdUnavailable(why) from None
-        except grpc.aio.AioRpcError as exc:
-            raise await self._client.failure(self._member, exc) from None
-        except asyncio.InvalidStateError:
-            # The stream had already ended (the member closed it) when the renewal was written.
-            code = await self._call.code()
-            raise EtcdUnavailable(
-                f"etcd at {self._member} ended the keepalive stream ({code.name})"
-            ) from None
-        if response is grpc.aio.EOF:
-            raise EtcdUnavailable(f"etcd at {self._member} closed the keepalive stream")
-        return int(response.TTL)
+        return (await self.renew_all([lease_id], timeout))[lease_id]
 
     async def renew_all(self, lease_ids: list[int], timeout: float) -> dict[int, int]:
         """Renew several leases at once: each lease's TTL as etcd granted it (0 or less: gone)."""
-        ttls: dict[int, int] = {}
+        answers = {lease_id: self._expect(lease_id) for lease_id in sorted(set(lease_ids))}
         try:
             async with asyncio.timeout(timeout):
-                for lease_id in lease_ids:
-                    await self._call.write(rpc.LeaseKeepAliveRequest(ID=lease_id))
-                while len(ttls) < len(set(lease_ids)):
-                    response = await self._call.read()
-                    if response is grpc.aio.EOF:
-                        raise EtcdUnavailable(f"etcd at {self._member} closed the keepalive stream")
-                    ttls[int(response.ID)] = int(response.TTL)
+                async with self._writing:
+                    for lease_id in answers:
+                        await self._write(lease_id)
+                return {lease_id: await answer for lease_id, answer in answers.items()}
         except TimeoutError:
-            raise EtcdUnavailable(
-                f"etcd at {self._member} did not renew leases within {timeout:.1f}s"
-            ) from None
-        except grpc.aio.AioRpcError as exc:
-            raise await self._client.failure(self._member, exc) from None
-        except asyncio.InvalidStateError:
-            raise EtcdUnavailable(f"etcd at {self._member} ended the keepalive stream") from None
-        return ttls
+            self.end(EtcdUnavailable(f"etcd at {self._member} did not renew leases within {timeout:.1f}s"))
+            raise self._ended from None  # type: ignore[misc]
+        finally:
+            for lease_id, answer in answers.items():
+                self._forget(lease_id, answer)
 
-    def close(self) -> None:
+    async def answers(self) -> None:
+        """Read the stream until it ends, handing each answer to the renewal of its lease."""
+        try:
+            while (response := await self._call.read()) is not grpc.aio.EOF:
+                waiting = self._waiting.get(int(response.ID))
+                if waiting:
+                    answer = waiting.pop(0)
+                    if not answer.done():
+                        answer.set_result(int(response.TTL))
+            self.end(EtcdUnavailable(f"etcd at {self._member} closed the keepalive stream"))
+        except grpc.aio.AioRpcError as exc:
+            self.end(await self._client.failure(self._member, exc))
+        except asyncio.InvalidStateError:
+            self.end(EtcdUnavailable(f"etcd at {self._member} ended the keepalive stream"))
+
+    def end(self, error: EtcdError) -> None:
+        """End the stream: every renewal waiting on it fails with ``error``."""
+        if self._ended is not None:
+            return
+        self._ended = error
         self._call.cancel()
+        for waiting in self._waiting.values():
+            for answer in waiting:
+                if not answer.done():
+                    answer.set_exception(error)
+        self._waiting.clear()
+
+    def _expect(self, lease_id: int) -> asyncio.Future[int]:
+        answer: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        if self._ended is not None:
+            answer.set_exception(self._ended)
+        else:
+            self._waiting.setdefault(lease_id, []).append(answer)
+        return answer
+
+    def _forget(self, lease_id: int, answer: asyncio.Future[int]) -> None:
+        waiting = self._waiting.get(lease_id)
+        if waiting and answer in waiting:
+            waiting.remove(answer)
+        if not answer.done():
+            answer.cancel()
+        elif not answer.cancelled():
+            answer.exception()  # retrieved: an answer nobody awaited any more is not an error to report
+
+    async def _write(self, lease_id: int) -> None:
+        if self._ended is not None:
+            raise self._ended
+        try:
+            await self._call.write(rpc.LeaseKeepAliveRequest(ID=lease_id))
+        except grpc.aio.AioRpcError as exc:
+            self.end(await self._client.failure(self._member, exc))
+            raise self._ended from None  # type: ignore[misc]
+        except asyncio.InvalidStateError:
+            self.end(EtcdUnavailable(f"etcd at {self._member} ended the keepalive stream"))
+            raise self._ended from None  # type: ignore[misc]

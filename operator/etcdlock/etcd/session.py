@@ -250,19 +250,16 @@ class Session:
         ``watchdog`` fires at the local deadline; each acknowledged renewal moves it.
         """
         stream = await self.client.lease_stream()
-        try:
-            while True:
-                sent = loop.time()
-                # Half the time left, but never less than ANSWER_WITHIN (or TTL/3): a hung member leaves
-                # time for a try on another, a leader still settling after an election gets its time.
-                wait = max(min(interval, ANSWER_WITHIN), (self._deadline - sent) / 2)
-                ttl = await stream.renew(self.lease_id, wait)
-                if ttl <= 0:
-                    self._lose("lease expired or was revoked")
-                    return
-                self._deadline = sent + ttl
-                self._tell_verdict()
-                watchdog.reschedule(self._deadline)
-                await asyncio.sleep(interval)
-        finally:
-            stream.close()
+        while True:
+            sent = loop.time()
+            # Half the time left, but never less than ANSWER_WITHIN (or TTL/3): a hung member leaves time
+            # for a try on another, a leader still settling after an election gets its time.
+            wait = max(min(interval, ANSWER_WITHIN), (self._deadline - sent) / 2)
+            ttl = await stream.renew(self.lease_id, wait)
+            if ttl <= 0:
+                self._lose("lease expired or was revoked")
+                return
+            self._deadline = sent + ttl
+            self._tell_verdict()
+            watchdog.reschedule(self._deadline)
+            await asyncio.sleep(interval)
