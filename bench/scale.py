@@ -8,10 +8,12 @@ the end), and prints one report:
 2. one mutex queue set up by 10, 100 and 1000 waiters at once (a session each): time until every
    contender key is written, per waiter, with the 1000/10 ratio (target <= 1.5);
 3. the hand-off latency through that queue of 1000 waiters (each holder releases as soon as it holds),
-   p50/p99/max (target p99 <= 10 ms).
+   p50/p99/max (target p99 <= 10 ms);
+4. the keepalive streams etcd counts (its own metrics) for 100 sessions of one client (target 1).
 
-The pod path and restart at scale (the rest of the scale section the project aims for) are not measured
-here yet. It is a report, not a test: it exits 0 even when a target is missed. Run it with ``make bench``.
+The pod path, restart at scale and the CLI against etcdctl (the rest of the scale section the project
+aims for) are not measured here yet. It is a report, not a test: it exits 0 even when a target is
+missed. Run it with ``make bench``.
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ import asyncio
 import logging
 import os
 import platform
+import re
 import statistics
 import sys
 import time
+import urllib.request
 
 from etcdlock.etcd import EtcdClient, EtcdConfig, Mutex, Session
 from etcdlock.etcd.keys import prefix, range_end
@@ -34,6 +38,7 @@ QUEUE_SIZES = (10, 100, 1000)
 HANDOFF_WAITERS = 1000
 FLAT_TARGET = 1.5
 HANDOFF_P99_TARGET_MS = 10.0
+KEEPALIVE_SESSIONS = 100
 BOUND = 300.0
 
 
@@ -126,6 +131,26 @@ async def handoffs(client: EtcdClient, waiters: int) -> list[float]:
     return latencies
 
 
+def keepalive_streams(cluster: LocalEtcd) -> int:
+    """Keepalive streams etcd has accepted since it started (its gRPC server metrics)."""
+    with urllib.request.urlopen(f"{cluster.endpoints[0]}/metrics", timeout=5) as response:
+        metrics = response.read().decode()
+    found = re.search(r'grpc_server_started_total\{grpc_method="LeaseKeepAlive"[^}]*\} (\d+)', metrics)
+    return int(found.group(1)) if found else 0
+
+
+async def streams_for_sessions(cluster: LocalEtcd, count: int) -> int:
+    """Keepalive streams a new client opens while ``count`` sessions of it renew twice (TTL 3 s, 4 s)."""
+    before = keepalive_streams(cluster)
+    async with EtcdClient(EtcdConfig.parse(cluster.endpoints)) as client:
+        sessions = [Session(client, ttl=3) for _ in range(count)]
+        await asyncio.gather(*(session.start() for session in sessions))
+        await asyncio.sleep(4)
+        opened = keepalive_streams(cluster) - before
+        await asyncio.gather(*(session.close() for session in sessions))
+    return opened
+
+
 async def run(cluster: LocalEtcd) -> None:
     print(
         f"etcdlock scale benchmark (engine): {os.cpu_count()} cores, 1 local etcd member, "
@@ -157,6 +182,10 @@ async def run(cluster: LocalEtcd) -> None:
         p99 = latencies[int(len(latencies) * 0.99) - 1]
         print(f"   p50 {statistics.median(latencies):.2f} ms, p99 {p99:.2f} ms, max {latencies[-1]:.2f} ms")
 
+        print(f"\n4. Keepalive streams for {KEEPALIVE_SESSIONS} sessions of one client (etcd's count)")
+        streams = await streams_for_sessions(cluster, KEEPALIVE_SESSIONS)
+        print(f"   {streams} stream(s) opened")
+
         print("\nTargets")
         print(
             f"   watch creation flat, {WATCH_COUNTS[-1]}/{WATCH_COUNTS[0]} <= {FLAT_TARGET}: "
@@ -170,6 +199,7 @@ async def run(cluster: LocalEtcd) -> None:
             f"   hand-off p99 at {HANDOFF_WAITERS} waiters <= {HANDOFF_P99_TARGET_MS} ms: "
             f"{p99:.2f} {verdict(p99 <= HANDOFF_P99_TARGET_MS)}"
         )
+        print(f"   one keepalive stream for {KEEPALIVE_SESSIONS} sessions: {streams} {verdict(streams == 1)}")
 
 
 def main() -> int:
