@@ -9,10 +9,12 @@ the end), and prints one report:
    contender key is written, per waiter, with the 1000/10 ratio (target <= 1.5);
 3. the hand-off latency through that queue of 1000 waiters (each holder releases as soon as it holds),
    p50/p99/max (target p99 <= 10 ms);
-4. the keepalive streams etcd counts (its own metrics) for 100 sessions of one client (target 1).
+4. the keepalive streams etcd counts (its own metrics) for 100 sessions of one client (target 1);
+5. ``etcdlock lock NAME -- true`` as a whole process against ``etcdctl lock NAME true``, alternating,
+   median wall time (target <= 3x).
 
-The pod path, restart at scale and the CLI against etcdctl (the rest of the scale section the project
-aims for) are not measured here yet. It is a report, not a test: it exits 0 even when a target is
+The pod path and restart at scale (the rest of the scale section the project aims for) are not measured
+here yet. It is a report, not a test: it exits 0 even when a target is
 missed. Run it with ``make bench``.
 """
 
@@ -24,13 +26,15 @@ import os
 import platform
 import re
 import statistics
+import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 from etcdlock.etcd import EtcdClient, EtcdConfig, Mutex, Session
 from etcdlock.etcd.keys import prefix, range_end
-from etcdlock_sandbox.etcd import LocalEtcd
+from etcdlock_sandbox.etcd import LocalEtcd, etcd_binary
 from interrupts import stop_on_sigterm
 
 WATCH_COUNTS = (10, 100, 1000, 2000)
@@ -39,6 +43,8 @@ HANDOFF_WAITERS = 1000
 FLAT_TARGET = 1.5
 HANDOFF_P99_TARGET_MS = 10.0
 KEEPALIVE_SESSIONS = 100
+CLI_RUNS = 15
+CLI_TARGET = 3.0
 BOUND = 300.0
 
 
@@ -151,6 +157,33 @@ async def streams_for_sessions(cluster: LocalEtcd, count: int) -> int:
     return opened
 
 
+def _wall(command: list[str]) -> float:
+    started = time.perf_counter()
+    subprocess.run(command, check=True, capture_output=True, timeout=60)
+    return time.perf_counter() - started
+
+
+def cli_processes(cluster: LocalEtcd) -> tuple[float, float]:
+    """Median seconds of a whole ``etcdlock lock NAME -- true`` and ``etcdctl lock NAME true``,
+    alternating."""
+    endpoint = cluster.endpoints[0]
+    ours = [
+        str(Path(sys.executable).with_name("etcdlock")),
+        "--endpoints",
+        endpoint,
+        "lock",
+        "cli",
+        "--",
+        "true",
+    ]
+    theirs = [etcd_binary("etcdctl"), f"--endpoints={endpoint}", "lock", "cli", "true"]
+    times: dict[str, list[float]] = {"ours": [], "etcdctl": []}
+    for _ in range(CLI_RUNS):
+        times["ours"].append(_wall(ours))
+        times["etcdctl"].append(_wall(theirs))
+    return statistics.median(times["ours"]), statistics.median(times["etcdctl"])
+
+
 async def run(cluster: LocalEtcd) -> None:
     print(
         f"etcdlock scale benchmark (engine): {os.cpu_count()} cores, 1 local etcd member, "
@@ -186,6 +219,13 @@ async def run(cluster: LocalEtcd) -> None:
         streams = await streams_for_sessions(cluster, KEEPALIVE_SESSIONS)
         print(f"   {streams} stream(s) opened")
 
+        print(f"\n5. The CLI as a whole process, {CLI_RUNS} runs each, alternating")
+        ours, etcdctl = cli_processes(cluster)
+        cli_ratio = ours / etcdctl
+        print(f"   etcdlock lock NAME -- true  {ours * 1000:7.1f} ms median")
+        print(f"   etcdctl lock NAME true      {etcdctl * 1000:7.1f} ms median")
+        print(f"   ratio: {cli_ratio:.2f}")
+
         print("\nTargets")
         print(
             f"   watch creation flat, {WATCH_COUNTS[-1]}/{WATCH_COUNTS[0]} <= {FLAT_TARGET}: "
@@ -200,6 +240,7 @@ async def run(cluster: LocalEtcd) -> None:
             f"{p99:.2f} {verdict(p99 <= HANDOFF_P99_TARGET_MS)}"
         )
         print(f"   one keepalive stream for {KEEPALIVE_SESSIONS} sessions: {streams} {verdict(streams == 1)}")
+        print(f"   CLI within {CLI_TARGET}x etcdctl: {cli_ratio:.2f} {verdict(cli_ratio <= CLI_TARGET)}")
 
 
 def main() -> int:
