@@ -24,12 +24,10 @@ import asyncio
 import logging
 import os
 import platform
-import re
 import statistics
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 from etcdlock.etcd import EtcdClient, EtcdConfig, Mutex, Session
@@ -137,22 +135,14 @@ async def handoffs(client: EtcdClient, waiters: int) -> list[float]:
     return latencies
 
 
-def keepalive_streams(cluster: LocalEtcd) -> int:
-    """Keepalive streams etcd has accepted since it started (its gRPC server metrics)."""
-    with urllib.request.urlopen(f"{cluster.endpoints[0]}/metrics", timeout=5) as response:
-        metrics = response.read().decode()
-    found = re.search(r'grpc_server_started_total\{grpc_method="LeaseKeepAlive"[^}]*\} (\d+)', metrics)
-    return int(found.group(1)) if found else 0
-
-
 async def streams_for_sessions(cluster: LocalEtcd, count: int) -> int:
     """Keepalive streams a new client opens while ``count`` sessions of it renew twice (TTL 3 s, 4 s)."""
-    before = keepalive_streams(cluster)
+    before = cluster.members[0].streams_started("LeaseKeepAlive")
     async with EtcdClient(EtcdConfig.parse(cluster.endpoints)) as client:
         sessions = [Session(client, ttl=3) for _ in range(count)]
         await asyncio.gather(*(session.start() for session in sessions))
         await asyncio.sleep(4)
-        opened = keepalive_streams(cluster) - before
+        opened = cluster.members[0].streams_started("LeaseKeepAlive") - before
         await asyncio.gather(*(session.close() for session in sessions))
     return opened
 

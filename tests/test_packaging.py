@@ -177,3 +177,24 @@ def test_the_operator_without_its_extra_says_which_extra_to_install(missing: str
     assert done.returncode == 1
     hint = f"(no module {missing}): pip install 'etcdlock[operator]'"
     assert done.stderr.strip().splitlines() == [f"etcdlock: the operator needs the operator extra {hint}"]
+
+
+def test_the_help_lists_the_commands_other_distributions_add() -> None:
+    etcdlock_command = str(Path(sys.executable).with_name("etcdlock"))
+    done = subprocess.run(
+        [etcdlock_command, "--help"], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert "sandbox" in done.stdout and "lock" in done.stdout
+
+
+def test_a_built_in_command_does_not_look_for_other_distributions_commands() -> None:
+    """Reading every installed distribution's metadata is start-up time a `lock` or `status` need not pay."""
+    probe = (
+        "import sys; from etcdlock.cli.main import run; "
+        "run(['--endpoints', 'http://127.0.0.1:9', 'status', 'x', '--request-timeout', '0.1']); "
+        "print('importlib.metadata' in sys.modules)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.stdout.strip() == "False"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -151,6 +152,15 @@ class Member:
     @property
     def peer_url(self) -> str:
         return f"http://127.0.0.1:{self.peer_port}"
+
+    def streams_started(self, grpc_method: str) -> int:
+        """How many streams of ``grpc_method`` (e.g. ``LeaseKeepAlive``) this member has accepted since it
+        started, as its own metrics count them."""
+        context = None if self.tls is None else self.tls.ssl_context()
+        with urllib.request.urlopen(f"{self.client_url}/metrics", timeout=5, context=context) as response:
+            metrics = response.read().decode()
+        found = re.search(rf'grpc_server_started_total{{grpc_method="{grpc_method}"[^}}]*}} (\d+)', metrics)
+        return int(found.group(1)) if found else 0
 
     def healthy(self) -> bool:
         context = None if self.tls is None else self.tls.ssl_context()

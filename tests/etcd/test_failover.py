@@ -13,6 +13,7 @@ from etcdlock.etcd import (
     EtcdClient,
     EtcdConfig,
     EtcdRefused,
+    EtcdUnavailable,
     LeaseNotFound,
     MemberNotFound,
     Mutex,
@@ -102,3 +103,61 @@ async def test_etcd_answers_keep_their_kind(etcd_cluster: LocalEtcd, client3: Et
     session = Session(client3, ttl=TTL, lease_id=lease)
     with pytest.raises(SessionLost):
         await session.start()
+
+
+SHARING = 20
+
+
+@pytest.mark.parametrize("fault", ["hang", "kill"])
+async def test_sessions_sharing_one_keepalive_stream_all_live_through_the_loss_of_its_member(
+    etcd_cluster: LocalEtcd, client3: EtcdClient, fault: str
+) -> None:
+    """The member their one stream lives on hangs (SIGSTOP: the stream goes silent), or etcd's raft leader
+    is killed (SIGKILL: renewals lost until etcd elects another): every session renews in time."""
+    sessions = [Session(client3, ttl=TTL) for _ in range(SHARING)]
+    await bounded(asyncio.gather(*(session.start() for session in sessions)))
+    try:
+        lost = member_at(etcd_cluster, client3)
+        if fault == "kill":
+            lost = await asyncio.to_thread(etcd_cluster.leader)
+        deadline = max(session.deadline for session in sessions)
+        (etcd_cluster.pause if fault == "hang" else etcd_cluster.kill)(lost)
+        try:
+            remaining = deadline - asyncio.get_running_loop().time() + 1.0
+            waits = [asyncio.ensure_future(session.wait_lost()) for session in sessions]
+            done, pending = await asyncio.wait(waits, timeout=remaining)
+            for wait in pending:
+                wait.cancel()
+            assert not done, [wait.result() for wait in done]
+        finally:
+            if fault == "hang":
+                etcd_cluster.resume(lost)
+        left = [await bounded(client3.time_to_live(session.lease_id), 15) for session in sessions]
+        assert min(left) > 0
+    finally:
+        await asyncio.gather(*(session.close() for session in sessions))
+
+
+async def test_watches_created_while_the_raft_leader_dies_each_deliver_their_own_key(
+    etcd_cluster: LocalEtcd, client3: EtcdClient, name: str
+) -> None:
+    """Creations pending on a stream that breaks fail as unavailable; created again, each is answered
+    under its own ID and delivers only its key's event."""
+    count = 50
+    keys = [f"{name}/{i}".encode() for i in range(count)]
+    revision = int((await client3.range(b"\0")).header.revision)
+
+    async def first_event(key: bytes) -> bytes:
+        while True:
+            try:
+                async with client3.watch_events(key, start_revision=revision + 1) as events:
+                    async for event in events:
+                        return bytes(event.kv.key)
+            except EtcdUnavailable:
+                await asyncio.sleep(0.1)  # as the engine's own watchers do before watching again
+
+    watching = [asyncio.ensure_future(first_event(key)) for key in keys]
+    etcd_cluster.kill(await asyncio.to_thread(etcd_cluster.leader))
+    for key in keys:
+        await bounded(client3.txn([], [put_op(key, b"x")]), 15)
+    assert await bounded(asyncio.gather(*watching), 30) == keys

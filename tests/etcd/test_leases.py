@@ -4,8 +4,6 @@ does: counted by etcd itself (its gRPC metrics), not by looking inside the clien
 from __future__ import annotations
 
 import asyncio
-import re
-import urllib.request
 from collections.abc import Iterator
 
 import pytest
@@ -27,11 +25,7 @@ def fresh_etcd() -> Iterator[LocalEtcd]:
 
 
 def keepalive_streams(cluster: LocalEtcd) -> int:
-    """Keepalive streams etcd has accepted since it started."""
-    with urllib.request.urlopen(f"{cluster.endpoints[0]}/metrics", timeout=5) as response:
-        metrics = response.read().decode()
-    found = re.search(r'grpc_server_started_total\{grpc_method="LeaseKeepAlive"[^}]*\} (\d+)', metrics)
-    return int(found.group(1)) if found else 0
+    return cluster.members[0].streams_started("LeaseKeepAlive")
 
 
 async def outlive_the_ttl() -> None:

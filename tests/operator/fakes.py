@@ -6,6 +6,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import kubernetes
+
+from etcdlock.operator.kube import Kube
+
 
 @dataclass(frozen=True)
 class Event:
@@ -36,3 +40,11 @@ class RecordedEvents:
         self.events.append(
             Event(kind, reason, message, str(obj.get("kind") or ""), str(meta.get("name") or ""))
         )
+
+
+def unreachable_kube() -> Kube:
+    """The real adapter, pointed at a loopback port where no API server listens (no retries of its own)."""
+    configuration = kubernetes.client.Configuration()
+    configuration.host = "http://127.0.0.1:9"
+    configuration.retries = False
+    return Kube(kubernetes.client.ApiClient(configuration))

@@ -8,10 +8,10 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-import kubernetes
+from fakes import unreachable_kube
 
 from etcdlock.etcd import EtcdClient, EtcdConfig
-from etcdlock.operator.kube import ApiUnavailable, Kube
+from etcdlock.operator.kube import ApiUnavailable
 from etcdlock.operator.leadership import Leadership
 from etcdlock.operator.locks import LockRules
 from etcdlock.operator.metrics import Metrics
@@ -22,13 +22,6 @@ from etcdlock.operator.takeover import Takeover
 from etcdlock_sandbox.etcd import LocalEtcd
 
 BOUND = 10.0
-
-
-def _unreachable_api() -> Kube:
-    configuration = kubernetes.client.Configuration()
-    configuration.host = "http://127.0.0.1:9"
-    configuration.retries = False
-    return Kube(kubernetes.client.ApiClient(configuration))
 
 
 class _Retried(logging.Handler):
@@ -44,7 +37,7 @@ class _Retried(logging.Handler):
 
 
 async def test_a_term_stopped_while_the_api_is_down_ends_at_once_and_leaves_no_task(etcd: LocalEtcd) -> None:
-    kube = _unreachable_api()
+    kube = unreachable_kube()
     term = _Kopf(EtcdConfig.parse(etcd.endpoints), kube, Metrics(), (), PodApi(kube), LockRules())
     retried, stop = asyncio.Event(), asyncio.Event()
     handler = _Retried("listing DistributedLocks", retried)

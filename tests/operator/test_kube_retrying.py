@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import kubernetes
 import pytest
+from fakes import unreachable_kube
 
-from etcdlock.operator.kube import ApiUnavailable, Conflict, Kube, retrying
+from etcdlock.operator.kube import ApiUnavailable, Conflict, retrying
 
 
 async def test_a_call_given_as_a_lambda_is_awaited_and_its_answer_returned() -> None:
@@ -54,10 +54,7 @@ async def test_one_attempt_means_one_try() -> None:
 
 async def test_an_unreachable_api_reads_the_same_every_time() -> None:
     """Its text carries no object address, so a status or Event saying it is not written again each try."""
-    configuration = kubernetes.client.Configuration()
-    configuration.host = "http://127.0.0.1:9"
-    configuration.retries = False
-    kube = Kube(kubernetes.client.ApiClient(configuration))
+    kube = unreachable_kube()
     messages = []
     for _ in range(2):
         with pytest.raises(ApiUnavailable) as failed:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.metadata
 import logging
 import os
 import sys
@@ -84,7 +83,12 @@ def _add_connection_options(parser: argparse.ArgumentParser, *, after_command: b
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
+BUILT_IN = (lock, status, elect, operator)
+
+
+def build_parser(plugins: bool = True) -> argparse.ArgumentParser:
+    """The parser of every command; ``plugins``: with the commands other distributions add (finding them
+    reads every installed distribution's metadata, which a built-in command need not pay for)."""
     parser = _Parser(
         prog="etcdlock",
         description="Distributed locks on etcd, compatible with `etcdctl lock` and `etcdctl elect`.",
@@ -92,24 +96,33 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"etcdlock {__version__}")
     _add_connection_options(parser, after_command=False)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
-    lock.add_parser(commands)
-    status.add_parser(commands)
-    elect.add_parser(commands)
-    operator.add_parser(commands)
-    for plugin in importlib.metadata.entry_points(group=PLUGIN_GROUP):
-        plugin.load().add_parser(commands)
+    for module in BUILT_IN:
+        module.add_parser(commands)
+    if plugins:
+        import importlib.metadata  # here: importing it costs a built-in command 14 ms for nothing
+
+        for plugin in importlib.metadata.entry_points(group=PLUGIN_GROUP):
+            plugin.load().add_parser(commands)
     for command in commands.choices.values():
         _add_connection_options(command, after_command=True)
     return parser
 
 
+def _command_names(parser: argparse.ArgumentParser) -> set[str]:
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return set(subparsers.choices)
+
+
 def run(argv: Sequence[str]) -> int:
     """Run the command line and return the exit code (no SystemExit, no traceback)."""
-    parser = build_parser()
     argv = list(argv)
     tail = argv[argv.index("--") + 1 :] if "--" in argv else None
+    head = argv[: len(argv) - len(tail) - 1] if tail is not None else argv
+    parser = build_parser(plugins=False)
+    if not _command_names(parser).intersection(head):  # another distribution's command, or none (help)
+        parser = build_parser()
     try:
-        args = parser.parse_args(argv[: len(argv) - len(tail) - 1] if tail is not None else argv)
+        args = parser.parse_args(head)
         if tail is not None:
             if args.command != "lock" or args.cmd:
                 raise UsageError("a command after -- goes with `lock NAME [options] -- CMD ARGS...`")

@@ -2,10 +2,12 @@
 
 etcd's Go client carries all the leases of a client on one LeaseKeepAlive stream; so does this one, so a
 thousand sessions cost one stream, not a thousand. Renewals are written in turn; each answer carries its
-lease's ID and goes to the renewal that waits for it. A renewal not answered in time, or a stream that
-breaks, ends the stream for every lease on it: their owners renew again on the client's next stream (on
-another member if the client moved off this one), well before their TTLs run out. The client opens the
-stream (``EtcdClient.lease_stream``) and ends it when it moves off the member or closes.
+lease's ID and goes to the renewal that waits for it. A stream that breaks, or goes silent (a renewal
+not answered in time while no other answer came either), ends for every lease on it: their owners renew
+again on the client's next stream (on another member if the client moved off this one), well before
+their TTLs run out. A renewal that is merely late on a stream that still answers fails alone, so a
+keeper renewing a thousand leases at once does not end the stream of every session beside it. The
+client opens the stream (``EtcdClient.lease_stream``) and ends it when it moves off the member or closes.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class LeaseStream:
         self._writing = asyncio.Lock()
         self._waiting: dict[int, list[asyncio.Future[int]]] = {}
         self._ended: EtcdError | None = None
+        self._answered_at = 0.0  # event-loop time of the last answer read
 
     @property
     def ended(self) -> bool:
@@ -48,24 +51,28 @@ class LeaseStream:
 
     async def renew_all(self, lease_ids: list[int], timeout: float) -> dict[int, int]:
         """Renew several leases at once: each lease's TTL as etcd granted it (0 or less: gone)."""
-        answers = {lease_id: self._expect(lease_id) for lease_id in sorted(set(lease_ids))}
+        answers: dict[int, asyncio.Future[int]] = {}
+        sent = asyncio.get_running_loop().time()
         try:
             async with asyncio.timeout(timeout):
                 async with self._writing:
-                    for lease_id in answers:
-                        await self._write(lease_id)
+                    for lease_id in sorted(set(lease_ids)):
+                        answers[lease_id] = await self._send(lease_id)
                 return {lease_id: await answer for lease_id, answer in answers.items()}
         except TimeoutError:
-            self.end(EtcdUnavailable(f"etcd at {self._member} did not renew leases within {timeout:.1f}s"))
-            raise self._ended from None  # type: ignore[misc]
+            late = EtcdUnavailable(f"etcd at {self._member} did not renew leases within {timeout:.1f}s")
+            if self._answered_at < sent:
+                self.end(late)  # silent since the renewal was sent: the stream (or its member) hangs
+            raise late from None
         finally:
-            for lease_id, answer in answers.items():
-                self._forget(lease_id, answer)
+            for answer in answers.values():
+                self._forget(answer)
 
     async def answers(self) -> None:
         """Read the stream until it ends, handing each answer to the renewal of its lease."""
         try:
             while (response := await self._call.read()) is not grpc.aio.EOF:
+                self._answered_at = asyncio.get_running_loop().time()
                 waiting = self._waiting.get(int(response.ID))
                 if waiting:
                     answer = waiting.pop(0)
@@ -89,26 +96,22 @@ class LeaseStream:
                     answer.set_exception(error)
         self._waiting.clear()
 
-    def _expect(self, lease_id: int) -> asyncio.Future[int]:
-        answer: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        if self._ended is not None:
-            answer.set_exception(self._ended)
-        else:
-            self._waiting.setdefault(lease_id, []).append(answer)
-        return answer
-
-    def _forget(self, lease_id: int, answer: asyncio.Future[int]) -> None:
-        waiting = self._waiting.get(lease_id)
-        if waiting and answer in waiting:
-            waiting.remove(answer)
+    def _forget(self, answer: asyncio.Future[int]) -> None:
+        """Stop waiting for ``answer``. A late one stays in its lease's line: etcd answers each lease's
+        renewals in order, and the late answer must not be taken for a later renewal's (whose deadline
+        would then count from the later send, after the server's)."""
         if not answer.done():
             answer.cancel()
         elif not answer.cancelled():
-            answer.exception()  # retrieved: an answer nobody awaited any more is not an error to report
+            answer.exception()  # retrieved: an answer nobody awaits any more is not an error to report
 
-    async def _write(self, lease_id: int) -> None:
+    async def _send(self, lease_id: int) -> asyncio.Future[int]:
+        """Write one renewal; the future its answer will be handed to (in line before the write, so the
+        answer cannot come first)."""
         if self._ended is not None:
             raise self._ended
+        answer: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(lease_id, []).append(answer)
         try:
             await self._call.write(rpc.LeaseKeepAliveRequest(ID=lease_id))
         except grpc.aio.AioRpcError as exc:
@@ -117,3 +120,9 @@ class LeaseStream:
         except asyncio.InvalidStateError:
             self.end(EtcdUnavailable(f"etcd at {self._member} ended the keepalive stream"))
             raise self._ended from None  # type: ignore[misc]
+        except BaseException:
+            # Interrupted (a timeout, a cancelled owner): whether it went out is unknown, so the lease's
+            # line of answers can no longer be trusted.
+            self.end(EtcdUnavailable(f"a renewal on etcd at {self._member} was interrupted while sent"))
+            raise
+        return answer
