@@ -115,14 +115,18 @@ class LeaseStream:
         try:
             await self._call.write(rpc.LeaseKeepAliveRequest(ID=lease_id))
         except grpc.aio.AioRpcError as exc:
-            self.end(await self._client.failure(self._member, exc))
+            self._unsent(answer, await self._client.failure(self._member, exc))
             raise self._ended from None  # type: ignore[misc]
         except asyncio.InvalidStateError:
-            self.end(EtcdUnavailable(f"etcd at {self._member} ended the keepalive stream"))
+            self._unsent(answer, EtcdUnavailable(f"etcd at {self._member} ended the keepalive stream"))
             raise self._ended from None  # type: ignore[misc]
-        except BaseException:
-            # Interrupted (a timeout, a cancelled owner): whether it went out is unknown, so the lease's
-            # line of answers can no longer be trusted.
-            self.end(EtcdUnavailable(f"a renewal on etcd at {self._member} was interrupted while sent"))
+        except BaseException:  # interrupted: a timeout, or its owner cancelled
+            self._unsent(answer, EtcdUnavailable(f"a renewal on etcd at {self._member} was interrupted"))
             raise
         return answer
+
+    def _unsent(self, answer: asyncio.Future[int], error: EtcdError) -> None:
+        """A renewal whose write failed or was interrupted: whether it went out is unknown, so the line of
+        answers of its lease can no longer be trusted, and the stream ends."""
+        self.end(error)
+        self._forget(answer)
