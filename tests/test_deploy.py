@@ -21,6 +21,7 @@ import yaml
 
 from etcdlock.cli.main import build_parser
 from etcdlock.operator.names import LOCK_CHECK_PATH, WEBHOOK_PATH
+from etcdlock.operator.webhook import ASKS_FOR_A_LOCK
 
 ROOT = Path(__file__).resolve().parents[1]
 KUBECTL = shutil.which("kubectl") or "/usr/bin/kubectl"
@@ -94,7 +95,12 @@ def test_cert_manager_issues_the_webhook_certificate_the_operator_mounts(
 def test_the_webhook_reaches_the_operator_and_never_blocks_pods(installed: Docs) -> None:
     (hook,) = one(installed, "MutatingWebhookConfiguration", "etcdlock.io")["webhooks"]
     assert hook["failurePolicy"] == "Ignore" and hook["sideEffects"] == "None"
-    assert hook["rules"][0]["resources"] == ["pods"] and hook["rules"][0]["operations"] == ["CREATE"]
+    assert hook["rules"][0]["resources"] == ["pods"] and hook["rules"][0]["operations"] == [
+        "CREATE",
+        "UPDATE",
+    ]
+    (condition,) = hook["matchConditions"]
+    assert condition["expression"] == ASKS_FOR_A_LOCK, "only pods asking for a lock reach the webhook"
     service_ref = hook["clientConfig"]["service"]
     assert service_ref["path"] == WEBHOOK_PATH
     service = one(installed, "Service", service_ref["name"])

@@ -137,10 +137,12 @@ class OperatorThread:
         metrics: tuple[str, int] | None = None,
         webhook: WebhookSettings | None = None,
         election: ElectionSettings | None = None,
+        pod_sweep_interval: int = 600,
     ) -> None:
         """``namespace`` None: the whole cluster, as the shipped Deployment runs it."""
         self._args = (etcd_endpoints, namespace, kubeconfig, metrics, webhook)
         self._election = election
+        self._pod_sweep_interval = pod_sweep_interval
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._failures: list[BaseException] = []
@@ -156,6 +158,7 @@ class OperatorThread:
                 metrics=metrics,
                 webhook=webhook,
                 election=self._election,
+                pod_sweep_interval=self._pod_sweep_interval,
             )
             running = run_operator(config, stop_flag=self._stop, ready_flag=self._ready)
             asyncio.run(running)

@@ -18,7 +18,7 @@ from etcdlock.operator.metrics import Metrics
 from etcdlock.operator.pods import PodApi
 from etcdlock.operator.run import _Kopf
 from etcdlock.operator.stores import Store, Stores
-from etcdlock.operator.takeover import Takeover
+from etcdlock.operator.takeover import Takeover, list_pods
 from etcdlock_sandbox.etcd import LocalEtcd
 
 BOUND = 10.0
@@ -38,7 +38,7 @@ class _Retried(logging.Handler):
 
 async def test_a_term_stopped_while_the_api_is_down_ends_at_once_and_leaves_no_task(etcd: LocalEtcd) -> None:
     kube = unreachable_kube()
-    term = _Kopf(EtcdConfig.parse(etcd.endpoints), kube, Metrics(), (), PodApi(kube), LockRules())
+    term = _Kopf(EtcdConfig.parse(etcd.endpoints), kube, Metrics(), (), PodApi(kube), LockRules(), 0)
     retried, stop = asyncio.Event(), asyncio.Event()
     handler = _Retried("listing DistributedLocks", retried)
     logging.getLogger("etcdlock.operator.kube").addHandler(handler)
@@ -73,7 +73,7 @@ async def test_the_takeover_lists_the_pods_again_after_an_api_outage(client: Etc
     kube = _FlakyPods([])
     takeover = Takeover(Stores(Store(client, None, Leadership()), kube), 1.0)  # type: ignore[arg-type]
     try:
-        assert await takeover.start(kube, ()) == 0  # type: ignore[arg-type]
+        assert await takeover.start(await list_pods(kube, ())) == 0  # type: ignore[arg-type]
     finally:
         await takeover.close()
     assert kube.pods_listed == 2

@@ -16,6 +16,7 @@ from typing import Any
 import kubernetes
 import pytest
 from fakes import RecordedEvents
+from prometheus_client import CollectorRegistry, Counter
 
 from etcdlock.etcd import EtcdClient, read_contenders
 from etcdlock.etcd.keys import prefix, range_end
@@ -27,6 +28,7 @@ from etcdlock.operator.names import (
     HELD,
     LEASE_ANNOTATION,
     LOCK_ANNOTATION,
+    MANAGED_LABEL,
     MESSAGE_ANNOTATION,
     RELEASED,
     SCHEDULING_GATE,
@@ -71,6 +73,7 @@ class FakePods:
         self.namespace = namespace
         self.pods: dict[Ref, Pod] = {}
         self.ungates: list[tuple[str, str]] = []  # (pod name, lock) of every ungate that was written
+        self.labelled: list[str] = []  # the pods the flow labelled again
         self.states: dict[str, list[str | None]] = {}  # every pod's state annotation, version by version
         self.before_ungate: Callable[[Ref], None] | None = None
         self._events: asyncio.Queue[tuple[str, Pod]] = asyncio.Queue()
@@ -87,6 +90,7 @@ class FakePods:
                 "uid": uuid.uuid4().hex,
                 "resourceVersion": "1",
                 "annotations": {LOCK_ANNOTATION: lock},
+                "labels": {MANAGED_LABEL: "true"},
             },
             "spec": {"schedulingGates": [{"name": SCHEDULING_GATE}]},
             "status": {"phase": "Pending"},
@@ -112,6 +116,15 @@ class FakePods:
         self._events.put_nowait(("DELETED", copy.deepcopy(pod)))
         self.changes.wake()
 
+    def unlabel(self, ref: Ref) -> None:
+        """Someone removes the managed label: the pod leaves the operator's watch (a DELETED event), as
+        the API server reports an object that no longer matches a watch's label selector."""
+        self.pods[ref]["metadata"]["labels"].pop(MANAGED_LABEL)
+        meta = self.pods[ref]["metadata"]
+        meta["resourceVersion"] = str(int(meta["resourceVersion"]) + 1)
+        self._events.put_nowait(("DELETED", copy.deepcopy(self.pods[ref])))
+        self.changes.wake()
+
     # The pod flow's API
 
     async def annotate(
@@ -126,6 +139,16 @@ class FakePods:
             return None
         self._apply(ref, annotations, ungate)
         return self._changes(ref, "MODIFIED")
+
+    async def read(self, ref: Ref) -> Pod | None:
+        return copy.deepcopy(self.pods[ref]) if ref in self.pods else None
+
+    async def label(self, ref: Ref) -> Pod | None:
+        if ref not in self.pods:
+            return None
+        self.labelled.append(ref[1])
+        self.pods[ref]["metadata"]["labels"][MANAGED_LABEL] = "true"
+        return self._changes(ref, "ADDED")  # it matches the watch's selector again
 
     async def ungate(self, pod: Pod, lock: str, annotations: Mapping[str, str | None]) -> Pod | None:
         if annotations_of(pod).get(LOCK_ANNOTATION) != lock:
@@ -195,7 +218,7 @@ class Flow:
         stores = Stores(Store(self.client, None, Leadership()), self._kube)
         events = RecordedEvents()
         context = PodContext(stores, self.pods, LockRules(), self._resolve, self._adopted, events)
-        return events, PodHolds(context)
+        return events, PodHolds(context, Counter("pod_events", "", registry=CollectorRegistry()))
 
     def _adopted(self, lease: int) -> None:
         self.adopted.append(lease)
@@ -423,3 +446,37 @@ async def test_a_new_leader_adopts_the_pods_leases_keeping_the_holder_and_the_or
     after = await flow.pods.until(second, held_and_running, "held after the first")
     assert lease_of(after) == lease_of(waiter)
     assert "PlaceLost" not in flow.events.reasons() and "LockLost" not in flow.events.reasons()
+
+
+async def test_a_held_pod_whose_label_is_removed_keeps_its_hold_and_is_labelled_again(flow: Flow) -> None:
+    """The API server reports a pod leaving the watch's selector as DELETED: the pod still exists, so
+    its hold goes on (no release while it runs) and it gets the label back."""
+    lock = flow.create_lock("a")
+    holder = flow.pods.create("p1", "a")
+    pod = await flow.pods.until(holder, held_and_running, "held")
+    waiter = flow.pods.create("p2", "a")
+    await flow.pods.in_state(waiter, WAITING)
+    flow.pods.unlabel(holder)
+    flow.pods.unlabel(waiter)
+    await flow.pods.until(holder, lambda p: MANAGED_LABEL in p["metadata"]["labels"], "labelled again")
+    await flow.pods.until(waiter, lambda p: MANAGED_LABEL in p["metadata"]["labels"], "labelled again")
+    assert sorted(flow.pods.labelled) == ["p1", "p2"]
+    assert await flow.queue("a") == [lease_of(pod), lease_of(flow.pods.pods[waiter])]
+    assert annotations_of(flow.pods.pods[holder])[STATE_ANNOTATION] == HELD
+    assert "Released" not in flow.events.reasons()
+    flow.pods.edit(holder, phase="Succeeded")
+    await flow.pods.until(waiter, held_and_running, "the waiter holding once the holder finished")
+    assert (await read_contenders(flow.client, lock.key))[1][0].lease == lease_of(flow.pods.pods[waiter])
+
+
+async def test_a_pod_deleted_and_created_again_under_its_name_keeps_the_new_pods_hold(flow: Flow) -> None:
+    """The old pod's DELETED event is confirmed by a read that already finds the new pod: only the old
+    pod's hold goes."""
+    flow.create_lock("a")
+    first = flow.pods.create("p1", "a")
+    old = await flow.pods.until(first, held_and_running, "held")
+    flow.pods.delete(first)
+    again = flow.pods.create("p1", "a")
+    new = await flow.pods.until(again, held_and_running, "the new pod holding")
+    assert lease_of(new) != lease_of(old)
+    assert await flow.queue("a") == [lease_of(new)]

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import threading
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ from etcdlock.operator.names import (
     HELD,
     LEASE_ANNOTATION,
     LOCK_ANNOTATION,
+    MANAGED_LABEL,
     MESSAGE_ANNOTATION,
     RELEASED,
     SCHEDULING_GATE,
@@ -79,6 +81,10 @@ def gated(pod: Pod) -> bool:
 
 def note(pod: Pod, key: str) -> str | None:
     return (pod["metadata"].get("annotations") or {}).get(key)
+
+
+def running(pod: Pod) -> bool:
+    return bool(pod["status"].get("phase") == "Running")
 
 
 def held(pod: Pod) -> bool:
@@ -384,14 +390,21 @@ def test_deleting_the_lock_releases_pod_holds_and_leaves_outside_holders_alone(
         eventually(lambda: read_pod(api, namespace, "queued"), held, "queued holding once the lock is back")
 
 
+@pytest.mark.parametrize("created", ["before-the-operator", "while-it-runs"])
 def test_a_pod_without_the_gate_is_flagged(
-    api: ApiClient, namespace: str, etcd: LocalEtcd, kubeconfig: Path
+    api: ApiClient, namespace: str, etcd: LocalEtcd, kubeconfig: Path, created: str
 ) -> None:
-    """No webhook registered (not installed): the pod is scheduled at once, and told so."""
-    running = OperatorThread(etcd.endpoint_list, namespace, kubeconfig).start()
-    try:
-        create_lock(api, namespace, "unguarded", {})
+    """No webhook registered (not installed): the pod is scheduled at once, unlabelled; the sweep labels
+    it (on the new leader's listing of every pod, or on its next look) and the operator tells it that it is
+    not guarded."""
+    create_lock(api, namespace, "unguarded", {})
+    if created == "before-the-operator":
         create_pod(api, namespace, "loose", "unguarded")
+    sweep = 0 if created == "before-the-operator" else 1
+    running = OperatorThread(etcd.endpoint_list, namespace, kubeconfig, pod_sweep_interval=sweep).start()
+    try:
+        if created == "while-it-runs":
+            create_pod(api, namespace, "loose", "unguarded")
         pod = eventually(
             lambda: read_pod(api, namespace, "loose"),
             lambda p: note(p, STATE_ANNOTATION) == "Error",
@@ -487,3 +500,63 @@ def test_a_missing_webhook_certificate_is_one_clear_line(
         f"etcdlock: webhook certificate {tmp_path}/tls.crt not found: mount the webhook Secret there, "
         "pass --webhook-cert-dir, or --webhook off"
     )
+
+
+def test_unrelated_pods_never_reach_the_operator(
+    api: ApiClient, namespace: str, operator: OperatorThread, metrics_url: str
+) -> None:
+    """The API server filters the operator's pod watch by the label the webhook sets: pods that ask for
+    no lock are not sent to it however much they change (its count of pod events says so)."""
+    create_lock(api, namespace, "busy", {})
+    create_pod(api, namespace, "first", "busy")
+    pod = eventually(lambda: read_pod(api, namespace, "first"), held, "first holding")
+    assert pod["metadata"]["labels"] == {MANAGED_LABEL: "true"}
+    eventually(
+        lambda: read_pod(api, namespace, "first"), lambda p: p["status"].get("phase") == "Running", "running"
+    )
+    before = pod_events(metrics_url)
+    core = kubernetes.client.CoreV1Api(api)
+    unrelated = [f"other-{i}" for i in range(15)]
+    for name in unrelated:
+        create_pod(api, namespace, name, None)
+    for name in unrelated:
+        eventually(
+            lambda n=name: read_pod(api, namespace, n),
+            lambda p: p["status"].get("phase") == "Running",
+            "running",
+        )
+        core.patch_namespaced_pod(name, namespace, {"metadata": {"labels": {"touched": "yes"}}})
+    finish(api, namespace, "first")
+    create_pod(api, namespace, "sentinel", "busy")  # its events come after every unrelated pod's
+    eventually(lambda: read_pod(api, namespace, "sentinel"), held, "the sentinel holding")
+    seen = pod_events(metrics_url) - before
+    assert seen <= 8, f"{seen} pod events for two lock pods: unrelated pods reached the operator"
+    assert all(
+        MANAGED_LABEL not in (read_pod(api, namespace, n)["metadata"].get("labels") or {}) for n in unrelated
+    )
+
+
+def test_a_pod_annotated_after_creation_is_labelled_and_told_it_is_not_guarded(
+    api: ApiClient, namespace: str, operator: OperatorThread
+) -> None:
+    create_lock(api, namespace, "late", {})
+    create_pod(api, namespace, "afterwards", None)
+    core = kubernetes.client.CoreV1Api(api)
+    core.patch_namespaced_pod(
+        "afterwards", namespace, {"metadata": {"annotations": {LOCK_ANNOTATION: "late"}}}
+    )
+    pod = eventually(
+        lambda: read_pod(api, namespace, "afterwards"),
+        lambda p: note(p, STATE_ANNOTATION) == "Error",
+        "the Error state",
+    )
+    assert pod["metadata"]["labels"] == {MANAGED_LABEL: "true"}, "the webhook labels it on the update"
+    assert "mutual exclusion is not enforced" in (note(pod, MESSAGE_ANNOTATION) or "")
+
+
+def pod_events(metrics_url: str) -> float:
+    """The operator's count of pod watch events handled (etcdlock_pod_events_total)."""
+    with urllib.request.urlopen(metrics_url, timeout=BOUND) as reply:
+        text = reply.read().decode()
+    (line,) = [line for line in text.splitlines() if line.startswith("etcdlock_pod_events_total ")]
+    return float(line.split()[1])

@@ -15,8 +15,8 @@ import pytest
 
 from etcdlock.etcd import EtcdLockError
 from etcdlock.operator.config import WebhookSettings
-from etcdlock.operator.names import SCHEDULING_GATE, WEBHOOK_PATH
-from etcdlock.operator.webhook import WebhookServer, gate_patch, register, review
+from etcdlock.operator.names import MANAGED_LABEL, SCHEDULING_GATE, WEBHOOK_PATH
+from etcdlock.operator.webhook import WebhookServer, gate_patch, label_patch, register, review
 from etcdlock_sandbox.certs import write_webhook_certs
 from etcdlock_sandbox.etcd import free_port
 
@@ -42,15 +42,38 @@ def test_only_annotated_pods_get_the_gate_and_only_once() -> None:
     assert gate_patch(pod({"etcdlock.io/lock": ""})) == [], "an empty lock name asks for nothing"
 
 
-def test_the_review_allows_everything_and_patches_annotated_creations() -> None:
+def test_only_annotated_pods_get_the_label_and_only_once() -> None:
+    labelled = pod(ANNOTATED)
+    labelled["metadata"]["labels"] = {"app": "report", MANAGED_LABEL: "yes"}
+    other = pod(ANNOTATED)
+    other["metadata"]["labels"] = {"app": "report"}
+    assert label_patch(pod()) == []
+    assert label_patch(pod(ANNOTATED)) == [
+        {"op": "add", "path": "/metadata/labels", "value": {MANAGED_LABEL: "true"}}
+    ]
+    assert label_patch(other) == [
+        {"op": "add", "path": "/metadata/labels/etcdlock.io~1managed", "value": "true"}
+    ]
+    assert label_patch(labelled) == [], "the watch selects the label's presence, whatever its value"
+
+
+def patch_of(answer: dict[str, Any]) -> Any:
+    assert answer["response"]["patchType"] == "JSONPatch"
+    return json.loads(base64.b64decode(answer["response"]["patch"]))
+
+
+def test_the_review_allows_everything_labels_annotated_pods_and_gates_their_creation() -> None:
     request = {"uid": "u-1", "operation": "CREATE", "object": pod(ANNOTATED)}
     answer = review({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": request})
     response = answer["response"]
     assert (answer["kind"], response["uid"], response["allowed"]) == ("AdmissionReview", "u-1", True)
-    assert response["patchType"] == "JSONPatch"
-    assert json.loads(base64.b64decode(response["patch"])) == gate_patch(pod(ANNOTATED))
+    assert patch_of(answer) == label_patch(pod(ANNOTATED)) + gate_patch(pod(ANNOTATED))
     update = review({"request": {"uid": "u-2", "operation": "UPDATE", "object": pod(ANNOTATED)}})
-    assert update["response"] == {"uid": "u-2", "allowed": True}
+    assert patch_of(update) == label_patch(pod(ANNOTATED)), "annotated later: labelled, never gated"
+    plain = review({"request": {"uid": "u-3", "operation": "CREATE", "object": pod()}})
+    assert plain["response"] == {"uid": "u-3", "allowed": True}
+    deleted = review({"request": {"uid": "u-4", "operation": "DELETE", "oldObject": pod(ANNOTATED)}})
+    assert deleted["response"] == {"uid": "u-4", "allowed": True}
 
 
 async def post(port: int, ca: Path, body: Any) -> Any:

@@ -19,6 +19,7 @@ from etcdlock.operator.config import (
     DEFAULT_CERT_DIR,
     DEFAULT_ELECTION,
     DEFAULT_LEADER_TTL,
+    DEFAULT_POD_SWEEP_INTERVAL,
     ElectionSettings,
     OperatorConfig,
     WebhookSettings,
@@ -35,6 +36,12 @@ def _env(name: str, default: str | None = None) -> str | None:
 
 def _env_list(name: str) -> list[str]:
     return [item.strip() for item in (_env(name) or "").split(",") if item.strip()]
+
+
+def _seconds(value: str) -> int:
+    if not value.isdigit():
+        raise argparse.ArgumentTypeError(f"must be a whole number of seconds, not {value!r}")
+    return int(value)
 
 
 def add_parser(commands: Any) -> None:
@@ -81,6 +88,15 @@ def add_parser(commands: Any) -> None:
         default=_env("LEADER_TTL", str(DEFAULT_LEADER_TTL)),
         help="seconds within which a crashed leader is replaced (session TTL; env ETCDLOCK_LEADER_TTL; "
         f"default {DEFAULT_LEADER_TTL})",
+    )
+    parser.add_argument(
+        "--pod-sweep-interval",
+        type=_seconds,
+        default=_env("POD_SWEEP_INTERVAL", str(DEFAULT_POD_SWEEP_INTERVAL)),
+        metavar="SECONDS",
+        help="how often to look for pods annotated etcdlock.io/lock that the webhook did not label (created "
+        "before it was installed, or while it was unreachable); 0: only when a replica starts leading (env "
+        f"ETCDLOCK_POD_SWEEP_INTERVAL; default {DEFAULT_POD_SWEEP_INTERVAL})",
     )
     parser.add_argument(
         "--shared-key-prefix",
@@ -130,6 +146,7 @@ def operator_config(args: argparse.Namespace, etcd: EtcdConfig) -> OperatorConfi
         election=election,
         shared_key_prefixes=tuple(args.shared_key_prefix or _env_list("SHARED_KEY_PREFIXES")),
         exit_if_stuck=True,
+        pod_sweep_interval=args.pod_sweep_interval,
     )
 
 

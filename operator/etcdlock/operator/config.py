@@ -18,6 +18,8 @@ from etcdlock.operator.names import WEBHOOK_PATH
 DEFAULT_CERT_DIR = Path("/etc/etcdlock/webhook")
 DEFAULT_ELECTION = "/etcdlock/operator/leader"
 DEFAULT_LEADER_TTL = 5
+# How often the pods the webhook did not label are looked for (see etcdlock.operator.pods.sweep).
+DEFAULT_POD_SWEEP_INTERVAL = 600
 
 
 def _identity() -> str:
@@ -78,7 +80,8 @@ class OperatorConfig:
     ``metrics`` (host, port) serves ``/metrics``, ``/healthz`` and ``/readyz``; ``webhook`` serves the
     admission webhooks; ``election`` None runs a single replica that never campaigns. ``exit_if_stuck``:
     leave the process if kopf does not stop after leadership is lost (the command line sets it; tests that
-    run the operator in a thread do not).
+    run the operator in a thread do not). ``pod_sweep_interval``: seconds between two looks for annotated
+    pods the webhook did not label (0: only when a replica starts leading).
     """
 
     etcd: EtcdConfig
@@ -89,6 +92,7 @@ class OperatorConfig:
     election: ElectionSettings | None = None
     shared_key_prefixes: tuple[str, ...] = ()
     exit_if_stuck: bool = False
+    pod_sweep_interval: int = DEFAULT_POD_SWEEP_INTERVAL
 
 
 def host_port(option: str, value: str) -> tuple[str, int] | None:

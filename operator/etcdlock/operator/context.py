@@ -25,8 +25,10 @@ from etcdlock.operator.lockservice import LockServices
 from etcdlock.operator.metrics import Metrics
 from etcdlock.operator.names import LOCKS
 from etcdlock.operator.pods import PodApi, PodContext, PodHolds
+from etcdlock.operator.pods.api import Pod
+from etcdlock.operator.pods.sweep import PodSweep
 from etcdlock.operator.stores import Store, Stores
-from etcdlock.operator.takeover import Takeover
+from etcdlock.operator.takeover import Takeover, list_pods
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +63,7 @@ class OperatorContext:
         pod_api: PodApi,
         rules: LockRules,
         namespaces: Sequence[str],
+        pod_sweep_interval: float,
     ) -> OperatorContext:
         """The context of a new term. API outages are waited out (a new leader must not give up); if it is
         cancelled meanwhile (stopped, deposed), what it opened so far is closed."""
@@ -77,7 +80,11 @@ class OperatorContext:
             locks.remember(listed)
             takeover = Takeover(stores, rules.pod_ttl_floor / 3)
             opened.push_async_callback(takeover.close)
-            await _take_over(takeover, kube, namespaces)
+            listed = await list_pods(kube, namespaces)
+            await _take_over(takeover, listed)
+            sweep = PodSweep(kube, pod_api, namespaces, pod_sweep_interval)
+            opened.push_async_callback(sweep.close)
+            sweep.start(listed)
 
             async def resolve(namespace: str, name: str) -> LockSpec:
                 body = await pod_api.read_lock(namespace, name)
@@ -87,7 +94,8 @@ class OperatorContext:
 
             clusters = Clusters(kube, stores.default, events)
             opened.push_async_callback(clusters.close)
-            pods = PodHolds(PodContext(stores, pod_api, rules, resolve, takeover.adopted, events))
+            pod_context = PodContext(stores, pod_api, rules, resolve, takeover.adopted, events)
+            pods = PodHolds(pod_context, metrics.pod_events)
             services = LockServices(kube, locks, stores, pods.changes, metrics, events)
             opened.push_async_callback(services.stop_all)
             opened.push_async_callback(pods.stop_all)
@@ -100,11 +108,11 @@ class OperatorContext:
         await self.exits.aclose()
 
 
-async def _take_over(takeover: Takeover, kube: Kube, namespaces: Sequence[str]) -> None:
+async def _take_over(takeover: Takeover, listed: list[Pod]) -> None:
     """Renew every pod's lease once before any pod is handled (bounded: an etcd that does not answer must
     not hold the new leader back)."""
     started = asyncio.get_running_loop().time()
-    kept = await takeover.start(kube, namespaces)
+    kept = await takeover.start(listed)
     if kept:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(TAKEOVER_WAIT):

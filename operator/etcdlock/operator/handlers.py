@@ -2,8 +2,9 @@
 :class:`~etcdlock.operator.context.OperatorContext`, kopf's memo. Nothing below this module imports kopf.
 
 One startup handler owns every kopf setting; one ``reconcile`` is reached from create, resume and spec
-updates of a DistributedLock; every EtcdCluster is reconciled by a timer; every pod watch event goes to the
-pod flow. (The webhooks are not kopf handlers: every replica serves them, see
+updates of a DistributedLock; every EtcdCluster is reconciled by a timer; every watch event of a pod
+labelled ``etcdlock.io/managed`` goes to the pod flow (the API server filters: other pods never reach the
+operator). (The webhooks are not kopf handlers: every replica serves them, see
 :mod:`etcdlock.operator.webhook`.)
 """
 
@@ -18,7 +19,15 @@ import kubernetes
 
 from etcdlock.operator.context import OperatorContext
 from etcdlock.operator.etcdcluster import RECONCILE_PERIOD
-from etcdlock.operator.names import ANNOTATION_PREFIX, CLUSTERS, FINALIZER, GROUP, LOCKS, VERSION
+from etcdlock.operator.names import (
+    ANNOTATION_PREFIX,
+    CLUSTERS,
+    FINALIZER,
+    GROUP,
+    LOCKS,
+    MANAGED_LABEL,
+    VERSION,
+)
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +101,7 @@ def build_registry(kube: kubernetes.client.ApiClient) -> kopf.OperatorRegistry:
         persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=ANNOTATION_PREFIX, v1=False)
         settings.posting.level = logging.INFO
         settings.posting.reporting_component = "etcdlock-operator"
+        settings.watching.label_selectors["", "v1", "pods"] = MANAGED_LABEL
         logging.getLogger("kopf.objects").addFilter(_ROUTINE_SUCCESS)
 
     @kopf.on.login(registry=registry)

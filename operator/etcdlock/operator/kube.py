@@ -126,6 +126,20 @@ class Kube:
             found.extend((listed or {}).get("items") or [])
         return found
 
+    async def pod_page(
+        self, namespace: str, label_selector: str, limit: int, token: str | None, timeout: float
+    ) -> Obj:
+        """One page of the pods of ``namespace`` ("": of all) that match the selector; its
+        ``metadata.continue`` names the next page ("" after the last)."""
+        options: dict[str, Any] = {"label_selector": label_selector, "limit": limit, "timeout": timeout}
+        if token:
+            options["_continue"] = token
+        if namespace:
+            page = await self.call(self.core.list_namespaced_pod, namespace, **options)
+        else:
+            page = await self.call(self.core.list_pod_for_all_namespaces, **options)
+        return page or {}
+
 
 async def retrying(what: str, call: Callable[[], Awaitable[T]], attempts: int | None = None) -> T:
     """``call()`` until it answers (None for 404 included): an unavailable API or a conflict is logged and

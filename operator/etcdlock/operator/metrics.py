@@ -40,6 +40,12 @@ class Metrics:
             LABELS,
             registry=registry,
         )
+        self.pod_events = Counter(
+            "etcdlock_pod_events",
+            "Pod watch events the operator handled (the API server sends it only pods labelled "
+            "etcdlock.io/managed)",
+            registry=registry,
+        )
         self.wait_seconds = Histogram(
             "etcdlock_lock_wait_seconds",
             "Time from joining a lock's queue to holding it",

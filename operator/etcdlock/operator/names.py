@@ -13,9 +13,12 @@ DEFAULT_KEY_PREFIX = "/etcdlock/locks"
 # Everything the operator itself keeps in etcd (its election, its epoch) lies under this.
 OPERATOR_KEY_PREFIX = "/etcdlock/operator"
 
-# Pods: the user sets LOCK_ANNOTATION; the webhook adds SCHEDULING_GATE; the operator writes the rest.
+# Pods: the user sets LOCK_ANNOTATION; the webhook adds SCHEDULING_GATE and MANAGED_LABEL; the operator
+# writes the rest. The operator watches only pods with MANAGED_LABEL (the API server filters, so unrelated
+# pods cost it nothing); it labels annotated pods the webhook did not see (see etcdlock.operator.pods.sweep).
 LOCK_ANNOTATION = f"{ANNOTATION_PREFIX}/lock"
 SCHEDULING_GATE = f"{ANNOTATION_PREFIX}/lock"
+MANAGED_LABEL = f"{ANNOTATION_PREFIX}/managed"
 STATE_ANNOTATION = f"{ANNOTATION_PREFIX}/state"
 TOKEN_ANNOTATION = f"{ANNOTATION_PREFIX}/fencing-token"
 MESSAGE_ANNOTATION = f"{ANNOTATION_PREFIX}/message"

@@ -92,6 +92,7 @@ class _Kopf:
     namespaces: Sequence[str]
     pod_api: PodApi
     rules: LockRules
+    pod_sweep_interval: float
 
     def start(self, leadership: Leadership, stop: asyncio.Event, ready: asyncio.Event) -> asyncio.Task[None]:
         return asyncio.create_task(self._run(leadership, stop, ready), name="kopf")
@@ -107,6 +108,7 @@ class _Kopf:
             self.pod_api,
             self.rules,
             self.namespaces,
+            self.pod_sweep_interval,
         )
         index, context = await race(opening, stop.wait())
         if index:
@@ -181,7 +183,8 @@ async def run_operator(
     bridge = asyncio.create_task(_follow_flag(stop_flag, stop)) if stop_flag is not None else None
     _on_signals(stop)
     rules = lock_rules(config.shared_key_prefixes, election)
-    operator = _Kopf(etcd, kube, collected, config.namespaces, PodApi(kube), rules)
+    pod_api = PodApi(kube)
+    operator = _Kopf(etcd, kube, collected, config.namespaces, pod_api, rules, config.pod_sweep_interval)
     try:
         async with contextlib.AsyncExitStack() as serving:
             if webhook is not None:

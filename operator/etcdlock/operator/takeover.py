@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from etcdlock.etcd import Fenced
 from etcdlock.etcd.keeper import LeaseKeeper
@@ -28,11 +28,18 @@ from etcdlock.operator.names import (
     WAITING,
 )
 from etcdlock.operator.pods import annotations_of, parse_lease
+from etcdlock.operator.pods.api import Pod
 from etcdlock.operator.stores import Stores
 
 log = logging.getLogger(__name__)
 
 WINDOW = 60.0
+
+
+async def list_pods(kube: Kube, namespaces: Sequence[str]) -> list[Pod]:
+    """Every pod of ``namespaces`` (none: of all), labelled or not (a pod handled by a release without
+    the label names a lease too), listed until the API answers: a new leader must not give up."""
+    return await retrying("listing pods", lambda: kube.pods(namespaces, timeout=LIST_TIMEOUT))
 
 
 class Takeover:
@@ -45,10 +52,9 @@ class Takeover:
         self._kept: dict[int, LeaseKeeper] = {}
         self._expiry: asyncio.TimerHandle | None = None
 
-    async def start(self, kube: Kube, namespaces: Sequence[str]) -> int:
-        """Renew the lease of every pod that waits for or holds a lock; how many were found. (The pods are
-        listed until the API answers: a new leader must not give up.)"""
-        pods = await retrying("listing pods", lambda: kube.pods(namespaces, timeout=LIST_TIMEOUT))
+    async def start(self, pods: Iterable[Pod]) -> int:
+        """Renew the lease of every pod of ``pods`` (see :func:`list_pods`) that waits for or holds a lock;
+        how many were found."""
         for pod in pods:
             annotations = annotations_of(pod)
             lease = parse_lease(annotations.get(LEASE_ANNOTATION))

@@ -1,5 +1,6 @@
-"""The admission webhooks: pods annotated ``etcdlock.io/lock`` are created with a scheduling gate, and a
-DistributedLock whose etcd key its namespace may not use is refused.
+"""The admission webhooks: pods annotated ``etcdlock.io/lock`` are created with a scheduling gate and the
+label ``etcdlock.io/managed=true`` (a pod annotated later gets the label on that update: the operator
+watches only labelled pods), and a DistributedLock whose etcd key its namespace may not use is refused.
 
 Every replica serves them, leader or standby: adding the gate needs no lock state, so pods created while
 leadership moves are still held back (the leader queues them once it runs); checking a lock's key needs
@@ -9,8 +10,10 @@ Both listen over HTTPS with the certificate in ``cert_dir`` (``tls.crt``, ``tls.
 restart. The webhook configurations come with the manifests or, with ``configure``, are written by the
 operator itself pointing at this process (for the sandbox and local development).
 
-The pod gate's failurePolicy is Ignore: it sees every pod creation, and etcdlock must never stop unrelated
-pods; a pod that got through ungated is flagged by the operator instead (state Error, a Warning event).
+The pod gate's failurePolicy is Ignore: where the API server cannot filter by ``matchConditions`` it sees
+every pod creation and update, and etcdlock must never stop unrelated pods. A pod that got through
+unlabelled is labelled by the operator's sweep (:mod:`etcdlock.operator.pods.sweep`), and one that got
+through ungated is then flagged (state Error, a Warning event).
 The lock check's failurePolicy is Ignore too: the operator checks every lock again and serves none that
 breaks the rules, so a lock stored while the webhook was unreachable gains nothing, and editing or deleting
 locks (kopf's own finalizer) never depends on the operator being reachable.
@@ -37,6 +40,7 @@ from etcdlock.operator.names import (
     LOCK_ANNOTATION,
     LOCK_CHECK_PATH,
     LOCKS,
+    MANAGED_LABEL,
     SCHEDULING_GATE,
     VERSION,
     WEBHOOK_CONFIGURATION,
@@ -46,7 +50,19 @@ from etcdlock.operator.names import (
 log = logging.getLogger(__name__)
 
 RELOAD_INTERVAL = 10.0
-POD_CREATE = {"apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"], "operations": ["CREATE"]}
+POD_WRITES = {
+    "apiGroups": [""],
+    "apiVersions": ["v1"],
+    "resources": ["pods"],
+    "operations": ["CREATE", "UPDATE"],
+}
+# Where the API server can filter (Kubernetes 1.30 on), only pods that ask for a lock reach the webhook:
+# creations of annotated pods and updates of annotated pods not yet labelled.
+ASKS_FOR_A_LOCK = (
+    f"has(object.metadata.annotations) && '{LOCK_ANNOTATION}' in object.metadata.annotations && "
+    f"(request.operation == 'CREATE' || !has(object.metadata.labels) || "
+    f"!('{MANAGED_LABEL}' in object.metadata.labels))"
+)
 LOCK_WRITES = {
     "apiGroups": [GROUP],
     "apiVersions": [VERSION],
@@ -55,10 +71,13 @@ LOCK_WRITES = {
 }
 
 
+def asks_for_a_lock(pod: dict[str, Any]) -> bool:
+    return bool(((pod.get("metadata") or {}).get("annotations") or {}).get(LOCK_ANNOTATION))
+
+
 def gate_patch(pod: dict[str, Any]) -> list[dict[str, Any]]:
     """The JSON patch that gates an annotated pod; empty if it is not annotated or already gated."""
-    annotations = (pod.get("metadata") or {}).get("annotations") or {}
-    if not annotations.get(LOCK_ANNOTATION):
+    if not asks_for_a_lock(pod):
         return []
     gates = (pod.get("spec") or {}).get("schedulingGates")
     if gates is None:
@@ -66,6 +85,20 @@ def gate_patch(pod: dict[str, Any]) -> list[dict[str, Any]]:
     if any(gate.get("name") == SCHEDULING_GATE for gate in gates):
         return []
     return [{"op": "add", "path": "/spec/schedulingGates/-", "value": {"name": SCHEDULING_GATE}}]
+
+
+def label_patch(pod: dict[str, Any]) -> list[dict[str, Any]]:
+    """The JSON patch that labels an annotated pod for the operator's watch (which selects the label's
+    presence, whatever its value); empty if it is not annotated or already labelled."""
+    if not asks_for_a_lock(pod):
+        return []
+    labels = (pod.get("metadata") or {}).get("labels")
+    if labels is None:
+        return [{"op": "add", "path": "/metadata/labels", "value": {MANAGED_LABEL: "true"}}]
+    if MANAGED_LABEL in labels:
+        return []
+    escaped = MANAGED_LABEL.replace("~", "~0").replace("/", "~1")
+    return [{"op": "add", "path": f"/metadata/labels/{escaped}", "value": "true"}]
 
 
 def _request(body: Any) -> dict[str, Any]:
@@ -84,12 +117,14 @@ def _answer(body: Any, response: dict[str, Any]) -> dict[str, Any]:
 
 
 def review(body: Any) -> dict[str, Any]:
-    """The AdmissionReview answer to one request: always allowed, with the gate patch for annotated pods."""
+    """The AdmissionReview answer to one request: always allowed; an annotated pod is labelled, and gated
+    if it is being created (a gate cannot be added to a pod that exists)."""
     request = _request(body)
     response: dict[str, Any] = {"uid": request["uid"], "allowed": True}
     pod = request.get("object")
-    if request.get("operation") == "CREATE" and isinstance(pod, dict):
-        patch = gate_patch(pod)
+    operation = request.get("operation")
+    if operation in ("CREATE", "UPDATE") and isinstance(pod, dict):
+        patch = label_patch(pod) + (gate_patch(pod) if operation == "CREATE" else [])
         if patch:
             response["patchType"] = "JSONPatch"
             response["patch"] = base64.b64encode(json.dumps(patch).encode()).decode()
@@ -226,10 +261,11 @@ async def _body(request: web.Request) -> Any:
 
 
 def configuration(settings: WebhookSettings, name: str = WEBHOOK_CONFIGURATION, namespace: str = "") -> Any:
-    """A MutatingWebhookConfiguration sending pod creations to this process (in ``namespace`` only, if
-    given), as the shipped one sends them to the operator's Service."""
-    hook = _hook(settings, f"pod-gate.{WEBHOOK_CONFIGURATION}", WEBHOOK_PATH, POD_CREATE, namespace)
+    """A MutatingWebhookConfiguration sending annotated pods' creations and updates to this process (in
+    ``namespace`` only, if given), as the shipped one sends them to the operator's Service."""
+    hook = _hook(settings, f"pod-gate.{WEBHOOK_CONFIGURATION}", WEBHOOK_PATH, POD_WRITES, namespace)
     hook["failurePolicy"] = "Ignore"
+    hook["matchConditions"] = [{"name": "asks-for-a-lock", "expression": ASKS_FOR_A_LOCK}]
     return _webhooks("MutatingWebhookConfiguration", name, hook)
 
 
@@ -270,7 +306,7 @@ def _webhooks(kind: str, name: str, hook: dict[str, Any]) -> dict[str, Any]:
 
 
 async def register(kube: Kube, settings: WebhookSettings) -> None:
-    """Write the webhook configurations that send pod creations and lock changes to this process
+    """Write the webhook configurations that send annotated pods and lock changes to this process
     (``configure``)."""
     registrations = kube.admission
     merge = "application/merge-patch+json"

@@ -15,7 +15,7 @@ from typing import Any
 
 from etcdlock.operator.errors import OperatorError
 from etcdlock.operator.kube import Conflict, Kube, retrying
-from etcdlock.operator.names import LOCK_ANNOTATION, LOCKS, SCHEDULING_GATE
+from etcdlock.operator.names import LOCK_ANNOTATION, LOCKS, MANAGED_LABEL, SCHEDULING_GATE
 
 Pod = dict[str, Any]
 Ref = tuple[str, str]
@@ -44,6 +44,10 @@ def parse_lease(value: str | None) -> int | None:
         return int(value, 16) if value else None
     except ValueError:
         return None
+
+
+def is_labelled(pod: Mapping[str, Any]) -> bool:
+    return MANAGED_LABEL in ((pod.get("metadata") or {}).get("labels") or {})
 
 
 def is_gated(pod: Mapping[str, Any]) -> bool:
@@ -102,6 +106,17 @@ class PodApi:
             return await self._patch((namespace, name), body)
         except Conflict:
             raise PodChanged(f"pod {namespace}/{name} changed") from None
+
+    async def label(self, ref: Ref) -> Pod | None:
+        """Label the pod for the operator's pod watch (API failures retried); the pod, or None if gone."""
+        body = {"metadata": {"labels": {MANAGED_LABEL: "true"}}}
+        return await retrying(f"pod {ref[0]}/{ref[1]}", lambda: self._patch(ref, body))
+
+    async def read(self, ref: Ref) -> Pod | None:
+        """The pod as stored now, or None if it is gone (API failures retried)."""
+        namespace, name = ref
+        read = functools.partial(self._kube.call, self._kube.core.read_namespaced_pod, name, namespace)
+        return await retrying(f"pod {namespace}/{name}", read)
 
     async def read_lock(self, namespace: str, name: str) -> Pod | None:
         """The DistributedLock, or None if it does not exist or is being deleted (API failures retried)."""

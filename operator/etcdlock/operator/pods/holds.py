@@ -18,18 +18,29 @@ import logging
 from collections.abc import Awaitable
 from typing import Any, assert_never
 
+from prometheus_client import Counter
+
 from etcdlock.etcd import Fenced
 from etcdlock.operator.locks import LockChanges
 from etcdlock.operator.names import (
     ERROR,
     LEASE_ANNOTATION,
     LOCK_ANNOTATION,
+    MANAGED_LABEL,
     MESSAGE_ANNOTATION,
     RELEASED,
     SCHEDULING_GATE,
     STATE_ANNOTATION,
 )
-from etcdlock.operator.pods.api import Pod, Ref, annotations_of, is_gated, parse_lease, pod_ref
+from etcdlock.operator.pods.api import (
+    Pod,
+    Ref,
+    annotations_of,
+    is_gated,
+    is_labelled,
+    parse_lease,
+    pod_ref,
+)
 from etcdlock.operator.pods.context import PodContext
 from etcdlock.operator.pods.decisions import Action, Decision, HoldView, Seen, decide, decide_lock_deleted
 from etcdlock.operator.pods.hold import Line, PodHold
@@ -40,8 +51,9 @@ log = logging.getLogger(__name__)
 class PodHolds:
     """Every annotated pod's hold, by pod."""
 
-    def __init__(self, context: PodContext) -> None:
+    def __init__(self, context: PodContext, events: Counter) -> None:
         self._context = context
+        self._events = events
         self._holds: dict[Ref, PodHold] = {}
         self._lines: dict[Ref, Line] = {}
         self._background: set[asyncio.Future[Any]] = set()
@@ -55,9 +67,31 @@ class PodHolds:
         return self._context.changes
 
     def observe(self, event_type: str | None, pod: Pod) -> None:
-        """React to one watch event of a pod (any pod: most are not annotated and are ignored)."""
+        """React to one watch event of a pod labelled for the operator (the watch selects the label)."""
+        self._events.inc()
+        if event_type == "DELETED":
+            self._spawn(self._deleted(pod))
+        else:
+            self._decide(event_type, pod)
+
+    async def _deleted(self, pod: Pod) -> None:
+        """A DELETED event is the pod's deletion, or the pod leaving the watch's label selector (someone
+        removed the label): the pod as stored tells which. A pod that still asks for a lock is labelled
+        again, and either way one that exists is decided on as it is now, never released as deleted."""
+        current = await self._context.api.read(pod_ref(pod))
+        if current is None or current["metadata"].get("uid") != pod["metadata"].get("uid"):
+            self._decide("DELETED", pod)
+            return
+        self._decide("MODIFIED", current)
+        if annotations_of(current).get(LOCK_ANNOTATION) and not is_labelled(current):
+            log.info("pod %s/%s: its %s label was removed; labelled again", *pod_ref(pod), MANAGED_LABEL)
+            await self._context.api.label(pod_ref(pod))
+
+    def _decide(self, event_type: str | None, pod: Pod) -> None:
         seen = Seen.of(event_type, pod)
         hold = self._holds.get(pod_ref(pod))
+        if seen.deleted and hold is not None and hold.uid != seen.uid:
+            hold = None  # the event is older than a new pod of the same name, which is held here
         decision = decide(seen, None if hold is None else _view(hold), seen.uid in self._released)
         if hold is not None and decision.stale_hold:
             self._stop(hold, "the pod was deleted", write=False)
