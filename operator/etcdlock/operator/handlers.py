@@ -57,14 +57,16 @@ class KopfEvents:
         kopf.warn(cast(kopf.Body, obj), reason=reason, message=message)
 
 
-def kubernetes_api(kubeconfig: str | None) -> kubernetes.client.ApiClient:
-    """A client for the cluster: the kubeconfig file if given, else the in-cluster service account."""
+def kubernetes_api(kubeconfig: str | None, connections: int) -> kubernetes.client.ApiClient:
+    """A client for the cluster: the kubeconfig file if given, else the in-cluster service account; with
+    up to ``connections`` connections kept open to the API server."""
+    configuration = kubernetes.client.Configuration()
     if kubeconfig:
-        api: kubernetes.client.ApiClient = kubernetes.config.new_client_from_config(config_file=kubeconfig)
+        kubernetes.config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
     else:
-        configuration = kubernetes.client.Configuration()
         kubernetes.config.load_incluster_config(client_configuration=configuration)
-        api = kubernetes.client.ApiClient(configuration)
+    configuration.connection_pool_maxsize = connections
+    api = kubernetes.client.ApiClient(configuration)
     api.user_agent = USER_AGENT
     return api
 

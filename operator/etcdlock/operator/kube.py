@@ -1,4 +1,6 @@
-"""The operator's one way to the Kubernetes API: the synchronous kubernetes client, run in threads.
+"""The operator's one way to the Kubernetes API: the synchronous kubernetes client, run in threads of its
+own pool (asyncio's default executor has only CPUs + 4 threads: at 500 locks, hundreds of calls waited for
+one), with as many connections in the client's pool as there are threads.
 
 Every call answers the same way: the object as a dict, None when it is not there (404), :class:`Conflict`
 when it changed since the version the write named or already exists (409), :class:`ApiUnavailable` for
@@ -9,10 +11,13 @@ pause, for writes that must land (a retried conditional write is re-decided by i
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import json
 import logging
 import re
 from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import kubernetes
@@ -35,6 +40,8 @@ LIST_TIMEOUT = 60.0
 # The pause between attempts doubles from the first to the longest.
 RETRY_FIRST = 0.25
 RETRY_LONGEST = 1.0
+# Calls in flight at once (threads, and connections to the API server); bench/pods.py measures the effect.
+KUBE_THREADS = 32
 
 
 class ApiUnavailable(OperatorError):
@@ -55,6 +62,7 @@ class Kube:
 
     def __init__(self, api: kubernetes.client.ApiClient) -> None:
         self.api = api
+        self._threads = ThreadPoolExecutor(KUBE_THREADS, thread_name_prefix="kube")
         self.core = kubernetes.client.CoreV1Api(api)
         self.apps = kubernetes.client.AppsV1Api(api)
         self.policy = kubernetes.client.PolicyV1Api(api)
@@ -73,8 +81,9 @@ class Kube:
             body: Obj = json.loads(response.data or b"{}")
             return body
 
+        in_context = functools.partial(contextvars.copy_context().run, run)
         try:
-            return await asyncio.to_thread(run)
+            return await asyncio.get_running_loop().run_in_executor(self._threads, in_context)
         except ApiException as exc:
             if exc.status == 404:
                 return None
@@ -83,6 +92,11 @@ class Kube:
             raise ApiUnavailable(f"API error {exc.status} {exc.reason}") from None
         except (OSError, urllib3.exceptions.HTTPError) as exc:
             raise ApiUnavailable(f"API unreachable ({_without_addresses(exc)})") from None
+
+    def close(self) -> None:
+        """Stop the threads (calls not started are dropped) and close the client's connections."""
+        self._threads.shutdown(wait=False, cancel_futures=True)
+        self.api.close()
 
     async def custom_object(self, plural: str, namespace: str, name: str) -> Obj | None:
         return await self.call(

@@ -33,7 +33,7 @@ from etcdlock.operator.config import ElectionSettings, OperatorConfig, WebhookSe
 from etcdlock.operator.context import OperatorContext
 from etcdlock.operator.definitions import crd_folder, crds, served_versions
 from etcdlock.operator.handlers import KopfEvents, build_registry, kubernetes_api
-from etcdlock.operator.kube import ApiUnavailable, Kube
+from etcdlock.operator.kube import KUBE_THREADS, ApiUnavailable, Kube
 from etcdlock.operator.leadership import Leadership, ReplicaStatus
 from etcdlock.operator.lockkeys import KeyPolicy
 from etcdlock.operator.locks import MIN_TTL, LockRules
@@ -56,14 +56,17 @@ async def preflight(etcd: EtcdConfig, kubeconfig: str | None, webhook: WebhookSe
     async with EtcdClient(etcd) as client:
         await client.range(b"/etcdlock/", limit=1)
     try:
-        kube = Kube(await asyncio.to_thread(kubernetes_api, kubeconfig))
+        kube = Kube(await asyncio.to_thread(kubernetes_api, kubeconfig, KUBE_THREADS))
     except kubernetes.config.ConfigException as exc:
         raise EtcdLockError(f"no Kubernetes configuration: {exc}") from None
     try:
         for shipped in crds():
             await _check_crd(kube, shipped)
-    except ApiUnavailable as exc:
-        raise EtcdLockError(f"cannot check the CRDs with the Kubernetes API: {exc}") from None
+    except BaseException as exc:
+        kube.close()
+        if isinstance(exc, ApiUnavailable):
+            raise EtcdLockError(f"cannot check the CRDs with the Kubernetes API: {exc}") from None
+        raise
     return kube
 
 
@@ -172,6 +175,7 @@ async def run_operator(
     ``ready_flag`` is set each time this replica is leading with kopf running.
     """
     etcd, webhook, election = config.etcd, config.webhook, config.election
+    rules = lock_rules(config.shared_key_prefixes, election)
     kube = await preflight(etcd, config.kubeconfig, webhook)
     collected = Metrics()
     replica = ReplicaStatus(collected)
@@ -182,7 +186,6 @@ async def run_operator(
     stop = asyncio.Event()
     bridge = asyncio.create_task(_follow_flag(stop_flag, stop)) if stop_flag is not None else None
     _on_signals(stop)
-    rules = lock_rules(config.shared_key_prefixes, election)
     pod_api = PodApi(kube)
     operator = _Kopf(etcd, kube, collected, config.namespaces, pod_api, rules, config.pod_sweep_interval)
     try:
@@ -199,6 +202,7 @@ async def run_operator(
         if bridge is not None:
             bridge.cancel()
         await runner.cleanup()
+        kube.close()
 
 
 def lock_rules(shared_key_prefixes: Sequence[str], election: ElectionSettings | None) -> LockRules:
