@@ -37,6 +37,7 @@ class OperatorProcess:
         configure_webhook: bool = True,
         webhook_port: int | None = None,
         cluster_dns: Path | None = None,
+        pod_sweep_interval: int | None = None,
     ) -> None:
         self.webhook_port = webhook_port or free_port()
         self.http_port = free_port()
@@ -66,6 +67,8 @@ class OperatorProcess:
             self.command += ["--leader-ttl", str(leader_ttl)]
         if configure_webhook:
             self.command.append("--webhook-configure")
+        if pod_sweep_interval is not None:
+            self.command += ["--pod-sweep-interval", str(pod_sweep_interval)]
         if cluster_dns is not None:
             self.command = with_cluster_dns(cluster_dns, self.command)
         self.process: subprocess.Popen[bytes] | None = None

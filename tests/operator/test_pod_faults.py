@@ -162,9 +162,11 @@ def test_a_waiting_pod_switched_to_another_lock_leaves_then_joins_and_is_never_l
         lambda s: [w["holder"] for w in s.get("waiters", [])] == [f"pod/{namespace}/switcher"],
         "the switcher in beta's queue",
     )
-    assert [w["holder"] for w in status_of(api, namespace, "alpha")["waiters"]] == [
-        f"pod/{namespace}/alpha-next"
-    ]
+    eventually(
+        lambda: status_of(api, namespace, "alpha"),
+        lambda s: [w["holder"] for w in s["waiters"]] == [f"pod/{namespace}/alpha-next"],
+        "the switcher gone from alpha's queue",
+    )
     finish(api, namespace, "alpha-holder")
     eventually(lambda: read_pod(api, namespace, "alpha-next"), held, "alpha's next waiter holding")
     assert gated(read_pod(api, namespace, "switcher")), "let go without holding beta"

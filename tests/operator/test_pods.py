@@ -325,7 +325,7 @@ def test_removing_the_annotation_releases_the_lock(
         "impatient released",
     )
     assert not gated(impatient), "no longer held back"
-    assert status_of(api, namespace, "handover")["waiterCount"] == 0
+    eventually(lambda: status_of(api, namespace, "handover"), lambda s: s["waiterCount"] == 0, "no waiter")
 
 
 def test_a_restarted_operator_reports_a_holder_whose_key_went_meanwhile(

@@ -133,6 +133,7 @@ def test_the_cluster_role_allows_every_call_of_the_operator_and_grants_nothing_u
             configure_webhook=False,
             webhook_port=webhook.port,
             cluster_dns=audited.hosts,
+            pod_sweep_interval=1,
         ).start()
         try:
             running.wait("ready", 30)

@@ -12,13 +12,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from etcdlock import clock
 from etcdlock.etcd.keys import Contender
 from etcdlock.operator.conditions import condition
 from etcdlock.operator.errors import InvalidSpec
 from etcdlock.operator.lockkeys import KeyPolicy, LockKey, LockKeys
 from etcdlock.operator.names import DEFAULT_KEY_PREFIX
+from etcdlock.operator.queueview import QueueView
 
+# The status lists the head of each list; holderCount and waiterCount count them all.
+MAX_LISTED_HOLDERS = 50
 MAX_LISTED_WAITERS = 50
 MIN_TTL, MAX_TTL = 5, 3600
 
@@ -74,35 +76,23 @@ def _entry(contender: Contender) -> dict[str, Any]:
     return entry
 
 
-def lock_status(
-    spec: LockSpec, contenders: list[Contender], generation: int, since: dict[str, str], pod_ttl: int
-) -> dict[str, Any]:
-    """The status of a lock whose queue is ``contenders`` (in create-revision order).
-
-    ``since`` remembers when each holder key was first seen holding (keys written by etcdctl carry no
-    time of their own); it is updated in place. ``pod_ttl`` is the TTL pods' leases get (see
-    :meth:`LockSpec.pod_ttl`); the message says when it is longer than ``ttlSeconds``.
-    """
-    holders = contenders[: spec.permits]
-    waiters = contenders[spec.permits :]
-    now = clock.now()
-    for key in [k for k in since if k not in {h.key for h in holders}]:
-        del since[key]
-    listed = []
-    for holder in holders:
-        since.setdefault(holder.key, holder.info.acquired or now)
-        listed.append({**_entry(holder), "since": since[holder.key]})
-    held = bool(holders)
-    message = f"{len(holders)}/{spec.permits} held, {len(waiters)} waiting at {spec.key}"
+def lock_status(spec: LockSpec, queue: QueueView, generation: int, pod_ttl: int) -> dict[str, Any]:
+    """The status of a lock whose queue is ``queue``: the first holders and waiters listed (with when each
+    holder was first seen holding), all of them counted. ``pod_ttl`` is the TTL pods' leases get (see
+    :meth:`LockSpec.pod_ttl`); the message says when it is longer than ``ttlSeconds``."""
+    held, waiting = len(queue.holders), len(queue.waiters)
+    message = f"{held}/{spec.permits} held, {waiting} waiting at {spec.key}"
     if pod_ttl > spec.ttl_seconds:
         message += (
             f"; pods' leases last {pod_ttl}s, not ttlSeconds {spec.ttl_seconds}: a pod's hold must outlive "
             "an operator failover"
         )
+    holders = [{**_entry(h), "since": queue.since[h.key]} for h in queue.first_holders(MAX_LISTED_HOLDERS)]
     return {
-        "holders": listed,
-        "waiters": [_entry(w) for w in waiters[:MAX_LISTED_WAITERS]],
-        "waiterCount": len(waiters),
+        "holders": holders,
+        "holderCount": held,
+        "waiters": [_entry(w) for w in queue.first_waiters(MAX_LISTED_WAITERS)],
+        "waiterCount": waiting,
         "podLeaseTTLSeconds": pod_ttl,
         "phase": "Held" if held else "Free",
         "observedGeneration": generation,
@@ -114,6 +104,7 @@ def error_status(reason: str, message: str, generation: int) -> dict[str, Any]:
     """The status of a lock that cannot be served (invalid spec, etcd unreachable, ...)."""
     return {
         "holders": [],
+        "holderCount": 0,
         "waiters": [],
         "waiterCount": 0,
         "phase": "Error",

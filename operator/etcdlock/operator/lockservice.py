@@ -12,7 +12,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from etcdlock.etcd import Fenced
-from etcdlock.etcd.keys import Contender
 from etcdlock.operator.events import EventRecorder
 from etcdlock.operator.kube import Kube, retrying
 from etcdlock.operator.leadership import Leadership
@@ -20,6 +19,7 @@ from etcdlock.operator.locks import LockChanges, Locks
 from etcdlock.operator.metrics import Metrics, QueueMetrics
 from etcdlock.operator.mirror import Publish, QueueObserver, serve_lock
 from etcdlock.operator.names import LOCKS
+from etcdlock.operator.queueview import QueueChange, QueueView
 from etcdlock.operator.stores import Stores
 
 Ref = tuple[str, str]
@@ -112,19 +112,14 @@ class Announcer:
     def __init__(self, body: dict[str, Any], events: EventRecorder) -> None:
         self._body = body
         self._events = events
-        self._holders: dict[str, Contender] | None = None
 
-    def seen(self, contenders: list[Contender], permits: int) -> None:
-        holders = {c.key: c for c in contenders[:permits]}
-        if self._holders is not None:
-            for key, holder in holders.items():
-                if key not in self._holders:
-                    who = holder.info.holder or key
-                    message = f"{who} holds the lock (fencing token {holder.fencing_token})"
-                    self._events.info(self._body, "Acquired", message)
-            for key, holder in self._holders.items():
-                if key not in holders:
-                    self._events.info(
-                        self._body, "Released", f"{holder.info.holder or key} released the lock"
-                    )
-        self._holders = holders
+    def changed(self, change: QueueChange, queue: QueueView) -> None:
+        if change.baseline:
+            return
+        for holder in change.acquired:
+            message = (
+                f"{holder.info.holder or holder.key} holds the lock (fencing token {holder.fencing_token})"
+            )
+            self._events.info(self._body, "Acquired", message)
+        for holder in change.released:
+            self._events.info(self._body, "Released", f"{holder.info.holder or holder.key} released the lock")

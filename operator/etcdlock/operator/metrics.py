@@ -18,7 +18,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-from etcdlock.etcd.keys import Contender
+from etcdlock.operator.queueview import QueueChange, QueueView
 
 LABELS = ("namespace", "lock")
 WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600)
@@ -76,26 +76,26 @@ class Metrics:
 
 
 class QueueMetrics:
-    """Turns successive looks at one lock's queue into its metrics."""
+    """Turns the changes of one lock's queue into its metrics (the first look is the baseline)."""
 
     def __init__(self, metrics: Metrics, namespace: str, name: str) -> None:
         self._metrics = metrics
         self._labels = (namespace, name)
-        self._holding: set[str] | None = None
         self._waiting_since: dict[str, float] = {}
 
-    def seen(self, contenders: list[Contender], permits: int) -> None:
+    def changed(self, change: QueueChange, queue: QueueView) -> None:
         now = time.monotonic()
-        holders = {c.key for c in contenders[:permits]}
-        waiters = [c.key for c in contenders[permits:]]
-        labels = self._labels
-        if self._holding is not None:
-            for key in holders - self._holding:
-                self._metrics.acquisitions.labels(*labels).inc()
-                self._metrics.wait_seconds.labels(*labels).observe(now - self._waiting_since.get(key, now))
-            for _ in self._holding - holders:
-                self._metrics.releases.labels(*labels).inc()
-        self._holding = holders
-        self._waiting_since = {key: self._waiting_since.get(key, now) for key in waiters}
-        self._metrics.holders.labels(*labels).set(len(holders))
-        self._metrics.waiters.labels(*labels).set(len(waiters))
+        labels, metrics = self._labels, self._metrics
+        for contender in change.joined:
+            self._waiting_since[contender.key] = now
+        for contender in change.left:
+            self._waiting_since.pop(contender.key, None)
+        for contender in change.acquired:
+            waited = now - self._waiting_since.pop(contender.key, now)
+            if not change.baseline:
+                metrics.acquisitions.labels(*labels).inc()
+                metrics.wait_seconds.labels(*labels).observe(waited)
+        if not change.baseline and change.released:
+            metrics.releases.labels(*labels).inc(len(change.released))
+        metrics.holders.labels(*labels).set(len(queue.holders))
+        metrics.waiters.labels(*labels).set(len(queue.waiters))

@@ -2,8 +2,11 @@
 status why it cannot be served, until it can.
 
 One task per lock (:func:`serve_lock`) checks the lock (its spec, its key against the rules and the other
-locks, its etcd), then reads the keys under the lock's prefix, publishes the status, and reads again after
-every change under the prefix (an etcd watch), so holders from any client appear within a round trip.
+locks, its etcd), then reads the keys under the lock's prefix once and follows every change under it (an
+etcd watch) in a :class:`~etcdlock.operator.queueview.QueueView`, so holders from any client appear within
+a round trip and each event costs the same however deep the queue. The status is published by a
+:class:`StatusPublisher`: the latest state wins, and a lock's status is written at most once every
+:data:`PUBLISH_INTERVAL`, however often its queue changes.
 """
 
 from __future__ import annotations
@@ -15,22 +18,60 @@ from typing import Any, Protocol
 
 from etcdlock.etcd import EtcdClient, EtcdError, EtcdUnavailable, read_contenders
 from etcdlock.etcd.errors import Compacted
-from etcdlock.etcd.keys import Contender, prefix, range_end
+from etcdlock.etcd.keys import prefix, range_end
 from etcdlock.operator.conditions import carried_over, without_times
 from etcdlock.operator.errors import ClusterNotReady, OperatorError
 from etcdlock.operator.events import EventRecorder
 from etcdlock.operator.locks import LockChanges, Locks, LockSpec, error_status, lock_status
+from etcdlock.operator.queueview import QueueChange, QueueView
 from etcdlock.operator.stores import Stores
 
 log = logging.getLogger(__name__)
 
 Publish = Callable[[dict[str, Any]], Awaitable[None]]
+Status = dict[str, Any]
 
 
 class QueueObserver(Protocol):
-    """Told the whole queue (in order) after every change; events and metrics are observers."""
+    """Told every change of the queue (and the queue after it); events and metrics are observers."""
 
-    def seen(self, contenders: list[Contender], permits: int) -> None: ...
+    def changed(self, change: QueueChange, queue: QueueView) -> None: ...
+
+
+# At most one status write per lock this often (the first change after a quiet spell is written at once).
+PUBLISH_INTERVAL = 0.2
+
+
+class StatusPublisher:
+    """Publishes one lock's status from one task (:meth:`run`): what is offered last wins, each status is
+    built when it is written (from the queue as it is then), and one that says nothing new is not written.
+    """
+
+    def __init__(self, publish: Publish, interval: float = PUBLISH_INTERVAL) -> None:
+        self._publish = publish
+        self._interval = interval
+        self._build: Callable[[], Status] | None = None
+        self._offered = asyncio.Event()
+        self._published: Status | None = None
+
+    def offer(self, build: Callable[[], Status]) -> None:
+        self._build = build
+        self._offered.set()
+
+    async def run(self) -> None:
+        while True:
+            await self._offered.wait()
+            self._offered.clear()
+            build, self._build = self._build, None
+            if build is None:
+                continue
+            status = build()
+            status["conditions"] = carried_over(status["conditions"], self._published)
+            if self._published is not None and without_times(status) == without_times(self._published):
+                continue
+            await self._publish(status)
+            self._published = status
+            await asyncio.sleep(self._interval)
 
 
 _RETRY_DELAY = 1.0
@@ -57,27 +98,33 @@ async def serve_lock(
     meta = body["metadata"]
     ref = (meta["namespace"], meta["name"])
     generation = int(meta.get("generation") or 1)
+    publisher = StatusPublisher(publish)
+    publishing = asyncio.create_task(publisher.run(), name=f"status-{ref[0]}/{ref[1]}")
     told = ""
-    while True:
-        try:
-            spec = locks.served(body)
-            store = await stores.for_lock(ref[0], spec)
-        except OperatorError as exc:
-            if str(exc) != told:
-                events.warn(body, exc.reason, str(exc))
-                await publish(error_status(exc.reason, str(exc), generation))
-                told = str(exc)
-            await changes.wait(ref, CLUSTER_RETRY if isinstance(exc, ClusterNotReady) else RECHECK)
-            continue
-        pod_ttl = spec.pod_ttl(locks.rules)
-        await mirror_lock(store.etcd, spec, generation, publish, observers, pod_ttl)
+    try:
+        while True:
+            try:
+                spec = locks.served(body)
+                store = await stores.for_lock(ref[0], spec)
+            except OperatorError as exc:
+                if str(exc) != told:
+                    events.warn(body, exc.reason, str(exc))
+                    publisher.offer(_fixed(error_status(exc.reason, str(exc), generation)))
+                    told = str(exc)
+                await changes.wait(ref, CLUSTER_RETRY if isinstance(exc, ClusterNotReady) else RECHECK)
+                continue
+            pod_ttl = spec.pod_ttl(locks.rules)
+            await mirror_lock(store.etcd, spec, generation, publisher, observers, pod_ttl)
+    finally:
+        publishing.cancel()
+        await asyncio.gather(publishing, return_exceptions=True)
 
 
 async def mirror_lock(
     client: EtcdClient,
     spec: LockSpec,
     generation: int,
-    publish: Publish,
+    publisher: StatusPublisher,
     observers: Sequence[QueueObserver],
     pod_ttl: int,
 ) -> None:
@@ -89,44 +136,36 @@ async def mirror_lock(
     read again after a compaction or an error that is not transient.
     """
     start = prefix(spec.key)
-    since: dict[str, str] = {}
-    last: dict[str, Any] | None = None
+    queue = QueueView(spec.permits)
+
+    def status() -> Status:
+        return lock_status(spec, queue, generation, pod_ttl)
 
     async def say_failing(exc: EtcdError) -> None:
-        nonlocal last
         log.warning("lock %s: %s", spec.key, exc)
-        status = error_status(type(exc).__name__, str(exc), generation)
-        status["conditions"] = carried_over(status["conditions"], last)
-        if last is None or without_times(status) != without_times(last):
-            await publish(status)
-            last = status
+        publisher.offer(_fixed(error_status(type(exc).__name__, str(exc), generation)))
         await asyncio.sleep(_RETRY_DELAY)
 
-    async def show(contenders: list[Contender]) -> None:
-        nonlocal last
-        for observer in observers:
-            observer.seen(contenders, spec.permits)
-        status = lock_status(spec, contenders, generation, since, pod_ttl)
-        status["conditions"] = carried_over(status["conditions"], last)
-        if last is None or without_times(status) != without_times(last):
-            await publish(status)
-            last = status
+    def show(change: QueueChange) -> None:
+        if change != QueueChange():
+            for observer in observers:
+                observer.changed(change, queue)
+        publisher.offer(status)  # a holder's new value (its name, its time) shows as well
 
     loop = asyncio.get_running_loop()
     revision: int | None = None
-    contenders: list[Contender] = []
     healthy_at = loop.time()
     while True:
         try:
             if revision is None:
                 revision, contenders = await read_contenders(client, spec.key)
-                await show(contenders)
+                show(queue.reset(contenders))
             async with client.watch_events(start, range_end(start), start_revision=revision + 1) as events:
                 healthy_at = loop.time()
                 async for event in events:
-                    contenders = _apply(contenders, event)
+                    change = queue.apply(event)
                     revision = int(event.kv.mod_revision)
-                    await show(contenders)
+                    show(change)
         except Compacted:
             revision = None
         except EtcdUnavailable as exc:
@@ -143,11 +182,6 @@ async def mirror_lock(
             await say_failing(exc)
 
 
-def _apply(contenders: list[Contender], event: Any) -> list[Contender]:
-    """The queue after one watch event: a new key joins at the end (its create revision is the newest)."""
-    changed = Contender.from_kv(event.kv)
-    if event.kind == "DELETE":
-        return [c for c in contenders if c.key != changed.key]
-    if any(c.key == changed.key for c in contenders):
-        return [changed if c.key == changed.key else c for c in contenders]
-    return [*contenders, changed]
+def _fixed(status: Status) -> Callable[[], Status]:
+    """A status known in advance (an error), offered as the publisher takes them: built when written."""
+    return lambda: dict(status)
