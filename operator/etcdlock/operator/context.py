@@ -87,7 +87,7 @@ class OperatorContext:
             sweep.start(listed)
 
             async def resolve(namespace: str, name: str) -> LockSpec:
-                body = await pod_api.read_lock(namespace, name)
+                body = locks.known(namespace, name) or await pod_api.read_lock(namespace, name)
                 if body is None:
                     raise LockNotFound(f"DistributedLock {name} does not exist")
                 return locks.served(body)

@@ -115,17 +115,24 @@ def error_status(reason: str, message: str, generation: int) -> dict[str, Any]:
 
 class Locks:
     """Every DistributedLock's spec as the operator serves it: parsed, and its key checked against the
-    rules and against every other lock (:mod:`etcdlock.operator.lockkeys`)."""
+    rules and against every other lock (:mod:`etcdlock.operator.lockkeys`); and the latest body of each,
+    so that a pod asking for a lock the operator knows costs no read of it."""
 
     def __init__(self, rules: LockRules) -> None:
         self.rules = rules
         self.keys = LockKeys()
+        self._bodies: dict[tuple[str, str], Mapping[str, Any]] = {}
+
+    def known(self, namespace: str, name: str) -> Mapping[str, Any] | None:
+        """The lock's body as last listed or served here, or None if the operator has not seen it."""
+        return self._bodies.get((namespace, name))
 
     def served(self, body: Mapping[str, Any]) -> LockSpec:
         """The spec of the lock ``body``; :class:`InvalidSpec` (or its :class:`KeyNotAllowed`,
         :class:`KeyConflict`) says why it cannot be served."""
         meta = body.get("metadata") or {}
         namespace, name = str(meta.get("namespace") or ""), str(meta["name"])
+        self._bodies[(namespace, name)] = body
         spec = LockSpec.parse(namespace, name, body.get("spec"))
         self.rules.keys.check(namespace, spec.key)
         place = (namespace, spec.cluster) if spec.cluster else None
@@ -143,6 +150,7 @@ class Locks:
 
     def forget(self, namespace: str, name: str) -> list[tuple[str, str]]:
         """Drop a deleted lock; the locks its key kept out, which may be served now."""
+        self._bodies.pop((namespace, name), None)
         return self.keys.forget((namespace, name))
 
 

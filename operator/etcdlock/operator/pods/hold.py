@@ -57,8 +57,9 @@ class Line:
     """The order in which pods of one lock join its etcd queue: the order the operator saw them.
 
     Each new pod takes a ticket when it is seen; it joins the queue when every earlier ticket has joined
-    or left. Waiting for the lock to be usable happens before, each pod on its own (and saying so). Only
-    the ticket at the head is woken when the one before it goes (thousands may wait in one line).
+    or left. Waiting for the lock to be usable, the lease grant and the pod write naming it happen before,
+    each pod on its own (and saying so), so that a turn is one etcd transaction. Only the ticket at the
+    head is woken when the one before it goes (thousands may wait in one line).
     """
 
     def __init__(self) -> None:
@@ -268,14 +269,18 @@ class PodHold:
             await self._place_lost(
                 "its lease expired while no operator renewed it; it queues again, at the back"
             )
-        if self._ticket is None:
-            self._ticket = self._line.ticket()
-        async with self._line.turn(self._ticket):
-            self._ticket = None
+        ticket = self._line.ticket() if self._ticket is None else self._ticket
+        self._ticket = None
+        try:
+            # Each pod is granted its lease, and names it on itself, on its own and all at once; only
+            # joining the queue (one etcd transaction) waits for the pods seen before it.
             if not await self._grant(lock):
                 return None
-            waiter = Waiter(self._ready_session, lock.key, lock.permits)
-            await waiter.join(value)
+            async with self._line.turn(ticket):
+                waiter = Waiter(self._ready_session, lock.key, lock.permits)
+                await waiter.join(value)
+        finally:
+            self._line.leave(ticket)
         self._waiter = waiter
         return waiter
 
