@@ -44,6 +44,7 @@ from etcdlock.operator.names import (
 )
 from etcdlock.operator.pods.api import Pod, PodChanged, annotations_of, is_gated, parse_lease, pod_ref
 from etcdlock.operator.pods.context import PodContext
+from etcdlock.operator.pods.line import Line, creation_order
 from etcdlock.operator.stores import Store
 
 log = logging.getLogger(__name__)
@@ -51,44 +52,6 @@ log = logging.getLogger(__name__)
 RETRY_PAUSE = 1.0
 # A pod waiting for a lock that cannot be served looks again this often even if no lock event wakes it.
 RECHECK = 10.0
-
-
-class Line:
-    """The order in which pods of one lock join its etcd queue: the order the operator saw them.
-
-    Each new pod takes a ticket when it is seen; it joins the queue when every earlier ticket has joined
-    or left. Waiting for the lock to be usable, the lease grant and the pod write naming it happen before,
-    each pod on its own (and saying so), so that a turn is one etcd transaction. Only the ticket at the
-    head is woken when the one before it goes (thousands may wait in one line).
-    """
-
-    def __init__(self) -> None:
-        self._next = 0
-        # Tickets in line, in order (dicts keep insertion order), each with the event that lets it go.
-        self._waiting: dict[int, asyncio.Event] = {}
-
-    def ticket(self) -> int:
-        ticket, self._next = self._next, self._next + 1
-        self._waiting[ticket] = asyncio.Event()
-        self._wake_head()
-        return ticket
-
-    @contextlib.asynccontextmanager
-    async def turn(self, ticket: int) -> Any:
-        """The block runs once ``ticket`` is first in line; the ticket leaves the line with the block."""
-        try:
-            await self._waiting[ticket].wait()
-            yield
-        finally:
-            self.leave(ticket)
-
-    def leave(self, ticket: int) -> None:
-        if self._waiting.pop(ticket, None) is not None:
-            self._wake_head()
-
-    def _wake_head(self) -> None:
-        if self._waiting:
-            next(iter(self._waiting.values())).set()
 
 
 class _PlaceLost(Exception):
@@ -116,6 +79,7 @@ class PodHold:
         self.uid: str = pod["metadata"].get("uid") or ""
         self.lock_name: str = annotations_of(pod)[LOCK_ANNOTATION]
         self.pod = pod
+        self._order = creation_order(pod)
         self.held = annotations_of(pod).get(STATE_ANNOTATION) == HELD and adopt
         self._context = context
         self._line = line
@@ -188,7 +152,7 @@ class PodHold:
         if after is not None:
             await asyncio.gather(after, return_exceptions=True)
         if self._lease is None:
-            self._ticket = self._line.ticket()
+            self._ticket = self._line.ticket(self._order)
         try:
             await self._serve()
         except asyncio.CancelledError:
@@ -269,7 +233,7 @@ class PodHold:
             await self._place_lost(
                 "its lease expired while no operator renewed it; it queues again, at the back"
             )
-        ticket = self._line.ticket() if self._ticket is None else self._ticket
+        ticket = self._line.ticket(self._order) if self._ticket is None else self._ticket
         self._ticket = None
         try:
             # Each pod is granted its lease, and names it on itself, on its own and all at once; only

@@ -43,7 +43,8 @@ from etcdlock.operator.pods.api import (
 )
 from etcdlock.operator.pods.context import PodContext
 from etcdlock.operator.pods.decisions import Action, Decision, HoldView, Seen, decide, decide_lock_deleted
-from etcdlock.operator.pods.hold import Line, PodHold
+from etcdlock.operator.pods.hold import PodHold
+from etcdlock.operator.pods.line import Line
 
 log = logging.getLogger(__name__)
 
