@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import http.client
 import json
 import ssl
+import threading
 import types
 from pathlib import Path
 from typing import Any
@@ -128,3 +130,34 @@ async def test_registering_where_the_api_has_no_webhook_configurations_is_one_cl
         EtcdLockError, match=r"cannot register the webhook: no MutatingWebhookConfiguration API"
     ):
         await register(_NoAdmissionApi(), settings)  # type: ignore[arg-type]
+
+
+async def test_the_webhook_answers_while_the_operators_own_loop_is_blocked(tmp_path: Path) -> None:
+    """The webhook has an event loop of its own: kopf's work (here: this loop, blocked outright) never
+    delays an admission answer, and answers come on one kept-alive connection."""
+    certs = write_webhook_certs(tmp_path / "certs")
+    settings = WebhookSettings("127.0.0.1", free_port(), certs)
+    body = json.dumps({"request": {"uid": "u", "operation": "CREATE", "object": pod(ANNOTATED)}})
+    answers: list[Any] = []
+    sockets: list[object] = []
+    answered = threading.Event()
+
+    def call_twice() -> None:
+        context = ssl.create_default_context(cafile=str(certs / "ca.crt"))
+        connection = http.client.HTTPSConnection("127.0.0.1", settings.port, context=context, timeout=10)
+        try:
+            for _ in range(2):
+                connection.request("POST", WEBHOOK_PATH, body, {"Content-Type": "application/json"})
+                answers.append(json.loads(connection.getresponse().read()))
+                sockets.append(connection.sock)
+        finally:
+            connection.close()
+        answered.set()
+
+    async with WebhookServer(settings):
+        caller = threading.Thread(target=call_twice)
+        caller.start()
+        assert answered.wait(10), "no answer while the operator's loop was busy"  # blocks this loop
+        caller.join()
+    assert [answer["response"]["allowed"] for answer in answers] == [True, True]
+    assert sockets[0] is sockets[1], "the second call reused the first call's connection"

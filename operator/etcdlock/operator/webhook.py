@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import concurrent.futures
 import json
 import logging
 import ssl
+import threading
 from typing import Any
 
 from aiohttp import web
@@ -188,7 +190,11 @@ class LockCheck:
 
 
 class WebhookServer:
-    """The HTTPS server of the webhook, for the life of the process (``async with``)."""
+    """The HTTPS server of the webhooks, for the life of the process (``async with``), on an event loop
+    of its own in its own thread: the API server waits for its answers (5 s at most, then the pod goes
+    through ungated), so the operator's own work (kopf, thousands of pods) must never delay them.
+    Connections are kept alive between calls (aiohttp's default), sparing a TLS handshake per call.
+    """
 
     def __init__(
         self,
@@ -201,31 +207,56 @@ class WebhookServer:
         self._reload_interval = reload_interval
         self._context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self._loaded: tuple[float, float] | None = None
-        self._runner: web.AppRunner | None = None
-        self._reloader: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopped: asyncio.Event | None = None
+        self._thread: threading.Thread | None = None
 
     async def __aenter__(self) -> WebhookServer:
         self._settings.check()
         self._reload()
+        started: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._thread = threading.Thread(target=self._serve_forever, args=(started,), name="webhook")
+        self._thread.start()
+        try:
+            await asyncio.wrap_future(started)
+        except BaseException:
+            await asyncio.to_thread(self._thread.join)
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._loop is not None and self._stopped is not None:
+            self._loop.call_soon_threadsafe(self._stopped.set)
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join)
+
+    def _serve_forever(self, started: concurrent.futures.Future[None]) -> None:
+        """The webhook thread: serve until told to stop (``started`` says when listening, or why not)."""
+        asyncio.run(self._serve_until_stopped(started))
+
+    async def _serve_until_stopped(self, started: concurrent.futures.Future[None]) -> None:
+        self._loop, self._stopped = asyncio.get_running_loop(), asyncio.Event()
         app = web.Application()
         app.router.add_post(WEBHOOK_PATH, self._serve)
         if self._locks is not None:
             app.router.add_post(LOCK_CHECK_PATH, self._check_lock)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(
-            self._runner, self._settings.host or None, self._settings.port, ssl_context=self._context
-        )
-        await site.start()
-        self._reloader = asyncio.create_task(self._keep_reloading(), name="webhook-certificate")
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._reloader is not None:
-            self._reloader.cancel()
-            await asyncio.gather(self._reloader, return_exceptions=True)
-        if self._runner is not None:
-            await self._runner.cleanup()
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        try:
+            host = self._settings.host or None
+            await web.TCPSite(runner, host, self._settings.port, ssl_context=self._context).start()
+        except BaseException as exc:
+            await runner.cleanup()
+            started.set_exception(exc)
+            return
+        started.set_result(None)
+        reloader = asyncio.create_task(self._keep_reloading(), name="webhook-certificate")
+        try:
+            await self._stopped.wait()
+        finally:
+            reloader.cancel()
+            await asyncio.gather(reloader, return_exceptions=True)
+            await runner.cleanup()
 
     async def _serve(self, request: web.Request) -> web.Response:
         return web.json_response(review(await _body(request)))
