@@ -1281,3 +1281,35 @@ def test_a_service_webhook_without_endpoints_fails_by_its_failure_policy(
         namespace,
     )
     _assert_failure_policy_decides(api, core, namespace, "mutating", webhook, f'service "{namespace}/nobody"')
+
+
+def test_match_conditions_decide_which_requests_reach_a_webhook(
+    api: ApiClient, core: client.CoreV1Api, namespace: str, webhook_server: WebhookServer
+) -> None:
+    """As kube-apiserver evaluates them (CEL, over object, oldObject and request): a webhook is called only
+    if every condition is true; one that cannot be evaluated fails by the failurePolicy."""
+    webhook = _webhook(
+        "cel.conformance.etcdlock.io", webhook_server.url + "/mutate", webhook_server.ca_bundle, namespace
+    )
+    webhook["matchConditions"] = [
+        {"name": "wanted", "expression": "has(object.metadata.labels) && 'wanted' in object.metadata.labels"},
+        {"name": "created", "expression": "request.operation == 'CREATE'"},
+    ]
+    with _registered(api, "mutating", f"cel-{namespace}", webhook) as admission:
+        plain = core.create_namespaced_config_map(namespace, configmap("plain"))
+        assert not plain.metadata.labels, "no labels: the first condition is false"
+        wanted = core.create_namespaced_config_map(namespace, configmap("wanted", {"wanted": "1"}))
+        assert wanted.metadata.labels == {"wanted": "1", MUTATED_LABEL: "yes"}
+        updated = core.patch_namespaced_config_map(
+            "plain", namespace, {"metadata": {"labels": {"wanted": "1"}}}
+        )
+        assert updated.metadata.labels == {"wanted": "1"}, "an update: the second condition is false"
+        broken = [
+            {"op": "replace", "path": "/webhooks/0/matchConditions/0/expression", "value": "object.nope.x"}
+        ]
+        admission.patch_mutating_webhook_configuration(f"cel-{namespace}", broken)
+        with pytest.raises(ApiException) as exc:
+            core.create_namespaced_config_map(namespace, configmap("broken", {"wanted": "1"}))
+        assert (
+            exc.value.status == 500 and 'failed calling webhook "cel.conformance' in status_of(exc)["message"]
+        )

@@ -1,8 +1,12 @@
 """Admission webhooks: the stored Mutating/ValidatingWebhookConfigurations, called on create and update.
 
-Calls are AdmissionReview v1 over HTTPS, verified with the configuration's ``caBundle``. A webhook given by
-``service`` is reached through that Service's Endpoints (there is no cluster DNS here), by ``url`` as is.
-``failurePolicy`` is honoured (Fail by default, as in admissionregistration.k8s.io/v1).
+Calls are AdmissionReview v1 over HTTPS, verified with the configuration's ``caBundle``, on connections
+kept alive between calls (as kube-apiserver's client keeps them). A webhook given by ``service`` is
+reached through that Service's Endpoints (there is no cluster DNS here), by ``url`` as is.
+``failurePolicy`` is honoured (Fail by default, as in admissionregistration.k8s.io/v1), and so are
+``matchConditions``: CEL expressions over ``object``, ``oldObject`` and ``request`` (evaluated by
+cel-python), all of which must be true for the webhook to be called; one that fails to evaluate counts
+as a call that failed.
 """
 
 from __future__ import annotations
@@ -15,6 +19,10 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
+import celpy
+from celpy.adapter import json_to_cel
+from celpy.celparser import CELParseError
+from celpy.evaluation import CELEvalError
 
 from etcdlock_sandbox.apiserver import patches
 from etcdlock_sandbox.apiserver.errors import ApiError
@@ -33,6 +41,14 @@ class Admission:
 
     def __init__(self, api: Api) -> None:
         self._api = api
+        # One client (and its kept-alive connections) per webhook endpoint and CA, made on first use.
+        self._clients: dict[tuple[str, str | None], aiohttp.ClientSession] = {}
+        self._conditions = MatchConditions()
+
+    async def close(self) -> None:
+        clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            await client.close()
 
     async def mutate(
         self, operation: str, rtype: ResourceType, obj: Obj, old: Obj | None, subresource: str | None = None
@@ -97,15 +113,27 @@ class Admission:
         name = webhook.get("name", "?")
         review = _review(operation, rtype, obj, old)
         try:
+            if not self._conditions.match(webhook, review["request"]):
+                return None
             url, context, server_name = await self._endpoint(webhook)
             timeout = aiohttp.ClientTimeout(total=float(webhook.get("timeoutSeconds", 10)))
-            async with aiohttp.ClientSession(timeout=timeout) as session:
-                async with session.post(url, json=review, ssl=context, server_hostname=server_name) as reply:
-                    if reply.status != 200:
-                        raise RuntimeError(f"HTTP {reply.status}")
-                    answer = await reply.json()
+            client = self._client(url, webhook)
+            async with client.post(
+                url, json=review, ssl=context, server_hostname=server_name, timeout=timeout
+            ) as reply:
+                if reply.status != 200:
+                    raise RuntimeError(f"HTTP {reply.status}")
+                answer = await reply.json()
             response: Obj = answer["response"]
-        except (aiohttp.ClientError, TimeoutError, RuntimeError, KeyError, ValueError, ssl.SSLError) as exc:
+        except (
+            aiohttp.ClientError,
+            TimeoutError,
+            RuntimeError,
+            KeyError,
+            ValueError,
+            ssl.SSLError,
+            CELEvalError,
+        ) as exc:
             if webhook.get("failurePolicy", "Fail") == "Ignore":
                 return None
             raise ApiError(
@@ -122,6 +150,13 @@ class Admission:
                 f'admission webhook "{name}" denied the request: {message}',
             )
         return response
+
+    def _client(self, url: str, webhook: Obj) -> aiohttp.ClientSession:
+        origin = url.split("/", 3)[2]
+        key = (origin, (webhook.get("clientConfig") or {}).get("caBundle"))
+        if key not in self._clients:
+            self._clients[key] = aiohttp.ClientSession()
+        return self._clients[key]
 
     async def _endpoint(self, webhook: Obj) -> tuple[str, ssl.SSLContext, str | None]:
         """URL, TLS context (trusting ``caBundle``) and the name the certificate must carry."""
@@ -208,3 +243,40 @@ def _json(data: bytes) -> Any:
         return json.loads(data)
     except ValueError as exc:
         raise patches.PatchError(f"patch is not JSON: {exc}") from None
+
+
+class MatchConditions:
+    """A webhook's ``matchConditions``, compiled once per expression: every one must be true."""
+
+    def __init__(self) -> None:
+        self._environment = celpy.Environment()
+        self._programs: dict[str, Any] = {}
+
+    def match(self, webhook: Obj, request: Obj) -> bool:
+        """Whether every condition holds for ``request`` (an AdmissionRequest); a condition that cannot
+        be evaluated raises :class:`~celpy.evaluation.CELEvalError` (compilation errors included)."""
+        conditions = webhook.get("matchConditions") or ()
+        if not conditions:
+            return True
+        activation = {
+            "object": json_to_cel(request.get("object")),
+            "oldObject": json_to_cel(request.get("oldObject")),
+            "request": json_to_cel(request),
+        }
+        for condition in conditions:
+            result = self._program(str(condition.get("expression", ""))).evaluate(activation)
+            if isinstance(result, CELEvalError):
+                raise result
+            if not isinstance(result, celpy.celtypes.BoolType):
+                raise CELEvalError(f"matchCondition {condition.get('name')!r} is not a boolean")
+            if not result:
+                return False
+        return True
+
+    def _program(self, expression: str) -> Any:
+        if expression not in self._programs:
+            try:
+                self._programs[expression] = self._environment.program(self._environment.compile(expression))
+            except CELParseError as exc:
+                raise CELEvalError(f"matchCondition does not compile: {exc}") from None
+        return self._programs[expression]

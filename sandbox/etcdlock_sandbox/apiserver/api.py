@@ -78,6 +78,7 @@ class Api:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self.admission.close()
 
     def resolve(self, group: str, version: str, plural: str) -> ResourceType:
         rtype = self.catalog.get(group, version, plural)
