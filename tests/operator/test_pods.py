@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,9 @@ import urllib3
 from kubernetes.client import ApiClient
 from operator_support import (
     BOUND,
+    GROUP,
+    PLURAL,
+    VERSION,
     OperatorThread,
     create_lock,
     delete_lock,
@@ -75,6 +79,11 @@ def finish(api: ApiClient, namespace: str, name: str, phase: str = "Succeeded") 
     core.patch_namespaced_pod_status(name, namespace, {"status": {"phase": phase}})
 
 
+def lock_of(api: ApiClient, namespace: str, name: str) -> dict[str, Any]:
+    objects = kubernetes.client.CustomObjectsApi(api)
+    return dict(objects.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name))
+
+
 def gated(pod: Pod) -> bool:
     return any(g["name"] == SCHEDULING_GATE for g in pod["spec"].get("schedulingGates") or [])
 
@@ -87,12 +96,17 @@ def running(pod: Pod) -> bool:
     return bool(pod["status"].get("phase") == "Running")
 
 
+def waiting(pod: Pod) -> bool:
+    return note(pod, STATE_ANNOTATION) == WAITING
+
+
 def held(pod: Pod) -> bool:
     return not gated(pod) and note(pod, STATE_ANNOTATION) == HELD
 
 
 class PodWatch:
-    """Every change of the namespace's pods, in order: counts the pods running (ungated, not finished)."""
+    """Every change of the namespace's pods, in order: counts the pods of each lock running at once
+    (ungated, not finished); ``most_running`` is the most for any one lock."""
 
     def __init__(self, api: ApiClient, namespace: str) -> None:
         self._api = api
@@ -121,15 +135,21 @@ class PodWatch:
                 if not gated(pod) and (before is None or gated(before)):
                     self.ungated_order.append(name)
                 self._pods[name] = pod
-            running = [
-                p for p in self._pods.values() if not gated(p) and p["status"].get("phase") == "Running"
-            ]
-            self.most_running = max(self.most_running, len(running))
+            running = Counter(
+                note(p, LOCK_ANNOTATION)
+                for p in self._pods.values()
+                if not gated(p) and p["status"].get("phase") == "Running"
+            )
+            self.most_running = max(self.most_running, *running.values(), 0)
 
     def ungated_in(self, names: list[str]) -> None:
-        """Wait until the watch has seen exactly ``names`` let go, in that order (its events may come a
-        moment after a read already shows the last of them held)."""
-        eventually(lambda: list(self.ungated_order), lambda seen: seen == names, f"{names} ungated in order")
+        """Wait until the watch has seen ``names`` let go, each once and in that order (its events may come
+        a moment after a read already shows the last of them held); other pods are not looked at."""
+        eventually(
+            lambda: [name for name in self.ungated_order if name in names],
+            lambda seen: seen == names,
+            f"{names} ungated in order",
+        )
 
     def __enter__(self) -> PodWatch:
         self._thread.start()
@@ -456,16 +476,31 @@ def test_an_operator_restart_keeps_holders_leases_and_queue_order(
             lambda: status_of(api, namespace, "durable"), lambda s: s.get("waiterCount") == 2, "two waiters"
         )
         leases = {n: note(read_pod(api, namespace, n), LEASE_ANNOTATION) for n in names}
+        versions = {n: read_pod(api, namespace, n)["metadata"]["resourceVersion"] for n in names}
+        lock_version = lock_of(api, namespace, "durable")["metadata"]["resourceVersion"]
         first.signal(stop_signal)
         assert first.process is not None
         first.process.wait(BOUND)
         second = replica("second.log").start()
         second.wait("ready", BOUND)
         wait_listening(webhook.host, webhook.port)
+        # A lock and a pod made after the restart: once the pod waits and the lock is Free, the new leader
+        # has handled the pods and locks it found (kopf lists them first) and would have written any.
+        create_lock(api, namespace, "sentinel", {})
+        create_pod(api, namespace, "sentinel", "sentinel")
+        eventually(lambda: read_pod(api, namespace, "sentinel"), held, "the sentinel pod holding")
+        eventually(lambda: status_of(api, namespace, "sentinel"), phase("Held"), "the sentinel lock Held")
         after = status_of(api, namespace, "durable")
         assert [h["key"] for h in after["holders"]] == [h["key"] for h in before["holders"]]
         assert [w["key"] for w in after["waiters"]] == [w["key"] for w in before["waiters"]]
         assert {n: note(read_pod(api, namespace, n), LEASE_ANNOTATION) for n in names} == leases
+        assert {n: read_pod(api, namespace, n)["metadata"]["resourceVersion"] for n in names} == versions, (
+            "the new leader wrote pods that had not changed"
+        )
+        assert lock_of(api, namespace, "durable")["metadata"]["resourceVersion"] == lock_version, (
+            "the new leader rewrote a status that had not changed"
+        )
+        finish(api, namespace, "sentinel")
         take_turns(api, namespace, names, pods)
     finally:
         for process in (first, second):

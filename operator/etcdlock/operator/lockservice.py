@@ -55,6 +55,7 @@ class LockServices:
             "kind": body.get("kind"),
             "metadata": dict(meta),
             "spec": dict(body.get("spec") or {}),
+            "status": dict(body.get("status") or {}),
         }
         if self._running(ref, snapshot["spec"]):
             return

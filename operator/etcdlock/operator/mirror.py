@@ -44,15 +44,18 @@ PUBLISH_INTERVAL = 0.2
 
 class StatusPublisher:
     """Publishes one lock's status from one task (:meth:`run`): what is offered last wins, each status is
-    built when it is written (from the queue as it is then), and one that says nothing new is not written.
+    built when it is written (from the queue as it is then), and one that says nothing new than what was
+    published (``published``: the status stored already, as a new leader finds it) is not written.
     """
 
-    def __init__(self, publish: Publish, interval: float = PUBLISH_INTERVAL) -> None:
+    def __init__(
+        self, publish: Publish, interval: float = PUBLISH_INTERVAL, published: Status | None = None
+    ) -> None:
         self._publish = publish
         self._interval = interval
         self._build: Callable[[], Status] | None = None
         self._offered = asyncio.Event()
-        self._published: Status | None = None
+        self._published: Status | None = published or None
 
     def offer(self, build: Callable[[], Status]) -> None:
         self._build = build
@@ -98,7 +101,8 @@ async def serve_lock(
     meta = body["metadata"]
     ref = (meta["namespace"], meta["name"])
     generation = int(meta.get("generation") or 1)
-    publisher = StatusPublisher(publish)
+    stored: Status = body.get("status") or {}
+    publisher = StatusPublisher(publish, published=stored)
     publishing = asyncio.create_task(publisher.run(), name=f"status-{ref[0]}/{ref[1]}")
     told = ""
     try:
@@ -114,7 +118,8 @@ async def serve_lock(
                 await changes.wait(ref, CLUSTER_RETRY if isinstance(exc, ClusterNotReady) else RECHECK)
                 continue
             pod_ttl = spec.pod_ttl(locks.rules)
-            await mirror_lock(store.etcd, spec, generation, publisher, observers, pod_ttl)
+            since = {h["key"]: h["since"] for h in stored.get("holders") or () if h.get("since")}
+            await mirror_lock(store.etcd, spec, generation, publisher, observers, pod_ttl, since)
     finally:
         publishing.cancel()
         await asyncio.gather(publishing, return_exceptions=True)
@@ -127,8 +132,10 @@ async def mirror_lock(
     publisher: StatusPublisher,
     observers: Sequence[QueueObserver],
     pod_ttl: int,
+    since: dict[str, str] | None = None,
 ) -> None:
     """Publish the lock's status now and after every change, until cancelled; tell the observers.
+    ``since``: when holders were first seen holding, as the stored status says (a new leader keeps it).
 
     The queue is read once, then kept up to date by applying every watch event in revision order, so
     no holder is missed however briefly it held (a re-read after each change would skip fast hand-offs).
@@ -137,6 +144,7 @@ async def mirror_lock(
     """
     start = prefix(spec.key)
     queue = QueueView(spec.permits)
+    queue.since.update(since or {})
 
     def status() -> Status:
         return lock_status(spec, queue, generation, pod_ttl)

@@ -37,7 +37,8 @@ class QueueView:
         self.permits = permits
         self.holders: dict[str, Contender] = {}
         self.waiters: dict[str, Contender] = {}
-        # When each holder was first seen holding (keys written by etcdctl carry no time of their own).
+        # When each holder was first seen holding (keys written by etcdctl carry no time of their own); a
+        # new leader may fill it in from the stored status before the first read.
         self.since: dict[str, str] = {}
         self._seen = False
 
@@ -56,6 +57,7 @@ class QueueView:
         )
         self._seen = True
         self._track(change)
+        self.since = {key: time for key, time in self.since.items() if key in self.holders}
         return change
 
     def apply(self, event: Any) -> QueueChange:

@@ -306,7 +306,8 @@ class PodHold:
         """The pod holds a permit: say so and remove the gate, in one write made only while the pod still
         asks for this lock. Before every attempt etcd confirms, in one guarded read, that the key still
         holds its place and that this replica still leads. False if the pod is gone or now asks for
-        another lock (its events take it from there)."""
+        another lock (its events take it from there). A pod that says so already (a holder adopted by a
+        new leader) is not written again."""
         token = str(waiter.token)
         message = f"holds {self.lock_name} (fencing token {token}, etcd key {waiter.key})"
         annotations = {STATE_ANNOTATION: HELD, TOKEN_ANNOTATION: token, MESSAGE_ANNOTATION: message}
@@ -314,6 +315,9 @@ class PodHold:
         while True:
             if not await waiter.still_holds():
                 raise _PlaceLost("its key was deleted before the pod could start")
+            if not is_gated(self.pod) and all(self._written.get(k) == v for k, v in annotations.items()):
+                self.held = True
+                return True
             if not announced and (self._written.get(TOKEN_ANNOTATION) != token or is_gated(self.pod)):
                 self._context.events.info(self.pod, "Acquired", message)
                 announced = True
