@@ -24,13 +24,15 @@ if TYPE_CHECKING:
     from etcdlock.etcd.leases import LeaseStream
 
 # A restarted member is reconnected within about a second instead of gRPC's default backoff of up to two
-# minutes. HTTP/2 pings find dead connections of idle clients (etcd allows one every 5 s).
+# minutes. HTTP/2 pings find dead connections under open streams (watches, lease keepalives); etcd allows one
+# every 5 s, and only while a stream is open: pings of a client with no call in flight count as abuse (an
+# idle client got GOAWAY "too_many_pings"), so none are sent then (its next call finds a dead connection).
 _CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     # etcd answers ranges of any size (its Go client receives up to 2 GiB); gRPC's default stops at 4 MiB.
     ("grpc.max_receive_message_length", 2**31 - 1),
     ("grpc.keepalive_time_ms", 10_000),
     ("grpc.keepalive_timeout_ms", 5_000),
-    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.keepalive_permit_without_calls", 0),
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.min_reconnect_backoff_ms", 100),
