@@ -4,6 +4,7 @@ operator itself (for locks stored without the webhook, or before the rules exist
 
 from __future__ import annotations
 
+import random
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -103,6 +104,39 @@ def refusal(api: ApiClient, namespace: str, name: str, spec: dict[str, object]) 
         create_lock(api, namespace, name, spec)
     assert refused.value.status == 403, refused.value.body
     return str(refused.value.body)
+
+
+def test_the_key_index_finds_exactly_the_overlapping_locks_a_scan_of_every_lock_finds() -> None:
+    """Random keys (nested, equal, siblings sharing a prefix such as /a and /ab) in two etcds: the indexed
+    check and forget agree with comparing every pair, as locks come and go."""
+    choose = random.Random(11)
+    segments = ["a", "ab", "b", "a-b", "c"]
+    keys = LockKeys()
+    known: dict[tuple[str, str], LockKey] = {}
+    for step in range(400):
+        ref = ("ns", f"lock-{choose.randrange(40)}")
+        if ref in known and choose.random() < 0.3:
+            gone = known.pop(ref)
+            expected = sorted(
+                e.ref for e in known.values() if e.place == gone.place and overlaps(e.key, gone.key)
+            )
+            assert sorted(keys.forget(ref)) == expected, step
+            continue
+        key = "/l/" + "/".join(choose.choice(segments) for _ in range(choose.randrange(1, 4)))
+        place = choose.choice([None, ("ns", "etcd-a")])
+        entry = LockKey(ref, place, key, f"2026-12-06T00:00:{step % 60:02d}Z")
+        keys.set(entry)
+        known[ref] = entry
+        older = [
+            e
+            for e in known.values()
+            if e.ref != ref and e.place == place and overlaps(e.key, key) and e.age < entry.age
+        ]
+        if older:
+            with pytest.raises(KeyConflict):
+                keys.check(entry)
+        else:
+            keys.check(entry)
 
 
 def test_the_webhook_refuses_a_key_of_another_namespace_or_of_the_operator(

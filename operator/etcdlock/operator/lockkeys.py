@@ -14,7 +14,8 @@ them:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import bisect
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from etcdlock.operator.errors import KeyConflict, KeyNotAllowed
@@ -88,28 +89,62 @@ class LockKey:
 
 
 class LockKeys:
-    """The keys of the DistributedLocks the operator knows, to find those that would share contenders."""
+    """The keys of the DistributedLocks the operator knows, to find those that would share contenders.
+
+    Indexed per etcd by key, with the distinct keys kept sorted, so that finding the keys that overlap one
+    costs a lookup per level of the key plus a binary search (keys under ``KEY/`` sort together), not a
+    look at every lock: every pod and every lock is checked, and there may be thousands of both.
+    """
 
     def __init__(self) -> None:
         self._locks: dict[Ref, LockKey] = {}
+        self._by_key: dict[tuple[Place, str], dict[Ref, LockKey]] = {}
+        self._sorted: dict[Place, list[str]] = {}
 
     def set(self, entry: LockKey) -> None:
+        known = self._locks.get(entry.ref)
+        if known == entry:
+            return
+        if known is not None:
+            self._drop(known)
         self._locks[entry.ref] = entry
+        holders = self._by_key.setdefault((entry.place, entry.key), {})
+        if not holders:
+            bisect.insort(self._sorted.setdefault(entry.place, []), entry.key)
+        holders[entry.ref] = entry
 
     def forget(self, ref: Ref) -> list[Ref]:
         """Drop a lock; the locks its key kept out (they may be served now)."""
         gone = self._locks.pop(ref, None)
         if gone is None:
             return []
-        return [e.ref for e in self._locks.values() if e.place == gone.place and overlaps(e.key, gone.key)]
+        self._drop(gone)
+        return [e.ref for e in self._overlapping(gone.place, gone.key)]
 
     def check(self, entry: LockKey) -> None:
         """Raise :class:`KeyConflict` if an older lock in the same etcd uses an overlapping key."""
-        for other in self._locks.values():
-            if other.ref == entry.ref or other.place != entry.place or not overlaps(other.key, entry.key):
-                continue
-            if other.age < entry.age:
+        for other in self._overlapping(entry.place, entry.key):
+            if other.ref != entry.ref and other.age < entry.age:
                 raise KeyConflict(
                     f"spec.key {entry.key!r} overlaps {other.key!r}, the key of DistributedLock "
                     f"{other.ref[0]}/{other.ref[1]}: they would share contenders"
                 )
+
+    def _drop(self, entry: LockKey) -> None:
+        holders = self._by_key[(entry.place, entry.key)]
+        del holders[entry.ref]
+        if not holders:
+            del self._by_key[(entry.place, entry.key)]
+            keys = self._sorted[entry.place]
+            del keys[bisect.bisect_left(keys, entry.key)]
+
+    def _overlapping(self, place: Place, key: str) -> Iterator[LockKey]:
+        """The locks in ``place`` whose key equals ``key``, contains it or lies inside it."""
+        parts = key.split("/")
+        for level in range(1, len(parts) + 1):
+            yield from self._by_key.get((place, "/".join(parts[:level])), {}).values()
+        keys, inside = self._sorted.get(place, []), key + "/"
+        index = bisect.bisect_left(keys, inside)
+        while index < len(keys) and keys[index].startswith(inside):
+            yield from self._by_key[(place, keys[index])].values()
+            index += 1
