@@ -2,7 +2,8 @@
 
 It is opened before kopf starts (so kopf never waits for its tasks as if they were kopf's own) and closed by
 kopf's cleanup handler: it learns the keys of every lock, renews every pod's lease before any pod is
-handled (:mod:`etcdlock.operator.takeover`), and builds the controllers. kopf copies its memo shallowly
+handled (:mod:`etcdlock.operator.takeover`), builds the controllers and starts serving every lock listed
+(kopf's resume of each then finds it served). kopf copies its memo shallowly
 for every object, so every field is shared by all of them.
 """
 
@@ -25,7 +26,6 @@ from etcdlock.operator.lockservice import LockServices
 from etcdlock.operator.metrics import Metrics
 from etcdlock.operator.names import LOCKS
 from etcdlock.operator.pods import PodApi, PodContext, PodHolds
-from etcdlock.operator.pods.api import Pod
 from etcdlock.operator.pods.sweep import PodSweep
 from etcdlock.operator.stores import Store, Stores
 from etcdlock.operator.takeover import Takeover, list_pods
@@ -73,18 +73,18 @@ class OperatorContext:
             stores = Stores(Store(client, leadership.fence, leadership), kube)
             opened.push_async_callback(stores.close)
             locks = Locks(rules)
-            listed = await retrying(
-                "listing DistributedLocks",
-                lambda: kube.custom_objects(LOCKS, namespaces, timeout=LIST_TIMEOUT),
+            listed_locks, listed_pods = await asyncio.gather(
+                retrying(
+                    "listing DistributedLocks",
+                    lambda: kube.custom_objects(LOCKS, namespaces, timeout=LIST_TIMEOUT),
+                ),
+                list_pods(kube, namespaces),
             )
-            locks.remember(listed)
+            locks.remember(listed_locks)
             takeover = Takeover(stores, rules.pod_ttl_floor / 3)
             opened.push_async_callback(takeover.close)
-            listed = await list_pods(kube, namespaces)
-            await _take_over(takeover, listed)
-            sweep = PodSweep(kube, pod_api, namespaces, pod_sweep_interval)
-            opened.push_async_callback(sweep.close)
-            sweep.start(listed)
+            started = asyncio.get_running_loop().time()
+            kept = await takeover.start(listed_pods)
 
             async def resolve(namespace: str, name: str) -> LockSpec:
                 body = locks.known(namespace, name) or await pod_api.read_lock(namespace, name)
@@ -98,7 +98,16 @@ class OperatorContext:
             pods = PodHolds(pod_context, metrics.pod_events)
             services = LockServices(kube, locks, stores, pods.changes, metrics, events)
             opened.push_async_callback(services.stop_all)
+            # Every lock listed is served at once, not when kopf gets round to resuming it (500 locks took
+            # kopf about 3 s): kopf's resume then finds each served with its spec, and changes nothing.
+            for body in listed_locks:
+                if not (body.get("metadata") or {}).get("deletionTimestamp"):
+                    await services.serve(body)
             opened.push_async_callback(pods.stop_all)
+            await _renewed(takeover, kept, started)
+            sweep = PodSweep(kube, pod_api, namespaces, pod_sweep_interval)
+            opened.push_async_callback(sweep.close)
+            sweep.start(listed_pods)
             exits = opened.pop_all()
         return cls(client, kube, events, stores, takeover, locks, services, pods, clusters, exits)
 
@@ -108,11 +117,9 @@ class OperatorContext:
         await self.exits.aclose()
 
 
-async def _take_over(takeover: Takeover, listed: list[Pod]) -> None:
-    """Renew every pod's lease once before any pod is handled (bounded: an etcd that does not answer must
-    not hold the new leader back)."""
-    started = asyncio.get_running_loop().time()
-    kept = await takeover.start(listed)
+async def _renewed(takeover: Takeover, kept: int, started: float) -> None:
+    """Wait until every pod's lease taken over has been renewed once, before any pod is handled (bounded:
+    an etcd that does not answer must not hold the new leader back)."""
     if kept:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(TAKEOVER_WAIT):
