@@ -84,7 +84,7 @@ class OperatorContext:
             takeover = Takeover(stores, rules.pod_ttl_floor / 3)
             opened.push_async_callback(takeover.close)
             started = asyncio.get_running_loop().time()
-            kept = await takeover.start(listed_pods)
+            await _renewed(takeover, await takeover.start(listed_pods), started)
 
             async def resolve(namespace: str, name: str) -> LockSpec:
                 body = locks.known(namespace, name) or await pod_api.read_lock(namespace, name)
@@ -98,13 +98,13 @@ class OperatorContext:
             pods = PodHolds(pod_context, metrics.pod_events)
             services = LockServices(kube, locks, stores, pods.changes, metrics, events)
             opened.push_async_callback(services.stop_all)
-            # Every lock listed is served at once, not when kopf gets round to resuming it (500 locks took
-            # kopf about 3 s): kopf's resume then finds each served with its spec, and changes nothing.
+            # Every lock listed is served at once (once the pods' leases are renewed: that comes first), not
+            # when kopf gets round to resuming it (500 locks took kopf about 3 s): kopf's resume then finds
+            # each served with its spec, and changes nothing.
             for body in listed_locks:
                 if not (body.get("metadata") or {}).get("deletionTimestamp"):
                     await services.serve(body)
             opened.push_async_callback(pods.stop_all)
-            await _renewed(takeover, kept, started)
             sweep = PodSweep(kube, pod_api, namespaces, pod_sweep_interval)
             opened.push_async_callback(sweep.close)
             sweep.start(listed_pods)
