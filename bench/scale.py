@@ -11,7 +11,15 @@ the end), and prints one report:
    p50/p99/max (target p99 <= 10 ms);
 4. the keepalive streams etcd counts (its own metrics) for 100 sessions of one client (target 1);
 5. ``etcdlock lock NAME -- true`` as a whole process against ``etcdctl lock NAME true``, alternating,
-   median wall time (target <= 3x).
+   median wall time (target <= 3x);
+6. the uncontended Mutex acquire+release cycle at 1, 100 and 1000 concurrent locks (a worker, a session
+   and a lock name each, all on one client) against the raw etcd ops doing the same work at the same
+   concurrency (``bench/locks.py``'s ``raw_cycle``: put-if-absent txn with the lease, then a delete), in
+   alternating timed blocks: time per cycle (wall / cycles) and median cycle latency (target: ours/raw
+   per cycle <= 1.25 at every size);
+7. a semaphore queue filled by 1000 waiters at once (a session each, one client) at 100 and 500 permits,
+   then drained (each holder releases once every key is written): fill and drain time, and the watch
+   events etcd sent while it drained (its own count; target: at most 4 per release, whatever the depth).
 
 The pod path and restart at scale (the rest of the scale section the project aims for) are not measured
 here yet. It is a report, not a test: it exits 0 even when a target is
@@ -24,16 +32,22 @@ import asyncio
 import logging
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
 import time
+import urllib.request
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
-from etcdlock.etcd import EtcdClient, EtcdConfig, Mutex, Session
+from etcdlock.etcd import EtcdClient, EtcdConfig, EtcdUnavailable, Mutex, Semaphore, Session
 from etcdlock.etcd.keys import prefix, range_end
 from etcdlock_sandbox.etcd import LocalEtcd, etcd_binary
 from interrupts import stop_on_sigterm
+from locks import mutex_cycle, raw_cycle
 
 WATCH_COUNTS = (10, 100, 1000, 2000)
 QUEUE_SIZES = (10, 100, 1000)
@@ -43,7 +57,14 @@ HANDOFF_P99_TARGET_MS = 10.0
 KEEPALIVE_SESSIONS = 100
 CLI_RUNS = 15
 CLI_TARGET = 3.0
-BOUND = 300.0
+CYCLE_CONCURRENCY = (1, 100, 1000)
+CYCLE_PAIRS = 8
+CYCLE_BLOCK_SECONDS = 1.0
+CYCLE_TARGET = 1.25
+SEMAPHORE_WAITERS = 1000
+SEMAPHORE_PERMITS = (100, 500)
+EVENTS_PER_RELEASE_TARGET = 4.0
+BOUND = 600.0
 
 
 def verdict(met: bool) -> str:
@@ -174,6 +195,107 @@ def cli_processes(cluster: LocalEtcd) -> tuple[float, float]:
     return statistics.median(times["ours"]), statistics.median(times["etcdctl"])
 
 
+@dataclass
+class Cycles:
+    """What the blocks of one kind of cycle added up to: wall time, cycles, each cycle's latency."""
+
+    wall: float = 0.0
+    latencies: list[float] = field(default_factory=list)
+
+    @property
+    def per_cycle_ms(self) -> float:
+        return self.wall / len(self.latencies) * 1000
+
+    @property
+    def median_ms(self) -> float:
+        return statistics.median(self.latencies) * 1000
+
+    async def block(self, workers: list[Callable[[], Awaitable[float]]]) -> None:
+        """Every worker cycles until :data:`CYCLE_BLOCK_SECONDS` have passed (its last cycle finishes)."""
+        started = time.perf_counter()
+        deadline = started + CYCLE_BLOCK_SECONDS
+
+        async def work(cycle: Callable[[], Awaitable[float]]) -> None:
+            while time.perf_counter() < deadline:
+                self.latencies.append(await cycle())
+
+        await asyncio.gather(*(work(cycle) for cycle in workers))
+        self.wall += time.perf_counter() - started
+
+
+async def cycles(client: EtcdClient, concurrency: int) -> tuple[Cycles, Cycles]:
+    """Raw ops and our Mutex cycling at ``concurrency``, a session and a name per worker, in
+    :data:`CYCLE_PAIRS` alternating blocks (raw, ours, raw...) after one warm-up pair, so that noise on
+    the machine falls on both alike."""
+    sessions = [Session(client, ttl=60) for _ in range(concurrency)]
+    await asyncio.gather(*(session.start() for session in sessions))
+    base = f"/bench/scale/cycle/{concurrency}"
+    raw = [
+        partial(raw_cycle, client, f"{base}/raw/{session.lease_id:x}".encode(), session.lease_id)
+        for session in sessions
+    ]
+    ours = [
+        partial(mutex_cycle, Mutex(session, f"{base}/ours/{i}", holder="bench"))
+        for i, session in enumerate(sessions)
+    ]
+    totals = (Cycles(), Cycles())
+    try:
+        await Cycles().block(raw)
+        await Cycles().block(ours)
+        for _ in range(CYCLE_PAIRS):
+            await totals[0].block(raw)
+            await totals[1].block(ours)
+    finally:
+        await asyncio.gather(*(session.close() for session in sessions))
+    return totals
+
+
+def _events_sent(cluster: LocalEtcd) -> float:
+    """Watch events the member has sent since it started (its own metric, counted after watch filters)."""
+    with urllib.request.urlopen(f"{cluster.endpoints[0]}/metrics", timeout=5) as response:
+        found = re.search(r"^etcd_debugging_mvcc_events_total (\S+)$", response.read().decode(), re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+async def semaphore_fill_drain(
+    client: EtcdClient, cluster: LocalEtcd, permits: int
+) -> tuple[float, float, float]:
+    """Seconds until :data:`SEMAPHORE_WAITERS` waiters (sessions opened beforehand) all have their key in
+    one semaphore queue, seconds until every one of them has held a permit (each releases at once), and
+    the watch events etcd sent meanwhile (the drain's)."""
+    name = f"/bench/scale/semaphore/{permits}"
+    sessions = [Session(client, ttl=60) for _ in range(SEMAPHORE_WAITERS)]
+    await asyncio.gather(*(session.start() for session in sessions))
+    queued = asyncio.Event()
+    unconfirmed: list[str] = []
+
+    async def contend(session: Session) -> None:
+        sem = await Semaphore(session, name, permits).acquire()
+        await queued.wait()
+        try:
+            await sem.release()
+        except EtcdUnavailable:  # not confirmed in time: the delete goes on in the background
+            unconfirmed.append(sem.key)
+
+    try:
+        counting = await _key_counter(client, name, SEMAPHORE_WAITERS)
+        started = time.perf_counter()
+        contenders = [asyncio.create_task(contend(session)) for session in sessions]
+        await counting
+        filled = time.perf_counter() - started
+        before = await asyncio.to_thread(_events_sent, cluster)
+        started = time.perf_counter()
+        queued.set()
+        await asyncio.gather(*contenders)
+        drained = time.perf_counter() - started
+        sent = await asyncio.to_thread(_events_sent, cluster) - before
+    finally:
+        await asyncio.gather(*(session.close() for session in sessions))
+    if unconfirmed:
+        print(f"   ({len(unconfirmed)} releases not confirmed within the request timeout)")
+    return filled, drained, sent
+
+
 async def run(cluster: LocalEtcd) -> None:
     print(
         f"etcdlock scale benchmark (engine): {os.cpu_count()} cores, 1 local etcd member, "
@@ -216,6 +338,37 @@ async def run(cluster: LocalEtcd) -> None:
         print(f"   etcdctl lock NAME true      {etcdctl * 1000:7.1f} ms median")
         print(f"   ratio: {cli_ratio:.2f}")
 
+        print(
+            f"\n6. Uncontended acquire+release cycle vs raw etcd ops, C concurrent locks "
+            f"({CYCLE_PAIRS} alternating blocks of {CYCLE_BLOCK_SECONDS:g} s each)"
+        )
+        head = f"{'ratio':>8}{'raw p50':>10}{'ours p50':>10}{'ratio':>8}"
+        print(f"   {'C':<8}{'raw ms/cycle':>14}{'ours ms/cycle':>15}{head}")
+        cycle_ratios = {}
+        for concurrency in CYCLE_CONCURRENCY:
+            raw, ours = await cycles(client, concurrency)
+            cycle_ratios[concurrency] = ours.per_cycle_ms / raw.per_cycle_ms
+            print(
+                f"   {concurrency:<8}{raw.per_cycle_ms:>14.4f}{ours.per_cycle_ms:>15.4f}"
+                f"{cycle_ratios[concurrency]:>8.2f}{raw.median_ms:>10.3f}{ours.median_ms:>10.3f}"
+                f"{ours.median_ms / raw.median_ms:>8.2f}",
+                flush=True,
+            )
+
+        print(
+            f"\n7. A semaphore queue of {SEMAPHORE_WAITERS} waiters (one client): filled at once, then "
+            "drained (each holder releases at once)"
+        )
+        print(f"   {'permits':<10}{'fill s':>9}{'drain s':>10}{'events sent':>14}{'per release':>13}")
+        per_release = {}
+        for permits in SEMAPHORE_PERMITS:
+            filled, drained, sent = await semaphore_fill_drain(client, cluster, permits)
+            per_release[permits] = sent / SEMAPHORE_WAITERS
+            print(
+                f"   {permits:<10}{filled:>9.2f}{drained:>10.2f}{sent:>14.0f}{per_release[permits]:>13.1f}",
+                flush=True,
+            )
+
         print("\nTargets")
         print(
             f"   watch creation flat, {WATCH_COUNTS[-1]}/{WATCH_COUNTS[0]} <= {FLAT_TARGET}: "
@@ -231,6 +384,16 @@ async def run(cluster: LocalEtcd) -> None:
         )
         print(f"   one keepalive stream for {KEEPALIVE_SESSIONS} sessions: {streams} {verdict(streams == 1)}")
         print(f"   CLI within {CLI_TARGET}x etcdctl: {cli_ratio:.2f} {verdict(cli_ratio <= CLI_TARGET)}")
+        for concurrency, ratio in cycle_ratios.items():
+            print(
+                f"   cycle at {concurrency} concurrent within {CYCLE_TARGET}x raw ops (per cycle): "
+                f"{ratio:.2f} {verdict(ratio <= CYCLE_TARGET)}"
+            )
+        for permits, events in per_release.items():
+            print(
+                f"   semaphore drain at {permits} permits, watch events per release <= "
+                f"{EVENTS_PER_RELEASE_TARGET:g}: {events:.1f} {verdict(events <= EVENTS_PER_RELEASE_TARGET)}"
+            )
 
 
 def main() -> int:

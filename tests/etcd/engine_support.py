@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
@@ -74,6 +75,13 @@ async def create_revision(client: EtcdClient, key: str) -> int:
     """The create revision of ``key`` (0 if it does not exist)."""
     response = await client.range(key.encode())
     return int(response.kvs[0].create_revision) if response.kvs else 0
+
+
+def etcd_metric(etcd: LocalEtcd, metric: str) -> float:
+    """A counter or gauge of etcd's own metrics (the first member's ``/metrics``), summed over its labels."""
+    with urllib.request.urlopen(f"{etcd.endpoints[0]}/metrics", timeout=5) as response:
+        lines = response.read().decode().splitlines()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.split("{")[0].split(" ")[0] == metric)
 
 
 async def bounded(awaitable: Awaitable[T], timeout: float = BOUND) -> T:

@@ -18,6 +18,8 @@ from etcdlock.etcd import (
     Session,
     Waiter,
 )
+from etcdlock.etcd.keys import prefix, range_end
+from etcdlock.etcd.requests import put_op, range_op
 
 
 async def test_a_session_that_adopts_the_lease_finds_the_key_in_its_place(
@@ -92,3 +94,35 @@ async def test_a_waiter_whose_key_was_deleted_no_longer_holds(client: EtcdClient
         assert not await waiter.give_back(), "gone already: not this call's doing"
         with pytest.raises(NotHeld):
             await waiter.give_back()
+
+
+async def test_etcd_counts_and_limits_the_queue_as_the_waiters_read_it(client: EtcdClient, name: str) -> None:
+    """What the queue's reads rely on, checked against the etcd in use (3.5): a count in the transaction
+    that creates a key counts that key (a new key holds a permit when at most N keys are there); a count
+    takes no create-revision filter (etcd counts the whole range, so the keys ahead are never counted that
+    way); with such a filter, ``limit`` applies to the keys that pass it (a waiter reads at most N of the
+    keys ahead)."""
+    start = prefix(name)
+    end = range_end(start)
+    created = [
+        (await client.txn([], [put_op(f"{name}/{i}".encode(), b"")])).header.revision for i in range(6)
+    ]
+
+    joined = await client.txn(
+        [], [put_op(f"{name}/new".encode(), b""), range_op(start, end, count_only=True)]
+    )
+    assert joined.responses[1].response_range.count == 7
+
+    counted = await client.range(start, end, count_only=True, max_create_revision=created[2] - 1)
+    assert counted.count == 7, "etcd now filters counts: the keys ahead could be counted, not read"
+
+    ahead = await client.range(
+        start,
+        end,
+        by_create=True,
+        descending=True,
+        limit=3,
+        max_create_revision=created[4] - 1,
+        keys_only=True,
+    )
+    assert [kv.create_revision for kv in ahead.kvs] == [created[3], created[2], created[1]]

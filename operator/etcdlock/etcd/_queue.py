@@ -4,25 +4,24 @@ the engine's public way in is :class:`~etcdlock.etcd.waiter.Waiter` and what is 
 Each contender owns one key bound to its session's lease; the queue order is the keys' create revision.
 A contender holds one of N permits when fewer than N keys under the prefix have a lower create revision.
 
-Waiting never polls and never wakes everyone: with one permit a waiter watches only its immediate
-predecessor for deletion (etcd's ``waitDeletes``); with N permits it watches deletions under the prefix and
-counts the keys ahead of it locally, so only the waiter that is actually granted reads etcd again.
-After every wake-up the waiter re-reads its own key: if it is gone, the lease was lost.
+Waiting never polls and never wakes everyone: the waiters of a client wait on the client's one watch of
+the queue (:mod:`etcdlock.etcd._ranks`), which wakes only the waiter whose turn has come, and ends the wait
+of one whose own key is gone (the lease was lost, or the key deleted by hand).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+from collections import deque
 from collections.abc import Awaitable
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from etcdlock.aio import race
 from etcdlock.etcd import keys
+from etcdlock.etcd._ranks import Ranks
 from etcdlock.etcd.client import EtcdClient
-from etcdlock.etcd.errors import Compacted, EtcdError, EtcdUnavailable, Fenced, LockLost
+from etcdlock.etcd.errors import Compacted, EtcdError, EtcdUnavailable, LockLost
 from etcdlock.etcd.requests import create_revision_is, delete_op, put_op, range_is_empty, range_op
 from etcdlock.etcd.session import Session
 
@@ -31,57 +30,61 @@ log = logging.getLogger(__name__)
 _RETRY_DELAY = 0.2
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(NamedTuple):
     """Where a contender stands after the enqueue transaction."""
 
     my_rev: int
     granted: bool
     existing_value: bytes | None
-    front: tuple[keys.Contender, ...]
 
 
 class Queue:
-    """The keys under one name, seen from one session's contender key."""
+    """The keys under one name where ``permits`` hold at once, seen from one session's contender key."""
 
-    def __init__(self, session: Session, name: str) -> None:
+    def __init__(self, session: Session, name: str, permits: int) -> None:
         self.session = session
         self.client: EtcdClient = session.client
         self.name = name
+        self.permits = permits
         self.prefix = keys.prefix(name)
         self.end = keys.range_end(self.prefix)
         self.key = keys.contender_key(name, session.lease_id)
+        # The parts of the enqueue and remove transactions that never change, built once (every acquire and
+        # release runs them).
+        self._absent = [create_revision_is(self.key, 0)]
+        self._count = range_op(self.prefix, self.end, count_only=True)
+        self._mine = [range_op(self.key)]
+        self._delete = [delete_op(self.key)]
 
-    async def write(self, compare: list[Any], success: list[Any], failure: list[Any] | None = None) -> Any:
+    def write(
+        self, compare: list[Any], success: list[Any], failure: list[Any] | None = None
+    ) -> Awaitable[Any]:
         """A transaction that writes the own key: under the session's fence, if it has one."""
         fence = self.session.fence
         if fence is None:
-            return await self.client.txn(compare, success, failure or [])
-        return await self.client.guarded_txn(fence.compares(), compare, success, failure or [])
+            return self.client.txn(compare, success, failure or [])
+        return self.client.guarded_txn(fence.compares(), compare, success, failure or [])
 
-    async def enqueue(self, value: bytes, permits: int) -> Entry:
-        """One transaction: create the own key unless it exists, and read the first ``permits`` keys.
+    async def enqueue(self, value: bytes) -> Entry:
+        """One transaction: create the own key unless it exists, and see whether it holds a permit.
 
-        An existing own key (same lease) keeps its place in the queue, as in etcd's Go client.
+        A key just created is the newest, so every other key under the prefix is ahead of it: it holds a
+        permit when the prefix holds at most ``permits`` keys. A count costs etcd a walk of its in-memory
+        index; a range by create revision would read and sort every key's value (etcd applies ``limit``
+        only after sorting). An existing own key (same lease) keeps its place in the queue, as in etcd's
+        Go client: only then are the keys ahead of it read, in a second request.
         """
-        front = range_op(self.prefix, self.end, by_create=True, limit=permits)
-        response = await self.write(
-            [create_revision_is(self.key, 0)],
-            [put_op(self.key, value, self.session.lease_id), front],
-            [range_op(self.key), front],
-        )
-        existing_value = None
+        put = put_op(self.key, value, self.session.lease_id)
+        response = await self.write(self._absent, [put, self._count], self._mine)
         if response.succeeded:
-            my_rev = response.header.revision
-        else:
-            mine = response.responses[0].response_range.kvs
-            if not mine:
-                raise LockLost(f"own key {self.key.decode()} vanished during acquire")
-            my_rev = mine[0].create_revision
-            existing_value = bytes(mine[0].value)
-        ahead = tuple(keys.Contender.from_kv(kv) for kv in response.responses[1].response_range.kvs)
-        granted = any(c.create_revision == my_rev for c in ahead)
-        return Entry(my_rev, granted, existing_value, ahead)
+            granted = response.responses[1].response_range.count <= self.permits
+            return Entry(response.header.revision, granted, None)
+        mine = response.responses[0].response_range.kvs
+        if not mine:
+            raise LockLost(f"own key {self.key.decode()} vanished during acquire")
+        my_rev = mine[0].create_revision
+        _, ahead = await self._read_ahead(my_rev, limit=self.permits)
+        return Entry(my_rev, len(ahead) < self.permits, bytes(mine[0].value))
 
     async def try_take_alone(self, value: bytes) -> tuple[int | None, tuple[keys.Contender, ...]]:
         """Take a one-permit lock only if nobody is queued, without ever creating a waiter key.
@@ -102,29 +105,22 @@ class Queue:
             return holders[0].create_revision, ()
         return None, holders
 
-    async def wait_for_turn(self, my_rev: int, permits: int) -> int:
-        """Wait until fewer than ``permits`` keys are ahead; returns the revision the grant was seen at.
+    async def wait_for_turn(self, my_rev: int) -> int:
+        """Wait until fewer than ``permits`` keys are ahead, on the client's shared ranks of the queue (see
+        :mod:`etcdlock.etcd._ranks`); returns the revision the grant was seen at.
 
-        Each attempt reads the queue and, if the own turn has not come, waits for a deletion ahead; etcd
-        outages and compaction only start the next attempt. Raises :class:`LockLost` if the own key
-        disappears (and :class:`SessionLost` if the session is lost during an outage).
+        Raises :class:`LockLost` if the own key disappears (:class:`SessionLost` if the session was lost
+        meanwhile). etcd outages and compaction are waited out.
         """
-        attempt = self._predecessors_gone if permits == 1 else self._rank_below
-        while True:
-            try:
-                revision = await attempt(my_rev, permits)
-                if revision is not None:
-                    return revision
-            except Compacted:
-                continue
-            except EtcdUnavailable as exc:
-                log.debug("waiting for %s: %s; retrying", self.name, exc)
-                self.session.check()
-                await asyncio.sleep(_RETRY_DELAY)
+        ranks = Ranks.of(self.client, self.prefix, self.end)
+        try:
+            return await ranks.wait_granted(self.key, my_rev, self.permits)
+        except LockLost:
+            self.session.check()
+            raise
 
     async def _read_ahead(self, my_rev: int, limit: int) -> tuple[int, list[Any]]:
-        """Read the keys ahead (newest first, up to ``limit``; 0 = all) and re-check the own key, both at
-        one revision.
+        """Read the keys ahead (newest first, up to ``limit``) and re-check the own key, both at one revision.
 
         Two ranges, not one read-only transaction: etcd up to 3.5.4 panics when the client's deadline
         cancels a read-only transaction while it is being applied (etcd #14110), and a request that ran
@@ -143,104 +139,64 @@ class Queue:
         mine = (await self.client.range(self.key, keys_only=True, revision=revision)).kvs
         if not mine or mine[0].create_revision != my_rev:
             self.session.check()
-            raise LockLost(f"own key {self.key.decode()} was deleted while waiting")
+            raise LockLost(f"own key {self.key.decode()} vanished during acquire")
         return revision, list(ahead.kvs)
-
-    async def _predecessors_gone(self, my_rev: int, permits: int) -> int | None:
-        """One attempt, one permit: the revision if nobody is ahead, else None once the predecessor went."""
-        revision, ahead = await self._read_ahead(my_rev, limit=1)
-        if not ahead:
-            return revision
-        await self._wait_deleted(ahead[0])
-        return None
-
-    async def _wait_deleted(self, kv: Any) -> None:
-        """Wait until this incarnation of the key ``kv`` (as read from etcd) has been deleted.
-
-        The watch starts at etcd's current revision (``start_revision=0``): etcd then serves it from its
-        synced watchers and delivers the deletion at once. A watch from a past revision (the read's + 1,
-        once anything at all has been written since) sits among etcd's unsynced watchers, which get their
-        events only at the next background sync, up to 100 ms later: a hand-off that raced the setup of
-        the watch took that long. A deletion before the watch existed is caught by one more look at the
-        key once the watch is in place.
-        """
-        async with self.client.watch_events(kv.key, start_revision=0, deletes_only=True) as events:
-            current = (await self.client.range(kv.key, keys_only=True)).kvs
-            if not current or current[0].create_revision != kv.create_revision:
-                return
-            async for _ in events:
-                return
-
-    async def _rank_below(self, my_rev: int, permits: int) -> int | None:
-        """One attempt with N permits: the revision if fewer than N are ahead, else None once enough went.
-
-        The watch starts from the current revision (delivered at once, see :meth:`_wait_deleted`) and the
-        queue is read again once it is in place: keys deleted before the watch existed are missing there.
-        """
-        revision, ahead_kvs = await self._read_ahead(my_rev, limit=0)
-        if len(ahead_kvs) < permits:
-            return revision
-        deletions = self.client.watch_events(self.prefix, self.end, start_revision=0, deletes_only=True)
-        async with deletions as events:
-            revision, ahead_kvs = await self._read_ahead(my_rev, limit=0)
-            ahead = {kv.key for kv in ahead_kvs}
-            if len(ahead) < permits:
-                return revision
-            async for event in events:
-                if event.kv.key == self.key:
-                    return None
-                ahead.discard(event.kv.key)
-                if len(ahead) < permits:
-                    return None
-        return None
 
     async def remove(self, my_rev: int | None) -> bool:
         """Delete the own key, fenced on its create revision when known; True if it was deleted."""
         compare = [] if my_rev is None else [create_revision_is(self.key, my_rev)]
-        response = await self.write(compare, [delete_op(self.key)])
+        response = await self.write(compare, self._delete)
         return bool(response.succeeded and response.responses[0].response_delete_range.deleted)
-
-    async def mark_granted(self, my_rev: int, value: bytes) -> None:
-        """Rewrite the own value (fenced) once granted after waiting, so ``acquired`` tells the truth."""
-        with contextlib.suppress(EtcdError, Fenced):
-            await self.write(
-                [create_revision_is(self.key, my_rev)], [put_op(self.key, value, self.session.lease_id)]
-            )
 
 
 class KeyGuard:
     """Watches one contender key and reports when it is deleted (lease expiry, revoke, or by hand).
 
-    The watch starts from the key's create revision + 1, so starting it late loses nothing; ``delay``
-    lets very short holds finish without setting up a watch at all.
+    The watch starts from the key's create revision + 1, so starting it late loses nothing: a ``fresh``
+    hold's guard starts :data:`FRESH_FOR` seconds later (see :class:`FreshGuards`), so very short holds
+    finish without setting up a watch at all.
     """
 
-    def __init__(self, queue: Queue, my_rev: int, delay: float = 0.0) -> None:
+    def __init__(self, queue: Queue, my_rev: int, *, fresh: bool = False) -> None:
         self._queue = queue
         self._my_rev = my_rev
-        self._gone = asyncio.Event()
-        # Set once the watch exists (its stream's tasks too): see Waiter.watching.
-        self.watching = asyncio.Event()
+        # Both events are made when first needed: most holds are given back before anyone waits on them.
+        self._gone: asyncio.Event | None = None
+        self._watching: asyncio.Event | None = None
         self.reason: str | None = None
         self._task: asyncio.Task[None] | None = None
-        # A timer, not a task that sleeps: a hold released within the delay costs no task at all.
-        self._timer: asyncio.TimerHandle | None = None
-        if delay:
-            self._timer = asyncio.get_running_loop().call_later(delay, self._start)
+        self._cancelled = False
+        if fresh:
+            FreshGuards.of(queue.client).add(self)
         else:
-            self._start()
+            self.start()
 
-    def _start(self) -> None:
-        self._timer = None
-        if not self._queue.session.is_lost:
+    @property
+    def watching(self) -> asyncio.Event:
+        """Set once the watch exists (its stream's tasks too): see Waiter.watching."""
+        if self._watching is None:
+            self._watching = asyncio.Event()
+        return self._watching
+
+    @property
+    def running(self) -> bool:
+        """A watch is set up or being torn down: :meth:`stop` has something to wait for."""
+        return self._task is not None and not self._task.done()
+
+    def start(self) -> None:
+        """Start watching, unless cancelled meanwhile."""
+        if not self._cancelled and not self._queue.session.is_lost:
             self._task = self._queue.session.spawn(self._run(), name=f"guard-{self._queue.key.decode()}")
 
     @property
     def is_gone(self) -> bool:
-        return self._gone.is_set()
+        return self.reason is not None
 
     async def wait_gone(self) -> str:
-        await self._gone.wait()
+        if self.reason is None:
+            if self._gone is None:
+                self._gone = asyncio.Event()
+            await self._gone.wait()
         return self.reason or "key deleted"
 
     @property
@@ -263,9 +219,7 @@ class KeyGuard:
 
         The watch itself is torn down in the background; :meth:`stop` waits for that.
         """
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._cancelled = True
         if self._task is not None:
             self._task.cancel()
 
@@ -278,7 +232,8 @@ class KeyGuard:
 
     def _report(self, reason: str) -> None:
         self.reason = reason
-        self._gone.set()
+        if self._gone is not None:
+            self._gone.set()
 
     async def _run(self) -> None:
         queue = self._queue
@@ -309,6 +264,46 @@ class KeyGuard:
                 # Not allowed to watch the own key any more: nothing guards the hold, so count it lost.
                 self._report(f"key {queue.key.decode()} can no longer be watched: {exc}")
                 return
+
+
+class FreshGuards:
+    """The guards of a client's fresh holds, each started once it is :data:`FRESH_FOR` seconds old, all on
+    one timer that fires at most every :data:`_FRESH_TICK`: a timer each cost a short hold more than the
+    rest of its bookkeeping (the event loop keeps its timers in a heap, with every session's keepalive
+    sleep in it, and compares them in Python)."""
+
+    def __init__(self) -> None:
+        self._due: deque[tuple[float, KeyGuard]] = deque()  # in the order added, so by when they are due
+        self._timer: asyncio.TimerHandle | None = None
+
+    @classmethod
+    def of(cls, client: EtcdClient) -> FreshGuards:
+        if client.fresh_guards is None:
+            client.fresh_guards = cls()
+        return client.fresh_guards
+
+    def add(self, guard: KeyGuard) -> None:
+        loop = asyncio.get_running_loop()
+        self._due.append((loop.time() + FRESH_FOR, guard))
+        if self._timer is None:
+            self._timer = loop.call_at(self._due[0][0], self._start_due)
+
+    def _start_due(self) -> None:
+        """Start the guards that are due (a cancelled one does nothing) and wait for the next."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        while self._due and self._due[0][0] <= now:
+            self._due.popleft()[1].start()
+        if self._due:
+            self._timer = loop.call_at(max(self._due[0][0], now + _FRESH_TICK), self._start_due)
+        else:
+            self._timer = None
+
+
+# A fresh holder watches its own key only after this delay (from its create revision, so nothing is missed):
+# short critical sections then cost no watch at all. The guards due are started together, up to a tick late.
+FRESH_FOR = 0.1
+_FRESH_TICK = 0.02
 
 
 async def first_of(main: Awaitable[Any], *losses: Awaitable[str], lost: type[Exception] = LockLost) -> Any:

@@ -54,6 +54,10 @@ class Watcher:
         self._stream: asyncio.Task[None] | None = None
         self._ended: BaseException | None = None
 
+    @property
+    def ended(self) -> bool:
+        return self._ended is not None
+
     async def create(
         self,
         key: bytes,

@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aetcd
 import aetcd.exceptions
@@ -48,6 +48,10 @@ from etcdlock.etcd.errors import (
 from etcdlock.etcd.grpc_errors import INVALID_AUTH_TOKEN, classify, refused_watch
 from etcdlock.etcd.leases import LeaseStream
 from etcdlock.etcd.requests import range_request
+
+if TYPE_CHECKING:
+    from etcdlock.etcd._queue import FreshGuards
+    from etcdlock.etcd._ranks import Ranks
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +87,10 @@ class EtcdClient:
         self._auth_lock = asyncio.Lock()
         self._background: set[asyncio.Future[Any]] = set()
         self._heartbeat: asyncio.Task[None] | None = None
+        # What the engine's waiters on this client share: per queue prefix, the ranks they wait on (one watch
+        # for all); the timer that starts the guards of fresh holds.
+        self.ranks: dict[bytes, Ranks] = {}
+        self.fresh_guards: FreshGuards | None = None
 
     async def __aenter__(self) -> EtcdClient:
         await self.connect()
@@ -462,7 +470,9 @@ class EtcdClient:
             await cancel_watch(watch)
 
     def _watcher(self, member: Member) -> Watcher:
-        if member.watcher is None:
+        """The member's watch stream; a new one once it has ended (the member restarted, say: with one
+        endpoint the client does not move off it, and an ended stream refuses every creation)."""
+        if member.watcher is None or member.watcher.ended:
             stub = member.stub("Watch")
             member.watcher = Watcher(stub, metadata=self._metadata("Watch"))
         return member.watcher

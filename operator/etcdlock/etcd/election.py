@@ -1,9 +1,9 @@
 """Election on etcd, compatible with ``etcdctl elect`` and etcd's Go ``concurrency.Election``.
 
 The key layout is the mutex's, the value is the proposal, the leader is the key with the lowest create
-revision. Unlike the Go client, ``campaign`` re-reads its own key after waiting (a candidate whose lease
-expired while waiting does not become a phantom leader, etcd #11051), proclaim and resign are fenced on
-the leader key's create revision, and loss of leadership is observable (``wait_lost()``).
+revision. Unlike the Go client, ``campaign`` makes a candidate leader only while its own key exists (one
+whose lease expired while waiting does not become a phantom leader, etcd #11051), proclaim and resign are
+fenced on the leader key's create revision, and loss of leadership is observable (``wait_lost()``).
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ document naming the holder. Readers must accept both.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import socket
@@ -72,13 +73,15 @@ class HolderInfo:
 
     @classmethod
     def for_this_process(cls, holder: str | None = None, permits: int | None = None) -> HolderInfo:
-        host = socket.gethostname()
-        pid = os.getpid()
+        return cls._made(holder, permits, socket.gethostname(), os.getpid(), clock.now())
+
+    @classmethod
+    def _made(cls, holder: str | None, permits: int | None, host: str, pid: int, acquired: str) -> HolderInfo:
         return cls(
             holder=holder or f"{host}/{pid}",
             host=host,
             pid=pid,
-            acquired=clock.now(),
+            acquired=acquired,
             permits=permits if permits and permits > 1 else None,
         )
 
@@ -87,7 +90,7 @@ class HolderInfo:
         doc["acquired"] = self.acquired
         if self.permits is not None:
             doc["permits"] = self.permits
-        return json.dumps(doc, separators=(",", ":")).encode()
+        return _COMPACT_JSON.encode(doc).encode()
 
     @classmethod
     def decode(cls, value: bytes) -> HolderInfo:
@@ -109,6 +112,21 @@ class HolderInfo:
             acquired=_str_or_none(doc.get("acquired")),
             permits=permits if isinstance(permits, int) and permits > 0 else None,
         )
+
+
+# json.dumps with separators builds an encoder at every call; every acquire encodes a HolderInfo.
+_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
+
+
+def holder_value(holder: str | None = None, permits: int | None = None) -> bytes:
+    """``HolderInfo.for_this_process(holder, permits).encode()``, the value every acquire writes, made once
+    a second (``acquired`` counts whole seconds) rather than at every acquire."""
+    return _encoded(holder, permits, socket.gethostname(), os.getpid(), clock.now())
+
+
+@functools.lru_cache(maxsize=64)
+def _encoded(holder: str | None, permits: int | None, host: str, pid: int, acquired: str) -> bytes:
+    return HolderInfo._made(holder, permits, host, pid, acquired).encode()
 
 
 def _str_or_none(value: object) -> str | None:

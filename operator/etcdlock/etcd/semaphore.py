@@ -20,7 +20,7 @@ import logging
 from types import TracebackType
 
 from etcdlock.etcd.errors import EtcdError, EtcdUnavailable, LockTimeout, NotHeld, SessionLost
-from etcdlock.etcd.keys import Contender, HolderInfo, read_contenders
+from etcdlock.etcd.keys import Contender, holder_value, read_contenders
 from etcdlock.etcd.session import Session
 from etcdlock.etcd.waiter import GIVE_UP_GRACE, Waiter
 
@@ -94,15 +94,15 @@ class Semaphore:
             raise RuntimeError(f"{self.name} is already held by this object")
         self.session.check()
         self.session.claim(self.name)
-        value = HolderInfo.for_this_process(self.holder, self.permits).encode()
+        value = holder_value(self.holder, self.permits)
         try:
-            async with asyncio.timeout(timeout or None):
-                if timeout == 0:
-                    await self._try_once(value)
-                elif not await self._waiter.join(value):
-                    await self._waiter.wait_turn()
-                    granted = HolderInfo.for_this_process(self.holder, self.permits).encode()
-                    self.session.spawn(self._mark_granted(granted), name=f"mark-{self.key}")
+            if timeout == 0:
+                await self._try_once(value)
+            elif timeout is None:
+                await self._take(value)  # no timeout, no timer: an uncontended acquire is two round trips
+            else:
+                async with asyncio.timeout(timeout):
+                    await self._take(value)
         except TimeoutError:
             await self._abandon()
             seen = await self._holders_quietly()
@@ -112,6 +112,12 @@ class Semaphore:
             raise
         self._held = True
         return self
+
+    async def _take(self, value: bytes) -> None:
+        if not await self._waiter.join(value):
+            await self._waiter.wait_turn()
+            granted = holder_value(self.holder, self.permits)
+            self.session.spawn(self._mark_granted(granted), name=f"mark-{self.key}")
 
     async def _try_once(self, value: bytes) -> None:
         if self.permits == 1:
@@ -156,19 +162,19 @@ class Semaphore:
         if not self._held:
             raise NotHeld(f"{self.name} is not held")
         self._held = False
-        bound = self.session.client.config.request_timeout
         try:
-            async with asyncio.timeout(bound):
-                deleted = await self._waiter.give_back()
-        except SessionLost:
+            # One request, which the client retries within its request timeout: no timer of our own.
+            deleted = await self._waiter.give_back(persist=False)
+        except EtcdUnavailable:
+            if not self.session.is_lost:
+                self._give_back_in_background()
+                bound = self.session.client.config.request_timeout
+                raise EtcdUnavailable(
+                    f"release of {self.name} not confirmed within {bound}s; retrying"
+                ) from None
             deleted = False
-        except (TimeoutError, asyncio.CancelledError) as exc:
-            # Not confirmed in time, or the caller gave up: the fenced delete goes on in the background (the
-            # name stays claimed in this session until it lands).
-            self.session.spawn(self._give_back(), name=f"release-{self.key}")
-            if isinstance(exc, TimeoutError):
-                message = f"release of {self.name} not confirmed within {bound}s; retrying"
-                raise EtcdUnavailable(message) from None
+        except asyncio.CancelledError:
+            self._give_back_in_background()
             raise
         except BaseException:
             self.session.unclaim(self.name)
@@ -177,6 +183,11 @@ class Semaphore:
         if not deleted:
             log.warning("gave back %s, but its key was already gone: the hold had been lost", self.name)
         return deleted
+
+    def _give_back_in_background(self) -> None:
+        """The fenced delete of a release that was not confirmed or was cancelled goes on until it lands
+        (the name stays claimed in this session meanwhile)."""
+        self.session.spawn(self._give_back(), name=f"release-{self.key}")
 
     async def _give_back(self) -> bool:
         try:

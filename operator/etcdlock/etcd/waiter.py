@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import ParamSpec, TypeVar
 
 from etcdlock.etcd._queue import KeyGuard, Queue, first_of
 from etcdlock.etcd.errors import EtcdUnavailable, Fenced, LockLost, NotHeld, SessionLost
@@ -34,6 +34,7 @@ from etcdlock.etcd.session import Session
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 RETRY_PAUSE = 0.2
 # The count of keys read ahead of a waiter is an int64 in etcd's requests.
@@ -53,7 +54,7 @@ class Waiter:
         self.session = session
         self.name = name
         self.permits = permits
-        self._queue = Queue(session, name)
+        self._queue = Queue(session, name, permits)
         self._token: int | None = None
         self._guard: KeyGuard | None = None
         # Whether a key may have been written (an attempt was made and not known to have failed).
@@ -109,12 +110,12 @@ class Waiter:
         self.session.check()
         self._may_exist = True
         if persist:
-            entry = await self._persist(lambda: self._queue.enqueue(value, self.permits))
+            entry = await self._persist(self._queue.enqueue, value)
         else:
-            entry = await self._queue.enqueue(value, self.permits)
+            entry = await self._queue.enqueue(value)
         self._token, self.found = entry.my_rev, entry.existing_value
         if entry.granted:
-            self._hold(KeyGuard(self._queue, entry.my_rev, _GUARD_DELAY))
+            self._hold(KeyGuard(self._queue, entry.my_rev, fresh=True))
         return entry.granted
 
     async def try_take(self, value: bytes) -> tuple[Contender, ...]:
@@ -126,7 +127,7 @@ class Waiter:
         self._may_exist = my_rev is not None
         if my_rev is not None:
             self._token = my_rev
-            self._hold(KeyGuard(self._queue, my_rev, _GUARD_DELAY))
+            self._hold(KeyGuard(self._queue, my_rev, fresh=True))
         return holders
 
     async def wait_turn(self) -> None:
@@ -136,9 +137,7 @@ class Waiter:
             return
         guard = KeyGuard(self._queue, token)
         try:
-            await first_of(
-                self._queue.wait_for_turn(token, self.permits), self.session.wait_lost(), guard.wait_gone()
-            )
+            await first_of(self._queue.wait_for_turn(token), self.session.wait_lost(), guard.wait_gone())
         except LockLost:
             await guard.stop()
             self.session.check()
@@ -152,9 +151,7 @@ class Waiter:
         """Whether the own key is still there with its token, in one read made under the session's fence
         (raises :class:`Fenced` if that no longer holds). A granted key stays granted while it exists."""
         token = self._joined()
-        response = await self._persist(
-            lambda: self._queue.write([create_revision_is(self._queue.key, token)], [])
-        )
+        response = await self._persist(self._queue.write, [create_revision_is(self._queue.key, token)], [])
         return bool(response.succeeded)
 
     async def rewrite(self, value: bytes) -> bool:
@@ -162,12 +159,16 @@ class Waiter:
         token = self._joined()
         compare = [create_revision_is(self._queue.key, token)]
         put = [put_op(self._queue.key, value, self.session.lease_id)]
-        response = await self._persist(lambda: self._queue.write(compare, put))
+        response = await self._persist(self._queue.write, compare, put)
         return bool(response.succeeded)
 
-    async def give_back(self) -> bool:
+    async def give_back(self, *, persist: bool = True) -> bool:
         """Delete the own key, fenced on its token (it must still be this waiter's), retrying until it
-        lands. True if deleted here; False if it was gone already (the place or the hold had been lost)."""
+        lands. True if deleted here; False if it was gone already (the place or the hold had been lost).
+
+        ``persist=False`` sends one request (the client retries it within its request timeout) and raises
+        :class:`EtcdUnavailable` if that does not land: the key is then still this waiter's to give back.
+        """
         token = self._joined()
         guard, self._guard = self._guard, None
         if guard is not None:
@@ -175,9 +176,12 @@ class Waiter:
             # goes out at once, so the next holder is not kept waiting. A cancelled guard never reports.
             guard.cancel()
         try:
-            deleted = await self._persist(lambda: self._queue.remove(token))
+            if persist:
+                deleted = await self._persist(self._queue.remove, token)
+            else:
+                deleted = await self._queue.remove(token)
         finally:
-            if guard is not None:
+            if guard is not None and guard.running:
                 await guard.stop()
         self._token = None
         self._may_exist = False
@@ -201,7 +205,7 @@ class Waiter:
 
     async def _remove_quietly(self, token: int | None) -> None:
         with contextlib.suppress(SessionLost, Fenced):
-            await self._persist(lambda: self._queue.remove(token))
+            await self._persist(self._queue.remove, token)
 
     def _hold(self, guard: KeyGuard) -> None:
         self._guard = guard
@@ -211,17 +215,12 @@ class Waiter:
             raise NotHeld(f"no key of this session is queued under {self.name}")
         return self._token
 
-    async def _persist(self, call: Callable[[], Awaitable[T]]) -> T:
-        """``call()``, again after every transient error, while the session lives."""
+    async def _persist(self, call: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
+        """``call(*args)``, again after every transient error, while the session lives."""
         while True:
             try:
-                return await call()
+                return await call(*args, **kwargs)
             except EtcdUnavailable as exc:
                 self.session.check()
                 log.debug("%s: %s; trying again", self.key, exc)
                 await asyncio.sleep(RETRY_PAUSE)
-
-
-# A fresh holder watches its own key only after this delay (from its create revision, so nothing is missed):
-# short critical sections then cost no watch at all.
-_GUARD_DELAY = 0.1
