@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/etcdcluster.py
 	$(BIN)/python bench/faults.py
 	$(BIN)/python bench/scale.py
+	$(BIN)/python bench/pods.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
