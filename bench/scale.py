@@ -195,6 +195,18 @@ def cli_processes(cluster: LocalEtcd) -> tuple[float, float]:
     return statistics.median(times["ours"]), statistics.median(times["etcdctl"])
 
 
+def cli_floor() -> tuple[float, float]:
+    """Median seconds of the interpreter starting and stopping (``python -c pass``), and of it importing
+    what ``etcdlock lock`` imports and nothing else: the part of the CLI's time no engine work can cut."""
+    bare = [sys.executable, "-c", "pass"]
+    imports = [sys.executable, "-c", "import etcdlock.cli.main, etcdlock.cli.lock"]
+    times: dict[str, list[float]] = {"bare": [], "imports": []}
+    for _ in range(CLI_RUNS):
+        times["bare"].append(_wall(bare))
+        times["imports"].append(_wall(imports))
+    return statistics.median(times["bare"]), statistics.median(times["imports"])
+
+
 @dataclass
 class Cycles:
     """What the blocks of one kind of cycle added up to: wall time, cycles, each cycle's latency."""
@@ -337,6 +349,9 @@ async def run(cluster: LocalEtcd) -> None:
         print(f"   etcdlock lock NAME -- true  {ours * 1000:7.1f} ms median")
         print(f"   etcdctl lock NAME true      {etcdctl * 1000:7.1f} ms median")
         print(f"   ratio: {cli_ratio:.2f}")
+        bare, imports = cli_floor()
+        print(f"   python -c pass                {bare * 1000:7.1f} ms median")
+        print(f"   python importing the CLI      {imports * 1000:7.1f} ms median")
 
         print(
             f"\n6. Uncontended acquire+release cycle vs raw etcd ops, C concurrent locks "
@@ -384,6 +399,12 @@ async def run(cluster: LocalEtcd) -> None:
         )
         print(f"   one keepalive stream for {KEEPALIVE_SESSIONS} sessions: {streams} {verdict(streams == 1)}")
         print(f"   CLI within {CLI_TARGET}x etcdctl: {cli_ratio:.2f} {verdict(cli_ratio <= CLI_TARGET)}")
+        if cli_ratio > CLI_TARGET:
+            print(
+                f"      why: Python itself starts in {bare * 1000:.0f} ms and importing the CLI's modules "
+                f"(asyncio, gRPC, protobuf, aetcd) takes it to {imports * 1000:.0f} ms, "
+                f"{imports / etcdctl:.1f}x etcdctl's whole run, before any etcd request"
+            )
         for concurrency, ratio in cycle_ratios.items():
             print(
                 f"   cycle at {concurrency} concurrent within {CYCLE_TARGET}x raw ops (per cycle): "
