@@ -33,15 +33,17 @@ the emulator, the emulator's etcd, this client) and the objects the emulator wro
    beside the raw flows (the waiting ones without the ungate); the operator's RSS (VmRSS from
    /proc/PID/status) after the warm-up pod, at its peak meanwhile (sampled every 0.2 s) and once every
    pod is queued: the growth per 1000 pods.
-5. Restart at scale: 500 locks with 2 pods each (one holds, one waits per lock); the operator is
+5. Restart at scale: 500 locks with 2 pods each (one holds, one waits per lock), then one lock with 2000
+   pods (one holds, 1999 wait); each time the operator is
    SIGKILLed and a new one started at once (leader TTL ``LEADER_TTL``). While none leads, the bench adds
    a contender key of its own to every lock's queue, so that no status written before the kill can match
    etcd. Measured from the new process's "elected leader" log line until (a) every pod's lease is seen
    renewed in etcd (its remaining TTL exceeds what it could have without a renewal since the kill; polled
-   with LeaseTimeToLive) and (b) every DistributedLock's status lists exactly etcd's queue (holders, then
-   waiters). Targets: 2 s and 3 s. Then, ``AFTERMATH`` after its election, whether it still leads: its
-   "elected leader" and "session ... lost" log lines. Skipped, saying so, once the run has used
-   ``RESTART_BUDGET``.
+   with LeaseTimeToLive) and (b) every DistributedLock's status lists what it lists of etcd's queue (its
+   first holders, then its first waiters). Targets: 2 s and 3 s. Then, ``AFTERMATH`` after its election,
+   whether it still leads (its "elected leader" and "session ... lost" log lines) and whether every pod's
+   key is still in its lock's queue, in its place (target: none lost or moved). Each restart is skipped,
+   saying so, once the run has used ``RESTART_BUDGET``.
 
 Every wait is bounded (``BOUND``); a stall prints what is missing and the run goes on. A report, not a
 test: it exits 0 when a target is missed. Run it with ``make bench`` or ``python bench/pods.py [SECTION
@@ -71,7 +73,7 @@ import yaml
 
 from etcdlock.etcd import EtcdClient, EtcdConfig, EtcdLockError, HolderInfo, Session, Waiter, read_contenders
 from etcdlock.operator.config import WebhookSettings
-from etcdlock.operator.locks import LockSpec
+from etcdlock.operator.locks import MAX_LISTED_HOLDERS, MAX_LISTED_WAITERS, LockSpec
 from etcdlock.operator.names import (
     CLUSTER_ANNOTATION,
     GROUP,
@@ -100,6 +102,7 @@ LOCK_COUNTS = (10, 100, 500)
 PERMIT_COUNTS = (100, 500)
 QUEUE_PODS = 1000
 RESTART_LOCKS = 500
+CROWD_RESTART_PODS = 2000
 OPERATOR_CPU_TARGET = 3.0
 RATIO_TARGET = 0.8
 LEASE_TARGET = 2.0
@@ -109,7 +112,7 @@ LEADER_TTL = 5
 AFTERMATH = 3.0 * LEADER_TTL  # how long the new leader is watched for lost sessions and new elections
 BOUND = 120.0  # any one wait: creating the locks, their readiness, a phase's pods, a new leader
 START_BOUND = 60.0  # an operator process until it is ready
-RESTART_BUDGET = 210.0  # section 5 (2-2.5 minutes) is skipped once the run has used this: ~6 minutes in all
+RESTART_BUDGET = 300.0  # each restart of section 5 (1-2 minutes) is skipped once the run has used this
 POLL = 0.25
 WARM_UP = "warm-up"  # a lock and a pod taken through the flow before each measurement (first calls load code)
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -776,6 +779,7 @@ class Restart:
     sessions_lost: int = 0  # its "session ... lost" lines by then
     leases: float | None = None  # elected -> every lease seen renewed
     statuses: float | None = None  # elected -> every status lists etcd's queue
+    lost: int | None = None  # pods' keys gone from (or moved in) etcd's queues AFTERMATH after the election
     note: str = ""
 
 
@@ -829,17 +833,17 @@ async def statuses_match(statuses: LockQueues, queues: dict[str, list[str]], dea
     return matched
 
 
-async def restart_at_scale(env: Env) -> Restart:
-    namespace = "restart"
+async def restart_at_scale(env: Env, namespace: str, work: Workload) -> Restart:
     api = env.api
-    work = spread("restart", RESTART_LOCKS, 2)
     result = Restart()
     await api.create_namespace(namespace)
     port = free_port()
     settings = WebhookSettings("127.0.0.1", port, env.certs)
     with LocalEtcd(size=1) as etcd, contextlib.ExitStack() as processes:
         async with api.webhooks(namespace, settings):
-            first = processes.enter_context(operator_process(env, etcd, namespace, "restart-1.log", port))
+            first = processes.enter_context(
+                operator_process(env, etcd, namespace, f"{namespace}-1.log", port)
+            )
             await asyncio.to_thread(first.wait, "ready", START_BOUND)
             await webhook_listening(port)
             began = time.monotonic()
@@ -871,7 +875,7 @@ async def restart_at_scale(env: Env) -> Restart:
                 first.process.send_signal(signal.SIGKILL)
                 first.process.wait()
                 second = processes.enter_context(
-                    operator_process(env, etcd, namespace, "restart-2.log", port)
+                    operator_process(env, etcd, namespace, f"{namespace}-2.log", port)
                 )
                 electing = asyncio.create_task(elected_after(second.log_path, killed))
                 async with Session(client, ttl=120) as session:
@@ -881,10 +885,12 @@ async def restart_at_scale(env: Env) -> Restart:
                         [partial(Waiter(session, k, 1).join, extra) for k in keys.values()],
                     )
                     joined = time.monotonic()
+                    full: dict[str, list[str]] = {}
                     queues = {}
                     for name, key in keys.items():
                         _, contenders = await read_contenders(client, key)
-                        queues[name] = [c.key for c in contenders]
+                        full[name] = [c.key for c in contenders]
+                        queues[name] = listed(full[name], dict(work.locks)[name])
                     elected = await electing
                     if elected is None:
                         result.note = "the new process never logged its election"
@@ -899,8 +905,13 @@ async def restart_at_scale(env: Env) -> Restart:
                     )
                     result.leases = None if renewed is None else renewed - elected
                     result.statuses = None if matched is None else matched - elected
-                    # Does the new leader keep leading? (At this scale it has lost its own session.)
+                    # Does the new leader keep leading, and every pod its key and place?
                     await asyncio.sleep(max(0.0, elected + AFTERMATH - time.monotonic()))
+                    result.lost = 0
+                    for name, key in keys.items():
+                        _, contenders = await read_contenders(client, key)
+                        now = [c.key for c in contenders]
+                        result.lost += sum(1 for k in full[name] if k not in now) + (now != full[name])
                 log = await asyncio.to_thread(second.log_path.read_text, errors="replace")
                 result.leaders = log.count("elected leader of")
                 result.sessions_lost = len(re.findall(r"session \w+ lost", log))
@@ -957,30 +968,47 @@ async def run(
     return rows
 
 
+def listed(queue: list[str], permits: int) -> list[str]:
+    """The keys a lock's status lists of ``queue``: the first holders and the first waiters."""
+    holders, waiters = queue[:permits], queue[permits:]
+    return holders[:MAX_LISTED_HOLDERS] + waiters[:MAX_LISTED_WAITERS]
+
+
 async def restart_section(env: Env, started: float) -> list[Row]:
-    title = f"restart: {RESTART_LOCKS} locks x 2 pods, SIGKILL, a new process"
-    elapsed = time.monotonic() - started
-    if elapsed > RESTART_BUDGET:
-        reason = f"skipped: {elapsed:.0f} s used, over the {RESTART_BUDGET:.0f} s budget"
-        print(f"\n{title}: {reason}", flush=True)
-        return [Row(title, reason)]
-    print(f"\n{title}", flush=True)
-    try:
-        restart = await restart_at_scale(env)
-    except (TimeoutError, ApiFailed, aiohttp.ClientError, EtcdLockError) as exc:
-        restart = Restart(note=f"stalled: {type(exc).__name__} {exc}"[:150])
-        print(f"   STALL: {restart.note}", flush=True)
-    return restart_rows(restart)
+    rows = []
+    for what, namespace, work in (
+        (f"{RESTART_LOCKS} locks x 2 pods", "restart", spread("restart", RESTART_LOCKS, 2)),
+        (
+            f"1 lock x {CROWD_RESTART_PODS} pods",
+            "restart-crowd",
+            crowd("restart-crowd", 1, CROWD_RESTART_PODS),
+        ),
+    ):
+        title = f"restart: {what}, SIGKILL, a new process"
+        elapsed = time.monotonic() - started
+        if elapsed > RESTART_BUDGET:
+            reason = f"skipped: {elapsed:.0f} s used, over the {RESTART_BUDGET:.0f} s budget"
+            print(f"\n{title}: {reason}", flush=True)
+            rows.append(Row(title, reason))
+            continue
+        print(f"\n{title}", flush=True)
+        try:
+            restart = await restart_at_scale(env, namespace, work)
+        except (TimeoutError, ApiFailed, aiohttp.ClientError, EtcdLockError) as exc:
+            restart = Restart(note=f"stalled: {type(exc).__name__} {exc}"[:150])
+            print(f"   STALL: {restart.note}", flush=True)
+        rows.extend(restart_rows(what, restart))
+    return rows
 
 
-def restart_rows(restart: Restart) -> list[Row]:
+def restart_rows(what: str, restart: Restart) -> list[Row]:
     def seconds(value: float | None) -> str:
         return "not seen" if value is None else f"{value:.2f} s"
 
     elected = seconds(restart.elected)
     rows = [
         Row(
-            f"restart, {RESTART_LOCKS} locks x 2 pods: elected -> every lease renewed",
+            f"restart, {what}: elected -> every lease renewed",
             seconds(restart.leases),
             target=f"<= {LEASE_TARGET:.0f} s",
             met=verdict(restart.leases is not None and restart.leases <= LEASE_TARGET),
@@ -997,6 +1025,12 @@ def restart_rows(restart: Restart) -> list[Row]:
             f"{restart.leaders} / {restart.sessions_lost}",
             target="1 / 0",
             met=verdict(restart.leaders == 1 and restart.sessions_lost == 0),
+        ),
+        Row(
+            "  pods' keys lost or moved in etcd's queues",
+            "not checked" if restart.lost is None else str(restart.lost),
+            target="0",
+            met=verdict(restart.lost == 0),
         ),
     ]
     if restart.note:
