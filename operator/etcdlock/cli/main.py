@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from etcdlock import __version__
-from etcdlock.cli import elect, lock, operator, status
+from etcdlock.cli import elect, lock, operator, restore_member, status
 from etcdlock.cli.common import request_timeout
 from etcdlock.etcd import EtcdConfig, EtcdLockError, LockLost, LockTimeout, SessionLost
 from etcdlock.etcd.config import DEFAULT_ENDPOINT
@@ -83,7 +83,7 @@ def _add_connection_options(parser: argparse.ArgumentParser, *, after_command: b
     )
 
 
-BUILT_IN = (lock, status, elect, operator)
+BUILT_IN = (lock, status, elect, operator, restore_member)
 
 
 def build_parser(plugins: bool = True) -> argparse.ArgumentParser:

@@ -364,6 +364,24 @@ class EtcdClient:
         """Defragment the backend of the member this client reaches (it blocks that member meanwhile)."""
         await self._unary("Maintenance", "Defragment", rpc.DefragmentRequest(), retry=False)
 
+    async def snapshot(self) -> AsyncIterator[bytes]:
+        """The current member's database as etcd streams it (Maintenance.Snapshot): chunks in order, the
+        last 32 bytes being the SHA-256 of the rest (etcd 3.5 appends it). Not retried: a broken stream
+        raises :class:`EtcdUnavailable` and the caller starts again."""
+        await self.connect()
+        member = self._members[self._current]
+        call = member.stub("Maintenance").Snapshot(
+            rpc.SnapshotRequest(), metadata=self._metadata("Maintenance")
+        )
+        try:
+            async for response in call:
+                member.answered = True
+                yield bytes(response.blob)
+        except grpc.aio.AioRpcError as exc:
+            raise await self.failure(member, exc) from None
+        finally:
+            call.cancel()
+
     async def move_leader(self, member_id: int) -> None:
         """Hand leadership to another voter; only the leader serves this (:class:`NotLeader` elsewhere)."""
         request = rpc.MoveLeaderRequest(targetID=member_id)
@@ -393,10 +411,11 @@ class EtcdClient:
 
     # Leases
 
-    async def grant(self, ttl: int) -> tuple[int, int]:
-        """Grant a lease; returns (lease id, granted TTL). A retried grant may leave an unused lease behind,
-        which expires after its TTL."""
-        response = await self._unary("Lease", "LeaseGrant", rpc.LeaseGrantRequest(TTL=ttl), retry=True)
+    async def grant(self, ttl: int, lease_id: int = 0) -> tuple[int, int]:
+        """Grant a lease (``lease_id``: that ID, as a restore does; 0: etcd picks one); returns (lease id,
+        granted TTL). A retried grant may leave an unused lease behind, which expires after its TTL."""
+        request = rpc.LeaseGrantRequest(TTL=ttl, ID=lease_id)
+        response = await self._unary("Lease", "LeaseGrant", request, retry=True)
         return response.ID, response.TTL
 
     async def revoke(self, lease_id: int) -> bool:
