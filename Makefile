@@ -3,6 +3,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# moto's S3 server (the backup tests' object store) lives in a venv of its own: botocore requires
+# python-dateutil<3, kubernetes >=3. Built once; the sandbox finds it through ETCDLOCK_SANDBOX_MOTO_SERVER.
+MOTO_VENV := .venv-moto
+MOTO_STAMP := $(MOTO_VENV)/.installed
 
 .PHONY: run test lint bench clean
 
@@ -13,7 +17,15 @@ $(STAMP): pyproject.toml sandbox/pyproject.toml
 	$(BIN)/pip install --quiet -e '.[operator,test]' -e './sandbox[pytest]'
 	touch $(STAMP)
 
-run: $(STAMP)
+$(MOTO_STAMP):
+	$(PYTHON) -m venv $(MOTO_VENV)
+	$(MOTO_VENV)/bin/pip install --quiet --upgrade pip
+	$(MOTO_VENV)/bin/pip install --quiet 'moto[server]>=5.2.6'
+	touch $(MOTO_STAMP)
+
+run test bench: export ETCDLOCK_SANDBOX_MOTO_SERVER := $(CURDIR)/$(MOTO_VENV)/bin/moto_server
+
+run: $(STAMP) $(MOTO_STAMP)
 	$(BIN)/python -m etcdlock_sandbox.demo
 
 lint: $(STAMP)
@@ -24,10 +36,10 @@ lint: $(STAMP)
 
 # Two workers: most tests wait on etcd, kopf or a fault, so two overlap well on two cores. loadfile: a
 # file's tests run in one worker, in order (test_etcdcluster.py takes one cluster through its life).
-test: lint
+test: lint $(MOTO_STAMP)
 	$(BIN)/pytest -n 2 --dist loadfile
 
-bench: $(STAMP)
+bench: $(STAMP) $(MOTO_STAMP)
 	$(BIN)/python bench/locks.py
 	$(BIN)/python bench/failover.py
 	$(BIN)/python bench/etcdcluster.py
@@ -36,4 +48,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/pods.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(MOTO_VENV) .pytest_cache .ruff_cache

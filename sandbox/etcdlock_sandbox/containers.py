@@ -1,17 +1,25 @@
-"""The sandbox's process kubelet: pods of the etcd image run for real, as local etcd processes.
+"""The sandbox's process kubelet: pods of the etcd image run for real, as local processes.
 
-A pod whose container image is etcd's (``registry.k8s.io/etcd``, ``gcr.io/etcd-development/etcd``,
-``quay.io/coreos/etcd``, any tag: the sandbox has one etcd build and runs it for every tag) runs its
-container's command with the local etcd binary, as a container would:
+A pod whose container image is etcd's, and whose init containers (if any) are etcd's or the project's
+(:func:`~etcdlock_sandbox.podspec.runs_as_processes`), runs here as a node would run it:
 
-- ``$(VAR)`` references are expanded from the container's env (values and the downward API);
+- its init containers run first, in order, each to completion (one that fails runs again after a back-off
+  of up to 10 s, its restart count up, and nothing after it starts); then its container, which is started
+  again whenever it exits (restartPolicy Always, the same back-off), without running the init containers
+  again; the status shows it all (:mod:`etcdlock_sandbox.podstatus`);
+- each container runs the local build of its program (:func:`~etcdlock_sandbox.podspec.command_line`: etcd's
+  tools, or ``etcdlock`` from this Python), with ``$(VAR)`` references expanded and its env (values, the
+  downward API, Secrets, ``envFrom``) as the process's environment over this machine's, etcd's tools first
+  on PATH; a Secret the env needs that does not exist keeps the container waiting in
+  CreateContainerConfigError, tried again every second;
 - the pod has its own address (:class:`~etcdlock_sandbox.network.PodNetwork`): ``0.0.0.0`` in a URL means
   that address, and the process sees cluster DNS names (:func:`~etcdlock_sandbox.network.with_cluster_dns`);
-- a volume mount path in an argument is the volume's folder: an emptyDir lives and dies with the pod, a
-  PersistentVolumeClaim's folder with the claim (a pod waits until its claim exists);
-- the readiness probe (httpGet) is run every second and sets the pod's Ready condition;
-- a process that exits is started again (restartPolicy Always) after a back-off of up to 10 s, and its
-  restart count goes up; a deleted pod's process gets SIGTERM, then SIGKILL after 5 s.
+- a volume mount path in an argument is the volume's folder: an emptyDir lives as long as the pod (across
+  restarts of its containers), a PersistentVolumeClaim's folder with the claim (a pod waits until its claims
+  exist);
+- the readiness probe (httpGet) of the container is run every second and sets the pod's Ready condition;
+- each container writes to a log file of its own in the pod's folder (``container.log``,
+  ``init-NAME.log``); a deleted pod's running process gets SIGTERM, then SIGKILL after 5 s.
 
 Every other pod is left to the pretend kubelet (:mod:`etcdlock_sandbox.kubelet`).
 """
@@ -22,7 +30,7 @@ import asyncio
 import contextlib
 import json
 import logging
-import re
+import os
 import shutil
 import signal
 import urllib.request
@@ -31,72 +39,36 @@ from typing import Any
 
 from etcdlock_sandbox.apiserver.api import MERGE_PATCH, Api, now
 from etcdlock_sandbox.apiserver.errors import ApiError
-from etcdlock_sandbox.etcd import etcd_binary
+from etcdlock_sandbox.apiserver.resources import ResourceType
 from etcdlock_sandbox.network import PodNetwork, with_cluster_dns
+from etcdlock_sandbox.podspec import (
+    CannotRun,
+    ContainerConfigError,
+    command_line,
+    environment,
+    mounts,
+    process_environment,
+    runs_as_processes,
+    secret_data,
+    secrets_needed,
+)
+from etcdlock_sandbox.podstatus import ContainerStatus, PodStatus, exit_code, terminated
 
 log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
 
-_ETCD_IMAGE = re.compile(r"^([^/]+/)*(etcd|coreos/etcd)(:[^/@]+)?(@.+)?$")
-_ENTRYPOINTS = ("/usr/local/bin/etcd", "etcd")
-_REFERENCE = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
 PROBE_PERIOD = 1.0
 STOP_GRACE = 5.0
 MAX_BACKOFF = 10.0
 CLAIM_RETRY = 1.0
-
-
-def runs_etcd(pod: Obj) -> bool:
-    """The pod's (only) container is etcd, so the process kubelet runs it."""
-    containers = (pod.get("spec") or {}).get("containers") or []
-    return len(containers) == 1 and bool(_ETCD_IMAGE.match(containers[0].get("image") or ""))
-
-
-def _field(pod: Obj, path: str, address: str) -> str:
-    meta = pod["metadata"]
-    values: dict[str, str] = {
-        "metadata.name": meta.get("name", ""),
-        "metadata.namespace": meta.get("namespace", ""),
-        "metadata.uid": meta.get("uid", ""),
-        "status.podIP": address,
-        "spec.nodeName": "sandbox",
-    }
-    return values.get(path, "")
-
-
-def environment(pod: Obj, container: Obj, address: str) -> dict[str, str]:
-    """The container's env: plain values and downward API fields (references to earlier entries too)."""
-    env: dict[str, str] = {}
-    for entry in container.get("env") or []:
-        source = (entry.get("valueFrom") or {}).get("fieldRef")
-        value = _field(pod, source["fieldPath"], address) if source else str(entry.get("value", ""))
-        env[entry["name"]] = expand(value, env)
-    return env
-
-
-def expand(text: str, env: dict[str, str]) -> str:
-    """Kubernetes' ``$(VAR)`` expansion: unknown references stay as written."""
-    return _REFERENCE.sub(lambda m: env.get(m.group(1), m.group(0)), text)
-
-
-def command_line(container: Obj, env: dict[str, str], address: str, mounts: dict[str, Path]) -> list[str]:
-    """The container's command and args as this machine runs them (see the module docstring)."""
-    argv = [expand(part, env) for part in [*(container.get("command") or []), *(container.get("args") or [])]]
-    if not argv or argv[0] not in _ENTRYPOINTS:
-        argv = ["etcd", *argv]
-    argv[0] = etcd_binary()
-    result = [argv[0]]
-    for part in argv[1:]:
-        part = part.replace("://0.0.0.0:", f"://{address}:")
-        for mount_path, folder in mounts.items():
-            part = re.sub(rf"(?<![\w/]){re.escape(mount_path)}(?=/|$|,)", str(folder), part)
-        result.append(part)
-    return result
+CONFIG_RETRY = 1.0
+START_ERROR = 128
+"""A container runtime's exit code for a container whose program could not be started."""
 
 
 class ProcessKubelet:
-    """Runs the etcd pods of the sandbox (see the module docstring) under ``workdir``."""
+    """Runs the pods of processes of the sandbox (see the module docstring) under ``workdir``."""
 
     def __init__(self, api: Api, network: PodNetwork, workdir: Path) -> None:
         self._api = api
@@ -121,7 +93,7 @@ class ProcessKubelet:
         while True:
             try:
                 async for kind, pod in self._api.watch(self._pods, None, None, lambda _: True):
-                    if runs_etcd(pod):
+                    if runs_as_processes(pod):
                         self._consider(kind, pod)
             except ApiError as exc:
                 log.warning("process kubelet: pod watch ended (%s); starting over", exc)
@@ -136,7 +108,7 @@ class ProcessKubelet:
                     if kind == "DELETED":
                         shutil.rmtree(self._claim_folder(meta), ignore_errors=True)
                     elif (claim.get("status") or {}).get("phase") != "Bound":
-                        await self._patch_status(self._claims, meta, {"phase": "Bound"})
+                        await _patch_status(self._api, self._claims, meta, {"phase": "Bound"})
             except ApiError as exc:
                 log.warning("process kubelet: claim watch ended (%s); starting over", exc)
                 await asyncio.sleep(0.5)
@@ -166,27 +138,31 @@ class ProcessKubelet:
         previous = self._stopping.pop((namespace, name), None)
         if previous is not None:
             await asyncio.gather(previous, return_exceptions=True)
-        address = self._network.address(namespace, name)
-        empty_dirs = self._workdir / "pods" / meta.get("uid", "")
+        folder = self._workdir / "pods" / meta.get("uid", "")
         try:
+            await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
             # As a kubelet does, a pod whose claim does not exist (yet) waits for it.
-            mounts = await self._mounts(pod, empty_dirs)
-            while mounts is None:
+            volumes = await self._volumes(pod, folder)
+            while volumes is None:
                 await asyncio.sleep(CLAIM_RETRY)
-                mounts = await self._mounts(pod, empty_dirs)
-            container = pod["spec"]["containers"][0]
-            argv = command_line(container, environment(pod, container, address), address, mounts)
-            await self._supervise(pod, container, address, argv, empty_dirs)
+                volumes = await self._volumes(pod, folder)
+            address = self._network.address(namespace, name)
+            await PodProcesses(self._api, self._network.hosts, pod, address, folder, volumes).run()
+        except Exception:
+            # Nobody awaits this task until the pod goes: say why the pod stopped here, when it does.
+            log.exception("pod %s/%s: the process kubelet stopped running it", namespace, name)
+            raise
         finally:
-            shutil.rmtree(empty_dirs, ignore_errors=True)
+            shutil.rmtree(folder, ignore_errors=True)
 
-    async def _mounts(self, pod: Obj, empty_dirs: Path) -> dict[str, Path] | None:
-        """Mount path -> folder for the container's volume mounts; None if a claim does not exist (yet)."""
-        volumes = {v["name"]: v for v in (pod.get("spec") or {}).get("volumes") or []}
-        mounts: dict[str, Path] = {}
-        for mount in pod["spec"]["containers"][0].get("volumeMounts") or []:
-            volume = volumes.get(mount["name"]) or {}
-            claim = (volume.get("persistentVolumeClaim") or {}).get("claimName")
+    async def _volumes(self, pod: Obj, empty_dirs: Path) -> dict[str, Path] | None:
+        """Volume name -> folder for each volume a container mounts; None if a claim does not exist (yet)."""
+        spec = pod.get("spec") or {}
+        volumes = {v["name"]: v for v in spec.get("volumes") or []}
+        containers = [*(spec.get("initContainers") or []), *spec["containers"]]
+        folders: dict[str, Path] = {}
+        for name in {m["name"] for c in containers for m in c.get("volumeMounts") or []}:
+            claim = (volumes.get(name, {}).get("persistentVolumeClaim") or {}).get("claimName")
             if claim:
                 try:
                     found = await self._api.get(self._claims, pod["metadata"].get("namespace"), claim)
@@ -195,70 +171,149 @@ class ProcessKubelet:
                     return None
                 folder = self._claim_folder(found["metadata"])
             else:
-                folder = empty_dirs / mount["name"]
+                folder = empty_dirs / name
             folder.mkdir(parents=True, exist_ok=True)
-            mounts[mount["mountPath"].rstrip("/")] = folder
-        return mounts
+            folders[name] = folder
+        return folders
 
-    async def _supervise(self, pod: Obj, container: Obj, address: str, argv: list[str], folder: Path) -> None:
-        """Run the process, again whenever it exits, with its readiness probed, until cancelled."""
-        await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
-        log_path = folder / "container.log"
-        probe = _probe_url(container, address)
-        restarts = 0
+
+class PodProcesses:
+    """One pod's processes for its life here: its init containers, then its container (see the module
+    docstring); every status change is written to the pod, one write at a time."""
+
+    def __init__(
+        self, api: Api, hosts: Path, pod: Obj, address: str, folder: Path, volumes: dict[str, Path]
+    ) -> None:
+        self._api = api
+        self._pods = api.resolve("", "v1", "pods")
+        self._secrets = api.resolve("", "v1", "secrets")
+        self._hosts = hosts
+        self._pod = pod
+        self._address = address
+        self._folder = folder
+        self._volumes = volumes
+        self._status = PodStatus(pod, address)
+        self._writing = asyncio.Lock()
+
+    async def run(self) -> None:
+        """Until cancelled (the pod is deleted); the running process is stopped then."""
+        spec = self._pod["spec"]
+        await self._publish()
+        for container, status in zip(spec.get("initContainers") or [], self._status.init, strict=True):
+            await self._complete(container, status)
+        await self._supervise(spec["containers"][0], self._status.main)
+
+    async def _complete(self, container: Obj, status: ContainerStatus) -> None:
+        """Run an init container until it exits 0."""
         while True:
-            with log_path.open("ab") as output:
-                process = await asyncio.create_subprocess_exec(
-                    *with_cluster_dns(self._network.hosts, argv),
-                    stdin=asyncio.subprocess.DEVNULL,
-                    stdout=output,
-                    stderr=output,
-                    start_new_session=True,
-                )
-            started = now()
-            await self._set(pod, container, _running(container, started, restarts, ready=False))
-            prober = asyncio.create_task(self._probe(pod, container, probe, started, restarts))
-            try:
-                code = await process.wait()
-            finally:
-                prober.cancel()
-                await asyncio.gather(prober, return_exceptions=True)
-                await _stop(process)
-            restarts += 1
-            backoff = min(MAX_BACKOFF, 2.0 ** min(restarts - 1, 4))
-            log.info(
-                "pod %s: etcd exited with %s; restarting in %.0fs", pod["metadata"]["name"], code, backoff
+            ended = await self._run_once(container, status, f"init-{status.name}.log", readiness=False)
+            if ended["exitCode"] == 0:
+                status.complete(ended)
+                await self._publish()
+                return
+            await self._back_off(status, ended)
+
+    async def _supervise(self, container: Obj, status: ContainerStatus) -> None:
+        """Run the pod's container, again whenever it exits, with its readiness probed."""
+        while True:
+            ended = await self._run_once(container, status, "container.log", readiness=True)
+            await self._back_off(status, ended)
+
+    async def _back_off(self, status: ContainerStatus, ended: Obj) -> None:
+        backoff = min(MAX_BACKOFF, 2.0 ** min(status.restarts, 4))
+        status.failed(ended, backoff)
+        log.info(
+            "pod %s: container %s exited with %s; starting it again in %.0fs",
+            self._pod["metadata"]["name"],
+            status.name,
+            ended["exitCode"],
+            backoff,
+        )
+        await self._publish()
+        await asyncio.sleep(backoff)
+
+    async def _run_once(
+        self, container: Obj, status: ContainerStatus, log_name: str, *, readiness: bool
+    ) -> Obj:
+        """Start the container's process once its config is complete, and wait for it to end: its
+        ``terminated`` state. ``readiness``: the pod's container, whose readiness is probed meanwhile."""
+        env = await self._environment(container, status)
+        started = now()
+        try:
+            argv = command_line(container, env, self._address, mounts(container, self._volumes))
+        except CannotRun as exc:
+            return terminated(START_ERROR, started, "StartError", str(exc))
+        with (self._folder / log_name).open("ab") as output:
+            process = await asyncio.create_subprocess_exec(
+                *with_cluster_dns(self._hosts, argv),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=output,
+                stderr=output,
+                env=process_environment(env),
+                cwd=self._folder,
+                start_new_session=True,
             )
-            await self._set(pod, container, _waiting(container, code, restarts))
-            await asyncio.sleep(backoff)
+        status.running(started)
+        await self._publish()
+        probe = _probe_url(container, self._address) if readiness else None
+        probers = [asyncio.create_task(self._probe(status, probe))] if readiness else []
+        try:
+            code = await process.wait()
+        finally:
+            for prober in probers:
+                prober.cancel()
+            await asyncio.gather(*probers, return_exceptions=True)
+            await _stop(process)
+        return terminated(exit_code(code), started)
 
-    async def _probe(self, pod: Obj, container: Obj, url: str | None, started: str, restarts: int) -> None:
-        ready: bool | None = None
+    async def _environment(self, container: Obj, status: ContainerStatus) -> dict[str, str]:
+        """The container's env, read again at each start; while a Secret it needs is missing, the container
+        waits in CreateContainerConfigError."""
         while True:
-            now_ready = url is None or await asyncio.to_thread(_answers, url)
-            if now_ready != ready:
-                ready = now_ready
-                await self._set(pod, container, _running(container, started, restarts, ready=ready))
+            try:
+                return environment(self._pod, container, self._address, await self._read_secrets(container))
+            except ContainerConfigError as exc:
+                if status.state.get("waiting", {}).get("message") != str(exc):
+                    status.waiting("CreateContainerConfigError", str(exc))
+                    await self._publish()
+            await asyncio.sleep(CONFIG_RETRY)
+
+    async def _read_secrets(self, container: Obj) -> dict[str, dict[str, str] | None]:
+        namespace = self._pod["metadata"].get("namespace")
+        found: dict[str, dict[str, str] | None] = {}
+        for name in secrets_needed(container):
+            try:
+                found[name] = secret_data(await self._api.get(self._secrets, namespace, name))
+            except ApiError as exc:
+                if exc.code != 404:
+                    raise ContainerConfigError(f'secret "{name}": {exc.message}') from None
+                found[name] = None
+        return found
+
+    async def _probe(self, status: ContainerStatus, url: str | None) -> None:
+        """Ready is what the readiness probe answers (no probe: ready once running), every second."""
+        while True:
+            ready = url is None or await asyncio.to_thread(_answers, url)
+            if ready != status.ready:
+                status.ready = ready
+                await self._publish()
+            if url is None:
+                return
             await asyncio.sleep(PROBE_PERIOD)
 
-    async def _set(self, pod: Obj, container: Obj, status: Obj) -> None:
-        await self._patch_status(
-            self._pods,
-            pod["metadata"],
-            {
-                **status,
-                "podIP": self._network.address(pod["metadata"].get("namespace", ""), pod["metadata"]["name"]),
-            },
-        )
+    async def _publish(self) -> None:
+        async with self._writing:
+            await _patch_status(self._api, self._pods, self._pod["metadata"], self._status.document())
 
-    async def _patch_status(self, rtype: Any, meta: Obj, status: Obj) -> None:
-        document = json.dumps({"status": status}).encode()
-        try:
-            await self._api.patch(
-                rtype, meta.get("namespace"), meta["name"], MERGE_PATCH, document, subresource="status"
-            )
-        except ApiError as exc:
-            log.debug("%s: status not set: %s", meta["name"], exc)
+
+async def _patch_status(api: Api, rtype: ResourceType, meta: Obj, status: Obj) -> None:
+    document = json.dumps({"status": status}).encode()
+    try:
+        await api.patch(
+            rtype, meta.get("namespace"), meta["name"], MERGE_PATCH, document, subresource="status"
+        )
+    except ApiError as exc:
+        log.debug("%s: status not set: %s", meta["name"], exc)
 
 
 def _probe_url(container: Obj, address: str) -> str | None:
@@ -281,66 +336,17 @@ def _answers(url: str) -> bool:
         return False
 
 
-def _conditions(ready: bool, at: str) -> list[Obj]:
-    state = "True" if ready else "False"
-    return [
-        {
-            "type": t,
-            "status": "True" if t in ("PodScheduled", "Initialized") else state,
-            "lastTransitionTime": at,
-        }
-        for t in ("PodScheduled", "Initialized", "ContainersReady", "Ready")
-    ]
-
-
-def _running(container: Obj, started: str, restarts: int, *, ready: bool) -> Obj:
-    return {
-        "phase": "Running",
-        "hostIP": "127.0.0.1",
-        "startTime": started,
-        "conditions": _conditions(ready, now()),
-        "containerStatuses": [
-            {
-                "name": container.get("name", ""),
-                "image": container.get("image", ""),
-                "imageID": "",
-                "ready": ready,
-                "restartCount": restarts,
-                "started": True,
-                "state": {"running": {"startedAt": started}},
-            }
-        ],
-    }
-
-
-def _waiting(container: Obj, code: int, restarts: int) -> Obj:
-    return {
-        "phase": "Running",
-        "conditions": _conditions(False, now()),
-        "containerStatuses": [
-            {
-                "name": container.get("name", ""),
-                "image": container.get("image", ""),
-                "imageID": "",
-                "ready": False,
-                "restartCount": restarts,
-                "started": False,
-                "state": {"waiting": {"reason": "CrashLoopBackOff"}},
-                "lastState": {"terminated": {"exitCode": code, "reason": "Error" if code else "Completed"}},
-            }
-        ],
-    }
-
-
 async def _stop(process: asyncio.subprocess.Process) -> None:
-    """SIGTERM, then SIGKILL after the grace period; the process is reaped either way."""
-    if process.returncode is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        process.send_signal(signal.SIGTERM)
+    """SIGTERM to the process, then SIGKILL to its process group after the grace period (a runtime kills
+    what is left in a container when it stops it); the process is reaped either way."""
     try:
-        await asyncio.wait_for(asyncio.shield(process.wait()), STOP_GRACE)
-    except TimeoutError:
+        if process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGTERM)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(process.wait()), STOP_GRACE)
+    finally:
+        # Also when cancelled during the grace (the sandbox stopping): nothing is left running.
         with contextlib.suppress(ProcessLookupError):
-            process.kill()
+            os.killpg(process.pid, signal.SIGKILL)
         await process.wait()

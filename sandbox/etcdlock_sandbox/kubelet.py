@@ -19,7 +19,7 @@ from typing import Any
 
 from etcdlock_sandbox.apiserver.api import JSON_PATCH, MERGE_PATCH, Api, now
 from etcdlock_sandbox.apiserver.errors import ApiError
-from etcdlock_sandbox.containers import runs_etcd
+from etcdlock_sandbox.podspec import runs_as_processes
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class PodLifecycle:
     async def _consider(self, kind: str, pod: Obj) -> None:
         meta = pod["metadata"]
         uid = meta.get("uid", "")
-        if runs_etcd(pod):
+        if runs_as_processes(pod):
             return
         if kind == "DELETED" or meta.get("deletionTimestamp"):
             timer = self._timers.pop(uid, None)

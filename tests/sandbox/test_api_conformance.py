@@ -438,6 +438,20 @@ def test_generate_name_gives_unique_names(core: client.CoreV1Api, namespace: str
     assert names(core.list_namespaced_config_map(namespace).items) == set(made)
 
 
+def test_secret_string_data_is_stored_as_base64_data(core: client.CoreV1Api, namespace: str) -> None:
+    def encoded(text: str) -> str:
+        return base64.b64encode(text.encode()).decode()
+
+    body = {"metadata": {"name": "s"}, "data": {"a": encoded("old"), "b": encoded("kept")}}
+    created = core.create_namespaced_secret(namespace, {**body, "stringData": {"a": "new", "c": "é"}})
+    assert created.data == {"a": encoded("new"), "b": encoded("kept"), "c": encoded("é")}
+    assert created.string_data is None
+    assert created.type == "Opaque"
+    patched = core.patch_namespaced_secret("s", namespace, {"stringData": {"b": "patched"}})
+    assert patched.data == {"a": encoded("new"), "b": encoded("patched"), "c": encoded("é")}
+    assert core.read_namespaced_secret("s", namespace).string_data is None
+
+
 def test_generation_is_bumped_by_spec_changes_only(
     custom: client.CustomObjectsApi, namespace: str, widgets: str
 ) -> None:

@@ -3,14 +3,15 @@
 Covered: uid, creationTimestamp, generateName, generation (bumped on spec changes only), the status
 subresource, a CRD's scale subresource (:mod:`.scale`), CRD schemas (pruning, defaults, validation),
 finalizers and deletionTimestamp, background garbage collection through ownerReferences, namespace and CRD
-deletion cascades, pod scheduling gates, and watches that turn selector transitions into ADDED/DELETED as
-the real server does.
+deletion cascades, pod scheduling gates, a Secret's ``stringData`` (stored as ``data``), and watches that
+turn selector transitions into ADDED/DELETED as the real server does.
 Not covered: pod spec immutability, server-side apply, foreground deletion (treated as background).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import copy
 import json
 import logging
@@ -155,6 +156,8 @@ class Api:
             metadata["namespace"] = namespace
         else:
             metadata.pop("namespace", None)
+        if rtype.group == "" and rtype.plural == "secrets":
+            _store_string_data(obj)
         return obj
 
     async def create(
@@ -578,6 +581,14 @@ def _gate_conditions(pod: Obj) -> list[Obj]:
             "lastTransitionTime": now(),
         }
     ]
+
+
+def _store_string_data(secret: Obj) -> None:
+    """A Secret's ``stringData`` is write-only: its keys go into ``data`` (base64), over any there."""
+    string_data = secret.pop("stringData", None) or {}
+    if string_data:
+        encoded = {key: base64.b64encode(str(value).encode()).decode() for key, value in string_data.items()}
+        secret["data"] = {**(secret.get("data") or {}), **encoded}
 
 
 def _check_gates(current: Obj, new: Obj) -> None:

@@ -115,22 +115,43 @@ def _cell(column: dict[str, Any], obj: Obj) -> Any:
     return value if isinstance(value, (str, int, float, bool)) else str(value)
 
 
+def _initializing(spec: Obj, status: Obj) -> str | None:
+    """kubectl's STATUS for a pod whose init containers have not all completed (``Init:1/2``,
+    ``Init:CrashLoopBackOff``, ``Init:Error``); None once they have."""
+    for index, container in enumerate(status.get("initContainerStatuses") or []):
+        state = container.get("state") or {}
+        ended, waiting = state.get("terminated"), (state.get("waiting") or {}).get("reason")
+        if ended and ended.get("exitCode") == 0:
+            continue
+        if ended:
+            return f"Init:{ended.get('reason') or 'ExitCode:' + str(ended.get('exitCode'))}"
+        if waiting and waiting != "PodInitializing":
+            return f"Init:{waiting}"
+        return f"Init:{index}/{len(spec.get('initContainers') or [])}"
+    return None
+
+
 def _pod_cells(pod: Obj) -> list[Any]:
     spec, status = pod.get("spec") or {}, pod.get("status") or {}
     containers = spec.get("containers") or []
     statuses = status.get("containerStatuses") or []
     ready = sum(1 for s in statuses if s.get("ready"))
     phase = status.get("phase", "Pending")
-    for container in statuses:  # as kubectl's printer: a container's waiting or terminated reason wins
-        state = container.get("state") or {}
-        reason = (state.get("terminated") or state.get("waiting") or {}).get("reason")
-        if reason:
-            phase = reason
+    initializing = _initializing(spec, status)
+    if initializing is not None:  # as kubectl's printer: the init containers' state and restarts until done
+        phase = initializing
+        restarts = sum(int(s.get("restartCount", 0)) for s in status.get("initContainerStatuses") or [])
+    else:
+        for container in statuses:  # a container's waiting or terminated reason wins
+            state = container.get("state") or {}
+            reason = (state.get("terminated") or state.get("waiting") or {}).get("reason")
+            if reason:
+                phase = reason
+        restarts = sum(int(s.get("restartCount", 0)) for s in statuses)
     if spec.get("schedulingGates"):
         phase = "SchedulingGated"
     if pod.get("metadata", {}).get("deletionTimestamp"):
         phase = "Terminating"
-    restarts = sum(int(s.get("restartCount", 0)) for s in statuses)
     gates = spec.get("readinessGates") or []
     gates_ready = sum(
         1
