@@ -25,6 +25,7 @@ ENVIRONMENT = {
     "ETCDLOCK_WEBHOOK_CERT_DIR": "/tmp/certs-from-env",
     "ETCDLOCK_WEBHOOK_CONFIGURE": "true",
     "ETCDLOCK_POD_SWEEP_INTERVAL": "60",
+    "ETCDLOCK_IMAGE": "registry.example.com/etcdlock:mirror",
 }
 
 
@@ -71,6 +72,7 @@ def test_every_flag_is_read_from_the_environment(monkeypatch: pytest.MonkeyPatch
     assert (config.webhook.host, config.webhook.port) == ("127.0.0.1", 19443)
     assert (config.webhook.cert_dir, config.webhook.configure) == (Path("/tmp/certs-from-env"), True)
     assert config.pod_sweep_interval == 60
+    assert config.image == "registry.example.com/etcdlock:mirror"
 
 
 def test_a_flag_given_wins_over_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

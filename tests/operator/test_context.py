@@ -38,7 +38,7 @@ class _Retried(logging.Handler):
 
 async def test_a_term_stopped_while_the_api_is_down_ends_at_once_and_leaves_no_task(etcd: LocalEtcd) -> None:
     kube = unreachable_kube()
-    term = _Kopf(EtcdConfig.parse(etcd.endpoints), kube, Metrics(), (), PodApi(kube), LockRules(), 0)
+    term = _Kopf(EtcdConfig.parse(etcd.endpoints), kube, Metrics(), (), PodApi(kube), LockRules(), 0, "")
     retried, stop = asyncio.Event(), asyncio.Event()
     handler = _Retried("listing DistributedLocks", retried)
     logging.getLogger("etcdlock.operator.kube").addHandler(handler)

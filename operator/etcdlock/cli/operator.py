@@ -18,6 +18,7 @@ from etcdlock.etcd import EtcdConfig, EtcdLockError
 from etcdlock.operator.config import (
     DEFAULT_CERT_DIR,
     DEFAULT_ELECTION,
+    DEFAULT_IMAGE,
     DEFAULT_LEADER_TTL,
     DEFAULT_POD_SWEEP_INTERVAL,
     ElectionSettings,
@@ -99,6 +100,12 @@ def add_parser(commands: Any) -> None:
         f"ETCDLOCK_POD_SWEEP_INTERVAL; default {DEFAULT_POD_SWEEP_INTERVAL})",
     )
     parser.add_argument(
+        "--image",
+        default=_env("IMAGE", DEFAULT_IMAGE),
+        help="the operator's own image: EtcdCluster members restored from a backup run it as their init "
+        f"container (env ETCDLOCK_IMAGE; default {DEFAULT_IMAGE})",
+    )
+    parser.add_argument(
         "--shared-key-prefix",
         action="append",
         metavar="PREFIX",
@@ -147,6 +154,7 @@ def operator_config(args: argparse.Namespace, etcd: EtcdConfig) -> OperatorConfi
         shared_key_prefixes=tuple(args.shared_key_prefix or _env_list("SHARED_KEY_PREFIXES")),
         exit_if_stuck=True,
         pod_sweep_interval=args.pod_sweep_interval,
+        image=args.image,
     )
 
 

@@ -1,11 +1,11 @@
 """``etcdlock restore-member``: the init container of a member of a restored EtcdCluster (see
 :mod:`etcdlock.operator.etcdcluster.backup.member`). The operator renders its flags; the store's settings
-come from the environment (``AWS_*``, ``GOOGLE_*``, ``AZURE_*``, from the backup Secret)."""
+come from the environment (``AWS_*``, ``GOOGLE_*``, ``AZURE_*``, from the backup Secret), which
+obstore reads itself."""
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -47,7 +47,7 @@ async def run(args: argparse.Namespace, config: EtcdConfig) -> int:
     )
     try:
         spec = StoreSpec.parse("--store", {"url": args.store, "endpoint": args.store_endpoint})
-        store = BackupStore(spec, dict(os.environ))
+        store = BackupStore(spec, {})  # obstore reads the Secret's keys from the environment itself
         done = await restore_member(store, args.snapshot, args.sha256, args.data_dir, member)
     except BackupError as exc:
         print(f"etcdlock: {exc}", file=sys.stderr, flush=True)

@@ -12,6 +12,7 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from etcdlock import __version__
 from etcdlock.etcd import EtcdConfig, EtcdLockError
 from etcdlock.operator.names import WEBHOOK_PATH
 
@@ -20,6 +21,8 @@ DEFAULT_ELECTION = "/etcdlock/operator/leader"
 DEFAULT_LEADER_TTL = 5
 # How often the pods the webhook did not label are looked for (see etcdlock.operator.pods.sweep).
 DEFAULT_POD_SWEEP_INTERVAL = 600
+# The image of this release (manifests/base/operator.yaml runs it; --image names another).
+DEFAULT_IMAGE = f"ghcr.io/etcdlock/etcdlock:{__version__}"
 
 
 def _identity() -> str:
@@ -81,7 +84,8 @@ class OperatorConfig:
     admission webhooks; ``election`` None runs a single replica that never campaigns. ``exit_if_stuck``:
     leave the process if kopf does not stop after leadership is lost (the command line sets it; tests that
     run the operator in a thread do not). ``pod_sweep_interval``: seconds between two looks for annotated
-    pods the webhook did not label (0: only when a replica starts leading).
+    pods the webhook did not label (0: only when a replica starts leading). ``image``: the operator's own
+    image, which restores EtcdCluster members from backups (their init container).
     """
 
     etcd: EtcdConfig
@@ -93,6 +97,7 @@ class OperatorConfig:
     shared_key_prefixes: tuple[str, ...] = ()
     exit_if_stuck: bool = False
     pod_sweep_interval: int = DEFAULT_POD_SWEEP_INTERVAL
+    image: str = DEFAULT_IMAGE
 
 
 def host_port(option: str, value: str) -> tuple[str, int] | None:

@@ -64,6 +64,7 @@ class OperatorContext:
         rules: LockRules,
         namespaces: Sequence[str],
         pod_sweep_interval: float,
+        image: str,
     ) -> OperatorContext:
         """The context of a new term. API outages are waited out (a new leader must not give up); if it is
         cancelled meanwhile (stopped, deposed), what it opened so far is closed."""
@@ -92,7 +93,7 @@ class OperatorContext:
                     raise LockNotFound(f"DistributedLock {name} does not exist")
                 return locks.served(body)
 
-            clusters = Clusters(kube, stores.default, events)
+            clusters = Clusters(kube, stores.default, events, image, metrics)
             opened.push_async_callback(clusters.close)
             pod_context = PodContext(stores, pod_api, rules, resolve, takeover.adopted, events)
             pods = PodHolds(pod_context, metrics.pod_events)

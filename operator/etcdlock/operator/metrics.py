@@ -21,6 +21,7 @@ from prometheus_client import (
 from etcdlock.operator.queueview import QueueChange, QueueView
 
 LABELS = ("namespace", "lock")
+BACKUP_LABELS = ("namespace", "cluster", "kind")
 WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600)
 
 
@@ -46,6 +47,24 @@ class Metrics:
             "etcdlock.io/managed)",
             registry=registry,
         )
+        self.backup_last_success = Gauge(
+            "etcdlock_backup_last_success_timestamp_seconds",
+            "When each EtcdCluster's last full snapshot or delta was written (Unix time)",
+            BACKUP_LABELS,
+            registry=registry,
+        )
+        self.backup_bytes = Counter(
+            "etcdlock_backup_bytes",
+            "Bytes written to each EtcdCluster's backup store, by kind (full, delta)",
+            BACKUP_LABELS,
+            registry=registry,
+        )
+        self.backup_failures = Counter(
+            "etcdlock_backup_failures",
+            "Backup cycles of each EtcdCluster that failed (store, credentials, etcd)",
+            ("namespace", "cluster"),
+            registry=registry,
+        )
         self.wait_seconds = Histogram(
             "etcdlock_lock_wait_seconds",
             "Time from joining a lock's queue to holding it",
@@ -53,6 +72,15 @@ class Metrics:
             buckets=WAIT_BUCKETS,
             registry=registry,
         )
+
+    def backed_up(self, namespace: str, cluster: str, kind: str, size: int) -> None:
+        """A full snapshot or a delta of ``size`` bytes was written (kind ``full``, ``delta``), or a
+        backup cycle failed (kind ``failure``)."""
+        if kind == "failure":
+            self.backup_failures.labels(namespace, cluster).inc()
+            return
+        self.backup_last_success.labels(namespace, cluster, kind).set(time.time())
+        self.backup_bytes.labels(namespace, cluster, kind).inc(size)
 
     def forget(self, namespace: str, name: str) -> None:
         """Drop a deleted lock's series."""

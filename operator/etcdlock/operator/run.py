@@ -96,6 +96,7 @@ class _Kopf:
     pod_api: PodApi
     rules: LockRules
     pod_sweep_interval: float
+    image: str
 
     def start(self, leadership: Leadership, stop: asyncio.Event, ready: asyncio.Event) -> asyncio.Task[None]:
         return asyncio.create_task(self._run(leadership, stop, ready), name="kopf")
@@ -112,6 +113,7 @@ class _Kopf:
             self.rules,
             self.namespaces,
             self.pod_sweep_interval,
+            self.image,
         )
         index, context = await race(opening, stop.wait())
         if index:
@@ -187,7 +189,9 @@ async def run_operator(
     bridge = asyncio.create_task(_follow_flag(stop_flag, stop)) if stop_flag is not None else None
     _on_signals(stop)
     pod_api = PodApi(kube)
-    operator = _Kopf(etcd, kube, collected, config.namespaces, pod_api, rules, config.pod_sweep_interval)
+    operator = _Kopf(
+        etcd, kube, collected, config.namespaces, pod_api, rules, config.pod_sweep_interval, config.image
+    )
     try:
         async with contextlib.AsyncExitStack() as serving:
             if webhook is not None:

@@ -30,8 +30,14 @@ from typing import Any
 
 from etcdlock import clock
 from etcdlock.etcd import EtcdClient, EtcdConfig, EtcdError
-from etcdlock.operator.conditions import find
+from etcdlock.operator.conditions import carried_over, find
+from etcdlock.operator.config import DEFAULT_IMAGE
 from etcdlock.operator.errors import InvalidSpec
+from etcdlock.operator.etcdcluster.backup import restoring
+from etcdlock.operator.etcdcluster.backup.errors import BackupError
+from etcdlock.operator.etcdcluster.backup.restoring import RESTORING
+from etcdlock.operator.etcdcluster.backup.service import ClusterBackups
+from etcdlock.operator.etcdcluster.backup.settings import RestoreSpec, StoreSpec
 from etcdlock.operator.etcdcluster.membership import (
     ClusterView,
     MemberClients,
@@ -42,11 +48,25 @@ from etcdlock.operator.etcdcluster.membership import (
     quorum,
 )
 from etcdlock.operator.etcdcluster.objects import KubeObjects
-from etcdlock.operator.etcdcluster.rendering import TEMPLATE_HASH, children, digest, statefulset
+from etcdlock.operator.etcdcluster.rendering import (
+    TEMPLATE_HASH,
+    RestoreSource,
+    children,
+    digest,
+    statefulset,
+)
 from etcdlock.operator.etcdcluster.spec import ClusterSpec, upgrade_allowed
-from etcdlock.operator.etcdcluster.status import Pass, invalid, member_events, status
+from etcdlock.operator.etcdcluster.status import (
+    Pass,
+    failed,
+    has_quorum,
+    invalid,
+    member_events,
+    status,
+)
 from etcdlock.operator.events import EventRecorder
 from etcdlock.operator.kube import ApiUnavailable, Conflict, Kube
+from etcdlock.operator.metrics import Metrics
 from etcdlock.operator.stores import Store
 
 log = logging.getLogger(__name__)
@@ -54,6 +74,7 @@ log = logging.getLogger(__name__)
 Obj = dict[str, Any]
 
 RENDERED = "etcdlock.io/rendered-template"
+APPROVE_REBUILD = "etcdlock.io/approve-rebuild"
 RECONCILE_PERIOD = 2.0
 OBSERVE_TIMEOUT = 8.0
 
@@ -66,19 +87,31 @@ class Clusters:
     leads when it is about to (two replicas restarting members at once could cost a quorum).
     """
 
-    def __init__(self, kube: Kube, leadership: Store, events: EventRecorder) -> None:
+    def __init__(
+        self,
+        kube: Kube,
+        leadership: Store,
+        events: EventRecorder,
+        image: str = DEFAULT_IMAGE,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self._kube = kube
         self._objects = KubeObjects(kube)
         self._leadership = leadership
         self._events = events
+        self._image = image
+        self._backups = ClusterBackups(kube, events, metrics)
         self._warned: dict[tuple[str, str], str] = {}  # the last defragmentation failure told, per cluster
         self._clients: dict[tuple[str, str], EtcdClient] = {}
         self._members: dict[tuple[str, str], MemberClients] = {}
 
     async def close(self) -> None:
+        await self._backups.close()
         for namespace, name in list(self._clients) + list(self._members):
             await self.forget(namespace, name)
 
     async def forget(self, namespace: str, name: str) -> None:
+        await self._backups.forget((namespace, name))
         client = self._clients.pop((namespace, name), None)
         if client is not None:
             await client.close()
@@ -112,27 +145,57 @@ class Clusters:
             return invalid(previous, str(exc), generation)
         run = Pass(spec, previous, generation, version=previous.get("version") or spec.version)
         run.created = str(meta.get("creationTimestamp") or "")
-        found = await self._ensure_children(body, spec)
+        run.restore = previous.get("restore")
+        if spec.restore is not None and run.restore is None and not previous.get("members"):
+            sts_there = await self._objects.read("StatefulSet", namespace, name)
+            if sts_there is None:
+                try:
+                    run.restore = await self._plan_restore(spec, spec.restore, "Requested")
+                except BackupError as exc:
+                    return self._restore_failed(body, run, exc)
+                self._events.info(body, "RestoreStarted", _restoring(run.restore))
+                # The plan is in the status before any member exists: a pass that finds the StatefulSet
+                # finds the plan it was made from.
+                return status(run)
+        if run.restore is not None:
+            spec = run.spec = replace(spec, token=str(run.restore.get("token") or spec.cluster_token))
+        found = await self._ensure_children(body, spec, self._restore_source(spec, run.restore))
         sts = found["StatefulSet"]
         pods = {p["metadata"]["name"]: p for p in await self._objects.pods(spec.namespace, spec.labels)}
         run.pod_uids = {name: pod["metadata"]["uid"] for name, pod in pods.items()}
         run.restarts = {name: _restarts(pod) for name, pod in pods.items()}
+        if spec.storage_size is not None:
+            run.claim_uids = await self._claim_uids(spec, previous)
+        if await self._quorum_lost(body, run, sts, pods):
+            # A survivor's data is not a backup: it may lack what the lost majority acknowledged.
+            await self._backups.stop((namespace, name))
+            return self._with_backups(run, status(run))
+        if (run.restore or {}).get("phase") == RESTORING:
+            # No backup of a cluster half restored (nor of the old one's remains, during a rebuild): the
+            # first full snapshot follows the restore.
+            await self._backups.stop((namespace, name))
         run.view = await self._observe(spec, pods)
         await self._keep_budget(spec, found["PodDisruptionBudget"], run)
         if run.view is None:
-            return status(run)
-        await self._converge(body, run, sts, pods)
-        new = status(run)
+            return self._with_backups(run, status(run))
+        if (run.restore or {}).get("phase") == RESTORING and has_quorum(run.view):
+            await self._finish_restore(body, run)
+        if (run.restore or {}).get("phase") != RESTORING:
+            await self._converge(body, run, sts, pods)
+            await self._keep_backups(body, run)
+        new = self._with_backups(run, status(run))
         for kind, reason, message in member_events(previous, new["members"], run.pod_uids):
             record = self._events.warn if kind == "Warning" else self._events.info
             record(body, reason, message)
         return new
 
-    async def _ensure_children(self, body: Mapping[str, Any], spec: ClusterSpec) -> dict[str, Obj]:
+    async def _ensure_children(
+        self, body: Mapping[str, Any], spec: ClusterSpec, restore: RestoreSource | None
+    ) -> dict[str, Obj]:
         """Create what is missing. Returns the children by kind."""
         owner = {"apiVersion": body["apiVersion"], "kind": body["kind"], "metadata": dict(body["metadata"])}
         found: dict[str, Obj] = {}
-        for child in children(spec, owner):
+        for child in children(spec, owner, restore):
             kind, child_name = child["kind"], child["metadata"]["name"]
             current = await self._objects.read(kind, spec.namespace, child_name)
             if current is None:
@@ -229,25 +292,157 @@ class Clusters:
         await self._after_step(body, run, sts, pods, step, lost)
 
     def _lost(self, run: Pass, view: ClusterView, pods: dict[str, Obj]) -> set[str]:
-        """Members whose emptyDir data went with a pod that was replaced (see the module docstring).
+        """Members whose data is gone (see :func:`data_lost`) that etcd still lists under the ID they were
+        recorded with (not a member added since under that name).
 
         Healthy or not: a member that comes back under its old ID with empty data may have forgotten
-        entries it acknowledged, so etcd's rule (remove it, add it again) applies either way. Only the
-        member the pod was recorded for counts (matched by ID), not a member added since under that name.
+        entries it acknowledged, so etcd's rule (remove it, add it again) applies either way.
         """
-        if run.spec.storage_size is not None:
-            return set()
         names = run.spec.names(view)
         recorded = {m.get("name"): m for m in run.previous.get("members") or []}
-        lost = set()
-        for member in view.members:
-            name = names.get(member.peer_url, "")
-            pod, was = pods.get(name), recorded.get(name) or {}
-            if pod is None or not was.get("podUID") or was.get("id") != format(member.id, "x"):
-                continue
-            if pod["metadata"].get("uid") != was["podUID"]:
-                lost.add(name)
-        return lost
+        gone = data_lost(run, pods)
+        return {
+            name
+            for member in view.members
+            if (name := names.get(member.peer_url, "")) in gone
+            and (recorded.get(name) or {}).get("id") == format(member.id, "x")
+        }
+
+    async def _claim_uids(self, spec: ClusterSpec, previous: Obj) -> dict[str, str]:
+        """The UID of each member's claim (recorded or wanted members), by member name."""
+        names = {str(m.get("name")) for m in previous.get("members") or []}
+        names.update(spec.member(i) for i in range(spec.replicas))
+        uids = {}
+        for name in sorted(names):
+            claim = await self._objects.read_claim(spec.namespace, f"data-{name}")
+            if claim is not None:
+                uids[name] = claim["metadata"]["uid"]
+        return uids
+
+    async def _quorum_lost(self, body: Mapping[str, Any], run: Pass, sts: Obj, pods: dict[str, Obj]) -> bool:
+        """Whether a quorum of the voting members lost their data (not merely stopped: see
+        :func:`data_lost`); then nothing else is done. The cluster is rebuilt from the latest backup if
+        the spec says so or the rebuild was approved; otherwise the status says how to approve it."""
+        spec = run.spec
+        if (run.restore or {}).get("phase") == RESTORING:
+            return False
+        voters = {str(m.get("name")) for m in run.previous.get("members") or [] if not m.get("learner")}
+        lost = data_lost(run, pods) & voters
+        if not voters or len(lost) < quorum(len(voters)):
+            return False
+        rebuild = int(run.previous.get("rebuilds") or 0) + 1
+        approval = f"rebuild-{rebuild}"
+        annotations = body["metadata"].get("annotations") or {}
+        approved = spec.automatic_recovery or annotations.get(APPROVE_REBUILD) == approval
+        store = _recovery_store(spec)
+        message = (
+            f"the data of {', '.join(sorted(lost))} is gone: {len(lost)} of {len(voters)} voting members, "
+            "a quorum, so the cluster cannot recover by itself"
+        )
+        if store is None:
+            message += "; no backup is configured to rebuild it from (spec.backup)"
+        elif not approved:
+            message += (
+                f". To rebuild it from the latest backup in {store.url} (writes after that backup are lost), "
+                f"run: kubectl annotate etcdcluster -n {spec.namespace} {spec.name} "
+                f"{APPROVE_REBUILD}={approval} --overwrite"
+            )
+        run.quorum_lost = message
+        if store is None or not approved:
+            if find(run.previous, "QuorumLost").get("message") != message:
+                self._events.warn(body, "QuorumLost", message)
+            return True
+        try:
+            token = f"{spec.namespace}-{spec.name}-{approval}"
+            record = await self._plan_restore(spec, RestoreSpec(store), "QuorumLost", token)
+        except BackupError as exc:
+            run.quorum_lost = f"{message}; the rebuild cannot start: {exc}"
+            if find(run.previous, "QuorumLost").get("message") != run.quorum_lost:
+                self._events.warn(body, "RebuildFailed", run.quorum_lost)
+            return True
+        await self._rebuild(body, run, sts, pods, {**record, "rebuild": rebuild})
+        return True
+
+    async def _rebuild(
+        self, body: Mapping[str, Any], run: Pass, sts: Obj, pods: dict[str, Obj], record: Obj
+    ) -> None:
+        """Every member starts again from the backup ``record`` names: the StatefulSet bootstraps a new
+        cluster (a new token), and every pod and claim of the old one goes."""
+        spec = run.spec = replace(run.spec, token=record["token"])
+        await self._backups.stop((spec.namespace, spec.name))
+        wanted = statefulset(spec, restore=self._restore_source(spec, record))
+        patch = [
+            {"op": "replace", "path": "/spec/template", "value": wanted["spec"]["template"]},
+            {"op": "replace", "path": "/spec/replicas", "value": spec.replicas},
+        ]
+        await self._objects.patch("StatefulSet", spec.namespace, spec.name, patch)
+        for name, pod in sorted(pods.items()):
+            await self._objects.delete_pod(spec.namespace, name, pod["metadata"]["uid"])
+            if spec.storage_size is not None:
+                await self._objects.delete_claim(spec.namespace, f"data-{name}")
+        run.restore, run.rebuilt = record, int(record["rebuild"])
+        self._events.warn(body, "RebuildStarted", f"{run.quorum_lost}; {_restoring(record)}")
+
+    async def _plan_restore(
+        self, spec: ClusterSpec, restore: RestoreSpec, reason: str, token: str | None = None
+    ) -> Obj:
+        return await restoring.prepare(
+            self._kube, spec.namespace, restore, token or spec.cluster_token, reason
+        )
+
+    def _restore_source(self, spec: ClusterSpec, record: Obj | None) -> RestoreSource | None:
+        """What the members restore while the restore is under way (then nothing: a pod created later
+        joins the running cluster)."""
+        if record is None or record.get("phase") != RESTORING:
+            return None
+        store = _store_of(spec, record)
+        return RestoreSource(self._image, store, str(record["snapshot"]), str(record["sha256"]))
+
+    async def _finish_restore(self, body: Mapping[str, Any], run: Pass) -> None:
+        """The members answer: replay the deltas (see :mod:`.backup.restoring`)."""
+        spec, record = run.spec, run.restore or {}
+        asked = spec.restore if record.get("reason") == "Requested" and spec.restore is not None else None
+        restore = asked or RestoreSpec(_store_of(spec, record))
+        try:
+            client = self._clients[(spec.namespace, spec.name)]
+            run.restore = await restoring.finish(self._kube, spec.namespace, restore, record, client)
+        except (BackupError, EtcdError) as exc:
+            run.problem, run.problem_reason = f"restore: {exc}", "RestoreFailed"
+            if not _told(run.previous, run.problem):
+                self._events.warn(body, "RestoreFailed", run.problem)
+            return
+        done = run.restore
+        message = (
+            f"restored {done['snapshot']} and {done['events']} events after it: revision {done['revision']} "
+            f"of the backup, {done['keys']} keys"
+        )
+        if "gapAfter" in done:
+            message += f" (the deltas stop continuing after revision {done['gapAfter']})"
+        self._events.info(body, "Restored", message)
+
+    def _restore_failed(self, body: Mapping[str, Any], run: Pass, exc: BackupError) -> Obj:
+        """A restore that cannot start: nothing is created (so nothing is overwritten) until it can."""
+        message = f"cannot restore: {exc}"
+        if not _told(run.previous, message):
+            self._events.warn(body, "RestoreFailed", message)
+        return failed(run.previous, "RestoreFailed", message, run.generation)
+
+    async def _keep_backups(self, body: Mapping[str, Any], run: Pass) -> None:
+        spec, view = run.spec, run.view
+        assert view is not None
+        voters = [m for m in view.members if not m.learner and m.client_url]
+        # Snapshots from a follower where one is healthy: the leader has enough to do.
+        healthy = [m.client_url for m in sorted(voters, key=lambda m: m.leader) if m.healthy]
+        await self._backups.keep(body, spec.backup, healthy, [m.client_url for m in voters])
+
+    def _with_backups(self, run: Pass, new: Obj) -> Obj:
+        """The status with what the backups and the restore say."""
+        key = (run.spec.namespace, run.spec.name)
+        shown = self._backups.status(key, run.previous, run.generation)
+        if shown is not None:
+            new["backup"] = shown[0]
+            new["conditions"] = [*new["conditions"], *carried_over([shown[1]], run.previous)]
+        return new
 
     def _effective_spec(self, body: Mapping[str, Any], run: Pass, sts: Obj) -> ClusterSpec:
         """The spec to render: a version change only if etcd's upgrade path allows it. Refused, the
@@ -387,6 +582,45 @@ class Clusters:
             return
         run.defragmented = names.get(member.peer_url, "")
         self._events.info(body, "Defragmented", f"defragmented {run.defragmented}")
+
+
+def data_lost(run: Pass, pods: dict[str, Obj]) -> set[str]:
+    """Recorded members whose data is known to be gone: with emptyDir, the pod their data was in was
+    replaced; with claims, the claim their data was in was deleted or replaced. A member whose pod or
+    claim is merely not running (stopped, evicted, its node down) is not lost: it can come back with its
+    data."""
+    lost = set()
+    for was in run.previous.get("members") or []:
+        name = str(was.get("name"))
+        if run.spec.storage_size is None:
+            pod = pods.get(name)
+            if pod is not None and was.get("podUID") and pod["metadata"].get("uid") != was["podUID"]:
+                lost.add(name)
+        elif was.get("claimUID") and run.claim_uids.get(name) != was["claimUID"]:
+            lost.add(name)
+    return lost
+
+
+def _recovery_store(spec: ClusterSpec) -> StoreSpec | None:
+    """Where a rebuild finds the latest backup: the cluster's own backups, else the one it came from."""
+    if spec.backup is not None:
+        return spec.backup.store
+    return spec.restore.store if spec.restore is not None else None
+
+
+def _store_of(spec: ClusterSpec, record: Obj) -> StoreSpec:
+    """The store a restore record names, with the endpoint and Secret the spec gives it."""
+    for store in (s for s in (spec.restore and spec.restore.store, spec.backup and spec.backup.store) if s):
+        if store.url == record.get("store"):
+            return store
+    return StoreSpec(url=str(record.get("store")))
+
+
+def _restoring(record: Obj) -> str:
+    return (
+        f"every member restores {record['store']}/{record['snapshot']} (revision "
+        f"{record['snapshotRevision']}), then the deltas after it are replayed"
+    )
 
 
 def _restarts(pod: Obj) -> int:

@@ -69,5 +69,8 @@ class KubeObjects:
         with contextlib.suppress(Conflict):
             await self.kube.call(self.kube.core.delete_namespaced_pod, name, namespace, body=body)
 
+    async def read_claim(self, namespace: str, name: str) -> Obj | None:
+        return await self.kube.call(self.kube.core.read_namespaced_persistent_volume_claim, name, namespace)
+
     async def delete_claim(self, namespace: str, name: str) -> None:
         await self.kube.call(self.kube.core.delete_namespaced_persistent_volume_claim, name, namespace)

@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from typing import Any
 
+from etcdlock.operator.etcdcluster.backup.settings import StoreSpec
 from etcdlock.operator.etcdcluster.membership import quorum
 from etcdlock.operator.etcdcluster.spec import CLIENT_PORT, PEER_PORT, ClusterSpec
 
@@ -73,15 +75,28 @@ def services(spec: ClusterSpec, owner: Obj | None = None) -> list[Obj]:
     return [peer, client]
 
 
+@dataclass(frozen=True)
+class RestoreSource:
+    """What the members of a cluster bootstrapped from a backup restore first, and the image (the
+    operator's own) whose ``etcdlock restore-member`` does it."""
+
+    image: str
+    store: StoreSpec
+    snapshot: str
+    sha256: str
+
+
 def statefulset(
     spec: ClusterSpec,
     owner: Obj | None = None,
     members: dict[str, str] | None = None,
+    restore: RestoreSource | None = None,
 ) -> Obj:
     """The members' StatefulSet (Parallel start: a new cluster's members must all come up to elect).
 
-    Without ``members`` it bootstraps a new cluster; with them (name -> peer URL, the current membership)
-    a pod created from it joins the running cluster.
+    Without ``members`` it bootstraps a new cluster (from ``restore``'s snapshot if given: an init
+    container restores it into each member's data first); with them (name -> peer URL, the current
+    membership) a pod created from it joins the running cluster.
     """
     if members is None:
         initial, state = spec.initial_cluster(), "new"
@@ -100,7 +115,7 @@ def statefulset(
             f"--initial-advertise-peer-urls=http://$(POD_NAME).{spec.name}.{spec.namespace}.svc:{PEER_PORT}",
             f"--initial-cluster={initial}",
             f"--initial-cluster-state={state}",
-            f"--initial-cluster-token={spec.namespace}-{spec.name}",
+            f"--initial-cluster-token={spec.cluster_token}",
             f"--listen-metrics-urls=http://0.0.0.0:{METRICS_PORT}",
             f"--quota-backend-bytes={QUOTA_BYTES}",
             "--auto-compaction-mode=periodic",
@@ -143,6 +158,8 @@ def statefulset(
         "affinity": overrides.get("affinity") or _spread(spec),
         "containers": [container],
     }
+    if restore is not None and members is None:
+        pod["initContainers"] = [_restore_container(spec, restore, initial, container)]
     for key in ("nodeSelector", "tolerations"):
         if overrides.get(key):
             pod[key] = overrides[key]
@@ -174,11 +191,42 @@ def statefulset(
     }
 
 
+def _restore_container(spec: ClusterSpec, restore: RestoreSource, initial: str, etcd: Obj) -> Obj:
+    """``etcdlock restore-member``: the member's data from the snapshot, unless it has data already."""
+    store = restore.store
+    command = [
+        "etcdlock",
+        "restore-member",
+        f"--store={store.url}",
+        f"--snapshot={restore.snapshot}",
+        f"--sha256={restore.sha256}",
+        f"--data-dir={DATA}/data",
+        "--name=$(POD_NAME)",
+        f"--initial-cluster={initial}",
+        f"--initial-cluster-token={spec.cluster_token}",
+        f"--initial-advertise-peer-urls=http://$(POD_NAME).{spec.name}.{spec.namespace}.svc:{PEER_PORT}",
+    ]
+    if store.endpoint:
+        command.insert(3, f"--store-endpoint={store.endpoint}")
+    container: Obj = {
+        "name": "restore",
+        "image": restore.image,
+        "command": command,
+        "env": etcd["env"],
+        "securityContext": etcd["securityContext"],
+        "volumeMounts": etcd["volumeMounts"],
+    }
+    if store.secret:
+        container["envFrom"] = [{"secretRef": {"name": store.secret}}]
+    return container
+
+
 def template_hash(pod: Obj) -> str:
     """What a running member must be restarted for (image, flags, resources, node selection, affinity,
-    tolerations), leaving out the bootstrap flags, which only matter to a member's first start, and pod
-    annotations, which reach pods created afterwards."""
+    tolerations), leaving out what only matters to a member's first start (the bootstrap flags, the
+    restore's init container), and pod annotations, which reach pods created afterwards."""
     relevant = json.loads(json.dumps(pod))
+    relevant.pop("initContainers", None)
     for container in relevant["containers"]:
         container["command"] = [c for c in container["command"] if not c.startswith("--initial-cluster")]
     return digest(relevant)
@@ -209,6 +257,6 @@ def disruption_budget(spec: ClusterSpec, owner: Obj | None = None) -> Obj:
     }
 
 
-def children(spec: ClusterSpec, owner: Obj | None = None) -> list[Obj]:
+def children(spec: ClusterSpec, owner: Obj | None = None, restore: RestoreSource | None = None) -> list[Obj]:
     """Every object the cluster needs, owned by the EtcdCluster (deleted with it)."""
-    return [*services(spec, owner), statefulset(spec, owner), disruption_budget(spec, owner)]
+    return [*services(spec, owner), statefulset(spec, owner, restore=restore), disruption_budget(spec, owner)]

@@ -1,5 +1,6 @@
 """What an EtcdCluster spec means, checked: its size (an odd number of members that keeps a quorum), its
-etcd version and the upgrade path to another one, its maintenance schedule, and the names and URLs its
+etcd version and the upgrade path to another one, its maintenance schedule, its backups, restore and
+recovery (:mod:`.backup.settings`), and the names and URLs its
 members get (NAME-i, reached as NAME-i.NAME.NAMESPACE.svc through the headless Service NAME; clients use
 the Service NAME-client). :mod:`.rendering` turns a :class:`ClusterSpec` into the Kubernetes objects.
 """
@@ -11,6 +12,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from etcdlock.operator.errors import InvalidSpec
+from etcdlock.operator.etcdcluster.backup.settings import (
+    BackupSpec,
+    RestoreSpec,
+    parse_backup,
+    parse_recovery,
+    parse_restore,
+)
 from etcdlock.operator.etcdcluster.membership import ClusterView
 
 SIZES = (1, 3, 5, 7)
@@ -41,6 +49,12 @@ class ClusterSpec:
     pod_template: Obj = field(default_factory=dict)
     defragment_interval: float = 24 * 3600.0
     compaction_retention: str = DEFAULT_COMPACTION_RETENTION
+    backup: BackupSpec | None = None
+    restore: RestoreSpec | None = None
+    automatic_recovery: bool = False
+    # The cluster token of the members' first start (default NAMESPACE-NAME): a cluster rebuilt from a
+    # backup gets a new one, so that no member of the old cluster can join it.
+    token: str = ""
 
     @classmethod
     def parse(cls, namespace: str, name: str, spec: Any) -> ClusterSpec:
@@ -60,6 +74,7 @@ class ClusterSpec:
         for key, value in (("defragmentInterval", interval), ("compactionRetention", retention)):
             if not isinstance(value, str) or not _DURATION.match(value):
                 raise InvalidSpec(f"spec.maintenance.{key} must look like 30s, 10m or 24h, not {value!r}")
+        backup = parse_backup(spec.get("backup"), seconds)
         return cls(
             namespace=namespace,
             name=name,
@@ -72,7 +87,14 @@ class ClusterSpec:
             pod_template=dict(spec.get("podTemplate") or {}),
             defragment_interval=seconds(interval),
             compaction_retention=retention,
+            backup=backup,
+            restore=parse_restore(spec.get("restore"), backup),
+            automatic_recovery=parse_recovery(spec.get("recovery")),
         )
+
+    @property
+    def cluster_token(self) -> str:
+        return self.token or f"{self.namespace}-{self.name}"
 
     @property
     def labels(self) -> dict[str, str]:

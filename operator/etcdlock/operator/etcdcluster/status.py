@@ -58,6 +58,10 @@ class Pass:
     pod_uids: dict[str, str] = field(default_factory=dict)
     restarts: dict[str, int] = field(default_factory=dict)  # of the etcd container, by pod name
     lost: set[str] = field(default_factory=set)
+    claim_uids: dict[str, str] = field(default_factory=dict)  # of each member's claim, by member name
+    restore: Obj | None = None  # status.restore: a restore under way or done
+    quorum_lost: str = ""  # why the cluster cannot recover by itself, and what to do
+    rebuilt: int = 0  # the rebuild this pass started (its number)
 
     @property
     def settled(self) -> bool:
@@ -74,7 +78,12 @@ def has_quorum(view: ClusterView) -> bool:
 
 
 def available(run: Pass) -> Condition:
-    """True while a quorum of the voting members answers."""
+    """True while a quorum of the voting members answers (and no restore is under way)."""
+    if run.quorum_lost:
+        return condition("Available", "False", "QuorumLost", run.quorum_lost, run.generation)
+    if (run.restore or {}).get("phase") == "Restoring":
+        message = f"restoring {run.restore['snapshot']} (revision {run.restore['snapshotRevision']})"  # type: ignore[index]
+        return condition("Available", "False", "Restoring", message, run.generation)
     if run.view is None:
         return condition("Available", "False", *_unanswered(run.previous), run.generation)
     message = f"{healthy_voters(run.view)} of {len(run.view.voters)} voting members healthy"
@@ -97,8 +106,12 @@ def progressing(run: Pass) -> Condition:
 
 
 def degraded(run: Pass) -> Condition:
-    """True for the first of: a problem of the pass, a refused step, members that do not answer; and
-    when nobody answers a cluster that ran (not one still being created)."""
+    """True for the first of: a lost quorum, a problem of the pass, a refused step, members that do not
+    answer; and when nobody answers a cluster that ran (not one still being created)."""
+    if run.quorum_lost:
+        return condition("Degraded", "True", "QuorumLost", run.quorum_lost, run.generation)
+    if run.problem and run.view is None:
+        return condition("Degraded", "True", run.problem_reason, run.problem, run.generation)
     if run.view is None:
         state = "True" if _started(run.previous) else "False"
         return condition("Degraded", state, *_unanswered(run.previous), run.generation)
@@ -118,7 +131,12 @@ def degraded(run: Pass) -> Condition:
 
 
 def phase(run: Pass, troubled: bool) -> str:
-    """Creating, Running, Scaling, Upgrading or Degraded; ``troubled``: the Degraded condition is True."""
+    """Creating, Restoring, Running, Scaling, Upgrading or Degraded; ``troubled``: the Degraded condition
+    is True."""
+    if run.quorum_lost and not run.rebuilt:
+        return "Degraded"
+    if (run.restore or {}).get("phase") == "Restoring":
+        return "Restoring"
     if run.view is None:
         return "Degraded" if _started(run.previous) else "Creating"
     if run.settled:
@@ -129,6 +147,8 @@ def phase(run: Pass, troubled: bool) -> str:
 def members(run: Pass) -> list[Obj]:
     """Each member etcd lists, by name. When nobody answers, those it listed last, marked unhealthy: the
     record of each member's pod (data loss) and of its defragmentation must survive such a pass."""
+    if run.rebuilt:
+        return []  # the old cluster's members are gone; a new cluster starts from the backup
     if run.view is None:
         return [{**m, "healthy": False, "leader": False} for m in run.previous.get("members") or []]
     names = run.spec.names(run.view)
@@ -148,10 +168,14 @@ def member(run: Pass, state: MemberState, name: str) -> Obj:
         "learner": state.learner,
         "healthy": state.healthy,
     }
-    # A lost member keeps the pod its data was in on record until it is replaced.
-    pod = run.pod_uids.get(name) if state.healthy and name not in run.lost else before.get("podUID")
+    # A lost member keeps the pod and claim its data was in on record until it is replaced.
+    current = state.healthy and name not in run.lost
+    pod = run.pod_uids.get(name) if current else before.get("podUID")
     if pod:
         entry["podUID"] = pod
+    claim = run.claim_uids.get(name) if current else before.get("claimUID")
+    if claim:
+        entry["claimUID"] = claim
     if name in run.restarts:
         entry["restarts"] = run.restarts[name]
     since = clock.now() if run.defragmented == name else before.get("lastDefragmentation")
@@ -165,7 +189,20 @@ def status(run: Pass) -> Obj:
     ready = healthy_voters(run.view) if run.view is not None else 0
     entries = members(run)
     troubled = degraded(run)
+    extra: Obj = {}
+    if run.restore is not None:
+        extra["restore"] = run.restore
+    rebuilds = run.rebuilt or int(run.previous.get("rebuilds") or 0)
+    if rebuilds:
+        extra["rebuilds"] = rebuilds
+    wanted = [available(run), progressing(run), troubled]
+    if run.quorum_lost and not run.rebuilt:
+        wanted.append(condition("QuorumLost", "True", "DataLost", run.quorum_lost, run.generation))
+    elif find(run.previous, "QuorumLost"):
+        reason, message = ("Rebuilding", "rebuilding from a backup") if run.rebuilt else ("Recovered", "")
+        wanted.append(condition("QuorumLost", "False", reason, message or "a quorum answers", run.generation))
     return {
+        **extra,
         "clientURL": run.spec.client_url,
         "observedGeneration": run.generation,
         "version": run.version,
@@ -174,8 +211,19 @@ def status(run: Pass) -> Obj:
         "readyMembers": ready,
         "leader": next((m["name"] for m in entries if m["leader"]), ""),
         "members": entries,
-        "conditions": carried_over([available(run), progressing(run), troubled], run.previous),
+        "conditions": carried_over(wanted, run.previous),
     }
+
+
+def failed(previous: Obj, reason: str, message: str, generation: int) -> Obj:
+    """The status of a cluster that cannot be created as asked (a restore that cannot start): Failed,
+    saying why; nothing exists yet."""
+    wanted = [
+        condition("Available", "False", reason, message, generation),
+        condition("Progressing", "False", reason, message, generation),
+        condition("Degraded", "True", reason, message, generation),
+    ]
+    return {"phase": "Failed", "observedGeneration": generation, "conditions": carried_over(wanted, previous)}
 
 
 def invalid(previous: Obj, message: str, generation: int) -> Obj:

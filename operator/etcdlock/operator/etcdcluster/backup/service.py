@@ -21,7 +21,7 @@ from etcdlock.operator.etcdcluster.backup.errors import BackupError
 from etcdlock.operator.etcdcluster.backup.runner import BackupRunner, Report, Targets
 from etcdlock.operator.etcdcluster.backup.settings import BackupSpec, StoreSpec
 from etcdlock.operator.events import EventRecorder
-from etcdlock.operator.kube import Kube
+from etcdlock.operator.kube import ApiUnavailable, Kube
 from etcdlock.operator.metrics import Metrics
 
 Obj = dict[str, Any]
@@ -36,7 +36,12 @@ async def store_settings(kube: Kube, namespace: str, store: StoreSpec) -> dict[s
     (CredentialsMissing) if the Secret is not there."""
     if store.secret is None:
         return {}
-    secret = await kube.call(kube.core.read_namespaced_secret, store.secret, namespace)
+    try:
+        secret = await kube.call(kube.core.read_namespaced_secret, store.secret, namespace)
+    except ApiUnavailable as exc:
+        raise BackupError(
+            "CredentialsUnreadable", f"Secret {namespace}/{store.secret} cannot be read: {exc}"
+        ) from None
     if secret is None:
         raise BackupError(
             "CredentialsMissing",

@@ -43,9 +43,12 @@ class EtcdChecksum:
 
 async def take_full(member: EtcdClient, store: BackupStore) -> Full:
     """Snapshot the member ``member`` is connected to (one endpoint) into ``store``. The revision recorded
-    is the member's own before the snapshot starts: the data holds at least that."""
-    header = (await member.status()).header
-    cluster, revision = cluster_id(header.cluster_id), int(header.revision)
+    is the member's own before the snapshot starts: the data holds at least that. A member without a
+    leader is refused: cut off from the quorum, it may lack acknowledged writes."""
+    answer = await member.status()
+    if not answer.leader:
+        raise BackupError("EtcdUnavailable", f"etcd at {member.current} has no leader: no snapshot from it")
+    cluster, revision = cluster_id(answer.header.cluster_id), int(answer.header.revision)
     checksum = EtcdChecksum()
 
     async def checked() -> AsyncIterator[bytes]:

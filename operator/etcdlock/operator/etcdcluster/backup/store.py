@@ -7,6 +7,7 @@ see obstore's exception types.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterable, AsyncIterator, Iterator, Mapping
@@ -27,6 +28,8 @@ class BackupStore:
     """Objects under the store URL's prefix."""
 
     def __init__(self, spec: StoreSpec, settings: Mapping[str, str]) -> None:
+        """``settings``: the store's settings from its Secret (obstore also reads the process's own
+        environment, as in a pod whose container has them)."""
         self.spec = spec
         config: Any = {k.lower(): v for k, v in settings.items() if _is_setting(spec.scheme, k)}
         options: Any = {}
@@ -38,7 +41,9 @@ class BackupStore:
                 self._store: Any = from_url(spec.url, mkdir=True)
             else:
                 self._store = from_url(spec.url, config=config or None, client_options=options or None)
-        except Exception as exc:
+        except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # obstore panics (a BaseException) on some settings
             raise BackupError("StoreMisconfigured", f"cannot open {spec.url}: {_first_line(exc)}") from None
 
     def __str__(self) -> str:
@@ -107,9 +112,11 @@ def _translated(where: str) -> Iterator[None]:
 
 
 def _is_setting(scheme: str, key: str) -> bool:
-    """A Secret key the store takes: ``AWS_*`` for s3, ``GOOGLE_*`` for gs, ``AZURE_*`` for az."""
+    """A Secret key the store takes: ``AWS_*`` for s3, ``GOOGLE_*`` for gs, ``AZURE_*`` for az; never
+    ``*_ALLOW_HTTP`` (obstore takes it only as a client option: the endpoint's scheme says it)."""
     prefix = {"s3": "aws_", "gs": "google_", "az": "azure_"}.get(scheme)
-    return prefix is not None and key.lower().startswith(prefix)
+    name = key.lower()
+    return prefix is not None and name.startswith(prefix) and not name.endswith("allow_http")
 
 
 def _first_line(exc: BaseException) -> str:

@@ -1,0 +1,336 @@
+"""EtcdCluster backups end to end in the sandbox, to a real S3-compatible server (moto's, on loopback): the
+operator (a real process resolving names as a pod does) backs a cluster up while a client writes, a new
+cluster is restored from the store by its members' init containers (the project's image, run here as a
+local process) and the operator's replay, a quorum's data is destroyed and the cluster rebuilt, and a
+member whose claim is lost is replaced. Every wait is bounded; the counts of what a restore lost are
+printed and checked against the recovery point the status showed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import kubernetes
+import pytest
+from kubernetes.client import ApiClient
+from operator_support import eventually
+from test_etcdcluster import SLOW, Env, condition, member_pid, settled
+
+from etcdlock.etcd import EtcdClient, EtcdConfig, EtcdError
+from etcdlock.etcd.requests import delete_op, put_op
+from etcdlock_sandbox.cluster import SandboxThread
+from etcdlock_sandbox.etcd import LocalEtcd
+from etcdlock_sandbox.replicas import OperatorProcess
+from etcdlock_sandbox.s3 import S3Server
+
+PREFIX = b"/app/"
+CREDENTIALS = "backup-credentials"
+
+
+@pytest.fixture(scope="module")
+def env(
+    k8s_sandbox: SandboxThread,
+    api: ApiClient,
+    etcd: LocalEtcd,
+    kubeconfig: Path,
+    webhook_certs: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Env]:
+    """A namespace with the store's credentials, and the operator as a process with cluster DNS."""
+    namespace = f"backup-{uuid.uuid4().hex[:8]}"
+    core = kubernetes.client.CoreV1Api(api)
+    core.create_namespace({"metadata": {"name": namespace}})
+    secret = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_REGION": "us-east-1"}
+    core.create_namespaced_secret(namespace, {"metadata": {"name": CREDENTIALS}, "stringData": secret})
+    logs = tmp_path_factory.mktemp("backups")
+    operator = OperatorProcess(
+        etcd.endpoint_list,
+        kubeconfig,
+        webhook_certs,
+        logs / "operator.log",
+        namespaces=(namespace,),
+        configure_webhook=False,
+        cluster_dns=k8s_sandbox.hosts,
+    ).start()
+    try:
+        operator.wait("ready", 30)
+        yield Env(api, namespace)
+    finally:
+        operator.stop()
+    core.delete_namespace(namespace)
+
+
+@pytest.fixture(scope="module")
+def bucket(s3_server: S3Server) -> str:
+    name = f"backups-{uuid.uuid4().hex[:8]}"
+    s3_server.create_bucket(name)
+    return name
+
+
+def store(s3_server: S3Server, bucket: str, prefix: str) -> dict[str, Any]:
+    return {
+        "url": f"s3://{bucket}/{prefix}",
+        "endpoint": s3_server.endpoint,
+        "secretRef": {"name": CREDENTIALS},
+    }
+
+
+class Writer:
+    """A client writing (puts, overwrites, deletes) from a thread until stopped; each acknowledged write
+    is kept with its revision."""
+
+    def __init__(self, endpoints: list[str]) -> None:
+        self.config = EtcdConfig.parse(endpoints, request_timeout=2.0)
+        self.acked: list[tuple[int, bytes, bytes | None]] = []
+        self.failures = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+
+    async def _run(self) -> None:
+        async with EtcdClient(self.config) as client:
+            i = 0
+            while not self._stop.is_set():
+                key = PREFIX + b"%04d" % (i % 300)
+                value = None if i % 9 == 8 else b"v%d" % i
+                op = delete_op(key) if value is None else put_op(key, value)
+                try:
+                    response = await client.txn([], [op], retry=False)
+                except EtcdError:
+                    self.failures += 1
+                    await asyncio.sleep(0.05)
+                else:
+                    self.acked.append((response.header.revision, key, value))
+                i += 1
+                await asyncio.sleep(0.005)
+
+    def __enter__(self) -> Writer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=15)
+
+    def state(self, upto: int | None = None) -> dict[bytes, bytes]:
+        result: dict[bytes, bytes] = {}
+        for revision, key, value in self.acked:
+            if upto is not None and revision > upto:
+                break
+            if value is None:
+                result.pop(key, None)
+            else:
+                result[key] = value
+        return result
+
+
+def read_keys(endpoints: list[str]) -> dict[bytes, bytes]:
+    async def read() -> dict[bytes, bytes]:
+        async with EtcdClient(EtcdConfig.parse(endpoints, request_timeout=5.0)) as client:
+            response = await client.range(PREFIX, PREFIX[:-1] + bytes([PREFIX[-1] + 1]))
+            return {kv.key: kv.value for kv in response.kvs}
+
+    return asyncio.run(read())
+
+
+def differences(expected: dict[bytes, bytes], found: dict[bytes, bytes]) -> list[bytes]:
+    return sorted(k for k in set(expected) | set(found) if expected.get(k) != found.get(k))
+
+
+def backed_up(revision: int) -> Any:
+    """The status shows a delta at or past ``revision``, and BackupReady."""
+
+    def check(status: dict[str, Any]) -> bool:
+        delta = (status.get("backup") or {}).get("lastDelta") or {}
+        ready = next((c for c in status.get("conditions") or [] if c["type"] == "BackupReady"), {})
+        return int(delta.get("revision") or 0) >= revision and ready.get("status") == "True"
+
+    return check
+
+
+def restored(replicas: int) -> Any:
+    def check(status: dict[str, Any]) -> bool:
+        return settled(replicas)(status) and (status.get("restore") or {}).get("phase") == "Restored"
+
+    return check
+
+
+def reasons(env: Env, name: str) -> list[str]:
+    return [reason for reason, _ in env.events(name)]
+
+
+def test_a_cluster_backed_up_to_s3_is_restored_into_a_new_one(
+    env: Env, s3_server: S3Server, bucket: str
+) -> None:
+    where = store(s3_server, bucket, "source")
+    env.create("source", {"replicas": 1, "backup": {"store": where, "deltaInterval": "1s"}})
+    eventually(lambda: env.status("source"), settled(1), "the source running", SLOW)
+    with Writer(env.endpoints("source", range(1))) as writer:
+        eventually(lambda: len(writer.acked), lambda n: n > 200, "writes acknowledged", SLOW)
+        eventually(lambda: env.status("source"), backed_up(1), "a full snapshot and a delta", SLOW)
+        # A full snapshot on demand, while the writes go on.
+        env.objects.patch_namespaced_custom_object(
+            "etcdlock.io",
+            "v1alpha1",
+            env.namespace,
+            "etcdclusters",
+            "source",
+            {"metadata": {"annotations": {"etcdlock.io/backup": "now-1"}}},
+        )
+        eventually(
+            lambda: (env.status("source").get("backup") or {}).get("lastRequest"),
+            lambda served: served == "now-1",
+            "the on-demand snapshot",
+            SLOW,
+        )
+        eventually(lambda: len(writer.acked), lambda n: n > 600, "more writes", SLOW)
+    midway = writer.acked[len(writer.acked) // 2][0]
+    last = writer.acked[-1][0]
+    eventually(lambda: env.status("source"), backed_up(last), "every write in a delta", SLOW)
+    assert reasons(env, "source").count("BackupTaken") >= 2
+    # The source goes, with its data; a new cluster of three restores the latest backup, another one
+    # a point in time.
+    env.objects.delete_namespaced_custom_object(
+        "etcdlock.io", "v1alpha1", env.namespace, "etcdclusters", "source"
+    )
+    env.create("copy", {"replicas": 3, "restore": {"store": where}})
+    env.create("past", {"replicas": 1, "restore": {"store": where, "revision": midway}})
+    status = eventually(lambda: env.status("copy"), restored(3), "the copy restored", SLOW)
+    assert status["restore"]["revision"] == last
+    found = read_keys(env.endpoints("copy", range(3)))
+    expected = writer.state()
+    print(f"restore of the latest: {len(expected)} keys expected, {len(differences(expected, found))} differ")
+    assert differences(expected, found) == []
+    assert status["restore"]["keys"] >= len(expected)
+    assert "Restored" in reasons(env, "copy")
+    pods = env.pods("copy")
+    assert all(p.spec.init_containers and p.spec.init_containers[0].name == "restore" for p in pods.values())
+    status = eventually(lambda: env.status("past"), restored(1), "the point in time restored", SLOW)
+    assert status["restore"]["revision"] == midway
+    assert differences(writer.state(midway), read_keys(env.endpoints("past", range(1)))) == []
+
+
+def test_missing_credentials_or_backup_give_a_condition_and_overwrite_nothing(
+    env: Env, s3_server: S3Server, bucket: str
+) -> None:
+    where = {**store(s3_server, bucket, "nocreds"), "secretRef": {"name": "not-there"}}
+    env.create("nocreds", {"replicas": 1, "backup": {"store": where}})
+    status = eventually(
+        lambda: env.status("nocreds"),
+        lambda s: any(
+            c["type"] == "BackupReady" and c["reason"] == "CredentialsMissing"
+            for c in s.get("conditions") or []
+        ),
+        "BackupReady False, CredentialsMissing",
+        SLOW,
+    )
+    assert condition(status, "BackupReady")["status"] == "False"
+    assert "not-there" in condition(status, "BackupReady")["message"]
+    assert "BackupFailed" in reasons(env, "nocreds")
+    env.create("from-nothing", {"replicas": 1, "restore": {"store": store(s3_server, bucket, "empty")}})
+    status = eventually(
+        lambda: env.status("from-nothing"), lambda s: s.get("phase") == "Failed", "Failed", SLOW
+    )
+    assert condition(status, "Degraded")["reason"] == "RestoreFailed"
+    assert "no complete full snapshot" in condition(status, "Degraded")["message"]
+    apps = kubernetes.client.AppsV1Api(env.api)
+    names = [s.metadata.name for s in apps.list_namespaced_stateful_set(env.namespace).items]
+    assert "from-nothing" not in names, "nothing is created until the restore can start"
+
+
+def test_a_quorum_whose_data_is_gone_is_rebuilt_from_the_backup_but_stopped_members_are_awaited(
+    env: Env, s3_server: S3Server, bucket: str
+) -> None:
+    where = store(s3_server, bucket, "quorum")
+    env.create("quorum", {"replicas": 3, "backup": {"store": where, "deltaInterval": "1s"}})
+    eventually(lambda: env.status("quorum"), settled(3), "three healthy voters", SLOW)
+    with Writer(env.endpoints("quorum", range(3))) as writer:
+        eventually(lambda: len(writer.acked), lambda n: n > 300, "writes acknowledged", SLOW)
+        eventually(lambda: env.status("quorum"), backed_up(writer.acked[100][0]), "backed up", SLOW)
+        # Two members merely stopped: no data is gone, so nothing is rebuilt; they come back.
+        stopped = [member_pid(env.namespace, f"quorum-{i}") for i in (1, 2)]
+        for pid in stopped:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            eventually(
+                lambda: condition(env.status("quorum"), "Available"),
+                lambda c: c["status"] == "False",
+                "no quorum",
+                SLOW,
+            )
+            assert "QuorumLost" not in reasons(env, "quorum")
+        finally:
+            for pid in stopped:
+                os.kill(pid, signal.SIGCONT)
+        eventually(lambda: env.status("quorum"), settled(3), "the stopped members back", SLOW)
+        eventually(lambda: len(writer.acked), lambda n: n > 800, "more writes", SLOW)
+        # Now two members' data goes with their pods (emptyDir): the quorum is lost for good.
+        recovery_point = int(env.status("quorum")["backup"]["lastDelta"]["revision"])
+        pods = env.pods("quorum")
+        for name in ("quorum-1", "quorum-2"):
+            env.core.delete_namespaced_pod(
+                name, env.namespace, body={"preconditions": {"uid": pods[name].metadata.uid}}
+            )
+        status = eventually(
+            lambda: env.status("quorum"),
+            lambda s: any(
+                c["type"] == "QuorumLost" and c["status"] == "True" for c in s.get("conditions") or []
+            ),
+            "QuorumLost",
+            SLOW,
+        )
+    message = condition(status, "QuorumLost")["message"]
+    assert "kubectl annotate etcdcluster" in message and "etcdlock.io/approve-rebuild=rebuild-1" in message
+    assert "RebuildStarted" not in reasons(env, "quorum")
+    env.objects.patch_namespaced_custom_object(
+        "etcdlock.io",
+        "v1alpha1",
+        env.namespace,
+        "etcdclusters",
+        "quorum",
+        {"metadata": {"annotations": {"etcdlock.io/approve-rebuild": "rebuild-1"}}},
+    )
+    status = eventually(lambda: env.status("quorum"), restored(3), "rebuilt from the backup", SLOW)
+    assert status["rebuilds"] == 1
+    assert condition(status, "QuorumLost")["status"] == "False"
+    # The rebuilt cluster holds exactly what the acknowledged writes left up to the revision the backup
+    # reached, at or past the recovery point the status showed before the disaster; what is lost are the
+    # writes after it (those of the last flush window, and any a broken cluster still acknowledged).
+    reached = int(status["restore"]["revision"])
+    assert reached >= recovery_point
+    found = read_keys(env.endpoints("quorum", range(3)))
+    assert differences(writer.state(reached), found) == []
+    lost = [revision for revision, _, _ in writer.acked if revision > reached]
+    print(
+        f"rebuild: {len(writer.acked)} writes acknowledged; the status showed a backup up to revision "
+        f"{recovery_point} before the disaster, the backup reached {reached}; {len(lost)} acknowledged "
+        f"writes after it are lost ({writer.failures} writes failed)"
+    )
+
+
+def test_a_member_whose_claim_is_lost_is_replaced(env: Env) -> None:
+    env.create("claims", {"replicas": 3, "storage": {"size": "1Gi"}})
+    status = eventually(lambda: env.status("claims"), settled(3), "three healthy voters", SLOW)
+    member = next(m for m in status["members"] if m["name"] == "claims-1")
+    assert member.get("claimUID")
+    pods = env.pods("claims")
+    env.core.delete_namespaced_persistent_volume_claim("data-claims-1", env.namespace)
+    env.core.delete_namespaced_pod(
+        "claims-1", env.namespace, body={"preconditions": {"uid": pods["claims-1"].metadata.uid}}
+    )
+
+    def replaced(status: dict[str, Any]) -> bool:
+        again = next((m for m in status.get("members") or [] if m["name"] == "claims-1"), {})
+        return settled(3)(status) and again.get("id") != member["id"]
+
+    eventually(lambda: env.status("claims"), replaced, "claims-1 replaced as a new member", SLOW)
+    assert "MemberReplaced" in reasons(env, "claims") or "MemberAdded" in reasons(env, "claims")
