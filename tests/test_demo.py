@@ -1,7 +1,8 @@
 """``make run`` works on a fresh clone: the sandbox with the operator, five contenders for one lock
 (etcdctl, pods, the CLI) served one after another in arrival order and reported so (each release before
-the next holder), an EtcdCluster brought up with a pod holding a lock kept in it, and nothing left
-running with --down.
+the next holder), an EtcdCluster brought up with a pod holding a lock kept in it, backed up (a full
+snapshot and a delta) and restored into a second cluster with the same keys, and nothing left running with
+--down.
 """
 
 from __future__ import annotations
@@ -39,6 +40,10 @@ def test_demo_serves_pods_etcdctl_and_the_cli_in_turn(tmp_path: Path) -> None:
     assert "[locks-etcd] phase Running, ready 3/3" in done.stdout
     assert done.stdout.count("healthy") == 3
     assert re.search(r"\[migrate\] lock state Held with fencing token \d+ \(in locks-etcd\)", done.stdout)
+    assert re.search(r"\[locks-etcd-restored\] restored \S+\.db and \d+ events after it", done.stdout)
+    counts = dict(re.findall(r"\[(locks-etcd(?:-restored)?)\] (\d+) keys", done.stdout))
+    assert counts.keys() == {"locks-etcd", "locks-etcd-restored"}, done.stdout
+    assert counts["locks-etcd"] == counts["locks-etcd-restored"] and int(counts["locks-etcd"]) >= 120
     assert daemon.running_pid(directory) is None, "--down stopped the sandbox"
     assert processes_under(directory) == [], "no etcd member of the sandbox is left running"
 

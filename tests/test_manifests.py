@@ -105,6 +105,9 @@ def test_the_manifests_are_the_expected_ones() -> None:
         ("crds/etcdcluster.yaml", "CustomResourceDefinition"),
         ("examples/distributedlock-on-cluster.yaml", "DistributedLock"),
         ("examples/distributedlock.yaml", "DistributedLock"),
+        ("examples/etcdcluster-backup.yaml", "EtcdCluster"),
+        ("examples/etcdcluster-backup.yaml", "Secret"),
+        ("examples/etcdcluster-restore.yaml", "EtcdCluster"),
         ("examples/etcdcluster.yaml", "EtcdCluster"),
         ("examples/job.yaml", "Job"),
         ("examples/pod.yaml", "Pod"),
@@ -431,6 +434,16 @@ def test_the_examples_are_a_lock_a_semaphore_and_their_users() -> None:
             assert container["image"].startswith("busybox:")
             assert re.search(r"\bsleep \d\b", " ".join(container["command"])), container["command"]
     for doc in (pod, job, mutex, semaphore):
+        assert "namespace" not in doc["metadata"], "examples go to whatever namespace kubectl targets"
+
+
+def test_the_backup_examples_restore_what_the_other_backs_up() -> None:
+    secret, backed_up = documents(EXAMPLES / "etcdcluster-backup.yaml")
+    (restored,) = documents(EXAMPLES / "etcdcluster-restore.yaml")
+    store = backed_up["spec"]["backup"]["store"]
+    assert store["secretRef"]["name"] == secret["metadata"]["name"]
+    assert restored["spec"]["restore"]["store"] == store
+    for doc in (secret, backed_up, restored):
         assert "namespace" not in doc["metadata"], "examples go to whatever namespace kubectl targets"
 
 
