@@ -13,7 +13,7 @@ import os
 import signal
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,9 @@ from test_etcdcluster import SLOW, Env, condition, member_pid, settled
 
 from etcdlock.etcd import EtcdClient, EtcdConfig, EtcdError
 from etcdlock.etcd.requests import delete_op, put_op
+from etcdlock.operator.etcdcluster.backup.runner import read_catalog
+from etcdlock.operator.etcdcluster.backup.settings import StoreSpec
+from etcdlock.operator.etcdcluster.backup.store import BackupStore
 from etcdlock_sandbox.cluster import SandboxThread
 from etcdlock_sandbox.etcd import LocalEtcd
 from etcdlock_sandbox.replicas import OperatorProcess
@@ -32,6 +35,7 @@ from etcdlock_sandbox.s3 import S3Server
 
 PREFIX = b"/app/"
 CREDENTIALS = "backup-credentials"
+S3_SETTINGS = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_REGION": "us-east-1"}
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +51,7 @@ def env(
     namespace = f"backup-{uuid.uuid4().hex[:8]}"
     core = kubernetes.client.CoreV1Api(api)
     core.create_namespace({"metadata": {"name": namespace}})
-    secret = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_REGION": "us-east-1"}
-    core.create_namespaced_secret(namespace, {"metadata": {"name": CREDENTIALS}, "stringData": secret})
+    core.create_namespaced_secret(namespace, {"metadata": {"name": CREDENTIALS}, "stringData": S3_SETTINGS})
     logs = tmp_path_factory.mktemp("backups")
     operator = OperatorProcess(
         etcd.endpoint_list,
@@ -178,14 +181,7 @@ def test_a_cluster_backed_up_to_s3_is_restored_into_a_new_one(
         eventually(lambda: len(writer.acked), lambda n: n > 200, "writes acknowledged", SLOW)
         eventually(lambda: env.status("source"), backed_up(1), "a full snapshot and a delta", SLOW)
         # A full snapshot on demand, while the writes go on.
-        env.objects.patch_namespaced_custom_object(
-            "etcdlock.io",
-            "v1alpha1",
-            env.namespace,
-            "etcdclusters",
-            "source",
-            {"metadata": {"annotations": {"etcdlock.io/backup": "now-1"}}},
-        )
+        annotate(env, "source", {"etcdlock.io/backup": "now-1"})
         eventually(
             lambda: (env.status("source").get("backup") or {}).get("lastRequest"),
             lambda served: served == "now-1",
@@ -199,9 +195,7 @@ def test_a_cluster_backed_up_to_s3_is_restored_into_a_new_one(
     assert reasons(env, "source").count("BackupTaken") >= 2
     # The source goes, with its data; a new cluster of three restores the latest backup, another one
     # a point in time.
-    env.objects.delete_namespaced_custom_object(
-        "etcdlock.io", "v1alpha1", env.namespace, "etcdclusters", "source"
-    )
+    delete_cluster(env, "source")
     env.create("copy", {"replicas": 3, "restore": {"store": where}})
     env.create("past", {"replicas": 1, "restore": {"store": where, "revision": midway}})
     status = eventually(lambda: env.status("copy"), restored(3), "the copy restored", SLOW)
@@ -236,6 +230,11 @@ def test_missing_credentials_or_backup_give_a_condition_and_overwrite_nothing(
     assert condition(status, "BackupReady")["status"] == "False"
     assert "not-there" in condition(status, "BackupReady")["message"]
     assert "BackupFailed" in reasons(env, "nocreds")
+    # The Secret comes: the backups start.
+    env.core.create_namespaced_secret(
+        env.namespace, {"metadata": {"name": "not-there"}, "stringData": S3_SETTINGS}
+    )
+    eventually(lambda: env.status("nocreds"), backed_up(0), "BackupReady once the Secret exists", SLOW)
     env.create("from-nothing", {"replicas": 1, "restore": {"store": store(s3_server, bucket, "empty")}})
     status = eventually(
         lambda: env.status("from-nothing"), lambda s: s.get("phase") == "Failed", "Failed", SLOW
@@ -247,11 +246,71 @@ def test_missing_credentials_or_backup_give_a_condition_and_overwrite_nothing(
     assert "from-nothing" not in names, "nothing is created until the restore can start"
 
 
-def test_a_quorum_whose_data_is_gone_is_rebuilt_from_the_backup_but_stopped_members_are_awaited(
+def test_a_snapshot_that_does_not_match_its_checksum_is_never_restored(
+    env: Env, s3_server: S3Server, bucket: str
+) -> None:
+    where = store(s3_server, bucket, "corrupt")
+    env.create("tiny", {"replicas": 1, "backup": {"store": where}})
+    eventually(lambda: env.status("tiny"), backed_up(0), "a first full snapshot", SLOW)
+    with Writer(env.endpoints("tiny", range(1))) as writer:
+        eventually(lambda: len(writer.acked), lambda n: n > 100, "writes acknowledged", SLOW)
+    annotate(env, "tiny", {"etcdlock.io/backup": "second"})
+    eventually(
+        lambda: (env.status("tiny").get("backup") or {}).get("lastRequest"),
+        lambda served: served == "second",
+        "a second full snapshot",
+        SLOW,
+    )
+    delete_cluster(env, "tiny")
+    backups = BackupStore(StoreSpec(where["url"], s3_server.endpoint), S3_SETTINGS)
+    older, newest = asyncio.run(read_catalog(backups)).fulls
+    asyncio.run(overwrite(backups, newest.object))
+    env.create("fallback", {"replicas": 1, "restore": {"store": where}})
+    status = eventually(lambda: env.status("fallback"), restored(1), "restored from the older snapshot", SLOW)
+    assert status["restore"]["skipped"] == [newest.object]
+    assert status["restore"]["snapshotRevision"] == older.revision
+    assert differences(writer.state(), read_keys(env.endpoints("fallback", range(1)))) == []
+    asyncio.run(overwrite(backups, older.object))
+    env.create("no-intact", {"replicas": 1, "restore": {"store": where}})
+    status = eventually(lambda: env.status("no-intact"), lambda s: s.get("phase") == "Failed", "Failed", SLOW)
+    assert condition(status, "Degraded")["reason"] == "RestoreFailed"
+    assert "do not match their checksums" in condition(status, "Degraded")["message"]
+    apps = kubernetes.client.AppsV1Api(env.api)
+    assert "no-intact" not in [
+        s.metadata.name for s in apps.list_namespaced_stateful_set(env.namespace).items
+    ]
+
+
+async def overwrite(backups: BackupStore, path: str) -> None:
+    async def garbage() -> AsyncIterator[bytes]:
+        yield b"not a snapshot" * 1000
+
+    await backups.put_stream(path, garbage())
+
+
+def annotate(env: Env, name: str, annotations: dict[str, str]) -> None:
+    env.objects.patch_namespaced_custom_object(
+        "etcdlock.io",
+        "v1alpha1",
+        env.namespace,
+        "etcdclusters",
+        name,
+        {"metadata": {"annotations": annotations}},
+    )
+
+
+def delete_cluster(env: Env, name: str) -> None:
+    env.objects.delete_namespaced_custom_object(
+        "etcdlock.io", "v1alpha1", env.namespace, "etcdclusters", name
+    )
+
+
+def test_a_quorum_whose_data_is_gone_is_rebuilt_but_stopped_members_are_awaited(
     env: Env, s3_server: S3Server, bucket: str
 ) -> None:
     where = store(s3_server, bucket, "quorum")
-    env.create("quorum", {"replicas": 3, "backup": {"store": where, "deltaInterval": "1s"}})
+    backup = {"store": where, "deltaInterval": "1s"}
+    env.create("quorum", {"replicas": 3, "backup": backup, "recovery": {"automatic": True}})
     eventually(lambda: env.status("quorum"), settled(3), "three healthy voters", SLOW)
     with Writer(env.endpoints("quorum", range(3))) as writer:
         eventually(lambda: len(writer.acked), lambda n: n > 300, "writes acknowledged", SLOW)
@@ -262,18 +321,24 @@ def test_a_quorum_whose_data_is_gone_is_rebuilt_from_the_backup_but_stopped_memb
             os.kill(pid, signal.SIGSTOP)
         try:
             eventually(
-                lambda: condition(env.status("quorum"), "Available"),
-                lambda c: c["status"] == "False",
-                "no quorum",
+                lambda: reasons(env, "quorum").count("MemberUnhealthy"),
+                lambda told: told >= 2,
+                "both stopped members seen not answering",
                 SLOW,
             )
-            assert "QuorumLost" not in reasons(env, "quorum")
+            assert condition(env.status("quorum"), "Available")["status"] == "False"
+            assert {"QuorumLost", "RebuildStarted"}.isdisjoint(reasons(env, "quorum"))
         finally:
             for pid in stopped:
                 os.kill(pid, signal.SIGCONT)
         eventually(lambda: env.status("quorum"), settled(3), "the stopped members back", SLOW)
         eventually(lambda: len(writer.acked), lambda n: n > 800, "more writes", SLOW)
-        # Now two members' data goes with their pods (emptyDir): the quorum is lost for good.
+        # Now two members' data goes with their pods (emptyDir): the quorum is lost for good. Without
+        # automatic recovery, the status says how to approve the rebuild.
+        env.patch("quorum", {"recovery": {"automatic": False}})
+        eventually(
+            lambda: env.status("quorum").get("observedGeneration"), lambda g: g == 2, "the change seen", SLOW
+        )
         recovery_point = int(env.status("quorum")["backup"]["lastDelta"]["revision"])
         pods = env.pods("quorum")
         for name in ("quorum-1", "quorum-2"):
@@ -291,14 +356,7 @@ def test_a_quorum_whose_data_is_gone_is_rebuilt_from_the_backup_but_stopped_memb
     message = condition(status, "QuorumLost")["message"]
     assert "kubectl annotate etcdcluster" in message and "etcdlock.io/approve-rebuild=rebuild-1" in message
     assert "RebuildStarted" not in reasons(env, "quorum")
-    env.objects.patch_namespaced_custom_object(
-        "etcdlock.io",
-        "v1alpha1",
-        env.namespace,
-        "etcdclusters",
-        "quorum",
-        {"metadata": {"annotations": {"etcdlock.io/approve-rebuild": "rebuild-1"}}},
-    )
+    annotate(env, "quorum", {"etcdlock.io/approve-rebuild": "rebuild-1"})
     status = eventually(lambda: env.status("quorum"), restored(3), "rebuilt from the backup", SLOW)
     assert status["rebuilds"] == 1
     assert condition(status, "QuorumLost")["status"] == "False"

@@ -617,10 +617,13 @@ def _store_of(spec: ClusterSpec, record: Obj) -> StoreSpec:
 
 
 def _restoring(record: Obj) -> str:
-    return (
+    told = (
         f"every member restores {record['store']}/{record['snapshot']} (revision "
         f"{record['snapshotRevision']}), then the deltas after it are replayed"
     )
+    if record.get("skipped"):
+        told += f"; passed over, their checksums do not match: {', '.join(record['skipped'])}"
+    return told
 
 
 def _restarts(pod: Obj) -> int:

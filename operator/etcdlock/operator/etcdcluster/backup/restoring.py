@@ -14,11 +14,12 @@ run more than once.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from etcdlock import clock
 from etcdlock.etcd import EtcdClient
-from etcdlock.operator.etcdcluster.backup.catalog import NothingToRestore, plan, plan_from
+from etcdlock.operator.etcdcluster.backup.catalog import Full, NothingToRestore, plan, plan_from
 from etcdlock.operator.etcdcluster.backup.errors import BackupError
 from etcdlock.operator.etcdcluster.backup.replay import replay
 from etcdlock.operator.etcdcluster.backup.runner import read_catalog
@@ -37,14 +38,26 @@ async def _open(kube: Kube, namespace: str, restore: RestoreSpec) -> BackupStore
 
 
 async def prepare(kube: Kube, namespace: str, restore: RestoreSpec, token: str, reason: str) -> Obj:
-    """The ``status.restore`` record of a restore about to start. Raises :class:`BackupError`
-    (BackupNotFound when the store holds nothing that fits)."""
+    """The ``status.restore`` record of a restore about to start. The snapshot's checksum is checked here
+    first (streamed, not kept): a snapshot that does not match is passed over for the next older one, so
+    that no member starts on it. Raises :class:`BackupError` (BackupNotFound when the store holds nothing
+    that fits, ChecksumMismatch when nothing that fits is intact)."""
     store = await _open(kube, namespace, restore)
     catalog = await read_catalog(store)
-    try:
-        chosen = plan(catalog, restore.revision, restore.time)
-    except NothingToRestore as exc:
-        raise BackupError("BackupNotFound", f"{store}: {exc}") from None
+    skipped: list[str] = []
+    while True:
+        try:
+            chosen = plan(catalog, restore.revision, restore.time)
+        except NothingToRestore as exc:
+            if skipped:
+                corrupt = ", ".join(skipped)
+                message = f"{store}: {corrupt} do not match their checksums, and nothing older fits"
+                raise BackupError("ChecksumMismatch", message) from None
+            raise BackupError("BackupNotFound", f"{store}: {exc}") from None
+        if await _intact(store, chosen.full):
+            break
+        skipped.append(chosen.full.object)
+        catalog.fulls.remove(chosen.full)
     record: Obj = {
         "phase": RESTORING,
         "reason": reason,
@@ -59,7 +72,16 @@ async def prepare(kube: Kube, namespace: str, restore: RestoreSpec, token: str, 
         record["toRevision"] = restore.revision
     if restore.time is not None:
         record["toTime"] = restore.time.isoformat()
+    if skipped:
+        record["skipped"] = skipped
     return record
+
+
+async def _intact(store: BackupStore, full: Full) -> bool:
+    digest = hashlib.sha256()
+    async for chunk in store.stream(full.object):
+        digest.update(chunk)
+    return digest.hexdigest() == full.sha256
 
 
 async def finish(kube: Kube, namespace: str, restore: RestoreSpec, record: Obj, client: EtcdClient) -> Obj:
