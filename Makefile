@@ -46,6 +46,7 @@ bench: $(STAMP) $(MOTO_STAMP)
 	$(BIN)/python bench/faults.py
 	$(BIN)/python bench/scale.py
 	$(BIN)/python bench/pods.py
+	$(BIN)/python bench/backup.py
 
 clean:
 	rm -rf $(VENV) $(MOTO_VENV) .pytest_cache .ruff_cache
