@@ -10,6 +10,7 @@ import base64
 import hashlib
 import json
 import os
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ import pytest
 
 from etcdlock.etcd import EtcdClient, EtcdConfig
 from etcdlock.etcd.requests import delete_op, put_op
+from etcdlock.operator.errors import InvalidSpec
+from etcdlock.operator.etcdcluster import ClusterSpec
 from etcdlock.operator.etcdcluster.backup.catalog import Catalog, Delta, Full, expired, plan
 from etcdlock.operator.etcdcluster.backup.errors import BackupError
 from etcdlock.operator.etcdcluster.backup.member import MemberBootstrap, restore_member
@@ -283,3 +286,85 @@ async def test_replayed_lease_keys_get_their_lease_back_and_expire_without_an_ow
             assert 0 < remaining <= granted == 60
     finally:
         target.close()
+
+
+async def test_retention_against_a_real_store_keeps_the_newest_snapshots_and_their_deltas(
+    tmp_path: Path,
+) -> None:
+    store = BackupStore(StoreSpec(f"file://{tmp_path}/store"), {})
+    with LocalEtcd(size=1) as source:
+        async with EtcdClient(EtcdConfig.parse(source.endpoints)) as client:
+            spec = BackupSpec(store.spec, full_interval=3600, delta_interval=1, keep=2)
+            report = Report()
+            runner = BackupRunner(spec, Targets(source.endpoints, source.endpoints), report, lambda *_: None)
+            backing_up = asyncio.create_task(runner.run())
+            try:
+                for request in ("first", "second", "third"):
+                    await client.txn([], [put_op(b"/app/" + request.encode(), b"x")])
+                    runner.update(spec, Targets(source.endpoints, source.endpoints, request=request))
+                    for _ in range(200):
+                        if report.served == request and report.delta:
+                            break
+                        await asyncio.sleep(0.05)
+                    assert report.served == request
+                    await client.txn([], [put_op(b"/app/after-" + request.encode(), b"y")])
+                    revision = (await client.status()).header.revision
+                    for _ in range(200):
+                        if int((report.delta or {}).get("revision") or 0) >= revision:
+                            break
+                        await asyncio.sleep(0.05)
+            finally:
+                backing_up.cancel()
+                await asyncio.gather(backing_up, return_exceptions=True)
+    catalog = await read_catalog(store)
+    assert len(catalog.fulls) == 2, [f.object for f in catalog.fulls]
+    kept = {(f.cluster, f.revision) for f in catalog.fulls}
+    assert set(catalog.deltas) <= kept, "no delta is left of a deleted snapshot"
+    paths = await store.paths()
+    assert all(f.object in paths and f.manifest_object in paths for f in catalog.fulls)
+    assert not catalog.orphans
+    assert len([p for p in paths if "/full/" in p]) == 4
+
+
+S3 = {"url": "s3://b/p"}
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"backup": {}}, "spec.backup.store.url is required"),
+        ({"backup": {"store": {"url": "ftp://host/x"}}}, "must be s3://, gs://, az:// or file:///path"),
+        (
+            {"backup": {"store": {"url": "s3://b/p", "endpoint": "minio:9000"}}},
+            "endpoint must be an http(s) URL",
+        ),
+        (
+            {"backup": {"store": {"url": "s3://b/p"}, "keep": 0}},
+            "keep must be a number of full snapshots >= 1",
+        ),
+        ({"backup": {"store": {"url": "s3://b/p"}, "deltaInterval": "soon"}}, "deltaInterval must look like"),
+        ({"backup": {"store": {"url": "s3://b/p"}, "fullInterval": "10s"}}, "at least 1m"),
+        ({"restore": {}}, "spec.restore.store is required when spec.backup is not set"),
+        (
+            {"restore": {"store": {"url": "s3://b/p"}, "revision": 5, "time": "2026-01-01T00:00:00Z"}},
+            "not both",
+        ),
+        ({"restore": {"store": {"url": "s3://b/p"}, "time": "yesterday"}}, "RFC 3339"),
+        ({"restore": {"store": {"url": "s3://b/p"}, "time": "2026-01-01T00:00:00"}}, "time zone"),
+        ({"recovery": {"automatic": "yes"}}, "spec.recovery.automatic must be true or false"),
+    ],
+)
+def test_backup_restore_and_recovery_specs_are_checked_with_clear_messages(
+    spec: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(InvalidSpec, match=re.escape(message)):
+        ClusterSpec.parse("ns", "c", spec)
+
+
+def test_a_restore_defaults_to_the_backup_store_and_the_latest() -> None:
+    parsed = ClusterSpec.parse("ns", "c", {"backup": {"store": {"url": "s3://b/p"}}, "restore": {}})
+    assert parsed.backup is not None and parsed.restore is not None
+    assert parsed.restore.store == parsed.backup.store
+    assert (parsed.restore.revision, parsed.restore.time) == (None, None)
+    assert (parsed.backup.full_interval, parsed.backup.delta_interval, parsed.backup.keep) == (3600, 5, 7)
+    assert parsed.automatic_recovery is False

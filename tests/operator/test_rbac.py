@@ -64,7 +64,7 @@ def state(expected: str) -> Any:
     return lambda pod: note(pod, STATE_ANNOTATION) == expected
 
 
-def exercise(api: ApiClient, namespace: str, loose: str) -> None:
+def exercise(api: ApiClient, namespace: str, loose: str, backups: Path) -> None:
     """Every flow of the operator once: status, events, gating, release, deletion, invalid and missing."""
     create_lock(api, namespace, "audited", {"ttlSeconds": 10})
     for name in ("one", "two", "three"):
@@ -87,13 +87,24 @@ def exercise(api: ApiClient, namespace: str, loose: str) -> None:
     )
     delete_lock(api, namespace, "audited")
     eventually(lambda: read_pod(api, namespace, "two"), state("Released"), "two released")
-    exercise_clusters(Env(api, namespace))
+    exercise_clusters(Env(api, namespace), backups)
 
 
-def exercise_clusters(env: Env) -> None:
-    """An EtcdCluster created, a lock on it, scaled out and in (claims dropped), a member restarted."""
-    env.create("audited-etcd", {"replicas": 1, "storage": {"size": "1Gi"}})
+def exercise_clusters(env: Env, backups: Path) -> None:
+    """An EtcdCluster created and backed up (its store's Secret read), a lock on it, scaled out and in
+    (claims read and dropped), a member restarted."""
+    env.core.create_namespaced_secret(
+        env.namespace, {"metadata": {"name": "store"}, "stringData": {"A": "b"}}
+    )
+    store = {"url": f"file://{backups}", "secretRef": {"name": "store"}}
+    env.create("audited-etcd", {"replicas": 1, "storage": {"size": "1Gi"}, "backup": {"store": store}})
     eventually(lambda: env.status("audited-etcd"), settled(1), "one healthy member", SLOW)
+    eventually(
+        lambda: [c for c in env.status("audited-etcd").get("conditions") or [] if c["type"] == "BackupReady"],
+        lambda found: bool(found) and found[0]["status"] == "True",
+        "backed up",
+        SLOW,
+    )
     create_lock(env.api, env.namespace, "on-etcd", {"clusterRef": {"name": "audited-etcd"}})
     create_pod(env.api, env.namespace, "remote", "on-etcd")
     eventually(lambda: read_pod(env.api, env.namespace, "remote"), held, "remote holding", SLOW)
@@ -137,7 +148,7 @@ def test_the_cluster_role_allows_every_call_of_the_operator_and_grants_nothing_u
         ).start()
         try:
             running.wait("ready", 30)
-            exercise(api, namespace, loose)
+            exercise(api, namespace, loose, tmp_path / "backups")
         finally:
             running.stop()
     calls = [r for r in audited.audit if is_operator(r)]
