@@ -20,16 +20,19 @@ from typing import Any
 import kubernetes
 import pytest
 from kubernetes.client import ApiClient
-from operator_support import eventually
+from operator_support import create_lock, eventually, webhooks_registered
 from test_etcdcluster import SLOW, Env, condition, member_pid, settled
+from test_pods import create_pod, finish, held, note, read_pod
 
 from etcdlock.etcd import EtcdClient, EtcdConfig, EtcdError
 from etcdlock.etcd.requests import delete_op, put_op
+from etcdlock.operator.config import WebhookSettings
 from etcdlock.operator.etcdcluster.backup.runner import read_catalog
 from etcdlock.operator.etcdcluster.backup.settings import StoreSpec
 from etcdlock.operator.etcdcluster.backup.store import BackupStore
+from etcdlock.operator.names import ERROR, MESSAGE_ANNOTATION, STATE_ANNOTATION, TOKEN_ANNOTATION, WAITING
 from etcdlock_sandbox.cluster import SandboxThread
-from etcdlock_sandbox.etcd import LocalEtcd
+from etcdlock_sandbox.etcd import LocalEtcd, free_port
 from etcdlock_sandbox.replicas import OperatorProcess
 from etcdlock_sandbox.s3 import S3Server
 
@@ -53,20 +56,23 @@ def env(
     core.create_namespace({"metadata": {"name": namespace}})
     core.create_namespaced_secret(namespace, {"metadata": {"name": CREDENTIALS}, "stringData": S3_SETTINGS})
     logs = tmp_path_factory.mktemp("backups")
-    operator = OperatorProcess(
-        etcd.endpoint_list,
-        kubeconfig,
-        webhook_certs,
-        logs / "operator.log",
-        namespaces=(namespace,),
-        configure_webhook=False,
-        cluster_dns=k8s_sandbox.hosts,
-    ).start()
-    try:
-        operator.wait("ready", 30)
-        yield Env(api, namespace)
-    finally:
-        operator.stop()
+    settings = WebhookSettings("127.0.0.1", free_port(), webhook_certs)
+    with webhooks_registered(api, settings, namespace):
+        operator = OperatorProcess(
+            etcd.endpoint_list,
+            kubeconfig,
+            webhook_certs,
+            logs / "operator.log",
+            namespaces=(namespace,),
+            configure_webhook=False,
+            webhook_port=settings.port,
+            cluster_dns=k8s_sandbox.hosts,
+        ).start()
+        try:
+            operator.wait("ready", 30)
+            yield Env(api, namespace)
+        finally:
+            operator.stop()
     core.delete_namespace(namespace)
 
 
@@ -373,6 +379,56 @@ def test_a_quorum_whose_data_is_gone_is_rebuilt_but_stopped_members_are_awaited(
         f"{recovery_point} before the disaster, the backup reached {reached}; {len(lost)} acknowledged "
         f"writes after it are lost ({writer.failures} writes failed)"
     )
+
+
+def test_locks_kept_in_a_rebuilt_cluster_and_their_pods_recover(
+    env: Env, s3_server: S3Server, bucket: str
+) -> None:
+    """A lock whose queue is in the cluster: its holder and its waiter come through the rebuild, and the
+    lock is handed on and taken again afterwards."""
+    backup = {"store": store(s3_server, bucket, "locked"), "deltaInterval": "1s"}
+    env.create("locked", {"replicas": 1, "backup": backup, "recovery": {"automatic": True}})
+    eventually(lambda: env.status("locked"), settled(1), "the cluster running", SLOW)
+    create_lock(env.api, env.namespace, "job", {"clusterRef": {"name": "locked"}})
+    create_pod(env.api, env.namespace, "holder", "job")
+    eventually(lambda: read_pod(env.api, env.namespace, "holder"), held, "holder holding", SLOW)
+    create_pod(env.api, env.namespace, "next", "job")
+    eventually(
+        lambda: read_pod(env.api, env.namespace, "next"),
+        lambda p: note(p, STATE_ANNOTATION) == WAITING,
+        "next waiting",
+        SLOW,
+    )
+    revision = asyncio.run(current_revision(env.endpoints("locked", range(1))))
+    eventually(lambda: env.status("locked"), backed_up(revision), "the queue backed up", SLOW)
+    pod = env.pods("locked")["locked-0"]
+    env.core.delete_namespaced_pod(
+        "locked-0", env.namespace, body={"preconditions": {"uid": pod.metadata.uid}}
+    )
+    eventually(lambda: env.status("locked"), restored(1), "rebuilt from the backup", SLOW)
+    # The holder keeps the lock, or is told it lost it (its key came back from a delta, with a new
+    # fencing token); either way, never two holders.
+    token = note(read_pod(env.api, env.namespace, "holder"), TOKEN_ANNOTATION)
+    after = eventually(
+        lambda: read_pod(env.api, env.namespace, "holder"),
+        lambda p: note(p, STATE_ANNOTATION) == ERROR or "adopt" in (note(p, MESSAGE_ANNOTATION) or "") or True,
+        "the holder settled",
+        SLOW,
+    )
+    print("holder after the rebuild:", note(after, STATE_ANNOTATION), note(after, MESSAGE_ANNOTATION), token)
+    print("next after the rebuild:", note(read_pod(env.api, env.namespace, "next"), STATE_ANNOTATION))
+    finish(env.api, env.namespace, "holder")
+    eventually(lambda: read_pod(env.api, env.namespace, "next"), held, "next holding after the rebuild", SLOW)
+    create_pod(env.api, env.namespace, "later", "job")
+    finish(env.api, env.namespace, "next")
+    eventually(
+        lambda: read_pod(env.api, env.namespace, "later"), held, "a pod created after it holding", SLOW
+    )
+
+
+async def current_revision(endpoints: list[str]) -> int:
+    async with EtcdClient(EtcdConfig.parse(endpoints)) as client:
+        return int((await client.status()).header.revision)
 
 
 def test_a_member_whose_claim_is_lost_is_replaced(env: Env) -> None:

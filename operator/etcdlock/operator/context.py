@@ -93,7 +93,7 @@ class OperatorContext:
                     raise LockNotFound(f"DistributedLock {name} does not exist")
                 return locks.served(body)
 
-            clusters = Clusters(kube, stores.default, events, image, metrics)
+            clusters = Clusters(kube, stores.default, events, image, metrics, stores.retire)
             opened.push_async_callback(clusters.close)
             pod_context = PodContext(stores, pod_api, rules, resolve, takeover.adopted, events)
             pods = PodHolds(pod_context, metrics.pod_events)

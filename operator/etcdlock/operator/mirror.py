@@ -16,6 +16,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
+from etcdlock.aio import race
 from etcdlock.etcd import EtcdClient, EtcdError, EtcdUnavailable, read_contenders
 from etcdlock.etcd.errors import Compacted
 from etcdlock.etcd.keys import prefix, range_end
@@ -119,7 +120,11 @@ async def serve_lock(
                 continue
             pod_ttl = spec.pod_ttl(locks.rules)
             since = {h["key"]: h["since"] for h in stored.get("holders") or () if h.get("since")}
-            await mirror_lock(store.etcd, spec, generation, publisher, observers, pod_ttl, since)
+            # A store retired (its cluster rebuilt from a backup) is left for the one resolved next.
+            await race(
+                mirror_lock(store.etcd, spec, generation, publisher, observers, pod_ttl, since),
+                store.retired.wait(),
+            )
     finally:
         publishing.cancel()
         await asyncio.gather(publishing, return_exceptions=True)

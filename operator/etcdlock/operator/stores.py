@@ -7,14 +7,15 @@ deposed leader's writes fail there too. The epoch is the leader key's create rev
 every term: it is written only over an older one, so a deposed replica that reaches a cluster late can
 never take the epoch back from the leader. A cluster is used once its status says a quorum answers; its
 client URL (the client Service) comes from that status. A cluster deleted and created again (another uid)
-gets a new client and epoch.
+gets a new client and epoch, and so does a cluster rebuilt from a backup (:meth:`Stores.retire`): it is a
+new etcd cluster, whose revisions and epoch key are not those the old client and fence knew.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from etcdlock.etcd import EtcdClient, EtcdConfig, EtcdError, Fence, Fenced
@@ -33,11 +34,14 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Store:
-    """An etcd the operator keeps locks in, the fence its writes there pass, and the leadership behind it."""
+    """An etcd the operator keeps locks in, the fence its writes there pass, and the leadership behind it.
+    ``retired`` is set once it must no longer be used (its cluster was rebuilt): its users resolve the
+    lock's store again."""
 
     etcd: EtcdClient
     fence: Fence | None
     leadership: Leadership
+    retired: asyncio.Event = field(default_factory=asyncio.Event, compare=False)
 
     async def confirmed(self) -> bool:
         """Whether this replica still leads, as this etcd confirms (transient errors waited out)."""
@@ -57,6 +61,7 @@ class Stores:
         self._kube = kube
         self._clusters: dict[tuple[str, str], tuple[str, Store]] = {}
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._retired: list[Store] = []
 
     async def for_lock(self, namespace: str, lock: LockSpec) -> Store:
         """The lock's store; :class:`ClusterNotReady` if its EtcdCluster is missing or has no quorum."""
@@ -79,6 +84,15 @@ class Stores:
             store = await self._connect(name, cluster)
             self._clusters[ref] = (uid, store)
             return store
+
+    def retire(self, namespace: str, name: str) -> None:
+        """The EtcdCluster is being rebuilt from a backup: its store is retired (its users, told by
+        :attr:`Store.retired`, resolve the store again, and get a new one once the cluster is available).
+        Its client stays open until :meth:`close`: holds may still be leaving it."""
+        known = self._clusters.pop((namespace, name), None)
+        if known is not None:
+            known[1].retired.set()
+            self._retired.append(known[1])
 
     async def _connect(self, name: str, cluster: Any) -> Store:
         status = cluster.get("status") or {}
@@ -105,9 +119,10 @@ class Stores:
         return cluster
 
     async def close(self) -> None:
-        for _, store in self._clusters.values():
+        for store in [*(store for _, store in self._clusters.values()), *self._retired]:
             await store.etcd.close()
         self._clusters.clear()
+        self._retired.clear()
 
 
 async def claim_epoch(cluster: EtcdClient, leader: Store, name: str) -> Fence:

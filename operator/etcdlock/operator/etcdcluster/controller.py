@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -94,6 +94,7 @@ class Clusters:
         events: EventRecorder,
         image: str = DEFAULT_IMAGE,
         metrics: Metrics | None = None,
+        retire: Callable[[str, str], None] | None = None,
     ) -> None:
         self._kube = kube
         self._objects = KubeObjects(kube)
@@ -101,6 +102,8 @@ class Clusters:
         self._events = events
         self._image = image
         self._backups = ClusterBackups(kube, events, metrics)
+        # Told when a cluster is rebuilt: the locks kept in it must leave the old cluster's client.
+        self._retire = retire or (lambda namespace, name: None)
         self._warned: dict[tuple[str, str], str] = {}  # the last defragmentation failure told, per cluster
         self._clients: dict[tuple[str, str], EtcdClient] = {}
         self._members: dict[tuple[str, str], MemberClients] = {}
@@ -370,6 +373,7 @@ class Clusters:
         cluster (a new token), and every pod and claim of the old one goes."""
         spec = run.spec = replace(run.spec, token=record["token"])
         await self._backups.stop((spec.namespace, spec.name))
+        self._retire(spec.namespace, spec.name)
         wanted = statefulset(spec, restore=self._restore_source(spec, record))
         patch = [
             {"op": "replace", "path": "/spec/template", "value": wanted["spec"]["template"]},

@@ -7,6 +7,10 @@ until it lands or leadership is really lost; a deposed replica writes nothing mo
 
 What the pod is told: ``etcdlock.io/state`` (Waiting / Held / Released / Error),
 ``etcdlock.io/fencing-token`` and ``etcdlock.io/message``, with an Event for every change of state.
+
+A lock kept in an EtcdCluster that is rebuilt from a backup loses its store (retired: a new etcd cluster);
+the hold leaves it without revoking anything and starts over on the store resolved next, adopting its
+lease there as a new leader would: a key the backup kept keeps its place, one it did not queues again.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from etcdlock.aio import race
 from etcdlock.etcd import (
     EtcdError,
     Fenced,
@@ -90,6 +95,7 @@ class PodHold:
         self._session: Session | None = None
         self._waiter: Waiter | None = None
         self._stopping = False
+        self._store_known = asyncio.Event()
         self._versions = asyncio.Event()
         namespace, name = self.ref
         self.holder = f"pod/{namespace}/{name}"
@@ -154,7 +160,8 @@ class PodHold:
         if self._lease is None:
             self._ticket = self._line.ticket(self._order)
         try:
-            await self._serve()
+            while (await race(self._serve(), self._store_retired()))[0] == 1:
+                await self._leave_retired_store()
         except asyncio.CancelledError:
             raise
         except Fenced:
@@ -197,6 +204,24 @@ class PodHold:
             await self._lost(f"lost {self.lock_name}: {reason}")
             await self._drop()
 
+    async def _store_retired(self) -> None:
+        """Returns once the store this hold uses is retired (see the module docstring)."""
+        while True:
+            await self._store_known.wait()
+            store = self._ready_store
+            await store.retired.wait()
+            if store is self._store:
+                return
+
+    async def _leave_retired_store(self) -> None:
+        """Forget the retired store's session and key without revoking (the rebuilt cluster has the lease
+        the backup kept, adopted next); the lease stays named on the pod."""
+        await self._orphan()
+        self._session = self._waiter = None
+        self._store = None
+        self._store_known.clear()
+        log.info("pod %s/%s: %s's etcd was rebuilt from a backup; adopting again", *self.ref, self.lock_name)
+
     async def _usable_lock(self) -> LockSpec:
         """The lock's spec once it exists, is valid, may use its key and its etcd answers; until then the
         pod's state says what it waits for (every pod for itself)."""
@@ -205,6 +230,7 @@ class PodHold:
             try:
                 lock = await self._context.resolve(namespace, self.lock_name)
                 self._store = await self._context.stores.for_lock(namespace, lock)
+                self._store_known.set()
                 return lock
             except LockNotFound as exc:
                 await self._say_waiting(f"{exc}; the pod waits until it is created", "LockNotReady")
@@ -352,11 +378,13 @@ class PodHold:
         """
         if self._lease is None:
             return True
-        store = self._store or await self._context.lease_store(self.ref[0], self._written)
+        store = self._store
+        if store is None or store.retired.is_set():
+            store = await self._context.lease_store(self.ref[0], self._written)
         if store is None:
             log.warning("pod %s/%s: its etcd cannot be reached; its lease expires by itself", *self.ref)
             return await self._context.stores.default.confirmed()
-        if self._waiter is not None and self._waiter.token is not None:
+        if self._waiter is not None and self._waiter.token is not None and store is self._store:
             with contextlib.suppress(SessionLost):
                 await self._waiter.give_back()
         elif not await store.confirmed():
