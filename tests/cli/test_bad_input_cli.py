@@ -21,6 +21,17 @@ MAX_INT64 = str(2**63 - 1)
 TOO_BIG = "99999999999999999999"
 NO_SERVERS = ["--metrics", "off", "--webhook", "off"]  # in case the operator starts: no ports taken
 
+# The init container's command with its member flags; each case adds the store and the data directory.
+RESTORE = [
+    "restore-member",
+    "--snapshot=0000000000000001/full/00000000000000000001.db",
+    "--sha256=00",
+    "--name=m",
+    "--initial-cluster=m=http://127.0.0.1:1",
+    "--initial-cluster-token=t",
+    "--initial-advertise-peer-urls=http://127.0.0.1:1",
+]
+
 CASES: dict[str, list[str]] = {
     "unknown-flag": ["--endpoints", EP, "lock", NAME, "--bogus"],
     "unknown-global-flag": ["--bogus", "--endpoints", EP, "lock", NAME],
@@ -58,6 +69,10 @@ CASES: dict[str, list[str]] = {
     "key-without-cert": ["--endpoints", EP, "--key", "{cert}", "lock", NAME],
     "cacert-missing-file": ["--endpoints", EP, "--cacert", "{missing}", "lock", NAME],
     "user-without-password": ["--endpoints", EP, "--user", "alice", "lock", NAME],
+    "restore-member-bad-store": [*RESTORE, "--store=ftp://x", "--data-dir={missing}/data"],
+    "restore-member-no-snapshot": [*RESTORE, "--store=file://{missing}-store", "--data-dir={missing}/data"],
+    "restore-member-unwritable": [*RESTORE, "--store=file://{missing}-store", "--data-dir=/proc/nope/data"],
+    "restore-member-missing-flag": ["restore-member", "--store=file:///tmp"],
     "nonexistent-cmd": ["--endpoints", EP, "lock", NAME, "--", "{missing}"],
     "elect-proposal-and-listen": ["--endpoints", EP, "elect", NAME, "proposal", "--listen"],
     "elect-neither-proposal-nor-listen": ["--endpoints", EP, "elect", NAME],

@@ -62,7 +62,7 @@ def test_retention_deletes_the_oldest_full_snapshots_with_their_deltas_and_cut_s
     catalog = catalog_of(
         [a, b, c], [(a, 11, 15), (a, 16, 19), (b, 21, 25), (c, 31, 33)], (cut_short, uploading)
     )
-    doomed = expired(catalog, keep=2)
+    doomed = expired(catalog, keep=2, cluster=CLUSTER)
     assert sorted(doomed) == sorted(
         [
             a.object,
@@ -72,9 +72,29 @@ def test_retention_deletes_the_oldest_full_snapshots_with_their_deltas_and_cut_s
             cut_short,
         ]
     )
-    assert expired(catalog, keep=3) == [cut_short]
+    assert expired(catalog, keep=3, cluster=CLUSTER) == [cut_short]
     # The manifest goes after its snapshot: a deletion cut short leaves an orphan, never a manifest alone.
     assert doomed.index(a.object) < doomed.index(a.manifest_object)
+
+
+def test_retention_leaves_other_clusters_sharing_the_prefix_alone() -> None:
+    mine, theirs = full(10, 0), full(20, 60, "00000000000000bb")
+    newer = full(30, 120)
+    catalog = catalog_of([mine, theirs, newer], [(mine, 11, 12), (theirs, 21, 22)])
+    assert sorted(expired(catalog, keep=1, cluster=CLUSTER)) == sorted(
+        [mine.object, mine.manifest_object, Delta(CLUSTER, 10, 11, 12).object]
+    )
+    assert expired(catalog, keep=1, cluster="00000000000000bb") == []
+    # A rebuild restores its own cluster's backups, not the newest of the prefix.
+    assert plan(catalog, cluster="00000000000000bb").full == theirs
+
+
+def test_a_restore_to_a_revision_uses_no_snapshot_that_may_hold_later_writes() -> None:
+    taken = Full(CLUSTER, 100, T0, 10, "x", revision_max=120)
+    older = full(50, -60)
+    catalog = catalog_of([older, taken], [(older, 51, 130)])
+    assert plan(catalog, revision=110).full == older
+    assert plan(catalog, revision=120).full == taken
 
 
 def test_a_snapshot_without_its_manifest_is_no_backup() -> None:
@@ -368,3 +388,36 @@ def test_a_restore_defaults_to_the_backup_store_and_the_latest() -> None:
     assert (parsed.restore.revision, parsed.restore.time) == (None, None)
     assert (parsed.backup.full_interval, parsed.backup.delta_interval, parsed.backup.keep) == (3600, 5, 7)
     assert parsed.automatic_recovery is False
+
+
+async def test_overlapping_deltas_replay_without_setting_keys_back(tmp_path: Path) -> None:
+    """Two leaders one after the other may both flush the same revisions; a flush may split a revision."""
+    store = BackupStore(StoreSpec(f"file://{tmp_path}/store"), {})
+    with LocalEtcd(size=1) as source:
+        async with EtcdClient(EtcdConfig.parse(source.endpoints)) as client:
+            taken = await take_full(client, store)
+    r = taken.revision
+
+    def put(revision: int, value: bytes) -> dict[str, Any]:
+        return {"r": revision, "k": base64.b64encode(b"k").decode(), "v": base64.b64encode(value).decode()}
+
+    # The second leader's delta repeats r+2 after the first's went on to r+3.
+    deltas = [
+        (r + 1, r + 3, [put(r + 1, b"one"), put(r + 2, b"two"), put(r + 3, b"three")]),
+        (r + 2, r + 2, [put(r + 2, b"two")]),
+    ]
+    for first, last, events in deltas:
+        path = tmp_path / "store" / Delta(taken.cluster, r, first, last).object
+        path.parent.mkdir(parents=True, exist_ok=True)
+        document = {"full": r, "first": first, "last": last, "time": T0.isoformat(), "events": events}
+        path.write_text(json.dumps(document))
+    chosen = plan(await read_catalog(store))
+    assert [(d.first, d.last) for d in chosen.deltas] == [(r + 1, r + 3), (r + 2, r + 2)]
+    target = await restored_member(store, tmp_path / "restored", chosen)
+    try:
+        async with EtcdClient(EtcdConfig.parse(target.endpoints)) as restored:
+            replayed = await replay(restored, store, chosen)
+            assert (await everything(restored))[b"k"] == b"three"
+            assert replayed.revision == r + 3
+    finally:
+        target.close()

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from etcdlock.etcd import EtcdConfig
+from etcdlock.etcd import EtcdConfig, EtcdLockError
 
 EXIT_FAILED = 1
 
@@ -36,11 +36,17 @@ def add_parser(commands: Any) -> None:
 
 
 async def run(args: argparse.Namespace, config: EtcdConfig) -> int:
-    from etcdlock.operator.errors import InvalidSpec
-    from etcdlock.operator.etcdcluster.backup.errors import BackupError
-    from etcdlock.operator.etcdcluster.backup.member import MemberBootstrap, restore_member
-    from etcdlock.operator.etcdcluster.backup.settings import StoreSpec
-    from etcdlock.operator.etcdcluster.backup.store import BackupStore
+    try:  # obstore: etcdlock[operator], imported only by this command
+        from etcdlock.operator.errors import InvalidSpec
+        from etcdlock.operator.etcdcluster.backup.errors import BackupError
+        from etcdlock.operator.etcdcluster.backup.member import MemberBootstrap, restore_member
+        from etcdlock.operator.etcdcluster.backup.settings import StoreSpec
+        from etcdlock.operator.etcdcluster.backup.store import BackupStore
+    except ModuleNotFoundError as exc:
+        raise EtcdLockError(
+            f"restore-member needs the operator extra (no module {exc.name}): "
+            "pip install 'etcdlock[operator]'"
+        ) from None
 
     member = MemberBootstrap(
         args.name, args.initial_cluster, args.initial_cluster_token, args.initial_advertise_peer_urls
@@ -54,6 +60,9 @@ async def run(args: argparse.Namespace, config: EtcdConfig) -> int:
         return EXIT_FAILED
     except InvalidSpec as exc:  # a flag the operator rendered wrong
         print(f"etcdlock: {exc}", file=sys.stderr, flush=True)
+        return EXIT_FAILED
+    except OSError as exc:  # the data directory cannot be written (full, read-only, missing)
+        print(f"etcdlock: restore-member: {exc.strerror or exc}: {exc.filename or ''}", file=sys.stderr)
         return EXIT_FAILED
     print(f"etcdlock: {done}", flush=True)
     return 0

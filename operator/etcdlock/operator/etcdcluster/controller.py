@@ -26,6 +26,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import replace
+from datetime import datetime
 from typing import Any
 
 from etcdlock import clock
@@ -55,7 +56,7 @@ from etcdlock.operator.etcdcluster.rendering import (
     digest,
     statefulset,
 )
-from etcdlock.operator.etcdcluster.spec import ClusterSpec, upgrade_allowed
+from etcdlock.operator.etcdcluster.spec import SIZES, ClusterSpec, upgrade_allowed
 from etcdlock.operator.etcdcluster.status import (
     Pass,
     failed,
@@ -104,6 +105,7 @@ class Clusters:
         self._backups = ClusterBackups(kube, events, metrics)
         # Told when a cluster is rebuilt: the locks kept in it must leave the old cluster's client.
         self._retire = retire or (lambda namespace, name: None)
+        self._corrupt: set[str] = set()  # snapshots a restore found corrupt, not downloaded again
         self._warned: dict[tuple[str, str], str] = {}  # the last defragmentation failure told, per cluster
         self._clients: dict[tuple[str, str], EtcdClient] = {}
         self._members: dict[tuple[str, str], MemberClients] = {}
@@ -152,8 +154,12 @@ class Clusters:
         if spec.restore is not None and run.restore is None and not previous.get("members"):
             sts_there = await self._objects.read("StatefulSet", namespace, name)
             if sts_there is None:
+                # A new etcd cluster (its own token, so its own cluster ID and backups), never one on the
+                # data an earlier cluster of this name left in its claims.
+                token = f"{spec.cluster_token}-{str(meta.get('uid') or '')[:8]}"
                 try:
-                    run.restore = await self._plan_restore(spec, spec.restore, "Requested")
+                    await self._no_claims_left(spec)
+                    run.restore = await self._plan_restore(spec, spec.restore, "Requested", token)
                 except BackupError as exc:
                     return self._restore_failed(body, run, exc)
                 self._events.info(body, "RestoreStarted", _restoring(run.restore))
@@ -357,7 +363,8 @@ class Clusters:
             return True
         try:
             token = f"{spec.namespace}-{spec.name}-{approval}"
-            record = await self._plan_restore(spec, RestoreSpec(store), "QuorumLost", token)
+            own = _backed_up_cluster(run.previous)
+            record = await self._plan_restore(spec, RestoreSpec(store), "QuorumLost", token, own)
         except BackupError as exc:
             run.quorum_lost = f"{message}; the rebuild cannot start: {exc}"
             if find(run.previous, "QuorumLost").get("message") != run.quorum_lost:
@@ -382,17 +389,43 @@ class Clusters:
         await self._objects.patch("StatefulSet", spec.namespace, spec.name, patch)
         for name, pod in sorted(pods.items()):
             await self._objects.delete_pod(spec.namespace, name, pod["metadata"]["uid"])
-            if spec.storage_size is not None:
+        if spec.storage_size is not None:
+            # Every claim the old cluster may have left, its pod running or not: none may start a member
+            # on the old cluster's data.
+            recorded = {str(m.get("name")) for m in run.previous.get("members") or []}
+            for name in sorted(recorded | {spec.member(i) for i in range(max(SIZES))}):
                 await self._objects.delete_claim(spec.namespace, f"data-{name}")
         run.restore, run.rebuilt = record, int(record["rebuild"])
         self._events.warn(body, "RebuildStarted", f"{run.quorum_lost}; {_restoring(record)}")
 
     async def _plan_restore(
-        self, spec: ClusterSpec, restore: RestoreSpec, reason: str, token: str | None = None
+        self,
+        spec: ClusterSpec,
+        restore: RestoreSpec,
+        reason: str,
+        token: str,
+        cluster: str | None = None,
     ) -> Obj:
         return await restoring.prepare(
-            self._kube, spec.namespace, restore, token or spec.cluster_token, reason
+            self._kube, spec.namespace, restore, token, reason, cluster, self._corrupt
         )
+
+    async def _no_claims_left(self, spec: ClusterSpec) -> None:
+        """A restore starts no member on claims an earlier cluster of this name left (deleting an
+        EtcdCluster keeps them): they would start on that data, not the backup."""
+        if spec.storage_size is None:
+            return
+        left = [
+            f"data-{spec.member(i)}"
+            for i in range(max(SIZES))
+            if await self._objects.read_claim(spec.namespace, f"data-{spec.member(i)}") is not None
+        ]
+        if left:
+            raise BackupError(
+                "ClaimsLeft",
+                f"claims {', '.join(left)} hold an earlier cluster's data; delete them to restore into "
+                f"this name: kubectl delete pvc -n {spec.namespace} {' '.join(left)}",
+            )
 
     def _restore_source(self, spec: ClusterSpec, record: Obj | None) -> RestoreSource | None:
         """What the members restore while the restore is under way (then nothing: a pod created later
@@ -405,8 +438,7 @@ class Clusters:
     async def _finish_restore(self, body: Mapping[str, Any], run: Pass) -> None:
         """The members answer: replay the deltas (see :mod:`.backup.restoring`)."""
         spec, record = run.spec, run.restore or {}
-        asked = spec.restore if record.get("reason") == "Requested" and spec.restore is not None else None
-        restore = asked or RestoreSpec(_store_of(spec, record))
+        restore = _recorded(spec, record)
         try:
             client = self._clients[(spec.namespace, spec.name)]
             run.restore = await restoring.finish(self._kube, spec.namespace, restore, record, client)
@@ -442,7 +474,12 @@ class Clusters:
     def _with_backups(self, run: Pass, new: Obj) -> Obj:
         """The status with what the backups and the restore say."""
         key = (run.spec.namespace, run.spec.name)
-        shown = self._backups.status(key, run.previous, run.generation)
+        paused = ""
+        if run.quorum_lost:
+            paused = "backups wait: a quorum of the members lost its data"
+        elif (run.restore or {}).get("phase") == RESTORING:
+            paused = "backups wait until the restore is done (then a full snapshot starts them)"
+        shown = self._backups.status(key, run.previous, run.generation, paused)
         if shown is not None:
             new["backup"] = shown[0]
             new["conditions"] = [*new["conditions"], *carried_over([shown[1]], run.previous)]
@@ -618,6 +655,22 @@ def _store_of(spec: ClusterSpec, record: Obj) -> StoreSpec:
         if store.url == record.get("store"):
             return store
     return StoreSpec(url=str(record.get("store")))
+
+
+def _recorded(spec: ClusterSpec, record: Obj) -> RestoreSpec:
+    """The restore as it was planned (the spec may have changed since: it is read at creation only)."""
+    moment = record.get("toTime")
+    return RestoreSpec(
+        _store_of(spec, record),
+        revision=record.get("toRevision"),
+        time=datetime.fromisoformat(moment) if moment else None,
+    )
+
+
+def _backed_up_cluster(previous: Obj) -> str | None:
+    """The etcd cluster ID the cluster's own backups are under (its last full snapshot's object)."""
+    shown = str(((previous.get("backup") or {}).get("lastFull") or {}).get("object") or "")
+    return shown.split("/", 1)[0] or None
 
 
 def _restoring(record: Obj) -> str:

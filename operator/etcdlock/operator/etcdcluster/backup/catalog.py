@@ -12,7 +12,9 @@ revisions of its own: its backups never mix with those it came from)::
                                                  snapshot <full>
 
 Cluster IDs are written with 16 hex digits and revisions with 20 digits, so names sort as revisions do;
-the newest backup is the newest by time. A full snapshot's revision is one its
+the newest backup is the newest by time. A full snapshot's manifest also says the member's revision once
+the snapshot was sent (``revisionMax``): the snapshot holds nothing past it, so a restore to a revision
+uses only snapshots whose ``revisionMax`` is not past it. A full snapshot's revision is one its
 data is known to include (read just before it was taken): it may include later ones too, which is harmless,
 because replaying events (each sets or deletes a whole key) over a state that has some of them already
 gives the same result.
@@ -54,10 +56,15 @@ class Full:
     time: datetime
     size: int
     sha256: str
+    revision_max: int = 0  # the snapshot holds nothing past it (0: not known, as revision)
 
     @property
     def object(self) -> str:
         return full_object(self.cluster, self.revision)
+
+    @property
+    def holds_at_most(self) -> int:
+        return max(self.revision, self.revision_max)
 
     @property
     def manifest_object(self) -> str:
@@ -71,6 +78,7 @@ class Full:
             time=datetime.fromisoformat(document["time"]),
             size=int(document["size"]),
             sha256=str(document["sha256"]),
+            revision_max=int(document.get("revisionMax") or 0),
         )
 
     def manifest(self) -> dict[str, Any]:
@@ -80,6 +88,7 @@ class Full:
             "time": self.time.isoformat(),
             "size": self.size,
             "sha256": self.sha256,
+            "revisionMax": self.revision_max,
             "object": self.object,
         }
 
@@ -149,18 +158,20 @@ class Catalog:
         return max([full.revision, *(d.last for d in self.deltas_of(full))])
 
 
-def expired(catalog: Catalog, keep: int) -> list[str]:
-    """The objects retention deletes: every full snapshot but the newest ``keep`` (manifest last, so a
-    deletion cut short leaves an orphan, never a manifest without its data), the deltas of the deleted
-    ones and of snapshots that no longer exist, and the orphans."""
-    kept = {(f.cluster, f.revision) for f in catalog.fulls[-keep:]}
+def expired(catalog: Catalog, keep: int, cluster: str) -> list[str]:
+    """The objects retention deletes, of the etcd cluster ``cluster`` only (another cluster sharing the
+    prefix, or the one it was restored from, keeps its own): every full snapshot but the newest ``keep``
+    (manifest last, so a deletion cut short leaves an orphan, never a manifest without its data), the
+    deltas of the deleted ones and of snapshots that no longer exist, and the orphans."""
+    fulls = [f for f in catalog.fulls if f.cluster == cluster]
+    kept = {(f.cluster, f.revision) for f in fulls[-keep:]}
     doomed: list[str] = []
     for key, deltas in sorted(catalog.deltas.items()):
-        if key not in kept:
+        if key[0] == cluster and key not in kept:
             doomed.extend(d.object for d in deltas)
-    for full in catalog.fulls[:-keep]:
+    for full in fulls[:-keep]:
         doomed.extend([full.object, full.manifest_object])
-    doomed.extend(catalog.orphans)
+    doomed.extend(o for o in catalog.orphans if o.startswith(f"{cluster}/"))
     return doomed
 
 
@@ -179,16 +190,23 @@ class NothingToRestore(Exception):
     """The store holds no complete backup that fits what was asked."""
 
 
-def plan(catalog: Catalog, revision: int | None = None, before: datetime | None = None) -> RestorePlan:
+def plan(
+    catalog: Catalog,
+    revision: int | None = None,
+    before: datetime | None = None,
+    cluster: str | None = None,
+) -> RestorePlan:
     """What restores up to ``revision``, or as of ``before`` (the newest full snapshot taken by then; the
-    replay stops at the first delta flushed after it, a time only the delta itself says), or the latest.
-    A revision is one of the newest backup's cluster: clusters restored from one another share a store
-    but not their revisions."""
-    newest = catalog.latest.cluster if catalog.latest is not None else ""
+    replay stops at the first delta flushed after it, a time only the delta itself says), or the latest;
+    of the etcd cluster ``cluster`` if given. A revision is one of the newest backup's cluster (clusters
+    restored from one another share a store but not their revisions), and only a snapshot that holds
+    nothing past it fits."""
+    fulls = [f for f in catalog.fulls if cluster is None or f.cluster == cluster]
+    newest = fulls[-1].cluster if fulls else ""
     candidates = [
         f
-        for f in catalog.fulls
-        if (revision is None or (f.revision <= revision and f.cluster == newest))
+        for f in fulls
+        if (revision is None or (f.holds_at_most <= revision and f.cluster == newest))
         and (before is None or f.time <= before)
     ]
     if not candidates:

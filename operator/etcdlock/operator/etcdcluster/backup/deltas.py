@@ -9,7 +9,6 @@ one flush interval of writes.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -46,7 +45,7 @@ def event_record(event: Any) -> dict[str, Any]:
 
 class DeltaRecorder:
     """Watches every key from ``start`` and keeps the events until :meth:`flush` writes them as deltas of
-    the full snapshot ``full`` (:meth:`rebase` moves on to a newer one)."""
+    the full snapshot ``full``."""
 
     def __init__(self, client: EtcdClient, store: BackupStore, full: Full, start: int) -> None:
         self._client = client
@@ -54,7 +53,6 @@ class DeltaRecorder:
         self.full = full
         self.start = start
         self._pending: list[dict[str, Any]] = []
-        self._lock = asyncio.Lock()
 
     @property
     def pending(self) -> int:
@@ -68,30 +66,22 @@ class DeltaRecorder:
                 self._pending.append(event_record(event))
 
     async def flush(self) -> Flushed | None:
-        """Write what was collected (nothing to write: None). On a store error the events stay, for the
-        next flush."""
-        async with self._lock:
-            if not self._pending:
-                return None
-            batch = list(self._pending)
-            first, last = batch[0]["r"], batch[-1]["r"]
-            path = delta_object(self.full.cluster, self.full.revision, first, last)
-            now = datetime.now(UTC)
-            document = {
-                "full": self.full.revision,
-                "first": first,
-                "last": last,
-                "time": now.isoformat(),
-                "events": batch,
-            }
-            size = await self._store.put_json(path, document)
-            del self._pending[: len(batch)]
-            self.start = last + 1
-            return Flushed(path, last, size, now)
-
-    async def rebase(self, full: Full) -> None:
-        """File the events not flushed yet under the newer full snapshot ``full``. Flushed before it was
-        taken, the events it may not hold are all among those: the deltas of ``full`` start at or before
-        its revision, which replaying makes good (see :mod:`.catalog`)."""
-        async with self._lock:
-            self.full = full
+        """Write what was collected (nothing to write: None). On a store error the events stay here, and
+        the runner's next cycle watches them again from the last revision written."""
+        if not self._pending:
+            return None
+        batch = list(self._pending)
+        first, last = batch[0]["r"], batch[-1]["r"]
+        path = delta_object(self.full.cluster, self.full.revision, first, last)
+        now = datetime.now(UTC)
+        document = {
+            "full": self.full.revision,
+            "first": first,
+            "last": last,
+            "time": now.isoformat(),
+            "events": batch,
+        }
+        size = await self._store.put_json(path, document)
+        del self._pending[: len(batch)]
+        self.start = last + 1
+        return Flushed(path, last, size, now)

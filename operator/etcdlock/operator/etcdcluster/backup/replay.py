@@ -33,8 +33,13 @@ class Replayed:
 async def replay(
     client: EtcdClient, store: BackupStore, plan: RestorePlan, before: datetime | None = None
 ) -> Replayed:
-    """Apply the plan's deltas up to ``plan.upto`` (or the deltas flushed by ``before``)."""
+    """Apply the plan's deltas up to ``plan.upto`` (or the deltas flushed by ``before``). An event below
+    the last revision applied (the snapshot holds its revision; two deltas may overlap, written by two
+    leaders one after the other) is skipped: replaying it after later ones would set a key back. Events
+    of that last revision are applied again (a flush may split a revision's events): that changes
+    nothing."""
     reached, count = plan.full.revision, 0
+    applied = plan.full.revision
     leases: set[int] = set()
     for delta in plan.deltas:
         document = await store.read_json(delta.object)
@@ -45,6 +50,8 @@ async def replay(
         for event in document["events"]:
             if plan.upto is not None and event["r"] > plan.upto:
                 break
+            if event["r"] < applied:
+                continue
             if event["k"] in keys or len(batch) >= MAX_OPS:
                 await _apply(client, batch, leases)
                 batch, keys = [], set()
@@ -53,6 +60,7 @@ async def replay(
             count += 1
         if batch:
             await _apply(client, batch, leases)
+        applied = max([applied, *(event["r"] for event in batch)])
         reached = max(reached, min(document["last"], plan.upto or document["last"]))
         if plan.upto is not None and document["last"] >= plan.upto:
             break

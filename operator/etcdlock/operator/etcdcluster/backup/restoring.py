@@ -37,25 +37,38 @@ async def _open(kube: Kube, namespace: str, restore: RestoreSpec) -> BackupStore
     return BackupStore(restore.store, await store_settings(kube, namespace, restore.store))
 
 
-async def prepare(kube: Kube, namespace: str, restore: RestoreSpec, token: str, reason: str) -> Obj:
+async def prepare(
+    kube: Kube,
+    namespace: str,
+    restore: RestoreSpec,
+    token: str,
+    reason: str,
+    cluster: str | None = None,
+    corrupt: set[str] | None = None,
+) -> Obj:
     """The ``status.restore`` record of a restore about to start. The snapshot's checksum is checked here
     first (streamed, not kept): a snapshot that does not match is passed over for the next older one, so
     that no member starts on it. Raises :class:`BackupError` (BackupNotFound when the store holds nothing
-    that fits, ChecksumMismatch when nothing that fits is intact)."""
+    that fits, ChecksumMismatch when nothing that fits is intact). ``cluster``: only that etcd cluster's
+    backups (a rebuild restores its own); ``corrupt``: snapshots found corrupt before (not downloaded
+    again; those found now are added)."""
     store = await _open(kube, namespace, restore)
     catalog = await read_catalog(store)
+    known_corrupt = corrupt if corrupt is not None else set()
     skipped: list[str] = []
     while True:
         try:
-            chosen = plan(catalog, restore.revision, restore.time)
+            chosen = plan(catalog, restore.revision, restore.time, cluster)
         except NothingToRestore as exc:
             if skipped:
-                corrupt = ", ".join(skipped)
-                message = f"{store}: {corrupt} do not match their checksums, and nothing older fits"
+                listed = ", ".join(skipped)
+                message = f"{store}: {listed} do not match their checksums, and nothing older fits"
                 raise BackupError("ChecksumMismatch", message) from None
             raise BackupError("BackupNotFound", f"{store}: {exc}") from None
-        if await _intact(store, chosen.full):
+        checked = f"{store}/{chosen.full.object}@{chosen.full.sha256}"
+        if checked not in known_corrupt and await _intact(store, chosen.full):
             break
+        known_corrupt.add(checked)
         skipped.append(chosen.full.object)
         catalog.fulls.remove(chosen.full)
     record: Obj = {

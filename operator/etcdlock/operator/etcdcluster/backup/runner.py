@@ -1,13 +1,16 @@
 """Backing up one EtcdCluster, continuously, while this replica leads (:class:`BackupRunner`, one task per
 cluster, started and told what changed by the reconcile pass).
 
-A cycle reads the store's catalog, takes a full snapshot if none is there, one is due
-(``fullInterval``), one was asked for (the annotation ``etcdlock.io/backup``) or the revisions since the
-last backup were compacted away, and otherwise goes on from the revision the last backup holds. It then
-follows every key (:class:`~.deltas.DeltaRecorder`) and flushes a delta every ``deltaInterval``, taking
-the next full snapshot (then applying retention) when due. A failure ends the cycle; it is told once
-(condition BackupReady False, a Warning) and the next cycle starts after a pause. Cancelled (the replica
-stops leading, the spec drops the backup), it flushes what it holds first, within a bound.
+A cycle reads the store's catalog, takes a full snapshot if none of this etcd cluster is there, one is
+due (``fullInterval``), one was asked for (the annotation ``etcdlock.io/backup``) or the revisions since
+the last backup were compacted away, and otherwise goes on from the revision the last backup holds. It
+then follows every key (:class:`~.deltas.DeltaRecorder`) and flushes a delta every ``deltaInterval``.
+When the next full snapshot is due it flushes, takes it (then applies retention) and starts the next
+cycle at once, which follows the keys again from that snapshot's revision: the snapshot may come from a
+member behind the one watched, and its deltas must start where it ends. A changed store (spec or
+Secret) also starts the next cycle. A failure ends the cycle; it is told once (condition BackupReady
+False, a Warning) and the next cycle starts after a pause. Cancelled (the replica stops leading, the spec
+drops the backup), it flushes what it holds first, within a bound.
 """
 
 from __future__ import annotations
@@ -94,19 +97,25 @@ class BackupRunner:
         self._record = record or (lambda kind, size: None)
         self._wake = asyncio.Event()
         self._force_full = False
+        self._restart = False
         self._told: tuple[str, str] | None = None
 
     def update(self, spec: BackupSpec, targets: Targets) -> None:
-        """The latest spec and targets; a new request wakes the runner for a full snapshot now."""
-        self.spec = spec
+        """The latest spec and targets; a new request wakes the runner for a full snapshot now, a changed
+        store ends the cycle (the next one opens the new store)."""
+        if spec.store != self.spec.store or targets.settings != self.targets.settings:
+            self._restart = True
+            self._wake.set()
         if targets.request and targets.request != self.report.served:
             self._wake.set()
+        self.spec = spec
         self.targets = targets
 
     async def run(self) -> None:
         while True:
             try:
                 await self._cycle()
+                continue
             except Compacted as exc:
                 log.info("backup: %s; a full snapshot starts over", exc)
                 self._force_full = True
@@ -115,6 +124,11 @@ class BackupRunner:
                 self._fail(exc.reason, str(exc))
             except EtcdError as exc:
                 self._fail("EtcdUnavailable", f"etcd: {exc}")
+            except TimeoutError:
+                self._fail("SnapshotTimeout", f"a full snapshot took longer than {SNAPSHOT_TIMEOUT:.0f} s")
+            except Exception as exc:  # a malformed manifest, a store library's surprise: told, not fatal
+                log.exception("backup cycle failed")
+                self._fail("BackupFailed", f"{type(exc).__name__}: {exc}")
             await asyncio.sleep(RETRY_PAUSE)
 
     def _fail(self, reason: str, message: str) -> None:
@@ -147,6 +161,7 @@ class BackupRunner:
             current = cluster_id((await client.status()).header.cluster_id)
             catalog = await read_catalog(store)
             mine = [f for f in catalog.fulls if f.cluster == current]
+            self._restart = False
             latest = mine[-1] if mine else None
             if latest is not None and self.report.full is None:
                 self.report.full = full_entry(latest)
@@ -158,7 +173,7 @@ class BackupRunner:
             recorder = DeltaRecorder(client, store, latest, start)
             follow = asyncio.create_task(recorder.follow(), name="backup-deltas")
             try:
-                while True:
+                while not self._restart:
                     await self._pause(follow)
                     if follow.done():
                         follow.result()
@@ -166,9 +181,10 @@ class BackupRunner:
                     self._flushed(await recorder.flush())
                     self._ok()
                     if self._due(latest):
-                        # Just flushed: every event the snapshot may lack is still to be flushed.
-                        latest = await self._full(store)
-                        await recorder.rebase(latest)
+                        # Just flushed: the next cycle follows the keys from the new snapshot's revision.
+                        await self._full(store)
+                        return
+                self._restart = False
             finally:
                 follow.cancel()
                 await asyncio.gather(follow, return_exceptions=True)
@@ -192,14 +208,24 @@ class BackupRunner:
         finally:
             waker.cancel()
 
+    async def _snapshot(self, store: BackupStore) -> Full:
+        """A full snapshot from the first healthy member that gives one (followers first)."""
+        failure: Exception = BackupError("EtcdUnavailable", "no healthy member to take a snapshot from")
+        for url in self.targets.snapshot_from:
+            config = EtcdConfig.parse(url, request_timeout=10.0)
+            try:
+                async with asyncio.timeout(SNAPSHOT_TIMEOUT), EtcdClient(config) as member:
+                    return await take_full(member, store)
+            except (EtcdError, BackupError) as exc:
+                if isinstance(exc, BackupError) and exc.reason != "EtcdUnavailable":
+                    raise
+                log.info("backup: no snapshot from %s: %s", url, exc)
+                failure = exc
+        raise failure
+
     async def _full(self, store: BackupStore) -> Full:
         request = self.targets.request
-        if not self.targets.snapshot_from:
-            raise BackupError("EtcdUnavailable", "no healthy member to take a snapshot from")
-        url = self.targets.snapshot_from[0]
-        config = EtcdConfig.parse(url, request_timeout=10.0)
-        async with asyncio.timeout(SNAPSHOT_TIMEOUT), EtcdClient(config) as member:
-            full = await take_full(member, store)
+        full = await self._snapshot(store)
         self._force_full = False
         self._record("full", full.size)
         self.report.full = full_entry(full)
@@ -210,7 +236,7 @@ class BackupRunner:
             "BackupTaken",
             f"full snapshot at revision {full.revision}, {full.size} bytes, {store}/{full.object}",
         )
-        doomed = expired(await read_catalog(store), self.spec.keep)
+        doomed = expired(await read_catalog(store), self.spec.keep, full.cluster)
         if doomed:
             await store.delete(doomed)
             self._notify(

@@ -97,6 +97,9 @@ class ClusterBackups:
             await self.stop(key)
             return
         running = self._running.get(key)
+        if running is not None and running.task.done():
+            await self.stop(key)  # ended by a surprise it could not tell (logged): started again
+            running = None
         targets = Targets(
             snapshot_from=snapshot_from,
             endpoints=endpoints,
@@ -127,12 +130,17 @@ class ClusterBackups:
         else:
             running.runner.update(spec, targets)
 
-    def status(self, key: Key, previous: Obj, generation: int) -> tuple[Obj, Condition] | None:
-        """The ``backup`` status and the BackupReady condition (None: no backup is configured)."""
+    def status(
+        self, key: Key, previous: Obj, generation: int, paused: str = ""
+    ) -> tuple[Obj, Condition] | None:
+        """The ``backup`` status and the BackupReady condition (None: no backup is configured). ``paused``:
+        why no backup is taken now (the cluster is being restored, or lost its quorum)."""
         report = self._reports.get(key)
         problem = self._problems.get(key) or (report.problem if report else None)
         if report is None and problem is None:
             return None
+        if paused:
+            problem = ("Paused", paused)
         shown: Obj = dict(previous.get("backup") or {})
         if report is not None:
             if report.full:

@@ -62,6 +62,8 @@ async def take_full(member: EtcdClient, store: BackupStore) -> Full:
 
     await store.put_stream(full_object(cluster, revision), checked())
     moment = datetime.now(UTC)
-    full = Full(cluster=cluster, revision=revision, time=moment, size=checksum.size, sha256=checksum.sha256)
+    # Read once the stream ended: the snapshot holds nothing past it (for a restore to a revision).
+    after = int((await member.status()).header.revision)
+    full = Full(cluster, revision, moment, checksum.size, checksum.sha256, revision_max=after)
     await store.put_json(full.manifest_object, full.manifest())
     return full
