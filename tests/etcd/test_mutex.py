@@ -411,5 +411,15 @@ async def test_a_release_not_confirmed_in_time_deletes_the_key_once_etcd_answers
             return await queue_keys(client, name) == []
 
         await eventually(deleted, "the key deleted once etcd answers")
-        again = await bounded(Mutex(session, name).acquire(timeout=BOUND))
-        assert again.is_held
+        # The name is free once the release's delete has its answer, a moment after etcd applied it.
+        taken: list[Mutex] = []
+
+        async def free_again() -> bool:
+            try:
+                taken.append(await bounded(Mutex(session, name).acquire(timeout=BOUND)))
+            except AlreadyAcquiring:
+                return False
+            return True
+
+        await eventually(free_again, "the name free once the delete was answered")
+        assert taken[0].is_held

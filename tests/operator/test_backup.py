@@ -245,6 +245,23 @@ async def test_full_and_delta_backups_restore_every_acknowledged_write(tmp_path:
         lost = {k for k in expected if keys.get(k) != expected[k]}
         extra = set(keys) - set(expected)
         assert not lost and not extra, (folder, sorted(lost)[:5], sorted(extra)[:5])
+    # As of a time: the newest snapshot taken by then, and the deltas flushed by then.
+    latest = catalog.latest
+    assert latest is not None
+    second = catalog.deltas_of(latest)[1]
+    flushed = await store.read_json(second.object)
+    moment = datetime.fromisoformat(flushed["time"])
+    chosen = plan(catalog, before=moment)
+    assert chosen.full == latest
+    target = await restored_member(store, tmp_path / "as-of", chosen)
+    try:
+        async with EtcdClient(EtcdConfig.parse(target.endpoints)) as restored:
+            replayed = await replay(restored, store, chosen, before=moment)
+            keys = await everything(restored)
+    finally:
+        target.close()
+    assert replayed.revision == second.last
+    assert keys == writer.state(second.last)
 
 
 async def test_a_corrupt_snapshot_is_refused_and_nothing_is_written_over(tmp_path: Path) -> None:

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import threading
+import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -49,7 +51,7 @@ def env(
     kubeconfig: Path,
     webhook_certs: Path,
     tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Env]:
+) -> Iterator[BackupEnv]:
     """A namespace with the store's credentials, and the operator as a process with cluster DNS."""
     namespace = f"backup-{uuid.uuid4().hex[:8]}"
     core = kubernetes.client.CoreV1Api(api)
@@ -70,7 +72,7 @@ def env(
         ).start()
         try:
             operator.wait("ready", 30)
-            yield Env(api, namespace)
+            yield BackupEnv(api, namespace, operator.url)
         finally:
             operator.stop()
     core.delete_namespace(namespace)
@@ -81,6 +83,18 @@ def bucket(s3_server: S3Server) -> str:
     name = f"backups-{uuid.uuid4().hex[:8]}"
     s3_server.create_bucket(name)
     return name
+
+
+class BackupEnv(Env):
+    """The namespace's API, and the operator's own endpoint (``/metrics``)."""
+
+    def __init__(self, api: ApiClient, namespace: str, operator: str) -> None:
+        super().__init__(api, namespace)
+        self.operator = operator
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"{self.operator}/metrics", timeout=5) as response:
+            return str(response.read().decode())
 
 
 def store(s3_server: S3Server, bucket: str, prefix: str) -> dict[str, Any]:
@@ -178,7 +192,7 @@ def reasons(env: Env, name: str) -> list[str]:
 
 
 def test_a_cluster_backed_up_to_s3_is_restored_into_a_new_one(
-    env: Env, s3_server: S3Server, bucket: str
+    env: BackupEnv, s3_server: S3Server, bucket: str
 ) -> None:
     where = store(s3_server, bucket, "source")
     env.create("source", {"replicas": 1, "backup": {"store": where, "deltaInterval": "1s"}})
@@ -199,6 +213,11 @@ def test_a_cluster_backed_up_to_s3_is_restored_into_a_new_one(
     last = writer.acked[-1][0]
     eventually(lambda: env.status("source"), backed_up(last), "every write in a delta", SLOW)
     assert reasons(env, "source").count("BackupTaken") >= 2
+    scraped = env.metrics()
+    for kind in ("full", "delta"):
+        labels = f'cluster="source",kind="{kind}",namespace="{env.namespace}"'
+        assert f"etcdlock_backup_last_success_timestamp_seconds{{{labels}}}" in scraped
+        assert re.search(rf"etcdlock_backup_bytes_total{{{labels}}} [1-9]", scraped), kind
     # The source goes, with its data; a new cluster of three restores the latest backup, another one
     # a point in time.
     delete_cluster(env, "source")
