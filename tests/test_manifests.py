@@ -170,6 +170,7 @@ def test_the_crd_names_scope_version_and_status_subresource() -> None:
         "plural": "distributedlocks",
         "singular": "distributedlock",
         "shortNames": ["dlock", "dlocks"],
+        "categories": ["etcdlock"],
     }
     assert [(v["name"], v["served"], v["storage"]) for v in spec["versions"]] == [("v1alpha1", True, True)]
     assert LOCK_VERSION["subresources"] == {"status": {}}
@@ -185,6 +186,8 @@ def test_the_printer_columns() -> None:
         ("Holders", "string", ".status.holders[*].holder", 0),
         ("Waiters", "integer", ".status.waiterCount", 0),
         ("Token", "integer", ".status.holders[0].fencingToken", 0),
+        ("Ready", "string", '.status.conditions[?(@.type=="Ready")].status', 0),
+        ("Reason", "string", '.status.conditions[?(@.type=="Ready")].reason', 0),
         ("Phase", "string", ".status.phase", 1),
         ("Age", "date", ".metadata.creationTimestamp", 0),
     ]
@@ -536,7 +539,7 @@ def test_kubectl_applies_the_lock_examples_and_lists_them_with_their_columns(kub
     assert again.count("unchanged") == 2, again
 
     listed = kubectl.out("get", "dlock")
-    assert header(listed) == ["NAME", "PERMITS", "HOLDERS", "WAITERS", "TOKEN", "AGE"]
+    assert header(listed) == ["NAME", "PERMITS", "HOLDERS", "WAITERS", "TOKEN", "READY", "REASON", "AGE"]
     table = rows(listed)
     assert sorted(table) == ["nightly-report", "report-workers"]
     assert table["nightly-report"][:4] == ["1", "", "", ""]  # no operator here: nobody holds or waits
@@ -548,11 +551,19 @@ def test_kubectl_applies_the_lock_examples_and_lists_them_with_their_columns(kub
         "HOLDERS",
         "WAITERS",
         "TOKEN",
+        "READY",
+        "REASON",
         "PHASE",
         "AGE",
     ]
     for name in ("distributedlocks", "distributedlock", "distributedlocks.etcdlock.io"):
         assert sorted(rows(kubectl.out("get", name))) == ["nightly-report", "report-workers"], name
+    # The category lists every kind of the project (kubectl get etcdlock), found through discovery.
+    listed_all = kubectl.out("get", "etcdlock", "-o", "name")
+    assert sorted(listed_all.split()) == [
+        "distributedlock.etcdlock.io/nightly-report",
+        "distributedlock.etcdlock.io/report-workers",
+    ]
 
     stored = json.loads(kubectl.out("get", "dlock", "report-workers", "-o", "json"))
     assert stored["spec"] == {"permits": 3, "ttlSeconds": 60}
@@ -584,7 +595,7 @@ def test_the_status_subresource_takes_the_operators_status_and_the_columns_show_
     )
     assert patched.strip() == "distributedlock.etcdlock.io/report-workers patched"
     table = rows(kubectl.out("get", "dlock", "-o", "wide"))
-    assert table["report-workers"][:5] == ["3", "ns/nightly-report", "1", "41", "Held"]
+    assert table["report-workers"][:7] == ["3", "ns/nightly-report", "1", "41", "True", "Held", "Held"]
     stored = json.loads(kubectl.out("get", "dlock", "report-workers", "-o", "json"))
     assert stored["status"] == status
     assert stored["metadata"]["generation"] == 1  # a status write is not a spec change

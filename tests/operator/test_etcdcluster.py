@@ -218,6 +218,14 @@ def test_a_cluster_comes_up_with_healthy_members_in_its_status(env: Env, alpha: 
     assert condition(status, "Available")["status"] == "True"
     assert condition(status, "Degraded")["status"] == "False"
     assert condition(status, "Progressing")["status"] == "False"
+    # One Ready for tools that read nothing else (kubectl wait, kstatus, Argo CD, Flux).
+    ready = eventually(
+        lambda: condition(env.status(alpha), "Ready"), lambda c: c["status"] == "True", "Ready", SLOW
+    )
+    assert ready["reason"] == "Ready"
+    # The scale subresource names the members' selector (HPA and VPA need it).
+    scale = env.objects.get_namespaced_custom_object_scale(GROUP, VERSION, env.namespace, CLUSTERS, alpha)
+    assert scale["status"]["selector"] == f"app.kubernetes.io/name=etcd,app.kubernetes.io/instance={alpha}"
     reasons = [reason for reason, _ in env.events(alpha)]
     assert reasons.count("Created") == 4  # two Services, the StatefulSet, the PodDisruptionBudget
     budget = kubernetes.client.PolicyV1Api(env.api).read_namespaced_pod_disruption_budget(

@@ -14,6 +14,7 @@ from etcdlock.operator.etcdcluster import (
     ClusterSpec,
     children,
     disruption_budget,
+    services,
     statefulset,
     upgrade_allowed,
 )
@@ -130,3 +131,20 @@ def test_maintenance_settings() -> None:
     )
     with pytest.raises(InvalidSpec, match=r"spec\.maintenance\.defragmentInterval"):
         ClusterSpec.parse("ns", "e", {"maintenance": {"defragmentInterval": "daily"}})
+
+
+def test_children_say_the_etcd_version_and_their_manager_and_select_by_name_and_instance_only() -> None:
+    spec = ClusterSpec.parse("ns", "e", {"version": "3.5.22", "storage": {"size": "1Gi"}})
+    selecting = {"app.kubernetes.io/name": "etcd", "app.kubernetes.io/instance": "e"}
+    described = {
+        **selecting,
+        "app.kubernetes.io/version": "3.5.22",
+        "app.kubernetes.io/managed-by": "etcdlock",
+    }
+    for child in children(spec):
+        assert child["metadata"]["labels"] == described, child["kind"]
+    sts = statefulset(spec)
+    assert sts["spec"]["template"]["metadata"]["labels"] == described
+    assert sts["spec"]["selector"] == {"matchLabels": selecting}
+    assert all(s["spec"]["selector"] == selecting for s in services(spec))
+    assert disruption_budget(spec)["spec"]["selector"] == {"matchLabels": selecting}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from etcdlock.operator.conditions import find
 from etcdlock.operator.etcdcluster import ClusterSpec
 from etcdlock.operator.etcdcluster.membership import ClusterView, MemberState, Step
 from etcdlock.operator.etcdcluster.status import (
@@ -184,8 +185,9 @@ def test_the_status_sums_up_the_pass() -> None:
         "ready": "2/3",
         "readyMembers": 2,
         "leader": "e-0",
+        "selector": "app.kubernetes.io/name=etcd,app.kubernetes.io/instance=e",
     }
-    assert [c["type"] for c in new["conditions"]] == ["Available", "Progressing", "Degraded"]
+    assert [c["type"] for c in new["conditions"]] == ["Ready", "Available", "Progressing", "Degraded"]
     assert {c["observedGeneration"] for c in new["conditions"]} == {4}
 
 
@@ -193,7 +195,7 @@ def test_a_condition_keeps_its_transition_time_while_its_status_stays_the_same()
     before = status(run(three(1)))
     before["conditions"] = [{**c, "lastTransitionTime": LONG_AGO} for c in before["conditions"]]
     after = status(run(three(2), previous=before))  # another member unhealthy: same statuses, new message
-    degraded_now = after["conditions"][2]
+    degraded_now = after["conditions"][3]
     assert degraded_now["message"] == "not healthy: e-2" and degraded_now["lastTransitionTime"] == LONG_AGO
     assert all(c["lastTransitionTime"] == LONG_AGO for c in after["conditions"])
 
@@ -212,12 +214,13 @@ def test_an_invalid_spec_fails_and_leaves_availability_as_it_was() -> None:
     assert failed["phase"] == "Failed" and failed["observedGeneration"] == 3
     conditions = {c["type"]: c for c in failed["conditions"]}
     assert {kind: (c["status"], c["reason"]) for kind, c in conditions.items()} == {
+        "Ready": ("False", "InvalidSpec"),
         "Available": ("True", "InvalidSpec"),
         "Progressing": ("False", "InvalidSpec"),
         "Degraded": ("True", "InvalidSpec"),
     }
     assert conditions["Available"]["lastTransitionTime"] == LONG_AGO
-    assert dict(invalid({}, "bad", 1)["conditions"][0], lastTransitionTime="") == {
+    assert dict(invalid({}, "bad", 1)["conditions"][1], lastTransitionTime="") == {
         "type": "Available",
         "status": "False",
         "reason": "InvalidSpec",
@@ -253,3 +256,19 @@ def test_a_new_member_or_a_replaced_pod_is_left_to_the_other_events() -> None:
     previous = {"members": [{"name": "e-0", "podUID": "u0", "healthy": True}]}
     now = [{"name": "e-0", "healthy": False, "restarts": 3}, {"name": "e-1", "healthy": True}]
     assert member_events(previous, now, {"e-0": "replaced", "e-1": "u1"}) == []
+
+
+def test_ready_is_true_only_when_available_settled_and_healthy_and_else_says_why() -> None:
+    settled = status(run(three()))
+    assert find(settled, "Ready")["status"] == "True"
+    unhealthy = status(run(three(1)))
+    assert (find(unhealthy, "Ready")["status"], find(unhealthy, "Ready")["reason"]) == (
+        "False",
+        "MembersUnhealthy",
+    )
+    unanswered = status(run(None, previous={"phase": "Running"}))
+    assert (find(unanswered, "Ready")["status"], find(unanswered, "Ready")["reason"]) == (
+        "False",
+        "Unreachable",
+    )
+    assert find(invalid({}, "spec.replicas must be one of 1, 3, 5, 7", 2), "Ready")["status"] == "False"

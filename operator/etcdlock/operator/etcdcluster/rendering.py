@@ -35,7 +35,7 @@ Obj = dict[str, Any]
 
 
 def _meta(spec: ClusterSpec, name: str, owner: Obj | None) -> Obj:
-    meta: Obj = {"name": name, "namespace": spec.namespace, "labels": dict(spec.labels)}
+    meta: Obj = {"name": name, "namespace": spec.namespace, "labels": described(spec)}
     if owner is not None:
         meta["ownerReferences"] = [
             {
@@ -164,7 +164,7 @@ def statefulset(
         if overrides.get(key):
             pod[key] = overrides[key]
     annotations = {**(overrides.get("annotations") or {}), TEMPLATE_HASH: template_hash(pod)}
-    template_meta: Obj = {"labels": dict(spec.labels), "annotations": annotations}
+    template_meta: Obj = {"labels": described(spec), "annotations": annotations}
     sts_spec: Obj = {
         "serviceName": spec.name,
         "replicas": spec.replicas,
@@ -235,6 +235,16 @@ def template_hash(pod: Obj) -> str:
 def digest(obj: Any) -> str:
     """A short digest of a JSON value, the same for equal values whatever the order of their keys."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def described(spec: ClusterSpec) -> dict[str, str]:
+    """The labels of what the operator creates: the selecting ones (name, instance), and the etcd version
+    and the manager, which select nothing (a version change must not orphan a member)."""
+    return {
+        **spec.labels,
+        "app.kubernetes.io/version": spec.version,
+        "app.kubernetes.io/managed-by": "etcdlock",
+    }
 
 
 def _spread(spec: ClusterSpec) -> Obj:

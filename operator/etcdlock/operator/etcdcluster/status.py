@@ -6,7 +6,9 @@ One small function per condition, each a plain function of the pass:
 - :func:`progressing`: the pass is on its way to the wanted members or template (a membership step, an
   upgrade) or waits until it may take the next step; False once every wanted member votes (settled);
 - :func:`degraded`: something needs a person: a step failed or was refused, a member does not answer,
-  or nobody answers a cluster that ran.
+  or nobody answers a cluster that ran;
+- :func:`ready`: all of it in one, for tools that read only Ready (``kubectl wait``, kstatus, Argo CD,
+  Flux): True when Available, and neither Progressing nor Degraded.
 
 :func:`phase` sums them up in one word, :func:`members` lists each member as etcd reports it, and
 :func:`status` puts it all together; :func:`invalid` is the status of a spec that cannot be served. A
@@ -130,6 +132,15 @@ def degraded(run: Pass) -> Condition:
     return condition("Degraded", "False", "Healthy", "every member is healthy", run.generation)
 
 
+def ready(available: Condition, progressing: Condition, degraded: Condition, generation: int) -> Condition:
+    """True when the cluster serves and nothing is under way or wrong; else False, saying the first of
+    why (not available, degraded, progressing), with that condition's reason and message."""
+    for other, wrong in ((available, "False"), (degraded, "True"), (progressing, "True")):
+        if other["status"] == wrong:
+            return condition("Ready", "False", other["reason"], other["message"], generation)
+    return condition("Ready", "True", "Ready", available["message"], generation)
+
+
 def phase(run: Pass, troubled: bool) -> str:
     """Creating, Restoring, Running, Scaling, Upgrading or Degraded; ``troubled``: the Degraded condition
     is True."""
@@ -186,7 +197,7 @@ def member(run: Pass, state: MemberState, name: str) -> Obj:
 
 def status(run: Pass) -> Obj:
     """The status to write after the pass."""
-    ready = healthy_voters(run.view) if run.view is not None else 0
+    healthy = healthy_voters(run.view) if run.view is not None else 0
     entries = members(run)
     troubled = degraded(run)
     extra: Obj = {}
@@ -195,7 +206,8 @@ def status(run: Pass) -> Obj:
     rebuilds = run.rebuilt or int(run.previous.get("rebuilds") or 0)
     if rebuilds:
         extra["rebuilds"] = rebuilds
-    wanted = [available(run), progressing(run), troubled]
+    serving, moving = available(run), progressing(run)
+    wanted = [ready(serving, moving, troubled, run.generation), serving, moving, troubled]
     if run.quorum_lost and not run.rebuilt:
         wanted.append(condition("QuorumLost", "True", "DataLost", run.quorum_lost, run.generation))
     elif find(run.previous, "QuorumLost"):
@@ -207,8 +219,9 @@ def status(run: Pass) -> Obj:
         "observedGeneration": run.generation,
         "version": run.version,
         "phase": phase(run, troubled["status"] == "True"),
-        "ready": f"{ready}/{run.spec.replicas}",
-        "readyMembers": ready,
+        "ready": f"{healthy}/{run.spec.replicas}",
+        "readyMembers": healthy,
+        "selector": ",".join(f"{key}={value}" for key, value in run.spec.labels.items()),
         "leader": next((m["name"] for m in entries if m["leader"]), ""),
         "members": entries,
         "conditions": carried_over(wanted, run.previous),
@@ -219,6 +232,7 @@ def failed(previous: Obj, reason: str, message: str, generation: int) -> Obj:
     """The status of a cluster that cannot be created as asked (a restore that cannot start): Failed,
     saying why; nothing exists yet."""
     wanted = [
+        condition("Ready", "False", reason, message, generation),
         condition("Available", "False", reason, message, generation),
         condition("Progressing", "False", reason, message, generation),
         condition("Degraded", "True", reason, message, generation),
@@ -231,6 +245,7 @@ def invalid(previous: Obj, message: str, generation: int) -> Obj:
     members that run go on serving."""
     was = find(previous, "Available").get("status") or "False"
     wanted = [
+        condition("Ready", "False", "InvalidSpec", message, generation),
         condition("Available", was, "InvalidSpec", message, generation),
         condition("Progressing", "False", "InvalidSpec", message, generation),
         condition("Degraded", "True", "InvalidSpec", message, generation),
