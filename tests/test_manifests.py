@@ -222,7 +222,9 @@ def test_the_schema_is_structural_and_describes_every_field() -> None:
         "podLeaseTTLSeconds",
         "observedGeneration",
         "conditions",
+        "kopf",
     }
+    assert set(status["kopf"]["properties"]) == {"progress", "last-handled-configuration", "dummy"}
     assert set(status["holders"]["items"]["properties"]) == {
         "holder",
         "key",

@@ -226,6 +226,9 @@ def test_a_cluster_comes_up_with_healthy_members_in_its_status(env: Env, alpha: 
     # The scale subresource names the members' selector (HPA and VPA need it).
     scale = env.objects.get_namespaced_custom_object_scale(GROUP, VERSION, env.namespace, CLUSTERS, alpha)
     assert scale["status"]["selector"] == f"app.kubernetes.io/name=etcd,app.kubernetes.io/instance={alpha}"
+    # kopf's bookkeeping is in status.kopf, not in annotations a user sees and copies.
+    cluster = env.objects.get_namespaced_custom_object(GROUP, VERSION, env.namespace, CLUSTERS, alpha)
+    assert not (cluster["metadata"].get("annotations") or {}), cluster["metadata"].get("annotations")
     reasons = [reason for reason, _ in env.events(alpha)]
     assert reasons.count("Created") == 4  # two Services, the StatefulSet, the PodDisruptionBudget
     budget = kubernetes.client.PolicyV1Api(env.api).read_namespaced_pod_disruption_budget(
@@ -401,6 +404,11 @@ def test_a_lock_on_the_cluster_is_taken_by_pods_in_turn(env: Env, alpha: str) ->
     create_pod(env.api, env.namespace, "second", "on-alpha")
     first = eventually(lambda: read_pod(env.api, env.namespace, "first"), held, "first holding", SLOW)
     assert note(first, CLUSTER_ANNOTATION) == alpha  # where its lease lives, for a release without the lock
+    lock = env.objects.get_namespaced_custom_object(
+        GROUP, VERSION, env.namespace, "distributedlocks", "on-alpha"
+    )
+    assert not (lock["metadata"].get("annotations") or {}), "kopf's bookkeeping is in status.kopf"
+    assert "last-handled-configuration" in lock["status"]["kopf"]
     status = eventually(
         lambda: status_of(env.api, env.namespace, "on-alpha"),
         lambda s: len(s.get("waiters") or []) == 1,

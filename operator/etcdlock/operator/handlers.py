@@ -20,10 +20,10 @@ import kubernetes
 from etcdlock.operator.context import OperatorContext
 from etcdlock.operator.etcdcluster import RECONCILE_PERIOD
 from etcdlock.operator.names import (
-    ANNOTATION_PREFIX,
     CLUSTERS,
     FINALIZER,
     GROUP,
+    KOPF_STATUS,
     LOCKS,
     MANAGED_LABEL,
     VERSION,
@@ -94,36 +94,37 @@ def build_registry(kube: kubernetes.client.ApiClient) -> kopf.OperatorRegistry:
     reach everything through the memo, an :class:`OperatorContext`."""
     registry = kopf.OperatorRegistry()
 
-    @kopf.on.startup(registry=registry)
+    @kopf.on.startup(id="configure", registry=registry)
     async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.peering.standalone = True
         settings.persistence.finalizer = FINALIZER
         persistence = settings.persistence
-        persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATION_PREFIX, v1=False)
-        persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=ANNOTATION_PREFIX, v1=False)
+        # kopf's bookkeeping goes in status.kopf, not in annotations users see and copy.
+        persistence.progress_storage = kopf.StatusProgressStorage(name=KOPF_STATUS)
+        persistence.diffbase_storage = kopf.StatusDiffBaseStorage(name=KOPF_STATUS)
         settings.posting.level = logging.INFO
         settings.posting.reporting_component = "etcdlock-operator"
         settings.watching.label_selectors["", "v1", "pods"] = MANAGED_LABEL
         logging.getLogger("kopf.objects").addFilter(_ROUTINE_SUCCESS)
 
-    @kopf.on.login(registry=registry)
+    @kopf.on.login(id="login", registry=registry)
     def login(**_: Any) -> kopf.ConnectionInfo:
         return connection_info(kube)
 
-    @kopf.on.cleanup(registry=registry)
+    @kopf.on.cleanup(id="cleanup", registry=registry)
     async def cleanup(memo: OperatorContext, **_: Any) -> None:
         await memo.close()
 
-    @kopf.on.resume(GROUP, VERSION, LOCKS, registry=registry)
-    @kopf.on.create(GROUP, VERSION, LOCKS, registry=registry)
-    @kopf.on.update(GROUP, VERSION, LOCKS, field="spec", registry=registry)
+    @kopf.on.resume(GROUP, VERSION, LOCKS, id="serve-lock", registry=registry)
+    @kopf.on.create(GROUP, VERSION, LOCKS, id="serve-lock", registry=registry)
+    @kopf.on.update(GROUP, VERSION, LOCKS, field="spec", id="serve-lock", registry=registry)
     async def reconcile(
         body: kopf.Body, name: str, namespace: str | None, memo: OperatorContext, **_: Any
     ) -> None:
         await memo.services.serve(body)
         memo.pods.changes.changed((namespace or "", name))
 
-    @kopf.on.delete(GROUP, VERSION, LOCKS, registry=registry)
+    @kopf.on.delete(GROUP, VERSION, LOCKS, id="release-lock", registry=registry)
     async def delete(name: str, namespace: str | None, memo: OperatorContext, **_: Any) -> None:
         memo.pods.lock_deleted(namespace or "", name)
         for ref in await memo.services.deleted((namespace or "", name)):
@@ -137,7 +138,7 @@ def build_registry(kube: kubernetes.client.ApiClient) -> kopf.OperatorRegistry:
     async def etcd_cluster(body: kopf.Body, patch: kopf.Patch, memo: OperatorContext, **_: Any) -> None:
         patch.status.update(await memo.clusters.reconcile_changes(body))
 
-    @kopf.on.delete(GROUP, VERSION, CLUSTERS, registry=registry)
+    @kopf.on.delete(GROUP, VERSION, CLUSTERS, id="forget-etcd-cluster", registry=registry)
     async def etcd_cluster_gone(name: str, namespace: str | None, memo: OperatorContext, **_: Any) -> None:
         await memo.clusters.forget(namespace or "", name)
 

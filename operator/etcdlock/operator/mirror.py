@@ -24,6 +24,7 @@ from etcdlock.operator.conditions import carried_over, without_times
 from etcdlock.operator.errors import ClusterNotReady, OperatorError
 from etcdlock.operator.events import EventRecorder
 from etcdlock.operator.locks import LockChanges, Locks, LockSpec, error_status, lock_status
+from etcdlock.operator.names import KOPF_STATUS
 from etcdlock.operator.queueview import QueueChange, QueueView
 from etcdlock.operator.stores import Stores
 
@@ -102,7 +103,8 @@ async def serve_lock(
     meta = body["metadata"]
     ref = (meta["namespace"], meta["name"])
     generation = int(meta.get("generation") or 1)
-    stored: Status = body.get("status") or {}
+    # What the lock's status says (kopf's bookkeeping beside it is not the operator's to compare).
+    stored: Status = {k: v for k, v in (body.get("status") or {}).items() if k != KOPF_STATUS}
     publisher = StatusPublisher(publish, published=stored)
     publishing = asyncio.create_task(publisher.run(), name=f"status-{ref[0]}/{ref[1]}")
     told = ""

@@ -8,6 +8,8 @@ CLUSTERS = "etcdclusters"
 
 ANNOTATION_PREFIX = "etcdlock.io"
 FINALIZER = f"{ANNOTATION_PREFIX}/finalizer"
+# kopf keeps its handlers' progress and the last handled spec under status.kopf (not in annotations).
+KOPF_STATUS = "kopf"
 
 DEFAULT_KEY_PREFIX = "/etcdlock/locks"
 # Everything the operator itself keeps in etcd (its election, its epoch) lies under this.
