@@ -159,16 +159,21 @@ class Writer:
             await asyncio.sleep(0.002)
 
     def state(self, upto: int | None = None) -> dict[bytes, bytes]:
-        """The keys as the acknowledged writes up to revision ``upto`` left them."""
-        result: dict[bytes, bytes] = {}
-        for revision, key, value in self.acked:
-            if upto is not None and revision > upto:
-                break
-            if value is None:
-                result.pop(key, None)
-            else:
-                result[key] = value
-        return result
+        return state_of(self.acked, upto)
+
+
+def state_of(acked: list[tuple[int, bytes, bytes | None]], upto: int | None = None) -> dict[bytes, bytes]:
+    """The keys as the acknowledged writes (revision, key, value or None: deleted) up to revision ``upto``
+    left them."""
+    result: dict[bytes, bytes] = {}
+    for revision, key, value in acked:
+        if upto is not None and revision > upto:
+            break
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = value
+    return result
 
 
 async def restored_member(store: BackupStore, tmp: Path, chosen: Any) -> LocalEtcd:

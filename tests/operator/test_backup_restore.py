@@ -22,20 +22,19 @@ from typing import Any
 import kubernetes
 import pytest
 from kubernetes.client import ApiClient
-from operator_support import create_lock, eventually, webhooks_registered
-from test_etcdcluster import SLOW, Env, condition, member_pid, settled
+from operator_support import create_lock, eventually
+from test_backup import state_of
+from test_etcdcluster import SLOW, Env, condition, member_pid, operator_in, settled
 from test_pods import create_pod, finish, held, note, read_pod
 
 from etcdlock.etcd import EtcdClient, EtcdConfig, EtcdError
 from etcdlock.etcd.requests import delete_op, put_op
-from etcdlock.operator.config import WebhookSettings
 from etcdlock.operator.etcdcluster.backup.runner import read_catalog
 from etcdlock.operator.etcdcluster.backup.settings import StoreSpec
 from etcdlock.operator.etcdcluster.backup.store import BackupStore
 from etcdlock.operator.names import ERROR, HELD, STATE_ANNOTATION, TOKEN_ANNOTATION, WAITING
 from etcdlock_sandbox.cluster import SandboxThread
-from etcdlock_sandbox.etcd import LocalEtcd, free_port
-from etcdlock_sandbox.replicas import OperatorProcess
+from etcdlock_sandbox.etcd import LocalEtcd
 from etcdlock_sandbox.s3 import S3Server
 
 PREFIX = b"/app/"
@@ -54,28 +53,11 @@ def env(
 ) -> Iterator[BackupEnv]:
     """A namespace with the store's credentials, and the operator as a process with cluster DNS."""
     namespace = f"backup-{uuid.uuid4().hex[:8]}"
-    core = kubernetes.client.CoreV1Api(api)
-    core.create_namespace({"metadata": {"name": namespace}})
-    core.create_namespaced_secret(namespace, {"metadata": {"name": CREDENTIALS}, "stringData": S3_SETTINGS})
     logs = tmp_path_factory.mktemp("backups")
-    settings = WebhookSettings("127.0.0.1", free_port(), webhook_certs)
-    with webhooks_registered(api, settings, namespace):
-        operator = OperatorProcess(
-            etcd.endpoint_list,
-            kubeconfig,
-            webhook_certs,
-            logs / "operator.log",
-            namespaces=(namespace,),
-            configure_webhook=False,
-            webhook_port=settings.port,
-            cluster_dns=k8s_sandbox.hosts,
-        ).start()
-        try:
-            operator.wait("ready", 30)
-            yield BackupEnv(api, namespace, operator.url)
-        finally:
-            operator.stop()
-    core.delete_namespace(namespace)
+    with operator_in(namespace, k8s_sandbox, api, etcd, kubeconfig, webhook_certs, logs) as operator:
+        secret = {"metadata": {"name": CREDENTIALS}, "stringData": S3_SETTINGS}
+        kubernetes.client.CoreV1Api(api).create_namespaced_secret(namespace, secret)
+        yield BackupEnv(api, namespace, operator.url)
 
 
 @pytest.fixture(scope="module")
@@ -145,15 +127,7 @@ class Writer:
         self._thread.join(timeout=15)
 
     def state(self, upto: int | None = None) -> dict[bytes, bytes]:
-        result: dict[bytes, bytes] = {}
-        for revision, key, value in self.acked:
-            if upto is not None and revision > upto:
-                break
-            if value is None:
-                result.pop(key, None)
-            else:
-                result[key] = value
-        return result
+        return state_of(self.acked, upto)
 
 
 def read_keys(endpoints: list[str]) -> dict[bytes, bytes]:
@@ -201,13 +175,7 @@ def test_a_cluster_backed_up_to_s3_is_restored_into_a_new_one(
         eventually(lambda: len(writer.acked), lambda n: n > 200, "writes acknowledged", SLOW)
         eventually(lambda: env.status("source"), backed_up(1), "a full snapshot and a delta", SLOW)
         # A full snapshot on demand, while the writes go on.
-        annotate(env, "source", {"etcdlock.io/backup": "now-1"})
-        eventually(
-            lambda: (env.status("source").get("backup") or {}).get("lastRequest"),
-            lambda served: served == "now-1",
-            "the on-demand snapshot",
-            SLOW,
-        )
+        backup_now(env, "source", "now-1")
         eventually(lambda: len(writer.acked), lambda n: n > 600, "more writes", SLOW)
     midway = writer.acked[len(writer.acked) // 2][0]
     last = writer.acked[-1][0]
@@ -279,13 +247,7 @@ def test_a_snapshot_that_does_not_match_its_checksum_is_never_restored(
     eventually(lambda: env.status("tiny"), backed_up(0), "a first full snapshot", SLOW)
     with Writer(env.endpoints("tiny", range(1))) as writer:
         eventually(lambda: len(writer.acked), lambda n: n > 100, "writes acknowledged", SLOW)
-    annotate(env, "tiny", {"etcdlock.io/backup": "second"})
-    eventually(
-        lambda: (env.status("tiny").get("backup") or {}).get("lastRequest"),
-        lambda served: served == "second",
-        "a second full snapshot",
-        SLOW,
-    )
+    backup_now(env, "tiny", "second")
     delete_cluster(env, "tiny")
     backups = BackupStore(StoreSpec(where["url"], s3_server.endpoint), S3_SETTINGS)
     older, newest = asyncio.run(read_catalog(backups)).fulls
@@ -321,6 +283,17 @@ def annotate(env: Env, name: str, annotations: dict[str, str]) -> None:
         "etcdclusters",
         name,
         {"metadata": {"annotations": annotations}},
+    )
+
+
+def backup_now(env: Env, name: str, request: str) -> None:
+    """Ask for a full snapshot now (the annotation) and wait until the status says it was served."""
+    annotate(env, name, {"etcdlock.io/backup": request})
+    eventually(
+        lambda: (env.status(name).get("backup") or {}).get("lastRequest"),
+        lambda served: served == request,
+        f"the full snapshot asked for as {request}",
+        SLOW,
     )
 
 

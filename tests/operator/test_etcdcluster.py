@@ -13,6 +13,7 @@ bounded; timings belong to benchmarks, not here.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import threading
@@ -115,10 +116,26 @@ def env(
 ) -> Iterator[Env]:
     """A namespace, the webhook registered for it, and the operator as a process with cluster DNS."""
     namespace = f"etcd-{uuid.uuid4().hex[:8]}"
+    logs = tmp_path_factory.mktemp("etcdcluster")
+    with operator_in(namespace, k8s_sandbox, api, etcd, kubeconfig, webhook_certs, logs):
+        yield Env(api, namespace)
+
+
+@contextlib.contextmanager
+def operator_in(
+    namespace: str,
+    sandbox: SandboxThread,
+    api: ApiClient,
+    etcd: LocalEtcd,
+    kubeconfig: Path,
+    webhook_certs: Path,
+    logs: Path,
+) -> Iterator[OperatorProcess]:
+    """The namespace (created, then deleted), the webhook registered for it, and the operator serving it
+    as a process that resolves cluster names as a pod does, stopped by PID at the end."""
     core = kubernetes.client.CoreV1Api(api)
     core.create_namespace({"metadata": {"name": namespace}})
     settings = WebhookSettings("127.0.0.1", free_port(), webhook_certs)
-    logs = tmp_path_factory.mktemp("etcdcluster")
     with webhooks_registered(api, settings, namespace):
         operator = OperatorProcess(
             etcd.endpoint_list,
@@ -128,11 +145,11 @@ def env(
             namespaces=(namespace,),
             configure_webhook=False,
             webhook_port=settings.port,
-            cluster_dns=k8s_sandbox.hosts,
+            cluster_dns=sandbox.hosts,
         ).start()
         try:
             operator.wait("ready", 30)
-            yield Env(api, namespace)
+            yield operator
         finally:
             operator.stop()
     core.delete_namespace(namespace)

@@ -174,7 +174,7 @@ class Clusters:
         run.pod_uids = {name: pod["metadata"]["uid"] for name, pod in pods.items()}
         run.restarts = {name: _restarts(pod) for name, pod in pods.items()}
         if spec.storage_size is not None:
-            run.claim_uids = await self._claim_uids(spec, previous)
+            run.claim_uids = await self._claim_uids(spec)
         if await self._quorum_lost(body, run, sts, pods):
             # A survivor's data is not a backup: it may lack what the lost majority acknowledged.
             await self._backups.stop((namespace, name))
@@ -317,16 +317,14 @@ class Clusters:
             and (recorded.get(name) or {}).get("id") == format(member.id, "x")
         }
 
-    async def _claim_uids(self, spec: ClusterSpec, previous: Obj) -> dict[str, str]:
-        """The UID of each member's claim (recorded or wanted members), by member name."""
-        names = {str(m.get("name")) for m in previous.get("members") or []}
-        names.update(spec.member(i) for i in range(spec.replicas))
-        uids = {}
-        for name in sorted(names):
-            claim = await self._objects.read_claim(spec.namespace, f"data-{name}")
-            if claim is not None:
-                uids[name] = claim["metadata"]["uid"]
-        return uids
+    async def _claim_uids(self, spec: ClusterSpec) -> dict[str, str]:
+        """The UID of each member's claim, by member name (one list per pass)."""
+        claims = await self._objects.claims(spec.namespace, spec.labels)
+        return {
+            name[len("data-") :]: claim["metadata"]["uid"]
+            for name, claim in claims.items()
+            if name.startswith("data-")
+        }
 
     async def _quorum_lost(self, body: Mapping[str, Any], run: Pass, sts: Obj, pods: dict[str, Obj]) -> bool:
         """Whether a quorum of the voting members lost their data (not merely stopped: see
@@ -415,11 +413,7 @@ class Clusters:
         EtcdCluster keeps them): they would start on that data, not the backup."""
         if spec.storage_size is None:
             return
-        left = [
-            f"data-{spec.member(i)}"
-            for i in range(max(SIZES))
-            if await self._objects.read_claim(spec.namespace, f"data-{spec.member(i)}") is not None
-        ]
+        left = sorted(await self._objects.claims(spec.namespace, spec.labels))
         if left:
             raise BackupError(
                 "ClaimsLeft",

@@ -69,8 +69,13 @@ class KubeObjects:
         with contextlib.suppress(Conflict):
             await self.kube.call(self.kube.core.delete_namespaced_pod, name, namespace, body=body)
 
-    async def read_claim(self, namespace: str, name: str) -> Obj | None:
-        return await self.kube.call(self.kube.core.read_namespaced_persistent_volume_claim, name, namespace)
+    async def claims(self, namespace: str, labels: dict[str, str]) -> dict[str, Obj]:
+        """The members' claims by name, in one list (a StatefulSet labels them with its selector)."""
+        selector = ",".join(f"{k}={v}" for k, v in labels.items())
+        listed = await self.kube.call(
+            self.kube.core.list_namespaced_persistent_volume_claim, namespace, label_selector=selector
+        )
+        return {c["metadata"]["name"]: c for c in (listed or {}).get("items") or []}
 
     async def delete_claim(self, namespace: str, name: str) -> None:
         await self.kube.call(self.kube.core.delete_namespaced_persistent_volume_claim, name, namespace)

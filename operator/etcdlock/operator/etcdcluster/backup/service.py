@@ -110,8 +110,10 @@ class ClusterBackups:
             try:
                 targets.settings = await store_settings(self._kube, key[0], spec.store)
             except BackupError as exc:
-                await self.stop(key)
                 self._tell(key, exc.reason, str(exc))
+                if running is not None and exc.reason == "CredentialsUnreadable":
+                    return  # the API did not answer: the runner goes on with the settings it has
+                await self.stop(key)
                 return
             if running is not None:
                 running.read_at = time.monotonic()
