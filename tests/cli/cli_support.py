@@ -24,9 +24,11 @@ from etcdlock_sandbox.etcd import etcd_binary
 ETCDLOCK = str(Path(sys.executable).with_name("etcdlock"))
 ETCDCTL = etcd_binary("etcdctl")
 
-LINE_TIMEOUT = 15.0
-EXIT_TIMEOUT = 15.0
-POLL_TIMEOUT = 15.0
+# Bounds for failing a test that hangs, never waited out by a passing one: a CLI process starts in about
+# 0.2 s, but on a loaded machine (two busy loops beside both test workers) one took over 15 s to join a queue.
+LINE_TIMEOUT = 60.0
+EXIT_TIMEOUT = 60.0
+POLL_TIMEOUT = 60.0
 
 
 def clean_env(**extra: str) -> dict[str, str]:
