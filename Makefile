@@ -7,6 +7,12 @@ STAMP := $(VENV)/.installed
 # python-dateutil<3, kubernetes >=3. Built once; the sandbox finds it through ETCDLOCK_SANDBOX_MOTO_SERVER.
 MOTO_VENV := .venv-moto
 MOTO_STAMP := $(MOTO_VENV)/.installed
+# Programs from Debian's packages, unpacked here (no root, no services started): etcd 3.4.23 (etcd-server),
+# which the sandbox runs for etcd images of the 3.4 minor, and promtool (prometheus), which checks the
+# alerting rules. apt-get download needs only the package lists (refreshed once if they are missing).
+DEBIAN_PACKAGES := etcd-server prometheus
+TOOLS := .tools
+TOOLS_STAMP := $(TOOLS)/.installed
 
 .PHONY: run test lint bench clean
 
@@ -23,9 +29,18 @@ $(MOTO_STAMP):
 	$(MOTO_VENV)/bin/pip install --quiet 'moto[server]>=5.2.6'
 	touch $(MOTO_STAMP)
 
-run test bench: export ETCDLOCK_SANDBOX_MOTO_SERVER := $(CURDIR)/$(MOTO_VENV)/bin/moto_server
+$(TOOLS_STAMP):
+	rm -rf $(TOOLS) && mkdir -p $(TOOLS)/debs
+	cd $(TOOLS)/debs && { apt-get download $(DEBIAN_PACKAGES) || { apt-get update && apt-get download $(DEBIAN_PACKAGES); }; }
+	for deb in $(TOOLS)/debs/*.deb; do dpkg-deb -x "$$deb" $(TOOLS)/root; done
+	rm -rf $(TOOLS)/debs
+	touch $(TOOLS_STAMP)
 
-run: $(STAMP) $(MOTO_STAMP)
+run test bench: export ETCDLOCK_SANDBOX_MOTO_SERVER := $(CURDIR)/$(MOTO_VENV)/bin/moto_server
+run test bench: export ETCDLOCK_SANDBOX_ETCD_3_4 := $(CURDIR)/$(TOOLS)/root/usr/bin/etcd
+run test bench: export ETCDLOCK_SANDBOX_PROMTOOL := $(CURDIR)/$(TOOLS)/root/usr/bin/promtool
+
+run: $(STAMP) $(MOTO_STAMP) $(TOOLS_STAMP)
 	$(BIN)/python -m etcdlock_sandbox.demo
 
 lint: $(STAMP)
@@ -36,10 +51,10 @@ lint: $(STAMP)
 
 # Two workers: most tests wait on etcd, kopf or a fault, so two overlap well on two cores. loadfile: a
 # file's tests run in one worker, in order (test_etcdcluster.py takes one cluster through its life).
-test: lint $(MOTO_STAMP)
+test: lint $(MOTO_STAMP) $(TOOLS_STAMP)
 	$(BIN)/pytest -n 2 --dist loadfile
 
-bench: $(STAMP) $(MOTO_STAMP)
+bench: $(STAMP) $(MOTO_STAMP) $(TOOLS_STAMP)
 	$(BIN)/python bench/locks.py
 	$(BIN)/python bench/failover.py
 	$(BIN)/python bench/etcdcluster.py
@@ -49,4 +64,4 @@ bench: $(STAMP) $(MOTO_STAMP)
 	$(BIN)/python bench/backup.py
 
 clean:
-	rm -rf $(VENV) $(MOTO_VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(MOTO_VENV) $(TOOLS) .pytest_cache .ruff_cache
