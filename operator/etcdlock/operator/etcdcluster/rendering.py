@@ -12,7 +12,8 @@ while the cluster is healthy. The flags follow etcd's guidance: default heartbea
 2 GiB quota, periodic revision compaction (``maintenance.compactionRetention``, default 1h) and the v3.5
 recommended snapshot count. Probes use ``/health`` on the metrics port, which every 3.5 release serves:
 liveness asks the member alone (``serializable``), readiness that it serves linearizable reads (it is part
-of a quorum; a learner is never ready, so clients of the client Service never reach one).
+of a quorum; a learner is never ready, so clients of the client Service never reach one). etcd 3.4 takes
+the same flags and serves ``/health`` there too, but ignores ``serializable``: its liveness needs a quorum.
 """
 
 from __future__ import annotations
