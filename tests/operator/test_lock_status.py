@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import threading
+import time
 import urllib.request
 from pathlib import Path
 
@@ -169,12 +170,14 @@ def test_metrics_count_acquisitions_releases_and_waits_from_any_client(
                         lambda s: s.get("waiterCount") == 1,
                         "a waiter",
                     )
-                    await asyncio.to_thread(
+                    samples = await asyncio.to_thread(
                         eventually,
                         lambda: scrape(metrics_url),
                         lambda m: m.get(f"etcdlock_lock_waiters{labels}") == 1,
                         "waiter gauge",
                     )
+                    since = samples[f"etcdlock_lock_oldest_hold_timestamp_seconds{labels}"]
+                    assert time.time() - 60 < since <= time.time() + 1, "the first holder's start"
                 second_lock = await waiting
                 await second_lock.release()
 
@@ -189,6 +192,9 @@ def test_metrics_count_acquisitions_releases_and_waits_from_any_client(
     assert samples[f"etcdlock_lock_wait_seconds_sum{labels}"] > 0, "the second holder waited"
     assert samples[f"etcdlock_lock_holders{labels}"] == 0
     assert samples[f"etcdlock_lock_waiters{labels}"] == 0
+    assert samples[f"etcdlock_lock_hold_seconds_count{labels}"] == 2, "both holds seen from their start"
+    assert samples[f"etcdlock_lock_hold_seconds_sum{labels}"] > 0
+    assert f"etcdlock_lock_oldest_hold_timestamp_seconds{labels}" not in samples, "nobody holds it"
 
     objects = kubernetes.client.CustomObjectsApi(api)
     objects.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "counted")

@@ -52,7 +52,7 @@ from etcdlock.operator.names import (
     TOKEN_ANNOTATION,
     WAITING,
 )
-from etcdlock_sandbox.etcd import LocalEtcd
+from etcdlock_sandbox.etcd import LocalEtcd, free_port
 from etcdlock_sandbox.replicas import OperatorProcess
 
 Pod = dict[str, Any]
@@ -364,7 +364,8 @@ def test_a_restarted_operator_reports_a_holder_whose_key_went_meanwhile(
     operator.stop()
     key = f"{lock_key(namespace, 'fragile')}/{note(holder, LEASE_ANNOTATION)}"
     assert etcd.etcdctl("del", key).stdout.strip() == "1", "deleted by hand, as an admin might"
-    restarted = OperatorThread(etcd.endpoint_list, namespace, kubeconfig, webhook=webhook).start()
+    metrics = ("127.0.0.1", free_port())
+    restarted = OperatorThread(etcd.endpoint_list, namespace, kubeconfig, metrics, webhook).start()
     try:
         lost = eventually(
             lambda: read_pod(api, namespace, "holder"),
@@ -373,6 +374,13 @@ def test_a_restarted_operator_reports_a_holder_whose_key_went_meanwhile(
         )
         assert "its key was gone" in (note(lost, MESSAGE_ANNOTATION) or "")
         event_reasons(api, namespace, "holder", "LockLost")
+        labels = f'lock="fragile",namespace="{namespace}"'
+        counted = eventually(
+            lambda: pod_leases_lost(f"http://127.0.0.1:{metrics[1]}/metrics", labels),
+            lambda lost: lost["held"] == 1,
+            "the lost hold counted",
+        )
+        assert counted["waiting"] == 0, "the waiter kept its place"
         eventually(lambda: read_pod(api, namespace, "waiter"), held, "the waiter holding")
         keys = etcd.etcdctl(
             "get", lock_key(namespace, "fragile") + "/", "--prefix", "--keys-only"
@@ -587,6 +595,18 @@ def test_a_pod_annotated_after_creation_is_labelled_and_told_it_is_not_guarded(
     )
     assert pod["metadata"]["labels"] == {MANAGED_LABEL: "true"}, "the webhook labels it on the update"
     assert "mutual exclusion is not enforced" in (note(pod, MESSAGE_ANNOTATION) or "")
+
+
+def pod_leases_lost(metrics_url: str, labels: str) -> dict[str, float]:
+    """etcdlock_pod_leases_lost_total of one lock, by state (held, waiting); -1 for a missing series."""
+    with urllib.request.urlopen(metrics_url, timeout=BOUND) as reply:
+        text = reply.read().decode()
+    found = {}
+    for state in ("held", "waiting"):
+        prefix = f'etcdlock_pod_leases_lost_total{{{labels},state="{state}"}} '
+        values = [line[len(prefix) :] for line in text.splitlines() if line.startswith(prefix)]
+        found[state] = float(values[0]) if values else -1.0
+    return found
 
 
 def pod_events(metrics_url: str) -> float:

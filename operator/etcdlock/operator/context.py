@@ -95,7 +95,7 @@ class OperatorContext:
 
             clusters = Clusters(kube, stores.default, events, image, metrics, stores.retire)
             opened.push_async_callback(clusters.close)
-            pod_context = PodContext(stores, pod_api, rules, resolve, takeover.adopted, events)
+            pod_context = PodContext(stores, pod_api, rules, resolve, takeover.adopted, events, metrics)
             pods = PodHolds(pod_context, metrics.pod_events)
             services = LockServices(kube, locks, stores, pods.changes, metrics, events)
             opened.push_async_callback(services.stop_all)

@@ -1,7 +1,10 @@
-"""Prometheus metrics of every lock, as the operator sees its etcd queue (whoever the holders are).
+"""The operator's Prometheus metrics: every lock, as the operator sees its etcd queue (whoever the holders
+are); the pods' leases it lost; every EtcdCluster, as its last reconcile pass saw it, and its backups.
 
 Counts start when the operator starts watching a lock: holders already there are the baseline, not
-acquisitions. Wait time is measured from the moment a waiter was first seen in the queue.
+acquisitions. Wait time is measured from the moment a waiter was first seen in the queue, hold time from
+the moment a holder was seen taking the lock (a baseline holder's hold is not measured). The EtcdCluster
+series are set by :mod:`etcdlock.operator.etcdcluster.telemetry`.
 """
 
 from __future__ import annotations
@@ -17,12 +20,19 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.metrics import MetricWrapperBase
 
+from etcdlock import clock
 from etcdlock.operator.queueview import QueueChange, QueueView
 
 LABELS = ("namespace", "lock")
 BACKUP_LABELS = ("namespace", "cluster", "kind")
+BACKUP_KINDS = ("full", "delta")
+CLUSTER_LABELS = ("namespace", "cluster")
+LEASE_LABELS = ("namespace", "lock", "state")
+LEASE_STATES = ("held", "waiting")
 WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600)
+HOLD_BUCKETS = (0.1, 1, 5, 10, 30, 60, 300, 900, 1800, 3600, 7200, 21600, 86400)
 
 
 class Metrics:
@@ -59,6 +69,12 @@ class Metrics:
             BACKUP_LABELS,
             registry=registry,
         )
+        self.backup_full_interval = Gauge(
+            "etcdlock_backup_full_interval_seconds",
+            "How often each EtcdCluster with spec.backup takes a full snapshot (spec.backup.fullInterval)",
+            ("namespace", "cluster"),
+            registry=registry,
+        )
         self.backup_failures = Counter(
             "etcdlock_backup_failures",
             "Backup cycles of each EtcdCluster that failed (store, credentials, etcd)",
@@ -72,6 +88,28 @@ class Metrics:
             buckets=WAIT_BUCKETS,
             registry=registry,
         )
+        self.hold_seconds = Histogram(
+            "etcdlock_lock_hold_seconds",
+            "Time from taking a lock to leaving it (released or lost), of the holds seen from their start",
+            LABELS,
+            buckets=HOLD_BUCKETS,
+            registry=registry,
+        )
+        self.held_since = Gauge(
+            "etcdlock_lock_oldest_hold_timestamp_seconds",
+            "When the longest-standing holder of each lock took it, or was first seen holding it (Unix "
+            "time; no series while nobody holds the lock)",
+            LABELS,
+            registry=registry,
+        )
+        self.pod_leases_lost = Counter(
+            "etcdlock_pod_leases_lost",
+            "Pods whose lease (and with it their place) the operator found gone, by the lock and what the "
+            "pod was doing (state: held, waiting)",
+            LEASE_LABELS,
+            registry=registry,
+        )
+        self.clusters = ClusterMetrics(registry)
 
     def backed_up(self, namespace: str, cluster: str, kind: str, size: int) -> None:
         """A full snapshot or a delta of ``size`` bytes was written (kind ``full``, ``delta``), or a
@@ -82,13 +120,38 @@ class Metrics:
         self.backup_last_success.labels(namespace, cluster, kind).set(time.time())
         self.backup_bytes.labels(namespace, cluster, kind).inc(size)
 
+    def lease_lost(self, namespace: str, lock: str, state: str) -> None:
+        """A pod's lease in ``lock`` was found gone while it held the lock (``held``) or waited."""
+        self.pod_leases_lost.labels(namespace, lock, state).inc()
+
     def forget(self, namespace: str, name: str) -> None:
         """Drop a deleted lock's series."""
-        for metric in (self.holders, self.waiters, self.acquisitions, self.releases, self.wait_seconds):
-            try:
-                metric.remove(namespace, name)
-            except KeyError:
-                pass
+        for metric in (
+            self.holders,
+            self.waiters,
+            self.acquisitions,
+            self.releases,
+            self.wait_seconds,
+            self.hold_seconds,
+            self.held_since,
+        ):
+            _remove(metric, namespace, name)
+        for state in LEASE_STATES:
+            _remove(self.pod_leases_lost, namespace, name, state)
+
+    def no_backup(self, namespace: str, name: str) -> None:
+        """The EtcdCluster has no spec.backup (any more)."""
+        _remove(self.backup_full_interval, namespace, name)
+
+    def forget_cluster(self, namespace: str, name: str) -> None:
+        """Drop an EtcdCluster's series, its backups' included (the cluster was deleted, or this replica
+        no longer leads: what it saw last is not news)."""
+        self.clusters.forget(namespace, name)
+        _remove(self.backup_failures, namespace, name)
+        _remove(self.backup_full_interval, namespace, name)
+        for kind in BACKUP_KINDS:
+            _remove(self.backup_last_success, namespace, name, kind)
+            _remove(self.backup_bytes, namespace, name, kind)
 
     def app(self) -> web.Application:
         """``GET /metrics`` in the Prometheus text format."""
@@ -103,6 +166,87 @@ class Metrics:
         return app
 
 
+class ClusterMetrics:
+    """The gauges of every EtcdCluster (labels: namespace, cluster), as its last reconcile pass saw it."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        def gauge(name: str, documentation: str) -> Gauge:
+            return Gauge(name, documentation, CLUSTER_LABELS, registry=registry)
+
+        self.desired = gauge("etcdlock_etcdcluster_desired_members", "Members the spec asks for (replicas)")
+        self.members = gauge("etcdlock_etcdcluster_members", "Members etcd lists, voters and learners")
+        self.ready = gauge(
+            "etcdlock_etcdcluster_ready_members",
+            "Voting members that answer (the status' readyMembers, the READY column)",
+        )
+        self.healthy = gauge(
+            "etcdlock_etcdcluster_healthy_members",
+            "Members, voters and learners, that answer a status request",
+        )
+        self.learners = gauge("etcdlock_etcdcluster_learners", "Members etcd lists as learners (no vote yet)")
+        self.quorum = gauge(
+            "etcdlock_etcdcluster_quorum", "1 while a quorum of the voting members answers, else 0"
+        )
+        self.has_leader = gauge(
+            "etcdlock_etcdcluster_has_leader", "1 while a member that answers says it leads, else 0"
+        )
+        self.db_size = gauge(
+            "etcdlock_etcdcluster_db_size_bytes",
+            "The largest backend database of the members that answer (what the quota counts)",
+        )
+        self.db_in_use = gauge(
+            "etcdlock_etcdcluster_db_size_in_use_bytes",
+            "The most bytes in use in one member's backend (the rest a defragmentation frees)",
+        )
+        self.db_quota = gauge(
+            "etcdlock_etcdcluster_db_quota_bytes", "The backend quota every member runs with"
+        )
+        self.quota_used = gauge(
+            "etcdlock_etcdcluster_db_quota_used_ratio",
+            "db_size_bytes / db_quota_bytes: at 1 etcd raises the NOSPACE alarm and takes only reads and "
+            "deletes",
+        )
+        self.leader_changes = Counter(
+            "etcdlock_etcdcluster_leader_changes",
+            "Elections the operator saw won: a pass found a leader other than the last one, or the same in "
+            "a later raft term (several between two passes count once)",
+            CLUSTER_LABELS,
+            registry=registry,
+        )
+
+    @property
+    def gauges(self) -> tuple[Gauge, ...]:
+        return (
+            self.desired,
+            self.members,
+            self.ready,
+            self.healthy,
+            self.learners,
+            self.quorum,
+            self.has_leader,
+            self.db_size,
+            self.db_in_use,
+            self.db_quota,
+            self.quota_used,
+        )
+
+    def forget(self, namespace: str, name: str) -> None:
+        for metric in (*self.gauges, self.leader_changes):
+            _remove(metric, namespace, name)
+
+    def forget_database(self, namespace: str, name: str) -> None:
+        """No member answered: the sizes are unknown (left out, not 0)."""
+        for metric in (self.db_size, self.db_in_use, self.quota_used):
+            _remove(metric, namespace, name)
+
+
+def _remove(metric: MetricWrapperBase, *labels: str) -> None:
+    try:
+        metric.remove(*labels)
+    except KeyError:
+        pass
+
+
 class QueueMetrics:
     """Turns the changes of one lock's queue into its metrics (the first look is the baseline)."""
 
@@ -110,6 +254,9 @@ class QueueMetrics:
         self._metrics = metrics
         self._labels = (namespace, name)
         self._waiting_since: dict[str, float] = {}
+        self._holding_since: dict[str, float] = {}  # the holds seen from their start
+        for state in LEASE_STATES:  # from 0, so that the first loss is an increase
+            metrics.pod_leases_lost.labels(namespace, name, state)
 
     def changed(self, change: QueueChange, queue: QueueView) -> None:
         now = time.monotonic()
@@ -118,12 +265,28 @@ class QueueMetrics:
             self._waiting_since[contender.key] = now
         for contender in change.left:
             self._waiting_since.pop(contender.key, None)
+        for contender in change.released:
+            since = self._holding_since.pop(contender.key, None)
+            if since is not None:
+                metrics.hold_seconds.labels(*labels).observe(now - since)
         for contender in change.acquired:
             waited = now - self._waiting_since.pop(contender.key, now)
             if not change.baseline:
+                self._holding_since[contender.key] = now
                 metrics.acquisitions.labels(*labels).inc()
                 metrics.wait_seconds.labels(*labels).observe(waited)
         if not change.baseline and change.released:
             metrics.releases.labels(*labels).inc(len(change.released))
         metrics.holders.labels(*labels).set(len(queue.holders))
         metrics.waiters.labels(*labels).set(len(queue.waiters))
+        self._oldest_hold(queue)
+
+    def _oldest_hold(self, queue: QueueView) -> None:
+        """The oldest hold's start, as the queue records it (the holder's own acquire time where its key
+        carries one, else when the operator first saw it holding)."""
+        ages = [clock.age(queue.since.get(key)) for key in queue.holders]
+        known = [age for age in ages if age != float("inf")]
+        if not known:
+            _remove(self._metrics.held_since, *self._labels)
+            return
+        self._metrics.held_since.labels(*self._labels).set(time.time() - max(known))

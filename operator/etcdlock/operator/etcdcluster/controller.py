@@ -65,6 +65,7 @@ from etcdlock.operator.etcdcluster.status import (
     member_events,
     status,
 )
+from etcdlock.operator.etcdcluster.telemetry import ClusterTelemetry
 from etcdlock.operator.events import EventRecorder
 from etcdlock.operator.kube import ApiUnavailable, Conflict, Kube
 from etcdlock.operator.metrics import Metrics
@@ -109,14 +110,17 @@ class Clusters:
         self._warned: dict[tuple[str, str], str] = {}  # the last defragmentation failure told, per cluster
         self._clients: dict[tuple[str, str], EtcdClient] = {}
         self._members: dict[tuple[str, str], MemberClients] = {}
+        self._telemetry = ClusterTelemetry(metrics)
 
     async def close(self) -> None:
         await self._backups.close()
+        self._telemetry.close()
         for namespace, name in list(self._clients) + list(self._members):
             await self.forget(namespace, name)
 
     async def forget(self, namespace: str, name: str) -> None:
         await self._backups.forget((namespace, name))
+        self._telemetry.forget(namespace, name)
         client = self._clients.pop((namespace, name), None)
         if client is not None:
             await client.close()
@@ -466,7 +470,9 @@ class Clusters:
         await self._backups.keep(body, spec.backup, healthy, [m.client_url for m in voters])
 
     def _with_backups(self, run: Pass, new: Obj) -> Obj:
-        """The status with what the backups and the restore say."""
+        """The status with what the backups and the restore say; the metrics say what the pass saw
+        (every pass that reached the members ends here)."""
+        self._telemetry.observed(run)
         key = (run.spec.namespace, run.spec.name)
         paused = ""
         if run.quorum_lost:

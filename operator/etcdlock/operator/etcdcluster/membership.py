@@ -1,7 +1,7 @@
 """EtcdCluster membership, changed one safe step at a time through the etcd API.
 
-:func:`observe` asks etcd which members there are, which are learners, which answer and who leads (through
-:class:`MemberClients`, connections kept between observations).
+:func:`observe` asks etcd which members there are, which are learners, which answer and who leads, and how
+large each one's database is (through :class:`MemberClients`, connections kept between observations).
 :func:`next_step` compares that with the wanted members (name -> peer URL) and returns the one step to take
 now, or why none is safe; :func:`apply` takes it. The rules are etcd's own guidance:
 
@@ -51,6 +51,9 @@ class MemberState:
     learner: bool
     healthy: bool = False
     leader: bool = False
+    db_size: int = 0  # bytes of its backend file (what the quota counts), from its status
+    db_size_in_use: int = 0  # of those, bytes in use (the rest a defragmentation frees)
+    raft_term: int = 0
 
 
 @dataclass(frozen=True)
@@ -210,11 +213,22 @@ async def _observe(client: EtcdClient, members: MemberClients) -> ClusterView:
     await members.retain({m.client_url for m in states})
     statuses = await asyncio.gather(*(members.status(client.config, m) for m in states))
     leaders = {s.leader for s in statuses if s is not None}
-    view = [
-        replace(m, healthy=s is not None, leader=s is not None and m.id in leaders)
-        for m, s in zip(states, statuses, strict=True)
-    ]
+    view = [_answered(m, s, leaders) for m, s in zip(states, statuses, strict=True)]
     return ClusterView(tuple(view), linearizable)
+
+
+def _answered(member: MemberState, status: Any, leaders: set[int]) -> MemberState:
+    """The member as its own status shows it (as listed, not healthy, if it did not answer)."""
+    if status is None:
+        return member
+    return replace(
+        member,
+        healthy=True,
+        leader=member.id in leaders,
+        db_size=int(status.dbSize),
+        db_size_in_use=int(status.dbSizeInUse),
+        raft_term=int(status.raftTerm),
+    )
 
 
 # etcd declines these until later: a learner not caught up yet, or (strict reconfig check) members not all

@@ -428,6 +428,7 @@ class PodHold:
         never silently."""
         log.warning("pod %s/%s: lost its place in %s: %s", *self.ref, self.lock_name, message)
         self._context.events.warn(self.pod, "PlaceLost", f"lost its place in {self.lock_name}: {message}")
+        self._context.lease_lost(self.ref[0], self.lock_name, "waiting")
         await self._write({STATE_ANNOTATION: WAITING, MESSAGE_ANNOTATION: f"lost its place: {message}"})
 
     async def _lost(self, message: str) -> None:
@@ -438,6 +439,7 @@ class PodHold:
             return
         self._context.events.warn(self.pod, "LockLost", message)
         await self._write({STATE_ANNOTATION: ERROR, MESSAGE_ANNOTATION: message})
+        self._context.lease_lost(self.ref[0], self.lock_name, "held")
 
     async def _write(self, annotations: Mapping[str, str | None], *, ungate: bool = False) -> bool:
         """Write the annotations that differ from what the pod already says (and remove the gate).
