@@ -164,3 +164,51 @@ def test_the_deployment_args_are_what_the_dockerfile_entrypoint_accepts(
     args = build_parser().parse_args(["operator", *container["args"]])
     assert args.webhook == "0.0.0.0:9443" and args.metrics == "0.0.0.0:9090"
     assert {e["name"] for e in container["env"]} == {"ETCDLOCK_ETCD_ENDPOINTS"}
+
+
+def test_the_operators_etcd_talks_tls_with_certificates_of_its_own_ca(installed: Docs) -> None:
+    """Peers and clients over TLS with client certificates; cert-manager issues the members' and the
+    operator's from one CA, whose Secrets the StatefulSet and the Deployment mount where their flags say."""
+    etcd = one(installed, "StatefulSet", "etcdlock-etcd")["spec"]["template"]["spec"]
+    command = etcd["containers"][0]["command"]
+    flags = dict(arg[2:].split("=", 1) if "=" in arg else (arg[2:], "") for arg in command[1:])
+    for url in (
+        "listen-client-urls",
+        "advertise-client-urls",
+        "listen-peer-urls",
+        "initial-advertise-peer-urls",
+    ):
+        assert flags[url].startswith("https://"), url
+    assert all(
+        member.split("=", 1)[1].startswith("https://") for member in flags["initial-cluster"].split(",")
+    )
+    assert "client-cert-auth" in flags and "peer-client-cert-auth" in flags
+    assert flags["listen-metrics-urls"].startswith("http://")  # probes and Prometheus
+    mounts = {m["name"]: m["mountPath"] for m in etcd["containers"][0]["volumeMounts"]}
+    volumes = {v["name"]: v for v in etcd["volumes"]}
+    member_secret = volumes["tls"]["secret"]["secretName"]
+    for flag in ("cert-file", "key-file", "trusted-ca-file", "peer-cert-file", "peer-trusted-ca-file"):
+        assert flags[flag].startswith(mounts["tls"] + "/"), flag
+    member = one(installed, "Certificate", "etcdlock-etcd")["spec"]
+    assert member["secretName"] == member_secret
+    assert {"server auth", "client auth"} <= set(member["usages"])
+    assert {"*.etcdlock-etcd.etcdlock-system.svc", "etcdlock-etcd-client"} <= set(member["dnsNames"])
+    issuer = one(installed, "Issuer", member["issuerRef"]["name"])
+    ca = one(installed, "Certificate", "etcdlock-etcd-ca")["spec"]
+    assert ca["isCA"] and issuer["spec"]["ca"]["secretName"] == ca["secretName"]
+    operator = one(installed, "Deployment", "etcdlock-operator")["spec"]["template"]["spec"]
+    container = operator["containers"][0]
+    env = {e["name"]: e.get("value") for e in container.get("env") or []}
+    assert env["ETCDLOCK_ETCD_ENDPOINTS"] == "https://etcdlock-etcd-client:2379"
+    mounted = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    secrets = {v["name"]: (v.get("secret") or {}).get("secretName") for v in operator["volumes"]}
+    client = one(installed, "Certificate", "etcdlock-etcd-client")["spec"]
+    assert client["issuerRef"] == member["issuerRef"] and client["usages"][0] == "client auth"
+    (volume,) = [name for name, secret in secrets.items() if secret == client["secretName"]]
+    for flag, file in (("--cacert", "ca.crt"), ("--cert", "tls.crt"), ("--key", "tls.key")):
+        assert f"{flag}={mounted[volume]}/{file}" in container["args"]
+    # Without cert-manager the same Secrets are expected, made by hand.
+    without = rendered("manifests/without-cert-manager")
+    assert (
+        one(without, "StatefulSet", "etcdlock-etcd")["spec"]["template"]["spec"]["volumes"] == etcd["volumes"]
+    )

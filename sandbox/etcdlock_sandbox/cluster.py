@@ -4,7 +4,8 @@
 and ``sandbox.write_kubeconfig(path)`` for kubectl and the kubernetes client. Pods go through their
 phases by the pretend kubelet of :mod:`etcdlock_sandbox.kubelet`, except pods of the etcd image, which run
 as processes (:mod:`etcdlock_sandbox.containers`) with cluster DNS (``sandbox.hosts``, see
-:mod:`etcdlock_sandbox.network`); StatefulSets get their pods (:mod:`etcdlock_sandbox.statefulsets`).
+:mod:`etcdlock_sandbox.network`); StatefulSets get their pods (:mod:`etcdlock_sandbox.statefulsets`);
+cert-manager's Certificates of CA issuers are issued (:mod:`etcdlock_sandbox.certmanager`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from etcdlock.etcd.config import EtcdConfig
 from etcdlock_sandbox.apiserver.api import Api
 from etcdlock_sandbox.apiserver.server import ApiServer, AuditRecord
 from etcdlock_sandbox.apiserver.storage import Storage
+from etcdlock_sandbox.certmanager import CertManager
 from etcdlock_sandbox.containers import ProcessKubelet
 from etcdlock_sandbox.etcd import LocalEtcd
 from etcdlock_sandbox.kubelet import PodLifecycle
@@ -81,6 +83,7 @@ class Sandbox:
                 ("process-kubelet", ProcessKubelet(self.api, network, self._pods_dir).run()),
                 ("statefulsets", StatefulSetController(self.api).run()),
                 ("cluster-dns", ClusterDns(self.api, network).run()),
+                ("cert-manager", CertManager(self.api).run()),
             ):
                 self._controllers.append(asyncio.create_task(controller, name=f"sandbox-{name}"))
         except BaseException:

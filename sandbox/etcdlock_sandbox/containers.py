@@ -17,7 +17,8 @@ A pod whose container image is etcd's, and whose init containers (if any) are et
   that address, and the process sees cluster DNS names (:func:`~etcdlock_sandbox.network.with_cluster_dns`);
 - a volume mount path in an argument is the volume's folder: an emptyDir lives as long as the pod (across
   restarts of its containers), a PersistentVolumeClaim's folder with the claim (a pod waits until its claims
-  exist);
+  exist), a Secret's holds its keys as files, rewritten atomically within a second of a change to the Secret
+  (:mod:`etcdlock_sandbox.secretvolumes`; a pod waits until its Secrets exist);
 - the readiness probe (httpGet) of the container is run every second and sets the pod's Ready condition;
 - each container writes to a log file of its own in the pod's folder (``container.log``,
   ``init-NAME.log``); a deleted pod's running process gets SIGTERM, then SIGKILL after 5 s.
@@ -54,6 +55,7 @@ from etcdlock_sandbox.podspec import (
     secrets_needed,
 )
 from etcdlock_sandbox.podstatus import ContainerStatus, PodStatus, exit_code, terminated
+from etcdlock_sandbox.secretvolumes import secret_files, write_volume
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +65,7 @@ PROBE_PERIOD = 1.0
 STOP_GRACE = 5.0
 MAX_BACKOFF = 10.0
 CLAIM_RETRY = 1.0
+SECRET_REFRESH = 1.0
 CONFIG_RETRY = 1.0
 START_ERROR = 128
 """A container runtime's exit code for a container whose program could not be started."""
@@ -77,6 +80,7 @@ class ProcessKubelet:
         self._workdir = workdir
         self._pods = api.resolve("", "v1", "pods")
         self._claims = api.resolve("", "v1", "persistentvolumeclaims")
+        self._secrets = api.resolve("", "v1", "secrets")
         self._running: dict[str, asyncio.Task[None]] = {}
         self._stopping: dict[tuple[str, str], asyncio.Task[None]] = {}
 
@@ -148,7 +152,10 @@ class ProcessKubelet:
                 await asyncio.sleep(CLAIM_RETRY)
                 volumes = await self._volumes(pod, folder)
             address = self._network.address(namespace, name)
-            await PodProcesses(self._api, self._network.hosts, pod, address, folder, volumes).run()
+            await asyncio.gather(
+                PodProcesses(self._api, self._network.hosts, pod, address, folder, volumes).run(),
+                self._keep_secret_volumes(pod, volumes),
+            )
         except Exception:
             # Nobody awaits this task until the pod goes: say why the pod stopped here, when it does.
             log.exception("pod %s/%s: the process kubelet stopped running it", namespace, name)
@@ -157,14 +164,19 @@ class ProcessKubelet:
             shutil.rmtree(folder, ignore_errors=True)
 
     async def _volumes(self, pod: Obj, empty_dirs: Path) -> dict[str, Path] | None:
-        """Volume name -> folder for each volume a container mounts; None if a claim does not exist (yet)."""
+        """Volume name -> folder for each volume a container mounts; None if a claim or Secret does not
+        exist (yet)."""
         spec = pod.get("spec") or {}
         volumes = {v["name"]: v for v in spec.get("volumes") or []}
         containers = [*(spec.get("initContainers") or []), *spec["containers"]]
         folders: dict[str, Path] = {}
         for name in {m["name"] for c in containers for m in c.get("volumeMounts") or []}:
             claim = (volumes.get(name, {}).get("persistentVolumeClaim") or {}).get("claimName")
-            if claim:
+            if "secret" in volumes.get(name, {}):
+                folder = empty_dirs / name
+                if not await self._write_secret_volume(pod, volumes[name], folder):
+                    return None
+            elif claim:
                 try:
                     found = await self._api.get(self._claims, pod["metadata"].get("namespace"), claim)
                 except ApiError:
@@ -176,6 +188,30 @@ class ProcessKubelet:
             folder.mkdir(parents=True, exist_ok=True)
             folders[name] = folder
         return folders
+
+    async def _write_secret_volume(self, pod: Obj, volume: Obj, folder: Path) -> bool:
+        """The Secret's files in ``folder``, brought up to date; False if the Secret does not exist."""
+        source = volume["secret"]
+        try:
+            secret = await self._api.get(
+                self._secrets, pod["metadata"].get("namespace"), source["secretName"]
+            )
+        except ApiError:
+            log.info("pod %s: waiting for Secret %s", pod["metadata"]["name"], source["secretName"])
+            return False
+        mode = int(source.get("defaultMode", 0o644))
+        await asyncio.to_thread(write_volume, folder, secret_files(secret, source), mode)
+        return True
+
+    async def _keep_secret_volumes(self, pod: Obj, folders: dict[str, Path]) -> None:
+        """A changed Secret reaches the files of the volumes made of it, as a kubelet's sync does."""
+        volumes = [
+            v for v in (pod.get("spec") or {}).get("volumes") or [] if "secret" in v and v["name"] in folders
+        ]
+        while volumes:
+            await asyncio.sleep(SECRET_REFRESH)
+            for volume in volumes:
+                await self._write_secret_volume(pod, volume, folders[volume["name"]])
 
 
 class PodProcesses:

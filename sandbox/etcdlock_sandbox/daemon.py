@@ -1,7 +1,8 @@
 """``etcdlock sandbox up`` / ``down``: the sandbox as a background process with its state under a folder.
 
 ``up`` starts ``python -m etcdlock_sandbox.daemon DIR PORT [--operator CRDS]`` in a new session, waits
-until it answers and has written ``DIR/kubeconfig`` (and, with the operator, until that is ready too),
+until it answers and has written ``DIR/kubeconfig`` (and ``DIR/cluster-dns``, the path of the hosts file
+that gives a process the sandbox's cluster DNS; with the operator, until that is ready too),
 and returns; on a sandbox already running it returns at once, or refuses ``--operator`` if that sandbox
 runs no operator. ``down`` stops it (SIGTERM, SIGKILL after a grace period);
 the process then stops the API and etcd and deletes etcd's data: the sandbox starts empty every time.
@@ -175,6 +176,7 @@ async def serve(directory: Path, port: int, crds: Path | None = None) -> None:
             kubeconfig = sandbox.write_kubeconfig(directory / "kubeconfig")
             etcd = sandbox.etcd.endpoint_list
             (directory / "etcd-endpoints").write_text(etcd)
+            (directory / "cluster-dns").write_text(str(sandbox.hosts))
             print(f"sandbox API at {sandbox.url}, etcd at {etcd}", flush=True)
             async with contextlib.AsyncExitStack() as stack:
                 if crds is not None:
@@ -185,6 +187,7 @@ async def serve(directory: Path, port: int, crds: Path | None = None) -> None:
                 await stop.wait()
     finally:
         (directory / "etcd-endpoints").unlink(missing_ok=True)
+        (directory / "cluster-dns").unlink(missing_ok=True)
         (directory / "kubeconfig").unlink(missing_ok=True)
         _pid_file(directory).unlink(missing_ok=True)
         shutil.rmtree(data, ignore_errors=True)

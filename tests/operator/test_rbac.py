@@ -88,6 +88,32 @@ def exercise(api: ApiClient, namespace: str, loose: str, backups: Path) -> None:
     delete_lock(api, namespace, "audited")
     eventually(lambda: read_pod(api, namespace, "two"), state("Released"), "two released")
     exercise_clusters(Env(api, namespace), backups)
+    exercise_tls(Env(api, namespace))
+
+
+def exercise_tls(env: Env) -> None:
+    """Certificates from the operator's own CA (its Secrets created, then issued again when the duration
+    changes) and from a cert-manager issuer (the Certificates created, then brought to the new duration)."""
+    env.create("audited-tls", {"replicas": 1, "tls": {}})
+    eventually(lambda: env.status("audited-tls"), settled(1), "one healthy member over TLS", SLOW)
+    env.patch("audited-tls", {"tls": {"duration": "1000h"}})
+    eventually(
+        lambda: env.events("audited-tls"),
+        lambda seen: any(reason == "CertificateRenewed" for reason, _ in seen),
+        "the certificates issued again",
+        SLOW,
+    )
+    env.create("audited-cm", {"replicas": 1, "tls": {"issuerRef": {"name": "absent"}}})
+
+    def durations() -> set[str]:
+        listed = env.objects.list_namespaced_custom_object(
+            "cert-manager.io", "v1", env.namespace, "certificates"
+        )
+        return {c["spec"]["duration"] for c in listed["items"]}
+
+    eventually(durations, lambda found: found == {f"{2160 * 3600}s"}, "the Certificates", SLOW)
+    env.patch("audited-cm", {"tls": {"issuerRef": {"name": "absent"}, "duration": "1000h"}})
+    eventually(durations, lambda found: found == {f"{1000 * 3600}s"}, "the Certificates changed", SLOW)
 
 
 def exercise_clusters(env: Env, backups: Path) -> None:

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from etcdlock.etcd import EtcdClient, EtcdConfig
+from etcdlock.operator.credentials import ClientCredentials
 from etcdlock.operator.errors import LockNotFound
 from etcdlock.operator.etcdcluster import Clusters
 from etcdlock.operator.events import EventRecorder
@@ -71,7 +72,9 @@ class OperatorContext:
         async with contextlib.AsyncExitStack() as opened:
             client = EtcdClient(etcd)
             opened.push_async_callback(client.close)
-            stores = Stores(Store(client, leadership.fence, leadership), kube)
+            credentials = ClientCredentials()
+            opened.callback(credentials.close)
+            stores = Stores(Store(client, leadership.fence, leadership), kube, credentials)
             opened.push_async_callback(stores.close)
             locks = Locks(rules)
             listed_locks, listed_pods = await asyncio.gather(
@@ -93,7 +96,7 @@ class OperatorContext:
                     raise LockNotFound(f"DistributedLock {name} does not exist")
                 return locks.served(body)
 
-            clusters = Clusters(kube, stores.default, events, image, metrics, stores.retire)
+            clusters = Clusters(kube, stores.default, events, image, metrics, stores.retire, credentials)
             opened.push_async_callback(clusters.close)
             pod_context = PodContext(stores, pod_api, rules, resolve, takeover.adopted, events, metrics)
             pods = PodHolds(pod_context, metrics.pod_events)

@@ -8,7 +8,10 @@ every term: it is written only over an older one, so a deposed replica that reac
 never take the epoch back from the leader. A cluster is used once its status says a quorum answers; its
 client URL (the client Service) comes from that status. A cluster deleted and created again (another uid)
 gets a new client and epoch, and so does a cluster rebuilt from a backup (:meth:`Stores.retire`): it is a
-new etcd cluster, whose revisions and epoch key are not those the old client and fence knew.
+new etcd cluster, whose revisions and epoch key are not those the old client and fence knew. A cluster
+with TLS is reached with the client certificate of its Secret (``status.tls.clientSecret``, written to
+files by :class:`~etcdlock.operator.credentials.ClientCredentials`); when that certificate is renewed the
+store is retired the same way, and its users connect again with the new one.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Any, TypeVar
 from etcdlock.etcd import EtcdClient, EtcdConfig, EtcdError, Fence, Fenced
 from etcdlock.etcd.requests import create_revision_is, put_op, range_op, value_is_less
 from etcdlock.operator.conditions import find
+from etcdlock.operator.credentials import ClientCredentials
 from etcdlock.operator.errors import ClusterNotReady, OperatorError
 from etcdlock.operator.kube import Kube
 from etcdlock.operator.leadership import Leadership
@@ -28,6 +32,8 @@ from etcdlock.operator.locks import LockSpec
 from etcdlock.operator.names import CLUSTERS
 
 EPOCH_KEY = b"/etcdlock/operator/epoch"
+# How long a retired store's client stays open for the holds leaving it.
+RETIRED_GRACE = 60.0
 
 T = TypeVar("T")
 
@@ -35,7 +41,8 @@ T = TypeVar("T")
 @dataclass(frozen=True)
 class Store:
     """An etcd the operator keeps locks in, the fence its writes there pass, and the leadership behind it.
-    ``retired`` is set once it must no longer be used (its cluster was rebuilt): its users resolve the
+    ``retired`` is set once it must no longer be used (its cluster was rebuilt, or its client certificate
+    renewed): its users resolve the
     lock's store again."""
 
     etcd: EtcdClient
@@ -55,10 +62,13 @@ class Store:
 class Stores:
     """The store of every lock, one client per EtcdCluster (closed by :meth:`close`)."""
 
-    def __init__(self, default: Store, kube: Kube) -> None:
+    def __init__(self, default: Store, kube: Kube, credentials: ClientCredentials | None = None) -> None:
         self.default = default
         self.leadership = default.leadership
         self._kube = kube
+        self._own_credentials = credentials is None
+        self._credentials = credentials or ClientCredentials()
+        self._closing: set[asyncio.Task[None]] = set()
         self._clusters: dict[tuple[str, str], tuple[str, Store]] = {}
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._retired: list[Store] = []
@@ -81,26 +91,41 @@ class Stores:
             if known is not None:
                 await known[1].etcd.close()
                 del self._clusters[ref]
-            store = await self._connect(name, cluster)
+            store = await self._connect(namespace, name, cluster)
             self._clusters[ref] = (uid, store)
             return store
 
     def retire(self, namespace: str, name: str) -> None:
-        """The EtcdCluster is being rebuilt from a backup: its store is retired (its users, told by
-        :attr:`Store.retired`, resolve the store again, and get a new one once the cluster is available).
-        Its client stays open until :meth:`close`: holds may still be leaving it."""
+        """The EtcdCluster is being rebuilt from a backup, or its client certificate was renewed: its store
+        is retired (its users, told by :attr:`Store.retired`, resolve the store again, and get a new one
+        once the cluster is available).
+        Its client stays open :data:`RETIRED_GRACE` seconds more: holds may still be leaving it."""
         known = self._clusters.pop((namespace, name), None)
         if known is not None:
             known[1].retired.set()
             self._retired.append(known[1])
+            task = asyncio.create_task(self._close_later(known[1]))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
 
-    async def _connect(self, name: str, cluster: Any) -> Store:
+    async def _close_later(self, store: Store) -> None:
+        await asyncio.sleep(RETIRED_GRACE)
+        self._retired.remove(store)
+        await store.etcd.close()
+
+    async def _connect(self, namespace: str, name: str, cluster: Any) -> Store:
         status = cluster.get("status") or {}
         available = find(status, "Available")
         if available.get("status") != "True" or not status.get("clientURL"):
             why = available.get("message") or "it is being created"
             raise ClusterNotReady(f"EtcdCluster {name} is not available yet ({why})")
-        client = EtcdClient(EtcdConfig.parse(status["clientURL"]))
+        url = str(status["clientURL"])
+        if url.startswith("https://"):
+            secret = str((status.get("tls") or {}).get("clientSecret") or f"{name}-client-tls")
+            files = await self._credentials.read(self._kube, namespace, name, secret)
+            client = EtcdClient(files.config(url))
+        else:
+            client = EtcdClient(EtcdConfig.parse(url))
         if self.default.fence is None:
             return Store(client, None, self.leadership)
         try:
@@ -119,10 +144,15 @@ class Stores:
         return cluster
 
     async def close(self) -> None:
+        for task in list(self._closing):
+            task.cancel()
+        await asyncio.gather(*self._closing, return_exceptions=True)
         for store in [*(store for _, store in self._clusters.values()), *self._retired]:
             await store.etcd.close()
         self._clusters.clear()
         self._retired.clear()
+        if self._own_credentials:
+            self._credentials.close()
 
 
 async def claim_epoch(cluster: EtcdClient, leader: Store, name: str) -> Fence:

@@ -33,12 +33,14 @@ from etcdlock import clock
 from etcdlock.etcd import EtcdClient, EtcdConfig, EtcdError
 from etcdlock.operator.conditions import carried_over, find
 from etcdlock.operator.config import DEFAULT_IMAGE
+from etcdlock.operator.credentials import ClientCredentials, TlsFiles
 from etcdlock.operator.errors import InvalidSpec
 from etcdlock.operator.etcdcluster.backup import restoring
 from etcdlock.operator.etcdcluster.backup.errors import BackupError
 from etcdlock.operator.etcdcluster.backup.restoring import RESTORING
 from etcdlock.operator.etcdcluster.backup.service import ClusterBackups
 from etcdlock.operator.etcdcluster.backup.settings import RestoreSpec, StoreSpec
+from etcdlock.operator.etcdcluster.issuer import TlsIssuer, TlsState
 from etcdlock.operator.etcdcluster.membership import (
     ClusterView,
     MemberClients,
@@ -66,6 +68,13 @@ from etcdlock.operator.etcdcluster.status import (
     status,
 )
 from etcdlock.operator.etcdcluster.telemetry import ClusterTelemetry
+from etcdlock.operator.etcdcluster.tls import (
+    OWN_CA,
+    IssuerRef,
+    TlsSpec,
+    client_secret,
+    member_secret,
+)
 from etcdlock.operator.events import EventRecorder
 from etcdlock.operator.kube import ApiUnavailable, Conflict, Kube
 from etcdlock.operator.metrics import Metrics
@@ -97,6 +106,7 @@ class Clusters:
         image: str = DEFAULT_IMAGE,
         metrics: Metrics | None = None,
         retire: Callable[[str, str], None] | None = None,
+        credentials: ClientCredentials | None = None,
     ) -> None:
         self._kube = kube
         self._objects = KubeObjects(kube)
@@ -104,6 +114,10 @@ class Clusters:
         self._events = events
         self._image = image
         self._backups = ClusterBackups(kube, events, metrics)
+        self._issuer = TlsIssuer(kube, events)
+        self._own_credentials = credentials is None
+        self._credentials = credentials or ClientCredentials()
+        self._tls: dict[tuple[str, str], TlsFiles] = {}  # the client certificate of each cluster with TLS
         # Told when a cluster is rebuilt: the locks kept in it must leave the old cluster's client.
         self._retire = retire or (lambda namespace, name: None)
         self._corrupt: set[str] = set()  # snapshots a restore found corrupt, not downloaded again
@@ -117,9 +131,13 @@ class Clusters:
         self._telemetry.close()
         for namespace, name in list(self._clients) + list(self._members):
             await self.forget(namespace, name)
+        if self._own_credentials:
+            self._credentials.close()
 
     async def forget(self, namespace: str, name: str) -> None:
         await self._backups.forget((namespace, name))
+        self._issuer.forget(namespace, name)
+        self._tls.pop((namespace, name), None)
         self._telemetry.forget(namespace, name)
         client = self._clients.pop((namespace, name), None)
         if client is not None:
@@ -172,7 +190,18 @@ class Clusters:
                 return status(run)
         if run.restore is not None:
             spec = run.spec = replace(spec, token=str(run.restore.get("token") or spec.cluster_token))
-        found = await self._ensure_children(body, spec, self._restore_source(spec, run.restore))
+        spec = self._kept_tls(body, run)
+        tls = await self._keep_tls(body, run)
+        if tls is not None and not tls.ready:
+            if not previous.get("members"):
+                # Nothing is created before the certificates are there: a member would fail to start.
+                run.waiting = tls.waiting
+                return status(run)
+            # A running cluster whose certificates cannot be read now is only observed: a template
+            # rendered without them would restart every member into a pod that cannot start.
+            run.problem, run.problem_reason = tls.waiting, "CertificatesNotReady"
+        ca_digest = run.ca_digest = tls.ca_digest if tls is not None else ""
+        found = await self._ensure_children(body, spec, self._restore_source(spec, run.restore), ca_digest)
         sts = found["StatefulSet"]
         pods = {p["metadata"]["name"]: p for p in await self._objects.pods(spec.namespace, spec.labels)}
         run.pod_uids = {name: pod["metadata"]["uid"] for name, pod in pods.items()}
@@ -193,7 +222,7 @@ class Clusters:
             return self._with_backups(run, status(run))
         if (run.restore or {}).get("phase") == RESTORING and has_quorum(run.view):
             await self._finish_restore(body, run)
-        if (run.restore or {}).get("phase") != RESTORING:
+        if (run.restore or {}).get("phase") != RESTORING and (tls is None or tls.ready):
             await self._converge(body, run, sts, pods)
             await self._keep_backups(body, run)
         new = self._with_backups(run, status(run))
@@ -203,12 +232,12 @@ class Clusters:
         return new
 
     async def _ensure_children(
-        self, body: Mapping[str, Any], spec: ClusterSpec, restore: RestoreSource | None
+        self, body: Mapping[str, Any], spec: ClusterSpec, restore: RestoreSource | None, ca_digest: str
     ) -> dict[str, Obj]:
         """Create what is missing. Returns the children by kind."""
         owner = {"apiVersion": body["apiVersion"], "kind": body["kind"], "metadata": dict(body["metadata"])}
         found: dict[str, Obj] = {}
-        for child in children(spec, owner, restore):
+        for child in children(spec, owner, restore, ca_digest):
             kind, child_name = child["kind"], child["metadata"]["name"]
             current = await self._objects.read(kind, spec.namespace, child_name)
             if current is None:
@@ -230,10 +259,73 @@ class Clusters:
             patch = {"spec": {"minAvailable": wanted}}
             await self._objects.patch("PodDisruptionBudget", spec.namespace, spec.name, patch)
 
+    def _kept_tls(self, body: Mapping[str, Any], run: Pass) -> ClusterSpec:
+        """The spec with ``spec.tls`` as the cluster was created with it: once members run, TLS cannot be
+        turned on or off (every peer URL would change) nor its issuer changed (a new CA would cut the members
+        off from each other until all restarted). A change is refused: the status and an Event say so."""
+        spec, previous = run.spec, run.previous
+        if not previous.get("members"):
+            return spec
+        recorded = previous.get("tls") or {}
+        was = str(recorded.get("issuer") or "") or None
+        wanted = spec.tls.describe() if spec.tls is not None else None
+        if was == wanted:
+            return spec
+        message = (
+            f"spec.tls cannot change once the cluster runs (issuer {was or 'none: no TLS'}, the spec asks "
+            f"for {wanted or 'no TLS'}): restore a backup into a new EtcdCluster to change it"
+        )
+        if not _told(previous, message):
+            self._events.warn(body, "TLSChangeRefused", message)
+        run.problem, run.problem_reason = message, "Refused"
+        kept = None
+        if was is not None:
+            duration = spec.tls.duration if spec.tls is not None else TlsSpec().duration
+            kind, _, name = was.partition("/")
+            issuer = None if was == OWN_CA else IssuerRef(name, kind)
+            kept = TlsSpec(issuer, duration)
+        run.spec = replace(spec, tls=kept)
+        return run.spec
+
+    async def _keep_tls(self, body: Mapping[str, Any], run: Pass) -> TlsState | None:
+        """The cluster's certificates issued or renewed (:mod:`.issuer`), and the operator's client files
+        for them. A renewed client certificate retires the cluster's lock store: its users connect again
+        with it (the old one is valid a third of its lifetime more)."""
+        spec = run.spec
+        key = (spec.namespace, spec.name)
+        if spec.tls is None:
+            self._tls.pop(key, None)
+            return None
+        state = await self._issuer.ensure(body, spec.tls)
+        if state.problem and not run.problem:
+            run.problem, run.problem_reason = state.problem, "CertificatesNotRenewable"
+        if not state.ready:
+            return state
+        files = self._credentials.files(spec.namespace, spec.name, state.client)
+        known = self._tls.get(key)
+        if known is not None and known != files:
+            log.info("etcd cluster %s/%s: client certificate renewed", spec.namespace, spec.name)
+            self._retire(spec.namespace, spec.name)
+        self._tls[key] = files
+        run.tls = {
+            "issuer": spec.tls.describe(),
+            "memberSecret": member_secret(spec.name),
+            "clientSecret": client_secret(spec.name),
+            "notAfter": state.not_after,
+        }
+        return state
+
+    def _config(self, spec: ClusterSpec, endpoints: str | list[str], request_timeout: float) -> EtcdConfig:
+        """A client config for the cluster's members: with the operator's client certificate under TLS."""
+        files = self._tls.get((spec.namespace, spec.name))
+        if spec.tls is None or files is None:
+            return EtcdConfig.parse(endpoints, request_timeout=request_timeout)
+        return files.config(endpoints, request_timeout)
+
     async def _client(self, spec: ClusterSpec, members: list[int]) -> EtcdClient:
         """A client for these members (by ordinal)."""
         endpoints = [spec.client_url_of(i) for i in members]
-        config = EtcdConfig.parse(endpoints, request_timeout=3.0)
+        config = self._config(spec, endpoints, 3.0)
         key = (spec.namespace, spec.name)
         client = self._clients.get(key)
         if client is None or client.config != config:
@@ -280,7 +372,7 @@ class Clusters:
         membership = {names[m.peer_url]: m.peer_url for m in view.members if m.peer_url in names}
         if step.action == "add-learner":
             membership[step.member] = step.peer_url
-        await self._keep_template(effective, sts, membership)
+        await self._keep_template(effective, sts, membership, run.ca_digest)
         # Every member etcd lists has a pod (a scale-up lost after its MemberAdd is made good here).
         listed = [names[m.peer_url] for m in view.members if m.peer_url in names]
         ordinals = [o for name in listed if (o := spec.ordinal(name)) is not None]
@@ -383,7 +475,7 @@ class Clusters:
         spec = run.spec = replace(run.spec, token=record["token"])
         await self._backups.stop((spec.namespace, spec.name))
         self._retire(spec.namespace, spec.name)
-        wanted = statefulset(spec, restore=self._restore_source(spec, record))
+        wanted = statefulset(spec, restore=self._restore_source(spec, record), ca_digest=run.ca_digest)
         patch = [
             {"op": "replace", "path": "/spec/template", "value": wanted["spec"]["template"]},
             {"op": "replace", "path": "/spec/replicas", "value": spec.replicas},
@@ -467,7 +559,8 @@ class Clusters:
         voters = [m for m in view.members if not m.learner and m.client_url]
         # Snapshots from a follower where one is healthy: the leader has enough to do.
         healthy = [m.client_url for m in sorted(voters, key=lambda m: m.leader) if m.healthy]
-        await self._backups.keep(body, spec.backup, healthy, [m.client_url for m in voters])
+        tls = self._tls.get((spec.namespace, spec.name)) if spec.tls is not None else None
+        await self._backups.keep(body, spec.backup, healthy, [m.client_url for m in voters], tls)
 
     def _with_backups(self, run: Pass, new: Obj) -> Obj:
         """The status with what the backups and the restore say; the metrics say what the pass saw
@@ -499,13 +592,15 @@ class Clusters:
         containers = ((sts["spec"].get("template") or {}).get("spec") or {}).get("containers") or [{}]
         return replace(spec, version=current, image=containers[0].get("image") or spec.image)
 
-    async def _keep_template(self, spec: ClusterSpec, sts: Obj, membership: dict[str, str]) -> None:
+    async def _keep_template(
+        self, spec: ClusterSpec, sts: Obj, membership: dict[str, str], ca_digest: str
+    ) -> None:
         """The StatefulSet's template says what a pod created now must run (joining this membership).
 
         What was rendered is remembered in an annotation: the API server adds defaults to the template,
         so comparing templates would find a difference every time.
         """
-        wanted = statefulset(spec, members=membership)["spec"]["template"]
+        wanted = statefulset(spec, members=membership, ca_digest=ca_digest)["spec"]["template"]
         rendered = digest(wanted)
         annotations = sts["metadata"].get("annotations")
         if (annotations or {}).get(RENDERED) == rendered:

@@ -26,10 +26,12 @@ from typing import Any
 from etcdlock.operator.etcdcluster.backup.settings import StoreSpec
 from etcdlock.operator.etcdcluster.membership import quorum
 from etcdlock.operator.etcdcluster.spec import CLIENT_PORT, PEER_PORT, ClusterSpec
+from etcdlock.operator.etcdcluster.tls import member_secret
 
 METRICS_PORT = 2381
 QUOTA_BYTES = 2 * 1024**3
 DATA = "/var/lib/etcd"
+TLS_DIR = "/etc/etcd/tls"
 TEMPLATE_HASH = "etcdlock.io/template-hash"
 
 Obj = dict[str, Any]
@@ -92,17 +94,20 @@ def statefulset(
     owner: Obj | None = None,
     members: dict[str, str] | None = None,
     restore: RestoreSource | None = None,
+    ca_digest: str = "",
 ) -> Obj:
     """The members' StatefulSet (Parallel start: a new cluster's members must all come up to elect).
 
     Without ``members`` it bootstraps a new cluster (from ``restore``'s snapshot if given: an init
     container restores it into each member's data first); with them (name -> peer URL, the current
-    membership) a pod created from it joins the running cluster.
+    membership) a pod created from it joins the running cluster. ``ca_digest`` (TLS only) is the digest of
+    the CA bundle the members trust: etcd reads it only at start, so a member restarts when it changes.
     """
     if members is None:
         initial, state = spec.initial_cluster(), "new"
     else:
         initial, state = ",".join(f"{n}={u}" for n, u in sorted(members.items())), "existing"
+    scheme = spec.scheme
     container: Obj = {
         "name": "etcd",
         "image": spec.image,
@@ -110,10 +115,10 @@ def statefulset(
             "/usr/local/bin/etcd",
             "--name=$(POD_NAME)",
             f"--data-dir={DATA}/data",
-            f"--listen-client-urls=http://0.0.0.0:{CLIENT_PORT}",
-            f"--advertise-client-urls=http://$(POD_NAME).{spec.name}.{spec.namespace}.svc:{CLIENT_PORT}",
-            f"--listen-peer-urls=http://0.0.0.0:{PEER_PORT}",
-            f"--initial-advertise-peer-urls=http://$(POD_NAME).{spec.name}.{spec.namespace}.svc:{PEER_PORT}",
+            f"--listen-client-urls={scheme}://0.0.0.0:{CLIENT_PORT}",
+            f"--advertise-client-urls={scheme}://$(POD_NAME).{spec.name}.{spec.namespace}.svc:{CLIENT_PORT}",
+            f"--listen-peer-urls={scheme}://0.0.0.0:{PEER_PORT}",
+            f"--initial-advertise-peer-urls={_advertised_peer(spec)}",
             f"--initial-cluster={initial}",
             f"--initial-cluster-state={state}",
             f"--initial-cluster-token={spec.cluster_token}",
@@ -145,6 +150,9 @@ def statefulset(
         },
         "volumeMounts": [{"name": "data", "mountPath": DATA}],
     }
+    if spec.tls is not None:
+        container["command"] += _tls_flags()
+        container["volumeMounts"].append({"name": "tls", "mountPath": TLS_DIR, "readOnly": True})
     if spec.resources:
         container["resources"] = spec.resources
     overrides = spec.pod_template
@@ -164,7 +172,14 @@ def statefulset(
     for key in ("nodeSelector", "tolerations"):
         if overrides.get(key):
             pod[key] = overrides[key]
-    annotations = {**(overrides.get("annotations") or {}), TEMPLATE_HASH: template_hash(pod)}
+    annotations = {**(overrides.get("annotations") or {}), TEMPLATE_HASH: template_hash(pod, ca_digest)}
+    # The volumes follow from the storage and TLS settings, which the flags and mounts show already.
+    volumes: list[Obj] = [] if spec.storage_size is not None else [{"name": "data", "emptyDir": {}}]
+    if spec.tls is not None:
+        secret = {"secretName": member_secret(spec.name), "defaultMode": 0o440}
+        volumes.append({"name": "tls", "secret": secret})
+    if volumes:
+        pod["volumes"] = volumes
     template_meta: Obj = {"labels": described(spec), "annotations": annotations}
     sts_spec: Obj = {
         "serviceName": spec.name,
@@ -182,8 +197,6 @@ def statefulset(
         if spec.storage_class:
             claim["storageClassName"] = spec.storage_class
         sts_spec["volumeClaimTemplates"] = [{"metadata": {"name": "data"}, "spec": claim}]
-    else:
-        pod["volumes"] = [{"name": "data", "emptyDir": {}}]
     return {
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",
@@ -205,7 +218,7 @@ def _restore_container(spec: ClusterSpec, restore: RestoreSource, initial: str, 
         "--name=$(POD_NAME)",
         f"--initial-cluster={initial}",
         f"--initial-cluster-token={spec.cluster_token}",
-        f"--initial-advertise-peer-urls=http://$(POD_NAME).{spec.name}.{spec.namespace}.svc:{PEER_PORT}",
+        f"--initial-advertise-peer-urls={_advertised_peer(spec)}",
     ]
     if store.endpoint:
         command.insert(3, f"--store-endpoint={store.endpoint}")
@@ -222,15 +235,35 @@ def _restore_container(spec: ClusterSpec, restore: RestoreSource, initial: str, 
     return container
 
 
-def template_hash(pod: Obj) -> str:
+def template_hash(pod: Obj, ca_digest: str = "") -> str:
     """What a running member must be restarted for (image, flags, resources, node selection, affinity,
-    tolerations), leaving out what only matters to a member's first start (the bootstrap flags, the
-    restore's init container), and pod annotations, which reach pods created afterwards."""
+    tolerations, the CA bundle it trusts), leaving out what only matters to a member's first start (the
+    bootstrap flags, the restore's init container), and pod annotations, which reach pods created
+    afterwards. A renewed member certificate is not among them: etcd reads it again for every handshake."""
     relevant = json.loads(json.dumps(pod))
     relevant.pop("initContainers", None)
     for container in relevant["containers"]:
         container["command"] = [c for c in container["command"] if not c.startswith("--initial-cluster")]
-    return digest(relevant)
+    return digest({"pod": relevant, "ca": ca_digest}) if ca_digest else digest(relevant)
+
+
+def _advertised_peer(spec: ClusterSpec) -> str:
+    return f"{spec.scheme}://$(POD_NAME).{spec.name}.{spec.namespace}.svc:{PEER_PORT}"
+
+
+def _tls_flags() -> list[str]:
+    """Clients and peers over TLS, each demanding a certificate of the cluster's CA."""
+    cert, key, ca = f"{TLS_DIR}/tls.crt", f"{TLS_DIR}/tls.key", f"{TLS_DIR}/ca.crt"
+    return [
+        f"--cert-file={cert}",
+        f"--key-file={key}",
+        f"--trusted-ca-file={ca}",
+        "--client-cert-auth",
+        f"--peer-cert-file={cert}",
+        f"--peer-key-file={key}",
+        f"--peer-trusted-ca-file={ca}",
+        "--peer-client-cert-auth",
+    ]
 
 
 def digest(obj: Any) -> str:
@@ -268,6 +301,12 @@ def disruption_budget(spec: ClusterSpec, owner: Obj | None = None) -> Obj:
     }
 
 
-def children(spec: ClusterSpec, owner: Obj | None = None, restore: RestoreSource | None = None) -> list[Obj]:
+def children(
+    spec: ClusterSpec, owner: Obj | None = None, restore: RestoreSource | None = None, ca_digest: str = ""
+) -> list[Obj]:
     """Every object the cluster needs, owned by the EtcdCluster (deleted with it)."""
-    return [*services(spec, owner), statefulset(spec, owner, restore=restore), disruption_budget(spec, owner)]
+    return [
+        *services(spec, owner),
+        statefulset(spec, owner, restore=restore, ca_digest=ca_digest),
+        disruption_budget(spec, owner),
+    ]

@@ -1,6 +1,6 @@
 """What an EtcdCluster spec means, checked: its size (an odd number of members that keeps a quorum), its
 etcd version and the upgrade path to another one, its maintenance schedule, its backups, restore and
-recovery (:mod:`.backup.settings`), and the names and URLs its
+recovery (:mod:`.backup.settings`), its TLS (:mod:`.tls`: every URL is https then), and the names and URLs its
 members get (NAME-i, reached as NAME-i.NAME.NAMESPACE.svc through the headless Service NAME; clients use
 the Service NAME-client). :mod:`.rendering` turns a :class:`ClusterSpec` into the Kubernetes objects.
 """
@@ -20,6 +20,7 @@ from etcdlock.operator.etcdcluster.backup.settings import (
     parse_restore,
 )
 from etcdlock.operator.etcdcluster.membership import ClusterView
+from etcdlock.operator.etcdcluster.tls import TlsSpec, parse_tls
 
 SIZES = (1, 3, 5, 7)
 DEFAULT_VERSION = "3.5.21"
@@ -52,6 +53,7 @@ class ClusterSpec:
     backup: BackupSpec | None = None
     restore: RestoreSpec | None = None
     automatic_recovery: bool = False
+    tls: TlsSpec | None = None
     # The cluster token of the members' first start (default NAMESPACE-NAME): a cluster rebuilt from a
     # backup gets a new one, so that no member of the old cluster can join it.
     token: str = ""
@@ -90,6 +92,7 @@ class ClusterSpec:
             backup=backup,
             restore=parse_restore(spec.get("restore"), backup),
             automatic_recovery=parse_recovery(spec.get("recovery")),
+            tls=parse_tls(spec.get("tls"), seconds),
         )
 
     @property
@@ -107,15 +110,20 @@ class ClusterSpec:
         head, _, index = member.rpartition("-")
         return int(index) if head == self.name and index.isdigit() else None
 
+    @property
+    def scheme(self) -> str:
+        """Of every client and peer URL (the metrics port stays http)."""
+        return "http" if self.tls is None else "https"
+
     def client_url_of(self, index: int) -> str:
-        return f"http://{self.member(index)}.{self.name}.{self.namespace}.svc:{CLIENT_PORT}"
+        return f"{self.scheme}://{self.member(index)}.{self.name}.{self.namespace}.svc:{CLIENT_PORT}"
 
     def peer_url(self, index: int) -> str:
-        return f"http://{self.member(index)}.{self.name}.{self.namespace}.svc:{PEER_PORT}"
+        return f"{self.scheme}://{self.member(index)}.{self.name}.{self.namespace}.svc:{PEER_PORT}"
 
     @property
     def client_url(self) -> str:
-        return f"http://{self.name}-client.{self.namespace}.svc:{CLIENT_PORT}"
+        return f"{self.scheme}://{self.name}-client.{self.namespace}.svc:{CLIENT_PORT}"
 
     def initial_cluster(self) -> str:
         return ",".join(f"{self.member(i)}={self.peer_url(i)}" for i in range(self.replicas))

@@ -64,6 +64,9 @@ class Pass:
     restore: Obj | None = None  # status.restore: a restore under way or done
     quorum_lost: str = ""  # why the cluster cannot recover by itself, and what to do
     rebuilt: int = 0  # the rebuild this pass started (its number)
+    waiting: str = ""  # what a cluster not created yet waits for (its certificates)
+    ca_digest: str = ""  # of the CA bundle the members trust (TLS only)
+    tls: Obj | None = None  # status.tls: who issues the certificates, their Secrets, the earliest expiry
 
     @property
     def settled(self) -> bool:
@@ -87,7 +90,7 @@ def available(run: Pass) -> Condition:
         message = f"restoring {run.restore['snapshot']} (revision {run.restore['snapshotRevision']})"  # type: ignore[index]
         return condition("Available", "False", "Restoring", message, run.generation)
     if run.view is None:
-        return condition("Available", "False", *_unanswered(run.previous), run.generation)
+        return condition("Available", "False", *_unanswered(run), run.generation)
     message = f"{healthy_voters(run.view)} of {len(run.view.voters)} voting members healthy"
     if has_quorum(run.view):
         return condition("Available", "True", "Quorum", message, run.generation)
@@ -97,7 +100,7 @@ def available(run: Pass) -> Condition:
 def progressing(run: Pass) -> Condition:
     """False once settled; else True, naming the step or the work under way (or the wait)."""
     if run.view is None:
-        return condition("Progressing", "True", *_unanswered(run.previous), run.generation)
+        return condition("Progressing", "True", *_unanswered(run), run.generation)
     if run.settled:
         message = f"{len(run.view.voters)} voting members as wanted"
         return condition("Progressing", "False", "Settled", message, run.generation)
@@ -116,7 +119,7 @@ def degraded(run: Pass) -> Condition:
         return condition("Degraded", "True", run.problem_reason, run.problem, run.generation)
     if run.view is None:
         state = "True" if _started(run.previous) else "False"
-        return condition("Degraded", state, *_unanswered(run.previous), run.generation)
+        return condition("Degraded", state, *_unanswered(run), run.generation)
     step = run.step
     if run.problem:
         return condition("Degraded", "True", run.problem_reason, run.problem, run.generation)
@@ -203,6 +206,9 @@ def status(run: Pass) -> Obj:
     extra: Obj = {}
     if run.restore is not None:
         extra["restore"] = run.restore
+    tls = run.tls or run.previous.get("tls")
+    if tls:
+        extra["tls"] = tls
     rebuilds = run.rebuilt or int(run.previous.get("rebuilds") or 0)
     if rebuilds:
         extra["rebuilds"] = rebuilds
@@ -284,8 +290,11 @@ def _started(previous: Obj) -> bool:
     )
 
 
-def _unanswered(previous: Obj) -> tuple[str, str]:
+def _unanswered(run: Pass) -> tuple[str, str]:
     """The reason and message of every condition while no member answers."""
+    previous = run.previous
+    if run.waiting:
+        return "WaitingForCertificates", run.waiting
     if _started(previous):
         return "Unreachable", "no member answers with a quorum"
     return "Creating", "waiting for the members to start and elect a leader"

@@ -8,7 +8,8 @@ until it lands or leadership is really lost; a deposed replica writes nothing mo
 What the pod is told: ``etcdlock.io/state`` (Waiting / Held / Released / Error),
 ``etcdlock.io/fencing-token`` and ``etcdlock.io/message``, with an Event for every change of state.
 
-A lock kept in an EtcdCluster that is rebuilt from a backup loses its store (retired: a new etcd cluster);
+A lock kept in an EtcdCluster that is rebuilt from a backup loses its store (retired: a new etcd cluster),
+and so does one whose client certificate was renewed (the same cluster, reached again with the new one);
 the hold leaves it without revoking anything and starts over on the store resolved next, adopting its
 lease there as a new leader would: a key the backup kept keeps its place, one it did not queues again.
 """
@@ -214,13 +215,13 @@ class PodHold:
                 return
 
     async def _leave_retired_store(self) -> None:
-        """Forget the retired store's session and key without revoking (the rebuilt cluster has the lease
-        the backup kept, adopted next); the lease stays named on the pod."""
+        """Forget the retired store's session and key without revoking (the store resolved next has the
+        lease, or the one the backup kept, adopted next); the lease stays named on the pod."""
         await self._orphan()
         self._session = self._waiter = None
         self._store = None
         self._store_known.clear()
-        log.info("pod %s/%s: %s's etcd was rebuilt from a backup; adopting again", *self.ref, self.lock_name)
+        log.info("pod %s/%s: %s's etcd client was retired; adopting again", *self.ref, self.lock_name)
 
     async def _usable_lock(self) -> LockSpec:
         """The lock's spec once it exists, is valid, may use its key and its etcd answers; until then the
@@ -427,8 +428,8 @@ class PodHold:
         """A waiting pod's place is gone (nobody kept its lease alive long enough, or its key was deleted):
         never silently."""
         log.warning("pod %s/%s: lost its place in %s: %s", *self.ref, self.lock_name, message)
-        self._context.events.warn(self.pod, "PlaceLost", f"lost its place in {self.lock_name}: {message}")
         self._context.lease_lost(self.ref[0], self.lock_name, "waiting")
+        self._context.events.warn(self.pod, "PlaceLost", f"lost its place in {self.lock_name}: {message}")
         await self._write({STATE_ANNOTATION: WAITING, MESSAGE_ANNOTATION: f"lost its place: {message}"})
 
     async def _lost(self, message: str) -> None:
@@ -438,8 +439,8 @@ class PodHold:
             log.info("pod %s/%s: %s; left to the leader", *self.ref, message)
             return
         self._context.events.warn(self.pod, "LockLost", message)
-        await self._write({STATE_ANNOTATION: ERROR, MESSAGE_ANNOTATION: message})
         self._context.lease_lost(self.ref[0], self.lock_name, "held")
+        await self._write({STATE_ANNOTATION: ERROR, MESSAGE_ANNOTATION: message})
 
     async def _write(self, annotations: Mapping[str, str | None], *, ungate: bool = False) -> bool:
         """Write the annotations that differ from what the pod already says (and remove the gate).

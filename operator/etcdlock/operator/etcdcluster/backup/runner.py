@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from etcdlock.etcd import Compacted, EtcdClient, EtcdConfig, EtcdError
+from etcdlock.operator.credentials import TlsFiles
 from etcdlock.operator.etcdcluster.backup.catalog import Catalog, Full, cluster_id, expired
 from etcdlock.operator.etcdcluster.backup.deltas import DeltaRecorder, Flushed
 from etcdlock.operator.etcdcluster.backup.errors import BackupError
@@ -49,6 +50,12 @@ class Targets:
     endpoints: list[str] = field(default_factory=list)
     settings: dict[str, str] = field(default_factory=dict)
     request: str = ""
+    tls: TlsFiles | None = None  # the client certificate of a cluster with TLS
+
+    def config(self, endpoints: str | list[str], request_timeout: float) -> EtcdConfig:
+        if self.tls is None:
+            return EtcdConfig.parse(endpoints, request_timeout=request_timeout)
+        return self.tls.config(endpoints, request_timeout)
 
 
 @dataclass
@@ -155,7 +162,7 @@ class BackupRunner:
         store = self._store()
         if not self.targets.endpoints:
             raise BackupError("EtcdUnavailable", "no member answers")
-        config = EtcdConfig.parse(self.targets.endpoints, request_timeout=5.0)
+        config = self.targets.config(self.targets.endpoints, request_timeout=5.0)
         async with EtcdClient(config) as client:
             # Only this cluster's backups count: one it was restored from has revisions of its own.
             current = cluster_id((await client.status()).header.cluster_id)
@@ -212,7 +219,7 @@ class BackupRunner:
         """A full snapshot from the first healthy member that gives one (followers first)."""
         failure: Exception = BackupError("EtcdUnavailable", "no healthy member to take a snapshot from")
         for url in self.targets.snapshot_from:
-            config = EtcdConfig.parse(url, request_timeout=10.0)
+            config = self.targets.config(url, request_timeout=10.0)
             try:
                 async with asyncio.timeout(SNAPSHOT_TIMEOUT), EtcdClient(config) as member:
                     return await take_full(member, store)

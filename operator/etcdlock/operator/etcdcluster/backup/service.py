@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from etcdlock.operator.conditions import Condition, condition
+from etcdlock.operator.credentials import TlsFiles
 from etcdlock.operator.etcdcluster.backup.errors import BackupError
 from etcdlock.operator.etcdcluster.backup.runner import BackupRunner, Report, Targets
 from etcdlock.operator.etcdcluster.backup.settings import BackupSpec, StoreSpec
@@ -87,9 +88,15 @@ class ClusterBackups:
         self._problems.pop(key, None)
 
     async def keep(
-        self, body: Mapping[str, Any], spec: BackupSpec | None, snapshot_from: list[str], endpoints: list[str]
+        self,
+        body: Mapping[str, Any],
+        spec: BackupSpec | None,
+        snapshot_from: list[str],
+        endpoints: list[str],
+        tls: TlsFiles | None = None,
     ) -> None:
-        """Start, update or stop the cluster's runner, as the spec and the members say."""
+        """Start, update or stop the cluster's runner, as the spec and the members say (``tls``: the client
+        certificate of a cluster with TLS)."""
         meta = body["metadata"]
         key = (meta["namespace"], meta["name"])
         self._bodies[key] = body
@@ -105,6 +112,7 @@ class ClusterBackups:
             endpoints=endpoints,
             request=str((meta.get("annotations") or {}).get(REQUEST) or ""),
             settings=running.runner.targets.settings if running is not None else {},
+            tls=tls,
         )
         if running is None or time.monotonic() - running.read_at >= SECRET_REFRESH:
             try:
