@@ -148,3 +148,16 @@ def test_children_say_the_etcd_version_and_their_manager_and_select_by_name_and_
     assert sts["spec"]["selector"] == {"matchLabels": selecting}
     assert all(s["spec"]["selector"] == selecting for s in services(spec))
     assert disruption_budget(spec)["spec"]["selector"] == {"matchLabels": selecting}
+
+
+def test_a_3_4_member_is_alive_while_it_listens_a_3_5_one_while_it_answers_alone() -> None:
+    """etcd 3.4 ignores ``serializable``: its /health needs a quorum, which a liveness probe must not."""
+    old = statefulset(ClusterSpec.parse("ns", "e", {"version": "3.4.23"}))["spec"]["template"]["spec"]
+    new = statefulset(ClusterSpec.parse("ns", "e", {"version": "3.5.21"}))["spec"]["template"]["spec"]
+    assert old["containers"][0]["livenessProbe"]["tcpSocket"] == {"port": "metrics"}
+    assert "httpGet" not in old["containers"][0]["livenessProbe"]
+    assert new["containers"][0]["livenessProbe"]["httpGet"]["path"] == "/health?serializable=true"
+    for version in ("1.30", "1.37"):
+        assert kubernetes_validate.validate(
+            statefulset(ClusterSpec.parse("ns", "e", {"version": "3.4.23"})), version, strict=True
+        )

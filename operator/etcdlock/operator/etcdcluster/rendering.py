@@ -13,7 +13,8 @@ while the cluster is healthy. The flags follow etcd's guidance: default heartbea
 recommended snapshot count. Probes use ``/health`` on the metrics port, which every 3.5 release serves:
 liveness asks the member alone (``serializable``), readiness that it serves linearizable reads (it is part
 of a quorum; a learner is never ready, so clients of the client Service never reach one). etcd 3.4 takes
-the same flags and serves ``/health`` there too, but ignores ``serializable``: its liveness needs a quorum.
+the same flags and serves ``/health`` there too, but ignores ``serializable``: a 3.4 member's liveness is a
+TCP check of the metrics port instead (one that needs a quorum would restart members waiting for one).
 """
 
 from __future__ import annotations
@@ -137,7 +138,7 @@ def statefulset(
             {"name": "metrics", "containerPort": METRICS_PORT},
         ],
         "livenessProbe": {
-            "httpGet": {"path": "/health?serializable=true", "port": "metrics"},
+            **_alive(spec.version),
             "initialDelaySeconds": 10,
             "periodSeconds": 10,
             "failureThreshold": 6,
@@ -245,6 +246,13 @@ def template_hash(pod: Obj, ca_digest: str = "") -> str:
     for container in relevant["containers"]:
         container["command"] = [c for c in container["command"] if not c.startswith("--initial-cluster")]
     return digest({"pod": relevant, "ca": ca_digest}) if ca_digest else digest(relevant)
+
+
+def _alive(version: str) -> Obj:
+    """The liveness check: the member answers by itself (3.5), or at least listens (3.4)."""
+    if version.startswith("3.4."):
+        return {"tcpSocket": {"port": "metrics"}}
+    return {"httpGet": {"path": "/health?serializable=true", "port": "metrics"}}
 
 
 def _advertised_peer(spec: ClusterSpec) -> str:
