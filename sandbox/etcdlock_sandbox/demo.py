@@ -488,9 +488,9 @@ The sandbox keeps running. Try:
   kubectl delete pod {CLUSTER}-1                  # a member restarts (pkill -f name={CLUSTER}-1 also)
   kubectl get events --field-selector involvedObject.kind=EtcdCluster
   kubectl get secret {CLUSTER}-client-tls        # its client certificate: ca.crt, tls.crt, tls.key
-  etcdctl --endpoints https://<pod IP>:2379 --cacert {clients}/ca.crt --cert {clients}/tls.crt \\
-      --key {clients}/tls.key --insecure-skip-tls-verify member list
-      # the certificate names the members, not their sandbox addresses, which resolve only inside it
+  etcdlock --endpoints https://<pod IP>:2379 --cacert {clients}/ca.crt --cert {clients}/tls.crt \\
+      --key {clients}/tls.key --tls-server-name {CLUSTER}-client.default.svc lock my-job -- date
+      # a pod's address with a name its certificate carries: the sandbox's names resolve only inside it
   etcdlock sandbox down --dir {args.dir}          # stop it""",
             flush=True,
         )

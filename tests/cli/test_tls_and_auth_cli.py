@@ -167,3 +167,21 @@ def test_a_user_outside_its_permitted_prefix_is_one_line_saying_permission_denie
         auth_cli.etcdlock("--user", "alice:alicepw", "lock", "elsewhere/x", "--", "true")
     )
     assert "permission denied" in line
+
+
+def test_a_member_reached_by_address_with_the_name_its_certificate_carries(
+    tls_etcd: LocalEtcd, tls: LocalTls, tmp_path: Path, name: str
+) -> None:
+    """``--tls-server-name``: a member's address (as a pod IP) with the name its certificate carries."""
+    by_address = Cli(f"https://127.0.0.1:{tls_etcd.members[0].client_port}", tmp_path)
+    try:
+        assert (
+            fencing_token(by_address, *client_cert(tls), "--tls-server-name", "localhost", "lock", name) > 0
+        )
+        proc = by_address.etcdlock(
+            *client_cert(tls), "--tls-server-name", "elsewhere.example", "status", name
+        )
+        line = assert_one_line_error(proc)
+        assert "elsewhere.example" in line, line
+    finally:
+        by_address.close()

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from engine_support import bounded, eventually, raw_delete
 
-from etcdlock.etcd import EtcdClient, EtcdConfig, EtcdDenied, Mutex, Session
+from etcdlock.etcd import ConfigError, EtcdClient, EtcdConfig, EtcdDenied, Mutex, Session
 from etcdlock.etcd.requests import put_op
 from etcdlock_sandbox.etcd import LocalEtcd, LocalTls
 
@@ -82,6 +82,32 @@ async def test_tls_with_a_ca_that_did_not_sign_etcds_certificate_is_refused(
     async with EtcdClient(tls_config(tls_etcd, tls, ca=untrusted_ca)) as client:
         with pytest.raises(EtcdDenied, match=r"TLS handshake failed.*not signed by a trusted CA"):
             await bounded(client.range(b"anything"))
+
+
+async def test_members_reached_by_address_are_checked_against_the_server_name_given(
+    tls_etcd: LocalEtcd, tls: LocalTls, name: str
+) -> None:
+    """``server_name``: the certificate must carry that name (here localhost) whatever the endpoint's host
+    (here 127.0.0.1); a name it does not carry is refused, saying so."""
+    port = tls_etcd.members[0].client_port
+
+    def config(server_name: str) -> EtcdConfig:
+        return EtcdConfig.parse(
+            f"https://127.0.0.1:{port}",
+            ca_file=str(tls.ca_file),
+            cert_file=str(tls.client_cert_file),
+            key_file=str(tls.client_key_file),
+            server_name=server_name,
+        )
+
+    async with EtcdClient(config("localhost")) as client, Session(client, ttl=5) as session:
+        holder = await bounded(Mutex(session, name).acquire(timeout=0))
+        await bounded(holder.release())
+    async with EtcdClient(config("elsewhere.example")) as client:
+        with pytest.raises(EtcdDenied, match=r"TLS handshake failed.*elsewhere\.example"):
+            await bounded(client.range(b"anything"))
+    with pytest.raises(ConfigError, match="--tls-server-name needs https"):
+        EtcdConfig.parse(f"http://127.0.0.1:{port}", server_name="localhost")
 
 
 # Users and passwords

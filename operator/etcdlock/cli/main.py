@@ -69,6 +69,12 @@ def _add_connection_options(parser: argparse.ArgumentParser, *, after_command: b
         "--key", default=default(_env("KEY_FILE")), help="TLS client private key (env ETCDLOCK_KEY_FILE)"
     )
     parser.add_argument(
+        "--tls-server-name",
+        default=default(_env("TLS_SERVER_NAME")),
+        help="the name etcd's certificate must carry, instead of each endpoint's host: for members reached "
+        "by address (env ETCDLOCK_TLS_SERVER_NAME)",
+    )
+    parser.add_argument(
         "--request-timeout",
         type=request_timeout,
         default=default(_env("REQUEST_TIMEOUT") or "5"),
@@ -134,6 +140,7 @@ def run(argv: Sequence[str]) -> int:
             cert_file=args.cert,
             key_file=args.key,
             request_timeout=args.request_timeout,
+            server_name=args.tls_server_name,
         )
     except UsageError as exc:
         return _fail(f"{exc} (see etcdlock --help)", EXIT_ERROR)

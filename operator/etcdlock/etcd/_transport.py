@@ -101,7 +101,7 @@ def _channel(endpoint: Endpoint, config: EtcdConfig) -> grpc.aio.Channel:
     options = [*_CHANNEL_OPTIONS, ("grpc.default_authority", f"{endpoint.host}:{endpoint.port}")]
     if not config.uses_tls:
         return grpc.aio.insecure_channel(target, options=options)
-    options.append(("grpc.ssl_target_name_override", endpoint.host))
+    options.append(("grpc.ssl_target_name_override", config.server_name or endpoint.host))
     credentials = grpc.ssl_channel_credentials(
         root_certificates=_read(config.ca_file),
         private_key=_read(config.key_file),
@@ -121,7 +121,7 @@ async def tls_refusal(endpoint: Endpoint, config: EtcdConfig) -> str | None:
     try:
         async with asyncio.timeout(config.request_timeout):
             reader, writer = await asyncio.open_connection(
-                endpoint.host, endpoint.port, ssl=context, server_hostname=endpoint.host
+                endpoint.host, endpoint.port, ssl=context, server_hostname=config.server_name or endpoint.host
             )
             # With TLS 1.3 a refused client certificate is only told after the handshake: say something.
             writer.write(_HTTP2_PREFACE)

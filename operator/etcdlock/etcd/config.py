@@ -79,7 +79,9 @@ def _without_credentials(raw: str) -> str:
 
 @dataclass(frozen=True)
 class EtcdConfig:
-    """How to reach etcd: endpoints (failover in order), optional user, optional TLS files."""
+    """How to reach etcd: endpoints (failover in order), optional user, optional TLS files, and the name
+    the members' certificate must carry when it is not each endpoint's host (``server_name``: members
+    reached by address, such as a pod's, whose certificate names them by DNS name)."""
 
     endpoints: tuple[Endpoint, ...] = (Endpoint.parse(DEFAULT_ENDPOINT),)
     username: str | None = None
@@ -88,6 +90,7 @@ class EtcdConfig:
     cert_file: str | None = None
     key_file: str | None = None
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT
+    server_name: str | None = None
 
     @classmethod
     def parse(
@@ -99,6 +102,7 @@ class EtcdConfig:
         cert_file: str | None = None,
         key_file: str | None = None,
         request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+        server_name: str | None = None,
     ) -> EtcdConfig:
         """Build a config from the user's words: ``"url,url"``, ``"NAME:PASSWORD"``, file paths."""
         items = endpoints.split(",") if isinstance(endpoints, str) else list(endpoints)
@@ -122,7 +126,9 @@ class EtcdConfig:
         if (cert_file is None) != (key_file is None):
             raise ConfigError("--cert and --key go together")
         _check_tls_files(ca_file, cert_file, key_file)
-        return cls(parsed, username, password, ca_file, cert_file, key_file, request_timeout)
+        if server_name is not None and (not server_name or parsed[0].scheme != "https"):
+            raise ConfigError("--tls-server-name needs https:// endpoints and a name")
+        return cls(parsed, username, password, ca_file, cert_file, key_file, request_timeout, server_name)
 
     @property
     def uses_tls(self) -> bool:
