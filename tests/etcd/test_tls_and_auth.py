@@ -10,6 +10,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
+import trustme
 from engine_support import bounded, eventually, raw_delete
 
 from etcdlock.etcd import ConfigError, EtcdClient, EtcdConfig, EtcdDenied, Mutex, Session
@@ -85,29 +86,43 @@ async def test_tls_with_a_ca_that_did_not_sign_etcds_certificate_is_refused(
 
 
 async def test_members_reached_by_address_are_checked_against_the_server_name_given(
-    tls_etcd: LocalEtcd, tls: LocalTls, name: str
+    tmp_path: Path, name: str
 ) -> None:
-    """``server_name``: the certificate must carry that name (here localhost) whatever the endpoint's host
-    (here 127.0.0.1); a name it does not carry is refused, saying so."""
-    port = tls_etcd.members[0].client_port
+    """``server_name``: a member whose certificate names only ``member.example`` (not its address, as an
+    EtcdCluster member's names only DNS names) is reached at 127.0.0.1 with that name; a name the
+    certificate does not carry is refused, saying so."""
+    ca = trustme.CA()
+    server, client = ca.issue_cert("member.example"), ca.issue_cert("client")
+    files = {
+        "ca.pem": ca.cert_pem,
+        "server.pem": server.cert_chain_pems[0],
+        "server-key.pem": server.private_key_pem,
+        "client.pem": client.cert_chain_pems[0],
+        "client-key.pem": client.private_key_pem,
+    }
+    for file, blob in files.items():
+        blob.write_to_path(str(tmp_path / file))
+    paths = [tmp_path / file for file in files]
+    named = LocalTls(*paths, server_name="member.example")
 
-    def config(server_name: str) -> EtcdConfig:
+    def config(etcd: LocalEtcd, server_name: str) -> EtcdConfig:
         return EtcdConfig.parse(
-            f"https://127.0.0.1:{port}",
-            ca_file=str(tls.ca_file),
-            cert_file=str(tls.client_cert_file),
-            key_file=str(tls.client_key_file),
+            f"https://127.0.0.1:{etcd.members[0].client_port}",
+            ca_file=str(named.ca_file),
+            cert_file=str(named.client_cert_file),
+            key_file=str(named.client_key_file),
             server_name=server_name,
         )
 
-    async with EtcdClient(config("localhost")) as client, Session(client, ttl=5) as session:
-        holder = await bounded(Mutex(session, name).acquire(timeout=0))
-        await bounded(holder.release())
-    async with EtcdClient(config("elsewhere.example")) as client:
-        with pytest.raises(EtcdDenied, match=r"TLS handshake failed.*elsewhere\.example"):
-            await bounded(client.range(b"anything"))
+    with LocalEtcd(size=1, tls=named) as etcd:
+        async with EtcdClient(config(etcd, "member.example")) as client, Session(client, ttl=5) as session:
+            holder = await bounded(Mutex(session, name).acquire(timeout=0))
+            await bounded(holder.release())
+        async with EtcdClient(config(etcd, "elsewhere.example")) as client:
+            with pytest.raises(EtcdDenied, match=r"TLS handshake failed.*elsewhere\.example"):
+                await bounded(client.range(b"anything"))
     with pytest.raises(ConfigError, match="--tls-server-name needs https"):
-        EtcdConfig.parse(f"http://127.0.0.1:{port}", server_name="localhost")
+        EtcdConfig.parse("http://127.0.0.1:2379", server_name="member.example")
 
 
 # Users and passwords

@@ -180,6 +180,26 @@ def test_a_pod_takes_a_lock_in_the_tls_cluster_and_the_cli_queues_behind_it(env:
     assert shown.returncode == 0, shown.stderr
     holders = json.loads(shown.stdout)["holders"]
     assert len(holders) == 1 and holders[0]["fencingToken"] == int(token)
+    # From outside the cluster's DNS: a member's address, with the name the certificate carries.
+    address = env.pods(secure)["secure-1"].status.pod_ip
+    outside = subprocess.run(
+        [
+            *PYTHON_ETCDLOCK,
+            f"--endpoints=https://{address}:2379",
+            *env.client_files(secure),
+            f"--tls-server-name=secure-client.{env.namespace}.svc",
+            "status",
+            key,
+            "-o",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert outside.returncode == 0, outside.stderr
+    assert json.loads(outside.stdout)["holders"][0]["fencingToken"] == int(token)
     # ... and cannot take it while the pod holds it (try once, exit 2).
     tried = env.in_cluster(
         [*PYTHON_ETCDLOCK, endpoint, *env.client_files(secure), "lock", "--timeout=0", key]

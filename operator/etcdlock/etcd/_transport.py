@@ -98,10 +98,13 @@ def _channel(endpoint: Endpoint, config: EtcdConfig) -> grpc.aio.Channel:
         target = (
             f"ipv6:[{address}]:{endpoint.port}" if address.version == 6 else f"ipv4:{address}:{endpoint.port}"
         )
-    options = [*_CHANNEL_OPTIONS, ("grpc.default_authority", f"{endpoint.host}:{endpoint.port}")]
+    # The authority is the name the member's certificate is checked against (gRPC refuses a call whose
+    # host does not match it).
+    authority = config.server_name or endpoint.host
+    options = [*_CHANNEL_OPTIONS, ("grpc.default_authority", f"{authority}:{endpoint.port}")]
     if not config.uses_tls:
         return grpc.aio.insecure_channel(target, options=options)
-    options.append(("grpc.ssl_target_name_override", config.server_name or endpoint.host))
+    options.append(("grpc.ssl_target_name_override", authority))
     credentials = grpc.ssl_channel_credentials(
         root_certificates=_read(config.ca_file),
         private_key=_read(config.key_file),
