@@ -140,7 +140,38 @@ def test_the_pod_monitor_scrapes_every_etcdcluster_members_metrics_port(installe
     relabel = {r["targetLabel"]: r for r in endpoint["relabelings"]}
     assert relabel["cluster"]["sourceLabels"] == ["__meta_kubernetes_pod_label_app_kubernetes_io_instance"]
     assert labels["app.kubernetes.io/instance"] == "main", "the cluster label is the EtcdCluster's name"
-    assert relabel["job"]["replacement"] == "etcdlock-etcd"
+    assert relabel["job"]["replacement"] == "etcdlock-etcdclusters"
+
+
+def test_the_etcdclusters_and_the_operators_own_etcd_are_told_apart(installed: Docs) -> None:
+    """An EtcdCluster may be called etcdlock-etcd in the operator's namespace: its members' series and the
+    operator's own etcd's must differ in a label the rules group by (the job)."""
+    jobs = {}
+    for name in ("etcdlock-etcdclusters", "etcdlock-etcd"):
+        (endpoint,) = one(installed, "PodMonitor", name)["spec"]["podMetricsEndpoints"]
+        jobs[name] = {r["targetLabel"]: r for r in endpoint["relabelings"]}["job"]["replacement"]
+    assert len(set(jobs.values())) == 2, jobs
+    etcd_rules = [r for g in rules(installed)["groups"] if g["name"] == "etcd" for r in g["rules"]]
+    selector = 'job=~"' + "|".join(sorted(jobs.values())) + '"'
+    for rule in etcd_rules:
+        assert selector in rule["expr"], rule["alert"]
+        for grouping in re.findall(r"\bby \(([^)]*)\)", rule["expr"]):
+            assert grouping.startswith("job, namespace, cluster"), (rule["alert"], grouping)
+
+
+def test_no_leader_reads_the_job_the_service_monitor_gives(installed: Docs) -> None:
+    """absent() of the operator's job is what catches every replica down: the job must be the one the
+    ServiceMonitor names (its jobLabel's value on the metrics Service)."""
+    monitor = one(installed, "ServiceMonitor", "etcdlock-operator")["spec"]
+    service = one(installed, "Service", "etcdlock-operator-metrics")
+    job = service["metadata"]["labels"][monitor["jobLabel"]]
+    (rule,) = [
+        r
+        for g in rules(installed)["groups"]
+        for r in g["rules"]
+        if r.get("alert") == "EtcdlockOperatorNoLeader"
+    ]
+    assert f'absent(etcdlock_operator_leader{{job="{job}"}})' in rule["expr"]
 
 
 def test_the_operators_own_etcd_and_the_operator_are_scraped(installed: Docs) -> None:

@@ -3,7 +3,9 @@ the mapping, the elections counted, and the series removed when the cluster is f
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
+from datetime import UTC, datetime
 
 from etcdlock.operator.etcdcluster import ClusterSpec
 from etcdlock.operator.etcdcluster.membership import ClusterView, MemberState
@@ -130,3 +132,73 @@ def test_forgetting_a_cluster_drops_its_series_and_its_backups() -> None:
 
 def test_without_metrics_nothing_is_recorded() -> None:
     ClusterTelemetry(None).observed(seen(member(0, leader=True)))
+
+
+def test_every_pass_that_ends_says_when() -> None:
+    metrics = Metrics()
+    telemetry = ClusterTelemetry(metrics)
+    before = time.time()
+    telemetry.observed(seen(member(0, leader=True), member(1), member(2)))
+    stamp = value(metrics, "etcdlock_etcdcluster_last_pass_timestamp_seconds")
+    assert stamp is not None and before <= stamp <= time.time()
+    telemetry.unobserved("ns", "e")
+    assert (value(metrics, "etcdlock_etcdcluster_last_pass_timestamp_seconds") or 0) >= stamp
+    telemetry.forget("ns", "e")
+    assert value(metrics, "etcdlock_etcdcluster_last_pass_timestamp_seconds") is None
+
+
+def test_a_pass_that_did_not_look_at_the_members_claims_no_quorum_nor_leader() -> None:
+    """An invalid spec, a restore being planned, certificates awaited: what an earlier pass saw is not
+    left claiming a healthy cluster (nor an unhealthy one: the series are gone until a pass looks)."""
+    metrics = Metrics()
+    telemetry = ClusterTelemetry(metrics)
+    telemetry.observed(seen(member(0, leader=True), member(1), member(2)))
+    telemetry.observed(seen(member(0), member(1, leader=True), member(2)))
+    telemetry.unobserved("ns", "e")
+    for name in (
+        "etcdlock_etcdcluster_quorum",
+        "etcdlock_etcdcluster_has_leader",
+        "etcdlock_etcdcluster_ready_members",
+        "etcdlock_etcdcluster_desired_members",
+        "etcdlock_etcdcluster_db_size_bytes",
+    ):
+        assert value(metrics, name) is None, name
+    assert value(metrics, "etcdlock_etcdcluster_leader_changes_total") == 1, "the count goes on"
+    telemetry.observed(seen(member(0), member(1, leader=True), member(2)))
+    assert value(metrics, "etcdlock_etcdcluster_quorum") == 1
+    telemetry.unobserved("ns", "other")
+    telemetry.close()
+    assert (
+        metrics.registry.get_sample_value(
+            "etcdlock_etcdcluster_last_pass_timestamp_seconds", {"namespace": "ns", "cluster": "other"}
+        )
+        is None
+    ), "a cluster only ever seen unobserved is dropped too"
+
+
+def test_a_new_operator_leader_knows_the_last_backups_from_the_status() -> None:
+    """After a failover the new leader's runner has written nothing yet: the age of the last full
+    snapshot comes from what the previous leader put in the status, so EtcdClusterBackupTooOld still
+    sees it; a backup written since counts, an older report never turns the gauge back."""
+    metrics = Metrics()
+    spec = ClusterSpec.parse("ns", "e", {"replicas": 1, "backup": {"store": {"url": "file:///b"}}})
+    previous = {
+        "backup": {
+            "lastFull": {"time": "2024-05-01T10:00:00Z", "revision": 5, "size": 1, "object": "x"},
+            "lastDelta": {"time": "2024-05-01T10:30:00Z", "revision": 9},
+        }
+    }
+    telemetry = ClusterTelemetry(metrics)
+    telemetry.observed(replace(seen(member(0, leader=True), spec=spec), previous=previous))
+    full = datetime(2024, 5, 1, 10, tzinfo=UTC).timestamp()
+    assert value(metrics, "etcdlock_backup_last_success_timestamp_seconds", kind="full") == full
+    assert value(metrics, "etcdlock_backup_last_success_timestamp_seconds", kind="delta") == full + 1800
+    metrics.backed_up("ns", "e", "full", 10)
+    written = value(metrics, "etcdlock_backup_last_success_timestamp_seconds", kind="full")
+    assert written is not None and written > full
+    telemetry.observed(replace(seen(member(0, leader=True), spec=spec), previous=previous))
+    assert value(metrics, "etcdlock_backup_last_success_timestamp_seconds", kind="full") == written
+    broken = {"backup": {"lastFull": {"time": "yesterday"}}}
+    ClusterTelemetry(metrics).observed(replace(seen(member(0), spec=spec), previous=broken))
+    telemetry.forget("ns", "e")
+    assert value(metrics, "etcdlock_backup_last_success_timestamp_seconds", kind="full") is None

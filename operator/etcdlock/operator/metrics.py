@@ -3,13 +3,16 @@ are); the pods' leases it lost; every EtcdCluster, as its last reconcile pass sa
 
 Counts start when the operator starts watching a lock: holders already there are the baseline, not
 acquisitions. Wait time is measured from the moment a waiter was first seen in the queue, hold time from
-the moment a holder was seen taking the lock (a baseline holder's hold is not measured). The EtcdCluster
-series are set by :mod:`etcdlock.operator.etcdcluster.telemetry`.
+the moment a holder was seen taking the lock (a baseline holder's hold is not measured). A lock's series
+exist while the operator serves it: they are dropped when it is deleted, and nothing re-creates them after
+(a pod's lease found lost later counts only for a lock served). The EtcdCluster series are set by
+:mod:`etcdlock.operator.etcdcluster.telemetry`.
 """
 
 from __future__ import annotations
 
 import time
+from datetime import datetime
 
 from aiohttp import web
 from prometheus_client import (
@@ -110,6 +113,14 @@ class Metrics:
             registry=registry,
         )
         self.clusters = ClusterMetrics(registry)
+        self._served: set[tuple[str, str]] = set()  # the locks whose series exist (QueueMetrics made them)
+        self._backup_times: dict[tuple[str, str, str], float] = {}  # the last-success gauges' values
+
+    def serving(self, namespace: str, lock: str) -> None:
+        """The operator serves ``lock``: its pod-lease counters start at 0 (the first loss is an increase)."""
+        self._served.add((namespace, lock))
+        for state in LEASE_STATES:
+            self.pod_leases_lost.labels(namespace, lock, state)
 
     def backed_up(self, namespace: str, cluster: str, kind: str, size: int) -> None:
         """A full snapshot or a delta of ``size`` bytes was written (kind ``full``, ``delta``), or a
@@ -117,15 +128,30 @@ class Metrics:
         if kind == "failure":
             self.backup_failures.labels(namespace, cluster).inc()
             return
-        self.backup_last_success.labels(namespace, cluster, kind).set(time.time())
+        self._last_success(namespace, cluster, kind, time.time())
         self.backup_bytes.labels(namespace, cluster, kind).inc(size)
 
+    def backup_reported(self, namespace: str, cluster: str, kind: str, when: datetime) -> None:
+        """The cluster's status says its last full snapshot or delta (``kind``) was written at ``when``: what
+        a new operator leader knows before its own runner writes one (the gauge never goes back)."""
+        self._last_success(namespace, cluster, kind, when.timestamp())
+
+    def _last_success(self, namespace: str, cluster: str, kind: str, when: float) -> None:
+        key = (namespace, cluster, kind)
+        if when > self._backup_times.get(key, float("-inf")):
+            self._backup_times[key] = when
+            self.backup_last_success.labels(*key).set(when)
+
     def lease_lost(self, namespace: str, lock: str, state: str) -> None:
-        """A pod's lease in ``lock`` was found gone while it held the lock (``held``) or waited."""
-        self.pod_leases_lost.labels(namespace, lock, state).inc()
+        """A pod's lease in ``lock`` was found gone while it held the lock (``held``) or waited. Counted for
+        a lock the operator serves only: a pod of a lock already deleted (whose series were dropped) must
+        not bring its counter back as a series that nothing removes."""
+        if (namespace, lock) in self._served:
+            self.pod_leases_lost.labels(namespace, lock, state).inc()
 
     def forget(self, namespace: str, name: str) -> None:
         """Drop a deleted lock's series."""
+        self._served.discard((namespace, name))
         for metric in (
             self.holders,
             self.waiters,
@@ -150,6 +176,7 @@ class Metrics:
         _remove(self.backup_failures, namespace, name)
         _remove(self.backup_full_interval, namespace, name)
         for kind in BACKUP_KINDS:
+            self._backup_times.pop((namespace, name, kind), None)
             _remove(self.backup_last_success, namespace, name, kind)
             _remove(self.backup_bytes, namespace, name, kind)
 
@@ -206,6 +233,11 @@ class ClusterMetrics:
             "db_size_bytes / db_quota_bytes: at 1 etcd raises the NOSPACE alarm and takes only reads and "
             "deletes",
         )
+        self.last_pass = gauge(
+            "etcdlock_etcdcluster_last_pass_timestamp_seconds",
+            "When the last reconcile pass over the cluster ended (Unix time); a pass that fails leaves it, "
+            "and the other series, as they were",
+        )
         self.leader_changes = Counter(
             "etcdlock_etcdcluster_leader_changes",
             "Elections the operator saw won: a pass found a leader other than the last one, or the same in "
@@ -228,11 +260,19 @@ class ClusterMetrics:
             self.db_in_use,
             self.db_quota,
             self.quota_used,
+            self.last_pass,
         )
 
     def forget(self, namespace: str, name: str) -> None:
         for metric in (*self.gauges, self.leader_changes):
             _remove(metric, namespace, name)
+
+    def forget_members(self, namespace: str, name: str) -> None:
+        """The last pass did not look at the members: what an earlier one saw (a quorum, a leader) is not
+        claimed any more. The election count and the last pass' time stay."""
+        for metric in self.gauges:
+            if metric is not self.last_pass:
+                _remove(metric, namespace, name)
 
     def forget_database(self, namespace: str, name: str) -> None:
         """No member answered: the sizes are unknown (left out, not 0)."""
@@ -255,14 +295,15 @@ class QueueMetrics:
         self._labels = (namespace, name)
         self._waiting_since: dict[str, float] = {}
         self._holding_since: dict[str, float] = {}  # the holds seen from their start
-        for state in LEASE_STATES:  # from 0, so that the first loss is an increase
-            metrics.pod_leases_lost.labels(namespace, name, state)
+        metrics.serving(namespace, name)
 
     def changed(self, change: QueueChange, queue: QueueView) -> None:
         now = time.monotonic()
         labels, metrics = self._labels, self._metrics
+        if change.baseline:
+            self._rebaseline(queue)
         for contender in change.joined:
-            self._waiting_since[contender.key] = now
+            self._waiting_since.setdefault(contender.key, now)
         for contender in change.left:
             self._waiting_since.pop(contender.key, None)
         for contender in change.released:
@@ -280,6 +321,13 @@ class QueueMetrics:
         metrics.holders.labels(*labels).set(len(queue.holders))
         metrics.waiters.labels(*labels).set(len(queue.waiters))
         self._oldest_hold(queue)
+
+    def _rebaseline(self, queue: QueueView) -> None:
+        """The queue was read afresh (a new view: its store was retired, say): a holder still holding is
+        the same hold and a waiter still waiting the same wait, measured from when they were first seen;
+        who left (or took the lock) meanwhile did so unseen, and is forgotten rather than kept for good."""
+        self._holding_since = {k: t for k, t in self._holding_since.items() if k in queue.holders}
+        self._waiting_since = {k: t for k, t in self._waiting_since.items() if k in queue.waiters}
 
     def _oldest_hold(self, queue: QueueView) -> None:
         """The oldest hold's start, as the queue records it (the holder's own acquire time where its key

@@ -4,16 +4,21 @@
 written there); :class:`ClusterTelemetry` sets them on the operator's
 :class:`~etcdlock.operator.metrics.Metrics`, counts the elections it sees, and removes a cluster's series
 when the controller forgets it (the EtcdCluster was deleted, or this replica stopped leading: a deposed
-replica must not go on reporting what it saw last).
+replica must not go on reporting what it saw last). Every pass that ends sets the time of the last pass, so
+that a cluster whose passes fail (and leave the other series as they were) shows; a pass that ends without
+looking at the members (:meth:`ClusterTelemetry.unobserved`) drops what an earlier one saw of them.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
 from etcdlock.operator.etcdcluster.rendering import QUOTA_BYTES
 from etcdlock.operator.etcdcluster.status import Pass, has_quorum, healthy_voters
-from etcdlock.operator.metrics import Metrics
+from etcdlock.operator.metrics import BACKUP_KINDS, Metrics
 
 
 @dataclass(frozen=True)
@@ -97,6 +102,7 @@ class ClusterTelemetry:
         }
         for gauge, value in values.items():
             gauge.labels(*key).set(value)
+        clusters.last_pass.labels(*key).set(time.time())
         if seen.db_size is not None and seen.db_in_use is not None:
             clusters.db_size.labels(*key).set(seen.db_size)
             clusters.db_in_use.labels(*key).set(seen.db_in_use)
@@ -111,8 +117,9 @@ class ClusterTelemetry:
             self._leaders[key] = seen.leader
 
     def _backups(self, run: Pass, key: tuple[str, str]) -> None:
-        """With spec.backup: its full interval (what a backup's age is measured against), and the failure
-        count from 0 (so that the first failure is an increase)."""
+        """With spec.backup: its full interval (what a backup's age is measured against), the failure count
+        from 0 (so that the first failure is an increase), and the last backups the status reports (what a
+        new operator leader knows of them before its runner writes one)."""
         assert self._metrics is not None
         backup = run.spec.backup
         if backup is None:
@@ -120,6 +127,23 @@ class ClusterTelemetry:
             return
         self._metrics.backup_full_interval.labels(*key).set(backup.full_interval)
         self._metrics.backup_failures.labels(*key)
+        reported = run.previous.get("backup") or {}
+        for kind, field in zip(BACKUP_KINDS, ("lastFull", "lastDelta"), strict=True):
+            when = reported_time(reported.get(field))
+            if when is not None:
+                self._metrics.backup_reported(*key, kind, when)
+
+    def unobserved(self, namespace: str, name: str) -> None:
+        """A pass over the cluster ended before it looked at the members (an invalid spec; a restore being
+        planned; certificates awaited before the first member): it ran, but what an earlier pass saw of the
+        members (a quorum, a leader, their number, the database) is no longer claimed: those series are
+        dropped until a pass sees the members again. The election count and the backups' series stay."""
+        if self._metrics is None:
+            return
+        self._clusters.add((namespace, name))
+        clusters = self._metrics.clusters
+        clusters.forget_members(namespace, name)
+        clusters.last_pass.labels(namespace, name).set(time.time())
 
     def forget(self, namespace: str, name: str) -> None:
         """Drop the cluster's series (and its backups')."""
@@ -132,3 +156,16 @@ class ClusterTelemetry:
         """Drop every cluster's series: this replica no longer reconciles them."""
         for namespace, name in list(self._clusters):
             self.forget(namespace, name)
+
+
+def reported_time(entry: Any) -> datetime | None:
+    """When the status' ``lastFull``/``lastDelta`` entry says that backup was written (None: no entry, or
+    no time that reads as one). The previous leader's report: a new leader's runner records a backup only
+    when it writes one, and the age of the last full snapshot must not vanish with a failover."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("time"), str):
+        return None
+    try:
+        when = datetime.fromisoformat(entry["time"])
+    except ValueError:
+        return None
+    return when if when.tzinfo is not None else None
