@@ -152,10 +152,12 @@ class ProcessKubelet:
                 await asyncio.sleep(CLAIM_RETRY)
                 volumes = await self._volumes(pod, folder)
             address = self._network.address(namespace, name)
-            await asyncio.gather(
-                PodProcesses(self._api, self._network.hosts, pod, address, folder, volumes).run(),
-                self._keep_secret_volumes(pod, volumes),
-            )
+            # Either one failing stops the other, before the pod's folder goes.
+            async with asyncio.TaskGroup() as group:
+                group.create_task(
+                    PodProcesses(self._api, self._network.hosts, pod, address, folder, volumes).run()
+                )
+                group.create_task(self._keep_secret_volumes(pod, volumes))
         except Exception:
             # Nobody awaits this task until the pod goes: say why the pod stopped here, when it does.
             log.exception("pod %s/%s: the process kubelet stopped running it", namespace, name)
@@ -211,7 +213,15 @@ class ProcessKubelet:
         while volumes:
             await asyncio.sleep(SECRET_REFRESH)
             for volume in volumes:
-                await self._write_secret_volume(pod, volume, folders[volume["name"]])
+                try:
+                    await self._write_secret_volume(pod, volume, folders[volume["name"]])
+                except (ApiError, OSError) as exc:
+                    log.warning(
+                        "pod %s: Secret volume %s not refreshed: %s",
+                        pod["metadata"]["name"],
+                        volume["name"],
+                        exc,
+                    )
 
 
 class PodProcesses:

@@ -315,9 +315,11 @@ def test_a_tls_cluster_is_backed_up_and_restored_into_another_tls_cluster(
     assert got.stdout.strip() == "kept", got.stderr
 
 
+@pytest.mark.timeout(600)
 def test_certificates_from_a_cert_manager_issuer_once_it_exists(env: TlsEnv) -> None:
     """The sandbox's cert-manager stand-in issues from CA issuers, as cert-manager's CA issuer does."""
-    env.create("managed", {"replicas": 1, "tls": {"issuerRef": {"name": "etcd-ca"}}})
+    managed = {"replicas": 1, "storage": {"size": "1Gi"}, "tls": {"issuerRef": {"name": "etcd-ca"}}}
+    env.create("managed", managed)
     waiting = eventually(
         lambda: next(
             (c for c in env.status("managed").get("conditions") or [] if c["type"] == "Progressing"), {}
@@ -423,6 +425,35 @@ def test_certificates_from_a_cert_manager_issuer_once_it_exists(env: TlsEnv) -> 
         apps.read_namespaced_stateful_set("managed", env.namespace).spec.template.metadata.annotations
         == template
     )
+    # The issuer's CA changes (a new CA Secret), and cert-manager issues from it: a member trusting only the
+    # old CA would refuse the new certificates, so every member restarts together, and the cluster serves
+    # with the new CA.
+    new_ca = trustme.CA()
+    data = {"tls.crt": new_ca.cert_pem.bytes(), "tls.key": new_ca.private_key_pem.bytes()}
+    encoded = {key: base64.b64encode(value).decode() for key, value in data.items()}
+    env.core.create_namespaced_secret(env.namespace, {"metadata": {"name": "etcd-ca-key-2"}, "data": encoded})
+    switch = {"spec": {"ca": {"secretName": "etcd-ca-key-2"}}}
+    env.objects.patch_namespaced_custom_object(
+        "cert-manager.io", "v1", env.namespace, "issuers", "etcd-ca", switch
+    )
+    for secret in ("managed-member-tls", "managed-client-tls"):
+        env.core.delete_namespaced_secret(secret, env.namespace)
+    eventually(
+        lambda: env.events("managed"),
+        lambda seen: any(reason == "CertificateAuthorityChanged" for reason, _ in seen),
+        "every member restarted for the new CA",
+        SLOW,
+    )
+    eventually(lambda: env.status("managed"), settled(1), "healthy on the new CA", SLOW)
+    assert env.pods("managed")["managed-0"].metadata.uid != uid
+    assert env.secret("managed-member-tls")["ca.crt"] == new_ca.cert_pem.bytes()
+    got = eventually(
+        lambda: env.etcdctl("managed", "get", "--print-value-only", "/managed/key"),
+        lambda done: done.returncode == 0,
+        "a read with the new client certificate",
+        SLOW,
+    )
+    assert got.stdout.strip() == "issued"
 
 
 def test_a_deleted_ca_is_reported_and_not_replaced_behind_the_members_backs(env: TlsEnv) -> None:
@@ -430,6 +461,7 @@ def test_a_deleted_ca_is_reported_and_not_replaced_behind_the_members_backs(env:
     copy = "secure-copy"
     eventually(lambda: env.status(copy), settled(3), "the copy up over TLS", SLOW)
     saved = env.core.read_namespaced_secret(f"{copy}-ca", env.namespace)
+    member = env.secret(f"{copy}-member-tls")
     env.core.delete_namespaced_secret(f"{copy}-ca", env.namespace)
     degraded = eventually(
         lambda: condition(env.status(copy), "Degraded"),
@@ -437,11 +469,26 @@ def test_a_deleted_ca_is_reported_and_not_replaced_behind_the_members_backs(env:
         "the lost CA reported",
         SLOW,
     )
-    assert f"{copy}-ca" in degraded["message"] and f"delete {copy}-member-tls" in degraded["message"]
+    assert f"{copy}-ca is gone" in degraded["message"] and "restore it" in degraded["message"]
     with pytest.raises(kubernetes.client.ApiException):
         env.core.read_namespaced_secret(f"{copy}-ca", env.namespace)
     got = env.etcdctl(copy, "get", "--print-value-only", "/tls/backed-up")
     assert got.stdout.strip() == "kept", got.stderr
+    # Another CA in its place: nothing is issued from it either.
+    other = trustme.CA()
+    pems = {"tls.crt": other.cert_pem.bytes(), "tls.key": other.private_key_pem.bytes()}
+    pems["ca.crt"] = pems["tls.crt"]
+    encoded = {key: base64.b64encode(value).decode() for key, value in pems.items()}
+    env.core.create_namespaced_secret(env.namespace, {"metadata": {"name": f"{copy}-ca"}, "data": encoded})
+    eventually(
+        lambda: condition(env.status(copy), "Degraded"),
+        lambda c: "is not the one the members trust" in c["message"],
+        "another CA reported",
+        SLOW,
+    )
+    assert env.secret(f"{copy}-member-tls") == member
+    # The CA the members trust, back: healthy again.
+    env.core.delete_namespaced_secret(f"{copy}-ca", env.namespace)
     env.core.create_namespaced_secret(
         env.namespace, {"metadata": {"name": f"{copy}-ca"}, "type": saved.type, "data": saved.data}
     )
@@ -451,3 +498,30 @@ def test_a_deleted_ca_is_reported_and_not_replaced_behind_the_members_backs(env:
         "healthy again",
         SLOW,
     )
+    assert env.secret(f"{copy}-member-tls") == member
+
+
+def test_secrets_of_another_owner_are_not_taken_over(env: TlsEnv) -> None:
+    """A Secret of the name the cluster needs, owned by something else (an earlier cluster of that name
+    still being deleted, another tool), is never overwritten: the cluster waits, saying why."""
+    owner = env.core.create_namespaced_config_map(env.namespace, {"metadata": {"name": "someone-else"}})
+    reference = {"apiVersion": "v1", "kind": "ConfigMap", "name": "someone-else", "uid": owner.metadata.uid}
+    theirs = {
+        "metadata": {"name": "taken-client-tls", "ownerReferences": [reference]},
+        "stringData": {"a": "b"},
+    }
+    env.core.create_namespaced_secret(env.namespace, theirs)
+    env.create("taken", {"replicas": 1, "tls": {}})
+    waiting = eventually(
+        lambda: next(
+            (c for c in env.status("taken").get("conditions") or [] if c["type"] == "Progressing"), {}
+        ),
+        lambda c: c.get("reason") == "WaitingForCertificates",
+        "the foreign Secret reported",
+        SLOW,
+    )
+    assert "taken-client-tls" in waiting["message"] and "not this EtcdCluster's" in waiting["message"]
+    assert env.secret("taken-client-tls") == {"a": b"b"}
+    assert not env.pods("taken")
+    env.core.delete_namespaced_secret("taken-client-tls", env.namespace)
+    eventually(lambda: env.status("taken"), settled(1), "up once the name is free", SLOW)

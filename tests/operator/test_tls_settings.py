@@ -49,6 +49,7 @@ def test_spec_tls_defaults_and_refusals() -> None:
         ({"duration": "30s"}, "at least 1m"),
         ({"issuerRef": {}}, "spec.tls.issuerRef.name"),
         ({"issuerRef": {"name": "ca", "kind": "Vault"}}, "Issuer or ClusterIssuer"),
+        ({"issuerRef": {"name": "ca"}, "duration": "30m"}, "at least 1h with an issuerRef"),
     ):
         with pytest.raises(InvalidSpec, match=message):
             parse_tls(bad, seconds)

@@ -4,8 +4,9 @@ The engine (and gRPC under it) reads a client's CA, certificate and key from fil
 connection, so the PEM data of a cluster's client Secret is written into a private folder of this process
 (mode 0700, removed by :meth:`ClientCredentials.close`), one folder per content: a renewed certificate is
 another folder, hence another :class:`~etcdlock.etcd.EtcdConfig`, and every client compared by its config
-(the controller's, the members' status clients) is opened again with it. Folders of older contents stay
-until the end: a client opened with them may still open connections.
+(the controller's, the members' status clients) is opened again with it. The folder of the content before
+stays (a client opened with it may still open connections), older ones go, and so does a cluster's
+whole folder when the cluster is forgotten.
 """
 
 from __future__ import annotations
@@ -78,7 +79,17 @@ class ClientCredentials:
                 path.write_bytes(pems[key])
                 os.chmod(path, 0o600)
             os.replace(partial, folder)
+            kept = sorted(
+                (f for f in folder.parent.iterdir() if not f.name.startswith(".")),
+                key=lambda f: f.stat().st_mtime,
+            )
+            for old in kept[:-2]:
+                shutil.rmtree(old, ignore_errors=True)
         return TlsFiles(str(folder / CA), str(folder / CERT), str(folder / KEY))
+
+    def forget(self, namespace: str, name: str) -> None:
+        """The cluster is gone (or no longer this process's): its files go."""
+        shutil.rmtree(self._root / namespace / name, ignore_errors=True)
 
     async def read(self, kube: Kube, namespace: str, name: str, secret: str) -> TlsFiles:
         """The files of the client Secret ``secret`` of EtcdCluster ``name``; :class:`ClusterNotReady`

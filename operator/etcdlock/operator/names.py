@@ -35,3 +35,17 @@ WEBHOOK_PATH = "/pod-gate"
 # DistributedLocks are checked here at admission (their key: see etcdlock.operator.lockkeys).
 LOCK_CHECK_PATH = "/lock-keys"
 WEBHOOK_CONFIGURATION = "etcdlock.io"
+
+
+# The Secrets of an EtcdCluster NAME with TLS (see etcdlock.operator.etcdcluster.tls), named here for the
+# lock stores too, which reach such a cluster with its client certificate.
+def ca_secret(name: str) -> str:
+    return f"{name}-ca"
+
+
+def member_secret(name: str) -> str:
+    return f"{name}-member-tls"
+
+
+def client_secret(name: str) -> str:
+    return f"{name}-client-tls"

@@ -9,7 +9,7 @@ never take the epoch back from the leader. A cluster is used once its status say
 client URL (the client Service) comes from that status. A cluster deleted and created again (another uid)
 gets a new client and epoch, and so does a cluster rebuilt from a backup (:meth:`Stores.retire`): it is a
 new etcd cluster, whose revisions and epoch key are not those the old client and fence knew. A cluster
-with TLS is reached with the client certificate of its Secret (``status.tls.clientSecret``, written to
+with TLS is reached with the client certificate of its Secret (``NAME-client-tls``, written to
 files by :class:`~etcdlock.operator.credentials.ClientCredentials`); when that certificate is renewed the
 store is retired the same way, and its users connect again with the new one.
 """
@@ -29,7 +29,7 @@ from etcdlock.operator.errors import ClusterNotReady, OperatorError
 from etcdlock.operator.kube import Kube
 from etcdlock.operator.leadership import Leadership
 from etcdlock.operator.locks import LockSpec
-from etcdlock.operator.names import CLUSTERS
+from etcdlock.operator.names import CLUSTERS, client_secret
 
 EPOCH_KEY = b"/etcdlock/operator/epoch"
 # How long a retired store's client stays open for the holds leaving it.
@@ -121,8 +121,9 @@ class Stores:
             raise ClusterNotReady(f"EtcdCluster {name} is not available yet ({why})")
         url = str(status["clientURL"])
         if url.startswith("https://"):
-            secret = str((status.get("tls") or {}).get("clientSecret") or f"{name}-client-tls")
-            files = await self._credentials.read(self._kube, namespace, name, secret)
+            # By its name, not the status' word for it: whoever may write the status must not point the
+            # operator at another Secret.
+            files = await self._credentials.read(self._kube, namespace, name, client_secret(name))
             client = EtcdClient(files.config(url))
         else:
             client = EtcdClient(EtcdConfig.parse(url))

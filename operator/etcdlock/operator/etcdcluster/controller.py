@@ -68,16 +68,11 @@ from etcdlock.operator.etcdcluster.status import (
     status,
 )
 from etcdlock.operator.etcdcluster.telemetry import ClusterTelemetry
-from etcdlock.operator.etcdcluster.tls import (
-    OWN_CA,
-    IssuerRef,
-    TlsSpec,
-    client_secret,
-    member_secret,
-)
+from etcdlock.operator.etcdcluster.tls import OWN_CA, IssuerRef, TlsSpec
 from etcdlock.operator.events import EventRecorder
 from etcdlock.operator.kube import ApiUnavailable, Conflict, Kube
 from etcdlock.operator.metrics import Metrics
+from etcdlock.operator.names import client_secret, member_secret
 from etcdlock.operator.stores import Store
 
 log = logging.getLogger(__name__)
@@ -118,6 +113,7 @@ class Clusters:
         self._own_credentials = credentials is None
         self._credentials = credentials or ClientCredentials()
         self._tls: dict[tuple[str, str], TlsFiles] = {}  # the client certificate of each cluster with TLS
+        self._renewed: set[tuple[str, str]] = set()  # clusters whose lock store waits to be retired
         # Told when a cluster is rebuilt: the locks kept in it must leave the old cluster's client.
         self._retire = retire or (lambda namespace, name: None)
         self._corrupt: set[str] = set()  # snapshots a restore found corrupt, not downloaded again
@@ -138,6 +134,8 @@ class Clusters:
         await self._backups.forget((namespace, name))
         self._issuer.forget(namespace, name)
         self._tls.pop((namespace, name), None)
+        self._renewed.discard((namespace, name))
+        self._credentials.forget(namespace, name)
         self._telemetry.forget(namespace, name)
         client = self._clients.pop((namespace, name), None)
         if client is not None:
@@ -169,6 +167,7 @@ class Clusters:
         except InvalidSpec as exc:
             if not _told(previous, str(exc)):
                 self._events.warn(body, "InvalidSpec", str(exc))
+            self._telemetry.unobserved(namespace, name)
             return invalid(previous, str(exc), generation)
         run = Pass(spec, previous, generation, version=previous.get("version") or spec.version)
         run.created = str(meta.get("creationTimestamp") or "")
@@ -183,8 +182,10 @@ class Clusters:
                     await self._no_claims_left(spec)
                     run.restore = await self._plan_restore(spec, spec.restore, "Requested", token)
                 except BackupError as exc:
+                    self._telemetry.unobserved(namespace, name)
                     return self._restore_failed(body, run, exc)
                 self._events.info(body, "RestoreStarted", _restoring(run.restore))
+                self._telemetry.unobserved(namespace, name)
                 # The plan is in the status before any member exists: a pass that finds the StatefulSet
                 # finds the plan it was made from.
                 return status(run)
@@ -196,6 +197,7 @@ class Clusters:
             if not previous.get("members"):
                 # Nothing is created before the certificates are there: a member would fail to start.
                 run.waiting = tls.waiting
+                self._telemetry.unobserved(namespace, name)
                 return status(run)
             # A running cluster whose certificates cannot be read now is only observed: a template
             # rendered without them would restart every member into a pod that cannot start.
@@ -204,11 +206,14 @@ class Clusters:
         found = await self._ensure_children(body, spec, self._restore_source(spec, run.restore), ca_digest)
         sts = found["StatefulSet"]
         pods = {p["metadata"]["name"]: p for p in await self._objects.pods(spec.namespace, spec.labels)}
+        if run.ca_changed:
+            await self._restart_for_new_ca(body, run, sts, pods)
+            return self._with_backups(run, status(run))
         run.pod_uids = {name: pod["metadata"]["uid"] for name, pod in pods.items()}
         run.restarts = {name: _restarts(pod) for name, pod in pods.items()}
         if spec.storage_size is not None:
             run.claim_uids = await self._claim_uids(spec)
-        if await self._quorum_lost(body, run, sts, pods):
+        if (tls is None or tls.ready) and await self._quorum_lost(body, run, sts, pods):
             # A survivor's data is not a backup: it may lack what the lost majority acknowledged.
             await self._backups.stop((namespace, name))
             return self._with_backups(run, status(run))
@@ -217,6 +222,7 @@ class Clusters:
             # first full snapshot follows the restore.
             await self._backups.stop((namespace, name))
         run.view = await self._observe(spec, pods)
+        self._retire_renewed(run)
         await self._keep_budget(spec, found["PodDisruptionBudget"], run)
         if run.view is None:
             return self._with_backups(run, status(run))
@@ -260,37 +266,34 @@ class Clusters:
             await self._objects.patch("PodDisruptionBudget", spec.namespace, spec.name, patch)
 
     def _kept_tls(self, body: Mapping[str, Any], run: Pass) -> ClusterSpec:
-        """The spec with ``spec.tls`` as the cluster was created with it: once members run, TLS cannot be
-        turned on or off (every peer URL would change) nor its issuer changed (a new CA would cut the members
-        off from each other until all restarted). A change is refused: the status and an Event say so."""
+        """The spec with ``spec.tls`` as the cluster was created with it: once its members exist, TLS cannot
+        be turned on or off (every peer URL would change) nor its issuer changed (a new CA would cut the
+        members off from each other). A change is refused: the status and an Event say so; the duration
+        may change. The members exist once the status records TLS (``status.tls``, written by the pass
+        that creates them) or a plain client URL (a cluster without TLS, which never waits to create)."""
         spec, previous = run.spec, run.previous
-        if not previous.get("members"):
-            return spec
         recorded = previous.get("tls") or {}
-        was = str(recorded.get("issuer") or "") or None
-        wanted = spec.tls.describe() if spec.tls is not None else None
-        if was == wanted:
+        created = bool(recorded) or str(previous.get("clientURL") or "").startswith("http://")
+        if not created and not previous.get("members"):
             return spec
+        was = recorded_tls(recorded, spec.tls)
+        if was == spec.tls:
+            return spec
+        shown, wanted = (t.describe() if t is not None else "no TLS" for t in (was, spec.tls))
         message = (
-            f"spec.tls cannot change once the cluster runs (issuer {was or 'none: no TLS'}, the spec asks "
-            f"for {wanted or 'no TLS'}): restore a backup into a new EtcdCluster to change it"
+            f"spec.tls cannot change once the cluster runs (it has {shown}, the spec asks for {wanted}): "
+            "restore a backup into a new EtcdCluster to change it"
         )
         if not _told(previous, message):
             self._events.warn(body, "TLSChangeRefused", message)
         run.problem, run.problem_reason = message, "Refused"
-        kept = None
-        if was is not None:
-            duration = spec.tls.duration if spec.tls is not None else TlsSpec().duration
-            kind, _, name = was.partition("/")
-            issuer = None if was == OWN_CA else IssuerRef(name, kind)
-            kept = TlsSpec(issuer, duration)
-        run.spec = replace(spec, tls=kept)
+        run.spec = replace(spec, tls=was)
         return run.spec
 
     async def _keep_tls(self, body: Mapping[str, Any], run: Pass) -> TlsState | None:
         """The cluster's certificates issued or renewed (:mod:`.issuer`), and the operator's client files
-        for them. A renewed client certificate retires the cluster's lock store: its users connect again
-        with it (the old one is valid a third of its lifetime more)."""
+        for them. A renewed client certificate retires the cluster's lock store once the cluster answers
+        (see :meth:`_retire_renewed`); the old certificate is valid a third of its lifetime more."""
         spec = run.spec
         key = (spec.namespace, spec.name)
         if spec.tls is None:
@@ -305,15 +308,67 @@ class Clusters:
         known = self._tls.get(key)
         if known is not None and known != files:
             log.info("etcd cluster %s/%s: client certificate renewed", spec.namespace, spec.name)
-            self._retire(spec.namespace, spec.name)
+            self._renewed.add(key)
         self._tls[key] = files
+        trusted = str((run.previous.get("tls") or {}).get("caDigest") or "")
+        recorded = state.ca_digest
+        if trusted and trusted != state.ca_digest and run.previous.get("members"):
+            if spec.storage_size is not None:
+                run.ca_changed = trusted
+            else:
+                # Restarting a member means a new pod, and with emptyDir a member without its data: all
+                # at once would lose the cluster. The status keeps saying so until the CA is back.
+                recorded = trusted
+                run.problem, run.problem_reason = (
+                    "the members' certificates now come from another CA, which the members do not trust "
+                    "(etcd reads its CA only at start), and their data is in emptyDir volumes, so they "
+                    "cannot all restart without losing it: give the issuer back its CA, or restore a backup "
+                    "into a new EtcdCluster",
+                    "CertificateAuthorityChanged",
+                )
         run.tls = {
             "issuer": spec.tls.describe(),
+            **({"issuerRef": spec.tls.issuer.as_ref()} if spec.tls.issuer is not None else {}),
+            "durationSeconds": int(spec.tls.duration),
+            "caDigest": recorded,
             "memberSecret": member_secret(spec.name),
             "clientSecret": client_secret(spec.name),
             "notAfter": state.not_after,
         }
         return state
+
+    def _retire_renewed(self, run: Pass) -> None:
+        """The lock store of a cluster whose client certificate was renewed is retired once the cluster
+        answers with a quorum (its holds then reconnect with the new certificate at once): retired while it
+        does not, they could not reconnect, and their leases would expire."""
+        key = (run.spec.namespace, run.spec.name)
+        if key in self._renewed and run.view is not None and has_quorum(run.view):
+            self._renewed.discard(key)
+            self._retire(*key)
+
+    async def _restart_for_new_ca(
+        self, body: Mapping[str, Any], run: Pass, sts: Obj, pods: dict[str, Obj]
+    ) -> None:
+        """The CA the members' certificates come from changed (cert-manager's issuer has another CA; the
+        cluster's own CA was started over): etcd reads the CA it trusts only at start, while it takes the
+        renewed certificates at once, so a member that trusts only the old CA refuses its peers' and the
+        operator's new certificates. Every member restarts together (a brief outage, not a lasting one),
+        from a template that names the new CA; only members on claims, which keep their data across a new
+        pod (see :meth:`_keep_tls`)."""
+        spec = run.spec
+        membership = {
+            str(m.get("name")): str(m.get("peerURL"))
+            for m in run.previous.get("members") or []
+            if m.get("peerURL")
+        }
+        await self._keep_template(spec, sts, membership, run.ca_digest)
+        for name, pod in sorted(pods.items()):
+            await self._objects.delete_pod(spec.namespace, name, pod["metadata"]["uid"])
+        message = (
+            f"the members' CA changed (digest {run.ca_changed} to {run.ca_digest}): every member restarts "
+            "at once to trust it (one trusting only the old CA refuses the new certificates)"
+        )
+        self._events.warn(body, "CertificateAuthorityChanged", message)
 
     def _config(self, spec: ClusterSpec, endpoints: str | list[str], request_timeout: float) -> EtcdConfig:
         """A client config for the cluster's members: with the operator's client certificate under TLS."""
@@ -718,6 +773,29 @@ class Clusters:
             return
         run.defragmented = names.get(member.peer_url, "")
         self._events.info(body, "Defragmented", f"defragmented {run.defragmented}")
+
+
+def recorded_tls(recorded: Mapping[str, Any], spec: TlsSpec | None) -> TlsSpec | None:
+    """The TLS a cluster's status records (None: none), with the duration the spec asks now (it may
+    change)."""
+    issuer = str(recorded.get("issuer") or "")
+    if not issuer:
+        return None
+    duration = (
+        spec.duration if spec is not None else float(recorded.get("durationSeconds") or TlsSpec().duration)
+    )
+    if issuer == OWN_CA:
+        return TlsSpec(None, duration)
+    ref = recorded.get("issuerRef") or {}
+    kind, _, name = issuer.partition("/")
+    return TlsSpec(
+        IssuerRef(
+            str(ref.get("name") or name),
+            str(ref.get("kind") or kind),
+            str(ref.get("group") or "cert-manager.io"),
+        ),
+        duration,
+    )
 
 
 def data_lost(run: Pass, pods: dict[str, Obj]) -> set[str]:

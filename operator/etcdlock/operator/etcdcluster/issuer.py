@@ -19,18 +19,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from cryptography.exceptions import UnsupportedAlgorithm
+
 from etcdlock.operator.credentials import CA, CERT, KEY, secret_pems
 from etcdlock.operator.etcdcluster import certificates
 from etcdlock.operator.etcdcluster.certificates import Issued
-from etcdlock.operator.etcdcluster.tls import (
-    TlsSpec,
-    ca_secret,
-    client_secret,
-    member_names,
-    member_secret,
-)
+from etcdlock.operator.etcdcluster.tls import TlsSpec, member_names
 from etcdlock.operator.events import EventRecorder
 from etcdlock.operator.kube import Conflict, Kube
+from etcdlock.operator.names import ca_secret, client_secret, member_secret
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +69,17 @@ class TlsIssuer:
         known = self._known.get(key)
         if known is not None and known[0].ready and time.monotonic() < known[1]:
             return known[0]
-        if tls.issuer is None:
-            state, recheck = await self._own_ca(body, tls)
-        else:
-            state, recheck = await self._cert_manager(body, tls)
+        try:
+            if tls.issuer is None:
+                state, recheck = await self._own_ca(body, tls)
+            else:
+                state, recheck = await self._cert_manager(body, tls)
+        except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+            # A Secret edited into something that is no certificate or key (cryptography's errors).
+            state, recheck = (
+                TlsState(False, f"the certificates in the cluster's Secrets cannot be used: {exc}"),
+                RECHECK,
+            )
         self._known[key] = (state, time.monotonic() + recheck)
         return state
 
@@ -83,40 +87,47 @@ class TlsIssuer:
         meta = body["metadata"]
         namespace, name = meta["namespace"], meta["name"]
         now = datetime.datetime.now(datetime.UTC)
-        member = await self._secret(namespace, member_secret(name))
-        client = await self._secret(namespace, client_secret(name))
-        ca_found = await self._secret(namespace, ca_secret(name))
-        if ca_found is None:
-            if member is not None and CA in member:
-                message = (
-                    f"the CA Secret {ca_secret(name)} is gone while the members use certificates it signed, "
-                    f"which cannot be renewed: restore it, or delete {member_secret(name)} and "
-                    f"{client_secret(name)} to start over with a new CA (the members then restart, and "
-                    "cannot reach each other until all did)"
-                )
-                if client is None or not all(client.get(k) for k in (CA, CERT, KEY)):
-                    return TlsState(False, message), RECHECK
-                return self._serving(member, client, message), RECHECK
-            ca = certificates.new_ca(f"etcdlock {namespace}/{name} CA", now)
-            await self._write(body, ca_secret(name), {CA: ca.cert, CERT: ca.cert, KEY: ca.key}, None)
-            self._events.info(
-                body, "CertificateAuthorityCreated", f"created the CA in Secret {ca_secret(name)}"
+        names = (ca_secret(name), member_secret(name), client_secret(name))
+        found = {secret: await self._read(namespace, secret) for secret in names}
+        foreign = _foreign(body, found)
+        if foreign:
+            return TlsState(False, foreign), RECHECK
+        ca_found, member, client = [
+            (there.pems if (there := found[secret]) is not None else None) for secret in names
+        ]
+        if ca_found is None and member is not None:
+            message = (
+                f"the CA Secret {ca_secret(name)} is gone while the members trust the CA it held: their "
+                f"certificates cannot be renewed; restore it (to start over with a new CA, delete "
+                f"{ca_secret(name)}, {member_secret(name)} and {client_secret(name)}: every member then "
+                "restarts at once)"
             )
+            return self._kept(member, client, message), RECHECK
+        if ca_found is None:
+            ca = await self._create_ca(body, now)
         else:
             ca = Issued(ca_found.get(CERT, b""), ca_found.get(KEY, b""))
+        if member is not None and member.get(CA) and member[CA] != ca.cert:
+            message = (
+                f"the CA in {ca_secret(name)} is not the one the members trust (ca.crt of "
+                f"{member_secret(name)}): nothing is issued from it, which would cut the members off from "
+                "each other; restore the CA they trust (to change a cluster's CA, restore a backup into a "
+                "new EtcdCluster)"
+            )
+            return self._kept(member, client, message), RECHECK
         validity = datetime.timedelta(seconds=tls.duration)
         wanted = {
             member_secret(name): (f"{name} member", member_names(namespace, name), True, member),
             client_secret(name): (f"{name}-client", (), False, client),
         }
         issued: dict[str, Mapping[str, bytes]] = {}
-        for secret, (common_name, names, server, current) in wanted.items():
-            why = reissue_reason(current, ca.cert, set(names), tls, now)
+        for secret, (common_name, subject_names, server, current) in wanted.items():
+            why = reissue_reason(current, ca.cert, set(subject_names), tls, now)
             if not why:
                 assert current is not None
                 issued[secret] = current
                 continue
-            cert = certificates.issue(ca, common_name, validity, now, names=names, server=server)
+            cert = certificates.issue(ca, common_name, validity, now, names=subject_names, server=server)
             pems = {CA: ca.cert, CERT: cert.cert, KEY: cert.key}
             await self._write(body, secret, pems, current)
             issued[secret] = pems
@@ -125,6 +136,38 @@ class TlsIssuer:
         state = self._serving(issued[member_secret(name)], issued[client_secret(name)])
         due = (datetime.datetime.fromisoformat(state.not_after) - now).total_seconds() - tls.renew_before
         return state, max(1.0, min(RECHECK, due))
+
+    async def _create_ca(self, body: Mapping[str, Any], now: datetime.datetime) -> Issued:
+        """A new CA in its Secret; one created meanwhile (by another replica) is used instead, never
+        replaced."""
+        meta = body["metadata"]
+        ca = certificates.new_ca(f"etcdlock {meta['namespace']}/{meta['name']} CA", now)
+        secret = ca_secret(meta["name"])
+        try:
+            await self._kube.call(
+                self._kube.core.create_namespaced_secret,
+                meta["namespace"],
+                _secret_object(body, secret, {CA: ca.cert, CERT: ca.cert, KEY: ca.key}),
+            )
+        except Conflict:
+            there = await self._read(meta["namespace"], secret)
+            if there is None:
+                raise
+            return Issued(there.pems.get(CERT, b""), there.pems.get(KEY, b""))
+        self._events.info(body, "CertificateAuthorityCreated", f"created the CA in Secret {secret}")
+        return ca
+
+    def _kept(
+        self, member: Mapping[str, bytes] | None, client: Mapping[str, bytes] | None, problem: str
+    ) -> TlsState:
+        """The certificates as they are, with what is wrong; not ready if they are incomplete."""
+        if (
+            member is None
+            or client is None
+            or not all(p.get(k) for p in (member, client) for k in (CA, CERT, KEY))
+        ):
+            return TlsState(False, problem)
+        return self._serving(member, client, problem)
 
     @staticmethod
     def _serving(member: Mapping[str, bytes], client: Mapping[str, bytes], problem: str = "") -> TlsState:
@@ -140,21 +183,27 @@ class TlsIssuer:
     async def _cert_manager(self, body: Mapping[str, Any], tls: TlsSpec) -> tuple[TlsState, float]:
         meta = body["metadata"]
         namespace, name = meta["namespace"], meta["name"]
-        assert tls.issuer is not None
         for certificate in certificate_requests(body, tls):
-            await self._keep_certificate(certificate)
-        member = await self._secret(namespace, member_secret(name))
-        client = await self._secret(namespace, client_secret(name))
-        for secret, pems in ((member_secret(name), member), (client_secret(name), client)):
-            if pems is None or not all(pems.get(k) for k in (CA, CERT, KEY)):
-                lacks = "is not issued yet" if pems is None else "lacks ca.crt, tls.crt or tls.key"
+            problem = await self._keep_certificate(body, certificate)
+            if problem:
+                return TlsState(False, problem), RECHECK
+        member = await self._read(namespace, member_secret(name))
+        client = await self._read(namespace, client_secret(name))
+        for secret, found in ((member_secret(name), member), (client_secret(name), client)):
+            if found is None or not all(found.pems.get(k) for k in (CA, CERT, KEY)):
+                lacks = (
+                    "is not issued yet"
+                    if found is None
+                    else "lacks ca.crt, tls.crt or tls.key (the issuer must write ca.crt, as CA issuers do)"
+                )
                 message = f"waiting for cert-manager ({tls.describe()}): Secret {secret} {lacks}"
                 return TlsState(False, message), RECHECK
         assert member is not None and client is not None
-        return self._serving(member, client), RECHECK
+        return self._serving(member.pems, client.pems), RECHECK
 
-    async def _keep_certificate(self, certificate: Obj) -> None:
-        """Create the Certificate, or bring its spec back to what the cluster needs."""
+    async def _keep_certificate(self, body: Mapping[str, Any], certificate: Obj) -> str:
+        """Create the Certificate, or bring its spec back to what the cluster needs; what stands in the
+        way, if anything (a Certificate of that name that is not this cluster's, no cert-manager)."""
         group, version, plural = CERT_MANAGER
         objects = self._kube.objects
         namespace, name = certificate["metadata"]["namespace"], certificate["metadata"]["name"]
@@ -162,10 +211,17 @@ class TlsIssuer:
             objects.get_namespaced_custom_object, group, version, namespace, plural, name
         )
         if current is None:
-            await self._kube.call(
+            created = await self._kube.call(
                 objects.create_namespaced_custom_object, group, version, namespace, plural, certificate
             )
-        elif {k: current.get("spec", {}).get(k) for k in certificate["spec"]} != certificate["spec"]:
+            if created is None:
+                return "cert-manager is not installed: the API has no Certificate kind (cert-manager.io/v1)"
+            return ""
+        if _owned_by_other(body, current.get("metadata") or {}):
+            return (
+                f"Certificate {name} exists and is not this EtcdCluster's: delete it, or rename the cluster"
+            )
+        if {k: current.get("spec", {}).get(k) for k in certificate["spec"]} != certificate["spec"]:
             await self._kube.call(
                 objects.patch_namespaced_custom_object,
                 group,
@@ -175,10 +231,11 @@ class TlsIssuer:
                 name,
                 {"spec": certificate["spec"]},
             )
+        return ""
 
-    async def _secret(self, namespace: str, name: str) -> dict[str, bytes] | None:
+    async def _read(self, namespace: str, name: str) -> Found | None:
         found = await self._kube.call(self._kube.core.read_namespaced_secret, name, namespace)
-        return None if found is None else secret_pems(found)
+        return None if found is None else Found(secret_pems(found), found.get("metadata") or {})
 
     async def _write(
         self,
@@ -189,32 +246,68 @@ class TlsIssuer:
     ) -> None:
         """Create the Secret (owned by the cluster: deleted with it), or replace its data."""
         meta = body["metadata"]
-        data = {key: base64.b64encode(value).decode() for key, value in pems.items()}
         if current is None:
-            secret = {
-                "apiVersion": "v1",
-                "kind": "Secret",
-                "type": "kubernetes.io/tls",
-                "metadata": {
-                    "name": name,
-                    "namespace": meta["namespace"],
-                    "labels": {
-                        "app.kubernetes.io/name": "etcd",
-                        "app.kubernetes.io/instance": meta["name"],
-                        "app.kubernetes.io/managed-by": "etcdlock",
-                    },
-                    "ownerReferences": [_owner(body)],
-                },
-                "data": data,
-            }
             try:
-                await self._kube.call(self._kube.core.create_namespaced_secret, meta["namespace"], secret)
+                await self._kube.call(
+                    self._kube.core.create_namespaced_secret,
+                    meta["namespace"],
+                    _secret_object(body, name, pems),
+                )
                 return
             except Conflict:
                 log.info("Secret %s/%s was created meanwhile; replacing its data", meta["namespace"], name)
+        data = {key: base64.b64encode(value).decode() for key, value in pems.items()}
         await self._kube.call(
             self._kube.core.patch_namespaced_secret, name, meta["namespace"], {"data": data}
         )
+
+
+@dataclass(frozen=True)
+class Found:
+    """A Secret as read: its PEM data, and its metadata (who owns it)."""
+
+    pems: dict[str, bytes]
+    meta: Obj
+
+
+def _owned_by_other(body: Mapping[str, Any], meta: Mapping[str, Any]) -> bool:
+    """Owned, and not by this cluster (an earlier cluster of this name being deleted, or another owner).
+    An object without owners (restored by hand) is taken as the cluster's."""
+    owners = {str(o.get("uid")) for o in meta.get("ownerReferences") or []}
+    return bool(owners) and str(body["metadata"]["uid"]) not in owners
+
+
+def _foreign(body: Mapping[str, Any], found: Mapping[str, Found | None]) -> str:
+    """Why the operator's CA may not use these Secrets: some are owned by something else."""
+    others = sorted(
+        name for name, there in found.items() if there is not None and _owned_by_other(body, there.meta)
+    )
+    if not others:
+        return ""
+    return (
+        f"Secret {', '.join(others)} exists and is not this EtcdCluster's (an earlier cluster of this name "
+        "still being deleted, or another owner): waiting; delete it to let the operator issue its own"
+    )
+
+
+def _secret_object(body: Mapping[str, Any], name: str, pems: Mapping[str, bytes]) -> Obj:
+    meta = body["metadata"]
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "kubernetes.io/tls",
+        "metadata": {
+            "name": name,
+            "namespace": meta["namespace"],
+            "labels": {
+                "app.kubernetes.io/name": "etcd",
+                "app.kubernetes.io/instance": meta["name"],
+                "app.kubernetes.io/managed-by": "etcdlock",
+            },
+            "ownerReferences": [_owner(body)],
+        },
+        "data": {key: base64.b64encode(value).decode() for key, value in pems.items()},
+    }
 
 
 def certificate_requests(body: Mapping[str, Any], tls: TlsSpec) -> list[Obj]:

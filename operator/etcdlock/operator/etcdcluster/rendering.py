@@ -27,7 +27,7 @@ from typing import Any
 from etcdlock.operator.etcdcluster.backup.settings import StoreSpec
 from etcdlock.operator.etcdcluster.membership import quorum
 from etcdlock.operator.etcdcluster.spec import CLIENT_PORT, PEER_PORT, ClusterSpec
-from etcdlock.operator.etcdcluster.tls import member_secret
+from etcdlock.operator.names import member_secret
 
 METRICS_PORT = 2381
 QUOTA_BYTES = 2 * 1024**3

@@ -67,6 +67,7 @@ class Pass:
     waiting: str = ""  # what a cluster not created yet waits for (its certificates)
     ca_digest: str = ""  # of the CA bundle the members trust (TLS only)
     tls: Obj | None = None  # status.tls: who issues the certificates, their Secrets, the earliest expiry
+    ca_changed: str = ""  # the CA digest the members trusted, when the certificates now come from another
 
     @property
     def settled(self) -> bool:

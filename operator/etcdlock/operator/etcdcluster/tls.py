@@ -26,6 +26,7 @@ from etcdlock.operator.errors import InvalidSpec
 
 DEFAULT_DURATION = "2160h"
 SHORTEST_DURATION = 60.0
+CERT_MANAGER_SHORTEST = 3600.0  # cert-manager refuses a shorter duration
 ISSUER_KINDS = ("Issuer", "ClusterIssuer")
 OWN_CA = "etcdlock"
 
@@ -76,6 +77,10 @@ def parse_tls(value: Any, seconds: Callable[[str], float]) -> TlsSpec | None:
     ref = value.get("issuerRef")
     if ref is None:
         return TlsSpec(duration=validity)
+    if validity < CERT_MANAGER_SHORTEST:
+        raise InvalidSpec(
+            f"spec.tls.duration must be at least 1h with an issuerRef (cert-manager's), not {duration!r}"
+        )
     if not isinstance(ref, dict) or not isinstance(ref.get("name"), str) or not ref["name"]:
         raise InvalidSpec("spec.tls.issuerRef.name must name a cert-manager Issuer or ClusterIssuer")
     kind = ref.get("kind", "Issuer")
@@ -85,18 +90,6 @@ def parse_tls(value: Any, seconds: Callable[[str], float]) -> TlsSpec | None:
     if not isinstance(group, str) or not group:
         raise InvalidSpec(f"spec.tls.issuerRef.group must be an API group, not {group!r}")
     return TlsSpec(IssuerRef(ref["name"], kind, group), validity)
-
-
-def ca_secret(name: str) -> str:
-    return f"{name}-ca"
-
-
-def member_secret(name: str) -> str:
-    return f"{name}-member-tls"
-
-
-def client_secret(name: str) -> str:
-    return f"{name}-client-tls"
 
 
 def member_names(namespace: str, name: str) -> tuple[str, ...]:
