@@ -62,6 +62,7 @@ bench: $(STAMP) $(MOTO_STAMP) $(TOOLS_STAMP)
 	$(BIN)/python bench/scale.py
 	$(BIN)/python bench/pods.py
 	$(BIN)/python bench/backup.py
+	$(BIN)/python bench/tls.py
 
 clean:
 	rm -rf $(VENV) $(MOTO_VENV) $(TOOLS) .pytest_cache .ruff_cache

@@ -43,6 +43,7 @@ def _operator_options() -> list[argparse.Action]:
         "--cacert",
         "--cert",
         "--key",
+        "--tls-server-name",
         "--request-timeout",
         "--verbose",
         "--help",

@@ -311,7 +311,13 @@ def test_a_tls_cluster_is_backed_up_and_restored_into_another_tls_cluster(
     env.create("secure-copy", {"replicas": 3, "tls": {}, "restore": restore})
     eventually(lambda: env.status("secure-copy"), settled(3), "the copy up over TLS", 3 * SLOW)
     assert env.secret("secure-copy-ca")["ca.crt"] != env.secret("secure-ca")["ca.crt"]
-    got = env.etcdctl("secure-copy", "get", "--print-value-only", "/tls/backed-up")
+    # Through the client Service, once its name resolves (it lists a member once its pod is ready).
+    got = eventually(
+        lambda: env.etcdctl("secure-copy", "get", "--print-value-only", "/tls/backed-up"),
+        lambda done: done.returncode == 0,
+        "a read from the copy",
+        SLOW,
+    )
     assert got.stdout.strip() == "kept", got.stderr
 
 

@@ -92,13 +92,12 @@ def exercise(api: ApiClient, namespace: str, loose: str, backups: Path) -> None:
 
 
 def exercise_tls(env: Env) -> None:
-    """Certificates from the operator's own CA (its Secrets created, then issued again when the duration
-    changes) and from a cert-manager issuer (the Certificates created, then brought to the new duration)."""
-    env.create("audited-tls", {"replicas": 1, "tls": {}})
-    eventually(lambda: env.status("audited-tls"), settled(1), "one healthy member over TLS", SLOW)
-    env.patch("audited-tls", {"tls": {"duration": "1000h"}})
+    """Certificates from the operator's own CA (the cluster of :func:`exercise_clusters` has TLS: its
+    Secrets were created; they are issued again when the duration changes) and from a cert-manager issuer
+    (the Certificates created, then brought to the new duration)."""
+    env.patch("audited-etcd", {"tls": {"duration": "1000h"}})
     eventually(
-        lambda: env.events("audited-tls"),
+        lambda: env.events("audited-etcd"),
         lambda seen: any(reason == "CertificateRenewed" for reason, _ in seen),
         "the certificates issued again",
         SLOW,
@@ -117,13 +116,14 @@ def exercise_tls(env: Env) -> None:
 
 
 def exercise_clusters(env: Env, backups: Path) -> None:
-    """An EtcdCluster created and backed up (its store's Secret read), a lock on it, scaled out and in
-    (claims read and dropped), a member restarted."""
+    """An EtcdCluster with TLS created and backed up (its store's Secret read), a lock on it, scaled out
+    and in (claims read and dropped), a member restarted."""
     env.core.create_namespaced_secret(
         env.namespace, {"metadata": {"name": "store"}, "stringData": {"A": "b"}}
     )
     store = {"url": f"file://{backups}", "secretRef": {"name": "store"}}
-    env.create("audited-etcd", {"replicas": 1, "storage": {"size": "1Gi"}, "backup": {"store": store}})
+    spec = {"replicas": 1, "storage": {"size": "1Gi"}, "tls": {}, "backup": {"store": store}}
+    env.create("audited-etcd", spec)
     eventually(lambda: env.status("audited-etcd"), settled(1), "one healthy member", SLOW)
     eventually(
         lambda: [c for c in env.status("audited-etcd").get("conditions") or [] if c["type"] == "BackupReady"],
