@@ -23,7 +23,9 @@ def add_parser(commands: Any) -> None:
         description="up: start etcd and the API emulator in the background and write DIR/kubeconfig. "
         "down: stop them (the sandbox starts empty every time).",
     )
-    parser.add_argument("action", choices=("up", "down"))
+    parser.add_argument(
+        "action", choices=("up", "down"), help="up: start it (or find it running); down: stop it"
+    )
     parser.add_argument("--dir", default=".sandbox", help="state folder (default .sandbox)")
     parser.add_argument("--port", type=port_number, default=None, help="API port (default: a free one)")
     parser.add_argument(

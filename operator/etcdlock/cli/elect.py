@@ -26,9 +26,18 @@ def add_parser(commands: Any) -> None:
         help="campaign for leadership (or --listen to observe the leader)",
         description="Campaign with PROPOSAL and print the leader key and value once elected; hold until "
         "SIGINT/SIGTERM, then resign. With --listen, print the leader key and value at every change.",
+        epilog="Exit status: 0 resigned or stopped listening; 1 error (one line on stderr).",
     )
-    parser.add_argument("name", metavar="NAME", type=lock_name)
-    parser.add_argument("proposal", metavar="PROPOSAL", nargs="?", type=utf8_text)
+    parser.add_argument(
+        "name", metavar="NAME", type=lock_name, help="election name (the same NAME as `etcdctl elect NAME`)"
+    )
+    parser.add_argument(
+        "proposal",
+        metavar="PROPOSAL",
+        nargs="?",
+        type=utf8_text,
+        help="the value this candidate campaigns with (required unless --listen)",
+    )
     parser.add_argument("-l", "--listen", action="store_true", help="observe leadership changes")
     parser.add_argument(
         "--ttl", type=ttl_seconds, default=ELECTION_TTL, help="session TTL in seconds (60, as etcdctl)"

@@ -49,6 +49,9 @@ def add_parser(commands: Any) -> None:
         description="Acquire NAME (a mutex, or a semaphore with --permits). Without CMD: print the key and "
         "the fencing token, hold until SIGINT/SIGTERM. With CMD: run it with ETCDLOCK_KEY and "
         "ETCDLOCK_FENCING_TOKEN set, release when it exits, exit with its status.",
+        epilog="Exit status: CMD's own status; else 0 released; 1 error (one line on stderr); 2 not acquired "
+        "within --timeout; 3 the lock was lost while held (CMD is stopped: SIGTERM, then SIGKILL after "
+        "--kill-grace).",
     )
     parser.add_argument(
         "name", metavar="NAME", type=lock_name, help="lock name (the same NAME as `etcdctl lock NAME`)"

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from etcdlock import __version__
-from etcdlock.cli import elect, lock, operator, restore_member, status
+from etcdlock.cli import completion, elect, listing, lock, operator, restore_member, status
 from etcdlock.cli.common import request_timeout
 from etcdlock.etcd import EtcdConfig, EtcdLockError, LockLost, LockTimeout, SessionLost
 from etcdlock.etcd.config import DEFAULT_ENDPOINT
@@ -89,7 +89,7 @@ def _add_connection_options(parser: argparse.ArgumentParser, *, after_command: b
     )
 
 
-BUILT_IN = (lock, status, elect, operator, restore_member)
+BUILT_IN = (lock, status, listing, elect, operator, restore_member, completion)
 
 
 def build_parser(plugins: bool = True) -> argparse.ArgumentParser:
@@ -98,10 +98,14 @@ def build_parser(plugins: bool = True) -> argparse.ArgumentParser:
     parser = _Parser(
         prog="etcdlock",
         description="Distributed locks on etcd, compatible with `etcdctl lock` and `etcdctl elect`.",
+        epilog="Exit status: 0 success; 1 error (one line on stderr); 2 not acquired within --timeout "
+        "(lock); 3 the lock was lost while held (lock). `etcdlock COMMAND --help` tells each command's.",
     )
     parser.add_argument("--version", action="version", version=f"etcdlock {__version__}")
     _add_connection_options(parser, after_command=False)
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
+    commands = parser.add_subparsers(
+        dest="command", metavar="COMMAND", required=True, parser_class=_Parser, help="the command to run"
+    )
     for module in BUILT_IN:
         module.add_parser(commands)
     if plugins:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
 from dataclasses import dataclass
 from typing import Any
 
 from etcdlock.cli.common import lock_name, permit_count
 from etcdlock.etcd import Contender, EtcdClient, EtcdConfig, read_contenders
+from etcdlock.operator.names import DEFAULT_KEY_PREFIX
 
 
 def add_parser(commands: Any) -> None:
@@ -17,8 +19,12 @@ def add_parser(commands: Any) -> None:
         "status",
         help="show holders and waiters of a lock",
         description="Holders (key, holder, fencing token, lease, TTL left) and waiters in queue order.",
+        epilog="Exit status: 0 (also for a lock nobody holds; a name with no keys at all is told on stderr); "
+        "1 error (one line on stderr).",
     )
-    parser.add_argument("name", metavar="NAME", type=lock_name)
+    parser.add_argument(
+        "name", metavar="NAME", type=lock_name, help="lock name (the same NAME as `etcdctl lock NAME`)"
+    )
     parser.add_argument("-o", "--output", choices=("table", "json"), default="table", help="output format")
     parser.add_argument(
         "--permits",
@@ -54,6 +60,8 @@ async def run_status(args: argparse.Namespace, config: EtcdConfig) -> int:
         ttls = await asyncio.gather(*(client.time_to_live(c.lease) for c in contenders))
     declared = [c.info.permits for c in contenders if c.info.permits]
     permits = args.permits or (max(declared) if declared else 1)
+    if not contenders:
+        _hint_no_keys(args.name)
     rows = [Row(c, ttl) for c, ttl in zip(contenders, ttls, strict=True)]
     holders, waiters = rows[:permits], rows[permits:]
     if args.output == "json":
@@ -79,3 +87,16 @@ async def run_status(args: argparse.Namespace, config: EtcdConfig) -> int:
         for line in table:
             print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip())
     return 0
+
+
+def _hint_no_keys(name: str) -> None:
+    """A name nobody uses (a DistributedLock's name given instead of its key) looks exactly like a free
+    lock: say so on stderr, leaving stdout and the exit status as scripts know them. Kubernetes is not
+    asked: the CLI works without it."""
+    print(
+        f"etcdlock: nothing is under {name}/ in etcd: if {name} is a DistributedLock's name, its key is "
+        f"{DEFAULT_KEY_PREFIX}/<namespace>/{name} unless its spec.key says otherwise "
+        "(see kubectl get dlock -A)",
+        file=sys.stderr,
+        flush=True,
+    )

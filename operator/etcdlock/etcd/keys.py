@@ -173,3 +173,51 @@ async def read_contenders(client: EtcdClient, name: str) -> tuple[int, list[Cont
     start = prefix(name)
     response = await client.range(start, range_end(start), by_create=True)
     return response.header.revision, [Contender.from_kv(kv) for kv in response.kvs]
+
+
+def contender_lock(key: bytes, lease: int) -> bytes | None:
+    """The NAME whose contender ``key`` is, or None if ``key`` is not a contender key.
+
+    A contender key is ``NAME/<its own lease id in hex>`` (:func:`contender_key`, Go's ``%x``) and is
+    attached to that lease, whoever wrote it (etcdctl lock and elect, this engine, the operator's pods).
+    Requiring both keeps unrelated keys that merely end in hex digits (``/config/cafe``) out of a listing.
+    """
+    name, slash, tail = key.rpartition(b"/")
+    if not slash or not name or lease <= 0 or tail != format(lease, "x").encode():
+        return None
+    return name
+
+
+@dataclass(frozen=True)
+class Queues:
+    """Every lock's queue under a key prefix, as one range read saw it."""
+
+    revision: int
+    # NAME -> its contenders in queue order (lowest create revision first); NAMEs in key order.
+    queues: dict[str, list[Contender]]
+    # False when the read stopped at its limit: locks past the last key read are missing, and those
+    # whose keys it may have cut are left out rather than shown with part of their queue.
+    complete: bool
+    keys_read: int
+    keys_total: int
+
+
+async def read_queues(client: EtcdClient, key_prefix: bytes, limit: int) -> Queues:
+    """Every lock with a contender key under ``key_prefix`` (every key when it is empty), in one range read
+    of at most ``limit`` keys. Needs no session: this is what listings read."""
+    start, end = (key_prefix, range_end(key_prefix)) if key_prefix else (b"\0", b"\0")
+    response = await client.range(start, end, limit=limit)
+    by_name: dict[bytes, list[Contender]] = {}
+    for kv in response.kvs:
+        name = contender_lock(kv.key, kv.lease)
+        if name is not None:
+            by_name.setdefault(name, []).append(Contender.from_kv(kv))
+    if response.more and response.kvs:
+        # Only a lock whose range NAME/ holds the last key read can have keys past it.
+        last = response.kvs[-1].key
+        by_name = {name: queue for name, queue in by_name.items() if not last.startswith(name + b"/")}
+    queues = {
+        name.decode(errors="replace"): sorted(contenders, key=lambda c: c.create_revision)
+        for name, contenders in sorted(by_name.items())
+    }
+    return Queues(response.header.revision, queues, not response.more, len(response.kvs), response.count)
