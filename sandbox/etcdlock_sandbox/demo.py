@@ -363,7 +363,9 @@ class Demo:
 
     def etcdctl_in(self, name: str, script: str) -> str:
         """``script`` (sh, ``$ETCDCTL`` being etcdctl for the cluster's client Service) run as in a pod:
-        with the sandbox's cluster DNS, where the Service's name resolves and the certificate names it."""
+        with the sandbox's cluster DNS, where the Service's name resolves and the certificate names it.
+        Run again until it succeeds (within :data:`BOUND`): the Service's name resolves once a member's
+        pod is ready, a moment after the cluster says it runs (the scripts write the same keys again)."""
         hosts = Path((self.directory / "cluster-dns").read_text())
         etcdctl = shlex.join(
             [
@@ -372,17 +374,21 @@ class Demo:
                 *self.client_files(name),
             ]
         )
-        done = subprocess.run(
-            with_cluster_dns(hosts, ["sh", "-c", script]),
-            env={**self.env, "ETCDCTL": etcdctl},
-            capture_output=True,
-            text=True,
-            timeout=BOUND,
-            check=False,
-        )
-        if done.returncode != 0:
-            raise daemon.SandboxError(f"etcdctl on {name} failed: {done.stderr.strip()}")
-        return done.stdout
+        deadline = time.monotonic() + BOUND
+        while True:
+            done = subprocess.run(
+                with_cluster_dns(hosts, ["sh", "-c", script]),
+                env={**self.env, "ETCDCTL": etcdctl},
+                capture_output=True,
+                text=True,
+                timeout=BOUND,
+                check=False,
+            )
+            if done.returncode == 0:
+                return done.stdout
+            if time.monotonic() > deadline:
+                raise daemon.SandboxError(f"etcdctl on {name} failed: {done.stderr.strip()}")
+            time.sleep(0.5)
 
     def write(self, name: str, label: str, count: int) -> int:
         """Write ``count`` keys into the cluster; the revision of the last."""
