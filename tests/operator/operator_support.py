@@ -10,6 +10,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from etcdlock.operator.config import ElectionSettings, OperatorConfig, WebhookSe
 from etcdlock.operator.names import WEBHOOK_CONFIGURATION
 from etcdlock.operator.run import run_operator
 from etcdlock.operator.webhook import configuration, validation
+from etcdlock_sandbox.replicas import OperatorProcess
 
 GROUP, VERSION, PLURAL = "etcdlock.io", "v1alpha1", "distributedlocks"
 BOUND = 15.0
@@ -179,3 +181,14 @@ class OperatorThread:
         self._thread.join(BOUND)
         assert not self._thread.is_alive(), "the operator did not stop"
         assert not self._failures, self._failures
+
+
+@dataclass(frozen=True)
+class Operated:
+    """A test module's namespace and the operator serving it as a process with the sandbox's cluster DNS
+    (the ``operated`` fixture)."""
+
+    api: ApiClient
+    namespace: str
+    operator: OperatorProcess
+    hosts: Path  # the cluster DNS hosts file, for processes that resolve names as pods do

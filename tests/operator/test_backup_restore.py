@@ -15,16 +15,15 @@ import signal
 import threading
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 import kubernetes
 import pytest
 from kubernetes.client import ApiClient
-from operator_support import create_lock, eventually
+from operator_support import Operated, create_lock, eventually
 from test_backup import state_of
-from test_etcdcluster import SLOW, Env, condition, member_pid, operator_in, settled
+from test_etcdcluster import SLOW, Env, condition, member_pid, settled
 from test_pods import create_pod, finish, held, note, read_pod
 
 from etcdlock.etcd import EtcdClient, EtcdConfig, EtcdError
@@ -33,8 +32,6 @@ from etcdlock.operator.etcdcluster.backup.runner import read_catalog
 from etcdlock.operator.etcdcluster.backup.settings import StoreSpec
 from etcdlock.operator.etcdcluster.backup.store import BackupStore
 from etcdlock.operator.names import ERROR, HELD, STATE_ANNOTATION, TOKEN_ANNOTATION, WAITING
-from etcdlock_sandbox.cluster import SandboxThread
-from etcdlock_sandbox.etcd import LocalEtcd
 from etcdlock_sandbox.s3 import S3Server
 
 PREFIX = b"/app/"
@@ -43,21 +40,11 @@ S3_SETTINGS = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AW
 
 
 @pytest.fixture(scope="module")
-def env(
-    k8s_sandbox: SandboxThread,
-    api: ApiClient,
-    etcd: LocalEtcd,
-    kubeconfig: Path,
-    webhook_certs: Path,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[BackupEnv]:
-    """A namespace with the store's credentials, and the operator as a process with cluster DNS."""
-    namespace = f"backup-{uuid.uuid4().hex[:8]}"
-    logs = tmp_path_factory.mktemp("backups")
-    with operator_in(namespace, k8s_sandbox, api, etcd, kubeconfig, webhook_certs, logs) as operator:
-        secret = {"metadata": {"name": CREDENTIALS}, "stringData": S3_SETTINGS}
-        kubernetes.client.CoreV1Api(api).create_namespaced_secret(namespace, secret)
-        yield BackupEnv(api, namespace, operator.url)
+def env(operated: Operated) -> BackupEnv:
+    """The module's namespace with the store's credentials, and the operator as a process."""
+    secret = {"metadata": {"name": CREDENTIALS}, "stringData": S3_SETTINGS}
+    kubernetes.client.CoreV1Api(operated.api).create_namespaced_secret(operated.namespace, secret)
+    return BackupEnv(operated.api, operated.namespace, operated.operator.url)
 
 
 @pytest.fixture(scope="module")

@@ -15,20 +15,15 @@ import os
 import threading
 import urllib.request
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import kubernetes
 import pytest
-from kubernetes.client import ApiClient
-from operator_support import eventually
-from test_etcdcluster import SLOW, Env, condition, move_leadership, operator_in, settled
+from operator_support import Operated, eventually
+from test_etcdcluster import SLOW, Env, condition, move_leadership, settled
 
 from etcdlock.etcd import EtcdClient, EtcdConfig, EtcdError
 from etcdlock.etcd.requests import put_op
-from etcdlock_sandbox.cluster import SandboxThread
-from etcdlock_sandbox.etcd import LocalEtcd
 from etcdlock_sandbox.podspec import ETCD_3_4
 
 OLD, NEW = "3.4.23", "3.5.21"
@@ -37,20 +32,10 @@ PREFIX = b"/upgrade/"
 
 
 @pytest.fixture(scope="module")
-def env(
-    k8s_sandbox: SandboxThread,
-    api: ApiClient,
-    etcd: LocalEtcd,
-    kubeconfig: Path,
-    webhook_certs: Path,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Env]:
-    """A namespace and the operator as a process with cluster DNS; the sandbox must have etcd 3.4."""
+def env(operated: Operated) -> Env:
+    """The module's namespace and operator; the sandbox must have etcd 3.4."""
     assert os.environ.get(ETCD_3_4), f"{ETCD_3_4} is not set: run through make, or export it"
-    namespace = f"versions-{uuid.uuid4().hex[:8]}"
-    logs = tmp_path_factory.mktemp("versions")
-    with operator_in(namespace, k8s_sandbox, api, etcd, kubeconfig, webhook_certs, logs):
-        yield Env(api, namespace)
+    return Env(operated.api, operated.namespace)
 
 
 @pytest.fixture(scope="module")

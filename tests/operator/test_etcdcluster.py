@@ -13,29 +13,22 @@ bounded; timings belong to benchmarks, not here.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import threading
-import uuid
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import kubernetes
 import pytest
 from kubernetes.client import ApiClient
-from operator_support import create_lock, eventually, status_of, webhooks_registered
+from operator_support import Operated, create_lock, eventually, status_of
 from test_pods import create_pod, finish, held, note, read_pod
 
 from etcdlock.etcd import EtcdClient, EtcdConfig, EtcdUnavailable
 from etcdlock.etcd.requests import put_op
-from etcdlock.operator.config import WebhookSettings
 from etcdlock.operator.names import CLUSTER_ANNOTATION, TOKEN_ANNOTATION
-from etcdlock_sandbox.cluster import SandboxThread
-from etcdlock_sandbox.etcd import LocalEtcd, free_port
-from etcdlock_sandbox.replicas import OperatorProcess
 
 GROUP, VERSION, CLUSTERS = "etcdlock.io", "v1alpha1", "etcdclusters"
 SLOW = 90.0  # bound for membership changes: each member start, learner catch-up and promotion
@@ -106,53 +99,9 @@ def condition(status: dict[str, Any], kind: str) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def env(
-    k8s_sandbox: SandboxThread,
-    api: ApiClient,
-    etcd: LocalEtcd,
-    kubeconfig: Path,
-    webhook_certs: Path,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Env]:
+def env(operated: Operated) -> Env:
     """A namespace, the webhook registered for it, and the operator as a process with cluster DNS."""
-    namespace = f"etcd-{uuid.uuid4().hex[:8]}"
-    logs = tmp_path_factory.mktemp("etcdcluster")
-    with operator_in(namespace, k8s_sandbox, api, etcd, kubeconfig, webhook_certs, logs):
-        yield Env(api, namespace)
-
-
-@contextlib.contextmanager
-def operator_in(
-    namespace: str,
-    sandbox: SandboxThread,
-    api: ApiClient,
-    etcd: LocalEtcd,
-    kubeconfig: Path,
-    webhook_certs: Path,
-    logs: Path,
-) -> Iterator[OperatorProcess]:
-    """The namespace (created, then deleted), the webhook registered for it, and the operator serving it
-    as a process that resolves cluster names as a pod does, stopped by PID at the end."""
-    core = kubernetes.client.CoreV1Api(api)
-    core.create_namespace({"metadata": {"name": namespace}})
-    settings = WebhookSettings("127.0.0.1", free_port(), webhook_certs)
-    with webhooks_registered(api, settings, namespace):
-        operator = OperatorProcess(
-            etcd.endpoint_list,
-            kubeconfig,
-            webhook_certs,
-            logs / "operator.log",
-            namespaces=(namespace,),
-            configure_webhook=False,
-            webhook_port=settings.port,
-            cluster_dns=sandbox.hosts,
-        ).start()
-        try:
-            operator.wait("ready", 30)
-            yield operator
-        finally:
-            operator.stop()
-    core.delete_namespace(namespace)
+    return Env(operated.api, operated.namespace)
 
 
 @pytest.fixture(scope="module")

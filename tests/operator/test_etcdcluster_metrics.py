@@ -5,19 +5,14 @@ series go when the EtcdCluster is deleted. Every wait is bounded."""
 from __future__ import annotations
 
 import urllib.request
-import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from kubernetes.client import ApiClient
-from operator_support import eventually
+from operator_support import Operated, eventually
 from prometheus_client.parser import text_string_to_metric_families
-from test_etcdcluster import SLOW, Env, operator_in, settled
+from test_etcdcluster import SLOW, Env, settled
 
 from etcdlock.operator.etcdcluster.rendering import QUOTA_BYTES
-from etcdlock_sandbox.cluster import SandboxThread
-from etcdlock_sandbox.etcd import LocalEtcd
 
 
 class MetricsEnv(Env):
@@ -39,18 +34,8 @@ class MetricsEnv(Env):
 
 
 @pytest.fixture(scope="module")
-def env(
-    k8s_sandbox: SandboxThread,
-    api: ApiClient,
-    etcd: LocalEtcd,
-    kubeconfig: Path,
-    webhook_certs: Path,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[MetricsEnv]:
-    namespace = f"metrics-{uuid.uuid4().hex[:8]}"
-    logs = tmp_path_factory.mktemp("etcdcluster-metrics")
-    with operator_in(namespace, k8s_sandbox, api, etcd, kubeconfig, webhook_certs, logs) as operator:
-        yield MetricsEnv(api, namespace, operator.url)
+def env(operated: Operated) -> MetricsEnv:
+    return MetricsEnv(operated.api, operated.namespace, operated.operator.url)
 
 
 def test_the_operator_exports_a_running_clusters_metrics_and_drops_them_with_it(env: MetricsEnv) -> None:

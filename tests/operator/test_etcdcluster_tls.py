@@ -14,8 +14,6 @@ import socket
 import ssl
 import subprocess
 import sys
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import kubernetes
@@ -23,14 +21,13 @@ import pytest
 import trustme
 from cryptography import x509
 from kubernetes.client import ApiClient
-from operator_support import create_lock, eventually, status_of
+from operator_support import Operated, create_lock, eventually, status_of
 from test_backup_restore import CREDENTIALS, S3_SETTINGS, bucket, store  # noqa: F401 (fixture)
-from test_etcdcluster import SLOW, Env, condition, operator_in, settled
+from test_etcdcluster import SLOW, Env, condition, settled
 from test_pods import create_pod, held, read_pod
 
 from etcdlock.operator.names import TOKEN_ANNOTATION
-from etcdlock_sandbox.cluster import SandboxThread
-from etcdlock_sandbox.etcd import LocalEtcd, etcd_binary
+from etcdlock_sandbox.etcd import etcd_binary
 from etcdlock_sandbox.network import with_cluster_dns
 from etcdlock_sandbox.s3 import S3Server
 
@@ -75,20 +72,10 @@ class TlsEnv(Env):
 
 
 @pytest.fixture(scope="module")
-def env(
-    k8s_sandbox: SandboxThread,
-    api: ApiClient,
-    etcd: LocalEtcd,
-    kubeconfig: Path,
-    webhook_certs: Path,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[TlsEnv]:
-    namespace = f"tls-{uuid.uuid4().hex[:8]}"
-    logs = tmp_path_factory.mktemp("tls")
-    with operator_in(namespace, k8s_sandbox, api, etcd, kubeconfig, webhook_certs, logs):
-        secret = {"metadata": {"name": CREDENTIALS}, "stringData": S3_SETTINGS}
-        kubernetes.client.CoreV1Api(api).create_namespaced_secret(namespace, secret)
-        yield TlsEnv(api, namespace, k8s_sandbox.hosts, tmp_path_factory.mktemp("clients"))
+def env(operated: Operated, tmp_path_factory: pytest.TempPathFactory) -> TlsEnv:
+    secret = {"metadata": {"name": CREDENTIALS}, "stringData": S3_SETTINGS}
+    kubernetes.client.CoreV1Api(operated.api).create_namespaced_secret(operated.namespace, secret)
+    return TlsEnv(operated.api, operated.namespace, operated.hosts, tmp_path_factory.mktemp("clients"))
 
 
 @pytest.fixture(scope="module")
