@@ -73,14 +73,15 @@ class Sandbox:
             await self._client.connect()
             self.api = Api(Storage(self._client))
             await self.api.start()
-            self._server = ApiServer(self.api, audit=self._audit)
-            self.url = await self._server.start(port=self._port)
             self._pods_dir = Path(tempfile.mkdtemp(prefix="pods-", dir=self._workdir))
             network = PodNetwork(self._pods_dir / "hosts")
             self.hosts = network.hosts
+            processes = ProcessKubelet(self.api, network, self._pods_dir)
+            self._server = ApiServer(self.api, audit=self._audit, logs=processes)
+            self.url = await self._server.start(port=self._port)
             for name, controller in (
                 ("kubelet", PodLifecycle(self.api).run()),
-                ("process-kubelet", ProcessKubelet(self.api, network, self._pods_dir).run()),
+                ("process-kubelet", processes.run()),
                 ("statefulsets", StatefulSetController(self.api).run()),
                 ("cluster-dns", ClusterDns(self.api, network).run()),
                 ("cert-manager", CertManager(self.api).run()),

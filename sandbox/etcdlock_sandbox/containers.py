@@ -21,7 +21,8 @@ A pod whose container image is etcd's, and whose init containers (if any) are et
   (:mod:`etcdlock_sandbox.secretvolumes`; a pod waits until its Secrets exist);
 - the readiness probe (httpGet) of the container is run every second and sets the pod's Ready condition;
 - each container writes to a log file of its own in the pod's folder (``container.log``,
-  ``init-NAME.log``); a deleted pod's running process gets SIGTERM, then SIGKILL after 5 s.
+  ``init-NAME.log``; :meth:`ProcessKubelet.log_file` serves ``kubectl logs``); a deleted pod's running
+  process gets SIGTERM, then SIGKILL after 5 s.
 
 Every other pod is left to the pretend kubelet (:mod:`etcdlock_sandbox.kubelet`).
 """
@@ -69,6 +70,7 @@ SECRET_REFRESH = 1.0
 CONFIG_RETRY = 1.0
 START_ERROR = 128
 """A container runtime's exit code for a container whose program could not be started."""
+MAIN_LOG = "container.log"
 
 
 class ProcessKubelet:
@@ -118,6 +120,22 @@ class ProcessKubelet:
                 log.warning("process kubelet: claim watch ended (%s); starting over", exc)
                 await asyncio.sleep(0.5)
 
+    def log_file(self, pod: Obj, container: str) -> Path | None:
+        """The log file of a container of a pod run here (it may not exist yet); None for other pods, and
+        for a container other than the first, which is not run."""
+        if not runs_as_processes(pod):
+            return None
+        spec = pod.get("spec") or {}
+        folder = self._pod_folder(pod["metadata"])
+        if container in [c.get("name") for c in spec.get("initContainers") or []]:
+            return folder / f"init-{container}.log"
+        if container == (spec.get("containers") or [{}])[0].get("name"):
+            return folder / MAIN_LOG
+        return None
+
+    def _pod_folder(self, meta: Obj) -> Path:
+        return self._workdir / "pods" / str(meta.get("uid", ""))
+
     def _claim_folder(self, meta: Obj) -> Path:
         namespace: str = meta.get("namespace", "")
         return self._workdir / "claims" / namespace / f"{meta['name']}-{meta.get('uid', '')}"
@@ -143,7 +161,7 @@ class ProcessKubelet:
         previous = self._stopping.pop((namespace, name), None)
         if previous is not None:
             await asyncio.gather(previous, return_exceptions=True)
-        folder = self._workdir / "pods" / meta.get("uid", "")
+        folder = self._pod_folder(meta)
         try:
             await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
             # As a kubelet does, a pod whose claim does not exist (yet) waits for it.
@@ -263,7 +281,7 @@ class PodProcesses:
     async def _supervise(self, container: Obj, status: ContainerStatus) -> None:
         """Run the pod's container, again whenever it exits, with its readiness probed."""
         while True:
-            ended = await self._run_once(container, status, "container.log", readiness=True)
+            ended = await self._run_once(container, status, MAIN_LOG, readiness=True)
             await self._back_off(status, ended)
 
     async def _back_off(self, status: ContainerStatus, ended: Obj) -> None:

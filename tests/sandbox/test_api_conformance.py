@@ -14,6 +14,9 @@ import socket
 import ssl
 import threading
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -1003,6 +1006,58 @@ def test_table_output_has_the_crd_printer_columns(
         GROUP, VERSION, namespace, widgets, "large", _headers={"Accept": TABLE}
     )
     assert [row["cells"] for row in single["rows"]] == [["large", 9, "green", "Ready"]]
+
+
+def table_request(api: ApiClient, path: str, **query: str) -> tuple[int, bytes]:
+    """GET ``path`` asking for a Table (kubectl's Accept), with ``query``: the status and the body."""
+    url = f"{api.configuration.host}{path}?{urllib.parse.urlencode(query)}"
+    request = urllib.request.Request(url, headers={"Accept": TABLE})
+    try:
+        with urllib.request.urlopen(request, timeout=WAIT_SECONDS) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def test_table_rows_carry_the_object_that_include_object_asks_for(
+    api: ApiClient, custom: client.CustomObjectsApi, namespace: str, widgets: str
+) -> None:
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, widgets, widget("small", size=2))
+    path = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{widgets}"
+
+    def row_object(**query: str) -> Any:
+        code, body = table_request(api, path, **query)
+        assert code == 200, body
+        [row] = json.loads(body)["rows"]
+        return row["object"]
+
+    assert row_object()["kind"] == "PartialObjectMetadata"
+    assert row_object(includeObject="Metadata")["metadata"]["name"] == "small"
+    assert "spec" not in row_object(includeObject="Metadata")
+    whole = row_object(includeObject="Object")
+    assert (whole["kind"], whole["spec"]["size"]) == ("Widget", 2)
+    assert row_object(includeObject="None") is None
+    code, body = table_request(api, path, includeObject="Everything")
+    assert (code, json.loads(body)["message"]) == (400, 'unrecognized includeObject value: "Everything"')
+
+
+def test_a_watch_asked_for_tables_sends_one_table_per_event_with_the_columns_in_the_first_only(
+    api: ApiClient, custom: client.CustomObjectsApi, namespace: str, widgets: str
+) -> None:
+    listed = custom.list_namespaced_custom_object(GROUP, VERSION, namespace, widgets)
+    version = listed["metadata"]["resourceVersion"]
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, widgets, widget("w", size=2))
+    custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, widgets, "w", {"spec": {"size": 5}})
+    path = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{widgets}"
+    code, body = table_request(api, path, watch="true", resourceVersion=version, timeoutSeconds="2")
+    events = [json.loads(line) for line in body.splitlines()]
+    assert code == 200
+    assert [event["type"] for event in events] == ["ADDED", "MODIFIED"]
+    first, later = (event["object"] for event in events)
+    assert [c["name"] for c in first["columnDefinitions"]] == ["Name", "Size", "Color", "Phase"]
+    assert later["kind"] == "Table" and later["columnDefinitions"] is None
+    assert [row["cells"] for row in later["rows"]] == [["w", 5, "blue", None]]
+    assert later["rows"][0]["object"]["kind"] == "PartialObjectMetadata"
 
 
 # --- pods ---------------------------------------------------------------------------------------------

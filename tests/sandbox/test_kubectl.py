@@ -12,11 +12,14 @@ import os
 import re
 import shutil
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
+
+from etcdlock_sandbox.etcd import etcd_binary
 
 KUBECTL = shutil.which("kubectl") or "/usr/bin/kubectl"
 TIMEOUT = 30.0
@@ -623,3 +626,269 @@ def test_every_example_applies_after_the_crds(kubectl: Kubectl) -> None:
     ):
         assert expected in created, created
     assert sum(line.startswith("distributedlock.etcdlock.io/") for line in created) == 3
+
+
+def read_lines(process: subprocess.Popen[str], count: int, until: str = "") -> list[str]:
+    """The first ``count`` lines of a background kubectl's output (or its lines up to one containing
+    ``until``); the process is killed if they do not come within TIMEOUT."""
+    assert process.stdout is not None
+    timer = threading.Timer(TIMEOUT, process.kill)
+    timer.start()
+    lines: list[str] = []
+    try:
+        for line in process.stdout:
+            lines.append(line.rstrip("\n"))
+            if (until and until in line) or (not until and len(lines) == count):
+                return lines
+    finally:
+        timer.cancel()
+    raise AssertionError(f"kubectl ended (or was stopped after {TIMEOUT}s) before printing it: {lines}")
+
+
+def stop(process: subprocess.Popen[str]) -> None:
+    process.kill()
+    process.communicate(timeout=TIMEOUT)
+
+
+def test_get_watch_prints_the_columns_of_every_later_event(kubectl: Kubectl, widgets_crd: str) -> None:
+    """Watch events come as tables (kubectl asks for them): later rows have the CRD's columns too."""
+    kubectl("apply", "-f", kubectl.file("w.yaml", widget("first", size=2)))
+    watching = kubectl.start("get", "widgets", "--watch", "--output-watch-events", "-v=6")
+    try:
+        wait_for_watch(watching)
+        kubectl("patch", "widget", "first", "--type=merge", "-p", '{"spec":{"size":7,"color":"green"}}')
+        kubectl("apply", "-f", kubectl.file("w2.yaml", widget("second", size=4, color="blue")))
+        kubectl("delete", "widget", "first")
+        lines = read_lines(watching, 5)
+    finally:
+        stop(watching)
+    assert header(lines[0]) == ["EVENT", "NAME", "SIZE", "COLOR", "PHASE"]
+    assert table("\n".join(lines)) == [
+        {"EVENT": "ADDED", "NAME": "first", "SIZE": "2", "COLOR": "red", "PHASE": ""},
+        {"EVENT": "MODIFIED", "NAME": "first", "SIZE": "7", "COLOR": "green", "PHASE": ""},
+        {"EVENT": "ADDED", "NAME": "second", "SIZE": "4", "COLOR": "blue", "PHASE": ""},
+        {"EVENT": "DELETED", "NAME": "first", "SIZE": "7", "COLOR": "green", "PHASE": ""},
+    ]
+
+
+def test_get_watch_of_pods_prints_their_status_columns(kubectl: Kubectl) -> None:
+    watching = kubectl.start("get", "pods", "--watch", "-v=6")
+    try:
+        wait_for_watch(watching)
+        kubectl("apply", "-f", kubectl.file("pod.yaml", gated_pod("held")))
+        lines = read_lines(watching, 2)
+    finally:
+        stop(watching)
+    assert header(lines[0]) == ["NAME", "READY", "STATUS", "RESTARTS", "AGE"]
+    assert table("\n".join(lines))[0] | {"AGE": ""} == {
+        "NAME": "held",
+        "READY": "0/1",
+        "STATUS": "SchedulingGated",
+        "RESTARTS": "0",
+        "AGE": "",
+    }
+
+
+def test_sort_by_orders_rows_by_any_field_of_the_objects(kubectl: Kubectl, widgets_crd: str) -> None:
+    """``--sort-by`` needs the whole objects in the table's rows (kubectl asks for includeObject=Object)."""
+    sizes = {"alpha": 5, "bravo": 2, "charlie": 9}
+    kubectl(
+        "apply",
+        "-f",
+        kubectl.file("w.yaml", "---\n".join(widget(name, size=size) for name, size in sizes.items())),
+    )
+    by_size = kubectl.out("get", "widgets", "--sort-by=.spec.size")
+    assert [(row["NAME"], row["SIZE"]) for row in table(by_size)] == [
+        ("bravo", "2"),
+        ("alpha", "5"),
+        ("charlie", "9"),
+    ]
+    pods = [("a-pod", "zeta"), ("b-pod", "alpha")]
+    for name, image in pods:
+        kubectl("run", name, f"--image={image}", "--restart=Never")
+    by_image = kubectl.out("get", "pods", "--sort-by=.spec.containers[0].image")
+    assert [row["NAME"] for row in table(by_image)] == ["b-pod", "a-pod"]
+    assert [row["NAME"] for row in table(kubectl.out("get", "pods", "--sort-by=.metadata.name"))] == [
+        "a-pod",
+        "b-pod",
+    ]
+
+
+WORKLOADS = """\
+apiVersion: v1
+kind: Service
+metadata: {name: db}
+spec:
+  selector: {app: db}
+  ports: [{name: client, port: 2379}, {name: metrics, port: 9090, protocol: UDP}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: db-peers}
+spec:
+  clusterIP: None
+  selector: {app: db}
+  ports: [{port: 2380}]
+---
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: db}
+spec:
+  replicas: 2
+  serviceName: db-peers
+  selector: {matchLabels: {app: db}}
+  template:
+    metadata: {labels: {app: db}}
+    spec:
+      containers: [{name: db, image: busybox}, {name: sidecar, image: nginx}]
+  volumeClaimTemplates:
+    - metadata: {name: data}
+      spec:
+        accessModes: [ReadWriteOnce]
+        storageClassName: fast
+        resources: {requests: {storage: 1Gi}}
+"""
+
+
+def test_get_statefulsets_services_and_claims_prints_their_columns(kubectl: Kubectl) -> None:
+    kubectl("apply", "-f", kubectl.file("workloads.yaml", WORKLOADS))
+    kubectl("wait", "--for=jsonpath={.status.readyReplicas}=2", "sts/db", f"--timeout={TIMEOUT:.0f}s")
+    sts = kubectl.out("get", "statefulsets", "-o", "wide")
+    assert header(sts) == ["NAME", "READY", "AGE", "CONTAINERS", "IMAGES"]
+    assert table(sts)[0] | {"AGE": ""} == {
+        "NAME": "db",
+        "READY": "2/2",
+        "AGE": "",
+        "CONTAINERS": "db,sidecar",
+        "IMAGES": "busybox,nginx",
+    }
+
+    services = kubectl.out("get", "services", "-o", "wide")
+    assert header(services) == ["NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "AGE", "SELECTOR"]
+    rows = {row["NAME"]: row for row in table(services)}
+    assert (rows["db"]["TYPE"], rows["db"]["EXTERNAL-IP"], rows["db"]["PORT(S)"]) == (
+        "ClusterIP",
+        "<none>",
+        "2379/TCP,9090/UDP",
+    )
+    assert (rows["db-peers"]["CLUSTER-IP"], rows["db-peers"]["SELECTOR"]) == ("None", "app=db")
+
+    kubectl("wait", "--for=jsonpath={.status.phase}=Bound", "pvc/data-db-1", f"--timeout={TIMEOUT:.0f}s")
+    claims = kubectl.out("get", "pvc", "-o", "wide")
+    assert header(claims) == [
+        "NAME",
+        "STATUS",
+        "VOLUME",
+        "CAPACITY",
+        "ACCESS MODES",
+        "STORAGECLASS",
+        "VOLUMEATTRIBUTESCLASS",
+        "AGE",
+        "VOLUMEMODE",
+    ]
+    assert [(row["NAME"], row["STATUS"], row["STORAGECLASS"]) for row in table(claims)] == [
+        ("data-db-0", "Bound", "fast"),
+        ("data-db-1", "Bound", "fast"),
+    ]
+
+
+def test_explain_prints_the_descriptions_and_fields_of_the_crds(kubectl: Kubectl) -> None:
+    """kubectl explain reads the CRDs' schemas from the server's OpenAPI v3 documents."""
+    root = Path(__file__).resolve().parents[2]
+    kubectl("apply", "-f", str(root / "crds"))
+    kubectl("wait", "--for", "condition=established", "crd/distributedlocks.etcdlock.io", "--timeout=10s")
+    crd = yaml.safe_load((root / "crds" / "distributedlock.yaml").read_text())
+    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    # kubectl's discovery cache, written before the CRDs existed, knows no short name "dlock" yet; like
+    # any kubectl, api-resources renews it.
+    kubectl("api-resources", "--api-group=etcdlock.io")
+
+    kind = kubectl.out("explain", "dlock")
+    assert "KIND:       DistributedLock" in kind and "VERSION:    v1alpha1" in kind
+    assert " ".join(schema["description"].split()[:6]) in " ".join(kind.split())
+
+    spec = kubectl.out("explain", "dlock.spec")
+    for field, declared in schema["properties"]["spec"]["properties"].items():
+        shown = {"object": "Object"}.get(declared["type"], declared["type"])
+        assert f"{field}\t<{shown}>" in spec, field
+        assert " ".join(declared["description"].split()[:5]) in " ".join(spec.split()), field
+
+    tls = kubectl.out("explain", "etcd.spec.tls")
+    assert "issuerRef\t<Object>" in tls and "FIELD: tls <Object>" in tls
+
+    pods = kubectl("explain", "pods")
+    assert "KIND:       Pod" in pods.stdout and "metadata\t<ObjectMeta>" in pods.stdout
+
+
+ETCD_STATEFULSET = """\
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: member}
+spec:
+  replicas: 1
+  serviceName: member
+  selector: {matchLabels: {app: member}}
+  template:
+    metadata: {labels: {app: member}}
+    spec:
+      initContainers:
+        - {name: version, image: "registry.k8s.io/etcd:3.5.21-0", command: [etcdutl, version]}
+      containers:
+        - name: etcd
+          image: registry.k8s.io/etcd:3.5.21-0
+          command:
+            - /usr/local/bin/etcd
+            - --name=m
+            - --data-dir=/var/lib/etcd/data
+            - --listen-client-urls=http://0.0.0.0:2379
+            - --advertise-client-urls=http://0.0.0.0:2379
+            - --listen-peer-urls=http://0.0.0.0:2380
+            - --initial-advertise-peer-urls=http://0.0.0.0:2380
+            - --initial-cluster=m=http://0.0.0.0:2380
+          readinessProbe: {httpGet: {path: /health, port: 2379}}
+          volumeMounts: [{name: data, mountPath: /var/lib/etcd}]
+      volumes: [{name: data, emptyDir: {}}]
+"""
+
+
+def test_logs_of_an_etcd_pod_show_etcds_lines_and_follow_new_ones(kubectl: Kubectl) -> None:
+    """A StatefulSet's etcd pod runs the real etcd: kubectl logs shows what it wrote, -f what it writes."""
+    kubectl("apply", "-f", kubectl.file("sts.yaml", ETCD_STATEFULSET))
+    kubectl("wait", "--for=jsonpath={.status.readyReplicas}=1", "sts/member", "--timeout=90s")
+
+    whole = kubectl.out("logs", "member-0")
+    messages = [json.loads(line)["msg"] for line in whole.splitlines()]
+    assert "ready to serve client requests" in messages
+    assert kubectl.out("logs", "member-0", "-c", "etcd").startswith(whole)
+    assert kubectl.out("logs", "sts/member").startswith(whole)
+    [last] = kubectl.out("logs", "member-0", "--tail=1").splitlines()
+    assert last in kubectl.out("logs", "member-0").splitlines()
+    assert "is not valid for pod member-0" in kubectl("logs", "member-0", "-c", "nope", check=False).stderr
+    assert kubectl.out("logs", "member-0", "-c", "version").startswith("etcdutl version: 3.5.")
+    refused = kubectl("logs", "member-0", "--since=1m", check=False)
+    assert refused.returncode != 0 and "--since is not served" in refused.stderr
+
+    following = kubectl.start("logs", "-f", "member-0", "--tail=1")
+    try:
+        assert read_lines(following, 1)[0] in kubectl.out("logs", "member-0").splitlines()
+        address = kubectl.out("get", "pod", "member-0", "-o", "jsonpath={.status.podIP}")
+        subprocess.run(
+            [etcd_binary("etcdctl"), f"--endpoints=http://{address}:2379", "defrag"],
+            capture_output=True,
+            timeout=TIMEOUT,
+            check=True,
+        )
+        followed = read_lines(following, 0, until="finished defragment")
+        kubectl("delete", "pod", "member-0", "--wait=false")
+        assert following.wait(timeout=TIMEOUT) == 0  # the followed log ends with its pod
+    finally:
+        stop(following)
+    assert "starting defragment" in [json.loads(line)["msg"] for line in followed]
+
+
+def test_logs_of_a_pod_that_runs_nothing_are_empty(kubectl: Kubectl) -> None:
+    kubectl("run", "pretend", "--image=busybox", "--restart=Never")
+    kubectl("apply", "-f", kubectl.file("gated.yaml", gated_pod("held")))
+    for pod in ("pretend", "held"):
+        done = kubectl("logs", pod)
+        assert (done.stdout, done.stderr) == ("", ""), pod

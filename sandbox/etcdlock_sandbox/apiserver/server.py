@@ -1,4 +1,5 @@
-"""The HTTP face of the emulator: kube-apiserver's URLs, discovery, JSON bodies, watch streams, tables.
+"""The HTTP face of the emulator: kube-apiserver's URLs, discovery, JSON bodies, watch streams, tables,
+OpenAPI v3 and pod logs.
 
 Plain HTTP on loopback, no authentication: a sandbox and a test double, never a production server.
 """
@@ -9,14 +10,16 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
-from etcdlock_sandbox.apiserver import errors, protobuf, tables
+from etcdlock_sandbox.apiserver import errors, logs, openapi, protobuf, tables
 from etcdlock_sandbox.apiserver.api import Api
 from etcdlock_sandbox.apiserver.errors import ApiError
+from etcdlock_sandbox.apiserver.logs import LogFiles
 from etcdlock_sandbox.apiserver.resources import ResourceType
 
 log = logging.getLogger(__name__)
@@ -34,8 +37,9 @@ VERSION = {
     "compiler": "",
     "platform": "linux/amd64",
 }
-# No schemas are published: kubectl then skips client-side validation of every kind (custom resources
-# are still validated here, against their CRD's schema). There is no /openapi/v3: kubectl falls back to v2.
+# OpenAPI v2 has no schemas: kubectl reads OpenAPI v3 (:mod:`.openapi`), where it finds that every kind
+# takes fieldValidation, so it leaves validation to the server (custom resources are validated against
+# their CRD's schema).
 OPENAPI_V2: dict[str, Any] = {
     "swagger": "2.0",
     "info": {"title": "etcdlock sandbox", "version": VERSION["gitVersion"]},
@@ -77,17 +81,20 @@ class ApiServer:
     """An aiohttp application serving :class:`Api` the way kube-apiserver does.
 
     With ``audit`` every resource request is recorded in :attr:`audit` (for checking RBAC rules against
-    what a client really does).
+    what a client really does). ``logs`` says where the containers' logs are (``pods/NAME/log``).
     """
 
-    def __init__(self, api: Api, audit: bool = False) -> None:
+    def __init__(self, api: Api, audit: bool = False, logs: LogFiles | None = None) -> None:
         self.api = api
+        self.logs = logs
         self.audit: list[AuditRecord] | None = [] if audit else None
         self.app = web.Application(middlewares=[_status_errors], client_max_size=16 * 1024 * 1024)
         get = self.app.router.add_get
         for path in ("/healthz", "/livez", "/readyz"):
             get(path, self._ok)
         get("/openapi/v2", self._openapi_v2)
+        get("/openapi/v3", self._openapi_v3_index)
+        get("/openapi/v3/{path:.+}", self._openapi_v3)
         # The kubernetes Python client asks for discovery with a trailing slash ("/version/", "/api/v1/").
         for path, handler in (
             ("/version", self._version),
@@ -139,6 +146,17 @@ class ApiServer:
         if "protobuf" in request.headers.get("Accept", ""):
             return web.Response(body=_openapi_v2_protobuf(), content_type="application/octet-stream")
         return _json(OPENAPI_V2)
+
+    async def _openapi_v3_index(self, _: web.Request) -> web.Response:
+        return _json(openapi.index(self.api.catalog))
+
+    async def _openapi_v3(self, request: web.Request) -> web.Response:
+        """One group-version's document (``api/v1``, ``apis/GROUP/VERSION``); the ``hash`` is not checked."""
+        found = openapi.group_version_of(request.match_info["path"])
+        if found is None or not self.api.catalog.in_group_version(*found):
+            raise ApiError(404, "NotFound", "the server could not find the requested resource")
+        group, version = found
+        return _json(openapi.document(self.api.catalog, group, version))
 
     async def _core_versions(self, _: web.Request) -> web.Response:
         return _json({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []})
@@ -205,6 +223,8 @@ class ApiServer:
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         if name is None:
             return await self._collection(request, rtype, namespace)
+        if subresource == "log" and (rtype.group, rtype.plural) == ("", "pods") and request.method == "GET":
+            return await logs.serve(request, await self.api.get(rtype, namespace, name), self.logs)
         return await self._single(request, rtype, namespace, name, subresource)
 
     async def _collection(
@@ -217,7 +237,7 @@ class ApiServer:
                 return await self._watch(request, rtype, namespace, match)
             items, revision = await self.api.list_matching(rtype, namespace, match)
             if _wants_table(request):
-                return _json(tables.table(rtype, items, str(revision)))
+                return _json(tables.table(rtype, items, str(revision), _include_object(request)))
             return _json(
                 {
                     "kind": f"{rtype.kind}List",
@@ -263,7 +283,8 @@ class ApiServer:
         if request.method == "GET":
             obj = await self.api.get(rtype, namespace, name)
             if _wants_table(request):
-                return _json(tables.table(rtype, [obj], obj["metadata"]["resourceVersion"]))
+                version = obj["metadata"]["resourceVersion"]
+                return _json(tables.table(rtype, [obj], version, _include_object(request)))
             return _json(obj)
         if request.method == "PUT":
             body = await _body(request)
@@ -303,8 +324,10 @@ class ApiServer:
     async def _watch(
         self, request: web.Request, rtype: ResourceType, namespace: str | None, match: Any
     ) -> web.StreamResponse:
-        """A chunked stream of ``{"type": ..., "object": ...}`` lines until timeoutSeconds or disconnect."""
+        """A chunked stream of ``{"type": ..., "object": ...}`` lines until timeoutSeconds or disconnect;
+        each object a Table of one row when the client asks for tables (column definitions in the first)."""
         seconds = float(request.query.get("timeoutSeconds") or DEFAULT_WATCH_SECONDS)
+        shown = _watch_shape(request, rtype)
         events = self.api.watch(rtype, namespace, request.query.get("resourceVersion"), match)
         response = web.StreamResponse(headers={"Content-Type": "application/json"})
         response.enable_chunked_encoding()
@@ -312,7 +335,7 @@ class ApiServer:
         try:
             async with asyncio.timeout(seconds):
                 async for kind, obj in events:
-                    await response.write(json.dumps({"type": kind, "object": obj}).encode() + b"\n")
+                    await response.write(json.dumps({"type": kind, "object": shown(obj)}).encode() + b"\n")
         except TimeoutError:
             pass
         except ApiError as exc:
@@ -362,6 +385,36 @@ def _openapi_v2_protobuf() -> bytes:
 def _wants_table(request: web.Request) -> bool:
     accept = request.headers.get("Accept", "")
     return "as=Table" in accept
+
+
+def _include_object(request: web.Request) -> str:
+    """The ``includeObject`` of a Table request (Metadata when not given); any other value is refused."""
+    value = request.query.get("includeObject") or "Metadata"
+    if value not in tables.INCLUDE_OBJECT:
+        raise errors.bad_request(f"unrecognized includeObject value: {json.dumps(value)}")
+    return value
+
+
+def _watch_shape(request: web.Request, rtype: ResourceType) -> Callable[[Obj], Obj]:
+    """What a watch sends of each object: itself, or a Table of it (:class:`_TablesOfEvents`)."""
+    if not _wants_table(request):
+        return lambda obj: obj
+    return _TablesOfEvents(rtype, _include_object(request))
+
+
+class _TablesOfEvents:
+    """Each watched object as a Table of one row; only the first carries the column definitions."""
+
+    def __init__(self, rtype: ResourceType, include_object: str) -> None:
+        self._rtype = rtype
+        self._include_object = include_object
+        self._headers = True
+
+    def __call__(self, obj: Obj) -> Obj:
+        version = obj["metadata"].get("resourceVersion", "")
+        shown = tables.table(self._rtype, [obj], version, self._include_object, self._headers)
+        self._headers = False
+        return shown
 
 
 async def _body(request: web.Request) -> Any:

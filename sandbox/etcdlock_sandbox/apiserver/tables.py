@@ -1,6 +1,12 @@
 """Table output (``Accept: application/json;as=Table;g=meta.k8s.io;v=v1``), so ``kubectl get`` prints
 the columns the server chooses: a CRD's ``additionalPrinterColumns``, and kube-apiserver's own ones for
-pods, namespaces, configmaps, secrets and events (other built-in kinds get Name and Age).
+pods, namespaces, configmaps, secrets, events, services, persistentvolumeclaims, statefulsets and
+deployments (other built-in kinds get Name and Age).
+
+Each row carries its object as ``includeObject`` asks (kubectl's ``--sort-by`` asks for ``Object``): the
+object's metadata (``Metadata``, the default), the whole object (``Object``) or nothing (``None``). A watch
+sends one table per event, with the column definitions in the first only (``headers=False`` after it), as
+kube-apiserver does to save bandwidth.
 
 ``jsonPath`` supports what printer columns use: ``.a.b``, ``[N]``, ``[*]`` and ``[?(@.k=="v")]``.
 """
@@ -48,6 +54,37 @@ _EVENT_COLUMNS = (
     {"name": "Count", "type": "integer", "priority": 1},
     {"name": "Name", "type": "string", "format": "name", "priority": 1},
 )
+_SERVICE_COLUMNS = (
+    {"name": "Type", "type": "string"},
+    {"name": "Cluster-IP", "type": "string"},
+    {"name": "External-IP", "type": "string"},
+    {"name": "Port(s)", "type": "string"},
+    _AGE,
+    {"name": "Selector", "type": "string", "priority": 1},
+)
+_CLAIM_COLUMNS = (
+    {"name": "Status", "type": "string"},
+    {"name": "Volume", "type": "string"},
+    {"name": "Capacity", "type": "string"},
+    {"name": "Access Modes", "type": "string"},
+    {"name": "StorageClass", "type": "string"},
+    {"name": "VolumeAttributesClass", "type": "string"},
+    _AGE,
+    {"name": "VolumeMode", "type": "string", "priority": 1},
+)
+_TEMPLATE_COLUMNS = (
+    {"name": "Containers", "type": "string", "priority": 1},
+    {"name": "Images", "type": "string", "priority": 1},
+)
+_STATEFULSET_COLUMNS = ({"name": "Ready", "type": "string"}, _AGE, *_TEMPLATE_COLUMNS)
+_DEPLOYMENT_COLUMNS = (
+    {"name": "Ready", "type": "string"},
+    {"name": "Up-to-date", "type": "string"},
+    {"name": "Available", "type": "string"},
+    _AGE,
+    *_TEMPLATE_COLUMNS,
+    {"name": "Selector", "type": "string", "priority": 1},
+)
 # Built-in kinds whose columns kube-apiserver's printers define (it always sends the wide columns, with
 # priority 1; kubectl shows those only for ``-o wide``). The cells come from the functions in _CELLS.
 _BUILTIN_COLUMNS: dict[tuple[str, str], tuple[dict[str, Any], ...]] = {
@@ -57,6 +94,10 @@ _BUILTIN_COLUMNS: dict[tuple[str, str], tuple[dict[str, Any], ...]] = {
     ("", "secrets"): (_NAME, {"name": "Type", "type": "string"}, {"name": "Data", "type": "integer"}, _AGE),
     ("", "events"): _EVENT_COLUMNS,
     ("events.k8s.io", "events"): _EVENT_COLUMNS,
+    ("", "services"): (_NAME, *_SERVICE_COLUMNS),
+    ("", "persistentvolumeclaims"): (_NAME, *_CLAIM_COLUMNS),
+    ("apps", "statefulsets"): (_NAME, *_STATEFULSET_COLUMNS),
+    ("apps", "deployments"): (_NAME, *_DEPLOYMENT_COLUMNS),
 }
 
 
@@ -198,6 +239,116 @@ def _event_cells(event: Obj) -> list[Any]:
     ]
 
 
+def _service_cells(service: Obj) -> list[Any]:
+    """As kube-apiserver's service printer (always wide): headless services show ``None`` as their IP."""
+    spec = service.get("spec") or {}
+    addresses = spec.get("clusterIPs") or ([spec["clusterIP"]] if spec.get("clusterIP") else [])
+    ports = ",".join(_port(port) for port in spec.get("ports") or [])
+    selector = ",".join(f"{k}={v}" for k, v in sorted((spec.get("selector") or {}).items()))
+    return [
+        _name(service),
+        spec.get("type") or "ClusterIP",
+        addresses[0] if addresses else "<none>",
+        _external_ip(service),
+        ports or "<none>",
+        _age_of(service),
+        selector or "<none>",
+    ]
+
+
+def _port(port: Obj) -> str:
+    protocol = port.get("protocol") or "TCP"
+    if port.get("nodePort"):
+        return f"{port.get('port')}:{port['nodePort']}/{protocol}"
+    return f"{port.get('port')}/{protocol}"
+
+
+def _external_ip(service: Obj) -> str:
+    spec = service.get("spec") or {}
+    kind = spec.get("type") or "ClusterIP"
+    external = list(spec.get("externalIPs") or [])
+    if kind in ("ClusterIP", "NodePort"):
+        return ",".join(external) or "<none>"
+    if kind == "ExternalName":
+        return str(spec.get("externalName") or "")
+    if kind != "LoadBalancer":
+        return "<unknown>"
+    ingress = ((service.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
+    balancers = [i.get("ip") or i.get("hostname") for i in ingress if i.get("ip") or i.get("hostname")]
+    return ",".join([*balancers, *external]) or "<pending>"
+
+
+_ACCESS_MODES = (
+    ("ReadWriteOnce", "RWO"),
+    ("ReadOnlyMany", "ROX"),
+    ("ReadWriteMany", "RWX"),
+    ("ReadWriteOncePod", "RWOP"),
+)
+
+
+def _claim_cells(claim: Obj) -> list[Any]:
+    """As kube-apiserver's claim printer: capacity and access modes are shown once a volume is bound."""
+    meta, spec, status = claim["metadata"], claim.get("spec") or {}, claim.get("status") or {}
+    phase = "Terminating" if meta.get("deletionTimestamp") else status.get("phase", "")
+    volume = spec.get("volumeName") or ""
+    modes = status.get("accessModes") or []
+    storage_class = (meta.get("annotations") or {}).get("volume.beta.kubernetes.io/storage-class")
+    return [
+        _name(claim),
+        phase,
+        volume,
+        str((status.get("capacity") or {}).get("storage", "")) if volume else "",
+        ",".join(short for mode, short in _ACCESS_MODES if mode in modes) if volume else "",
+        storage_class if storage_class is not None else spec.get("storageClassName") or "",
+        spec.get("volumeAttributesClassName") or "<unset>",
+        _age_of(claim),
+        spec.get("volumeMode") or "<unset>",
+    ]
+
+
+def _template_cells(obj: Obj) -> list[str]:
+    """The wide Containers and Images cells of a workload: its pod template's."""
+    containers = ((((obj.get("spec") or {}).get("template") or {}).get("spec") or {}).get("containers")) or []
+    return [",".join(c.get("name", "") for c in containers), ",".join(c.get("image", "") for c in containers)]
+
+
+def _replicas(obj: Obj) -> int:
+    replicas = (obj.get("spec") or {}).get("replicas")
+    return 1 if replicas is None else int(replicas)
+
+
+def _statefulset_cells(sts: Obj) -> list[Any]:
+    ready = int((sts.get("status") or {}).get("readyReplicas") or 0)
+    return [_name(sts), f"{ready}/{_replicas(sts)}", _age_of(sts), *_template_cells(sts)]
+
+
+def _deployment_cells(deployment: Obj) -> list[Any]:
+    status = deployment.get("status") or {}
+    return [
+        _name(deployment),
+        f"{int(status.get('readyReplicas') or 0)}/{_replicas(deployment)}",
+        int(status.get("updatedReplicas") or 0),
+        int(status.get("availableReplicas") or 0),
+        _age_of(deployment),
+        *_template_cells(deployment),
+        _selector((deployment.get("spec") or {}).get("selector") or {}),
+    ]
+
+
+def _selector(selector: Obj) -> str:
+    """A label selector as kubectl writes one: ``a=b,c in (d,e),!f``."""
+    terms = [f"{k}={v}" for k, v in sorted((selector.get("matchLabels") or {}).items())]
+    for expression in selector.get("matchExpressions") or []:
+        key, operator = expression.get("key", ""), expression.get("operator", "")
+        values = ",".join(sorted(expression.get("values") or []))
+        terms.append(
+            {"In": f"{key} in ({values})", "NotIn": f"{key} notin ({values})", "DoesNotExist": f"!{key}"}.get(
+                operator, key
+            )
+        )
+    return ",".join(terms) or "<none>"
+
+
 def _data_count(obj: Obj) -> int:
     return len(obj.get("data") or {}) + len(obj.get("binaryData") or {})
 
@@ -210,6 +361,10 @@ _CELLS: dict[tuple[str, str], Any] = {
     ("", "secrets"): lambda s: [_name(s), s.get("type", ""), _data_count(s), _age_of(s)],
     ("", "events"): _event_cells,
     ("events.k8s.io", "events"): _event_cells,
+    ("", "services"): _service_cells,
+    ("", "persistentvolumeclaims"): _claim_cells,
+    ("apps", "statefulsets"): _statefulset_cells,
+    ("apps", "deployments"): _deployment_cells,
 }
 
 
@@ -227,26 +382,22 @@ def columns_of(rtype: ResourceType) -> list[dict[str, Any]]:
     return list(_BUILTIN_COLUMNS.get((rtype.group, rtype.plural), (_NAME, _AGE)))
 
 
-def table(rtype: ResourceType, objects: list[Obj], resource_version: str) -> Obj:
+INCLUDE_OBJECT = ("Metadata", "Object", "None")
+
+
+def table(
+    rtype: ResourceType,
+    objects: list[Obj],
+    resource_version: str,
+    include_object: str = "Metadata",
+    headers: bool = True,
+) -> Obj:
+    """The Table of ``objects``; ``include_object`` is one of INCLUDE_OBJECT, ``headers`` False leaves
+    the column definitions out (null, as kube-apiserver's ``NoHeaders``)."""
     columns = columns_of(rtype)
-    rows = []
-    for obj in objects:
-        cells_of = None if rtype.printer_columns else _CELLS.get((rtype.group, rtype.plural))
-        if cells_of is not None:
-            cells = cells_of(obj)
-        else:
-            cells = [obj["metadata"]["name"], *(_cell(c, obj) for c in columns[1:])]
-        metadata = {k: v for k, v in obj["metadata"].items() if k != "managedFields"}
-        rows.append(
-            {
-                "cells": cells,
-                "object": {
-                    "kind": "PartialObjectMetadata",
-                    "apiVersion": "meta.k8s.io/v1",
-                    "metadata": metadata,
-                },
-            }
-        )
+    rows = [
+        {"cells": _cells(rtype, columns, obj), "object": _row_object(obj, include_object)} for obj in objects
+    ]
     definitions = [
         {
             "name": c["name"],
@@ -261,6 +412,22 @@ def table(rtype: ResourceType, objects: list[Obj], resource_version: str) -> Obj
         "kind": "Table",
         "apiVersion": "meta.k8s.io/v1",
         "metadata": {"resourceVersion": resource_version},
-        "columnDefinitions": definitions,
+        "columnDefinitions": definitions if headers else None,
         "rows": rows,
     }
+
+
+def _cells(rtype: ResourceType, columns: list[dict[str, Any]], obj: Obj) -> list[Any]:
+    cells_of = None if rtype.printer_columns else _CELLS.get((rtype.group, rtype.plural))
+    if cells_of is not None:
+        return list(cells_of(obj))
+    return [obj["metadata"]["name"], *(_cell(c, obj) for c in columns[1:])]
+
+
+def _row_object(obj: Obj, include_object: str) -> Obj | None:
+    if include_object == "None":
+        return None
+    if include_object == "Object":
+        return obj
+    metadata = {k: v for k, v in obj["metadata"].items() if k != "managedFields"}
+    return {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": metadata}
