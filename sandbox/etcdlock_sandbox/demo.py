@@ -3,42 +3,42 @@
 It starts a fresh ``etcdlock sandbox up --operator`` in ``.sandbox/``, applies the DistributedLock of
 ``examples/distributedlock.yaml``, and lines up five contenders for it, one after another: ``etcdctl
 lock`` from outside the cluster, two annotated pods, ``etcdlock lock`` from outside again, and a third
-pod. Each holds the lock for a moment (the pods "run" in the sandbox's pretend kubelet), then the next
-takes over; the demo prints every hand-off with its fencing token, in the order etcd served them, from
-each contender's own signs (an outside command's output and exit, a pod's annotations). Then it applies
-``examples/etcdcluster.yaml``: an EtcdCluster of three members with TLS (certificates from a CA the
-operator creates), which the sandbox runs as real etcd processes; it prints the cluster's status as the
-operator brings it up, and a pod takes ``examples/distributedlock-on-cluster.yaml``, a lock kept in that
-cluster. Last, that cluster is backed up (``spec.backup`` to a folder, ``file://``: a full snapshot, then
-deltas of the writes after it) and a second EtcdCluster with TLS is restored from the backup; the key
-counts of both are printed. The demo reaches both clusters as a pod would: etcdctl with the client
-certificate of the cluster's Secret ``NAME-client-tls``, through the client Service's name (the sandbox's
-cluster DNS). The sandbox keeps
-running afterwards, to explore with kubectl, unless ``--down`` is given.
+pod. etcdctl holds the lock until all five are in line (so each pod is seen gated); then each holds it
+for a moment (the pods "run" in the sandbox's pretend kubelet) and the next takes over. Every step is
+printed from one etcd watch on the lock's keys (:mod:`etcdlock_sandbox.handoffs`), in revision order:
+each release before the next holder, fencing tokens rising; the pods' annotations are checked against it
+afterwards. Then it applies ``examples/etcdcluster.yaml``: an EtcdCluster of three members with TLS
+(certificates from a CA the operator creates), which the sandbox runs as real etcd processes; it prints
+the cluster's status as the operator brings it up, and a pod takes
+``examples/distributedlock-on-cluster.yaml``, a lock kept in that cluster. Last, that cluster is backed
+up (``spec.backup`` to a folder, ``file://``: a full snapshot, then deltas of the writes after it) and a
+second EtcdCluster with TLS is restored from the backup; the key counts of both are printed. The demo
+reaches both clusters as a pod would: etcdctl with the client certificate of the cluster's Secret
+``NAME-client-tls``, through the client Service's name (the sandbox's cluster DNS). Its own files live in
+the sandbox's ``work`` folder, which ``etcdlock sandbox down`` removes. The sandbox keeps running
+afterwards, to explore with the printed commands (:func:`hints`), unless ``--down`` is given.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import base64
+import functools
 import json
 import os
-import queue
 import re
 import shlex
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import kubernetes
 import yaml
 
-from etcdlock.etcd import EtcdClient, EtcdConfig, read_contenders
+from etcdlock.etcd import EtcdLockError
 from etcdlock.operator.definitions import crd_folder
 from etcdlock.operator.names import (
     CLUSTERS,
@@ -46,20 +46,27 @@ from etcdlock.operator.names import (
     HELD,
     LOCK_ANNOTATION,
     LOCKS,
-    RELEASED,
+    SCHEDULING_GATE,
     STATE_ANNOTATION,
     TOKEN_ANNOTATION,
     VERSION,
     WAITING,
 )
+from etcdlock.operator.names import RELEASED as RELEASED_STATE
 from etcdlock_sandbox import daemon
+from etcdlock_sandbox.cli import exports
 from etcdlock_sandbox.etcd import etcd_binary
+from etcdlock_sandbox.handoffs import HOLDS, JOINED, LEFT, RELEASED, LockWatch, Turn
 from etcdlock_sandbox.kubelet import RUN_SECONDS
 from etcdlock_sandbox.network import with_cluster_dns
 
 ROOT = Path.cwd()
 LOCK = "nightly-report"
 KEY = f"/etcdlock/locks/default/{LOCK}"
+STATE = STATE_ANNOTATION.replace(".", "\\.")
+"""The state annotation's name in a kubectl JSONPath, where a dot in a name is escaped."""
+ORDER = ["etcdctl", "report-1", "report-2", "laptop", "report-3"]
+"""The contenders in the order they line up: etcdctl and laptop (``etcdlock lock``) outside, pods inside."""
 HOLD_SECONDS = 1.5
 BOUND = 60.0
 POLL = 0.1
@@ -84,67 +91,31 @@ def wait_for(failure: str, check: Callable[[], T | None]) -> T:
     return found
 
 
-class Contender(Protocol):
-    """One contender for the lock, followed through its own observable state.
-
-    Each check returns the line to print once the event happened, or None while it has not. The demo
-    never reads how many contenders the lock's status counts: a contender that holds only a moment can
-    come and go between two reads of a count.
-    """
-
-    name: str
-
-    def joined(self) -> str | None: ...
-
-    def held(self) -> str | None: ...
-
-    def released(self) -> str | None: ...
-
-
 class Outside:
-    """``etcdctl lock`` or ``etcdlock lock`` from outside the cluster, with a command run under the lock.
+    """``etcdctl lock`` or ``etcdlock lock`` from outside the cluster, running a command under the lock.
 
-    Both run the command only while holding and release before they exit, so the command's own output
-    line says "holds" and the process's exit says "released". While it waits in line it prints nothing:
-    its key in etcd (its holder name in the value) says it joined.
+    Its turns come from the lock's watch, like every contender's; what is its own is the exit status,
+    checked once it released.
     """
 
     def __init__(self, name: str, program: str, command: list[str], env: dict[str, str]) -> None:
         self.name = name
         self._program = program
-        self._endpoints = env["ETCDLOCK_ENDPOINTS"]
-        self._process = subprocess.Popen(command, env=env, text=True, stdout=subprocess.PIPE)
-        self._lines: queue.Queue[str | None] = queue.Queue()
-        self._holds: str | None = None
-        threading.Thread(target=self._read, name=f"output-{name}", daemon=True).start()
+        self._process = subprocess.Popen(
+            command, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL
+        )
 
-    def _read(self) -> None:
-        assert self._process.stdout is not None
-        for line in self._process.stdout:
-            self._lines.put(line.rstrip("\n"))
-        self._lines.put(None)
-
-    def joined(self) -> str | None:
-        if self.held() is not None or self.name in asyncio.run(_holders(self._endpoints)):
-            return f"  [{self.name}] joined the queue"
-        return None
-
-    def held(self) -> str | None:
-        while self._holds is None:
-            try:
-                line = self._lines.get_nowait()
-            except queue.Empty:
-                return None
-            if line is None:
-                code = self._process.wait()
-                raise SystemExit(f"demo: {self._program} for {self.name} exited ({code}) without holding")
-            if "holds the lock" in line:
-                self._holds = line
-        return self._holds
-
-    def released(self) -> str | None:
-        code = self._process.poll()
-        return None if code is None else f"  [{self.name}] released the lock ({self._program} exited {code})"
+    def exited(self) -> str:
+        """The line saying it exited with 0, once it did (within BOUND); else the demo stops."""
+        try:
+            code = self._process.wait(BOUND)
+        except subprocess.TimeoutExpired:
+            raise SystemExit(
+                f"demo: {self._program} for {self.name} did not exit within {BOUND:.0f}s"
+            ) from None
+        if code != 0:
+            raise SystemExit(f"demo: {self._program} for {self.name} exited {code}")
+        return f"  [{self.name}] {self._program} exited 0"
 
     def stop(self) -> None:
         if self._process.poll() is None:
@@ -152,23 +123,134 @@ class Outside:
         self._process.wait()
 
 
-async def _holders(endpoints: str) -> list[str | None]:
-    """The holder names written in the lock's keys, in queue order (None for etcdctl's empty values)."""
-    async with EtcdClient(EtcdConfig.parse(endpoints)) as client:
-        _, contenders = await read_contenders(client, KEY)
-    return [contender.info.holder for contender in contenders]
+class TakingTurns:
+    """Five contenders take the lock in turn; every step is printed from one etcd watch on the lock's keys.
 
-
-class AnnotatedPod:
-    """A pod annotated with the lock, followed through the annotations the operator writes on it.
-
-    ``etcdlock.io/state`` is Waiting once the pod's key is in the queue, Held once it holds (with its
-    fencing token, which stays after the release), Released once the pod finished and its lease is gone.
+    etcdctl takes the lock first and holds it until the other four are in line (its command waits for a
+    file the demo writes: etcdctl gives its command no stdin), so each pod is seen held back by its
+    scheduling gate and the lock's status shows the whole line. Then they are served in arrival order.
     """
 
-    def __init__(self, core: kubernetes.client.CoreV1Api, name: str) -> None:
-        self.name = name
-        self._core = core
+    def __init__(self, api: kubernetes.client.ApiClient | None, env: dict[str, str], work: Path) -> None:
+        self.api = api
+        self.env = env
+        self.release = work / "release-etcdctl"
+        self.release.unlink(missing_ok=True)
+        self.outside: list[Outside] = []
+        self.pods: list[str] = []
+        self.tokens: dict[str, int] = {}
+        self.watch = LockWatch(env["ETCDLOCK_ENDPOINTS"], KEY)
+
+    @property
+    def core(self) -> kubernetes.client.CoreV1Api:
+        return kubernetes.client.CoreV1Api(self.api)
+
+    def run(self) -> None:
+        self.watch.start(BOUND)
+        try:
+            say(
+                "five contenders line up: etcdctl, pod report-1, pod report-2, the etcdlock CLI, pod report-3"
+            )
+            print(
+                "  (each step as etcd's watch on the lock's keys reports it, in revision order)", flush=True
+            )
+            self.line_up()
+            self.show_status()
+            say("etcdctl finishes; each release comes before the next holder, fencing tokens increase")
+            self.release.touch()
+            for name in ORDER:
+                self.follow(name, RELEASED)
+            say("what each contender saw: the pods' annotations (the operator's), the commands' exit")
+            self.records()
+            say("all done; the lock is free again")
+        finally:
+            self.watch.stop()
+            for outside in self.outside:
+                outside.stop()
+
+    def line_up(self) -> None:
+        """Start the contenders one at a time, each once the one before it is in line."""
+        for name in ORDER:
+            if name == "etcdctl":
+                self.etcdctl()
+            elif name.startswith("report-"):
+                self.pod(name)
+            else:
+                self.cli(name)
+            self.follow(name, JOINED)
+
+    def follow(self, name: str, step: str) -> None:
+        """Print every turn, in revision order, up to ``name`` taking ``step``."""
+        while True:
+            try:
+                turn = self.watch.next(BOUND)
+            except (OSError, EtcdLockError) as exc:  # a timeout, or what ended the watch
+                raise SystemExit(f"demo: waiting for {name} to have {step}: {exc}") from None
+            print(self.describe(turn), flush=True)
+            if turn.step == LEFT:
+                raise SystemExit(f"demo: {turn.name} left the line without holding the lock")
+            if turn.step == HOLDS:
+                self.tokens[turn.name] = turn.token
+            if (turn.name, turn.step) == (name, step):
+                return
+
+    def describe(self, turn: Turn) -> str:
+        if turn.step == JOINED:
+            return f"  [{turn.name}] joined the line at revision {turn.revision}{self.gated(turn.name)}"
+        if turn.step == HOLDS:
+            return (
+                f"  [{turn.name}] holds the lock with fencing token {turn.token} (revision {turn.revision})"
+            )
+        if turn.step == RELEASED:
+            return f"  [{turn.name}] released the lock (revision {turn.revision})"
+        return f"  [{turn.name}] left the line without holding (revision {turn.revision})"
+
+    def gated(self, name: str) -> str:
+        """For a pod: whether it carries the scheduling gate now (read as it joins)."""
+        if name not in self.pods:
+            return ""
+        spec = self.core.read_namespaced_pod(name, "default").spec
+        gates = [gate.name for gate in (spec.scheduling_gates if spec else None) or []]
+        return f", pod SchedulingGated ({SCHEDULING_GATE})" if SCHEDULING_GATE in gates else ", pod not gated"
+
+    def show_status(self) -> None:
+        """The lock's status once the operator shows the whole line: one holder, four waiting."""
+        objects = kubernetes.client.CustomObjectsApi(self.api)
+
+        def whole_line() -> dict[str, Any] | None:
+            lock: Any = objects.get_namespaced_custom_object(GROUP, VERSION, "default", LOCKS, LOCK)
+            status: dict[str, Any] = lock.get("status") or {}
+            counts = (len(status.get("holders") or []), len(status.get("waiters") or []))
+            return status if counts == (1, len(ORDER) - 1) else None
+
+        status = wait_for(f"DistributedLock {LOCK} did not show the line", whole_line)
+        holders = [h.get("holder") or h.get("key") for h in status["holders"]]
+        waiters = [w.get("holder") or w.get("key") for w in status["waiters"]]
+        shown = f"phase {status.get('phase')}, holder {holders}, waiting {waiters}"
+        print(f"  kubectl get dlock {LOCK}: {shown}", flush=True)
+
+    def records(self) -> None:
+        """Each pod's own record, which must agree with etcd's; each outside command exited 0."""
+        for name in self.pods:
+            notes, phase = wait_for(f"pod {name} did not finish", functools.partial(self.finished, name))
+            token = notes.get(TOKEN_ANNOTATION)
+            if token != str(self.tokens[name]):
+                raise SystemExit(f"demo: pod {name}'s fencing token is {token}, etcd's {self.tokens[name]}")
+            state = notes[STATE_ANNOTATION]
+            print(
+                f"  [{name}] pod {phase}, {STATE_ANNOTATION}={state}, {TOKEN_ANNOTATION}={token}", flush=True
+            )
+        for outside in self.outside:
+            print(outside.exited(), flush=True)
+
+    def finished(self, name: str) -> tuple[dict[str, str], str] | None:
+        pod = self.core.read_namespaced_pod(name, "default")
+        notes = (pod.metadata.annotations if pod.metadata else None) or {}
+        phase = (pod.status.phase if pod.status else None) or "Pending"
+        done = notes.get(STATE_ANNOTATION) == RELEASED_STATE and phase in ("Succeeded", "Failed")
+        return (notes, phase) if done else None
+
+    def pod(self, name: str) -> None:
         pod: Any = {
             "apiVersion": "v1",
             "kind": "Pod",
@@ -181,38 +263,23 @@ class AnnotatedPod:
                 "containers": [{"name": "report", "image": "busybox:1.36", "command": ["sleep", "1"]}],
             },
         }
-        core.create_namespaced_pod("default", pod)
+        self.core.create_namespaced_pod("default", pod)
+        self.pods.append(name)
 
-    def _read(self) -> tuple[dict[str, str], str]:
-        pod = self._core.read_namespaced_pod(self.name, "default")
-        notes = (pod.metadata.annotations if pod.metadata else None) or {}
-        return notes, (pod.status.phase if pod.status else None) or "Pending"
+    def etcdctl(self) -> None:
+        command = [etcd_binary("etcdctl"), f"--endpoints={self.env['ETCDLOCK_ENDPOINTS']}", "lock", KEY]
+        wait = ["--", "sh", "-c", 'until [ -e "$1" ]; do sleep 0.1; done', "sh", str(self.release)]
+        self.outside.append(Outside("etcdctl", "etcdctl lock", [*command, *wait], self.env))
 
-    def joined(self) -> str | None:
-        state = self._read()[0].get(STATE_ANNOTATION)
-        gated = " (held back by the scheduling gate)" if state == WAITING else ""
-        return f"  [{self.name}] joined the queue{gated}" if state in (WAITING, HELD, RELEASED) else None
-
-    def held(self) -> str | None:
-        notes, _ = self._read()
-        token = notes.get(TOKEN_ANNOTATION)
-        if notes.get(STATE_ANNOTATION) not in (HELD, RELEASED):
-            return None
-        if token is None:
-            raise SystemExit(f"demo: pod {self.name} left the queue without holding the lock")
-        return f"  [{self.name}] lock state Held with fencing token {token}: the pod runs"
-
-    def released(self) -> str | None:
-        notes, phase = self._read()
-        if notes.get(STATE_ANNOTATION) == RELEASED and phase in ("Succeeded", "Failed"):
-            return f"  [{self.name}] lock state Released, pod {phase}"
-        return None
+    def cli(self, holder: str) -> None:
+        command = [sys.executable, "-m", "etcdlock", "lock", KEY, "--holder", holder]
+        work = ["--", "sleep", str(HOLD_SECONDS)]
+        self.outside.append(Outside(holder, "etcdlock lock", [*command, *work], self.env))
 
 
 class Demo:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self.outside: list[Outside] = []
         self.api: kubernetes.client.ApiClient | None = None
         self.env = dict(os.environ)
 
@@ -234,64 +301,10 @@ class Demo:
         objects.create_namespaced_custom_object(GROUP, VERSION, "default", LOCKS, lock)
         say(f"applied examples/distributedlock.yaml: DistributedLock {LOCK} (etcd name {KEY})")
 
-    def status(self) -> dict[str, Any]:
-        objects = kubernetes.client.CustomObjectsApi(self.api)
-        lock: Any = objects.get_namespaced_custom_object(GROUP, VERSION, "default", LOCKS, LOCK)
-        return dict(lock.get("status") or {})
-
-    def etcdctl(self) -> Outside:
-        command = [etcd_binary("etcdctl"), f"--endpoints={self.env['ETCDLOCK_ENDPOINTS']}", "lock", KEY]
-        work = 'echo "  [etcdctl] holds the lock with revision $ETCD_LOCK_REV"; sleep {s}'
-        shell = ["--", "sh", "-c", work.format(s=HOLD_SECONDS)]
-        self.outside.append(Outside("etcdctl", "etcdctl lock", [*command, *shell], self.env))
-        return self.outside[-1]
-
-    def cli(self, holder: str) -> Outside:
-        report = f'echo "  [{holder}] holds the lock with fencing token $ETCDLOCK_FENCING_TOKEN"'
-        work = f"{report}; sleep {HOLD_SECONDS}"
-        command = [sys.executable, "-m", "etcdlock", "lock", KEY, "--holder", holder, "--", "sh", "-c", work]
-        self.outside.append(Outside(holder, "etcdlock lock", command, self.env))
-        return self.outside[-1]
-
-    def line_up(self) -> list[Contender]:
-        """Start the contenders one at a time, each once the one before it is in the queue."""
-        starts: list[Callable[[], Contender]] = [
-            self.etcdctl,
-            lambda: AnnotatedPod(self.core, "report-1"),
-            lambda: AnnotatedPod(self.core, "report-2"),
-            lambda: self.cli("laptop"),
-            lambda: AnnotatedPod(self.core, "report-3"),
-        ]
-        contenders = []
-        for start in starts:
-            contender = start()
-            print(wait_for(f"{contender.name} did not join the queue", contender.joined), flush=True)
-            contenders.append(contender)
-        return contenders
-
-    @staticmethod
-    def hand_offs(contenders: list[Contender]) -> None:
-        """Print each holder's turn in queue order, the release of one before the next one holds.
-
-        That is the order etcd serves them in; a later contender's news (an outside command's line comes
-        at once, a pod's annotations a moment after) waits here until the one before it is released.
-        """
-        for contender in contenders:
-            print(wait_for(f"{contender.name} did not hold the lock", contender.held), flush=True)
-            print(wait_for(f"{contender.name} did not release the lock", contender.released), flush=True)
-
     def run(self) -> None:
         self.up()
         self.apply_lock()
-        say("five contenders line up: etcdctl, pod report-1, pod report-2, the etcdlock CLI, pod report-3")
-        contenders = self.line_up()
-        status = self.status()
-        holders = [h["holder"] for h in status.get("holders") or []]
-        waiters = [w["holder"] for w in status.get("waiters") or []]
-        print(f"  kubectl get dlock {LOCK} now: holder {holders}, waiting {waiters}", flush=True)
-        say("they take the lock one after another (pods are held back by the scheduling gate until then)")
-        self.hand_offs(contenders)
-        say("all done; the lock is free again")
+        TakingTurns(self.api, self.env, daemon.work_folder(self.directory)).run()
         self.etcd_cluster()
         self.lock_on_cluster()
         self.backup_and_restore()
@@ -348,10 +361,10 @@ class Demo:
         return dict(cluster.get("status") or {})
 
     def client_files(self, name: str) -> list[str]:
-        """etcdctl's TLS flags for the cluster: its client Secret written to ``DIR/clients/NAME``, as a pod
-        mounts it."""
+        """etcdctl's TLS flags for the cluster: its client Secret written to ``DIR/work/clients/NAME``, as a
+        pod mounts it."""
         secret = self.core.read_namespaced_secret(f"{name}-client-tls", "default")
-        folder = self.directory / "clients" / name
+        folder = daemon.work_folder(self.directory) / "clients" / name
         folder.mkdir(parents=True, exist_ok=True)
         for key, value in (secret.data or {}).items():
             (folder / key).write_bytes(base64.b64decode(value))
@@ -408,7 +421,7 @@ class Demo:
         return int(found.group(1))
 
     def backup_and_restore(self) -> None:
-        store = f"file://{self.directory / 'backups' / CLUSTER}"
+        store = f"file://{daemon.work_folder(self.directory) / 'backups' / CLUSTER}"
         objects = kubernetes.client.CustomObjectsApi(self.api)
         backup = {"backup": {"store": {"url": store}, "deltaInterval": "2s"}}
         objects.patch_namespaced_custom_object(GROUP, VERSION, "default", CLUSTERS, CLUSTER, {"spec": backup})
@@ -458,9 +471,46 @@ class Demo:
         for name in (CLUSTER, copy):
             print(f"  [{name}] {self.count(name)} keys", flush=True)
 
-    def stop_outside(self) -> None:
-        for contender in self.outside:
-            contender.stop()
+
+def hints(directory: Path, endpoints: str) -> str:
+    """What to try next, each command as it works when pasted into a new shell from the repository root
+    (after the one ``export`` line first). The first steps show a pod held back by its gate: the lock is
+    taken from outside first, and each ``kubectl wait`` returns once the state it names was reached."""
+    clients = daemon.work_folder(directory) / "clients" / CLUSTER
+    member = f"$(kubectl get pod {CLUSTER}-0 -o jsonpath='{{.status.podIP}}')"
+    steps = [
+        ("kubectl get dlock,pods", "the lock, free again, and the demo's pods"),
+        (f"etcdlock lock {KEY} --holder me &", "hold the lock in the background (prints key and token)"),
+        (f"kubectl wait dlock/{LOCK} --for=jsonpath='{{.status.phase}}'=Held", "until its status shows it"),
+        ("kubectl apply -f examples/pod.yaml", "a pod annotated for the lock: the webhook gates it"),
+        (f"kubectl wait pod/nightly-report --for=jsonpath='{{.metadata.annotations.{STATE}}}'={WAITING}", ""),
+        ("kubectl get pod nightly-report", "STATUS SchedulingGated: it waits for the lock"),
+        ("kill %1", "release the lock: the pod takes it, runs 5 s, releases it"),
+        ("kubectl wait pod/nightly-report --for=jsonpath='{.status.phase}'=Succeeded --timeout=60s", ""),
+        ("kubectl describe pod nightly-report", "Events: Waiting, Acquired, Released"),
+        (f"etcdctl lock {KEY} -- echo etcdctl holds it too", "the same lock, from etcdctl"),
+        (f"kubectl get etcd {CLUSTER} -o wide; kubectl get pods -o wide", "members and their addresses"),
+        (f"kubectl scale etcd {CLUSTER} --replicas=5", "scale out one learner at a time; then back to 3"),
+        (f"kubectl delete pod {CLUSTER}-1", "kill a member: its StatefulSet starts it again"),
+        ("kubectl get events --field-selector involvedObject.kind=EtcdCluster", ""),
+        (f"kubectl get secret {CLUSTER}-client-tls", "its client certificate: ca.crt, tls.crt, tls.key"),
+        (
+            f"etcdlock --endpoints https://{member}:2379 \\\n"
+            f"      --cacert {clients}/ca.crt --cert {clients}/tls.crt --key {clients}/tls.key \\\n"
+            f"      --tls-server-name {CLUSTER}-client.default.svc lock my-job -- date",
+            "a member's address, and a name its certificate carries",
+        ),
+        (f"etcdlock sandbox down --dir {directory}", "stop it: its processes and its files go"),
+    ]
+    lines = [f"  {command:<64}  # {comment}" if comment else f"  {command}" for command, comment in steps]
+    return "\n".join(
+        [
+            f"The sandbox keeps running. In a new shell, from {ROOT}, first run:",
+            f"  {exports(directory / 'kubeconfig', endpoints)}",
+            "then, in this order:",
+            *lines,
+        ]
+    )
 
 
 def main() -> int:
@@ -476,30 +526,10 @@ def main() -> int:
         print(f"demo: {exc}", file=sys.stderr)
         return 1
     finally:
-        demo.stop_outside()
         if args.down:
             daemon.down(directory)
     if not args.down:
-        clients = directory / "clients" / CLUSTER
-        print(
-            f"""
-The sandbox keeps running. Try:
-  export KUBECONFIG={directory / "kubeconfig"} ETCDLOCK_ENDPOINTS={demo.env["ETCDLOCK_ENDPOINTS"]}
-  kubectl get dlock,pods
-  kubectl apply -f examples/pod.yaml && kubectl get pod nightly-report -o yaml   # annotations etcdlock.io/*
-  etcdlock lock {KEY} --holder me          # hold it from outside; the pod waits
-  kubectl describe pod nightly-report            # Events: Waiting, Acquired, Released
-  kubectl get etcd {CLUSTER} -o wide; kubectl get pods -o wide   # members and their addresses
-  kubectl scale etcd {CLUSTER} --replicas=5      # scale out one learner at a time; then back to 3
-  kubectl delete pod {CLUSTER}-1                  # a member restarts (pkill -f name={CLUSTER}-1 also)
-  kubectl get events --field-selector involvedObject.kind=EtcdCluster
-  kubectl get secret {CLUSTER}-client-tls        # its client certificate: ca.crt, tls.crt, tls.key
-  etcdlock --endpoints https://<pod IP>:2379 --cacert {clients}/ca.crt --cert {clients}/tls.crt \\
-      --key {clients}/tls.key --tls-server-name {CLUSTER}-client.default.svc lock my-job -- date
-      # a pod's address with a name its certificate carries: the sandbox's names resolve only inside it
-  etcdlock sandbox down --dir {args.dir}          # stop it""",
-            flush=True,
-        )
+        print("\n" + hints(directory, demo.env["ETCDLOCK_ENDPOINTS"]), flush=True)
     return 0
 
 

@@ -3,8 +3,10 @@
 The operator runs as its own process (the real CLI) with the sandbox's cluster DNS, as a pod there would,
 against the sandbox's API and etcd, serving its webhook on loopback with certificates made here and
 registering the webhook itself (``--webhook-configure``). It is ready once it leads (``/readyz``) and
-the webhook is registered, so pods created from then on are gated. Its log is ``DIR/operator.log``; its
-pid is in ``DIR/operator.pid`` while it runs (``etcdlock sandbox up`` reads it).
+the webhook is registered, so pods created from then on are gated. Its log is ``DIR/operator.log``, new
+at each start; its pid is in ``DIR/operator.pid`` while it runs (``etcdlock sandbox up`` reads it). Its
+webhook certificates are in ``DIR/webhook``, its metrics URL in ``DIR/metrics-url``: all of them stay until
+``etcdlock sandbox down`` removes them (the log is there to read after a failed start).
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ class InstalledOperator:
         self._install_crds(api)
         certs = write_webhook_certs(self._directory / "webhook")
         log_path = self._directory / "operator.log"
+        log_path.unlink(missing_ok=True)  # the replica appends to its log: this run's log starts empty
         self._replica = OperatorProcess(
             self._etcd, self._kubeconfig, certs, log_path, cluster_dns=self._cluster_dns
         ).start()

@@ -82,6 +82,32 @@ def session_members(session: int) -> list[int]:
     return members
 
 
+def printed_commands(stdout: str) -> str:
+    """The commands ``up`` printed after "in a new shell, first run:", as one script (comments and all),
+    but the last one, ``sandbox down``."""
+    lines = stdout.split("in a new shell, first run:\n", 1)[1].splitlines()
+    commands = [line for line in lines if line.startswith("  ")]
+    assert "etcdlock sandbox down" in commands[-1], commands
+    return "\n".join(commands[:-1])
+
+
+def in_new_shell(home: Path, script: str) -> subprocess.CompletedProcess[str]:
+    """``script`` in a new bash that read no profile, with a system PATH (not this test's venv) and a home.
+    PYTHONPATH is kept when set: it names the checkout under test when the venv's editable install is
+    another one."""
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(home)}
+    if "PYTHONPATH" in os.environ:
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    return subprocess.run(
+        ["bash", "--noprofile", "--norc", "-e", "-c", script],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+
+
 def test_sandbox_up_serves_kubectl_and_down_stops_every_process(tmp_path: Path) -> None:
     state = tmp_path / "state"
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path / "home")}
@@ -126,6 +152,10 @@ def test_sandbox_up_serves_kubectl_and_down_stops_every_process(tmp_path: Path) 
         assert created.stdout.strip() == "note.cli.sandbox.example.com/first created"
         assert kubectl(kubeconfig, "get", "note", "first", "-o", "jsonpath={.spec.text}").stdout == "hello"
 
+        shown = in_new_shell(tmp_path / "home", printed_commands(started.stdout))
+        assert shown.returncode == 0, shown.stdout + shown.stderr
+        assert "default" in shown.stdout.split(), shown.stdout
+
         again = etcdlock("sandbox", "up", "--dir", str(state))
         assert again.returncode == 0, again.stderr
         assert f"export KUBECONFIG={kubeconfig}" in again.stdout
@@ -139,9 +169,7 @@ def test_sandbox_up_serves_kubectl_and_down_stops_every_process(tmp_path: Path) 
         assert stopped.returncode == 0, stopped.stderr
         assert stopped.stdout.strip() == "sandbox stopped"
         assert [p for p in members if not exited(p)] == []
-        assert not kubeconfig.exists()
-        assert not (state / "sandbox.pid").exists()
-        assert not (state / "etcd").exists()
+        assert not state.exists(), "down removed every file it wrote, then the folder up created"
 
         nothing = etcdlock("sandbox", "down", "--dir", str(state))
         assert nothing.returncode == 0, nothing.stderr
@@ -199,6 +227,41 @@ def test_sandbox_up_operator_refuses_a_running_sandbox_without_it_and_says_what_
     finally:  # never leave a sandbox behind, whatever failed above
         with contextlib.suppress(OSError, ValueError):
             pid = int((state / "sandbox.pid").read_text())
+        if pid is not None and not exited(pid):
+            etcdlock("sandbox", "down", "--dir", str(state))
+            if not exited(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGKILL)
+
+
+def test_sandbox_down_removes_only_what_it_wrote_and_up_starts_fresh_logs(tmp_path: Path) -> None:
+    """A sandbox with its operator writes logs, pid files, its webhook's certificates and its metrics URL
+    in the folder: ``up`` starts its logs afresh (a previous run's lines do not pile up), ``down`` stops
+    every process and removes every file it wrote, and nothing of the user's."""
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "mine.txt").write_text("the user's own file\n")
+    for log in ("operator.log", "sandbox.log"):
+        (state / log).write_text("a line of a previous run\n")
+    crds = str(Path(__file__).resolve().parents[2] / "crds")
+    pid: int | None = None
+    try:
+        started = etcdlock("sandbox", "up", "--operator", "--crds", crds, "--dir", str(state))
+        assert started.returncode == 0, started.stderr
+        pid = int((state / "sandbox.pid").read_text())
+        operator = int((state / "operator.pid").read_text())
+        members = session_members(pid)
+        written = {path.name for path in state.iterdir()}
+        assert {"operator.log", "metrics-url", "webhook", "etcd", "kubeconfig"} <= written, written
+        for log in ("operator.log", "sandbox.log"):
+            assert "a line of a previous run" not in (state / log).read_text(), f"{log} grew on the last one"
+
+        stopped = etcdlock("sandbox", "down", "--dir", str(state))
+        assert stopped.returncode == 0, stopped.stderr
+        assert [p for p in [*members, operator] if not exited(p)] == []
+        assert sorted(path.name for path in state.iterdir()) == ["mine.txt"]
+        assert (state / "mine.txt").read_text() == "the user's own file\n"
+    finally:  # never leave a sandbox behind, whatever failed above
         if pid is not None and not exited(pid):
             etcdlock("sandbox", "down", "--dir", str(state))
             if not exited(pid):
