@@ -223,6 +223,7 @@ def test_the_schema_is_structural_and_describes_every_field() -> None:
         "observedGeneration",
         "conditions",
         "kopf",
+        "lastAdminRelease",
     }
     assert set(status["kopf"]["properties"]) == {"progress", "last-handled-configuration", "dummy"}
     assert set(status["holders"]["items"]["properties"]) == {

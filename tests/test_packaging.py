@@ -108,6 +108,7 @@ def test_the_metadata_says_what_the_project_is(product_wheel: zipfile.ZipFile) -
     assert "etcd" in metadata["Keywords"].split(",")
     entry_points = product_wheel.read(f"etcdlock-{etcdlock.__version__}.dist-info/entry_points.txt")
     assert b"etcdlock = etcdlock.cli:main" in entry_points
+    assert b"kubectl-etcdlock = etcdlock.kubectl:main" in entry_points
 
 
 def test_the_image_tag_of_the_manifests_is_the_package_version() -> None:
@@ -128,6 +129,8 @@ def test_the_image_tag_of_the_manifests_is_the_package_version() -> None:
         # What every `etcdlock` invocation does first (the sandbox's plugin command included).
         "from etcdlock.cli.main import build_parser; build_parser()",
         "import etcdlock.cli.lock, etcdlock.cli.status, etcdlock.cli.elect",
+        # `kubectl etcdlock`: a plain install runs it (it reaches Kubernetes through kubectl).
+        "from etcdlock.kubectl.main import parser; parser()",
     ],
 )
 def test_the_engine_and_the_lock_commands_load_no_operator_library(loads: str) -> None:

@@ -18,13 +18,23 @@ import kubernetes
 import pytest
 import yaml
 from kubernetes.client import ApiClient
-from operator_support import create_lock, delete_lock, events_of, eventually, webhooks_registered
+from operator_support import (
+    GROUP,
+    PLURAL,
+    VERSION,
+    create_lock,
+    delete_lock,
+    events_of,
+    eventually,
+    webhooks_registered,
+)
 from test_etcdcluster import SLOW, Env, settled
 from test_pods import create_pod, finish, held, note, read_pod
 
 from etcdlock.operator.config import WebhookSettings
 from etcdlock.operator.handlers import USER_AGENT
 from etcdlock.operator.names import STATE_ANNOTATION
+from etcdlock.operator.releaserequest import RELEASE_ANNOTATION, request_text
 from etcdlock_sandbox.apiserver.server import AuditRecord
 from etcdlock_sandbox.cluster import SandboxThread
 from etcdlock_sandbox.etcd import LocalEtcd, free_port
@@ -72,6 +82,7 @@ def exercise(api: ApiClient, namespace: str, loose: str, backups: Path) -> None:
     eventually(lambda: read_pod(api, namespace, "one"), held, "one holding")
     finish(api, namespace, "one")
     eventually(lambda: read_pod(api, namespace, "two"), held, "two holding")
+    exercise_admin_release(api, namespace)
     kubernetes.client.CoreV1Api(api).delete_namespaced_pod("three", namespace)
     create_lock(api, namespace, "elsewhere", {"clusterRef": {"name": "other"}})
     eventually(lambda: events_of(api, namespace, "elsewhere"), bool, "the ClusterNotReady event")
@@ -89,6 +100,20 @@ def exercise(api: ApiClient, namespace: str, loose: str, backups: Path) -> None:
     eventually(lambda: read_pod(api, namespace, "two"), state("Released"), "two released")
     exercise_clusters(Env(api, namespace), backups)
     exercise_tls(Env(api, namespace))
+
+
+def exercise_admin_release(api: ApiClient, namespace: str) -> None:
+    """An admin's release request (`kubectl etcdlock release`) of a key that is not there: answered in
+    status and an Event, the annotation removed."""
+    objects = kubernetes.client.CustomObjectsApi(api)
+    request = request_text(f"/etcdlock/locks/{namespace}/audited/0", 1, "auditor", "", "")
+    patch = {"metadata": {"annotations": {RELEASE_ANNOTATION: request}}}
+    objects.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "audited", patch)
+    eventually(
+        lambda: objects.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "audited"),
+        lambda lock: RELEASE_ANNOTATION not in (lock["metadata"].get("annotations") or {}),
+        "the release request answered",
+    )
 
 
 def exercise_tls(env: Env) -> None:

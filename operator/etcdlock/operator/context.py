@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from etcdlock.etcd import EtcdClient, EtcdConfig
+from etcdlock.operator.adminrelease import AdminReleases
 from etcdlock.operator.credentials import ClientCredentials
 from etcdlock.operator.errors import LockNotFound
 from etcdlock.operator.etcdcluster import Clusters
@@ -40,7 +41,7 @@ TAKEOVER_WAIT = 2.0
 @dataclass
 class OperatorContext:
     """The operator's parts for one term: its etcd client, the Kubernetes adapter, the event recorder, the
-    lock stores and the controllers of locks, pods and EtcdClusters."""
+    lock stores and the controllers of locks, pods, EtcdClusters and admins' release requests."""
 
     etcd: EtcdClient
     kube: Kube
@@ -51,6 +52,7 @@ class OperatorContext:
     services: LockServices
     pods: PodHolds
     clusters: Clusters
+    releases: AdminReleases
     exits: contextlib.AsyncExitStack
 
     @classmethod
@@ -112,8 +114,9 @@ class OperatorContext:
             sweep = PodSweep(kube, pod_api, namespaces, pod_sweep_interval)
             opened.push_async_callback(sweep.close)
             sweep.start(listed_pods)
+            releases = AdminReleases(kube, locks, stores, events)
             exits = opened.pop_all()
-        return cls(client, kube, events, stores, takeover, locks, services, pods, clusters, exits)
+        return cls(client, kube, events, stores, takeover, locks, services, pods, clusters, releases, exits)
 
     async def close(self) -> None:
         """Stop the holds and the lock services, then close the takeover and the clients; every step runs

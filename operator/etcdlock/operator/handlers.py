@@ -2,10 +2,11 @@
 :class:`~etcdlock.operator.context.OperatorContext`, kopf's memo. Nothing below this module imports kopf.
 
 One startup handler owns every kopf setting; one ``reconcile`` is reached from create, resume and spec
-updates of a DistributedLock; every EtcdCluster is reconciled by a timer; every watch event of a pod
-labelled ``etcdlock.io/managed`` goes to the pod flow (the API server filters: other pods never reach the
-operator). (The webhooks are not kopf handlers: every replica serves them, see
-:mod:`etcdlock.operator.webhook`.)
+updates of a DistributedLock; a release request written on a lock (an annotation) is answered from every
+watch event that carries it, the first listing included (see :mod:`etcdlock.operator.adminrelease`); every
+EtcdCluster is reconciled by a timer; every watch event of a pod labelled ``etcdlock.io/managed`` goes to
+the pod flow (the API server filters: other pods never reach the operator). (The webhooks are not kopf
+handlers: every replica serves them, see :mod:`etcdlock.operator.webhook`.)
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from etcdlock.operator.names import (
     MANAGED_LABEL,
     VERSION,
 )
+from etcdlock.operator.releaserequest import RELEASE_ANNOTATION
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +131,18 @@ def build_registry(kube: kubernetes.client.ApiClient) -> kopf.OperatorRegistry:
         memo.pods.lock_deleted(namespace or "", name)
         for ref in await memo.services.deleted((namespace or "", name)):
             memo.pods.changes.changed(ref)
+
+    @kopf.on.event(
+        GROUP,
+        VERSION,
+        LOCKS,
+        id="admin-release",
+        annotations={RELEASE_ANNOTATION: kopf.PRESENT},
+        registry=registry,
+    )
+    async def admin_release(event: kopf.RawEvent, body: kopf.Body, memo: OperatorContext, **_: Any) -> None:
+        if event.get("type") != "DELETED":
+            await memo.releases.requested(dict(body))
 
     @kopf.on.event("", "v1", "pods", id="pod-event", registry=registry)
     async def pod_event(event: kopf.RawEvent, body: kopf.Body, memo: OperatorContext, **_: Any) -> None:
