@@ -66,6 +66,7 @@ class Proc:
         self._lines: queue.Queue[str | None] = queue.Queue()
         self._stdout: list[str] = []
         self._stderr: list[str] = []
+        self._stderr_grew = threading.Condition()
         self._readers = [
             threading.Thread(target=self._read_stdout, daemon=True),
             threading.Thread(target=self._read_stderr, daemon=True),
@@ -87,7 +88,9 @@ class Proc:
     def _read_stderr(self) -> None:
         assert self.popen.stderr is not None
         for line in self.popen.stderr:
-            self._stderr.append(line)
+            with self._stderr_grew:
+                self._stderr.append(line)
+                self._stderr_grew.notify_all()
 
     @property
     def stdout(self) -> str:
@@ -111,6 +114,13 @@ class Proc:
             self.wait(EXIT_TIMEOUT)
             raise AssertionError(f"stdout closed before a line came from {self.describe()}")
         return line
+
+    def stderr_lines(self, count: int, timeout: float = LINE_TIMEOUT) -> list[str]:
+        """The first ``count`` stderr lines, once that many came; fails the test if they do not in time."""
+        with self._stderr_grew:
+            if not self._stderr_grew.wait_for(lambda: len(self._stderr) >= count, timeout):
+                raise AssertionError(f"not {count} stderr lines within {timeout}s from {self.describe()}")
+            return [line.rstrip("\n") for line in self._stderr[:count]]
 
     def readlines(self, count: int, timeout: float = LINE_TIMEOUT) -> list[str]:
         return [self.readline(timeout) for _ in range(count)]

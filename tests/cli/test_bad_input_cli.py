@@ -52,7 +52,7 @@ CASES: dict[str, list[str]] = {
     "status-permits-negative": ["--endpoints", EP, "status", NAME, "--permits", "-1"],
     "kill-grace-negative": ["--endpoints", EP, "lock", NAME, "--kill-grace", "-1", "--", "true"],
     "request-timeout-zero": ["--endpoints", EP, "--request-timeout", "0", "status", NAME],
-    "status-bad-output": ["--endpoints", EP, "status", NAME, "-o", "yaml"],
+    "status-bad-output": ["--endpoints", EP, "status", NAME, "-o", "xml"],
     "command-after-dashes-on-status": ["--endpoints", EP, "status", NAME, "--", "true"],
     "lock-unreachable": ["--endpoints", UNREACHABLE, "lock", NAME],
     "lock-cmd-unreachable": ["--endpoints", UNREACHABLE, "lock", NAME, "--", "true"],

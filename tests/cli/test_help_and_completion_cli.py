@@ -85,7 +85,7 @@ def test_bash_completes_commands_options_and_choices() -> None:
     assert done.stdout.splitlines() == [
         "lock",
         "--timeout",
-        "table json",
+        "table json yaml",
         "bash zsh tcsh",
         "--tls-server-name",
     ]

@@ -103,7 +103,9 @@ def test_status_counts_permits_of_a_semaphore(cli: Cli, name: str) -> None:
     # A waiter interrupted by SIGTERM gives up (exit 1) and takes its key out of the queue.
     waiter.signal(signal.SIGTERM)
     assert waiter.wait() == 1, waiter.describe()
-    assert waiter.stderr.startswith("etcdlock: interrupted while waiting")
+    *waiting, last = waiter.stderr.splitlines()  # to a pipe, one line per change ahead, then the error
+    assert last.startswith("etcdlock: interrupted while waiting"), waiter.stderr
+    assert waiting and all(line.startswith(f"waiting for {name}: ") for line in waiting), waiter.stderr
     assert sorted(queue_keys(cli.status(name))) == sorted(keys)
     for holder in holders:
         holder.signal(signal.SIGTERM)

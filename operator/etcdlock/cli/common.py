@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import math
 import signal
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from etcdlock import clock
 from etcdlock.aio import race
 from etcdlock.etcd.config import MAX_REQUEST_TIMEOUT
 from etcdlock.etcd.keys import non_utf8
@@ -89,6 +91,35 @@ def non_negative_float(text: str) -> float:
     if not value >= 0:  # also rejects nan
         raise argparse.ArgumentTypeError(f"must not be negative: {text!r}")
     return value
+
+
+OUTPUT_FORMATS = ("table", "json", "yaml")
+
+
+def print_document(doc: dict[str, Any], output: str) -> None:
+    """``-o json`` or ``-o yaml``: the same document (YAML's keys in the same order as JSON's)."""
+    if output == "json":
+        print(json.dumps(doc, indent=2))
+        return
+    import yaml  # here: only -o yaml pays for importing it
+
+    print(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True), end="")
+
+
+def age_text(acquired: str | None) -> str:
+    """How long ago ``acquired`` was, as kubectl shows ages (``45s``, ``12m``, ``3h``, ``5d``); ``-`` when
+    the holder wrote no time (etcdctl) or one that cannot be read (any client may write the value)."""
+    try:
+        age = clock.age(acquired)
+    except (ValueError, TypeError):  # not RFC 3339, or without a time zone
+        return "-"
+    if math.isinf(age):
+        return "-"
+    seconds = max(0, int(age))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
 
 
 class Signals:

@@ -8,13 +8,10 @@ its leader. (The module is not called ``list``: ``main`` would shadow the builti
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import sys
 from typing import Any
 
-from etcdlock import clock
-from etcdlock.cli.common import positive_int, utf8_text
+from etcdlock.cli.common import OUTPUT_FORMATS, age_text, positive_int, print_document, utf8_text
 from etcdlock.etcd import Contender, EtcdClient, EtcdConfig
 from etcdlock.etcd.keys import Queues, read_queues
 
@@ -43,7 +40,11 @@ def add_parser(commands: Any) -> None:
         "every key)",
     )
     parser.add_argument(
-        "-o", "--output", choices=("table", "json"), default="table", help="output format (default table)"
+        "-o",
+        "--output",
+        choices=OUTPUT_FORMATS,
+        default="table",
+        help="output format: table (the default), json or yaml (the same document)",
     )
     parser.add_argument(
         "--max-keys",
@@ -68,8 +69,8 @@ async def run_list(args: argparse.Namespace, config: EtcdConfig) -> int:
     locks = [_lock(name, queue) for name, queue in found.queues.items()]
     if not locks:
         _note(f"no lock {where}in etcd (a lock's keys are NAME/<lease id in hex>)")
-    if args.output == "json":
-        print(json.dumps(_document(args.prefix, found, locks), indent=2))
+    if args.output != "table":
+        print_document(_document(args.prefix, found, locks), args.output)
     elif locks:
         _print_table(locks)
     return 0
@@ -109,28 +110,12 @@ def _print_table(locks: list[dict[str, Any]]) -> None:
                 f"{lock['holderCount']}/{lock['permits']}",
                 str(lock["waiterCount"]),
                 oldest["holder"] or "-",
-                _age(oldest["acquired"]),
+                age_text(oldest["acquired"]),
             )
         )
     widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
     for line in table:
         print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip())
-
-
-def _age(acquired: str | None) -> str:
-    """How long ago ``acquired`` was, as kubectl shows ages (``45s``, ``12m``, ``3h``, ``5d``); ``-`` when
-    the holder wrote no time (etcdctl) or one that cannot be read (any client may write the value)."""
-    try:
-        age = clock.age(acquired)
-    except (ValueError, TypeError):  # not RFC 3339, or without a time zone
-        return "-"
-    if math.isinf(age):
-        return "-"
-    seconds = max(0, int(age))
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
 
 
 def _note(message: str) -> None:

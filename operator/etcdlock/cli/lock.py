@@ -23,6 +23,7 @@ from etcdlock.cli.common import (
     ttl_seconds,
     utf8_text,
 )
+from etcdlock.cli.waitline import WaitLine
 from etcdlock.etcd import (
     EtcdClient,
     EtcdConfig,
@@ -74,6 +75,14 @@ def add_parser(commands: Any) -> None:
         help="seconds between SIGTERM and SIGKILL when the lock is lost (5; inf = never SIGKILL)",
     )
     parser.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        default=(os.environ.get("ETCDLOCK_QUIET") or "").lower() in ("1", "true", "yes", "on"),
+        help="say nothing on stderr while waiting (default: whom it waits behind and how many are ahead; "
+        "env ETCDLOCK_QUIET=true)",
+    )
+    parser.add_argument(
         "cmd", nargs="*", default=[], metavar="CMD", help="command to run, after --: lock NAME -- CMD ARGS..."
     )
     parser.set_defaults(handler=run_lock)
@@ -86,8 +95,12 @@ async def run_lock(args: argparse.Namespace, config: EtcdConfig) -> int:
         async with contextlib.AsyncExitStack() as stack:
             client = EtcdClient(config)
             stack.push_async_callback(client.close)
-            acquiring = _acquire(client, args, stack)
-            lock = await first_or_interrupted(acquiring, signals.received.wait())
+            line = WaitLine(sys.stderr, quiet=args.quiet, logging=args.verbose > 0)
+            try:
+                acquiring = _acquire(client, args, stack, line)
+                lock = await first_or_interrupted(acquiring, signals.received.wait())
+            finally:
+                line.close()
             if lock is None:
                 raise EtcdLockError(f"interrupted while waiting for {args.name}")
             if not command:
@@ -98,7 +111,7 @@ async def run_lock(args: argparse.Namespace, config: EtcdConfig) -> int:
 
 
 async def _acquire(
-    client: EtcdClient, args: argparse.Namespace, stack: contextlib.AsyncExitStack
+    client: EtcdClient, args: argparse.Namespace, stack: contextlib.AsyncExitStack, line: WaitLine
 ) -> Semaphore:
     """Acquire NAME within ``--timeout`` (for ever without one), riding out etcd being unavailable or
     without quorum, even for longer than a session lives (a lost session is replaced by a new one).
@@ -130,7 +143,7 @@ async def _acquire(
             continue
         lock = Semaphore(session, args.name, args.permits, holder=args.holder)
         try:
-            await lock.acquire(0 if try_once else remaining)
+            await lock.acquire(0 if try_once else remaining, on_queue=line.show)
         except SessionLost as exc:
             await session.close()
             why = f"its etcd session was lost ({exc})"

@@ -83,10 +83,19 @@ def _add_connection_options(parser: argparse.ArgumentParser, *, after_command: b
     parser.add_argument(
         "-v",
         "--verbose",
-        action="store_true",
-        default=default((_env("VERBOSE") or "").lower() in ("1", "true", "yes", "on")),
-        help="log what the engine does (env ETCDLOCK_VERBOSE=true)",
+        action="count",
+        default=default(_verbosity(_env("VERBOSE"))),
+        help="log etcdlock's own steps (lease, key, queue, fencing token, keepalive, release); -vv also "
+        "gRPC's and asyncio's (env ETCDLOCK_VERBOSE=true, or 2)",
     )
+
+
+def _verbosity(text: str | None) -> int:
+    """ETCDLOCK_VERBOSE: true/yes/on/1 is -v, 2 is -vv; anything else is quiet."""
+    value = (text or "").lower()
+    if value.isdigit():
+        return int(value)
+    return 1 if value in ("true", "yes", "on") else 0
 
 
 BUILT_IN = (lock, status, listing, elect, operator, restore_member, completion)
@@ -150,12 +159,7 @@ def run(argv: Sequence[str]) -> int:
         return _fail(f"{exc} (see etcdlock --help)", EXIT_ERROR)
     except EtcdLockError as exc:
         return _fail(str(exc), EXIT_ERROR)
-    if args.command == "operator":
-        # A service: what it does (elections, hand-overs) is worth a timestamped line.
-        level, form = logging.INFO, "%(asctime)s %(levelname)s %(name)s: %(message)s"
-    else:
-        level, form = logging.WARNING, "etcdlock: %(levelname)s %(name)s: %(message)s"
-    logging.basicConfig(level=logging.DEBUG if args.verbose else level, format=form)
+    _configure_logging(args.command, args.verbose)
     try:
         code: int = asyncio.run(args.handler(args, config))
         return code
@@ -167,6 +171,19 @@ def run(argv: Sequence[str]) -> int:
         return _fail(str(exc), EXIT_ERROR)
     except KeyboardInterrupt:
         return _fail("interrupted", EXIT_ERROR)
+
+
+def _configure_logging(command: str, verbosity: int) -> None:
+    """Warnings only (the operator: INFO, a service's steps are worth a timestamped line); -v: etcdlock's
+    own loggers at DEBUG, other libraries' still at their usual level (asyncio's and gRPC's debug lines say
+    nothing about locks); -vv: everything at DEBUG."""
+    if command == "operator":
+        level, form = logging.INFO, "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    else:
+        level, form = logging.WARNING, "etcdlock: %(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=logging.DEBUG if verbosity >= 2 else level, format=form)
+    if verbosity >= 1:
+        logging.getLogger("etcdlock").setLevel(logging.DEBUG)
 
 
 def _fail(message: str, code: int) -> int:

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 from dataclasses import dataclass
 from typing import Any
 
-from etcdlock.cli.common import lock_name, permit_count
+from etcdlock.cli.common import OUTPUT_FORMATS, lock_name, permit_count, print_document
 from etcdlock.etcd import Contender, EtcdClient, EtcdConfig, read_contenders
 from etcdlock.operator.names import DEFAULT_KEY_PREFIX
 
@@ -25,7 +24,13 @@ def add_parser(commands: Any) -> None:
     parser.add_argument(
         "name", metavar="NAME", type=lock_name, help="lock name (the same NAME as `etcdctl lock NAME`)"
     )
-    parser.add_argument("-o", "--output", choices=("table", "json"), default="table", help="output format")
+    parser.add_argument(
+        "-o",
+        "--output",
+        choices=OUTPUT_FORMATS,
+        default="table",
+        help="output format: table (the default), json or yaml (the same document)",
+    )
     parser.add_argument(
         "--permits",
         type=permit_count,
@@ -61,10 +66,10 @@ async def run_status(args: argparse.Namespace, config: EtcdConfig) -> int:
     declared = [c.info.permits for c in contenders if c.info.permits]
     permits = args.permits or (max(declared) if declared else 1)
     if not contenders:
-        _hint_no_keys(args.name)
+        await _hint_no_keys(args.name)
     rows = [Row(c, ttl) for c, ttl in zip(contenders, ttls, strict=True)]
     holders, waiters = rows[:permits], rows[permits:]
-    if args.output == "json":
+    if args.output != "table":
         doc = {
             "name": args.name,
             "permits": permits,
@@ -72,7 +77,7 @@ async def run_status(args: argparse.Namespace, config: EtcdConfig) -> int:
             "holders": [r.as_dict() for r in holders],
             "waiters": [r.as_dict() for r in waiters],
         }
-        print(json.dumps(doc, indent=2))
+        print_document(doc, args.output)
         return 0
     print(f"{args.name}: {len(holders)}/{permits} held, {len(waiters)} waiting (revision {revision})")
     if rows:
@@ -89,14 +94,24 @@ async def run_status(args: argparse.Namespace, config: EtcdConfig) -> int:
     return 0
 
 
-def _hint_no_keys(name: str) -> None:
+async def _hint_no_keys(name: str) -> None:
     """A name nobody uses (a DistributedLock's name given instead of its key) looks exactly like a free
-    lock: say so on stderr, leaving stdout and the exit status as scripts know them. Kubernetes is not
-    asked: the CLI works without it."""
-    print(
-        f"etcdlock: nothing is under {name}/ in etcd: if {name} is a DistributedLock's name, its key is "
-        f"{DEFAULT_KEY_PREFIX}/<namespace>/{name} unless its spec.key says otherwise "
-        "(see kubectl get dlock -A)",
-        file=sys.stderr,
-        flush=True,
-    )
+    lock: say so on stderr, leaving stdout and the exit status as scripts know them. If the current kube
+    context has a DistributedLock of that name, its key is named (see :mod:`etcdlock.cli.kubehint`);
+    the CLI works without Kubernetes, and then says where such keys live."""
+    from etcdlock.cli.kubehint import find_lock  # here: only a name without keys pays for loading it
+
+    found = await find_lock(name)
+    if found is None:
+        hint = (
+            f"nothing is under {name}/ in etcd: if {name} is a DistributedLock's name, its key is "
+            f"{DEFAULT_KEY_PREFIX}/<namespace>/{name} unless its spec.key says otherwise "
+            "(see kubectl get dlock -A)"
+        )
+    else:
+        where = f" in the etcd of EtcdCluster {found.cluster}" if found.cluster else ""
+        hint = (
+            f"no keys under {name}/; DistributedLock {found.namespace}/{found.name} in kube context "
+            f"{found.context} keeps its lock at {found.key}{where}: etcdlock status {found.key}"
+        )
+    print(f"etcdlock: {hint}", file=sys.stderr, flush=True)

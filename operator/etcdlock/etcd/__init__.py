@@ -37,6 +37,7 @@ from etcdlock.etcd.errors import (
 )
 from etcdlock.etcd.fence import Fence
 from etcdlock.etcd.keys import Contender, HolderInfo, read_contenders
+from etcdlock.etcd.position import QueuePosition
 from etcdlock.etcd.semaphore import Mutex, Semaphore
 from etcdlock.etcd.session import Session
 from etcdlock.etcd.waiter import Waiter
@@ -69,6 +70,7 @@ __all__ = [
     "NotEnoughStarted",
     "NotHeld",
     "NotLeader",
+    "QueuePosition",
     "Semaphore",
     "Session",
     "SessionLost",

@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 
 from etcdlock.aio import race
 from etcdlock.etcd import keys
-from etcdlock.etcd._ranks import Ranks
+from etcdlock.etcd._ranks import Listener, Ranks
 from etcdlock.etcd.client import EtcdClient
 from etcdlock.etcd.errors import Compacted, EtcdError, EtcdUnavailable, LockLost
 from etcdlock.etcd.requests import create_revision_is, delete_op, put_op, range_is_empty, range_op
@@ -105,16 +105,17 @@ class Queue:
             return holders[0].create_revision, ()
         return None, holders
 
-    async def wait_for_turn(self, my_rev: int) -> int:
+    async def wait_for_turn(self, my_rev: int, listener: Listener | None = None) -> int:
         """Wait until fewer than ``permits`` keys are ahead, on the client's shared ranks of the queue (see
-        :mod:`etcdlock.etcd._ranks`); returns the revision the grant was seen at.
+        :mod:`etcdlock.etcd._ranks`); returns the revision the grant was seen at. ``listener`` hears of
+        every change ahead.
 
         Raises :class:`LockLost` if the own key disappears (:class:`SessionLost` if the session was lost
         meanwhile). etcd outages and compaction are waited out.
         """
         ranks = Ranks.of(self.client, self.prefix, self.end)
         try:
-            return await ranks.wait_granted(self.key, my_rev, self.permits)
+            return await ranks.wait_granted(self.key, my_rev, self.permits, listener)
         except LockLost:
             self.session.check()
             raise

@@ -25,6 +25,11 @@ key's deletion ends its wait with :class:`LockLost`. A watch that breaks (an etc
 to another member, re-authentication) or is compacted is set up again by the same watch-then-read, after
 which every waiter is judged again; an error that retrying does not mend (permission denied) ends every
 wait with it.
+
+A waiter may bring a :class:`Listener` (``acquire(on_queue=...)``, see :mod:`etcdlock.etcd.position`): it
+is told, from the same events, each change of how many keys are ahead of its own and which hold the
+permits, and each new value of a holder's key (a watch event carries it). Without listeners this costs
+nothing but a counter's check per event.
 """
 
 from __future__ import annotations
@@ -34,12 +39,27 @@ import bisect
 import logging
 from collections import Counter
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from etcdlock.etcd.errors import Compacted, EtcdUnavailable, LockLost
 
 if TYPE_CHECKING:
     from etcdlock.etcd.client import EtcdClient
+
+# The keys that hold permits, oldest first: (key, create revision) each.
+Holders = tuple[tuple[bytes, int], ...]
+
+
+class Listener(Protocol):
+    """Hears where one waiter stands, from the ranks' own watch (no read of its own): see
+    :mod:`etcdlock.etcd.position`."""
+
+    def moved(self, ahead: int, holders: Holders, revision: int) -> None:
+        """The keys ahead of the waiter's, or the holders among them, changed (called when first known)."""
+
+    def rewritten(self, key: bytes, value: bytes) -> None:
+        """A holder's key got a new value (a holder that waited rewrites its acquired time)."""
+
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +74,8 @@ class _Waiting:
     my_rev: int
     permits: int
     answer: asyncio.Future[int]
+    listener: Listener | None = None
+    told: tuple[int, Holders] | None = None
 
 
 class Ranks:
@@ -66,6 +88,8 @@ class Ranks:
         self._revision = 0  # the revision the ranks are exact at; 0 while they are (re)built
         self._creations: dict[bytes, int] = {}  # key -> create revision
         self._order: list[int] = []  # the create revisions, ascending
+        self._keys: dict[int, bytes] = {}  # create revision -> key
+        self._listened = 0  # how many waiters have a listener: without any, nothing is told
         self._waiting: dict[int, list[_Waiting]] = {}  # by the create revision of the waiter's key
         self._permits: Counter[int] = Counter()  # how many waiters wait with each number of permits
         self._task: asyncio.Task[None] | None = None
@@ -78,18 +102,22 @@ class Ranks:
             ranks = client.ranks[prefix] = cls(client, prefix, end)
         return ranks
 
-    async def wait_granted(self, key: bytes, my_rev: int, permits: int) -> int:
+    async def wait_granted(
+        self, key: bytes, my_rev: int, permits: int, listener: Listener | None = None
+    ) -> int:
         """Wait until fewer than ``permits`` keys have a lower create revision than ``key`` (created at
         ``my_rev``); returns the revision that was seen at. Raises :class:`LockLost` if the key is deleted
-        first, or the error that stopped the watch for good."""
-        waiting = _Waiting(key, my_rev, permits, asyncio.get_running_loop().create_future())
+        first, or the error that stopped the watch for good. ``listener`` hears of every change ahead."""
+        waiting = _Waiting(key, my_rev, permits, asyncio.get_running_loop().create_future(), listener)
         self._waiting.setdefault(my_rev, []).append(waiting)
         self._permits[permits] += 1
+        self._listened += listener is not None
         if self._task is None or self._task.done():  # done: a failure ended the waits before this one
             self._task = asyncio.create_task(
                 self._keep(), name=f"ranks-{self._prefix.decode(errors='replace')}"
             )
         self._judge(waiting)
+        self._tell(waiting)
         try:
             return await waiting.answer
         finally:
@@ -105,6 +133,7 @@ class Ranks:
         if not self._waiting[waiting.my_rev]:
             del self._waiting[waiting.my_rev]
         self._permits[waiting.permits] -= 1
+        self._listened -= waiting.listener is not None
         if not self._permits[waiting.permits]:
             del self._permits[waiting.permits]
         if not self._waiting:
@@ -127,6 +156,38 @@ class Ranks:
     def _judge_at(self, create_revision: int) -> None:
         for waiting in self._waiting.get(create_revision, ()):
             self._judge(waiting)
+
+    def _tell(self, waiting: _Waiting) -> None:
+        """Tell a waiter's listener where it stands, if that changed (and the ranks have seen its key)."""
+        if waiting.listener is None or waiting.answer.done() or self._revision < waiting.my_rev:
+            return
+        ahead = bisect.bisect_left(self._order, waiting.my_rev)
+        holders = tuple((self._keys[rev], rev) for rev in self._order[: min(ahead, waiting.permits)])
+        if waiting.told != (ahead, holders):
+            waiting.told = (ahead, holders)
+            waiting.listener.moved(ahead, holders, self._revision)
+
+    def _tell_at(self, create_revision: int) -> None:
+        if self._listened:
+            for waiting in self._waiting.get(create_revision, ()):
+                self._tell(waiting)
+
+    def _tell_all(self) -> None:
+        if self._listened:
+            for waiters in self._waiting.values():
+                for waiting in waiters:
+                    self._tell(waiting)
+
+    def _tell_rewritten(self, key: bytes, create_revision: int, value: bytes) -> None:
+        if self._listened:
+            for waiters in self._waiting.values():
+                for waiting in waiters:
+                    if (
+                        waiting.listener is not None
+                        and waiting.told
+                        and (key, create_revision) in waiting.told[1]
+                    ):
+                        waiting.listener.rewritten(key, value)
 
     async def _keep(self) -> None:
         """Watch, read, apply every change; again after every transient failure, until cancelled."""
@@ -154,11 +215,19 @@ class Ranks:
     def _rebuild(self, response: Any) -> int:
         """The ranks from a read of the whole prefix; every waiter is judged again. Returns its revision."""
         self._creations = {kv.key: kv.create_revision for kv in response.kvs}
+        self._keys = {rev: key for key, rev in self._creations.items()}
         self._order = sorted(self._creations.values())
         self._revision = int(response.header.revision)
+        log.debug(
+            "queue %s: %d keys at revision %d",
+            self._prefix.decode(errors="replace"),
+            len(self._order),
+            self._revision,
+        )
         for waiters in self._waiting.values():
             for waiting in waiters:
                 self._judge(waiting)
+        self._tell_all()
         return self._revision
 
     def _apply(self, event: Any) -> None:
@@ -170,18 +239,30 @@ class Ranks:
         if event.kind == "PUT":
             if kv.key not in self._creations:
                 self._creations[kv.key] = kv.create_revision
+                self._keys[kv.create_revision] = kv.key
                 bisect.insort(self._order, kv.create_revision)
                 self._judge_at(kv.create_revision)
+                self._tell_at(kv.create_revision)  # a new key is behind everyone: only its own waiter
+            else:
+                self._tell_rewritten(kv.key, kv.create_revision, bytes(kv.value))
             return
         created = self._creations.pop(kv.key, None)
         if created is None:
             return
+        del self._keys[created]
         place = bisect.bisect_left(self._order, created)
         del self._order[place]
+        log.debug(
+            "queue %s: key %s (#%d) deleted",
+            self._prefix.decode(errors="replace"),
+            kv.key.decode(errors="replace"),
+            place + 1,
+        )
         self._judge_at(created)
         for permits in self._permits:
             if place < permits <= len(self._order):
                 self._judge_at(self._order[permits - 1])
+        self._tell_all()
 
     def _fail(self, error: Exception) -> None:
         for waiters in self._waiting.values():

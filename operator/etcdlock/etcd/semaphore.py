@@ -21,6 +21,7 @@ from types import TracebackType
 
 from etcdlock.etcd.errors import EtcdError, EtcdUnavailable, LockTimeout, NotHeld, SessionLost
 from etcdlock.etcd.keys import Contender, holder_value, read_contenders
+from etcdlock.etcd.position import OnQueue
 from etcdlock.etcd.session import Session
 from etcdlock.etcd.waiter import GIVE_UP_GRACE, Waiter
 
@@ -80,8 +81,12 @@ class Semaphore:
         """Wait until the hold is lost (its key deleted or its session lost); returns why."""
         return await self._waiter.wait_lost()
 
-    async def acquire(self, timeout: float | None = None) -> Semaphore:
+    async def acquire(self, timeout: float | None = None, *, on_queue: OnQueue | None = None) -> Semaphore:
         """Wait for a permit. ``timeout=0`` tries once; ``None`` waits for ever.
+
+        ``on_queue`` is told where this acquire stands while it waits (a
+        :class:`~etcdlock.etcd.position.QueuePosition`: how many keys are ahead, who holds the permits),
+        whenever that changes; it is not called when a permit is had at once.
 
         Raises :class:`LockTimeout` (with the current holders); :class:`LockLost` or :class:`SessionLost`
         if the own key or the session vanished while waiting; :class:`EtcdDenied` or
@@ -99,10 +104,11 @@ class Semaphore:
             if timeout == 0:
                 await self._try_once(value)
             elif timeout is None:
-                await self._take(value)  # no timeout, no timer: an uncontended acquire is two round trips
+                # No timeout, no timer: an uncontended acquire is two round trips.
+                await self._take(value, on_queue)
             else:
                 async with asyncio.timeout(timeout):
-                    await self._take(value)
+                    await self._take(value, on_queue)
         except TimeoutError:
             await self._abandon()
             seen = await self._holders_quietly()
@@ -111,11 +117,12 @@ class Semaphore:
             await self._abandon()
             raise
         self._held = True
+        log.debug("%s: acquired %s, fencing token %d", self.key, self.name, self._waiter.token)
         return self
 
-    async def _take(self, value: bytes) -> None:
+    async def _take(self, value: bytes, on_queue: OnQueue | None) -> None:
         if not await self._waiter.join(value):
-            await self._waiter.wait_turn()
+            await self._waiter.wait_turn(on_queue)
             granted = holder_value(self.holder, self.permits)
             self.session.spawn(self._mark_granted(granted), name=f"mark-{self.key}")
 
@@ -180,7 +187,9 @@ class Semaphore:
             self.session.unclaim(self.name)
             raise
         self.session.unclaim(self.name)
-        if not deleted:
+        if deleted:
+            log.debug("%s: released %s", self.key, self.name)
+        else:
             log.warning("gave back %s, but its key was already gone: the hold had been lost", self.name)
         return deleted
 

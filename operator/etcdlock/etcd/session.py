@@ -118,12 +118,14 @@ class Session:
         sent = loop.time()
         if self._lease_id is None:
             self._lease_id, granted = await self.client.grant(self.ttl)
+            log.debug("session: lease %x granted, TTL %ds", self._lease_id, granted)
         else:
             granted, ttl = await self.client.lease_ttls(self._lease_id)
             if granted <= 0:
                 raise SessionLost(f"lease {self._lease_id:x} no longer exists")
             # Renewals follow the lease's own TTL (it was granted by another process, maybe another way).
             self.ttl = ttl or self.ttl
+            log.debug("session: lease %x adopted, %ds left of TTL %ds", self._lease_id, granted, self.ttl)
         self._deadline = sent + granted
         self._keepalive = asyncio.create_task(self._keep_alive(), name=f"keepalive-{self._lease_id:x}")
         return self
@@ -145,6 +147,7 @@ class Session:
             try:
                 async with asyncio.timeout(self.client.config.request_timeout):
                     await self.client.revoke(self._lease_id)
+                log.debug("session: lease %x revoked", self._lease_id)
             except (EtcdError, TimeoutError) as exc:
                 log.warning(
                     "could not revoke lease %x (expires within %ss): %s", self._lease_id, self.ttl, exc
@@ -260,6 +263,7 @@ class Session:
                 self._lose("lease expired or was revoked")
                 return
             self._deadline = sent + ttl
+            log.debug("keepalive: lease %x renewed, TTL %ds", self.lease_id, ttl)
             self._tell_verdict()
             watchdog.reschedule(self._deadline)
             await asyncio.sleep(interval)

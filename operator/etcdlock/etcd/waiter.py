@@ -28,6 +28,7 @@ from typing import ParamSpec, TypeVar
 from etcdlock.etcd._queue import KeyGuard, Queue, first_of
 from etcdlock.etcd.errors import EtcdUnavailable, Fenced, LockLost, NotHeld, SessionLost
 from etcdlock.etcd.keys import Contender
+from etcdlock.etcd.position import OnQueue, PositionReporter
 from etcdlock.etcd.requests import create_revision_is, put_op
 from etcdlock.etcd.session import Session
 
@@ -114,6 +115,12 @@ class Waiter:
         else:
             entry = await self._queue.enqueue(value)
         self._token, self.found = entry.my_rev, entry.existing_value
+        log.debug(
+            "%s: key written, create revision %d, %s",
+            self.key,
+            entry.my_rev,
+            "holds a permit" if entry.granted else "queued",
+        )
         if entry.granted:
             self._hold(KeyGuard(self._queue, entry.my_rev, fresh=True))
         return entry.granted
@@ -130,14 +137,26 @@ class Waiter:
             self._hold(KeyGuard(self._queue, my_rev, fresh=True))
         return holders
 
-    async def wait_turn(self) -> None:
-        """Wait until the own key holds a permit (then it is guarded: see :meth:`wait_lost`)."""
+    async def wait_turn(self, on_queue: OnQueue | None = None) -> None:
+        """Wait until the own key holds a permit (then it is guarded: see :meth:`wait_lost`).
+
+        ``on_queue`` is called with a :class:`~etcdlock.etcd.position.QueuePosition` whenever the keys
+        ahead or the holders change while this waits (first when the wait starts), from the watch the wait
+        keeps anyway.
+        """
         token = self._joined()
         if self._guard is not None:
             return
         guard = KeyGuard(self._queue, token)
+        reporter = None
+        if on_queue is not None:
+            reporter = PositionReporter(self.session.client, self.name, self.key, self.permits, on_queue)
+            reporter.start()
+        log.debug("%s: waiting for a permit of %d", self.key, self.permits)
         try:
-            await first_of(self._queue.wait_for_turn(token), self.session.wait_lost(), guard.wait_gone())
+            await first_of(
+                self._queue.wait_for_turn(token, reporter), self.session.wait_lost(), guard.wait_gone()
+            )
         except LockLost:
             await guard.stop()
             self.session.check()
@@ -145,6 +164,9 @@ class Waiter:
         except BaseException:
             await guard.stop()
             raise
+        finally:
+            if reporter is not None:
+                await reporter.stop()
         self._hold(guard)
 
     async def still_holds(self) -> bool:
@@ -183,6 +205,12 @@ class Waiter:
         finally:
             if guard is not None and guard.running:
                 await guard.stop()
+        log.debug(
+            "%s: fenced delete (create revision %d): %s",
+            self.key,
+            token,
+            "deleted" if deleted else "already gone",
+        )
         self._token = None
         self._may_exist = False
         return deleted
