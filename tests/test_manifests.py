@@ -110,6 +110,7 @@ def test_the_manifests_are_the_expected_ones() -> None:
         ("examples/etcdcluster-restore.yaml", "EtcdCluster"),
         ("examples/etcdcluster.yaml", "EtcdCluster"),
         ("examples/job.yaml", "Job"),
+        ("examples/pod-fencing-token.yaml", "Pod"),
         ("examples/pod.yaml", "Pod"),
         ("examples/semaphore.yaml", "DistributedLock"),
     ]

@@ -110,8 +110,16 @@ def runs_as_processes(pod: Obj) -> bool:
     )
 
 
+_MAP_KEY = re.compile(r"^metadata\.(annotations|labels)\['([^']*)'\]$")
+
+
 def _field(pod: Obj, path: str, address: str) -> str:
+    """A downward API ``fieldRef``, as the pod is when the container starts (an annotation or label named
+    ``metadata.annotations['KEY']`` is "" if the pod has none)."""
     meta = pod["metadata"]
+    key = _MAP_KEY.match(path)
+    if key is not None:
+        return str((meta.get(key.group(1)) or {}).get(key.group(2), ""))
     values: dict[str, str] = {
         "metadata.name": meta.get("name", ""),
         "metadata.namespace": meta.get("namespace", ""),

@@ -8,7 +8,18 @@ from dataclasses import replace
 
 import pytest
 
-from etcdlock.operator.names import ERROR, HELD, LOCK_ANNOTATION, RELEASED, SCHEDULING_GATE, WAITING
+from etcdlock.operator.names import (
+    ERROR,
+    EVICTING,
+    HELD,
+    LOCK_ANNOTATION,
+    LOCK_NOT_FOUND,
+    MAX_WAIT_ANNOTATION,
+    RELEASED,
+    SCHEDULING_GATE,
+    TIMED_OUT,
+    WAITING,
+)
 from etcdlock.operator.pods.decisions import (
     Action,
     Decision,
@@ -202,6 +213,57 @@ def test_the_waiters_of_a_deleted_lock_queue_for_it_again() -> None:
     assert decide_lock_deleted(hold()) == Decision(Action.REQUEUE, "DistributedLock a was deleted")
 
 
+# Policies and the states they bring
+
+
+BAD_MAX_WAIT = 'etcdlock.io/max-wait: "soon" is not a duration (write it as 90s, 10m or 1h30m)'
+
+
+def test_a_pod_with_an_invalid_policy_does_not_wait_and_stays_gated() -> None:
+    invalid = Decision(Action.INVALID, BAD_MAX_WAIT)
+    assert decide(pod(state=None, policy_error=BAD_MAX_WAIT), None, released=False) == invalid
+    assert decide(pod(policy_error=BAD_MAX_WAIT), ITS_HOLD, released=False) == invalid
+
+
+def test_a_holder_whose_policy_turns_invalid_keeps_holding() -> None:
+    assert decide(
+        pod(state=HELD, gated=False, policy_error=BAD_MAX_WAIT), hold(held=True), False
+    ) == Decision(Action.KEEP)
+    assert decide(pod(state=HELD, gated=False, policy_error=BAD_MAX_WAIT), None, False) == Decision(
+        Action.HOLD
+    )
+
+
+def test_a_timed_out_pod_is_left_gated_until_it_stops_asking_for_the_lock() -> None:
+    assert decide(pod(state=TIMED_OUT), None, released=False) == Decision(Action.IGNORE)
+    assert decide(pod(state=TIMED_OUT, policy_error=BAD_MAX_WAIT), None, False) == Decision(Action.IGNORE)
+    assert decide(pod(state=TIMED_OUT, lock=None), None, released=False) == Decision(
+        Action.RELEASE_LEFTOVER, "the pod finished or left the lock"
+    )
+
+
+def test_a_pod_waiting_for_a_missing_lock_is_adopted_like_any_waiter() -> None:
+    assert decide(pod(state=LOCK_NOT_FOUND), None, released=False) == Decision(Action.HOLD)
+    assert (
+        decide(pod(state=LOCK_NOT_FOUND, lock=None), None, released=False).action is Action.RELEASE_LEFTOVER
+    )
+
+
+def test_an_eviction_an_earlier_leader_began_is_taken_up_until_the_pod_finishes() -> None:
+    evicting = pod(state=EVICTING, gated=False, phase="Running")
+    assert decide(evicting, None, released=False) == Decision(
+        Action.EVICT, "the pod lost its hold on the lock"
+    )
+    assert decide(evicting, None, released=True) == Decision(Action.IGNORE), "taken up here already"
+    assert decide(replace(evicting, phase="Failed"), None, released=False) == Decision(Action.IGNORE)
+    assert decide(evicting, hold(held=True), released=False) == Decision(Action.KEEP), "its hold evicts it"
+
+
+def test_the_policy_error_of_a_pod_names_the_annotation_and_its_value() -> None:
+    body = {"metadata": {"uid": "u", "annotations": {LOCK_ANNOTATION: "a", MAX_WAIT_ANNOTATION: "soon"}}}
+    assert Seen.of("ADDED", body).policy_error == BAD_MAX_WAIT
+
+
 # What an event shows
 
 
@@ -220,7 +282,7 @@ def test_what_a_watch_event_shows_of_a_pod() -> None:
 
 LOCKS = [None, "", "a", "b"]
 PHASES = [None, "Pending", "Running", "Succeeded", "Failed"]
-STATES = [None, WAITING, HELD, RELEASED, ERROR]
+STATES = [None, WAITING, LOCK_NOT_FOUND, HELD, RELEASED, ERROR, TIMED_OUT, EVICTING]
 HOLDS = [None, hold(), hold(held=True), hold(uid="uid-0"), hold(uid="uid-0", held=True)]
 ON_A_HOLD = {
     Action.KEEP,
@@ -234,9 +296,9 @@ ON_A_HOLD = {
 
 def every_case() -> list[tuple[Seen, HoldView | None, bool]]:
     seens = [
-        Seen(deleted, "uid-1", lock, gated, phase, state)
-        for deleted, lock, gated, phase, state in itertools.product(
-            [False, True], LOCKS, [False, True], PHASES, STATES
+        Seen(deleted, "uid-1", lock, gated, phase, state, policy)
+        for deleted, lock, gated, phase, state, policy in itertools.product(
+            [False, True], LOCKS, [False, True], PHASES, STATES, ["", BAD_MAX_WAIT]
         )
     ]
     return list(itertools.product(seens, HOLDS, [False, True]))
@@ -256,6 +318,12 @@ def test_every_combination_is_decided_by_the_rules_that_hold_across_rows() -> No
         if decision.action is Action.HOLD:
             assert seen.lock and seen.phase not in ("Succeeded", "Failed") and not released, case
             assert seen.gated or seen.state == HELD, case
+            assert seen.state not in (TIMED_OUT, RELEASED, ERROR), case
+            assert not seen.policy_error or seen.state == HELD, case
+        if decision.action is Action.EVICT:
+            assert not current and seen.state == EVICTING and not seen.finished and not released, case
+        if decision.action is Action.INVALID:
+            assert seen.policy_error and seen.gated and not (current and its_hold and its_hold.held), case
         if decision.action is Action.RELEASE_UNGATE:
             assert not seen.lock, case
         if decision.action is Action.SWITCH:

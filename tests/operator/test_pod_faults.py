@@ -19,7 +19,14 @@ from operator_support import OperatorThread, create_lock, event_reasons, eventua
 from test_pods import PodWatch, create_pod, finish, gated, held, note, read_pod
 
 from etcdlock.operator.config import ElectionSettings, WebhookSettings
-from etcdlock.operator.names import LOCK_ANNOTATION, MESSAGE_ANNOTATION, RELEASED, STATE_ANNOTATION, WAITING
+from etcdlock.operator.names import (
+    LOCK_ANNOTATION,
+    LOCK_NOT_FOUND,
+    MESSAGE_ANNOTATION,
+    RELEASED,
+    STATE_ANNOTATION,
+    WAITING,
+)
 from etcdlock_sandbox.etcd import LocalEtcd, Member
 
 HOUR = {"ttlSeconds": 3600}
@@ -202,7 +209,7 @@ def test_every_pod_waiting_for_a_missing_lock_says_why(
     for name in names:
         pod = eventually(
             lambda n=name: read_pod(api, namespace, n),
-            lambda p: note(p, STATE_ANNOTATION) == WAITING,
+            lambda p: note(p, STATE_ANNOTATION) == LOCK_NOT_FOUND,
             f"{name} told why it waits",
         )
         assert "DistributedLock not-yet does not exist" in (note(pod, MESSAGE_ANNOTATION) or "")

@@ -28,6 +28,7 @@ from etcdlock.operator.names import (
     HELD,
     LEASE_ANNOTATION,
     LOCK_ANNOTATION,
+    LOCK_NOT_FOUND,
     MANAGED_LABEL,
     MESSAGE_ANNOTATION,
     RELEASED,
@@ -418,9 +419,10 @@ async def test_a_deleted_lock_is_given_back_by_its_holder_and_its_waiter_waits_f
     flow.delete_lock("a")
     released = await flow.pods.in_state(first, RELEASED)
     assert annotations_of(released)[MESSAGE_ANNOTATION] == "released the lock: DistributedLock a was deleted"
-    waiting = "DistributedLock a does not exist; the pod waits until it is created"
+    waiting = "DistributedLock a does not exist; the pod waits until it is created (is the name right?)"
     await flow.pods.until(second, lambda pod: annotations_of(pod).get(MESSAGE_ANNOTATION) == waiting, waiting)
     assert is_gated(flow.pods.pods[second])
+    assert annotations_of(flow.pods.pods[second])[STATE_ANNOTATION] == LOCK_NOT_FOUND
 
     flow.create_lock("a")
     await flow.pods.until(second, held_and_running, "held once the lock is created again")

@@ -44,6 +44,7 @@ from etcdlock.operator.names import (
     HELD,
     LEASE_ANNOTATION,
     LOCK_ANNOTATION,
+    LOCK_NOT_FOUND,
     MANAGED_LABEL,
     MESSAGE_ANNOTATION,
     RELEASED,
@@ -294,12 +295,12 @@ def test_a_pod_waits_for_a_lock_created_after_it(
     create_pod(api, namespace, "early", "later")
     pod = eventually(
         lambda: read_pod(api, namespace, "early"),
-        lambda p: note(p, STATE_ANNOTATION) == WAITING,
-        "early waiting",
+        lambda p: note(p, STATE_ANNOTATION) == LOCK_NOT_FOUND,
+        "early waiting for its lock to exist",
     )
     assert "DistributedLock later does not exist" in (note(pod, MESSAGE_ANNOTATION) or "")
     assert gated(pod)
-    event_reasons(api, namespace, "early", "LockNotReady")
+    event_reasons(api, namespace, "early", "LockNotFound")
     create_lock(api, namespace, "later", {})
     eventually(lambda: read_pod(api, namespace, "early"), held, "early holding once the lock exists")
 
@@ -553,7 +554,7 @@ def test_unrelated_pods_never_reach_the_operator(
     create_lock(api, namespace, "busy", {})
     create_pod(api, namespace, "first", "busy")
     pod = eventually(lambda: read_pod(api, namespace, "first"), held, "first holding")
-    assert pod["metadata"]["labels"] == {MANAGED_LABEL: "true"}
+    assert pod["metadata"]["labels"] == {MANAGED_LABEL: "true", STATE_ANNOTATION: HELD}
     eventually(
         lambda: read_pod(api, namespace, "first"), lambda p: p["status"].get("phase") == "Running", "running"
     )
@@ -579,7 +580,7 @@ def test_unrelated_pods_never_reach_the_operator(
     )
 
 
-def test_a_pod_annotated_after_creation_is_labelled_and_told_it_is_not_guarded(
+def test_a_pod_annotated_after_creation_is_labelled_and_told_so_and_not_queued(
     api: ApiClient, namespace: str, operator: OperatorThread
 ) -> None:
     create_lock(api, namespace, "late", {})
@@ -593,8 +594,15 @@ def test_a_pod_annotated_after_creation_is_labelled_and_told_it_is_not_guarded(
         lambda p: note(p, STATE_ANNOTATION) == "Error",
         "the Error state",
     )
-    assert pod["metadata"]["labels"] == {MANAGED_LABEL: "true"}, "the webhook labels it on the update"
-    assert "mutual exclusion is not enforced" in (note(pod, MESSAGE_ANNOTATION) or "")
+    labels = {MANAGED_LABEL: "true", STATE_ANNOTATION: "Error"}
+    assert pod["metadata"]["labels"] == labels, "labelled by the webhook on the update; the state mirrored"
+    message = note(pod, MESSAGE_ANNOTATION) or ""
+    assert "annotation was added after the pod was created" in message
+    assert "recreate it" in message and "mutual exclusion is not enforced" in message
+    warned = eventually(lambda: events_of(api, namespace, "afterwards"), bool, "an event")
+    assert [reason for reason, _ in warned] == ["AnnotatedAfterCreation"]
+    status = eventually(lambda: status_of(api, namespace, "late"), phase("Free"), "the lock free")
+    assert status["holders"] == [], "a pod that did not wait for the lock does not hold it"
 
 
 def pod_leases_lost(metrics_url: str, labels: str) -> dict[str, float]:

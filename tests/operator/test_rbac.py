@@ -33,7 +33,7 @@ from test_pods import create_pod, finish, held, note, read_pod
 
 from etcdlock.operator.config import WebhookSettings
 from etcdlock.operator.handlers import USER_AGENT
-from etcdlock.operator.names import STATE_ANNOTATION
+from etcdlock.operator.names import LEASE_ANNOTATION, ON_LOST_ANNOTATION, STATE_ANNOTATION
 from etcdlock.operator.releaserequest import RELEASE_ANNOTATION, request_text
 from etcdlock_sandbox.apiserver.server import AuditRecord
 from etcdlock_sandbox.cluster import SandboxThread
@@ -74,8 +74,9 @@ def state(expected: str) -> Any:
     return lambda pod: note(pod, STATE_ANNOTATION) == expected
 
 
-def exercise(api: ApiClient, namespace: str, loose: str, backups: Path) -> None:
-    """Every flow of the operator once: status, events, gating, release, deletion, invalid and missing."""
+def exercise(api: ApiClient, namespace: str, loose: str, backups: Path, etcd: LocalEtcd) -> None:
+    """Every flow of the operator once: status, events, gating, release, deletion, invalid and missing,
+    eviction."""
     create_lock(api, namespace, "audited", {"ttlSeconds": 10})
     for name in ("one", "two", "three"):
         create_pod(api, namespace, name, "audited")
@@ -89,9 +90,10 @@ def exercise(api: ApiClient, namespace: str, loose: str, backups: Path) -> None:
     create_pod(api, namespace, "orphan", "missing")
     eventually(
         lambda: read_pod(api, namespace, "orphan"),
-        lambda p: note(p, STATE_ANNOTATION) == "Waiting",
-        "waiting",
+        lambda p: note(p, STATE_ANNOTATION) == "LockNotFound",
+        "waiting for its lock",
     )
+    exercise_eviction(api, namespace, etcd)
     create_pod(api, loose, "ungated", "audited")
     eventually(
         lambda: read_pod(api, loose, "ungated"), lambda p: note(p, STATE_ANNOTATION) == "Error", "flag"
@@ -113,6 +115,21 @@ def exercise_admin_release(api: ApiClient, namespace: str) -> None:
         lambda: objects.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "audited"),
         lambda lock: RELEASE_ANNOTATION not in (lock["metadata"].get("annotations") or {}),
         "the release request answered",
+    )
+
+
+def exercise_eviction(api: ApiClient, namespace: str, etcd: LocalEtcd) -> None:
+    """A pod annotated etcdlock.io/on-lost: evict loses its hold (its key deleted): it is evicted."""
+    create_lock(api, namespace, "evicting", {"ttlSeconds": 10})
+    create_pod(api, namespace, "evictee", "evicting", **{ON_LOST_ANNOTATION: "evict"})
+    pod = eventually(lambda: read_pod(api, namespace, "evictee"), held, "evictee holding")
+    key = f"/etcdlock/locks/{namespace}/evicting/{note(pod, LEASE_ANNOTATION)}"
+    assert etcd.etcdctl("del", key).stdout.strip() == "1"
+    core = kubernetes.client.CoreV1Api(api)
+    eventually(
+        lambda: [p.metadata.name for p in core.list_namespaced_pod(namespace).items],
+        lambda names: "evictee" not in names,
+        "evictee evicted",
     )
 
 
@@ -199,7 +216,7 @@ def test_the_cluster_role_allows_every_call_of_the_operator_and_grants_nothing_u
         ).start()
         try:
             running.wait("ready", 30)
-            exercise(api, namespace, loose, tmp_path / "backups")
+            exercise(api, namespace, loose, tmp_path / "backups", etcd)
         finally:
             running.stop()
     calls = [r for r in audited.audit if is_operator(r)]

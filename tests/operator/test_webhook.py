@@ -72,6 +72,13 @@ def test_the_review_allows_everything_labels_annotated_pods_and_gates_their_crea
     assert patch_of(answer) == label_patch(pod(ANNOTATED)) + gate_patch(pod(ANNOTATED))
     update = review({"request": {"uid": "u-2", "operation": "UPDATE", "object": pod(ANNOTATED)}})
     assert patch_of(update) == label_patch(pod(ANNOTATED)), "annotated later: labelled, never gated"
+    late = {"uid": "u-5", "operation": "UPDATE", "object": pod(ANNOTATED), "oldObject": pod()}
+    assert patch_of(review({"request": late})) == [
+        *label_patch(pod(ANNOTATED)),
+        {"op": "add", "path": "/metadata/annotations/etcdlock.io~1annotated-after-creation", "value": "true"},
+    ], "the update that adds the lock annotation marks the pod: it was not gated at creation"
+    still = {"uid": "u-6", "operation": "UPDATE", "object": pod(ANNOTATED), "oldObject": pod(ANNOTATED)}
+    assert patch_of(review({"request": still})) == label_patch(pod(ANNOTATED)), "annotated at creation"
     plain = review({"request": {"uid": "u-3", "operation": "CREATE", "object": pod()}})
     assert plain["response"] == {"uid": "u-3", "allowed": True}
     deleted = review({"request": {"uid": "u-4", "operation": "DELETE", "oldObject": pod(ANNOTATED)}})

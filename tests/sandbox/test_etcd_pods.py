@@ -200,3 +200,20 @@ def test_statefulset_pods_have_stable_names_claims_and_their_owner() -> None:
     assert made["metadata"]["labels"]["apps.kubernetes.io/pod-index"] == "2"
     assert made["metadata"]["ownerReferences"][0]["uid"] == "sts-uid"
     assert {"name": "data", "persistentVolumeClaim": {"claimName": "data-e-2"}} in made["spec"]["volumes"]
+
+
+def test_the_downward_api_hands_over_an_annotation_or_a_label_as_the_pod_is_at_start() -> None:
+    started = pod("etcd")
+    started["metadata"]["annotations"] = {"etcdlock.io/fencing-token": "42"}
+    started["metadata"]["labels"] = {"app": "report"}
+    container = {
+        "env": [
+            {
+                "name": "TOKEN",
+                "valueFrom": {"fieldRef": {"fieldPath": "metadata.annotations['etcdlock.io/fencing-token']"}},
+            },
+            {"name": "APP", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['app']"}}},
+            {"name": "NONE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.annotations['absent']"}}},
+        ]
+    }
+    assert environment(started, container, "127.9.9.3", {}) == {"TOKEN": "42", "APP": "report", "NONE": ""}

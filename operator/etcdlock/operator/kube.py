@@ -50,6 +50,13 @@ class ApiUnavailable(OperatorError):
     reason = "ApiUnavailable"
 
 
+class TooManyRequests(ApiUnavailable):
+    """429: try again later (an eviction: a PodDisruptionBudget does not allow it now); the API server's
+    message says why."""
+
+    reason = "TooManyRequests"
+
+
 class Conflict(OperatorError):
     """409: the object changed since the version the write named, or already exists."""
 
@@ -89,6 +96,8 @@ class Kube:
                 return None
             if exc.status == 409:
                 raise Conflict(f"conflict: {exc.reason}") from None
+            if exc.status == 429:
+                raise TooManyRequests(_status_message(exc)) from None
             raise ApiUnavailable(f"API error {exc.status} {exc.reason}") from None
         except (OSError, urllib3.exceptions.HTTPError) as exc:
             raise ApiUnavailable(f"API unreachable ({_without_addresses(exc)})") from None
@@ -179,6 +188,15 @@ async def retrying(what: str, call: Callable[[], Awaitable[T]], attempts: int | 
         return await retry(attempt)
     except (ApiUnavailable, Conflict) as exc:
         raise ApiUnavailable(f"{what}: {exc}") from None
+
+
+def _status_message(exc: ApiException) -> str:
+    """The message of the Status the API server answered with (its reason if there is none)."""
+    try:
+        message = json.loads(exc.body or b"{}").get("message")
+    except (ValueError, AttributeError):
+        message = None
+    return str(message or f"API error {exc.status} {exc.reason}")
 
 
 def _without_addresses(exc: BaseException) -> str:

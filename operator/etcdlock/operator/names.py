@@ -29,7 +29,21 @@ CLUSTER_ANNOTATION = (
     f"{ANNOTATION_PREFIX}/cluster"  # the EtcdCluster the lease lives in (absent: the operator's)
 )
 
+# The user may also set the pod's policies: how long it may wait, and what happens when its hold is lost
+# (see etcdlock.operator.pods.policies).
+MAX_WAIT_ANNOTATION = f"{ANNOTATION_PREFIX}/max-wait"
+ON_LOST_ANNOTATION = f"{ANNOTATION_PREFIX}/on-lost"
+# The webhook marks a pod that was annotated after it was created (it cannot be gated any more).
+ANNOTATED_LATE_ANNOTATION = f"{ANNOTATION_PREFIX}/annotated-after-creation"
+# The state, mirrored as a label in the same write (`kubectl get pods -L etcdlock.io/state`).
+STATE_LABEL = STATE_ANNOTATION
+
 WAITING, HELD, RELEASED, ERROR = "Waiting", "Held", "Released", "Error"
+# Waiting for a DistributedLock that does not exist; waited longer than its max-wait (it left the queue);
+# lost its hold and is being evicted (etcdlock.io/on-lost: evict).
+LOCK_NOT_FOUND, TIMED_OUT, EVICTING = "LockNotFound", "TimedOut", "Evicting"
+# The states of a pod that waits (in the queue, or for its lock to exist).
+WAITING_STATES = (WAITING, LOCK_NOT_FOUND)
 
 WEBHOOK_PATH = "/pod-gate"
 # DistributedLocks are checked here at admission (their key: see etcdlock.operator.lockkeys).

@@ -25,7 +25,7 @@ from etcdlock.operator.names import (
     LEASE_ANNOTATION,
     LOCK_ANNOTATION,
     STATE_ANNOTATION,
-    WAITING,
+    WAITING_STATES,
 )
 from etcdlock.operator.pods import annotations_of, parse_lease
 from etcdlock.operator.pods.api import Pod
@@ -60,7 +60,7 @@ class Takeover:
             lease = parse_lease(annotations.get(LEASE_ANNOTATION))
             if lease is None or not annotations.get(LOCK_ANNOTATION):
                 continue
-            if annotations.get(STATE_ANNOTATION) not in (WAITING, HELD):
+            if annotations.get(STATE_ANNOTATION) not in (*WAITING_STATES, HELD):
                 continue
             namespace = str(pod["metadata"].get("namespace") or "")
             cluster = annotations.get(CLUSTER_ANNOTATION) or None

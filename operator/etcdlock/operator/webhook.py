@@ -1,6 +1,8 @@
 """The admission webhooks: pods annotated ``etcdlock.io/lock`` are created with a scheduling gate and the
 label ``etcdlock.io/managed=true`` (a pod annotated later gets the label on that update: the operator
-watches only labelled pods), and a DistributedLock whose etcd key its namespace may not use is refused.
+watches only labelled pods; and the annotation ``etcdlock.io/annotated-after-creation``, so that the
+operator can tell it why it is not gated), and a DistributedLock whose etcd key its namespace may not use
+is refused.
 
 Every replica serves them, leader or standby: adding the gate needs no lock state, so pods created while
 leadership moves are still held back (the leader queues them once it runs); checking a lock's key needs
@@ -38,6 +40,7 @@ from etcdlock.operator.errors import InvalidSpec
 from etcdlock.operator.kube import ApiUnavailable, Conflict, Kube
 from etcdlock.operator.locks import LockRules, Locks
 from etcdlock.operator.names import (
+    ANNOTATED_LATE_ANNOTATION,
     GROUP,
     LOCK_ANNOTATION,
     LOCK_CHECK_PATH,
@@ -103,6 +106,17 @@ def label_patch(pod: dict[str, Any]) -> list[dict[str, Any]]:
     return [{"op": "add", "path": f"/metadata/labels/{escaped}", "value": "true"}]
 
 
+def late_patch(pod: dict[str, Any], old: Any) -> list[dict[str, Any]]:
+    """The JSON patch that marks a pod whose update adds the lock annotation (``old``: the pod before it)
+    as annotated after its creation; empty for any other update."""
+    if not asks_for_a_lock(pod) or not isinstance(old, dict) or asks_for_a_lock(old):
+        return []
+    if ANNOTATED_LATE_ANNOTATION in pod["metadata"]["annotations"]:
+        return []
+    escaped = ANNOTATED_LATE_ANNOTATION.replace("~", "~0").replace("/", "~1")
+    return [{"op": "add", "path": f"/metadata/annotations/{escaped}", "value": "true"}]
+
+
 def _request(body: Any) -> dict[str, Any]:
     request = body.get("request") if isinstance(body, dict) else None
     if not isinstance(request, dict) or "uid" not in request:
@@ -120,13 +134,17 @@ def _answer(body: Any, response: dict[str, Any]) -> dict[str, Any]:
 
 def review(body: Any) -> dict[str, Any]:
     """The AdmissionReview answer to one request: always allowed; an annotated pod is labelled, and gated
-    if it is being created (a gate cannot be added to a pod that exists)."""
+    if it is being created (a gate cannot be added to a pod that exists: one annotated by an update is
+    marked as such instead)."""
     request = _request(body)
     response: dict[str, Any] = {"uid": request["uid"], "allowed": True}
     pod = request.get("object")
     operation = request.get("operation")
     if operation in ("CREATE", "UPDATE") and isinstance(pod, dict):
-        patch = label_patch(pod) + (gate_patch(pod) if operation == "CREATE" else [])
+        if operation == "CREATE":
+            patch = label_patch(pod) + gate_patch(pod)
+        else:
+            patch = label_patch(pod) + late_patch(pod, request.get("oldObject"))
         if patch:
             response["patchType"] = "JSONPatch"
             response["patch"] = base64.b64encode(json.dumps(patch).encode()).decode()

@@ -19,6 +19,7 @@ from aiohttp import web
 from etcdlock_sandbox.apiserver import errors, logs, openapi, protobuf, tables
 from etcdlock_sandbox.apiserver.api import Api
 from etcdlock_sandbox.apiserver.errors import ApiError
+from etcdlock_sandbox.apiserver.eviction import evict
 from etcdlock_sandbox.apiserver.logs import LogFiles
 from etcdlock_sandbox.apiserver.resources import ResourceType
 
@@ -278,6 +279,10 @@ class ApiServer:
     ) -> web.StreamResponse:
         if subresource == "scale" and rtype.scale is not None:
             return await self._scale(request, rtype, namespace, name)
+        if subresource == "eviction" and (rtype.group, rtype.plural) == ("", "pods") and namespace:
+            if request.method != "POST":
+                raise ApiError(405, "MethodNotAllowed", f"{request.method} is not allowed on an eviction")
+            return _json(await evict(self.api, namespace, name, await _body(request)), 201)
         if subresource is not None and (subresource != "status" or not rtype.status_subresource):
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         if request.method == "GET":

@@ -5,6 +5,10 @@ Writes return the pod as written, so the next conditional write can name its res
 write that lets a pod run, :meth:`PodApi.ungate`, is conditional on the pod being the version the decision
 was taken on, and that version asking for the lock granted: a pod whose annotation changed meanwhile is
 never ungated for the old lock.
+
+Every write of the ``etcdlock.io/state`` annotation writes the same value to the ``etcdlock.io/state``
+label in the same patch, so that ``kubectl get pods -L etcdlock.io/state`` shows it (no controller
+selects on that label: a Job's or ReplicaSet's selector names labels of its own template).
 """
 
 from __future__ import annotations
@@ -15,7 +19,14 @@ from typing import Any
 
 from etcdlock.operator.errors import OperatorError
 from etcdlock.operator.kube import Conflict, Kube, retrying
-from etcdlock.operator.names import LOCK_ANNOTATION, LOCKS, MANAGED_LABEL, SCHEDULING_GATE
+from etcdlock.operator.names import (
+    LOCK_ANNOTATION,
+    LOCKS,
+    MANAGED_LABEL,
+    SCHEDULING_GATE,
+    STATE_ANNOTATION,
+    STATE_LABEL,
+)
 
 Pod = dict[str, Any]
 Ref = tuple[str, str]
@@ -78,7 +89,7 @@ class PodApi:
         The pod as written, or None if it is gone. API failures are retried until the write lands, or
         ``attempts`` times (then :class:`~etcdlock.operator.kube.ApiUnavailable`).
         """
-        body: dict[str, Any] = {"metadata": {"annotations": dict(annotations)}}
+        body: dict[str, Any] = {"metadata": _notes(annotations)}
         if ungate:
             body["spec"] = {"schedulingGates": [{"$patch": "delete", "name": SCHEDULING_GATE}]}
         return await retrying(f"pod {ref[0]}/{ref[1]}", lambda: self._patch(ref, body), attempts)
@@ -95,10 +106,7 @@ class PodApi:
         if annotations_of(pod).get(LOCK_ANNOTATION) != lock:
             return None
         body = {
-            "metadata": {
-                "resourceVersion": pod["metadata"]["resourceVersion"],
-                "annotations": dict(annotations),
-            },
+            "metadata": {"resourceVersion": pod["metadata"]["resourceVersion"], **_notes(annotations)},
             "spec": {"schedulingGates": [{"$patch": "delete", "name": SCHEDULING_GATE}]},
         }
         namespace, name = pod_ref(pod)
@@ -106,6 +114,24 @@ class PodApi:
             return await self._patch((namespace, name), body)
         except Conflict:
             raise PodChanged(f"pod {namespace}/{name} changed") from None
+
+    async def evict(self, pod: Pod) -> None:
+        """Evict the pod (policy/v1 Eviction: the API server deletes it if its PodDisruptionBudgets allow),
+        only the very pod ``pod`` is (its uid is a precondition). Returns once it is evicted or gone (a pod
+        of the same name that replaced it is left alone); raises
+        :class:`~etcdlock.operator.kube.TooManyRequests` if a budget refuses now, and
+        :class:`~etcdlock.operator.kube.ApiUnavailable` if the API fails. Never retried here."""
+        namespace, name = pod_ref(pod)
+        body = {
+            "apiVersion": "policy/v1",
+            "kind": "Eviction",
+            "metadata": {"name": name, "namespace": namespace},
+            "deleteOptions": {"preconditions": {"uid": pod["metadata"].get("uid")}},
+        }
+        try:
+            await self._kube.call(self._kube.core.create_namespaced_pod_eviction, name, namespace, body)
+        except Conflict:
+            pass  # another pod of that name: this one is gone
 
     async def label(self, ref: Ref) -> Pod | None:
         """Label the pod for the operator's pod watch (API failures retried); the pod, or None if gone."""
@@ -130,3 +156,11 @@ class PodApi:
         namespace, name = ref
         patch = self._kube.core.patch_namespaced_pod
         return await self._kube.call(patch, name, namespace, body, _content_type=_STRATEGIC_MERGE)
+
+
+def _notes(annotations: Mapping[str, str | None]) -> dict[str, Any]:
+    """The metadata of a patch writing ``annotations``, the state mirrored as a label (see above)."""
+    metadata: dict[str, Any] = {"annotations": dict(annotations)}
+    if STATE_ANNOTATION in annotations:
+        metadata["labels"] = {STATE_LABEL: annotations[STATE_ANNOTATION]}
+    return metadata

@@ -9,7 +9,7 @@ that matches wins:
 #   event    hold here                     the pod as seen                             decision
 ==  =======  ============================  ==========================================  ================
 1   DELETED  any, or none                  any                                         FORGET
-2   other    another uid's (its pod is     decided as if there were no hold: 10-14     that row's, with
+2   other    another uid's (its pod is     decided as if there were no hold: 11-17     that row's, with
              gone: it is stopped first)                                                ``stale_hold``
 3   other    this pod's, for another lock  no lock annotation (it was removed)         RELEASE_UNGATE
 4                                          not gated (the pod started)                 REFUSE_SWITCH
@@ -17,18 +17,29 @@ that matches wins:
 6   other    this pod's, for its lock      finished                                    RELEASE
 7            ... the pod not holding yet   not gated, state not Held                   NOT_GATED
 8            ... the pod not holding yet   state Held (a newer leader granted it)      HAND_OVER
-9                                          otherwise                                   KEEP
-10  other    none                          released by this replica before             IGNORE
-11                                         state Waiting/Held; no lock, or finished    RELEASE_LEFTOVER
-12                                         no lock, finished, or state Released/Error  IGNORE
-13                                         not gated, state not Held                   NOT_GATED
-14                                         otherwise                                   HOLD
+9            ... the pod not holding yet   a policy annotation invalid                 INVALID
+10                                         otherwise                                   KEEP
+11  other    none                          released by this replica before             IGNORE
+12                                         state Evicting, not finished                EVICT
+13                                         state waiting, Held or TimedOut; no lock,   RELEASE_LEFTOVER
+                                           or finished
+14                                         no lock, finished, or state Released,       IGNORE
+                                           Error, TimedOut or Evicting
+15                                         not gated, state not Held                   NOT_GATED
+16                                         a policy annotation invalid (not Held)      INVALID
+17                                         otherwise                                   HOLD
 ==  =======  ============================  ==========================================  ================
 
 "Finished" is phase Succeeded or Failed; "gated" is the ``etcdlock.io/lock`` scheduling gate still on the
-pod; "state" is the ``etcdlock.io/state`` annotation, as the last operator to lead wrote it. A pod without
-a hold here but with a state (row 11, 14) is one an earlier leader handled: its lease and place are
-adopted (HOLD), or released for it (RELEASE_LEFTOVER). Changing the lock annotation is leave-then-join
+pod; "state" is the ``etcdlock.io/state`` annotation, as the last operator to lead wrote it ("waiting":
+Waiting or LockNotFound). A pod without a hold here but with a state (row 12, 13, 17) is one an earlier
+leader handled: its lease and place are adopted (HOLD), or released for it (RELEASE_LEFTOVER), or the
+eviction it began after the pod lost its hold is taken up again (EVICT). A pod that timed
+out (its ``etcdlock.io/max-wait`` passed) left the queue and stays gated: nothing more is done for it
+(its hold ended itself, and the pod is decided on without one) unless it stops asking for the lock or
+finishes (RELEASE_LEFTOVER lets it go). A policy annotation (:mod:`.policies`) that cannot be used stops
+the pod from waiting, and it stays gated (INVALID: fail closed); once the pod holds, max-wait no longer
+matters and on-lost is read when the hold is lost. Changing the lock annotation is leave-then-join
 while the pod is gated (SWITCH); a pod already running cannot be held back again (REFUSE_SWITCH). The
 lease and cluster annotations are not decided on: the effects read them (HOLD adopts the lease the pod
 names, RELEASE_LEFTOVER revokes it).
@@ -45,8 +56,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from etcdlock.operator.names import ERROR, HELD, LOCK_ANNOTATION, RELEASED, STATE_ANNOTATION, WAITING
+from etcdlock.operator.names import (
+    ERROR,
+    EVICTING,
+    HELD,
+    LOCK_ANNOTATION,
+    RELEASED,
+    STATE_ANNOTATION,
+    TIMED_OUT,
+    WAITING_STATES,
+)
 from etcdlock.operator.pods.api import annotations_of, is_gated
+from etcdlock.operator.pods.policies import policy_error
 
 FINISHED = ("Succeeded", "Failed")
 
@@ -64,6 +85,8 @@ class Action(enum.Enum):
     SWITCH = "switch"  # leave the old lock's queue, then queue for the lock the pod now asks for
     REQUEUE = "requeue"  # leave the lock's queue, then queue for it again (at the back)
     NOT_GATED = "not-gated"  # the pod runs without the gate: stop any hold, tell the pod it is not guarded
+    INVALID = "invalid"  # a policy annotation is invalid: stop any hold, tell the pod; it stays gated
+    EVICT = "evict"  # take up the eviction of a pod that lost its hold (an earlier leader began it)
     HAND_OVER = "hand-over"  # a newer leader granted the pod: stop here without revoking or writing
     RELEASE_LEFTOVER = "release-leftover"  # revoke the lease of a pod that finished while no one watched
 
@@ -89,6 +112,7 @@ class Seen:
     gated: bool
     phase: str | None
     state: str | None
+    policy_error: str = ""  # why a policy annotation cannot be used ("" if they can)
 
     @property
     def finished(self) -> bool:
@@ -104,6 +128,7 @@ class Seen:
             gated=is_gated(pod),
             phase=(pod.get("status") or {}).get("phase"),
             state=annotations.get(STATE_ANNOTATION),
+            policy_error=policy_error(pod),
         )
 
 
@@ -128,7 +153,7 @@ def decide(seen: Seen, hold: HoldView | None, released: bool) -> Decision:
 
 
 def _with_hold(seen: Seen, hold: HoldView) -> Decision:
-    """Rows 3-9."""
+    """Rows 3-10."""
     if seen.lock != hold.lock:
         return _lock_changed(seen)
     if seen.finished:
@@ -137,6 +162,8 @@ def _with_hold(seen: Seen, hold: HoldView) -> Decision:
         return Decision(Action.NOT_GATED, "the scheduling gate was removed by someone else")
     if not hold.held and seen.state == HELD:
         return Decision(Action.HAND_OVER)  # granted by a newer leader while this replica was paused
+    if not hold.held and seen.policy_error:
+        return Decision(Action.INVALID, seen.policy_error)
     return Decision(Action.KEEP)
 
 
@@ -154,16 +181,21 @@ def _lock_changed(seen: Seen) -> Decision:
 
 
 def _without_hold(seen: Seen, released: bool) -> Decision:
-    """Rows 10-14."""
+    """Rows 11-17."""
     if released:
         return Decision(Action.IGNORE)
-    if seen.state in (WAITING, HELD) and (not seen.lock or seen.finished):
-        why = "the pod finished or left the lock while the operator was away"
+    if seen.state == EVICTING and not seen.finished:
+        return Decision(Action.EVICT, "the pod lost its hold on the lock")
+    if seen.state in (*WAITING_STATES, HELD, TIMED_OUT) and (not seen.lock or seen.finished):
+        why = "the pod finished or left the lock"
+        why += "" if seen.state == TIMED_OUT else " while the operator was away"
         return Decision(Action.RELEASE_LEFTOVER, why)
-    if not seen.lock or seen.finished or seen.state in (RELEASED, ERROR):
+    if not seen.lock or seen.finished or seen.state in (RELEASED, ERROR, TIMED_OUT, EVICTING):
         return Decision(Action.IGNORE)
     if not seen.gated and seen.state != HELD:
         return Decision(Action.NOT_GATED)
+    if seen.policy_error and seen.state != HELD:
+        return Decision(Action.INVALID, seen.policy_error)
     return Decision(Action.HOLD)
 
 

@@ -5,8 +5,15 @@ is named on the pod, ``etcdlock.io/lease``, so that the next operator adopts it 
 place). Every write to etcd is fenced on this replica's leadership and waits out transient etcd errors
 until it lands or leadership is really lost; a deposed replica writes nothing more, to etcd or to the pod.
 
-What the pod is told: ``etcdlock.io/state`` (Waiting / Held / Released / Error),
-``etcdlock.io/fencing-token`` and ``etcdlock.io/message``, with an Event for every change of state.
+What the pod is told: ``etcdlock.io/state`` (Waiting / LockNotFound / Held / Released / TimedOut /
+Error), ``etcdlock.io/fencing-token`` and ``etcdlock.io/message``, with an Event for every change of state.
+
+The pod's policies (:mod:`.policies`): while it waits (for its lock to exist and be usable, or for its
+turn) its ``etcdlock.io/max-wait`` bounds the wait, from its creation; past it, the pod leaves the queue
+as a release does, stays gated (it never runs without the lock) and says ``TimedOut``, and the hold ends
+(an edit of max-wait while the pod waits applies at once; one made after it timed out changes nothing).
+A pod that holds is never timed out. When the hold of a pod annotated ``etcdlock.io/on-lost: evict`` is
+lost, the pod is evicted (:mod:`.eviction`), so its work stops.
 
 A lock kept in an EtcdCluster that is rebuilt from a backup loses its store (retired: a new etcd cluster),
 and so does one whose client certificate was renewed (the same cluster, reached again with the new one);
@@ -19,7 +26,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from etcdlock.aio import race
@@ -39,18 +47,25 @@ from etcdlock.operator.locks import LockSpec
 from etcdlock.operator.names import (
     CLUSTER_ANNOTATION,
     ERROR,
+    EVICTING,
     HELD,
     LEASE_ANNOTATION,
     LOCK_ANNOTATION,
+    LOCK_NOT_FOUND,
+    MAX_WAIT_ANNOTATION,
     MESSAGE_ANNOTATION,
+    ON_LOST_ANNOTATION,
     RELEASED,
     STATE_ANNOTATION,
+    TIMED_OUT,
     TOKEN_ANNOTATION,
     WAITING,
 )
 from etcdlock.operator.pods.api import Pod, PodChanged, annotations_of, is_gated, parse_lease, pod_ref
 from etcdlock.operator.pods.context import PodContext
+from etcdlock.operator.pods.eviction import evict
 from etcdlock.operator.pods.line import Line, creation_order
+from etcdlock.operator.pods.policies import OnLost, PolicyError, deadline, on_lost
 from etcdlock.operator.stores import Store
 
 log = logging.getLogger(__name__)
@@ -64,12 +79,17 @@ class _PlaceLost(Exception):
     """The pod's key left the queue before it held (its lease expired, the key was deleted)."""
 
 
+class _MaxWaitPassed(Exception):
+    """The pod waited as long as its ``etcdlock.io/max-wait`` allows."""
+
+
 class PodHold:
     """One pod's place in its lock's queue, from the first look at the lock to the release.
 
     ``adopt``: take over the lease the pod names (a restarted or new leader), keeping its place. A hold
     created after another hold of the same pod (its annotation switched locks) starts once ``after`` (the
-    release of the other) is done.
+    release of the other) is done. ``ended`` is called with the hold when it ends of itself (the pod timed
+    out): nothing more is done for the pod.
     """
 
     def __init__(
@@ -80,6 +100,7 @@ class PodHold:
         *,
         adopt: bool = True,
         after: asyncio.Future[Any] | None = None,
+        ended: Callable[[PodHold], None] = lambda _: None,
     ) -> None:
         self.ref = pod_ref(pod)
         self.uid: str = pod["metadata"].get("uid") or ""
@@ -98,6 +119,8 @@ class PodHold:
         self._stopping = False
         self._store_known = asyncio.Event()
         self._versions = asyncio.Event()
+        self._ended = ended
+        self._max_wait: asyncio.Timeout | None = None
         namespace, name = self.ref
         self.holder = f"pod/{namespace}/{name}"
         self._task = asyncio.create_task(self._run(after), name=f"pod-{namespace}/{name}")
@@ -111,6 +134,8 @@ class PodHold:
         self.pod = pod
         self._versions.set()
         self._versions = asyncio.Event()
+        if self._max_wait is not None:
+            self._max_wait.reschedule(self._deadline())
 
     async def release(self, reason: str, *, write: bool, ungate: bool = False) -> None:
         """Leave the queue or give the permit back (the key is deleted, fenced, then the lease revoked);
@@ -178,19 +203,23 @@ class PodHold:
     async def _serve(self) -> None:
         """Queue, wait, ungate, hold; queue again (loudly) if the place is lost before holding."""
         while True:
-            lock = await self._usable_lock()
             try:
+                async with self._within_max_wait():
+                    lock = await self._usable_lock()
                 waiter = await self._queue(lock)
                 if waiter is None:
                     return
-                await self._wait_turn(waiter)
+                async with self._within_max_wait():
+                    await self._wait_turn(waiter)
                 if not await self._ungate(waiter):
                     return
                 break
+            except _MaxWaitPassed:
+                await self._time_out()
+                return
             except _PlaceLost as exc:
                 if self.held:
                     await self._lost(f"lost {self.lock_name} while the operator was away: {exc}")
-                    await self._drop()
                     return
                 await self._drop()
                 await self._place_lost(f"{exc}; it queues again, at the back")
@@ -203,7 +232,6 @@ class PodHold:
         reason = await waiter.wait_lost()
         if not self._stopping:
             await self._lost(f"lost {self.lock_name}: {reason}")
-            await self._drop()
 
     async def _store_retired(self) -> None:
         """Returns once the store this hold uses is retired (see the module docstring)."""
@@ -234,7 +262,8 @@ class PodHold:
                 self._store_known.set()
                 return lock
             except LockNotFound as exc:
-                await self._say_waiting(f"{exc}; the pod waits until it is created", "LockNotReady")
+                message = f"{exc}; the pod waits until it is created (is the name right?)"
+                await self._say_waiting(message, "LockNotFound", state=LOCK_NOT_FOUND)
             except OperatorError as exc:
                 why = f"DistributedLock {self.lock_name}: {exc}; the pod waits until it can be served"
                 await self._say_waiting(why, "LockNotReady")
@@ -253,7 +282,9 @@ class PodHold:
             self._waiter = waiter
             return await self._check_adopted(waiter)
         if self.held:
-            await self._lost(f"lost {self.lock_name} while the operator was away: its lease expired")
+            await self._lost(
+                f"lost {self.lock_name} while the operator was away: its lease expired", drop=False
+            )
             return None
         if self._lease is not None:
             self._lease = None
@@ -282,7 +313,6 @@ class PodHold:
             with contextlib.suppress(SessionLost):
                 await waiter.give_back()
             await self._lost(f"lost {self.lock_name} while the operator was away: its key was gone")
-            await self._drop()
             return None
         if waiter.found is None:
             await self._place_lost("its key was gone (deleted by hand?); it queues again, at the back")
@@ -414,15 +444,14 @@ class PodHold:
 
     # Telling the pod
 
-    async def _say_waiting(self, message: str, reason: str, *, warn: bool = True) -> None:
-        if (
-            self._written.get(MESSAGE_ANNOTATION) == message
-            and self._written.get(STATE_ANNOTATION) == WAITING
-        ):
+    async def _say_waiting(
+        self, message: str, reason: str, *, warn: bool = True, state: str = WAITING
+    ) -> None:
+        if self._written.get(MESSAGE_ANNOTATION) == message and self._written.get(STATE_ANNOTATION) == state:
             return
         recorder = self._context.events
         (recorder.warn if warn else recorder.info)(self.pod, reason, message)
-        await self._write({STATE_ANNOTATION: WAITING, MESSAGE_ANNOTATION: message})
+        await self._write({STATE_ANNOTATION: state, MESSAGE_ANNOTATION: message})
 
     async def _place_lost(self, message: str) -> None:
         """A waiting pod's place is gone (nobody kept its lease alive long enough, or its key was deleted):
@@ -432,15 +461,74 @@ class PodHold:
         self._context.events.warn(self.pod, "PlaceLost", f"lost its place in {self.lock_name}: {message}")
         await self._write({STATE_ANNOTATION: WAITING, MESSAGE_ANNOTATION: f"lost its place: {message}"})
 
-    async def _lost(self, message: str) -> None:
-        """Tell the pod it lost the lock, unless this replica was deposed (then it is not for it to say:
-        the next leader may hold the very same lease for the pod)."""
+    async def _lost(self, message: str, *, drop: bool = True) -> None:
+        """Tell the pod it lost the lock, give back its lease (``drop``), and evict the pod if its on-lost
+        policy says so (state Evicting until it is gone; else Error); unless this replica was deposed
+        (:class:`Fenced`: it is not for it to say, the next leader may hold the very same lease for the
+        pod)."""
         if not await self._ready_store.confirmed():
             log.info("pod %s/%s: %s; left to the leader", *self.ref, message)
-            return
+            raise Fenced("this replica no longer leads")
+        try:
+            policy, problem = on_lost(self.pod), ""
+        except PolicyError as exc:
+            policy, problem = OnLost.KEEP, f"{exc}: the pod is not evicted"
         self._context.events.warn(self.pod, "LockLost", message)
         self._context.lease_lost(self.ref[0], self.lock_name, "held")
-        await self._write({STATE_ANNOTATION: ERROR, MESSAGE_ANNOTATION: message})
+        state = EVICTING if policy is OnLost.EVICT else ERROR
+        await self._write({STATE_ANNOTATION: state, MESSAGE_ANNOTATION: message})
+        if drop:
+            await self._drop()
+        if problem:
+            self._context.events.warn(self.pod, PolicyError.reason, problem)
+        if policy is OnLost.EVICT:
+            await evict(self._context, self.pod, f"{ON_LOST_ANNOTATION}: evict, and the pod {message}")
+
+    # The max-wait
+
+    @contextlib.asynccontextmanager
+    async def _within_max_wait(self) -> AsyncIterator[None]:
+        """The block, cut short with :class:`_MaxWaitPassed` when the pod's max-wait passes (the deadline
+        follows edits of the annotation: :meth:`seen`). Only waits go in it: never a write that lets the
+        pod run."""
+        try:
+            async with asyncio.timeout_at(self._deadline()) as self._max_wait:
+                yield
+        except TimeoutError:
+            if self._max_wait is None or not self._max_wait.expired():
+                raise
+            raise _MaxWaitPassed from None
+        finally:
+            self._max_wait = None
+
+    def _deadline(self) -> float | None:
+        """The pod's max-wait deadline on the event loop's clock; None without one (or once it holds, or
+        if the annotation is invalid: its events stop the hold)."""
+        try:
+            when = deadline(self.pod)
+        except PolicyError:
+            return None
+        if when is None or self.held:
+            return None
+        loop = asyncio.get_running_loop()
+        return loop.time() + (when - datetime.now(UTC)).total_seconds()
+
+    async def _time_out(self) -> None:
+        """The pod waited its max-wait: it leaves the queue (its key deleted, fenced, its lease revoked, as
+        a release does), stays gated, and is told; the lock gets a Warning too. The hold then ends."""
+        wait = annotations_of(self.pod).get(MAX_WAIT_ANNOTATION)
+        message = (
+            f"waited {MAX_WAIT_ANNOTATION} {wait} for {self.lock_name} without getting it: left the queue; "
+            "the pod stays gated and never runs (delete it, or let its controller or deadline do so)"
+        )
+        await self._drop()
+        self._context.events.warn(self.pod, "TimedOut", message)
+        lock = await self._context.api.read_lock(self.ref[0], self.lock_name)
+        if lock is not None:
+            self._context.events.warn(lock, "PodTimedOut", f"pod {self.ref[1]} {message}")
+        gone = {LEASE_ANNOTATION: None, CLUSTER_ANNOTATION: None}
+        await self._write({STATE_ANNOTATION: TIMED_OUT, MESSAGE_ANNOTATION: message, **gone})
+        self._ended(self)
 
     async def _write(self, annotations: Mapping[str, str | None], *, ungate: bool = False) -> bool:
         """Write the annotations that differ from what the pod already says (and remove the gate).

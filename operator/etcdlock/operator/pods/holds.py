@@ -9,6 +9,10 @@ succeeds, fails, is deleted or loses the annotation, and when the lock is delete
 Changing the annotation of a pod still held back is leave-then-join: it leaves the old lock's queue, then
 queues for the new lock, and is ungated only once it holds that one. A pod already running cannot be held
 back again: it gives the old lock back and is told that it does not wait for the new one.
+
+A pod that runs without the gate is not queued: holding a lock for a pod that did not wait for it would
+say that it is guarded when it is not. It is told why: annotated after it was created (the webhook marks
+that update; a pod that exists cannot be gated), or not gated at creation (no webhook, or none reachable).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from typing import Any, assert_never
 
 from prometheus_client import Counter
 
-from etcdlock.etcd import Fenced
+from etcdlock.etcd import Fenced, LeaseNotFound
 from etcdlock.operator.locks import LockChanges
 from etcdlock.operator.names import (
     ERROR,
@@ -28,6 +32,7 @@ from etcdlock.operator.names import (
     LOCK_ANNOTATION,
     MANAGED_LABEL,
     MESSAGE_ANNOTATION,
+    ON_LOST_ANNOTATION,
     RELEASED,
     SCHEDULING_GATE,
     STATE_ANNOTATION,
@@ -43,10 +48,23 @@ from etcdlock.operator.pods.api import (
 )
 from etcdlock.operator.pods.context import PodContext
 from etcdlock.operator.pods.decisions import Action, Decision, HoldView, Seen, decide, decide_lock_deleted
+from etcdlock.operator.pods.eviction import evict
 from etcdlock.operator.pods.hold import PodHold
 from etcdlock.operator.pods.line import Line
+from etcdlock.operator.pods.policies import annotated_late
 
 log = logging.getLogger(__name__)
+
+ANNOTATED_LATE = (
+    f"the {LOCK_ANNOTATION} annotation was added after the pod was created: a pod that exists cannot be "
+    f"held back by the {SCHEDULING_GATE} scheduling gate, so it was not queued and runs without the lock "
+    "(mutual exclusion is not enforced for it); recreate it with the annotation, or put the annotation on "
+    "the pod template of its Job or Deployment"
+)
+NOT_GATED = (
+    f"the pod was not held back by the {SCHEDULING_GATE} scheduling gate (is the etcdlock webhook "
+    "installed?): mutual exclusion is not enforced for it"
+)
 
 
 class PodHolds:
@@ -62,6 +80,8 @@ class PodHolds:
         self._releasing: set[PodHold] = set()
         # Pods (by uid) this operator released: their later events, until deletion, need nothing more.
         self._released: set[str] = set()
+        # Evictions taken up from an earlier leader, by pod uid (those a hold begins run in its task).
+        self._evictions: dict[str, asyncio.Task[None]] = {}
 
     @property
     def changes(self) -> LockChanges:
@@ -90,6 +110,8 @@ class PodHolds:
 
     def _decide(self, event_type: str | None, pod: Pod) -> None:
         seen = Seen.of(event_type, pod)
+        if seen.finished:
+            self._stop_eviction(seen.uid)  # its work stopped: nothing to evict
         hold = self._holds.get(pod_ref(pod))
         if seen.deleted and hold is not None and hold.uid != seen.uid:
             hold = None  # the event is older than a new pod of the same name, which is held here
@@ -116,6 +138,7 @@ class PodHolds:
                 pass
             case Action.FORGET:
                 self._released.discard(uid)
+                self._stop_eviction(uid)
             case Action.HOLD:
                 self._holds[pod_ref(pod)] = self._hold(pod, adopt=True)
             case Action.RELEASE | Action.RELEASE_UNGATE:
@@ -128,6 +151,12 @@ class PodHolds:
                 self._rejoin(_required(hold), pod, reason)
             case Action.NOT_GATED:
                 self._not_gated(pod, uid, hold, reason)
+            case Action.INVALID:
+                self._invalid(pod, uid, hold, reason)
+            case Action.EVICT:
+                self._released.add(uid)
+                self._evictions[uid] = eviction = asyncio.create_task(self._evict(pod, uid, reason))
+                eviction.add_done_callback(_told)
             case Action.HAND_OVER:
                 del self._holds[_required(hold).ref]
                 self._spawn(_required(hold).abandon())
@@ -149,15 +178,46 @@ class PodHolds:
         self._released.add(uid)
         self._spawn(self._say_not_gated(pod))
 
+    def _invalid(self, pod: Pod, uid: str, hold: PodHold | None, reason: str) -> None:
+        """Stop the pod's hold if it has one (writing nothing) and tell the pod which annotation is invalid:
+        it stays gated (see the decisions)."""
+        if hold is not None:
+            self._stop(hold, reason, write=False)
+        self._released.add(uid)
+        self._spawn(self._say_invalid(pod, reason))
+
     def _hold(self, pod: Pod, *, adopt: bool, after: asyncio.Future[Any] | None = None) -> PodHold:
         namespace, _ = pod_ref(pod)
         line = self._lines.setdefault((namespace, annotations_of(pod)[LOCK_ANNOTATION]), Line())
-        return PodHold(self._context, line, pod, adopt=adopt, after=after)
+        return PodHold(self._context, line, pod, adopt=adopt, after=after, ended=self._ended)
+
+    async def _evict(self, pod: Pod, uid: str, reason: str) -> None:
+        """Take up the eviction an earlier leader began (the pod says Evicting); a replica deposed
+        meanwhile leaves it to the next."""
+        try:
+            await evict(self._context, pod, f"{reason}: its eviction ({ON_LOST_ANNOTATION}: evict) goes on")
+        except Fenced:
+            log.info("pod %s/%s: not evicted here: this replica no longer leads", *pod_ref(pod))
+        finally:
+            self._evictions.pop(uid, None)
+
+    def _stop_eviction(self, uid: str) -> None:
+        eviction = self._evictions.pop(uid, None)
+        if eviction is not None:
+            eviction.cancel()
+
+    def _ended(self, hold: PodHold) -> None:
+        """A hold ended of itself (its pod timed out): the pod's later events are decided without it."""
+        if self._holds.get(hold.ref) is hold:
+            del self._holds[hold.ref]
 
     async def stop_all(self) -> None:
         """Operator shutdown: keep every lease (the next operator adopts it) and finish pending writes."""
         holds, self._holds = [*self._holds.values(), *self._releasing], {}
-        await asyncio.gather(*(hold.abandon() for hold in holds))
+        evictions, self._evictions = list(self._evictions.values()), {}
+        for eviction in evictions:
+            eviction.cancel()  # the pod still says Evicting: the next leader takes it up
+        await asyncio.gather(*(hold.abandon() for hold in holds), *evictions, return_exceptions=True)
         await asyncio.gather(*self._background, return_exceptions=True)
 
     def _stop(self, hold: PodHold, reason: str, *, write: bool, ungate: bool = False) -> asyncio.Future[Any]:
@@ -178,13 +238,22 @@ class PodHolds:
         return task
 
     async def _say_not_gated(self, pod: Pod) -> None:
+        if annotated_late(pod):
+            await self._say_error(pod, "AnnotatedAfterCreation", ANNOTATED_LATE)
+        else:
+            await self._say_error(pod, "NotGated", NOT_GATED)
+
+    async def _say_invalid(self, pod: Pod, reason: str) -> None:
+        message = (
+            f"{reason}: the pod does not wait for the lock and stays gated; recreate it with a valid value"
+        )
+        await self._say_error(pod, "InvalidAnnotation", message)
+
+    async def _say_error(self, pod: Pod, reason: str, message: str) -> None:
+        """State Error, with a Warning; not from a replica that no longer leads."""
         if not await self._context.stores.default.confirmed():
             return
-        message = (
-            f"the pod was not held back by the {SCHEDULING_GATE} scheduling gate (is the etcdlock webhook "
-            "installed?): mutual exclusion is not enforced for it"
-        )
-        self._context.events.warn(pod, "NotGated", message)
+        self._context.events.warn(pod, reason, message)
         await self._context.api.annotate(pod_ref(pod), {STATE_ANNOTATION: ERROR, MESSAGE_ANNOTATION: message})
 
     async def _release_leftover(self, pod: Pod, reason: str) -> None:
@@ -200,6 +269,8 @@ class PodHolds:
         if lease is not None:
             try:
                 await store.persist(lambda: store.etcd.revoke(lease))
+            except LeaseNotFound:
+                pass  # it expired already (or was revoked when the pod left a queue it timed out of)
             except Fenced:
                 return  # deposed meanwhile: the next leader sees the pod finished, too
         message = f"released: {reason}"
