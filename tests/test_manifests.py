@@ -20,11 +20,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import celpy
 import kubernetes_validate
 import pytest
 import yaml
+from celpy.adapter import json_to_cel
 
-from etcdlock.operator.locks import MAX_LISTED_HOLDERS, MAX_LISTED_WAITERS
+from etcdlock.operator.locks import MAX_LISTED_HOLDERS, MAX_LISTED_WAITERS, LockSpec
 from etcdlock_sandbox.apiserver import schema
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,6 +106,7 @@ def test_the_manifests_are_the_expected_ones() -> None:
         ("crds/distributedlock.yaml", "CustomResourceDefinition"),
         ("crds/etcdcluster.yaml", "CustomResourceDefinition"),
         ("examples/distributedlock-on-cluster.yaml", "DistributedLock"),
+        ("examples/distributedlock-outside-etcd.yaml", "DistributedLock"),
         ("examples/distributedlock.yaml", "DistributedLock"),
         ("examples/etcdcluster-backup.yaml", "EtcdCluster"),
         ("examples/etcdcluster-backup.yaml", "Secret"),
@@ -319,6 +322,28 @@ INVALID_SPECS = [
     ),
     ("key-slash", {"key": "/"}, 'spec.key: Invalid value: "/": spec.key in body should match'),
     ("key-too-long", {"key": "k" * 513}, "spec.key: Too long: may not be more than 512 bytes"),
+    ("etcd-no-endpoints", {"etcd": {}}, "spec.etcd.endpoints: Required value"),
+    (
+        "etcd-empty-endpoints",
+        {"etcd": {"endpoints": []}},
+        "spec.etcd.endpoints: Invalid value: 0: spec.etcd.endpoints in body should have at least 1 items",
+    ),
+    (
+        "etcd-endpoint-without-port",
+        {"etcd": {"endpoints": ["https://etcd-main-client"]}},
+        'spec.etcd.endpoints[0]: Invalid value: "https://etcd-main-client": spec.etcd.endpoints[0] in body '
+        "should match",
+    ),
+    (
+        "etcd-endpoint-other-scheme",
+        {"etcd": {"endpoints": ["unix://etcd:2379"]}},
+        'spec.etcd.endpoints[0]: Invalid value: "unix://etcd:2379"',
+    ),
+    (
+        "etcd-secret-bad-name",
+        {"etcd": {"endpoints": ["http://etcd:2379"], "secretRef": {"name": "Etcd_Creds"}}},
+        'spec.etcd.secretRef.name: Invalid value: "Etcd_Creds": spec.etcd.secretRef.name in body',
+    ),
 ]
 
 
@@ -416,6 +441,49 @@ def test_the_schema_refuses_a_malformed_status(field: str, value: Any, message: 
     assert any(p.startswith(message) for p in problems), problems
 
 
+def cel_refusals(spec: dict[str, Any]) -> list[str]:
+    """The messages of the CRD's x-kubernetes-validations rules (CEL, which the emulator does not evaluate)
+    that ``spec`` breaks, evaluated as kube-apiserver does: each rule with ``self`` its own field."""
+    environment = celpy.Environment()
+    spec_schema = LOCK_SCHEMA["properties"]["spec"]
+    checked = [(spec_schema, spec)]
+    if "etcd" in spec:
+        checked.append((spec_schema["properties"]["etcd"], spec["etcd"]))
+    broken = []
+    for node, value in checked:
+        for rule in node.get("x-kubernetes-validations") or []:
+            program = environment.program(environment.compile(rule["rule"]))
+            if not program.evaluate({"self": json_to_cel(value)}):
+                broken.append(rule["message"])
+    return broken
+
+
+@pytest.mark.parametrize(
+    ("spec", "refusals"),
+    [
+        ({"etcd": {"endpoints": ["https://etcd-main-client:2379"], "serverName": "etcd-main"}}, []),
+        ({"clusterRef": {"name": "locks-etcd"}}, []),
+        (
+            {"clusterRef": {"name": "locks-etcd"}, "etcd": {"endpoints": ["http://etcd:2379"]}},
+            ["clusterRef and etcd both name where the lock lives; give one of them"],
+        ),
+        (
+            {"etcd": {"endpoints": ["https://etcd-0:2379", "http://etcd-1:2379"]}},
+            ["endpoints mix http:// and https://"],
+        ),
+        (
+            {"etcd": {"endpoints": ["http://etcd:2379"], "serverName": "etcd"}},
+            ["serverName needs https:// endpoints"],
+        ),
+    ],
+)
+def test_the_crd_rules_refuse_a_lock_in_two_places_and_mixed_endpoints(
+    spec: dict[str, Any], refusals: list[str]
+) -> None:
+    assert admitted(lock("checked", spec))[1] == []  # what the schema alone lets through...
+    assert cel_refusals(spec) == refusals  # ...and what its CEL rules then refuse
+
+
 # -- the examples ---------------------------------------------------------------------------------------
 
 
@@ -442,6 +510,14 @@ def test_the_examples_are_a_lock_a_semaphore_and_their_users() -> None:
             assert re.search(r"\bsleep \d\b", " ".join(container["command"])), container["command"]
     for doc in (pod, job, mutex, semaphore):
         assert "namespace" not in doc["metadata"], "examples go to whatever namespace kubectl targets"
+
+
+def test_the_outside_etcd_example_is_a_lock_the_operator_serves() -> None:
+    doc = example("distributedlock-outside-etcd.yaml")
+    spec = LockSpec.parse("team-a", doc["metadata"]["name"], doc["spec"])
+    assert spec.etcd is not None and spec.etcd.tls and spec.etcd.secret == "etcd-main-lock-client"
+    assert spec.key == "/etcdlock/locks/team-a/shard-rebalance"
+    assert "namespace" not in doc["metadata"], "examples go to whatever namespace kubectl targets"
 
 
 def test_the_backup_examples_restore_what_the_other_backs_up() -> None:

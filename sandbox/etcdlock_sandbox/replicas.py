@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 
 from etcdlock_sandbox.etcd import free_port
@@ -38,6 +39,7 @@ class OperatorProcess:
         webhook_port: int | None = None,
         cluster_dns: Path | None = None,
         pod_sweep_interval: int | None = None,
+        extra_args: Sequence[str] = (),
     ) -> None:
         self.webhook_port = webhook_port or free_port()
         self.http_port = free_port()
@@ -69,6 +71,7 @@ class OperatorProcess:
             self.command.append("--webhook-configure")
         if pod_sweep_interval is not None:
             self.command += ["--pod-sweep-interval", str(pod_sweep_interval)]
+        self.command += list(extra_args)
         if cluster_dns is not None:
             self.command = with_cluster_dns(cluster_dns, self.command)
         self.process: subprocess.Popen[bytes] | None = None

@@ -26,6 +26,8 @@ ENVIRONMENT = {
     "ETCDLOCK_WEBHOOK_CONFIGURE": "true",
     "ETCDLOCK_POD_SWEEP_INTERVAL": "60",
     "ETCDLOCK_IMAGE": "registry.example.com/etcdlock:mirror",
+    "ETCDLOCK_ALLOW_OUTSIDE_ETCD": "false",
+    "ETCDLOCK_SECRET_RECHECK_INTERVAL": "5",
 }
 
 
@@ -74,6 +76,7 @@ def test_every_flag_is_read_from_the_environment(monkeypatch: pytest.MonkeyPatch
     assert (config.webhook.cert_dir, config.webhook.configure) == (Path("/tmp/certs-from-env"), True)
     assert config.pod_sweep_interval == 60
     assert config.image == "registry.example.com/etcdlock:mirror"
+    assert (config.allow_outside_etcd, config.secret_recheck_interval) == (False, 5)
 
 
 def test_a_flag_given_wins_over_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -86,6 +89,8 @@ def test_a_flag_given_wins_over_the_environment(monkeypatch: pytest.MonkeyPatch)
     )
     assert (config.namespaces, config.shared_key_prefixes) == (("team-c",), ("/only/",))
     assert config.election is not None and config.election.ttl == 9 and config.kubeconfig == "k"
+    config = _config("--allow-outside-etcd=true", "--secret-recheck-interval", "120")
+    assert (config.allow_outside_etcd, config.secret_recheck_interval) == (True, 120)
 
 
 def test_without_flags_or_environment_the_defaults_are_the_shipped_deployment(
@@ -103,6 +108,7 @@ def test_without_flags_or_environment_the_defaults_are_the_shipped_deployment(
     )
     assert config.webhook is not None and config.webhook.cert_dir == Path("/etc/etcdlock/webhook")
     assert config.exit_if_stuck
+    assert (config.allow_outside_etcd, config.secret_recheck_interval) == (True, 30)
 
 
 def test_the_configuration_cannot_be_changed_once_parsed() -> None:
@@ -117,6 +123,16 @@ def test_the_configuration_cannot_be_changed_once_parsed() -> None:
         ("ETCDLOCK_LEADER_TTL", "soon", "argument --leader-ttl: not an integer: 'soon'"),
         ("ETCDLOCK_METRICS", "nowhere", "--metrics must be HOST:PORT or off, not 'nowhere'"),
         ("ETCDLOCK_WEBHOOK", "1.2.3.4:99999", "--webhook must be HOST:PORT or off, not '1.2.3.4:99999'"),
+        (
+            "ETCDLOCK_ALLOW_OUTSIDE_ETCD",
+            "maybe",
+            "argument --allow-outside-etcd: must be true or false, not 'maybe'",
+        ),
+        (
+            "ETCDLOCK_SECRET_RECHECK_INTERVAL",
+            "0",
+            "argument --secret-recheck-interval: must be a whole number of seconds from 1, not '0'",
+        ),
     ],
 )
 def test_a_bad_environment_value_is_one_line_and_exit_1(

@@ -87,6 +87,10 @@ def exercise(api: ApiClient, namespace: str, loose: str, backups: Path, etcd: Lo
     kubernetes.client.CoreV1Api(api).delete_namespaced_pod("three", namespace)
     create_lock(api, namespace, "elsewhere", {"clusterRef": {"name": "other"}})
     eventually(lambda: events_of(api, namespace, "elsewhere"), bool, "the ClusterNotReady event")
+    # A lock on an etcd the user runs: its Secret is read by name (get), never listed or watched.
+    outside = {"endpoints": ["http://127.0.0.1:9"], "secretRef": {"name": "absent"}}
+    create_lock(api, namespace, "outside", {"etcd": outside})
+    eventually(lambda: events_of(api, namespace, "outside"), bool, "the SecretNotFound event")
     create_pod(api, namespace, "orphan", "missing")
     eventually(
         lambda: read_pod(api, namespace, "orphan"),

@@ -21,6 +21,7 @@ from etcdlock.operator.config import (
     DEFAULT_IMAGE,
     DEFAULT_LEADER_TTL,
     DEFAULT_POD_SWEEP_INTERVAL,
+    DEFAULT_SECRET_RECHECK_INTERVAL,
     ElectionSettings,
     OperatorConfig,
     WebhookSettings,
@@ -29,6 +30,7 @@ from etcdlock.operator.config import (
 
 ENV_PREFIX = "ETCDLOCK_"
 TRUE = ("1", "true", "yes", "on")
+FALSE = ("0", "false", "no", "off")
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -37,6 +39,18 @@ def _env(name: str, default: str | None = None) -> str | None:
 
 def _env_list(name: str) -> list[str]:
     return [item.strip() for item in (_env(name) or "").split(",") if item.strip()]
+
+
+def _on_off(value: str) -> bool:
+    if value.lower() not in (*TRUE, *FALSE):
+        raise argparse.ArgumentTypeError(f"must be true or false, not {value!r}")
+    return value.lower() in TRUE
+
+
+def _positive_seconds(value: str) -> int:
+    if not value.isdigit() or int(value) == 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number of seconds from 1, not {value!r}")
+    return int(value)
 
 
 def _seconds(value: str) -> int:
@@ -114,6 +128,23 @@ def add_parser(commands: Any) -> None:
         "default: only /etcdlock/locks/<namespace>/)",
     )
     parser.add_argument(
+        "--allow-outside-etcd",
+        type=_on_off,
+        default=_env("ALLOW_OUTSIDE_ETCD", "true"),
+        metavar="true|false",
+        help="let DistributedLocks name an etcd of their own in spec.etcd, reached with a Secret of their "
+        "namespace (env ETCDLOCK_ALLOW_OUTSIDE_ETCD; default true)",
+    )
+    parser.add_argument(
+        "--secret-recheck-interval",
+        type=_positive_seconds,
+        default=_env("SECRET_RECHECK_INTERVAL", str(DEFAULT_SECRET_RECHECK_INTERVAL)),
+        metavar="SECONDS",
+        help="how often the Secret of a DistributedLock's spec.etcd is read again, so that a rotated one is "
+        "used and a deleted one no more (env ETCDLOCK_SECRET_RECHECK_INTERVAL; default "
+        f"{DEFAULT_SECRET_RECHECK_INTERVAL})",
+    )
+    parser.add_argument(
         "--webhook",
         default=_env("WEBHOOK", "0.0.0.0:9443"),
         help="HOST:PORT of the admission webhooks (HTTPS), or off (env ETCDLOCK_WEBHOOK; default "
@@ -155,6 +186,8 @@ def operator_config(args: argparse.Namespace, etcd: EtcdConfig) -> OperatorConfi
         exit_if_stuck=True,
         pod_sweep_interval=args.pod_sweep_interval,
         image=args.image,
+        allow_outside_etcd=args.allow_outside_etcd,
+        secret_recheck_interval=args.secret_recheck_interval,
     )
 
 

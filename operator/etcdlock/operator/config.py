@@ -23,6 +23,8 @@ DEFAULT_LEADER_TTL = 5
 DEFAULT_POD_SWEEP_INTERVAL = 600
 # The image of this release (manifests/base/operator.yaml runs it; --image names another).
 DEFAULT_IMAGE = f"ghcr.io/etcdlock/etcdlock:{__version__}"
+# How often the Secret of a lock on an etcd the user runs (spec.etcd) is read again.
+DEFAULT_SECRET_RECHECK_INTERVAL = 30
 
 
 def _identity() -> str:
@@ -86,6 +88,8 @@ class OperatorConfig:
     run the operator in a thread do not). ``pod_sweep_interval``: seconds between two looks for annotated
     pods the webhook did not label (0: only when a replica starts leading). ``image``: the operator's own
     image, which restores EtcdCluster members from backups (their init container).
+    ``allow_outside_etcd``: whether a DistributedLock may name an etcd of its own (``spec.etcd``);
+    ``secret_recheck_interval``: seconds between two reads of such a lock's Secret.
     """
 
     etcd: EtcdConfig
@@ -98,6 +102,8 @@ class OperatorConfig:
     exit_if_stuck: bool = False
     pod_sweep_interval: int = DEFAULT_POD_SWEEP_INTERVAL
     image: str = DEFAULT_IMAGE
+    allow_outside_etcd: bool = True
+    secret_recheck_interval: int = DEFAULT_SECRET_RECHECK_INTERVAL
 
 
 def host_port(option: str, value: str) -> tuple[str, int] | None:

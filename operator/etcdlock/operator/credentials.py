@@ -6,7 +6,8 @@ connection, so the PEM data of a cluster's client Secret is written into a priva
 another folder, hence another :class:`~etcdlock.etcd.EtcdConfig`, and every client compared by its config
 (the controller's, the members' status clients) is opened again with it. The folder of the content before
 stays (a client opened with it may still open connections), older ones go, and so does a cluster's
-whole folder when the cluster is forgotten.
+whole folder when the cluster is forgotten. A DistributedLock on an etcd the user runs (see
+:mod:`etcdlock.operator.outside`) has its Secret's files written the same way, any subset of the three.
 """
 
 from __future__ import annotations
@@ -30,11 +31,11 @@ PEM_KEYS = (CA, CERT, KEY)
 
 @dataclass(frozen=True)
 class TlsFiles:
-    """Where a client's CA bundle, certificate and key are."""
+    """Where a client's CA bundle, certificate and key are (None: not given, for an etcd the user runs)."""
 
-    ca_file: str
-    cert_file: str
-    key_file: str
+    ca_file: str | None
+    cert_file: str | None
+    key_file: str | None
 
     def config(self, endpoints: str | Sequence[str], request_timeout: float | None = None) -> EtcdConfig:
         if request_timeout is None:
@@ -64,17 +65,22 @@ class ClientCredentials:
     def __init__(self) -> None:
         self._root = Path(tempfile.mkdtemp(prefix="etcdlock-clients-"))
 
-    def files(self, namespace: str, name: str, pems: Mapping[str, bytes]) -> TlsFiles:
-        """The files of ``pems`` (``ca.crt``, ``tls.crt``, ``tls.key``), written once."""
-        missing = [key for key in PEM_KEYS if not pems.get(key)]
+    def files(
+        self, namespace: str, name: str, pems: Mapping[str, bytes], required: Sequence[str] = PEM_KEYS
+    ) -> TlsFiles:
+        """The files of ``pems`` (``ca.crt``, ``tls.crt``, ``tls.key``; those ``required`` at least),
+        written once. ``name`` is the folder's: an EtcdCluster's name, or another that no cluster can have
+        (one with a colon)."""
+        missing = [key for key in required if not pems.get(key)]
         if missing:
             raise ClusterNotReady(f"the client certificate of EtcdCluster {name} lacks {', '.join(missing)}")
-        digest = hashlib.sha256(b"".join(pems[key] for key in PEM_KEYS)).hexdigest()[:16]
+        given = [key for key in PEM_KEYS if pems.get(key)]
+        digest = hashlib.sha256(b"".join(key.encode() + b"\0" + pems[key] for key in given)).hexdigest()[:16]
         folder = self._root / namespace / name / digest
         if not folder.is_dir():
             folder.parent.mkdir(parents=True, exist_ok=True)
             partial = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".partial-"))
-            for key in PEM_KEYS:
+            for key in given:
                 path = partial / key
                 path.write_bytes(pems[key])
                 os.chmod(path, 0o600)
@@ -85,7 +91,8 @@ class ClientCredentials:
             )
             for old in kept[:-2]:
                 shutil.rmtree(old, ignore_errors=True)
-        return TlsFiles(str(folder / CA), str(folder / CERT), str(folder / KEY))
+        paths = {key: str(folder / key) if key in given else None for key in PEM_KEYS}
+        return TlsFiles(paths[CA], paths[CERT], paths[KEY])
 
     def forget(self, namespace: str, name: str) -> None:
         """The cluster is gone (or no longer this process's): its files go."""

@@ -30,10 +30,56 @@ class KeyConflict(InvalidSpec):
     reason = "KeyConflict"
 
 
-class ClusterNotReady(OperatorError):
+class OutsideEtcdNotAllowed(InvalidSpec):
+    """A DistributedLock names an etcd of its own (``spec.etcd``) where this operator allows none, or names
+    the operator's own etcd that way."""
+
+    reason = "OutsideEtcdNotAllowed"
+
+
+class StoreNotReady(OperatorError):
+    """The etcd a lock lives in cannot be used (yet): it is tried again soon, without waiting for an edit."""
+
+    reason = "StoreNotReady"
+
+
+class ClusterNotReady(StoreNotReady):
     """The EtcdCluster a lock names cannot be used (yet); the message says why."""
 
     reason = "ClusterNotReady"
+
+
+class SecretNotFound(StoreNotReady):
+    """The Secret a lock's ``spec.etcd.secretRef`` names does not exist (yet) in the lock's namespace."""
+
+    reason = "SecretNotFound"
+
+
+class SecretUnreadable(StoreNotReady):
+    """The Secret a lock's ``spec.etcd.secretRef`` names could not be read (the API did not answer, or
+    refused: the operator may not read Secrets in that namespace)."""
+
+    reason = "SecretUnreadable"
+
+
+class SecretInvalid(StoreNotReady):
+    """The Secret a lock's ``spec.etcd.secretRef`` names holds nothing usable (a key without its
+    certificate, a password without a user, a certificate that is no PEM...)."""
+
+    reason = "SecretInvalid"
+
+
+class EtcdNotReachable(StoreNotReady):
+    """The etcd a lock's ``spec.etcd`` names does not answer (yet)."""
+
+    reason = "EtcdUnreachable"
+
+
+class EtcdAccessDenied(StoreNotReady):
+    """The etcd a lock's ``spec.etcd`` names refuses the credentials of its Secret (wrong password, a
+    client certificate it does not trust, no permission on the keys the operator writes there)."""
+
+    reason = "EtcdDenied"
 
 
 class LockNotFound(OperatorError):

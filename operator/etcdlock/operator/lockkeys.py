@@ -7,9 +7,12 @@ them:
   every namespace (``--shared-key-prefix``, for locks that outside programs take by a name of their own);
 - it never touches the operator's own keys (everything under ``/etcdlock/operator/``, and the election,
   wherever ``--election`` puts it);
-- in one etcd (the operator's, or one EtcdCluster) no two locks' keys are equal or nested: a lock's
-  contenders live under ``KEY/``, so ``/a`` and ``/a/b`` would share them. The lock created first keeps
-  the key; a later one is refused until the first is gone or moves.
+- in one etcd (the operator's, one EtcdCluster, or one the user runs) no two locks' keys are equal or
+  nested: a lock's contenders live under ``KEY/``, so ``/a`` and ``/a/b`` would share them. The lock
+  created first keeps the key; a later one is refused until the first is gone or moves. An etcd the user
+  runs is known by its client URLs only: two locks are in the same one when they name an endpoint
+  (host and port) in common, whichever namespaces they are in (another name or address of the same
+  members is not recognised).
 """
 
 from __future__ import annotations
@@ -22,8 +25,9 @@ from etcdlock.operator.errors import KeyConflict, KeyNotAllowed
 from etcdlock.operator.names import DEFAULT_KEY_PREFIX, OPERATOR_KEY_PREFIX
 
 Ref = tuple[str, str]
-# Where a lock's key lives: None for the operator's etcd, else (namespace, EtcdCluster name).
-Place = tuple[str, str] | None
+# Where a lock's key lives: None for the operator's etcd, (namespace, EtcdCluster name), or one endpoint of
+# an etcd the user runs: ("etcd", host, port).
+Place = tuple[str, ...] | None
 
 
 def overlaps(a: str, b: str) -> bool:
@@ -76,16 +80,22 @@ class KeyPolicy:
 
 @dataclass(frozen=True)
 class LockKey:
-    """The key one lock uses, where, and since when (the older of two overlapping locks keeps its key)."""
+    """The key one lock uses, where, and since when (the older of two overlapping locks keeps its key).
+    ``also``: the other places that are the same etcd (the other endpoints of an etcd the user runs)."""
 
     ref: Ref
     place: Place
     key: str
     created: str
+    also: tuple[Place, ...] = ()
 
     @property
     def age(self) -> tuple[str, Ref]:
         return (self.created, self.ref)
+
+    @property
+    def places(self) -> tuple[Place, ...]:
+        return (self.place, *self.also)
 
 
 class LockKeys:
@@ -108,10 +118,11 @@ class LockKeys:
         if known is not None:
             self._drop(known)
         self._locks[entry.ref] = entry
-        holders = self._by_key.setdefault((entry.place, entry.key), {})
-        if not holders:
-            bisect.insort(self._sorted.setdefault(entry.place, []), entry.key)
-        holders[entry.ref] = entry
+        for place in entry.places:
+            holders = self._by_key.setdefault((place, entry.key), {})
+            if not holders:
+                bisect.insort(self._sorted.setdefault(place, []), entry.key)
+            holders[entry.ref] = entry
 
     def forget(self, ref: Ref) -> list[Ref]:
         """Drop a lock; the locks its key kept out (they may be served now)."""
@@ -119,11 +130,11 @@ class LockKeys:
         if gone is None:
             return []
         self._drop(gone)
-        return [e.ref for e in self._overlapping(gone.place, gone.key)]
+        return list(dict.fromkeys(e.ref for e in self._overlapping_any(gone)))
 
     def check(self, entry: LockKey) -> None:
         """Raise :class:`KeyConflict` if an older lock in the same etcd uses an overlapping key."""
-        for other in self._overlapping(entry.place, entry.key):
+        for other in self._overlapping_any(entry):
             if other.ref != entry.ref and other.age < entry.age:
                 raise KeyConflict(
                     f"spec.key {entry.key!r} overlaps {other.key!r}, the key of DistributedLock "
@@ -131,12 +142,18 @@ class LockKeys:
                 )
 
     def _drop(self, entry: LockKey) -> None:
-        holders = self._by_key[(entry.place, entry.key)]
-        del holders[entry.ref]
-        if not holders:
-            del self._by_key[(entry.place, entry.key)]
-            keys = self._sorted[entry.place]
-            del keys[bisect.bisect_left(keys, entry.key)]
+        for place in entry.places:
+            holders = self._by_key[(place, entry.key)]
+            del holders[entry.ref]
+            if not holders:
+                del self._by_key[(place, entry.key)]
+                keys = self._sorted[place]
+                del keys[bisect.bisect_left(keys, entry.key)]
+
+    def _overlapping_any(self, entry: LockKey) -> Iterator[LockKey]:
+        """The locks in any of ``entry``'s places whose key overlaps its key."""
+        for place in entry.places:
+            yield from self._overlapping(place, entry.key)
 
     def _overlapping(self, place: Place, key: str) -> Iterator[LockKey]:
         """The locks in ``place`` whose key equals ``key``, contains it or lies inside it."""

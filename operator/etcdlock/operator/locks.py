@@ -14,9 +14,11 @@ from typing import Any
 
 from etcdlock.etcd.keys import Contender
 from etcdlock.operator.conditions import condition
-from etcdlock.operator.errors import InvalidSpec
-from etcdlock.operator.lockkeys import KeyPolicy, LockKey, LockKeys
+from etcdlock.operator.config import DEFAULT_SECRET_RECHECK_INTERVAL
+from etcdlock.operator.errors import InvalidSpec, OutsideEtcdNotAllowed
+from etcdlock.operator.lockkeys import KeyPolicy, LockKey, LockKeys, Place
 from etcdlock.operator.names import DEFAULT_KEY_PREFIX
+from etcdlock.operator.outside import Address, OutsideEtcd
 from etcdlock.operator.queueview import QueueView
 
 # The status lists the head of each list; holderCount and waiterCount count them all.
@@ -26,12 +28,39 @@ MIN_TTL, MAX_TTL = 5, 3600
 
 
 @dataclass(frozen=True)
+class OutsideRules:
+    """Whether locks may name an etcd of their own (``spec.etcd``, ``allowed``), never the operator's own
+    (``own_etcd``: its endpoints), and how often the Secret of such a lock is read again (``recheck``,
+    seconds: a rotated Secret is used from then on, a deleted one no more)."""
+
+    allowed: bool = True
+    own_etcd: frozenset[Address] = frozenset()
+    recheck: float = float(DEFAULT_SECRET_RECHECK_INTERVAL)
+
+
+@dataclass(frozen=True)
 class LockRules:
-    """What the operator allows every lock: the keys (``keys``), and the shortest TTL of a pod's lease
-    (``pod_ttl_floor``): a pod's hold must outlive an operator failover, whatever ``ttlSeconds`` says."""
+    """What the operator allows every lock: the keys (``keys``), the shortest TTL of a pod's lease
+    (``pod_ttl_floor``: a pod's hold must outlive an operator failover, whatever ``ttlSeconds`` says), and
+    which etcds a lock may name in ``spec.etcd`` (``outside``)."""
 
     keys: KeyPolicy = field(default_factory=KeyPolicy)
     pod_ttl_floor: int = MIN_TTL
+    outside: OutsideRules = field(default_factory=OutsideRules)
+
+    def check_etcd(self, etcd: OutsideEtcd) -> None:
+        """:class:`OutsideEtcdNotAllowed` unless a lock may name this etcd in ``spec.etcd``."""
+        if not self.outside.allowed:
+            raise OutsideEtcdNotAllowed(
+                "spec.etcd is turned off on this operator (--allow-outside-etcd=false): use clusterRef, or "
+                "neither (the operator's etcd)"
+            )
+        own = set(etcd.addresses) & self.outside.own_etcd
+        if own:
+            host, port = sorted(own)[0]
+            raise OutsideEtcdNotAllowed(
+                f"spec.etcd names the operator's own etcd ({host}:{port}): leave spec.etcd out to use it"
+            )
 
 
 @dataclass(frozen=True)
@@ -42,6 +71,19 @@ class LockSpec:
     permits: int
     ttl_seconds: int
     cluster: str | None
+    etcd: OutsideEtcd | None = None
+
+    @property
+    def where(self) -> str | None:
+        """Where the lock lives, as a pod's ``etcdlock.io/cluster`` says it: an EtcdCluster's name, an etcd
+        the user runs (see :attr:`OutsideEtcd.where`), or None for the operator's etcd."""
+        return self.etcd.where if self.etcd is not None else self.cluster
+
+    def places(self, namespace: str) -> tuple[Place, ...]:
+        """The places (see :mod:`etcdlock.operator.lockkeys`) that are this lock's etcd."""
+        if self.etcd is not None:
+            return tuple(dict.fromkeys(("etcd", host, str(port)) for host, port in self.etcd.addresses))
+        return ((namespace, self.cluster) if self.cluster else None,)
 
     def pod_ttl(self, rules: LockRules) -> int:
         """The TTL of the leases the operator grants pods for this lock."""
@@ -62,7 +104,12 @@ class LockSpec:
         if not isinstance(key, str) or key.endswith("/") or "//" in key:
             raise InvalidSpec(f"spec.key must be a lock name without empty segments, not {key!r}")
         cluster = (spec.get("clusterRef") or {}).get("name")
-        return cls(key=key, permits=permits, ttl_seconds=ttl, cluster=cluster)
+        etcd = OutsideEtcd.parse(spec["etcd"]) if spec.get("etcd") is not None else None
+        if cluster and etcd is not None:
+            raise InvalidSpec(
+                "spec.clusterRef and spec.etcd both name where the lock lives: give one of them"
+            )
+        return cls(key=key, permits=permits, ttl_seconds=ttl, cluster=cluster, etcd=etcd)
 
 
 def _entry(contender: Contender) -> dict[str, Any]:
@@ -134,9 +181,12 @@ class Locks:
         namespace, name = str(meta.get("namespace") or ""), str(meta["name"])
         self._bodies[(namespace, name)] = body
         spec = LockSpec.parse(namespace, name, body.get("spec"))
+        if spec.etcd is not None:
+            self.rules.check_etcd(spec.etcd)
         self.rules.keys.check(namespace, spec.key)
-        place = (namespace, spec.cluster) if spec.cluster else None
-        entry = LockKey((namespace, name), place, spec.key, str(meta.get("creationTimestamp") or ""))
+        place, *also = spec.places(namespace)
+        created = str(meta.get("creationTimestamp") or "")
+        entry = LockKey((namespace, name), place, spec.key, created, tuple(also))
         self.keys.set(entry)
         self.keys.check(entry)
         return spec

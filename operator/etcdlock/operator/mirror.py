@@ -21,7 +21,7 @@ from etcdlock.etcd import EtcdClient, EtcdError, EtcdUnavailable, read_contender
 from etcdlock.etcd.errors import Compacted
 from etcdlock.etcd.keys import prefix, range_end
 from etcdlock.operator.conditions import carried_over, without_times
-from etcdlock.operator.errors import ClusterNotReady, OperatorError
+from etcdlock.operator.errors import OperatorError, StoreNotReady
 from etcdlock.operator.events import EventRecorder
 from etcdlock.operator.locks import LockChanges, Locks, LockSpec, error_status, lock_status
 from etcdlock.operator.names import KOPF_STATUS
@@ -83,8 +83,8 @@ _RETRY_DELAY = 1.0
 _QUICK_RETRY = 0.05
 # How long etcd may be unavailable to the mirror before the lock's status says so.
 OUTAGE_GRACE = 5.0
-# A lock whose EtcdCluster is not available yet is tried again this often; one refused for its key or spec
-# when another lock changes (or this often at the latest).
+# A lock whose etcd is not available yet (its EtcdCluster, its Secret) is tried again this often; one
+# refused for its key or spec when another lock changes (or this often at the latest).
 CLUSTER_RETRY = 3.0
 RECHECK = 10.0
 
@@ -118,8 +118,11 @@ async def serve_lock(
                     events.warn(body, exc.reason, str(exc))
                     publisher.offer(_fixed(error_status(exc.reason, str(exc), generation)))
                     told = str(exc)
-                await changes.wait(ref, CLUSTER_RETRY if isinstance(exc, ClusterNotReady) else RECHECK)
+                await changes.wait(ref, CLUSTER_RETRY if isinstance(exc, StoreNotReady) else RECHECK)
                 continue
+            if told:
+                changes.changed(ref)  # the pods waiting for it need not wait for their next look
+                told = ""
             pod_ttl = spec.pod_ttl(locks.rules)
             since = {h["key"]: h["since"] for h in stored.get("holders") or () if h.get("since")}
             # A store retired (its cluster rebuilt from a backup) is left for the one resolved next.

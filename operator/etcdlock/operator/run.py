@@ -36,7 +36,7 @@ from etcdlock.operator.handlers import KopfEvents, build_registry, kubernetes_ap
 from etcdlock.operator.kube import KUBE_THREADS, ApiUnavailable, Kube
 from etcdlock.operator.leadership import Leadership, ReplicaStatus
 from etcdlock.operator.lockkeys import KeyPolicy
-from etcdlock.operator.locks import MIN_TTL, LockRules
+from etcdlock.operator.locks import MIN_TTL, LockRules, OutsideRules
 from etcdlock.operator.metrics import Metrics
 from etcdlock.operator.pods import PodApi
 from etcdlock.operator.webhook import LockCheck, WebhookServer, register
@@ -177,7 +177,7 @@ async def run_operator(
     ``ready_flag`` is set each time this replica is leading with kopf running.
     """
     etcd, webhook, election = config.etcd, config.webhook, config.election
-    rules = lock_rules(config.shared_key_prefixes, election)
+    rules = lock_rules(config.shared_key_prefixes, election, outside_rules(config))
     kube = await preflight(etcd, config.kubeconfig, webhook)
     collected = Metrics()
     replica = ReplicaStatus(collected)
@@ -209,16 +209,27 @@ async def run_operator(
         kube.close()
 
 
-def lock_rules(shared_key_prefixes: Sequence[str], election: ElectionSettings | None) -> LockRules:
+def outside_rules(config: OperatorConfig) -> OutsideRules:
+    """Whether locks may name an etcd of their own, never the operator's (its endpoints)."""
+    own = frozenset((e.host.lower(), e.port) for e in config.etcd.endpoints)
+    return OutsideRules(config.allow_outside_etcd, own, float(config.secret_recheck_interval))
+
+
+def lock_rules(
+    shared_key_prefixes: Sequence[str],
+    election: ElectionSettings | None,
+    outside: OutsideRules | None = None,
+) -> LockRules:
     """What this operator allows locks: keys per namespace (and the shared prefixes), never its own keys;
     pods' leases at least three leader TTLs long, so that they outlive a failover (a new leader is elected
-    within one TTL and renews every pod's lease at once, see :mod:`etcdlock.operator.takeover`)."""
+    within one TTL and renews every pod's lease at once, see :mod:`etcdlock.operator.takeover`); which etcds
+    they may name (``outside``; default: any but the operator's)."""
     try:
         keys = KeyPolicy.parse(shared_key_prefixes, election.name if election else None)
     except ValueError as exc:
         raise EtcdLockError(str(exc)) from None
     floor = max(MIN_TTL, 3 * election.ttl) if election else MIN_TTL
-    return LockRules(keys, floor)
+    return LockRules(keys, floor, outside or OutsideRules())
 
 
 async def _run(

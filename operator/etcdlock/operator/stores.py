@@ -12,30 +12,57 @@ new etcd cluster, whose revisions and epoch key are not those the old client and
 with TLS is reached with the client certificate of its Secret (``NAME-client-tls``, written to
 files by :class:`~etcdlock.operator.credentials.ClientCredentials`); when that certificate is renewed the
 store is retired the same way, and its users connect again with the new one.
+
+A lock may also name an etcd the user runs (``spec.etcd``, see :mod:`etcdlock.operator.outside`). It is
+reached with what the Secret of the lock's namespace gives, and nothing of the operator's: one client per
+(namespace, etcd, content of the Secret), so a connection authenticated with one namespace's Secret never
+serves another namespace. Its epoch key is the namespace's own, ``/etcdlock/operator/epoch/<namespace>``
+(the etcd user of each namespace needs that one key, not everyone's). The Secret is read again every
+``recheck`` seconds (the operator may only ``get`` Secrets by name: nothing tells it of a change); when
+its content changed or it is gone, the store is retired as above, and its users resolve it again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from etcdlock.etcd import EtcdClient, EtcdConfig, EtcdError, Fence, Fenced
+from etcdlock.etcd import EtcdClient, EtcdConfig, EtcdDenied, EtcdError, Fence, Fenced
 from etcdlock.etcd.requests import create_revision_is, put_op, range_op, value_is_less
 from etcdlock.operator.conditions import find
+from etcdlock.operator.config import DEFAULT_SECRET_RECHECK_INTERVAL
 from etcdlock.operator.credentials import ClientCredentials
-from etcdlock.operator.errors import ClusterNotReady, OperatorError
+from etcdlock.operator.errors import (
+    ClusterNotReady,
+    EtcdAccessDenied,
+    EtcdNotReachable,
+    OperatorError,
+    SecretInvalid,
+    SecretNotFound,
+    SecretUnreadable,
+    StoreNotReady,
+)
 from etcdlock.operator.kube import Kube
 from etcdlock.operator.leadership import Leadership
 from etcdlock.operator.locks import LockSpec
 from etcdlock.operator.names import CLUSTERS, client_secret
+from etcdlock.operator.outside import OutsideEtcd, SecretCredentials
+
+log = logging.getLogger(__name__)
 
 EPOCH_KEY = b"/etcdlock/operator/epoch"
 # How long a retired store's client stays open for the holds leaving it.
 RETIRED_GRACE = 60.0
+# How long an etcd the user runs that could not be used is not tried again: every pod naming the lock asks
+# for its store, and each attempt may take a request timeout.
+FAILED_FOR = 2.0
 
 T = TypeVar("T")
+# An etcd the user runs, as one namespace reaches it: (namespace, etcd, digest of its Secret's content).
+Outside = tuple[str, OutsideEtcd, str]
 
 
 @dataclass(frozen=True)
@@ -60,27 +87,45 @@ class Store:
 
 
 class Stores:
-    """The store of every lock, one client per EtcdCluster (closed by :meth:`close`)."""
+    """The store of every lock: one client per EtcdCluster, and per etcd the user runs as each namespace
+    reaches it with its Secret (all closed by :meth:`close`)."""
 
-    def __init__(self, default: Store, kube: Kube, credentials: ClientCredentials | None = None) -> None:
+    def __init__(
+        self,
+        default: Store,
+        kube: Kube,
+        credentials: ClientCredentials | None = None,
+        secret_recheck: float = float(DEFAULT_SECRET_RECHECK_INTERVAL),
+    ) -> None:
         self.default = default
         self.leadership = default.leadership
         self._kube = kube
         self._own_credentials = credentials is None
         self._credentials = credentials or ClientCredentials()
+        self._secret_recheck = secret_recheck
         self._closing: set[asyncio.Task[None]] = set()
         self._clusters: dict[tuple[str, str], tuple[str, Store]] = {}
-        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._locks: dict[object, asyncio.Lock] = {}
         self._retired: list[Store] = []
+        self._outside: dict[Outside, Store] = {}
+        self._current: dict[tuple[str, OutsideEtcd], Outside] = {}
+        self._rechecks: dict[Outside, asyncio.Task[None]] = {}
+        self._failed: dict[tuple[str, OutsideEtcd], tuple[float, StoreNotReady]] = {}
 
     async def for_lock(self, namespace: str, lock: LockSpec) -> Store:
-        """The lock's store; :class:`ClusterNotReady` if its EtcdCluster is missing or has no quorum."""
-        return await self.for_cluster(namespace, lock.cluster)
+        """The lock's store; :class:`~etcdlock.operator.errors.StoreNotReady` (its kinds) says why it cannot
+        be used yet: its EtcdCluster missing or without quorum, its Secret missing or unusable, its etcd
+        not answering or refusing the Secret's credentials."""
+        return await self.for_cluster(namespace, lock.where)
 
     async def for_cluster(self, namespace: str, name: str | None) -> Store:
-        """The store of the EtcdCluster ``name`` (None: the operator's etcd)."""
+        """The store where a lock lives: ``name`` as :attr:`LockSpec.where` says it (an EtcdCluster's name,
+        an etcd the user runs, or None: the operator's etcd)."""
         if name is None:
             return self.default
+        outside = OutsideEtcd.from_where(name)
+        if outside is not None:
+            return await self.for_outside(namespace, outside)
         ref = (namespace, name)
         async with self._locks.setdefault(ref, asyncio.Lock()):
             cluster = await self._read(namespace, name)
@@ -95,6 +140,31 @@ class Stores:
             self._clusters[ref] = (uid, store)
             return store
 
+    async def for_outside(self, namespace: str, etcd: OutsideEtcd) -> Store:
+        """The store of an etcd the user runs, as ``namespace`` reaches it (with its own Secret only)."""
+        async with self._locks.setdefault((namespace, etcd), asyncio.Lock()):
+            current = self._current.get((namespace, etcd))
+            if current is not None and current in self._outside:
+                return self._outside[current]
+            now = asyncio.get_running_loop().time()
+            failed = self._failed.get((namespace, etcd))
+            if failed is not None and now - failed[0] < FAILED_FOR:
+                raise type(failed[1])(str(failed[1]))
+            try:
+                credentials = await self._secret(namespace, etcd)
+                ref = (namespace, etcd, credentials.digest if credentials else "")
+                store = await self._connect_outside(namespace, etcd, credentials)
+            except StoreNotReady as exc:
+                self._failed[(namespace, etcd)] = (now, exc)
+                raise
+            self._failed.pop((namespace, etcd), None)
+            self._outside[ref] = store
+            self._current[(namespace, etcd)] = ref
+            if etcd.secret is not None:
+                task = asyncio.create_task(self._recheck(ref), name=f"secret-{namespace}/{etcd.secret}")
+                self._rechecks[ref] = task
+            return store
+
     def retire(self, namespace: str, name: str) -> None:
         """The EtcdCluster is being rebuilt from a backup, or its client certificate was renewed: its store
         is retired (its users, told by :attr:`Store.retired`, resolve the store again, and get a new one
@@ -102,11 +172,77 @@ class Stores:
         Its client stays open :data:`RETIRED_GRACE` seconds more: holds may still be leaving it."""
         known = self._clusters.pop((namespace, name), None)
         if known is not None:
-            known[1].retired.set()
-            self._retired.append(known[1])
-            task = asyncio.create_task(self._close_later(known[1]))
-            self._closing.add(task)
-            task.add_done_callback(self._closing.discard)
+            self._retire(known[1])
+
+    def _retire(self, store: Store) -> None:
+        store.retired.set()
+        self._retired.append(store)
+        task = asyncio.create_task(self._close_later(store))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def _secret(self, namespace: str, etcd: OutsideEtcd) -> SecretCredentials | None:
+        """What the lock's Secret gives (None if it names none); read from the lock's namespace only."""
+        if etcd.secret is None:
+            return None
+        try:
+            found = await self._kube.call(self._kube.core.read_namespaced_secret, etcd.secret, namespace)
+        except OperatorError as exc:
+            raise SecretUnreadable(
+                f"Secret {etcd.secret} (spec.etcd.secretRef) could not be read: {exc}"
+            ) from None
+        if found is None:
+            raise SecretNotFound(
+                f"Secret {etcd.secret} (spec.etcd.secretRef) does not exist in namespace {namespace}"
+            )
+        return SecretCredentials.of(etcd, found)
+
+    async def _connect_outside(
+        self, namespace: str, etcd: OutsideEtcd, credentials: SecretCredentials | None
+    ) -> Store:
+        files = None
+        if credentials is not None and credentials.pems:
+            files = self._credentials.files(namespace, f"secret:{etcd.secret}", credentials.pems, ())
+        config = (credentials or SecretCredentials()).config(etcd, files)
+        client = EtcdClient(config)
+        try:
+            if self.default.fence is None:
+                await client.range(_epoch_key(namespace))  # the credentials work, as a fence would show
+                return Store(client, None, self.leadership)
+            fence = await _claim(
+                client, self.default, _epoch_key(namespace), f"the etcd at {etcd.describe()}"
+            )
+            return Store(client, fence, self.leadership)
+        except EtcdDenied as exc:
+            await client.close()
+            raise EtcdAccessDenied(
+                f"etcd at {etcd.describe()} refuses the credentials given: {exc}"
+            ) from None
+        except EtcdError as exc:
+            await client.close()
+            raise EtcdNotReachable(f"etcd at {etcd.describe()} cannot be reached: {exc}") from None
+        except BaseException:
+            await client.close()
+            raise
+
+    async def _recheck(self, ref: Outside) -> None:
+        """Read the store's Secret again every ``secret_recheck`` seconds; retire the store once its content
+        changed or it is gone (an API that does not answer changes nothing)."""
+        namespace, etcd, digest = ref
+        while True:
+            await asyncio.sleep(self._secret_recheck)
+            try:
+                now = await self._secret(namespace, etcd)
+            except SecretUnreadable:
+                continue
+            except (SecretNotFound, SecretInvalid):
+                now = None
+            if now is None or now.digest != digest:
+                break
+        store = self._outside.pop(ref)
+        self._rechecks.pop(ref, None)
+        log.info("Secret %s/%s changed or went: its etcd client is retired", namespace, etcd.secret)
+        self._retire(store)
 
     async def _close_later(self, store: Store) -> None:
         await asyncio.sleep(RETIRED_GRACE)
@@ -145,12 +281,16 @@ class Stores:
         return cluster
 
     async def close(self) -> None:
-        for task in list(self._closing):
+        tasks = [*self._closing, *self._rechecks.values()]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._closing, return_exceptions=True)
-        for store in [*(store for _, store in self._clusters.values()), *self._retired]:
+        await asyncio.gather(*tasks, return_exceptions=True)
+        clusters = (store for _, store in self._clusters.values())
+        for store in [*clusters, *self._outside.values(), *self._retired]:
             await store.etcd.close()
         self._clusters.clear()
+        self._outside.clear()
+        self._rechecks.clear()
         self._retired.clear()
         if self._own_credentials:
             self._credentials.close()
@@ -161,19 +301,29 @@ async def claim_epoch(cluster: EtcdClient, leader: Store, name: str) -> Fence:
 
     :class:`Fenced` if this replica no longer leads, or a newer leader's epoch is there already.
     """
+    try:
+        return await _claim(cluster, leader, EPOCH_KEY, f"EtcdCluster {name}")
+    except EtcdError as exc:
+        raise ClusterNotReady(f"EtcdCluster {name} cannot be reached: {exc}") from None
+
+
+def _epoch_key(namespace: str) -> bytes:
+    """The epoch key of a namespace's locks on an etcd the user runs."""
+    return EPOCH_KEY + b"/" + namespace.encode()
+
+
+async def _claim(cluster: EtcdClient, leader: Store, key: bytes, where: str) -> Fence:
+    """:func:`claim_epoch` of ``key``; an etcd error is raised as it is."""
     if leader.fence is None or not await leader.confirmed():
         raise Fenced("this replica no longer leads")
     epoch = f"{leader.fence.revision:020d}".encode()
-    put = [put_op(EPOCH_KEY, epoch)]
-    try:
-        response = await cluster.txn([create_revision_is(EPOCH_KEY, 0)], put)
-        if not response.succeeded:
-            response = await cluster.txn([value_is_less(EPOCH_KEY, epoch)], put, [range_op(EPOCH_KEY)])
-        if not response.succeeded:
-            (current,) = response.responses[0].response_range.kvs
-            if current.value != epoch:
-                raise Fenced(f"a newer leader's epoch is in EtcdCluster {name}")
-            return Fence(EPOCH_KEY, int(current.mod_revision), epoch=True)  # this term's, written before
-    except EtcdError as exc:
-        raise ClusterNotReady(f"EtcdCluster {name} cannot be reached: {exc}") from None
-    return Fence(EPOCH_KEY, int(response.header.revision), epoch=True)
+    put = [put_op(key, epoch)]
+    response = await cluster.txn([create_revision_is(key, 0)], put)
+    if not response.succeeded:
+        response = await cluster.txn([value_is_less(key, epoch)], put, [range_op(key)])
+    if not response.succeeded:
+        (current,) = response.responses[0].response_range.kvs
+        if current.value != epoch:
+            raise Fenced(f"a newer leader's epoch is in {where}")
+        return Fence(key, int(current.mod_revision), epoch=True)  # this term's, written before
+    return Fence(key, int(response.header.revision), epoch=True)

@@ -163,7 +163,7 @@ def _moves(request: dict[str, Any]) -> bool:
     if request.get("operation") != "UPDATE" or not isinstance(old, dict):
         return True
     new_spec, old_spec = (request.get("object") or {}).get("spec") or {}, old.get("spec") or {}
-    return any(new_spec.get(field) != old_spec.get(field) for field in ("key", "clusterRef"))
+    return any(new_spec.get(field) != old_spec.get(field) for field in ("key", "clusterRef", "etcd"))
 
 
 def lock_refusal(lock: dict[str, Any], namespace: str, rules: LockRules, stored: list[dict[str, Any]]) -> str:

@@ -341,7 +341,7 @@ class PodHold:
         ttl = lock.pod_ttl(self._context.rules)
         self._session = await store.persist(lambda: Session(store.etcd, ttl, fence=store.fence).start())
         self._lease = self._session.lease_id
-        where = {LEASE_ANNOTATION: format(self._lease, "x"), CLUSTER_ANNOTATION: lock.cluster}
+        where = {LEASE_ANNOTATION: format(self._lease, "x"), CLUSTER_ANNOTATION: lock.where}
         if not await self._write(where):
             await self._session.close()  # a lease for a pod that is gone: no key under it yet
             self._session = self._lease = None
