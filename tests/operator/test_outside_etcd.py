@@ -38,6 +38,7 @@ from test_pods import create_pod, finish, gated, held, note, read_pod
 from etcdlock.operator.config import WebhookSettings
 from etcdlock.operator.names import (
     CLUSTER_ANNOTATION,
+    ERROR,
     MESSAGE_ANNOTATION,
     RELEASED,
     STATE_ANNOTATION,
@@ -370,6 +371,32 @@ def test_rotated_credentials_are_used_without_a_restart_and_holds_carry_over(
     eventually(lambda: read_pod(api, ns, "after-rotation"), held, "the next pod holding, with the new user")
     eventually(lambda: status_of(api, ns, lock), is_ready, "the lock served with the new user")
     finish(api, ns, "after-rotation")
+
+
+def test_credentials_revoked_under_a_holding_pod_are_said_as_its_lost_hold(
+    served: Served, users: LocalEtcd
+) -> None:
+    """The etcd admin deletes the user a holding pod's lease was kept with (the Secret still names it): the
+    lease's renewals are refused, so the pod lost the lock, and it is told so with the refusal (its key
+    cannot be deleted nor its lease revoked with those credentials: the lease expires by itself)."""
+    api, ns, lock = served.api, served.namespace, "revoked"
+    etcdctl_ok(users, *ROOT_USER, "user", "add", "revokee:revokeepw", "--interactive=false")
+    etcdctl_ok(users, *ROOT_USER, "user", "grant-role", "revokee", "locks")
+    served.secret("revokee", {"username": "revokee", "password": "revokeepw"})
+    spec = {"etcd": {"endpoints": users.endpoints, "secretRef": {"name": "revokee"}}, "ttlSeconds": 5}
+    create_lock(api, ns, lock, spec)
+    create_pod(api, ns, "revoked-worker", lock)
+    eventually(lambda: read_pod(api, ns, "revoked-worker"), held, "the pod holding")
+    etcdctl_ok(users, *ROOT_USER, "user", "delete", "revokee")
+    pod = eventually(
+        lambda: read_pod(api, ns, "revoked-worker"),
+        lambda p: note(p, STATE_ANNOTATION) == ERROR,
+        "the lost hold said",
+    )
+    message = note(pod, MESSAGE_ANNOTATION) or ""
+    assert message.startswith(f"lost {lock}") and "internal error" not in message, message
+    event_reasons(api, ns, "revoked-worker", "LockLost")
+    finish(api, ns, "revoked-worker")
 
 
 def test_a_lock_naming_both_a_cluster_and_an_etcd_is_refused(served: Served, plain: LocalEtcd) -> None:

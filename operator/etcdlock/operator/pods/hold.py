@@ -415,13 +415,30 @@ class PodHold:
         if store is None:
             log.warning("pod %s/%s: its etcd cannot be reached; its lease expires by itself", *self.ref)
             return await self._context.stores.default.confirmed()
-        if self._waiter is not None and self._waiter.token is not None and store is self._store:
-            with contextlib.suppress(SessionLost):
-                await self._waiter.give_back()
-        elif not await store.confirmed():
-            return False
-        await self._revoke(store)
+        try:
+            if self._waiter is not None and self._waiter.token is not None and store is self._store:
+                with contextlib.suppress(SessionLost):
+                    await self._waiter.give_back()
+            elif not await store.confirmed():
+                return False
+            await self._revoke(store)
+        except EtcdError as exc:
+            # Not transient: the pod's etcd refuses the operator (its credentials were revoked, say).
+            log.warning(
+                "pod %s/%s: its etcd refuses the operator (%s); its lease expires by itself", *self.ref, exc
+            )
+            await self._forget_lease()
+            return await self._context.stores.default.confirmed()
         return True
+
+    async def _leads(self, store: Store) -> bool:
+        """Whether this replica still leads, as the pod's etcd confirms; as the operator's own etcd does
+        when the pod's etcd refuses the operator (its credentials revoked, say), which it then cannot tell."""
+        try:
+            return await store.confirmed()
+        except EtcdError as exc:
+            log.warning("pod %s/%s: its etcd refuses the operator (%s)", *self.ref, exc)
+            return await self._context.stores.default.confirmed()
 
     async def _orphan(self) -> None:
         """Stop renewing the pod's lease without revoking it (the next leader adopts it)."""
@@ -434,6 +451,11 @@ class PodHold:
         await self._orphan()
         with contextlib.suppress(LeaseNotFound):
             await store.persist(lambda: store.etcd.revoke(lease))
+        await self._forget_lease()
+
+    async def _forget_lease(self) -> None:
+        """Stop renewing the pod's lease and forget it (revoked, or left to expire by itself)."""
+        await self._orphan()
         self._session = self._waiter = None
         self._lease = None
 
@@ -466,7 +488,7 @@ class PodHold:
         policy says so (state Evicting until it is gone; else Error); unless this replica was deposed
         (:class:`Fenced`: it is not for it to say, the next leader may hold the very same lease for the
         pod)."""
-        if not await self._ready_store.confirmed():
+        if not await self._leads(self._ready_store):
             log.info("pod %s/%s: %s; left to the leader", *self.ref, message)
             raise Fenced("this replica no longer leads")
         try:
