@@ -92,6 +92,28 @@ def test_a_distributed_locks_name_gets_its_key_from_the_kube_context(
     assert [h["holder"] for h in cli.status(key)["holders"]] == ["hint-test"]
 
 
+@pytest.mark.parametrize(
+    ("where", "said"),
+    [
+        ({"clusterRef": {"name": "locks-etcd"}}, "the etcd of EtcdCluster locks-etcd"),
+        (
+            {"etcd": {"endpoints": ["https://etcd-a.db.svc:2379", "https://etcd-b.db.svc:2379"]}},
+            "the etcd at https://etcd-a.db.svc:2379,https://etcd-b.db.svc:2379",
+        ),
+    ],
+)
+def test_the_hint_names_the_etcd_that_keeps_a_lock_outside_the_operators(
+    cli: Cli, kube: ApiClient, namespace: str, context: Path, where: dict[str, object], said: str
+) -> None:
+    name = f"far-{uuid.uuid4().hex[:8]}"
+    create_lock(kube, namespace, name, where)
+    key = f"/etcdlock/locks/{namespace}/{name}"
+    assert status_stderr(cli, name, context) == [
+        f"etcdlock: no keys under {name}/; DistributedLock {namespace}/{name} in kube context {CONTEXT} "
+        f"keeps its lock at {key} in {said}: etcdlock status {key}"
+    ]
+
+
 def test_a_name_with_no_distributed_lock_in_the_context_gets_the_generic_hint(
     cli: Cli, kube: ApiClient, namespace: str, context: Path
 ) -> None:

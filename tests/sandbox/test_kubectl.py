@@ -625,7 +625,11 @@ def test_every_example_applies_after_the_crds(kubectl: Kubectl) -> None:
         "etcdcluster.etcdlock.io/locks-etcd created",
     ):
         assert expected in created, created
-    assert sum(line.startswith("distributedlock.etcdlock.io/") for line in created) == 3
+    examples = sorted((root / "examples").glob("*.yaml"))
+    documents = [d for f in examples for d in yaml.safe_load_all(f.read_text()) if d]
+    assert len(created) == len(documents), created  # one "created" line each
+    locks = sum(d["kind"] == "DistributedLock" for d in documents)
+    assert sum(line.startswith("distributedlock.etcdlock.io/") for line in created) == locks
 
 
 def read_lines(process: subprocess.Popen[str], count: int, until: str = "") -> list[str]:

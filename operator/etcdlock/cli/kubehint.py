@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from etcdlock.operator.locks import LockSpec
 from etcdlock.operator.names import GROUP, LOCKS, VERSION
 
 log = logging.getLogger(__name__)
@@ -43,7 +42,8 @@ class LockInKube:
     namespace: str
     name: str
     key: str
-    cluster: str | None
+    etcd: str
+    """Which etcd keeps it, in words: empty for the operator's own."""
 
 
 async def find_lock(name: str, timeout: float = TIMEOUT) -> LockInKube | None:
@@ -66,8 +66,11 @@ def _kubeconfig_exists() -> bool:
 
 
 def _look_up(name: str, timeout: float) -> LockInKube:
-    """Blocking: the kubernetes client (loaded here, within the time bound), in a thread of its own."""
+    """Blocking: the kubernetes client and the operator's lock rules (loaded here, within the time bound:
+    both need the ``operator`` extra), in a thread of its own."""
     import kubernetes
+
+    from etcdlock.operator.locks import LockSpec
 
     config: Any = kubernetes.config  # these functions carry no type hints
     _, active = config.list_kube_config_contexts()
@@ -81,7 +84,11 @@ def _look_up(name: str, timeout: float) -> LockInKube:
             GROUP, VERSION, namespace, LOCKS, name, _request_timeout=timeout
         )
     spec = LockSpec.parse(namespace, name, lock.get("spec") or {})
-    return LockInKube(context, namespace, name, spec.key, spec.cluster)
+    if spec.etcd is not None:
+        etcd = f"the etcd at {','.join(spec.etcd.endpoints)}"
+    else:
+        etcd = f"the etcd of EtcdCluster {spec.cluster}" if spec.cluster else ""
+    return LockInKube(context, namespace, name, spec.key, etcd)
 
 
 async def _in_daemon_thread(call: Callable[[], T], timeout: float) -> T:

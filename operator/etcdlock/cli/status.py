@@ -109,7 +109,7 @@ async def _hint_no_keys(name: str) -> None:
             "(see kubectl get dlock -A)"
         )
     else:
-        where = f" in the etcd of EtcdCluster {found.cluster}" if found.cluster else ""
+        where = f" in {found.etcd}" if found.etcd else ""
         hint = (
             f"no keys under {name}/; DistributedLock {found.namespace}/{found.name} in kube context "
             f"{found.context} keeps its lock at {found.key}{where}: etcdlock status {found.key}"
