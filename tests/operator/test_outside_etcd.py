@@ -392,6 +392,7 @@ def test_credentials_revoked_under_a_holding_pod_are_said_as_its_lost_hold(
         lambda: read_pod(api, ns, "revoked-worker"),
         lambda p: note(p, STATE_ANNOTATION) == ERROR,
         "the lost hold said",
+        3 * BOUND,  # the refused renewals are found out within the lease's TTL (15 s: three leader TTLs)
     )
     message = note(pod, MESSAGE_ANNOTATION) or ""
     assert message.startswith(f"lost {lock}") and "internal error" not in message, message
