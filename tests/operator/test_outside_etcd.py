@@ -39,6 +39,7 @@ from etcdlock.operator.config import WebhookSettings
 from etcdlock.operator.names import (
     CLUSTER_ANNOTATION,
     ERROR,
+    LEASE_ANNOTATION,
     MESSAGE_ANNOTATION,
     RELEASED,
     STATE_ANNOTATION,
@@ -373,26 +374,25 @@ def test_rotated_credentials_are_used_without_a_restart_and_holds_carry_over(
     finish(api, ns, "after-rotation")
 
 
-def test_credentials_revoked_under_a_holding_pod_are_said_as_its_lost_hold(
+def test_a_hold_lost_in_an_etcd_that_refuses_the_operator_is_said_as_lost(
     served: Served, users: LocalEtcd
 ) -> None:
-    """The etcd admin deletes the user a holding pod's lease was kept with (the Secret still names it): the
-    lease's renewals are refused, so the pod lost the lock, and it is told so with the refusal (its key
-    cannot be deleted nor its lease revoked with those credentials: the lease expires by itself)."""
+    """The etcd admin deletes the user a holding pod's lease was kept with (the Secret still names it),
+    then revokes the lease: the pod lost the lock, and it is told so, although the operator can neither
+    confirm its leadership in that etcd nor delete anything there any more."""
     api, ns, lock = served.api, served.namespace, "revoked"
     etcdctl_ok(users, *ROOT_USER, "user", "add", "revokee:revokeepw", "--interactive=false")
     etcdctl_ok(users, *ROOT_USER, "user", "grant-role", "revokee", "locks")
     served.secret("revokee", {"username": "revokee", "password": "revokeepw"})
-    spec = {"etcd": {"endpoints": users.endpoints, "secretRef": {"name": "revokee"}}, "ttlSeconds": 5}
-    create_lock(api, ns, lock, spec)
+    create_lock(api, ns, lock, {"etcd": {"endpoints": users.endpoints, "secretRef": {"name": "revokee"}}})
     create_pod(api, ns, "revoked-worker", lock)
-    eventually(lambda: read_pod(api, ns, "revoked-worker"), held, "the pod holding")
+    pod = eventually(lambda: read_pod(api, ns, "revoked-worker"), held, "the pod holding")
     etcdctl_ok(users, *ROOT_USER, "user", "delete", "revokee")
+    etcdctl_ok(users, *ROOT_USER, "lease", "revoke", note(pod, LEASE_ANNOTATION) or "")
     pod = eventually(
         lambda: read_pod(api, ns, "revoked-worker"),
         lambda p: note(p, STATE_ANNOTATION) == ERROR,
         "the lost hold said",
-        3 * BOUND,  # the refused renewals are found out within the lease's TTL (15 s: three leader TTLs)
     )
     message = note(pod, MESSAGE_ANNOTATION) or ""
     assert message.startswith(f"lost {lock}") and "internal error" not in message, message
