@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -272,3 +274,31 @@ def test_kill_grace_inf_never_kills_and_a_cmd_that_stops_on_sigterm_ends_with_ex
     assert marker.read_text() == "term\n"
     lines = runner.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("etcdlock: lock lost"), runner.stderr
+
+
+# A Ctrl-C that lands while the command is still loading (gRPC and the engine: a moment, longer on a busy
+# machine): the signal is sent, for real, at the moment the command's modules are imported.
+CTRL_C_WHILE_LOADING = """
+import builtins, os, signal, sys
+load = builtins.__import__
+def interrupted_while_loading(name, *args, **kwargs):
+    if name == "etcdlock.cli.main":
+        os.kill(os.getpid(), signal.SIGINT)
+    return load(name, *args, **kwargs)
+builtins.__import__ = interrupted_while_loading
+sys.argv = ["etcdlock", "--endpoints", "http://127.0.0.1:1", "status", "x"]
+from etcdlock.cli import main
+main()
+"""
+
+
+def test_ctrl_c_while_the_command_loads_is_one_line_not_a_traceback() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", CTRL_C_WHILE_LOADING],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=clean_env(),
+        check=False,
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (1, "", "etcdlock: interrupted\n")

@@ -189,7 +189,3 @@ def _configure_logging(command: str, verbosity: int) -> None:
 def _fail(message: str, code: int) -> int:
     print(f"etcdlock: {message}", file=sys.stderr, flush=True)
     return code
-
-
-def main() -> NoReturn:
-    sys.exit(run(sys.argv[1:]))
