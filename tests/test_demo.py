@@ -53,6 +53,11 @@ def test_demo_prints_hand_offs_in_etcd_order_and_its_hints_work_in_a_new_shell(t
         assert shell.returncode == 0, output
         assert re.search(r"^nightly-report +0/1 +SchedulingGated ", output, re.MULTILINE), output
         assert output.count("condition met") == 3, output
+        assert re.search(r"^nightly-report +0/1 +SchedulingGated .* Waiting$", output, re.MULTILINE), output
+        assert re.search(r"^1 +holding +me ", output, re.MULTILINE), output  # kubectl etcdlock queue
+        assert re.search(r"^2 +waiting +pod/default/nightly-report ", output, re.MULTILINE), output
+        assert re.search(r'^\{"level":"\w+","ts":', output, re.MULTILINE), output  # an etcd member's log
+        assert re.search(r"^ +clusterRef\t<Object>", output, re.MULTILINE), output  # kubectl explain
         assert "etcdctl holds it too" in output
         assert "sandbox stopped" in output
 

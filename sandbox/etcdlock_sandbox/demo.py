@@ -30,6 +30,7 @@ import re
 import shlex
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -102,8 +103,20 @@ class Outside:
         self.name = name
         self._program = program
         self._process = subprocess.Popen(
-            command, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL
+            command,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
         )
+        threading.Thread(target=self._tell, name=f"{name}-stderr", daemon=True).start()
+
+    def _tell(self) -> None:
+        """Print what the client says on stderr (``etcdlock lock``: whom it waits behind), as its own."""
+        assert self._process.stderr is not None
+        for line in self._process.stderr:
+            print(f"  [{self.name}] {self._program} says: {line.rstrip()}", flush=True)
 
     def exited(self) -> str:
         """The line saying it exited with 0, once it did (within BOUND); else the demo stops."""
@@ -485,11 +498,15 @@ def hints(directory: Path, endpoints: str) -> str:
         ("kubectl apply -f examples/pod.yaml", "a pod annotated for the lock: the webhook gates it"),
         (f"kubectl wait pod/nightly-report --for=jsonpath='{{.metadata.annotations.{STATE}}}'={WAITING}", ""),
         ("kubectl get pod nightly-report", "STATUS SchedulingGated: it waits for the lock"),
+        (f"kubectl get pods -L {STATE_ANNOTATION}", "the state as a column (Waiting, Held...)"),
+        (f"kubectl etcdlock queue {LOCK}", "the kubectl plugin: who holds, who waits (locks -A: all)"),
         ("kill %1", "release the lock: the pod takes it, runs 5 s, releases it"),
         ("kubectl wait pod/nightly-report --for=jsonpath='{.status.phase}'=Succeeded --timeout=60s", ""),
         ("kubectl describe pod nightly-report", "Events: Waiting, Acquired, Released"),
         (f"etcdctl lock {KEY} -- echo etcdctl holds it too", "the same lock, from etcdctl"),
         (f"kubectl get etcd {CLUSTER} -o wide; kubectl get pods -o wide", "members and their addresses"),
+        (f"kubectl logs {CLUSTER}-0 --tail 3", "a member's etcd log"),
+        ("kubectl explain dlock.spec", "every field, from the CRD's schema"),
         (f"kubectl scale etcd {CLUSTER} --replicas=5", "scale out one learner at a time; then back to 3"),
         (f"kubectl delete pod {CLUSTER}-1", "kill a member: its StatefulSet starts it again"),
         ("kubectl get events --field-selector involvedObject.kind=EtcdCluster", ""),
