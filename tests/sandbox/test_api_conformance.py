@@ -320,6 +320,11 @@ def test_discovery_lists_the_builtin_kinds_the_project_touches(api: ApiClient) -
     assert core["pods"].namespaced
     assert core["configmaps"].kind == "ConfigMap"
     assert "pods/status" in core
+    # kubectl logs and kubectl drain (the Eviction API) look for these
+    assert core["pods/log"].verbs == ["get"]
+    eviction = core["pods/eviction"]
+    found = (eviction.group, eviction.version, eviction.kind, eviction.verbs)
+    assert found == ("policy", "v1", "Eviction", ["create"])
 
     groups = {g.name: g for g in client.ApisApi(api).get_api_versions().groups}
     expected = {

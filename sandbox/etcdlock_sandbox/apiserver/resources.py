@@ -48,6 +48,8 @@ class ResourceType:
     printer_columns: tuple[dict[str, Any], ...] = ()
     categories: tuple[str, ...] = ()
     extra_fields: Mapping[str, FieldGetter] = field(default_factory=dict)
+    # Other subresources served for this type (pods/log, pods/eviction), as discovery lists them.
+    subresources: tuple[Mapping[str, Any], ...] = ()
 
     @property
     def group_version(self) -> str:
@@ -99,6 +101,8 @@ class ResourceType:
                     "verbs": ["get", "patch", "update"],
                 }
             )
+        shared = {"singularName": "", "namespaced": self.namespaced}
+        entries.extend({**shared, **sub} for sub in self.subresources)
         return entries
 
 
@@ -119,6 +123,16 @@ BUILTINS: tuple[ResourceType, ...] = (
         status_subresource=True,
         categories=("all",),
         extra_fields={"status.phase": _path("status", "phase"), "spec.nodeName": _path("spec", "nodeName")},
+        subresources=(
+            {"name": "pods/log", "kind": "Pod", "verbs": ["get"]},
+            {
+                "name": "pods/eviction",
+                "group": "policy",
+                "version": "v1",
+                "kind": "Eviction",
+                "verbs": ["create"],
+            },
+        ),
     ),
     _builtin(
         "", "v1", "services", "Service", short_names=("svc",), status_subresource=True, categories=("all",)
