@@ -84,6 +84,31 @@ def test_the_place_of_a_lock_on_an_etcd_the_user_runs_is_written_and_read_back()
         OutsideEtcd.from_where('{"endpoints": "not a list"}')
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"endpoints": ["http://a:1"], "secretRef": "x"}',
+        '{"endpoints": ["http://a:1"], "secretRef": ["x"]}',
+        '{"endpoints": ["http://a:1"], "serverName": 7}',
+        '{"endpoints": [["http://a:1"]]}',
+        '{"endpoints": [{"url": "http://a:1"}]}',
+        '{"endpoints": ["http://a:99999"]}',
+        '{"endpoints": ["http://a:1"]',
+        "{}",
+        '{"\\ud800": 1}',
+        '{"a":' + "[" * 100_000,
+        '{"a":' + '{"b":' * 100_000,
+        '{"endpoints": ["http://a:1"], "pad": "' + "x" * 1_000_000 + '"}',
+        '{"endpoints": ["http://' + "a" * 600 + ':1"]}',
+    ],
+)
+def test_a_pods_cluster_annotation_that_describes_no_etcd_is_an_invalid_spec(text: str) -> None:
+    """The pod's owner may write anything in ``etcdlock.io/cluster``: whatever it is, it is refused as
+    invalid, never an error of another kind (which would stop the operator's takeover)."""
+    with pytest.raises(InvalidSpec, match="describes no etcd"):
+        OutsideEtcd.from_where(text)
+
+
 def test_an_operator_may_turn_outside_etcds_off_and_never_lets_a_lock_name_its_own() -> None:
     spec = {"etcd": {"endpoints": [ETCD_A]}}
     with pytest.raises(OutsideEtcdNotAllowed, match="--allow-outside-etcd=false"):
@@ -187,3 +212,26 @@ async def test_two_namespaces_naming_one_etcd_each_reach_it_with_their_own_secre
         await stores.for_outside(other, etcd)
     with pytest.raises(SecretNotFound, match=f"does not exist in namespace {other}"):
         await stores.for_outside(other, OutsideEtcd(tuple(auth_etcd.endpoints), "only-in-own"))
+
+
+async def test_a_pods_annotation_reaches_no_outside_etcd_the_operator_does_not_allow(
+    kubeconfig: Path, etcd: LocalEtcd, namespaces: tuple[str, str], auth_etcd: LocalEtcd
+) -> None:
+    """Pods name their lease's etcd themselves (``etcdlock.io/cluster``): the rules locks are held to hold
+    for that too, so the operator connects nowhere it would not for a lock."""
+    kube = Kube(kubernetes.config.new_client_from_config(config_file=str(kubeconfig)))
+    own = EtcdClient(EtcdConfig.parse(etcd.endpoints))
+    turned_off = Stores(Store(own, None, Leadership()), kube, rules=OutsideRules(allowed=False))
+    own_etcd = frozenset(OutsideEtcd(tuple(etcd.endpoints)).addresses)
+    not_own = Stores(Store(own, None, Leadership()), kube, rules=OutsideRules(own_etcd=own_etcd))
+    try:
+        elsewhere = OutsideEtcd(tuple(auth_etcd.endpoints))
+        with pytest.raises(OutsideEtcdNotAllowed, match="--allow-outside-etcd=false"):
+            await turned_off.for_cluster(namespaces[0], elsewhere.where)
+        with pytest.raises(OutsideEtcdNotAllowed, match="the operator's own etcd"):
+            await not_own.for_cluster(namespaces[0], OutsideEtcd(tuple(etcd.endpoints)).where)
+    finally:
+        await turned_off.close()
+        await not_own.close()
+        await own.close()
+        kube.close()

@@ -76,9 +76,7 @@ class OperatorContext:
             opened.push_async_callback(client.close)
             credentials = ClientCredentials()
             opened.callback(credentials.close)
-            stores = Stores(
-                Store(client, leadership.fence, leadership), kube, credentials, rules.outside.recheck
-            )
+            stores = Stores(Store(client, leadership.fence, leadership), kube, credentials, rules.outside)
             opened.push_async_callback(stores.close)
             locks = Locks(rules)
             listed_locks, listed_pods = await asyncio.gather(

@@ -37,6 +37,20 @@ class OutsideRules:
     own_etcd: frozenset[Address] = frozenset()
     recheck: float = float(DEFAULT_SECRET_RECHECK_INTERVAL)
 
+    def check(self, etcd: OutsideEtcd) -> None:
+        """:class:`OutsideEtcdNotAllowed` unless the operator may reach ``etcd`` for a lock (or a pod)."""
+        if not self.allowed:
+            raise OutsideEtcdNotAllowed(
+                "spec.etcd is turned off on this operator (--allow-outside-etcd=false): use clusterRef, or "
+                "neither (the operator's etcd)"
+            )
+        own = set(etcd.addresses) & self.own_etcd
+        if own:
+            host, port = sorted(own)[0]
+            raise OutsideEtcdNotAllowed(
+                f"spec.etcd names the operator's own etcd ({host}:{port}): leave spec.etcd out to use it"
+            )
+
 
 @dataclass(frozen=True)
 class LockRules:
@@ -50,17 +64,7 @@ class LockRules:
 
     def check_etcd(self, etcd: OutsideEtcd) -> None:
         """:class:`OutsideEtcdNotAllowed` unless a lock may name this etcd in ``spec.etcd``."""
-        if not self.outside.allowed:
-            raise OutsideEtcdNotAllowed(
-                "spec.etcd is turned off on this operator (--allow-outside-etcd=false): use clusterRef, or "
-                "neither (the operator's etcd)"
-            )
-        own = set(etcd.addresses) & self.outside.own_etcd
-        if own:
-            host, port = sorted(own)[0]
-            raise OutsideEtcdNotAllowed(
-                f"spec.etcd names the operator's own etcd ({host}:{port}): leave spec.etcd out to use it"
-            )
+        self.outside.check(etcd)
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,10 @@ from etcdlock.operator.errors import InvalidSpec, SecretInvalid
 
 USERNAME, PASSWORD = "username", "password"
 MAX_ENDPOINTS = 16
+MAX_URL = 512  # as the CRD's schema says
+# The longest ``etcdlock.io/cluster`` read as a description of an etcd: more than any valid ``spec.etcd``
+# writes (16 URLs of 512 characters, two names of 253), far less than what makes parsing it costly.
+MAX_WHERE = 16 * 1024
 _DNS_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 Address = tuple[str, int]
 
@@ -56,7 +60,10 @@ class OutsideEtcd:
         endpoints = tuple(_endpoint(url) for url in urls)
         if len({e.scheme for e in endpoints}) > 1:
             raise InvalidSpec("spec.etcd.endpoints mix http:// and https://")
-        secret = (spec.get("secretRef") or {}).get("name")
+        ref = spec.get("secretRef")
+        if ref is not None and not isinstance(ref, dict):
+            raise InvalidSpec("spec.etcd.secretRef must be an object naming a Secret")
+        secret = (ref or {}).get("name")
         if secret is not None and (not isinstance(secret, str) or not _DNS_NAME.match(secret)):
             raise InvalidSpec(f"spec.etcd.secretRef.name must be the name of a Secret, not {secret!r}")
         server_name = spec.get("serverName")
@@ -90,22 +97,34 @@ class OutsideEtcd:
 
     @classmethod
     def from_where(cls, text: str) -> OutsideEtcd | None:
-        """The etcd ``text`` (see :attr:`where`) describes; None if it names an EtcdCluster instead."""
-        if not text.startswith("{"):
+        """The etcd ``text`` (see :attr:`where`) describes; None if it names an EtcdCluster instead.
+
+        Whoever may edit the pod may write anything there: whatever it is (too long, nested too deep, of
+        another shape), it is :class:`InvalidSpec`, never another error."""
+        if not describes_etcd(text):
             return None
         try:
+            if len(text) > MAX_WHERE:
+                raise InvalidSpec(f"longer than {MAX_WHERE} characters")
             return cls.parse(json.loads(text))
-        except ValueError:  # InvalidSpec too: a value written by hand
-            raise InvalidSpec(f"{text!r} describes no etcd") from None
+        except (ValueError, RecursionError):  # InvalidSpec too
+            raise InvalidSpec(f"{text[:80]!r}... describes no etcd") from None
 
     def describe(self) -> str:
         return ",".join(self.endpoints)
 
 
+def describes_etcd(where: str) -> bool:
+    """Whether a pod's ``etcdlock.io/cluster`` describes an etcd the user runs (not an EtcdCluster's name)."""
+    return where.startswith("{")
+
+
 def _endpoint(url: Any) -> Endpoint:
     """One client URL, with its scheme and port spelt out (a default would be a guess here)."""
     if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-        raise InvalidSpec(f"spec.etcd.endpoints: {url!r} must start with http:// or https://")
+        raise InvalidSpec(f"spec.etcd.endpoints: {str(url)[:80]!r} must start with http:// or https://")
+    if len(url) > MAX_URL:
+        raise InvalidSpec(f"spec.etcd.endpoints: {url[:80]!r}... is longer than {MAX_URL} characters")
     try:
         endpoint = Endpoint.parse(url)
         explicit_port = urlsplit(url).port is not None

@@ -19,7 +19,9 @@ reached with what the Secret of the lock's namespace gives, and nothing of the o
 serves another namespace. Its epoch key is the namespace's own, ``/etcdlock/operator/epoch/<namespace>``
 (the etcd user of each namespace needs that one key, not everyone's). The Secret is read again every
 ``recheck`` seconds (the operator may only ``get`` Secrets by name: nothing tells it of a change); when
-its content changed or it is gone, the store is retired as above, and its users resolve it again.
+its content changed or it is gone, the store is retired as above, and its users resolve it again. Such an
+etcd is reached only as the operator's rules allow a lock (:class:`~etcdlock.operator.locks.OutsideRules`),
+whoever names it: a pod's ``etcdlock.io/cluster`` names one too, and the pod's owner may write it.
 """
 
 from __future__ import annotations
@@ -33,7 +35,6 @@ from typing import Any, TypeVar
 from etcdlock.etcd import EtcdClient, EtcdConfig, EtcdDenied, EtcdError, Fence, Fenced
 from etcdlock.etcd.requests import create_revision_is, put_op, range_op, value_is_less
 from etcdlock.operator.conditions import find
-from etcdlock.operator.config import DEFAULT_SECRET_RECHECK_INTERVAL
 from etcdlock.operator.credentials import ClientCredentials
 from etcdlock.operator.errors import (
     ClusterNotReady,
@@ -47,7 +48,7 @@ from etcdlock.operator.errors import (
 )
 from etcdlock.operator.kube import Kube
 from etcdlock.operator.leadership import Leadership
-from etcdlock.operator.locks import LockSpec
+from etcdlock.operator.locks import LockSpec, OutsideRules
 from etcdlock.operator.names import CLUSTERS, client_secret
 from etcdlock.operator.outside import OutsideEtcd, SecretCredentials
 
@@ -95,14 +96,14 @@ class Stores:
         default: Store,
         kube: Kube,
         credentials: ClientCredentials | None = None,
-        secret_recheck: float = float(DEFAULT_SECRET_RECHECK_INTERVAL),
+        rules: OutsideRules | None = None,
     ) -> None:
         self.default = default
         self.leadership = default.leadership
         self._kube = kube
         self._own_credentials = credentials is None
         self._credentials = credentials or ClientCredentials()
-        self._secret_recheck = secret_recheck
+        self._rules = rules or OutsideRules()
         self._closing: set[asyncio.Task[None]] = set()
         self._clusters: dict[tuple[str, str], tuple[str, Store]] = {}
         self._locks: dict[object, asyncio.Lock] = {}
@@ -141,21 +142,26 @@ class Stores:
             return store
 
     async def for_outside(self, namespace: str, etcd: OutsideEtcd) -> Store:
-        """The store of an etcd the user runs, as ``namespace`` reaches it (with its own Secret only)."""
+        """The store of an etcd the user runs, as ``namespace`` reaches it (with its own Secret only).
+
+        :class:`OutsideEtcdNotAllowed` where the operator's rules allow a lock no such etcd: a pod's
+        ``etcdlock.io/cluster`` names one too, and it is held to the same rules."""
+        self._rules.check(etcd)
         async with self._locks.setdefault((namespace, etcd), asyncio.Lock()):
             current = self._current.get((namespace, etcd))
             if current is not None and current in self._outside:
                 return self._outside[current]
-            now = asyncio.get_running_loop().time()
+            loop = asyncio.get_running_loop()
             failed = self._failed.get((namespace, etcd))
-            if failed is not None and now - failed[0] < FAILED_FOR:
+            if failed is not None and loop.time() - failed[0] < FAILED_FOR:
                 raise type(failed[1])(str(failed[1]))
             try:
                 credentials = await self._secret(namespace, etcd)
                 ref = (namespace, etcd, credentials.digest if credentials else "")
                 store = await self._connect_outside(namespace, etcd, credentials)
             except StoreNotReady as exc:
-                self._failed[(namespace, etcd)] = (now, exc)
+                # From the attempt's end: an attempt may take a request timeout, longer than FAILED_FOR.
+                self._failed[(namespace, etcd)] = (loop.time(), exc)
                 raise
             self._failed.pop((namespace, etcd), None)
             self._outside[ref] = store
@@ -230,7 +236,7 @@ class Stores:
         changed or it is gone (an API that does not answer changes nothing)."""
         namespace, etcd, digest = ref
         while True:
-            await asyncio.sleep(self._secret_recheck)
+            await asyncio.sleep(self._rules.recheck)
             try:
                 now = await self._secret(namespace, etcd)
             except SecretUnreadable:

@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
-from etcdlock.etcd import Fenced
 from etcdlock.etcd.keeper import LeaseKeeper
-from etcdlock.operator.errors import OperatorError
 from etcdlock.operator.kube import LIST_TIMEOUT, Kube, retrying
 from etcdlock.operator.names import (
     CLUSTER_ANNOTATION,
@@ -27,6 +25,7 @@ from etcdlock.operator.names import (
     STATE_ANNOTATION,
     WAITING_STATES,
 )
+from etcdlock.operator.outside import describes_etcd
 from etcdlock.operator.pods import annotations_of, parse_lease
 from etcdlock.operator.pods.api import Pod
 from etcdlock.operator.stores import Stores
@@ -34,6 +33,11 @@ from etcdlock.operator.stores import Stores
 log = logging.getLogger(__name__)
 
 WINDOW = 60.0
+# How long a new leader tries to reach each etcd the pods name, at most, before it renews the leases there.
+PLACE_WAIT = 3.0
+
+# Where pods' leases live: None for the operator's etcd, else a namespace and its pods' cluster annotation.
+Place = tuple[str, str] | None
 
 
 async def list_pods(kube: Kube, namespaces: Sequence[str]) -> list[Pod]:
@@ -48,27 +52,22 @@ class Takeover:
     def __init__(self, stores: Stores, interval: float) -> None:
         self._stores = stores
         self._interval = interval
-        self._keepers: dict[tuple[str, str] | None, LeaseKeeper] = {}
+        self._keepers: dict[Place, LeaseKeeper] = {}
         self._kept: dict[int, LeaseKeeper] = {}
         self._expiry: asyncio.TimerHandle | None = None
 
     async def start(self, pods: Iterable[Pod]) -> int:
         """Renew the lease of every pod of ``pods`` (see :func:`list_pods`) that waits for or holds a lock;
-        how many were found."""
-        for pod in pods:
-            annotations = annotations_of(pod)
-            lease = parse_lease(annotations.get(LEASE_ANNOTATION))
-            if lease is None or not annotations.get(LOCK_ANNOTATION):
-                continue
-            if annotations.get(STATE_ANNOTATION) not in (*WAITING_STATES, HELD):
-                continue
-            namespace = str(pod["metadata"].get("namespace") or "")
-            cluster = annotations.get(CLUSTER_ANNOTATION) or None
-            keeper = await self._keeper(namespace, cluster)
-            if keeper is not None:
-                self._kept[lease] = keeper
-        for keeper in set(self._kept.values()):
-            keeper.keep(lease for lease, kept in self._kept.items() if kept is keeper)
+        how many were found.
+
+        The leases in the operator's etcd and in EtcdClusters are renewed first, before any etcd a pod's
+        annotation names outside them is tried: a pod's owner writes that annotation, and such an etcd may be
+        down. Each etcd is tried once, all at once, for :data:`PLACE_WAIT` at most; the leases of one that
+        cannot be reached are left to the pods' holds."""
+        wanted = _leases_by_place(pods)
+        ours = [place for place in wanted if place is None or not describes_etcd(place[1])]
+        await self._keep(ours, wanted)
+        await self._keep([place for place in wanted if place not in ours], wanted)
         self._expiry = asyncio.get_running_loop().call_later(WINDOW, self._expire)
         return len(self._kept)
 
@@ -94,13 +93,51 @@ class Takeover:
         for keeper in self._keepers.values():
             await keeper.close()
 
-    async def _keeper(self, namespace: str, cluster: str | None) -> LeaseKeeper | None:
-        place = (namespace, cluster) if cluster else None
-        if place not in self._keepers:
+    async def _keep(self, places: Sequence[Place], wanted: Mapping[Place, list[int]]) -> None:
+        """Renew the leases ``wanted`` in each of ``places``, all reached at once."""
+        await asyncio.gather(*(self._keep_in(place, wanted[place]) for place in places))
+
+    async def _keep_in(self, place: Place, leases: list[int]) -> None:
+        keeper = await self._keeper(place)
+        if keeper is None:
+            return
+        for lease in leases:
+            self._kept[lease] = keeper
+        keeper.keep(leases)
+
+    async def _keeper(self, place: Place) -> LeaseKeeper | None:
+        """A keeper on the etcd of ``place`` (None: the operator's; else a namespace and its pods' cluster
+        annotation); None if it cannot be used now (logged)."""
+        if place is None:
+            store = self._stores.default
+        else:
+            namespace, cluster = place
+            where = f"{cluster[:80]!r} (namespace {namespace})"
             try:
-                store = await self._stores.for_cluster(namespace, cluster)
-            except (OperatorError, Fenced) as exc:
-                log.info("takeover: pod leases in EtcdCluster %s/%s not renewed: %s", namespace, cluster, exc)
+                async with asyncio.timeout(PLACE_WAIT):
+                    store = await self._stores.for_cluster(namespace, cluster)
+            except TimeoutError:
+                log.info("takeover: pod leases in %s not renewed: no answer within %ss", where, PLACE_WAIT)
                 return None
-            self._keepers[place] = LeaseKeeper(store.etcd, self._interval)
-        return self._keepers[place]
+            except Exception as exc:  # whatever a pod's owner wrote must not stop the takeover
+                log.info("takeover: pod leases in %s not renewed: %s", where, exc)
+                return None
+        keeper = LeaseKeeper(store.etcd, self._interval)
+        self._keepers[place] = keeper
+        return keeper
+
+
+def _leases_by_place(pods: Iterable[Pod]) -> dict[Place, list[int]]:
+    """The leases of the pods that wait for or hold a lock, by the etcd they were granted in."""
+    wanted: dict[Place, list[int]] = {}
+    for pod in pods:
+        annotations = annotations_of(pod)
+        lease = parse_lease(annotations.get(LEASE_ANNOTATION))
+        if lease is None or not annotations.get(LOCK_ANNOTATION):
+            continue
+        if annotations.get(STATE_ANNOTATION) not in (*WAITING_STATES, HELD):
+            continue
+        namespace = str(pod["metadata"].get("namespace") or "")
+        cluster = annotations.get(CLUSTER_ANNOTATION)
+        wanted.setdefault((namespace, cluster) if cluster else None, []).append(lease)
+    return wanted

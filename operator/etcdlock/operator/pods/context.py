@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Mapping
 
 from etcdlock.etcd import Fenced
@@ -12,6 +13,8 @@ from etcdlock.operator.metrics import Metrics
 from etcdlock.operator.names import CLUSTER_ANNOTATION
 from etcdlock.operator.pods.api import PodApi
 from etcdlock.operator.stores import Store, Stores
+
+log = logging.getLogger(__name__)
 
 
 class PodContext:
@@ -45,8 +48,16 @@ class PodContext:
             self._metrics.lease_lost(namespace, lock, state)
 
     async def lease_store(self, namespace: str, annotations: Mapping[str, str | None]) -> Store | None:
-        """The store the pod's lease was granted in (its cluster annotation); None if it cannot be used."""
+        """The store the pod's lease was granted in (its cluster annotation); None if it cannot be used.
+
+        Whoever may edit the pod writes that annotation: whatever it says, the pod is not failed for it."""
+        where = annotations.get(CLUSTER_ANNOTATION) or None
         try:
-            return await self.stores.for_cluster(namespace, annotations.get(CLUSTER_ANNOTATION) or None)
+            return await self.stores.for_cluster(namespace, where)
         except (OperatorError, Fenced):
+            return None
+        except Exception as exc:  # a value no operator wrote, which breaks more than it should
+            log.warning(
+                "namespace %s: %s %.80r names no usable etcd: %r", namespace, CLUSTER_ANNOTATION, where, exc
+            )
             return None
