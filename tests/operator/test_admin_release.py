@@ -6,19 +6,22 @@ from __future__ import annotations
 import uuid
 
 import pytest
+from fakes import RecordedEvents, unreachable_kube
 
 from etcdlock.etcd import EtcdClient, Fence, Fenced
 from etcdlock.etcd.requests import delete_op, put_op
-from etcdlock.operator.adminrelease import fenced_delete
+from etcdlock.operator.adminrelease import AdminReleases, fenced_delete
 from etcdlock.operator.leadership import Leadership
+from etcdlock.operator.locks import LockRules, Locks
 from etcdlock.operator.releaserequest import (
     KEY_NOT_FOUND,
+    RELEASE_ANNOTATION,
     RELEASED,
     STALE_TOKEN,
     ReleaseRequest,
     request_text,
 )
-from etcdlock.operator.stores import Store
+from etcdlock.operator.stores import Store, Stores
 
 
 async def contender(client: EtcdClient, key: str, value: bytes = b"") -> int:
@@ -85,3 +88,25 @@ async def test_a_deposed_operator_deletes_nothing(client: EtcdClient, lock_key: 
         await fenced_delete(store, request(key, token))
 
     assert await exists(client, key)
+
+
+async def test_a_request_that_fails_unexpectedly_is_a_warning_once_not_a_handler_error(
+    client: EtcdClient,
+) -> None:
+    """An annotation no real API server lets through (not text): requested() raises nothing, says so in one
+    Warning Event, and does not try the same request again on the lock's next events."""
+    kube = unreachable_kube()
+    events = RecordedEvents()
+    releases = AdminReleases(
+        kube, Locks(LockRules()), Stores(Store(client, None, Leadership()), kube), events
+    )
+    body = {"kind": "DistributedLock", "metadata": {"namespace": "ns", "name": "odd", "annotations": {}}}
+    body["metadata"]["annotations"][RELEASE_ANNOTATION] = 12345  # type: ignore[index]
+    try:
+        await releases.requested(body)
+        await releases.requested(body)
+    finally:
+        kube.close()
+
+    assert events.reasons("Warning") == ["AdminReleaseFailed"]
+    assert "withdraw it with kubectl annotate distributedlock odd" in events.events[0].message

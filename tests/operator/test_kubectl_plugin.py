@@ -76,6 +76,20 @@ def plugin(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def plugin_annotate(
+    env: dict[str, str], namespace: str, name: str, *args: str
+) -> subprocess.CompletedProcess[str]:
+    """``kubectl annotate distributedlock NAME ARGS``: what an admin (or anyone who may patch) writes."""
+    return subprocess.run(
+        [KUBECTL, "annotate", "distributedlock", name, "-n", namespace, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+        check=False,
+    )
+
+
 def ok(done: subprocess.CompletedProcess[str]) -> str:
     assert done.returncode == 0, f"exit {done.returncode}: {done.stderr}"
     return done.stdout
@@ -313,6 +327,66 @@ def test_a_release_without_a_key_or_token_is_one_line(operated: Operated, plugin
     )
 
 
+@pytest.mark.parametrize(
+    ("flags", "why"),
+    [
+        (["--wait", "nan"], "argument --wait: must be a finite number of seconds, 0 or more, not 'nan'"),
+        (["--wait", "inf"], "argument --wait: must be a finite number of seconds, 0 or more, not 'inf'"),
+        (["--wait", "-1"], "argument --wait: must be a finite number of seconds, 0 or more, not '-1'"),
+        (["--wait", "soon"], "argument --wait: not a number of seconds: 'soon'"),
+        (["--token", str(2**63)], f"argument --token: a fencing token is from 1 to {2**63 - 1}, not {2**63}"),
+        (["--token", "0"], f"argument --token: a fencing token is from 1 to {2**63 - 1}, not 0"),
+        (
+            ["--token", "9" * 5000],
+            f"argument --token: a fencing token is from 1 to {2**63 - 1}, not 5000 characters",
+        ),
+        (["--token", "12abc"], "argument --token: not an integer: '12abc'"),
+        (["--reason", "r" * 257], "argument --reason: at most 256 characters, not 257"),
+        (["--key", "a\x01b"], "argument --key: the key 'a\\x01b' has a character that is not printable"),
+        (["--key", "k" * 1025], "argument --key: the key is longer than 1024 characters"),
+    ],
+)
+def test_a_release_with_a_flag_out_of_bounds_is_one_line_and_writes_nothing(
+    operated: Operated, plugin_env: dict[str, str], flags: list[str], why: str
+) -> None:
+    """Refused before anything is written on the lock (NaN as --wait once waited forever)."""
+    ns = operated.namespace
+    name = new_lock(operated, "flags")
+    named = ["--key", f"{lock_key(ns, name)}/1", "--token", "5"]
+
+    done = plugin(plugin_env, "release", name, "-n", ns, *named, "--wait", "1", *flags)
+
+    assert (done.returncode, done.stdout) == (1, "")
+    assert done.stderr == f"kubectl etcdlock: {why} (see kubectl etcdlock release --help)\n"
+    assert RELEASE_ANNOTATION not in (lock_object(operated, name)["metadata"].get("annotations") or {})
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["queue", "Not_A_Name"],
+        ["queue", "--", "--raw=/api/v1/secrets"],
+        ["release", "--", "-x", "--token", "5"],
+    ],
+)
+def test_a_name_that_is_no_locks_is_one_line_never_a_flag_of_kubectl(
+    plugin_env: dict[str, str], args: list[str]
+) -> None:
+    done = plugin(plugin_env, *args)
+    assert (done.returncode, done.stdout) == (1, "")
+    assert done.stderr.startswith("kubectl etcdlock: argument NAME: not the name of a DistributedLock: ")
+    assert done.stderr.count("\n") == 1
+
+
+def test_locks_with_an_output_format_it_has_not_is_one_line(plugin_env: dict[str, str]) -> None:
+    done = plugin(plugin_env, "locks", "-A", "-o", "yaml")
+    assert (done.returncode, done.stdout) == (1, "")
+    assert done.stderr == (
+        "kubectl etcdlock: argument -o/--output: invalid choice: 'yaml' (choose from 'table', 'json') "
+        "(see kubectl etcdlock locks --help)\n"
+    )
+
+
 # Releasing
 
 
@@ -370,6 +444,39 @@ def test_a_release_by_key_alone_takes_the_token_from_the_status(
     assert f"(fencing token {token}, holder by-key)" in done.stdout
     assert holder.exit_status()[0] == EXIT_LOST
     assert etcd_key(etcd, key) is None
+
+
+def test_a_release_is_written_though_the_lock_changes_meanwhile(
+    operated: Operated, etcd: LocalEtcd, plugin_env: dict[str, str], holders: list[Holder]
+) -> None:
+    """The operator writes the lock's status whenever its queue moves, between the plugin's read of the
+    lock and its write of the request (pinned to the version read): the plugin reads again and writes,
+    rather than failing with kubectl's conflict."""
+    ns = operated.namespace
+    name = new_lock(operated, "busy")
+    holder = start(holders, etcd, lock_key(ns, name), "busy-holder")
+    key, token = holder.holds()
+    objects = kubernetes.client.CustomObjectsApi(operated.api)
+    stop = threading.Event()
+
+    def churn() -> None:
+        for count in range(40):
+            if stop.is_set():
+                return
+            patch = {"metadata": {"labels": {"churn": str(count)}}}
+            objects.patch_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name, patch)
+            stop.wait(0.02)
+
+    churning = threading.Thread(target=churn)
+    churning.start()
+    try:
+        done = plugin(plugin_env, "release", name, "-n", ns, "--key", key, "--token", str(token))
+    finally:
+        stop.set()
+        churning.join()
+
+    assert done.returncode == 0, done.stderr
+    assert holder.exit_status()[0] == EXIT_LOST
 
 
 def test_a_stale_token_is_refused_and_deletes_nothing(
@@ -457,6 +564,59 @@ def test_a_malformed_request_is_a_warning_event_not_a_crash(
     assert record["outcome"] == "InvalidRequest"
     assert record["message"] == f"release request refused: {why}; nothing was deleted"
     event_reasons(operated.api, operated.namespace, name, "AdminReleaseRefused")
+    assert operated.operator.ready()
+
+
+@pytest.mark.parametrize(
+    ("contender", "token", "why"),
+    [
+        (
+            "1",
+            str(2**63),
+            "fencingToken 9223372036854775808 is beyond etcd's revisions (at most 9223372036854775807)",
+        ),
+        ("1", "0", "fencingToken must be a positive integer, not 0"),
+        ("1", "true", "fencingToken must be a positive integer, not True"),
+        ("1", "1.5", "fencingToken must be a positive integer, not 1.5"),
+        ("\\ud800", "5", "the key '{key}\\ud800' has a character that is not printable"),
+        ("\\u0000", "5", "the key '{key}\\x00' has a character that is not printable"),
+    ],
+)
+def test_a_hand_written_request_out_of_bounds_is_refused_and_removed(
+    operated: Operated, plugin_env: dict[str, str], contender: str, token: str, why: str
+) -> None:
+    """Written with kubectl annotate, as anyone who may patch the lock can: answered InvalidRequest (a
+    Warning Event, the status, the annotation removed), never an exception in the operator's handler."""
+    ns = operated.namespace
+    name = new_lock(operated, "handmade")
+    key = lock_key(ns, name) + "/"
+    annotation = f'{{"key": "{key}{contender}", "fencingToken": {token}}}'
+
+    ok(plugin_annotate(plugin_env, ns, name, f"{RELEASE_ANNOTATION}={annotation}"))
+
+    record = answered(operated, name)
+    assert record["outcome"] == "InvalidRequest"
+    assert record["message"] == f"release request refused: {why.format(key=key)}; nothing was deleted"
+    event_reasons(operated.api, ns, name, "AdminReleaseRefused")
+    assert operated.operator.ready()
+
+
+@pytest.mark.parametrize(
+    ("annotation", "why"),
+    [("[" * 10_000, "nested too deeply"), ("[" * 100_000, "longer than 16384 characters")],
+)
+def test_a_request_nested_too_deeply_or_too_long_is_refused_and_removed(
+    operated: Operated, plugin_env: dict[str, str], annotation: str, why: str
+) -> None:
+    ns = operated.namespace
+    name = new_lock(operated, "nested")
+
+    ok(plugin_annotate(plugin_env, ns, name, f"{RELEASE_ANNOTATION}={annotation}"))
+
+    record = answered(operated, name)
+    assert record["outcome"] == "InvalidRequest"
+    assert record["message"] == f"release request refused: the request is {why}; nothing was deleted"
+    event_reasons(operated.api, ns, name, "AdminReleaseRefused")
     assert operated.operator.ready()
 
 

@@ -28,6 +28,10 @@ class RequestPending(PluginError):
     """Another release request on the lock waits for the operator's answer."""
 
 
+class LockKeptChanging(PluginError):
+    """The lock changed between each read and the write of the request pinned to it."""
+
+
 class Refused(PluginError):
     """The operator answered the release request with a refusal (stale token, key not found, ...)."""
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import re
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -11,6 +13,7 @@ from typing import NoReturn
 from etcdlock.kubectl import release, views
 from etcdlock.kubectl.client import Kubectl, Target
 from etcdlock.kubectl.errors import PluginError, UsageError
+from etcdlock.operator.releaserequest import MAX_REASON, MAX_TOKEN, InvalidRequest, check_key
 
 EPILOG = (
     "Flags go after the command (kubectl does not pass its own flags on to plugins). Exit statuses: 0 ok "
@@ -24,6 +27,59 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+# A DistributedLock's name, as Kubernetes names objects (a DNS subdomain, RFC 1123).
+NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+MAX_NAME = 253
+
+
+def _name(text: str) -> str:
+    """NAME: a lock's name, checked here so that kubectl never takes it for one of its flags."""
+    if len(text) > MAX_NAME or not NAME.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"not the name of a DistributedLock: {text[:80]!r}")
+    return text
+
+
+def _seconds(text: str) -> float:
+    """--wait: a finite number of seconds, 0 or more (NaN would never end the wait, nor would inf)."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not math.isfinite(seconds) or seconds < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds, 0 or more, not {text!r}")
+    return seconds
+
+
+def _token(text: str) -> int:
+    """--token: a fencing token is an etcd revision, 1 to 2^63-1 (at most 19 digits)."""
+    bounds = f"a fencing token is from 1 to {MAX_TOKEN}"
+    if len(text) > 40:
+        raise argparse.ArgumentTypeError(f"{bounds}, not {len(text)} characters")
+    try:
+        token = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not 1 <= token <= MAX_TOKEN:
+        raise argparse.ArgumentTypeError(f"{bounds}, not {text}")
+    return token
+
+
+def _key(text: str) -> str:
+    """--key: one the operator can take (bounded, printable)."""
+    try:
+        check_key(text)
+    except InvalidRequest as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _reason(text: str) -> str:
+    """--reason: the operator keeps MAX_REASON characters; a longer one is refused here, not cut there."""
+    if len(text) > MAX_REASON:
+        raise argparse.ArgumentTypeError(f"at most {MAX_REASON} characters, not {len(text)}")
+    return text
 
 
 def _connection_flags(parser: argparse.ArgumentParser, *, all_namespaces: bool) -> None:
@@ -51,7 +107,7 @@ def parser() -> argparse.ArgumentParser:
     _connection_flags(locks, all_namespaces=True)
     _output_flag(locks)
     queue = commands.add_parser("queue", help="one lock's holders, then its waiters in order")
-    queue.add_argument("name", metavar="NAME", help="the DistributedLock")
+    queue.add_argument("name", metavar="NAME", type=_name, help="the DistributedLock")
     _connection_flags(queue, all_namespaces=False)
     _output_flag(queue)
     free = commands.add_parser(
@@ -59,16 +115,23 @@ def parser() -> argparse.ArgumentParser:
         help="release one holder (or waiter) of a lock: a fenced delete of its key, done by the operator",
         epilog=EPILOG,
     )
-    free.add_argument("name", metavar="NAME", help="the DistributedLock")
+    free.add_argument("name", metavar="NAME", type=_name, help="the DistributedLock")
     which = free.add_argument_group(
         "which contender (one is enough; the other is read from the lock's status)"
     )
-    which.add_argument("--key", help="its etcd key (KEY column of kubectl etcdlock queue)")
-    which.add_argument("--token", type=int, help="its fencing token (TOKEN column of kubectl etcdlock queue)")
-    free.add_argument("--reason", default="", help="why (goes into the Event and the lock's status)")
+    which.add_argument("--key", type=_key, help="its etcd key (KEY column of kubectl etcdlock queue)")
+    which.add_argument(
+        "--token", type=_token, help="its fencing token (TOKEN column of kubectl etcdlock queue)"
+    )
+    free.add_argument(
+        "--reason",
+        type=_reason,
+        default="",
+        help=f"why, at most {MAX_REASON} characters (goes into the Event and the lock's status)",
+    )
     free.add_argument(
         "--wait",
-        type=float,
+        type=_seconds,
         default=30.0,
         metavar="S",
         help="seconds to wait for the operator's answer (30; 0 = do not wait)",
@@ -111,8 +174,6 @@ def show_queue(args: argparse.Namespace) -> int:
 def do_release(args: argparse.Namespace) -> int:
     if args.key is None and args.token is None:
         raise PluginError("name the contender to release: --key KEY or --token N (or both)")
-    if args.wait < 0:
-        raise PluginError(f"--wait must be 0 or more seconds, not {args.wait:g}")
     kubectl = Kubectl(_target(args))
     request = release.request(kubectl, args.name, args.key, args.token, args.reason)
     if args.wait == 0:

@@ -18,7 +18,14 @@ from typing import Any
 
 from etcdlock import clock
 from etcdlock.kubectl.client import Kubectl
-from etcdlock.kubectl.errors import NoAnswer, NoSuchContender, Refused, RequestPending
+from etcdlock.kubectl.errors import (
+    KubectlFailed,
+    LockKeptChanging,
+    NoAnswer,
+    NoSuchContender,
+    Refused,
+    RequestPending,
+)
 from etcdlock.operator.releaserequest import (
     LAST_RELEASE,
     RELEASE_ANNOTATION,
@@ -29,6 +36,9 @@ from etcdlock.operator.releaserequest import (
 
 # How often the lock is read again while waiting for the operator's answer.
 POLL_INTERVAL = 0.5
+# How long the request is written again, each time on the lock read again, while the lock keeps changing
+# (the operator writes a busy lock's status as often as its queue moves).
+WRITE_FOR = 10.0
 
 
 @dataclass(frozen=True)
@@ -53,22 +63,44 @@ def contender(lock: Mapping[str, Any], key: str | None, token: int | None) -> Co
 
 
 def request(kubectl: Kubectl, name: str, key: str | None, token: int | None, reason: str) -> str:
-    """Write the request on the lock; its identity (the answer in status names it)."""
+    """Write the request on the lock; its identity (the answer in status names it). The write is pinned to
+    the version read, and the operator writes the lock's status whenever its queue moves: if the write
+    fails and the lock has changed since, it is read and checked again (a request written meanwhile is
+    then found pending); if the lock has not changed, the failure was not a conflict and is the answer."""
+    by = kubectl.user()
     lock = kubectl.lock(name)
-    meta = lock.get("metadata") or {}
-    pending = (meta.get("annotations") or {}).get(RELEASE_ANNOTATION)
+    deadline = time.monotonic() + WRITE_FOR
+    while time.monotonic() < deadline:
+        version = (lock.get("metadata") or {}).get("resourceVersion")
+        raw = _request_text(lock, name, key, token, by, reason)
+        patch = {"metadata": {"resourceVersion": version, "annotations": {RELEASE_ANNOTATION: raw}}}
+        try:
+            kubectl.merge_patch(name, patch)
+            return request_id(raw)
+        except KubectlFailed:
+            lock = kubectl.lock(name)
+            meta = lock.get("metadata") or {}
+            if (meta.get("annotations") or {}).get(RELEASE_ANNOTATION) == raw:
+                return request_id(raw)  # written, though kubectl did not hear the answer
+            if meta.get("resourceVersion") == version:
+                raise
+    raise LockKeptChanging(
+        f"{name} kept changing for {WRITE_FOR:g}s, under each write of the request; nothing was written"
+    )
+
+
+def _request_text(
+    lock: Mapping[str, Any], name: str, key: str | None, token: int | None, by: str, reason: str
+) -> str:
+    """The request's text for the lock as read; :class:`RequestPending` if it carries one already."""
+    pending = ((lock.get("metadata") or {}).get("annotations") or {}).get(RELEASE_ANNOTATION)
     if pending is not None:
         raise RequestPending(
             f"{name} has a release request the operator has not answered yet ({pending}); wait for it, or "
             f"withdraw it: kubectl annotate distributedlock {name} {RELEASE_ANNOTATION}-"
         )
     target = contender(lock, key, token)
-    raw = request_text(target.key, target.fencing_token, kubectl.user(), reason, clock.now())
-    patch = {
-        "metadata": {"resourceVersion": meta.get("resourceVersion"), "annotations": {RELEASE_ANNOTATION: raw}}
-    }
-    kubectl.merge_patch(name, patch)
-    return request_id(raw)
+    return request_text(target.key, target.fencing_token, by, reason, clock.now())
 
 
 def answer(kubectl: Kubectl, name: str, request: str, wait: float) -> str:

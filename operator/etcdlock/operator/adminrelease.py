@@ -86,22 +86,35 @@ class AdminReleases:
         self._stores = stores
         self._events = events
         self._answered: dict[Ref, str] = {}
+        # The request (its text) on each lock that failed unexpectedly: not tried again by this replica.
+        self._failed: dict[Ref, Any] = {}
 
     async def requested(self, body: Mapping[str, Any]) -> None:
         """Answer the request on the lock ``body``, unless answered already; nothing if this replica was
-        deposed meanwhile (the request stays for the next leader)."""
+        deposed meanwhile (the request stays for the next leader). Never raises: a request that fails
+        unexpectedly is told in a Warning Event and left on the lock, once (not again on each of the
+        lock's events, until another replica leads or this one restarts)."""
         meta = body.get("metadata") or {}
         ref = (str(meta.get("namespace") or ""), str(meta.get("name") or ""))
         raw = (meta.get("annotations") or {}).get(RELEASE_ANNOTATION)
-        if raw is None:
+        if raw is None or self._failed.get(ref) == raw:
             return
-        answered = ((body.get("status") or {}).get(LAST_RELEASE) or {}).get("requestId")
         try:
+            answered = ((body.get("status") or {}).get(LAST_RELEASE) or {}).get("requestId")
             if request_id(raw) not in (self._answered.get(ref), answered):
                 await self._answer(body, ref, raw)
             await self._clear(ref, raw)
         except Fenced:
             log.info("lock %s/%s: release request left to the next leader", *ref)
+        except Exception as exc:  # whatever it is, it must not fail every event of the lock
+            self._failed[ref] = raw
+            log.exception("lock %s/%s: release request failed", *ref)
+            message = (
+                f"release request failed in the operator ({type(exc).__name__}; its log says more); it stays "
+                f"on the lock, not retried until the operator restarts or fails over; withdraw it with "
+                f"kubectl annotate distributedlock {ref[1]} {RELEASE_ANNOTATION}-"
+            )
+            self._events.warn(body, "AdminReleaseFailed", message)
 
     async def _answer(self, body: Mapping[str, Any], ref: Ref, raw: str) -> None:
         request: ReleaseRequest | None = None

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import reprlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +26,14 @@ LAST_RELEASE = "lastAdminRelease"
 POD_HOLDER = "pod/"
 # The longest reason kept (it goes into an Event message and the status).
 MAX_REASON = 256
+# The longest request taken, in characters: a lock's key is at most 512, a contender's one segment more,
+# and ``by`` and ``reason`` are kept to MAX_REASON; JSON may escape each character in six.
+MAX_KEY = 1024
+MAX_REQUEST = 16384
+# The largest fencing token there can be: etcd's revisions are int64.
+MAX_TOKEN = 2**63 - 1
+# What stands for a character of ``by``, ``reason`` or ``requestedAt`` that is not printable.
+UNPRINTABLE = "\ufffd"
 
 # Outcomes, as status.lastAdminRelease.outcome says them.
 RELEASED = "Released"
@@ -57,7 +66,7 @@ def request_text(key: str, fencing_token: int, by: str, reason: str, requested_a
 def request_id(raw: str) -> str:
     """The identity of a request (its annotation's text): the outcome in status names it, so that the
     requester finds the answer to its own request, and a request seen twice is carried out once."""
-    return hashlib.sha256(raw.encode()).hexdigest()[:16]
+    return hashlib.sha256(raw.encode(errors="surrogatepass")).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -73,18 +82,19 @@ class ReleaseRequest:
 
     @classmethod
     def parse(cls, raw: str) -> ReleaseRequest:
-        """The request the annotation's text ``raw`` makes; :class:`InvalidRequest` says what is wrong."""
-        try:
-            doc = json.loads(raw)
-        except ValueError:
-            raise InvalidRequest("the request is not JSON") from None
-        if not isinstance(doc, dict):
-            raise InvalidRequest("the request must be a JSON object")
+        """The request the annotation's text ``raw`` makes; :class:`InvalidRequest` says what is wrong
+        (whatever ``raw`` holds: it is hand-written, by anyone who may patch the lock)."""
+        doc = _document(raw)
         key, token = doc.get("key"), doc.get("fencingToken")
         if not isinstance(key, str) or not key:
             raise InvalidRequest('the request names no key ("key": the contender key to release)')
+        check_key(key)
         if not isinstance(token, int) or isinstance(token, bool) or token < 1:
-            raise InvalidRequest(f"fencingToken must be a positive integer, not {token!r}")
+            raise InvalidRequest(f"fencingToken must be a positive integer, not {_short(token)}")
+        if token > MAX_TOKEN:
+            raise InvalidRequest(
+                f"fencingToken {_short(token)} is beyond etcd's revisions (at most {MAX_TOKEN})"
+            )
         return cls(
             key=key,
             fencing_token=token,
@@ -102,9 +112,47 @@ class ReleaseRequest:
             raise NotThisLock(f"{self.key!r} is not a contender key of this lock (under {lock_key}/)")
 
 
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = 160
+_SHORT.maxother = 40
+
+
+def _document(raw: str) -> dict[str, Any]:
+    """The request's JSON object; bounded, since json's parser recurses once per level of nesting."""
+    if len(raw) > MAX_REQUEST:
+        raise InvalidRequest(f"the request is longer than {MAX_REQUEST} characters")
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        raise InvalidRequest("the request is not JSON") from None
+    except RecursionError:
+        raise InvalidRequest("the request is nested too deeply") from None
+    if not isinstance(doc, dict):
+        raise InvalidRequest("the request must be a JSON object")
+    return doc
+
+
+def check_key(key: str) -> None:
+    """Raise :class:`InvalidRequest` unless ``key`` is one etcd and the messages about it can carry:
+    bounded, and printable (which excludes control characters such as NUL, and lone surrogates, which have
+    no UTF-8 encoding)."""
+    if len(key) > MAX_KEY:
+        raise InvalidRequest(f"the key is longer than {MAX_KEY} characters")
+    if not key.isprintable():
+        raise InvalidRequest(f"the key {_short(key)} has a character that is not printable")
+
+
+def _short(value: Any) -> str:
+    """``value`` in a message: its repr, bounded in length and nesting, and printable (escaped)."""
+    return _SHORT.repr(value).encode("ascii", "backslashreplace").decode()
+
+
 def _text(doc: dict[str, Any], field: str) -> str:
+    """The field if it is text, with what is not printable replaced (it goes into Events and the status)."""
     value = doc.get(field)
-    return value if isinstance(value, str) else ""
+    if not isinstance(value, str):
+        return ""
+    return "".join(c if c.isprintable() else UNPRINTABLE for c in value)
 
 
 def outcome_record(
