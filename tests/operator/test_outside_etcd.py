@@ -39,6 +39,7 @@ from etcdlock.operator.config import WebhookSettings
 from etcdlock.operator.names import (
     CLUSTER_ANNOTATION,
     ERROR,
+    HELD,
     LEASE_ANNOTATION,
     MESSAGE_ANNOTATION,
     RELEASED,
@@ -436,3 +437,38 @@ def test_an_operator_restart_keeps_a_pod_holding_a_lock_in_an_etcd_the_user_runs
         lambda out: out == "",
         "gone",
     )
+
+
+def test_a_holding_pod_whose_secret_is_deleted_stays_held_until_its_lease_is_known_lost(
+    served: Served, users: LocalEtcd
+) -> None:
+    """The Secret goes while a pod holds: its etcd cannot be reached any more. The pod stays Held (never
+    relabelled Waiting, which a next leader would take for a pod the webhook missed), told that the hold
+    is kept while its lease lives; once a lease TTL passed with nobody renewing it, it lost the lock."""
+    api, ns, lock = served.api, served.namespace, "unreachable"
+    served.secret("vanishing", {"username": "locker", "password": "lockerpw"})
+    spec = {"etcd": {"endpoints": users.endpoints, "secretRef": {"name": "vanishing"}}, "ttlSeconds": 5}
+    create_lock(api, ns, lock, spec)
+    create_pod(api, ns, "stranded", lock)
+    before = eventually(lambda: read_pod(api, ns, "stranded"), held, "the pod holding")
+    served.core.delete_namespaced_secret("vanishing", ns)
+    kept = eventually(
+        lambda: read_pod(api, ns, "stranded"),
+        lambda p: "cannot be reached" in (note(p, MESSAGE_ANNOTATION) or ""),
+        "the pod told its etcd cannot be reached",
+    )
+    assert note(kept, STATE_ANNOTATION) == HELD, note(kept, MESSAGE_ANNOTATION)
+    assert (kept["metadata"].get("labels") or {}).get(STATE_ANNOTATION) == HELD
+    assert "the hold is kept while its lease lives" in (note(kept, MESSAGE_ANNOTATION) or "")
+    assert note(kept, TOKEN_ANNOTATION) == note(before, TOKEN_ANNOTATION)
+    event_reasons(api, ns, "stranded", "EtcdUnreachable")
+    lost = eventually(
+        lambda: read_pod(api, ns, "stranded"),
+        lambda p: note(p, STATE_ANNOTATION) == ERROR,
+        "the lost hold said",
+        3 * BOUND,  # a lease TTL (15 s at least) after the Secret went
+    )
+    message = note(lost, MESSAGE_ANNOTATION) or ""
+    assert message.startswith(f"lost {lock}: its etcd could not be reached"), message
+    event_reasons(api, ns, "stranded", "LockLost")
+    finish(api, ns, "stranded")

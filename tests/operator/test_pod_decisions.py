@@ -18,6 +18,7 @@ from etcdlock.operator.names import (
     RELEASED,
     SCHEDULING_GATE,
     TIMED_OUT,
+    TOKEN_ANNOTATION,
     WAITING,
 )
 from etcdlock.operator.pods.decisions import (
@@ -201,6 +202,24 @@ def test_a_pod_that_asks_for_a_lock_gets_a_hold_adopting_what_an_earlier_leader_
     assert decide(seen, None, released=False) == Decision(Action.HOLD)
 
 
+@pytest.mark.parametrize("state", [WAITING, LOCK_NOT_FOUND])
+def test_a_running_pod_with_a_fencing_token_that_says_waiting_is_a_holder_not_an_unguarded_pod(
+    state: str,
+) -> None:
+    """The operator removed its gate and gave it a token: it held. A release that relabelled such a pod
+    Waiting (its etcd unreachable) must not make the next leader take it for a pod the webhook missed."""
+    holder = pod(gated=False, phase="Running", state=state, token=True)
+    assert decide(holder, None, released=False) == Decision(Action.HOLD)
+    assert decide(holder, ITS_HOLD, released=False) == Decision(Action.HAND_OVER)
+    assert decide(holder, hold(held=True), released=False) == Decision(Action.KEEP)
+    assert decide(replace(holder, token=False), None, released=False) == Decision(Action.NOT_GATED)
+
+
+def test_a_gated_pod_with_a_fencing_token_left_from_an_earlier_hold_still_waits() -> None:
+    assert decide(pod(token=True), None, released=False) == Decision(Action.HOLD)
+    assert decide(pod(token=True), ITS_HOLD, released=False) == Decision(Action.KEEP)
+
+
 # The lock is deleted
 
 
@@ -216,7 +235,9 @@ def test_the_waiters_of_a_deleted_lock_queue_for_it_again() -> None:
 # Policies and the states they bring
 
 
-BAD_MAX_WAIT = 'etcdlock.io/max-wait: "soon" is not a duration (write it as 90s, 10m or 1h30m)'
+BAD_MAX_WAIT = (
+    'etcdlock.io/max-wait: "soon" is not a duration of 10 years at most (write it as 90s, 10m or 1h30m)'
+)
 
 
 def test_a_pod_with_an_invalid_policy_does_not_wait_and_stays_gated() -> None:
@@ -264,6 +285,14 @@ def test_the_policy_error_of_a_pod_names_the_annotation_and_its_value() -> None:
     assert Seen.of("ADDED", body).policy_error == BAD_MAX_WAIT
 
 
+@pytest.mark.parametrize("event", ["MODIFIED", "DELETED"])
+@pytest.mark.parametrize("huge", ["99999999999999999999h", "1" * 400 + "h", "1000000000h"])
+def test_a_huge_max_wait_is_a_policy_error_on_every_event_of_the_pod(event: str, huge: str) -> None:
+    annotations = {LOCK_ANNOTATION: "a", MAX_WAIT_ANNOTATION: huge}
+    body = {"metadata": {"uid": "u", "creationTimestamp": "2026-12-06T10:00:00Z", "annotations": annotations}}
+    assert Seen.of(event, body).policy_error.startswith(f'{MAX_WAIT_ANNOTATION}: "{huge}"')
+
+
 # What an event shows
 
 
@@ -274,6 +303,8 @@ def test_what_a_watch_event_shows_of_a_pod() -> None:
         "status": {"phase": "Pending"},
     }
     assert Seen.of("MODIFIED", body) == Seen(False, "u", "a", True, "Pending", HELD)
+    body["metadata"]["annotations"][TOKEN_ANNOTATION] = "7"
+    assert Seen.of("MODIFIED", body).token
     assert Seen.of("DELETED", {"metadata": {"name": "p"}}) == Seen(True, "", None, False, None, None)
 
 
@@ -296,9 +327,9 @@ ON_A_HOLD = {
 
 def every_case() -> list[tuple[Seen, HoldView | None, bool]]:
     seens = [
-        Seen(deleted, "uid-1", lock, gated, phase, state, policy)
-        for deleted, lock, gated, phase, state, policy in itertools.product(
-            [False, True], LOCKS, [False, True], PHASES, STATES, ["", BAD_MAX_WAIT]
+        Seen(deleted, "uid-1", lock, gated, phase, state, policy, token)
+        for deleted, lock, gated, phase, state, policy, token in itertools.product(
+            [False, True], LOCKS, [False, True], PHASES, STATES, ["", BAD_MAX_WAIT], [False, True]
         )
     ]
     return list(itertools.product(seens, HOLDS, [False, True]))
@@ -317,9 +348,9 @@ def test_every_combination_is_decided_by_the_rules_that_hold_across_rows() -> No
         assert not current or decision.action not in {Action.HOLD, Action.IGNORE}, case
         if decision.action is Action.HOLD:
             assert seen.lock and seen.phase not in ("Succeeded", "Failed") and not released, case
-            assert seen.gated or seen.state == HELD, case
+            assert seen.gated or seen.held, case
             assert seen.state not in (TIMED_OUT, RELEASED, ERROR), case
-            assert not seen.policy_error or seen.state == HELD, case
+            assert not seen.policy_error or seen.held, case
         if decision.action is Action.EVICT:
             assert not current and seen.state == EVICTING and not seen.finished and not released, case
         if decision.action is Action.INVALID:
@@ -328,4 +359,6 @@ def test_every_combination_is_decided_by_the_rules_that_hold_across_rows() -> No
             assert not seen.lock, case
         if decision.action is Action.SWITCH:
             assert seen.gated, case
+        if decision.action is Action.NOT_GATED:
+            assert not seen.gated and not seen.held, "a pod the operator ungated is never unguarded: " + case
     assert decided == set(Action) - {Action.REQUEUE}

@@ -23,6 +23,7 @@ from operator_support import OperatorThread, create_lock, event_reasons, events_
 from test_pods import create_pod, finish, gated, held, lock_key, note, read_pod, running
 
 from etcdlock.operator.config import WebhookSettings
+from etcdlock.operator.kube import ApiUnavailable, Forbidden, TooManyRequests
 from etcdlock.operator.names import (
     ERROR,
     EVICTING,
@@ -37,7 +38,8 @@ from etcdlock.operator.names import (
     TOKEN_ANNOTATION,
     WAITING,
 )
-from etcdlock.operator.pods.policies import parse_duration
+from etcdlock.operator.pods.eviction import failure
+from etcdlock.operator.pods.policies import MAX_DURATION, PolicyError, deadline, max_wait, parse_duration
 from etcdlock_sandbox.etcd import LocalEtcd
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -86,15 +88,42 @@ def test_anything_but_a_positive_go_duration_is_refused(text: str) -> None:
         parse_duration(text)
 
 
+HUGE = ["99999999999999999999h", "1" * 400 + "h", "1000000000h", "87601h", "87600h1ms"]
+
+
+@pytest.mark.parametrize("text", HUGE)
+def test_a_duration_beyond_ten_years_is_refused(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_duration(text)
+
+
+def test_ten_years_is_the_longest_max_wait() -> None:
+    assert parse_duration("87600h") == MAX_DURATION == timedelta(days=3650)
+
+
+@pytest.mark.parametrize("text", HUGE)
+def test_a_huge_max_wait_is_a_policy_error_with_or_without_a_deadline(text: str) -> None:
+    metadata = {"creationTimestamp": "2026-12-06T10:00:00Z", "annotations": {MAX_WAIT_ANNOTATION: text}}
+    with pytest.raises(PolicyError, match="10 years at most"):
+        max_wait({"metadata": metadata})
+    with pytest.raises(PolicyError, match="10 years at most"):
+        deadline({"metadata": metadata})
+
+
 def test_a_pod_waiting_past_its_max_wait_times_out_leaves_the_queue_and_stays_gated(
     api: ApiClient, namespace: str, operator: OperatorThread
 ) -> None:
+    """The pod is in the queue when its max-wait passes: it asks for an hour until both waiters are seen
+    queued, then for 3s (from its creation: past already, or soon), so that no assertion races the
+    deadline on a loaded machine."""
     create_lock(api, namespace, "slow", {"ttlSeconds": 30})
     create_pod(api, namespace, "holder", "slow")
     eventually(lambda: read_pod(api, namespace, "holder"), held, "holder holding")
-    create_pod(api, namespace, "impatient", "slow", **{MAX_WAIT_ANNOTATION: "3s"})
+    create_pod(api, namespace, "impatient", "slow", **{MAX_WAIT_ANNOTATION: "1h"})
     create_pod(api, namespace, "patient", "slow")
     eventually(lambda: waiters(api, namespace, "slow"), lambda w: len(w) == 2, "two waiters")
+    shorter = {"metadata": {"annotations": {MAX_WAIT_ANNOTATION: "3s"}}}
+    kubernetes.client.CoreV1Api(api).patch_namespaced_pod("impatient", namespace, shorter)
     timed_out = eventually(lambda: read_pod(api, namespace, "impatient"), state_is(TIMED_OUT), "timed out")
     assert gated(timed_out), "a pod that timed out never runs without the lock"
     assert state_label(timed_out) == TIMED_OUT
@@ -167,7 +196,12 @@ def test_max_wait_counts_from_the_pods_creation_across_an_operator_restart(
 
 
 @pytest.mark.parametrize(
-    ("annotation", "value"), [(MAX_WAIT_ANNOTATION, "soon"), (ON_LOST_ANNOTATION, "explode")]
+    ("annotation", "value"),
+    [
+        (MAX_WAIT_ANNOTATION, "soon"),
+        (MAX_WAIT_ANNOTATION, "99999999999999999999h"),
+        (ON_LOST_ANNOTATION, "explode"),
+    ],
 )
 def test_an_invalid_policy_is_an_error_naming_it_and_the_pod_stays_gated(
     api: ApiClient, namespace: str, operator: OperatorThread, annotation: str, value: str
@@ -183,6 +217,22 @@ def test_an_invalid_policy_is_an_error_naming_it_and_the_pod_stays_gated(
     # A pod created after it is served at once: the invalid one never queued.
     create_pod(api, namespace, "valid", "strict")
     eventually(lambda: read_pod(api, namespace, "valid"), held, "the valid pod holding")
+
+
+def test_a_holder_given_a_huge_max_wait_holds_on_and_is_released_when_it_finishes(
+    api: ApiClient, namespace: str, operator: OperatorThread
+) -> None:
+    """Every later event of the pod is still handled: its finishing gives the lock back."""
+    create_lock(api, namespace, "long", {})
+    create_pod(api, namespace, "holder", "long")
+    eventually(lambda: read_pod(api, namespace, "holder"), held, "holder holding")
+    create_pod(api, namespace, "next", "long")
+    eventually(lambda: read_pod(api, namespace, "next"), state_is(WAITING), "next waiting")
+    huge = {"metadata": {"annotations": {MAX_WAIT_ANNOTATION: "1" * 400 + "h"}}}
+    kubernetes.client.CoreV1Api(api).patch_namespaced_pod("holder", namespace, huge)
+    finish(api, namespace, "holder")
+    eventually(lambda: read_pod(api, namespace, "holder"), state_is(RELEASED), "the holder released")
+    eventually(lambda: read_pod(api, namespace, "next"), held, "the next pod holding")
 
 
 # on-lost
@@ -260,6 +310,50 @@ def test_an_eviction_refused_by_a_disruption_budget_goes_on_across_an_operator_r
         second.stop()
     status = policy.read_namespaced_pod_disruption_budget_status("guard", namespace).status
     assert status.disruptions_allowed == 0, "the eviction took the disruption the budget allowed"
+
+
+def test_an_eviction_that_fails_otherwise_is_reported_once_and_tried_again_until_it_succeeds(
+    api: ApiClient, namespace: str, operator: OperatorThread, etcd: LocalEtcd
+) -> None:
+    """Two budgets select the pod: the API server answers 500 (it supports one). The pod is told once,
+    with what failed, and the eviction is tried again; one budget left, which allows it, lets it through."""
+    create_lock(api, namespace, "doubled", {"ttlSeconds": 30})
+    guarded_pod(api, namespace, "doubled")
+    policy = kubernetes.client.PolicyV1Api(api)
+    spec = {"maxUnavailable": 1, "selector": {"matchLabels": {"app": "guarded"}}}
+    policy.create_namespaced_pod_disruption_budget(namespace, {"metadata": {"name": "second"}, "spec": spec})
+    pod = eventually(lambda: read_pod(api, namespace, "guarded"), held, "guarded holding")
+    eventually(lambda: read_pod(api, namespace, "guarded"), running, "guarded running")
+    delete_key_of(etcd, namespace, "doubled", pod)
+    failed = eventually(
+        lambda: [m for r, m in events_of(api, namespace, "guarded") if r == "EvictionFailed"],
+        bool,
+        "the eviction failure reported",
+    )
+    assert "500" in failed[0] and "tried again" in failed[0], failed
+    assert running(read_pod(api, namespace, "guarded")), "not evicted yet"
+    allows = {"status": {**REFUSES, "disruptionsAllowed": 1}}
+    policy.patch_namespaced_pod_disruption_budget_status("second", namespace, allows)
+    policy.delete_namespaced_pod_disruption_budget("guard", namespace)
+    eventually(lambda: gone(api, namespace, "guarded"), bool, "evicted once one budget is left", 45)
+    reasons = [r for r, _ in events_of(api, namespace, "guarded")]
+    assert reasons.count("EvictionFailed") == 1, "reported once, not on every attempt"
+
+
+def test_an_eviction_the_operator_is_forbidden_stops_with_a_warning_naming_the_missing_permission() -> None:
+    forbidden = failure(Forbidden("API error 403 Forbidden"))
+    assert not forbidden.retry and forbidden.reason == "EvictionForbidden"
+    assert "pods/eviction" in forbidden.message and "create" in forbidden.message
+    assert "403" in forbidden.message
+
+
+def test_an_eviction_refused_by_a_budget_or_failing_otherwise_is_tried_again() -> None:
+    blocked = failure(TooManyRequests("Cannot evict pod as it would violate the pod's disruption budget."))
+    assert (blocked.reason, blocked.retry) == ("EvictionBlocked", True)
+    assert "disruption budget" in blocked.message
+    failed = failure(ApiUnavailable("API error 500 Internal Server Error"))
+    assert (failed.reason, failed.retry) == ("EvictionFailed", True)
+    assert "500" in failed.message and "tried again" in failed.message
 
 
 # What kubectl shows

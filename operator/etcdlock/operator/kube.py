@@ -57,6 +57,12 @@ class TooManyRequests(ApiUnavailable):
     reason = "TooManyRequests"
 
 
+class Forbidden(ApiUnavailable):
+    """403: the operator's service account may not make this call (its RBAC lacks it)."""
+
+    reason = "Forbidden"
+
+
 class Conflict(OperatorError):
     """409: the object changed since the version the write named, or already exists."""
 
@@ -98,6 +104,8 @@ class Kube:
                 raise Conflict(f"conflict: {exc.reason}") from None
             if exc.status == 429:
                 raise TooManyRequests(_status_message(exc)) from None
+            if exc.status == 403:
+                raise Forbidden(f"API error 403 {exc.reason}") from None
             raise ApiUnavailable(f"API error {exc.status} {exc.reason}") from None
         except (OSError, urllib3.exceptions.HTTPError) as exc:
             raise ApiUnavailable(f"API unreachable ({_without_addresses(exc)})") from None

@@ -15,8 +15,8 @@ that matches wins:
 4                                          not gated (the pod started)                 REFUSE_SWITCH
 5                                          gated                                       SWITCH
 6   other    this pod's, for its lock      finished                                    RELEASE
-7            ... the pod not holding yet   not gated, state not Held                   NOT_GATED
-8            ... the pod not holding yet   state Held (a newer leader granted it)      HAND_OVER
+7            ... the pod not holding yet   not gated, not held                         NOT_GATED
+8            ... the pod not holding yet   held (a newer leader granted it)            HAND_OVER
 9            ... the pod not holding yet   a policy annotation invalid                 INVALID
 10                                         otherwise                                   KEEP
 11  other    none                          released by this replica before             IGNORE
@@ -25,24 +25,27 @@ that matches wins:
                                            or finished
 14                                         no lock, finished, or state Released,       IGNORE
                                            Error, TimedOut or Evicting
-15                                         not gated, state not Held                   NOT_GATED
-16                                         a policy annotation invalid (not Held)      INVALID
+15                                         not gated, not held                         NOT_GATED
+16                                         a policy annotation invalid (not held)      INVALID
 17                                         otherwise                                   HOLD
 ==  =======  ============================  ==========================================  ================
 
 "Finished" is phase Succeeded or Failed; "gated" is the ``etcdlock.io/lock`` scheduling gate still on the
 pod; "state" is the ``etcdlock.io/state`` annotation, as the last operator to lead wrote it ("waiting":
-Waiting or LockNotFound). A pod without a hold here but with a state (row 12, 13, 17) is one an earlier
-leader handled: its lease and place are adopted (HOLD), or released for it (RELEASE_LEFTOVER), or the
-eviction it began after the pod lost its hold is taken up again (EVICT). A pod that timed
-out (its ``etcdlock.io/max-wait`` passed) left the queue and stays gated: nothing more is done for it
-(its hold ended itself, and the pod is decided on without one) unless it stops asking for the lock or
-finishes (RELEASE_LEFTOVER lets it go). A policy annotation (:mod:`.policies`) that cannot be used stops
-the pod from waiting, and it stays gated (INVALID: fail closed); once the pod holds, max-wait no longer
-matters and on-lost is read when the hold is lost. Changing the lock annotation is leave-then-join
-while the pod is gated (SWITCH); a pod already running cannot be held back again (REFUSE_SWITCH). The
-lease and cluster annotations are not decided on: the effects read them (HOLD adopts the lease the pod
-names, RELEASE_LEFTOVER revokes it).
+Waiting or LockNotFound). "Held" is state Held, or a pod not gated that says waiting and names a fencing
+token: only the operator removes the gate and writes the token, together, when the pod holds, so such a
+pod held (an earlier release relabelled a holder Waiting while its etcd could not be reached) and is
+never taken for a pod that came without the gate. A pod without a hold here but with a state (row 12,
+13, 17) is one an earlier leader handled: its lease and place are adopted (HOLD), or released for it
+(RELEASE_LEFTOVER), or the eviction it began after the pod lost its hold is taken up again (EVICT). A
+pod that timed out (its ``etcdlock.io/max-wait`` passed) left the queue and stays gated: nothing more is
+done for it (its hold ended itself, and the pod is decided on without one) unless it stops asking for the
+lock or finishes (RELEASE_LEFTOVER lets it go). A policy annotation (:mod:`.policies`) that cannot be
+used stops the pod from waiting, and it stays gated (INVALID: fail closed); once the pod holds, max-wait
+no longer matters and on-lost is read when the hold is lost. Changing the lock annotation is
+leave-then-join while the pod is gated (SWITCH); a pod already running cannot be held back again
+(REFUSE_SWITCH). The lease and cluster annotations are not decided on: the effects read them (HOLD adopts
+the lease the pod names, RELEASE_LEFTOVER revokes it).
 
 :func:`decide_lock_deleted` decides for each hold of a DistributedLock that is deleted: a pod that holds
 it gives it back (RELEASE); a pod that waits leaves the queue and joins it again, waiting for the lock to
@@ -64,6 +67,7 @@ from etcdlock.operator.names import (
     RELEASED,
     STATE_ANNOTATION,
     TIMED_OUT,
+    TOKEN_ANNOTATION,
     WAITING_STATES,
 )
 from etcdlock.operator.pods.api import annotations_of, is_gated
@@ -113,10 +117,16 @@ class Seen:
     phase: str | None
     state: str | None
     policy_error: str = ""  # why a policy annotation cannot be used ("" if they can)
+    token: bool = False  # whether the pod names a fencing token
 
     @property
     def finished(self) -> bool:
         return self.phase in FINISHED
+
+    @property
+    def held(self) -> bool:
+        """Whether the pod was granted its lock (see the module docstring)."""
+        return self.state == HELD or (not self.gated and self.token and self.state in WAITING_STATES)
 
     @classmethod
     def of(cls, event_type: str | None, pod: Mapping[str, Any]) -> Seen:
@@ -129,6 +139,7 @@ class Seen:
             phase=(pod.get("status") or {}).get("phase"),
             state=annotations.get(STATE_ANNOTATION),
             policy_error=policy_error(pod),
+            token=TOKEN_ANNOTATION in annotations,
         )
 
 
@@ -158,9 +169,9 @@ def _with_hold(seen: Seen, hold: HoldView) -> Decision:
         return _lock_changed(seen)
     if seen.finished:
         return Decision(Action.RELEASE, f"the pod {str(seen.phase).lower()}")
-    if not hold.held and not seen.gated and seen.state != HELD:
+    if not hold.held and not seen.gated and not seen.held:
         return Decision(Action.NOT_GATED, "the scheduling gate was removed by someone else")
-    if not hold.held and seen.state == HELD:
+    if not hold.held and seen.held:
         return Decision(Action.HAND_OVER)  # granted by a newer leader while this replica was paused
     if not hold.held and seen.policy_error:
         return Decision(Action.INVALID, seen.policy_error)
@@ -192,11 +203,17 @@ def _without_hold(seen: Seen, released: bool) -> Decision:
         return Decision(Action.RELEASE_LEFTOVER, why)
     if not seen.lock or seen.finished or seen.state in (RELEASED, ERROR, TIMED_OUT, EVICTING):
         return Decision(Action.IGNORE)
-    if not seen.gated and seen.state != HELD:
+    if not seen.gated and not seen.held:
         return Decision(Action.NOT_GATED)
-    if seen.policy_error and seen.state != HELD:
+    if seen.policy_error and not seen.held:
         return Decision(Action.INVALID, seen.policy_error)
     return Decision(Action.HOLD)
+
+
+def granted(pod: Mapping[str, Any]) -> bool:
+    """Whether the pod was granted its lock, as its annotations and gate show (see the module docstring):
+    a hold adopting it adopts a holder."""
+    return Seen.of(None, pod).held
 
 
 def decide_lock_deleted(hold: HoldView) -> Decision:

@@ -19,6 +19,10 @@ A lock kept in an EtcdCluster that is rebuilt from a backup loses its store (ret
 and so does one whose client certificate was renewed (the same cluster, reached again with the new one);
 the hold leaves it without revoking anything and starts over on the store resolved next, adopting its
 lease there as a new leader would: a key the backup kept keeps its place, one it did not queues again.
+A pod that holds stays ``Held`` while no store can be resolved (its Secret deleted, its etcd unreachable):
+its message says so, and that the hold is kept while its lease lives; once a lease TTL has passed with
+nobody renewing the lease, the hold is lost (``LockLost``, and the on-lost policy applies). A holder is
+never relabelled as waiting: the next leader would take it for a pod that came without the gate.
 """
 
 from __future__ import annotations
@@ -63,6 +67,7 @@ from etcdlock.operator.names import (
 )
 from etcdlock.operator.pods.api import Pod, PodChanged, annotations_of, is_gated, parse_lease, pod_ref
 from etcdlock.operator.pods.context import PodContext
+from etcdlock.operator.pods.decisions import granted
 from etcdlock.operator.pods.eviction import evict
 from etcdlock.operator.pods.line import Line, creation_order
 from etcdlock.operator.pods.policies import OnLost, PolicyError, deadline, on_lost
@@ -77,6 +82,10 @@ RECHECK = 10.0
 
 class _PlaceLost(Exception):
     """The pod's key left the queue before it held (its lease expired, the key was deleted)."""
+
+
+class _LeaseExpired(Exception):
+    """A holder's lease went unrenewed for a whole TTL (its etcd could not be reached): the hold is lost."""
 
 
 class _MaxWaitPassed(Exception):
@@ -107,7 +116,7 @@ class PodHold:
         self.lock_name: str = annotations_of(pod)[LOCK_ANNOTATION]
         self.pod = pod
         self._order = creation_order(pod)
-        self.held = annotations_of(pod).get(STATE_ANNOTATION) == HELD and adopt
+        self.held = granted(pod) and adopt
         self._context = context
         self._line = line
         self._ticket: int | None = None
@@ -121,6 +130,10 @@ class PodHold:
         self._versions = asyncio.Event()
         self._ended = ended
         self._max_wait: asyncio.Timeout | None = None
+        # Since when (event loop clock) nobody is known to renew the pod's lease, and its TTL once known:
+        # a holder whose lease went unrenewed for a TTL lost its hold.
+        self._unrenewed_since: float | None = asyncio.get_running_loop().time()
+        self._ttl: int | None = None
         namespace, name = self.ref
         self.holder = f"pod/{namespace}/{name}"
         self._task = asyncio.create_task(self._run(after), name=f"pod-{namespace}/{name}")
@@ -201,37 +214,55 @@ class PodHold:
                 await self._write({STATE_ANNOTATION: ERROR, MESSAGE_ANNOTATION: message})
 
     async def _serve(self) -> None:
-        """Queue, wait, ungate, hold; queue again (loudly) if the place is lost before holding."""
+        """Hold the lock until the hold is lost; a holder whose lease expired unrenewed is told it lost it."""
+        try:
+            waiter = await self._until_held()
+        except _LeaseExpired as exc:
+            await self._lost(f"lost {self.lock_name}: {exc}")
+            return
+        if waiter is None:
+            return
+        reason = await waiter.wait_lost()
+        if not self._stopping:
+            await self._lost(f"lost {self.lock_name}: {reason}")
+
+    async def _until_held(self) -> Waiter | None:
+        """Queue, wait, ungate: the pod's key once it holds (None if the hold ended meanwhile: the pod
+        timed out, is gone, or was told it lost the lock); queue again (loudly) if the place is lost before
+        holding."""
         while True:
             try:
                 async with self._within_max_wait():
                     lock = await self._usable_lock()
                 waiter = await self._queue(lock)
-                if waiter is None:
-                    return
-                async with self._within_max_wait():
-                    await self._wait_turn(waiter)
-                if not await self._ungate(waiter):
-                    return
-                break
+                if waiter is None or not await self._within_turn(waiter):
+                    return None
+                return waiter
             except _MaxWaitPassed:
                 await self._time_out()
-                return
+                return None
             except _PlaceLost as exc:
                 if self.held:
                     await self._lost(f"lost {self.lock_name} while the operator was away: {exc}")
-                    return
+                    return None
                 await self._drop()
                 await self._place_lost(f"{exc}; it queues again, at the back")
             except EtcdError as exc:
                 # Not transient (those are waited out): permission denied, database full... an admin acts.
-                await self._say_waiting(
-                    f"etcd refuses the pod's hold on {self.lock_name}: {exc}", "EtcdRefused"
-                )
-                await self._context.changes.wait((self.ref[0], self.lock_name), RECHECK)
-        reason = await waiter.wait_lost()
-        if not self._stopping:
-            await self._lost(f"lost {self.lock_name}: {reason}")
+                if self.held:
+                    await self._hold_unconfirmed(f"it refuses the operator: {exc}")
+                else:
+                    await self._say_waiting(
+                        f"etcd refuses the pod's hold on {self.lock_name}: {exc}", "EtcdRefused"
+                    )
+                await self._context.changes.wait((self.ref[0], self.lock_name), self._recheck())
+
+    async def _within_turn(self, waiter: Waiter) -> bool:
+        """Wait for the pod's turn (within its max-wait) and ungate it; False if the pod is gone or now
+        asks for another lock."""
+        async with self._within_max_wait():
+            await self._wait_turn(waiter)
+        return await self._ungate(waiter)
 
     async def _store_retired(self) -> None:
         """Returns once the store this hold uses is retired (see the module docstring)."""
@@ -249,6 +280,7 @@ class PodHold:
         self._session = self._waiter = None
         self._store = None
         self._store_known.clear()
+        self._unrenewed_since = asyncio.get_running_loop().time()
         log.info("pod %s/%s: %s's etcd client was retired; adopting again", *self.ref, self.lock_name)
 
     async def _usable_lock(self) -> LockSpec:
@@ -258,16 +290,52 @@ class PodHold:
         while True:
             try:
                 lock = await self._context.resolve(namespace, self.lock_name)
+                # The longest TTL seen: the lease may have been granted before ttlSeconds was lowered.
+                self._ttl = max(self._ttl or 0, lock.pod_ttl(self._context.rules))
                 self._store = await self._context.stores.for_lock(namespace, lock)
                 self._store_known.set()
                 return lock
-            except LockNotFound as exc:
-                message = f"{exc}; the pod waits until it is created (is the name right?)"
-                await self._say_waiting(message, "LockNotFound", state=LOCK_NOT_FOUND)
             except OperatorError as exc:
-                why = f"DistributedLock {self.lock_name}: {exc}; the pod waits until it can be served"
-                await self._say_waiting(why, "LockNotReady")
-            await self._context.changes.wait((namespace, self.lock_name), RECHECK)
+                if self.held:
+                    await self._hold_unconfirmed(str(exc))
+                elif isinstance(exc, LockNotFound):
+                    message = f"{exc}; the pod waits until it is created (is the name right?)"
+                    await self._say_waiting(message, "LockNotFound", state=LOCK_NOT_FOUND)
+                else:
+                    why = f"DistributedLock {self.lock_name}: {exc}; the pod waits until it can be served"
+                    await self._say_waiting(why, "LockNotReady")
+            await self._context.changes.wait((namespace, self.lock_name), self._recheck())
+
+    async def _hold_unconfirmed(self, problem: str) -> None:
+        """A holder whose lock's etcd cannot be reached: it stays Held, told that the hold is kept while
+        its lease lives; :class:`_LeaseExpired` once a TTL passed with nobody renewing it."""
+        if self._lease_expired():
+            raise _LeaseExpired(
+                f"its etcd could not be reached ({problem}) for longer than its lease's TTL ({self._ttl}s): "
+                "its lease expired"
+            )
+        message = (
+            f"holds {self.lock_name} (fencing token {self._written.get(TOKEN_ANNOTATION)}), but its etcd "
+            f"cannot be reached ({problem}): the hold is kept while its lease lives (it expires a TTL after "
+            "its last renewal)"
+        )
+        if self._written.get(MESSAGE_ANNOTATION) != message:
+            self._context.events.warn(self.pod, "EtcdUnreachable", message)
+            await self._write({STATE_ANNOTATION: HELD, MESSAGE_ANNOTATION: message})
+
+    def _lease_expired(self) -> bool:
+        """Whether the pod's lease went unrenewed for a whole TTL (known once the lock's spec was read)."""
+        if self._unrenewed_since is None or self._ttl is None:
+            return False
+        return asyncio.get_running_loop().time() >= self._unrenewed_since + self._ttl
+
+    def _recheck(self) -> float:
+        """How long to wait before looking at the lock again: :data:`RECHECK`, or less for a holder whose
+        lease would expire sooner."""
+        if not self.held or self._unrenewed_since is None or self._ttl is None:
+            return RECHECK
+        left = self._unrenewed_since + self._ttl - asyncio.get_running_loop().time()
+        return max(min(RECHECK, left), 0.0)
 
     async def _queue(self, lock: LockSpec) -> Waiter | None:
         """The pod's key in the lock's queue: the adopted lease's key where it was, or a new key (joining
@@ -330,6 +398,7 @@ class PodHold:
         except SessionLost:
             return False
         self._context.adopted(lease)
+        self._unrenewed_since = None
         return True
 
     async def _grant(self, lock: LockSpec) -> bool:
@@ -341,6 +410,7 @@ class PodHold:
         ttl = lock.pod_ttl(self._context.rules)
         self._session = await store.persist(lambda: Session(store.etcd, ttl, fence=store.fence).start())
         self._lease = self._session.lease_id
+        self._unrenewed_since = None
         where = {LEASE_ANNOTATION: format(self._lease, "x"), CLUSTER_ANNOTATION: lock.where}
         if not await self._write(where):
             await self._session.close()  # a lease for a pod that is gone: no key under it yet
@@ -431,9 +501,12 @@ class PodHold:
             return await self._context.stores.default.confirmed()
         return True
 
-    async def _leads(self, store: Store) -> bool:
+    async def _leads(self, store: Store | None) -> bool:
         """Whether this replica still leads, as the pod's etcd confirms; as the operator's own etcd does
-        when the pod's etcd refuses the operator (its credentials revoked, say), which it then cannot tell."""
+        when the pod's etcd refuses the operator (its credentials revoked, say), which it then cannot tell,
+        or cannot be reached (``store`` None)."""
+        if store is None:
+            return await self._context.stores.default.confirmed()
         try:
             return await store.confirmed()
         except EtcdError as exc:
@@ -488,7 +561,7 @@ class PodHold:
         policy says so (state Evicting until it is gone; else Error); unless this replica was deposed
         (:class:`Fenced`: it is not for it to say, the next leader may hold the very same lease for the
         pod)."""
-        if not await self._leads(self._ready_store):
+        if not await self._leads(self._store):
             log.info("pod %s/%s: %s; left to the leader", *self.ref, message)
             raise Fenced("this replica no longer leads")
         try:

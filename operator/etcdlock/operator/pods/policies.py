@@ -2,7 +2,9 @@
 
 - ``etcdlock.io/max-wait``: how long the pod may wait for its lock, a Go duration (``90s``, ``10m``,
   ``1h30m``, ``1.5h``; units ``h``, ``m``, ``s``, ``ms``), counted from the pod's creationTimestamp: a time
-  the API server keeps, so an operator restart or failover neither restarts nor loses the count.
+  the API server keeps, so an operator restart or failover neither restarts nor loses the count. At most
+  :data:`MAX_DURATION` (10 years): a longer wait is no bound a user means, and an unbounded number would
+  overflow the dates it is added to.
 - ``etcdlock.io/on-lost``: what the operator does when the pod's hold is lost: ``keep`` (the default, the
   behaviour of releases without this annotation: the pod is told, and runs on) or ``evict`` (the pod is
   evicted through the Eviction API, so its work stops, as ``etcdlock lock -- CMD`` stops CMD).
@@ -27,6 +29,7 @@ from etcdlock.operator.pods.api import annotations_of
 _UNIT = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 _PART = re.compile(r"(\d+\.?\d*|\.\d+)(ms|h|m|s)")
 _DURATION = re.compile(rf"(?:{_PART.pattern})+")
+MAX_DURATION = timedelta(days=3650)
 
 
 class PolicyError(OperatorError):
@@ -43,11 +46,12 @@ class OnLost(enum.Enum):
 
 
 def parse_duration(text: str) -> timedelta:
-    """A positive Go duration (``1h30m``); :class:`ValueError` for anything else."""
+    """A positive Go duration (``1h30m``) of at most :data:`MAX_DURATION`; :class:`ValueError` for anything
+    else (a number too long for a float is infinite, and refused as too long)."""
     if not _DURATION.fullmatch(text):
         raise ValueError(text)
     seconds = sum(float(number) * _UNIT[unit] for number, unit in _PART.findall(text))
-    if seconds <= 0:
+    if not 0 < seconds <= MAX_DURATION.total_seconds():
         raise ValueError(text)
     return timedelta(seconds=seconds)
 
@@ -61,7 +65,8 @@ def max_wait(pod: Mapping[str, Any]) -> timedelta | None:
         return parse_duration(value.strip())
     except ValueError:
         raise PolicyError(
-            f'{MAX_WAIT_ANNOTATION}: "{value}" is not a duration (write it as 90s, 10m or 1h30m)'
+            f'{MAX_WAIT_ANNOTATION}: "{value}" is not a duration of 10 years at most '
+            "(write it as 90s, 10m or 1h30m)"
         ) from None
 
 
