@@ -96,6 +96,17 @@ def non_negative_float(text: str) -> float:
 OUTPUT_FORMATS = ("table", "json", "yaml")
 
 
+def add_output_option(parser: argparse.ArgumentParser) -> None:
+    """``-o table|json|yaml``, the same for every command that prints a document."""
+    parser.add_argument(
+        "-o",
+        "--output",
+        choices=OUTPUT_FORMATS,
+        default="table",
+        help="output format: table (the default), json or yaml (the same document)",
+    )
+
+
 def print_document(doc: dict[str, Any], output: str) -> None:
     """``-o json`` or ``-o yaml``: the same document (YAML's keys in the same order as JSON's)."""
     if output == "json":

@@ -11,7 +11,7 @@ import argparse
 import sys
 from typing import Any
 
-from etcdlock.cli.common import OUTPUT_FORMATS, age_text, positive_int, print_document, utf8_text
+from etcdlock.cli.common import add_output_option, age_text, positive_int, print_document, utf8_text
 from etcdlock.etcd import Contender, EtcdClient, EtcdConfig
 from etcdlock.etcd.keys import Queues, read_queues
 
@@ -39,13 +39,7 @@ def add_parser(commands: Any) -> None:
         help="a plain etcd key prefix, e.g. /etcdlock/locks/ for every DistributedLock's key (default: "
         "every key)",
     )
-    parser.add_argument(
-        "-o",
-        "--output",
-        choices=OUTPUT_FORMATS,
-        default="table",
-        help="output format: table (the default), json or yaml (the same document)",
-    )
+    add_output_option(parser)
     parser.add_argument(
         "--max-keys",
         metavar="N",

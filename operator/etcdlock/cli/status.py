@@ -8,7 +8,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from etcdlock.cli.common import OUTPUT_FORMATS, lock_name, permit_count, print_document
+from etcdlock.cli.common import add_output_option, lock_name, permit_count, print_document
 from etcdlock.etcd import Contender, EtcdClient, EtcdConfig, read_contenders
 from etcdlock.operator.names import DEFAULT_KEY_PREFIX
 
@@ -24,13 +24,7 @@ def add_parser(commands: Any) -> None:
     parser.add_argument(
         "name", metavar="NAME", type=lock_name, help="lock name (the same NAME as `etcdctl lock NAME`)"
     )
-    parser.add_argument(
-        "-o",
-        "--output",
-        choices=OUTPUT_FORMATS,
-        default="table",
-        help="output format: table (the default), json or yaml (the same document)",
-    )
+    add_output_option(parser)
     parser.add_argument(
         "--permits",
         type=permit_count,
