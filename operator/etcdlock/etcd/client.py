@@ -44,6 +44,7 @@ from etcdlock.etcd.errors import (
     Fenced,
     LeaseNotFound,
     NoLeader,
+    NotForLearners,
 )
 from etcdlock.etcd.grpc_errors import INVALID_AUTH_TOKEN, classify, refused_watch
 from etcdlock.etcd.leases import LeaseStream
@@ -177,11 +178,12 @@ class EtcdClient:
                 self.move_off(member)
 
     async def failure(self, member: Member, exc: grpc.aio.AioRpcError) -> EtcdError:
-        """The typed error for a failed call on ``member``. The client moves off a member it cannot reach or
-        that says it has no leader; a request that is merely slow (etcd busy, or electing a leader) does
-        not move it: the heartbeat tells a hung member from a busy one."""
+        """The typed error for a failed call on ``member``. The client moves off a member it cannot reach,
+        that says it has no leader, or that is a learner (it serves no other request than Status and
+        serializable reads); a request that is merely slow (etcd busy, or electing a leader) does not move
+        it: the heartbeat tells a hung member from a busy one."""
         error = await self._classify(member, exc)
-        if isinstance(error, (EtcdUnreachable, NoLeader)):
+        if isinstance(error, (EtcdUnreachable, NoLeader, NotForLearners)):
             self.move_off(member)
         return error
 

@@ -47,6 +47,11 @@ class NoLeader(EtcdUnavailable):
     """The member answering has no leader (an election is on, or it is cut off from the others)."""
 
 
+class NotForLearners(EtcdUnavailable):
+    """The member answering is a learner, which serves only Status and serializable reads: another member
+    serves the request."""
+
+
 class EtcdUnreachable(EtcdUnavailable):
     """No connection to etcd at all (refused, no route, a name that does not resolve): transient too, but
     at start-up it more likely means a wrong endpoint than an outage."""

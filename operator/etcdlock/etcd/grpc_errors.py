@@ -21,6 +21,7 @@ from etcdlock.etcd.errors import (
     NoLeader,
     NoSpace,
     NotEnoughStarted,
+    NotForLearners,
     NotLeader,
     UnhealthyCluster,
 )
@@ -43,6 +44,7 @@ _DESCRIBED: dict[str, tuple[type[EtcdError], str]] = {
     INVALID_AUTH_TOKEN: (EtcdDenied, ""),
     "etcdserver: too many requests": (EtcdUnavailable, ""),
     "etcdserver: no leader": (NoLeader, ""),
+    "etcdserver: rpc not supported for learner": (NotForLearners, ""),
 }
 
 # The reason etcd gives when it creates a watch and cancels it at once because the user may not read there.
