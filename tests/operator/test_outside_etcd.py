@@ -401,6 +401,31 @@ def test_a_hold_lost_in_an_etcd_that_refuses_the_operator_is_said_as_lost(
     finish(api, ns, "revoked-worker")
 
 
+def test_the_operators_own_etcd_under_another_name_is_refused_and_nothing_is_written_there(
+    served: Served, etcd: LocalEtcd
+) -> None:
+    """The operator was given ``http://127.0.0.1:PORT``; ``localhost`` is the same etcd by another name, as
+    a Service's FQDN or a ClusterIP would be: neither the lock nor its pods may reach it that way."""
+    api, ns, lock = served.api, served.namespace, "own-by-another-name"
+    alias = f"http://localhost:{etcd.members[0].client_port}"
+    create_lock(api, ns, lock, {"etcd": {"endpoints": [alias]}})
+    status = eventually(
+        lambda: status_of(api, ns, lock), not_ready_for("OutsideEtcdNotAllowed"), "the lock refused"
+    )
+    assert "spec.etcd names the operator's own etcd (cluster ID " in ready(status)["message"]
+    event_reasons(api, ns, lock, "OutsideEtcdNotAllowed")
+    create_pod(api, ns, "own-etcd-worker", lock)
+    pod = eventually(
+        lambda: read_pod(api, ns, "own-etcd-worker"),
+        waiting_because("names the operator's own etcd"),
+        "the pod says why it waits",
+    )
+    assert gated(pod)
+    assert etcdctl_ok(etcd, "get", f"/etcdlock/operator/epoch/{ns}").strip() == "", "an epoch written there"
+    assert etcdctl_ok(etcd, "get", served.key(lock), "--prefix", "--keys-only").strip() == ""
+    served.core.delete_namespaced_pod("own-etcd-worker", ns)
+
+
 def test_a_lock_naming_both_a_cluster_and_an_etcd_is_refused(served: Served, plain: LocalEtcd) -> None:
     spec = {"clusterRef": {"name": "locks-etcd"}, "etcd": {"endpoints": plain.endpoints}}
     with pytest.raises(kubernetes.client.ApiException) as refused:

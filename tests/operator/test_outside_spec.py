@@ -214,6 +214,18 @@ async def test_two_namespaces_naming_one_etcd_each_reach_it_with_their_own_secre
         await stores.for_outside(other, OutsideEtcd(tuple(auth_etcd.endpoints), "only-in-own"))
 
 
+async def test_the_operators_own_etcd_under_another_name_is_refused_by_its_cluster_id(
+    namespaces: tuple[str, str], stores: Stores, etcd: LocalEtcd
+) -> None:
+    """A Service's FQDN, a pod's DNS name, a ClusterIP: no address says it is the operator's etcd (here
+    ``localhost`` for its ``127.0.0.1``), the cluster ID etcd answers with does."""
+    alias = OutsideEtcd((f"http://localhost:{etcd.members[0].client_port}",))
+    with pytest.raises(OutsideEtcdNotAllowed, match=r"the operator's own etcd \(cluster ID [0-9a-f]+\)"):
+        await stores.for_outside(namespaces[0], alias)
+    with pytest.raises(OutsideEtcdNotAllowed, match=r"leave spec\.etcd out to use it"):
+        await stores.for_cluster(namespaces[1], alias.where)  # a pod's etcdlock.io/cluster naming it
+
+
 async def test_a_pods_annotation_reaches_no_outside_etcd_the_operator_does_not_allow(
     kubeconfig: Path, etcd: LocalEtcd, namespaces: tuple[str, str], auth_etcd: LocalEtcd
 ) -> None:

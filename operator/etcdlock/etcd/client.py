@@ -345,6 +345,16 @@ class EtcdClient:
         response = await self._unary("Cluster", "MemberList", request, retry=True)
         return list(response.members)
 
+    async def cluster_id(self) -> int:
+        """The ID of the etcd cluster this client reaches: two clients reading the same ID reach the same
+        members, whatever names or addresses each was given (a Service's, a pod's, an IP).
+
+        Taken from the header of a member list answered by the member reached (no quorum needed, and no
+        permission on any key: etcd 3.6 answers Status to root only)."""
+        request = rpc.MemberListRequest(linearizable=False)
+        response = await self._unary("Cluster", "MemberList", request, retry=True)
+        return int(response.header.cluster_id)
+
     async def add_learner(self, peer_url: str) -> int:
         """Add a member as a learner (it gets no vote until promoted); returns its ID."""
         request = rpc.MemberAddRequest(peerURLs=[peer_url], isLearner=True)

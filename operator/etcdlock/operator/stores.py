@@ -21,7 +21,10 @@ serves another namespace. Its epoch key is the namespace's own, ``/etcdlock/oper
 ``recheck`` seconds (the operator may only ``get`` Secrets by name: nothing tells it of a change); when
 its content changed or it is gone, the store is retired as above, and its users resolve it again. Such an
 etcd is reached only as the operator's rules allow a lock (:class:`~etcdlock.operator.locks.OutsideRules`),
-whoever names it: a pod's ``etcdlock.io/cluster`` names one too, and the pod's owner may write it.
+whoever names it: a pod's ``etcdlock.io/cluster`` names one too, and the pod's owner may write it. Never
+the operator's own etcd, by any name: before anything is written there, the cluster ID it answers with is
+compared with the operator's etcd's (a Service's FQDN, a pod's DNS name or a ClusterIP is another address
+of the same members).
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from etcdlock.operator.errors import (
     EtcdAccessDenied,
     EtcdNotReachable,
     OperatorError,
+    OutsideEtcdNotAllowed,
     SecretInvalid,
     SecretNotFound,
     SecretUnreadable,
@@ -111,7 +115,8 @@ class Stores:
         self._outside: dict[Outside, Store] = {}
         self._current: dict[tuple[str, OutsideEtcd], Outside] = {}
         self._rechecks: dict[Outside, asyncio.Task[None]] = {}
-        self._failed: dict[tuple[str, OutsideEtcd], tuple[float, StoreNotReady]] = {}
+        self._failed: dict[tuple[str, OutsideEtcd], tuple[float, OperatorError]] = {}
+        self._own_cluster_id: int | None = None
 
     async def for_lock(self, namespace: str, lock: LockSpec) -> Store:
         """The lock's store; :class:`~etcdlock.operator.errors.StoreNotReady` (its kinds) says why it cannot
@@ -144,8 +149,9 @@ class Stores:
     async def for_outside(self, namespace: str, etcd: OutsideEtcd) -> Store:
         """The store of an etcd the user runs, as ``namespace`` reaches it (with its own Secret only).
 
-        :class:`OutsideEtcdNotAllowed` where the operator's rules allow a lock no such etcd: a pod's
-        ``etcdlock.io/cluster`` names one too, and it is held to the same rules."""
+        :class:`OutsideEtcdNotAllowed` where the operator's rules allow a lock no such etcd, or where it
+        answers as the operator's own etcd: a pod's ``etcdlock.io/cluster`` names one too, and it is held
+        to the same rules."""
         self._rules.check(etcd)
         async with self._locks.setdefault((namespace, etcd), asyncio.Lock()):
             current = self._current.get((namespace, etcd))
@@ -159,7 +165,7 @@ class Stores:
                 credentials = await self._secret(namespace, etcd)
                 ref = (namespace, etcd, credentials.digest if credentials else "")
                 store = await self._connect_outside(namespace, etcd, credentials)
-            except StoreNotReady as exc:
+            except (StoreNotReady, OutsideEtcdNotAllowed) as exc:
                 # From the attempt's end: an attempt may take a request timeout, longer than FAILED_FOR.
                 self._failed[(namespace, etcd)] = (loop.time(), exc)
                 raise
@@ -206,12 +212,19 @@ class Stores:
     async def _connect_outside(
         self, namespace: str, etcd: OutsideEtcd, credentials: SecretCredentials | None
     ) -> Store:
+        own = await self._own_id()
         files = None
         if credentials is not None and credentials.pems:
             files = self._credentials.files(namespace, f"secret:{etcd.secret}", credentials.pems, ())
         config = (credentials or SecretCredentials()).config(etcd, files)
         client = EtcdClient(config)
         try:
+            # Before any key is read or written there (the epoch below, pods' leases).
+            if await client.cluster_id() == own:
+                raise OutsideEtcdNotAllowed(
+                    f"spec.etcd names the operator's own etcd (cluster ID {own:x}): leave spec.etcd out to "
+                    "use it"
+                )
             if self.default.fence is None:
                 await client.range(_epoch_key(namespace))  # the credentials work, as a fence would show
                 return Store(client, None, self.leadership)
@@ -230,6 +243,16 @@ class Stores:
         except BaseException:
             await client.close()
             raise
+
+    async def _own_id(self) -> int:
+        """The cluster ID of the operator's own etcd, read once: an etcd the user runs must answer with
+        another (no address tells: one etcd has many names)."""
+        if self._own_cluster_id is None:
+            try:
+                self._own_cluster_id = await self.default.etcd.cluster_id()
+            except EtcdError as exc:
+                raise EtcdNotReachable(f"the operator's own etcd cannot be reached: {exc}") from None
+        return self._own_cluster_id
 
     async def _recheck(self, ref: Outside) -> None:
         """Read the store's Secret again every ``secret_recheck`` seconds; retire the store once its content
