@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from etcdlock.etcd import EtcdClient, EtcdConfig, Mutex, Session
+from etcdlock.etcd import EtcdClient, EtcdConfig, EtcdUnavailable, Mutex, Session
 from etcdlock_sandbox.etcd import LocalEtcd
 
 BOUND = 30.0
@@ -36,7 +36,7 @@ async def answering(client: EtcdClient) -> None:
             try:
                 await client.status()
                 return
-            except Exception:
+            except EtcdUnavailable:  # still starting, or catching up
                 await asyncio.sleep(0.2)
 
 

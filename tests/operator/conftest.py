@@ -4,7 +4,6 @@ or as a process serving a module's namespace: ``operated``)."""
 
 from __future__ import annotations
 
-import contextlib
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,13 +12,12 @@ import kubernetes
 import pytest
 import yaml
 from kubernetes.client import ApiClient
-from operator_support import Operated, OperatorThread, tolerating, webhooks_registered
+from operator_support import Operated, OperatorThread, operator_in, tolerating, webhooks_registered
 
 from etcdlock.operator.config import WebhookSettings
 from etcdlock_sandbox.certs import write_webhook_certs
 from etcdlock_sandbox.cluster import SandboxThread
 from etcdlock_sandbox.etcd import LocalEtcd, free_port
-from etcdlock_sandbox.replicas import OperatorProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -92,37 +90,3 @@ def operated(
     logs = tmp_path_factory.mktemp(prefix)
     with operator_in(namespace, k8s_sandbox, api, etcd, kubeconfig, webhook_certs, logs) as operator:
         yield Operated(api, namespace, operator, k8s_sandbox.hosts)
-
-
-@contextlib.contextmanager
-def operator_in(
-    namespace: str,
-    sandbox: SandboxThread,
-    api: ApiClient,
-    etcd: LocalEtcd,
-    kubeconfig: Path,
-    webhook_certs: Path,
-    logs: Path,
-) -> Iterator[OperatorProcess]:
-    """The namespace (created, then deleted), the webhook registered for it, and the operator serving it
-    as a process that resolves cluster names as a pod does, stopped by PID at the end."""
-    core = kubernetes.client.CoreV1Api(api)
-    core.create_namespace({"metadata": {"name": namespace}})
-    settings = WebhookSettings("127.0.0.1", free_port(), webhook_certs)
-    with webhooks_registered(api, settings, namespace):
-        operator = OperatorProcess(
-            etcd.endpoint_list,
-            kubeconfig,
-            webhook_certs,
-            logs / "operator.log",
-            namespaces=(namespace,),
-            configure_webhook=False,
-            webhook_port=settings.port,
-            cluster_dns=sandbox.hosts,
-        ).start()
-        try:
-            operator.wait("ready", 30)
-            yield operator
-        finally:
-            operator.stop()
-    core.delete_namespace(namespace)

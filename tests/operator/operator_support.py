@@ -9,7 +9,7 @@ import contextlib
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,8 @@ from etcdlock.operator.config import ElectionSettings, OperatorConfig, WebhookSe
 from etcdlock.operator.names import WEBHOOK_CONFIGURATION
 from etcdlock.operator.run import run_operator
 from etcdlock.operator.webhook import configuration, validation
+from etcdlock_sandbox.cluster import SandboxThread
+from etcdlock_sandbox.etcd import LocalEtcd, free_port
 from etcdlock_sandbox.replicas import OperatorProcess
 
 GROUP, VERSION, PLURAL = "etcdlock.io", "v1alpha1", "distributedlocks"
@@ -192,3 +194,40 @@ class Operated:
     namespace: str
     operator: OperatorProcess
     hosts: Path  # the cluster DNS hosts file, for processes that resolve names as pods do
+
+
+@contextlib.contextmanager
+def operator_in(
+    namespace: str,
+    sandbox: SandboxThread,
+    api: ApiClient,
+    etcd: LocalEtcd,
+    kubeconfig: Path,
+    webhook_certs: Path,
+    logs: Path,
+    extra_args: Sequence[str] = (),
+) -> Iterator[OperatorProcess]:
+    """The namespace (created, then deleted), the webhook registered for it, and the operator serving it
+    as a process that resolves cluster names as a pod does (``extra_args``: more of its flags), stopped by
+    PID at the end."""
+    core = kubernetes.client.CoreV1Api(api)
+    core.create_namespace({"metadata": {"name": namespace}})
+    settings = WebhookSettings("127.0.0.1", free_port(), webhook_certs)
+    with webhooks_registered(api, settings, namespace):
+        operator = OperatorProcess(
+            etcd.endpoint_list,
+            kubeconfig,
+            webhook_certs,
+            logs / "operator.log",
+            namespaces=(namespace,),
+            configure_webhook=False,
+            webhook_port=settings.port,
+            cluster_dns=sandbox.hosts,
+            extra_args=extra_args,
+        ).start()
+        try:
+            operator.wait("ready", 30)
+            yield operator
+        finally:
+            operator.stop()
+    core.delete_namespace(namespace)

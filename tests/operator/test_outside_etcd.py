@@ -29,13 +29,12 @@ from operator_support import (
     create_lock,
     event_reasons,
     eventually,
+    operator_in,
     status_of,
     tolerating,
-    webhooks_registered,
 )
 from test_pods import create_pod, finish, gated, held, note, read_pod
 
-from etcdlock.operator.config import WebhookSettings
 from etcdlock.operator.names import (
     CLUSTER_ANNOTATION,
     ERROR,
@@ -48,7 +47,7 @@ from etcdlock.operator.names import (
     WAITING,
 )
 from etcdlock_sandbox.cluster import SandboxThread
-from etcdlock_sandbox.etcd import LocalEtcd, LocalTls, free_port
+from etcdlock_sandbox.etcd import LocalEtcd, LocalTls
 from etcdlock_sandbox.replicas import OperatorProcess
 
 RECHECK = 1  # the operator's --secret-recheck-interval here, in seconds
@@ -92,27 +91,10 @@ def served(
     """A namespace (deleted at the end) served by the operator as a process on ``etcd``, with its webhook,
     reading Secrets again every second; stopped by PID at the end."""
     namespace = f"outside-{uuid.uuid4().hex[:8]}"
-    core = kubernetes.client.CoreV1Api(api)
-    core.create_namespace({"metadata": {"name": namespace}})
-    settings = WebhookSettings("127.0.0.1", free_port(), webhook_certs)
-    with webhooks_registered(api, settings, namespace):
-        operator = OperatorProcess(
-            etcd.endpoint_list,
-            kubeconfig,
-            webhook_certs,
-            tmp_path_factory.mktemp("outside") / "operator.log",
-            namespaces=(namespace,),
-            configure_webhook=False,
-            webhook_port=settings.port,
-            cluster_dns=k8s_sandbox.hosts,
-            extra_args=("--secret-recheck-interval", str(RECHECK)),
-        ).start()
-        try:
-            operator.wait("ready", 30)
-            yield Served(api, namespace, operator)
-        finally:
-            operator.stop()
-    core.delete_namespace(namespace)
+    logs = tmp_path_factory.mktemp("outside")
+    recheck = ("--secret-recheck-interval", str(RECHECK))
+    with operator_in(namespace, k8s_sandbox, api, etcd, kubeconfig, webhook_certs, logs, recheck) as operator:
+        yield Served(api, namespace, operator)
 
 
 @pytest.fixture(scope="module")
